@@ -1,0 +1,14 @@
+//! The registry's domain: validated identifiers, routes and the routing snapshot that
+//! answers `resolve`. Nothing here does I/O; every other crate depends on this one.
+
+mod error;
+mod ident;
+mod route;
+mod snapshot;
+mod upstream;
+
+pub use error::{DomainError, FieldError, FieldErrors};
+pub use ident::{EnvName, ServiceName, TenantId, Version};
+pub use route::{now, GroupKey, NewRoute, Route, RouteId, RouteKey, RoutePatch, Weight};
+pub use snapshot::{ActiveRoute, Pick, RoutingSnapshot};
+pub use upstream::UpstreamUrl;

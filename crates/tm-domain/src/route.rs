@@ -1,0 +1,328 @@
+//! Routes: `(tenant, service, env, version) -> url`, with the rules of their lifecycle.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::{DomainError, EnvName, ServiceName, TenantId, UpstreamUrl, Version};
+
+/// A route's identity: opaque, time-ordered, assigned at creation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RouteId(Uuid);
+
+impl RouteId {
+    /// A fresh id; ids created later sort later.
+    pub fn generate() -> Self {
+        Self(Uuid::now_v7())
+    }
+
+    pub fn from_uuid(id: Uuid) -> Self {
+        Self(id)
+    }
+
+    pub fn as_uuid(&self) -> Uuid {
+        self.0
+    }
+}
+
+impl FromStr for RouteId {
+    type Err = DomainError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        // Only the canonical hyphenated form names a route; other spellings are not ids.
+        if s.len() != 36 {
+            return Err(DomainError::invalid("is not a route id"));
+        }
+        Uuid::parse_str(s)
+            .map(Self)
+            .map_err(|_| DomainError::invalid("is not a route id"))
+    }
+}
+
+impl fmt::Display for RouteId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.hyphenated().fmt(f)
+    }
+}
+
+/// Share of traffic a version gets when resolved without an explicit version: 0–100.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "i64", into = "u8")]
+pub struct Weight(u8);
+
+impl Weight {
+    pub const MAX: u8 = 100;
+    pub const DEFAULT: Weight = Weight(100);
+
+    pub fn parse(raw: i64) -> Result<Self, DomainError> {
+        match u8::try_from(raw) {
+            Ok(w) if w <= Self::MAX => Ok(Self(w)),
+            _ => Err(DomainError::invalid("must be an integer from 0 to 100")),
+        }
+    }
+
+    pub fn get(self) -> u8 {
+        self.0
+    }
+}
+
+impl Default for Weight {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+impl TryFrom<i64> for Weight {
+    type Error = DomainError;
+
+    fn try_from(raw: i64) -> Result<Self, Self::Error> {
+        Self::parse(raw)
+    }
+}
+
+impl From<Weight> for u8 {
+    fn from(w: Weight) -> Self {
+        w.0
+    }
+}
+
+/// The service a client asks for: `(tenant, service, env)`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct GroupKey {
+    pub tenant: TenantId,
+    pub service: ServiceName,
+    pub env: EnvName,
+}
+
+/// The natural key of a route: unique across the registry.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct RouteKey {
+    pub tenant: TenantId,
+    pub service: ServiceName,
+    pub env: EnvName,
+    pub version: Version,
+}
+
+impl RouteKey {
+    pub fn group(&self) -> GroupKey {
+        GroupKey {
+            tenant: self.tenant.clone(),
+            service: self.service.clone(),
+            env: self.env.clone(),
+        }
+    }
+}
+
+/// A route as stored and as served by the API.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Route {
+    pub id: RouteId,
+    pub tenant: TenantId,
+    pub service: ServiceName,
+    pub env: EnvName,
+    pub version: Version,
+    pub url: UpstreamUrl,
+    pub active: bool,
+    pub weight: Weight,
+    /// 1 on creation, +1 on every change that alters the route.
+    pub revision: i64,
+    #[serde(with = "rfc3339")]
+    pub created_at: DateTime<Utc>,
+    #[serde(with = "rfc3339")]
+    pub updated_at: DateTime<Utc>,
+}
+
+impl Route {
+    pub fn key(&self) -> RouteKey {
+        RouteKey {
+            tenant: self.tenant.clone(),
+            service: self.service.clone(),
+            env: self.env.clone(),
+            version: self.version.clone(),
+        }
+    }
+
+    pub fn group(&self) -> GroupKey {
+        GroupKey {
+            tenant: self.tenant.clone(),
+            service: self.service.clone(),
+            env: self.env.clone(),
+        }
+    }
+
+    /// The route with `active` set; `None` when it already was (a no-op keeps the revision).
+    pub fn with_active(&self, active: bool, now: DateTime<Utc>) -> Option<Route> {
+        (self.active != active).then(|| Route {
+            active,
+            revision: self.revision + 1,
+            updated_at: now,
+            ..self.clone()
+        })
+    }
+
+    /// The route with `patch` applied; `None` when the patch changes nothing.
+    pub fn with_patch(&self, patch: &RoutePatch, now: DateTime<Utc>) -> Option<Route> {
+        let url = patch.url.clone().unwrap_or_else(|| self.url.clone());
+        let weight = patch.weight.unwrap_or(self.weight);
+        (url != self.url || weight != self.weight).then(|| Route {
+            url,
+            weight,
+            revision: self.revision + 1,
+            updated_at: now,
+            ..self.clone()
+        })
+    }
+}
+
+/// The current time at the precision every backend keeps (microseconds), so that what
+/// a write returns equals what is read back later.
+pub fn now() -> DateTime<Utc> {
+    use chrono::SubsecRound;
+    Utc::now().trunc_subsecs(6)
+}
+
+/// A route to create.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewRoute {
+    pub key: RouteKey,
+    pub url: UpstreamUrl,
+    pub active: bool,
+    pub weight: Weight,
+}
+
+impl NewRoute {
+    pub fn into_route(self, id: RouteId, now: DateTime<Utc>) -> Route {
+        Route {
+            id,
+            tenant: self.key.tenant,
+            service: self.key.service,
+            env: self.key.env,
+            version: self.key.version,
+            url: self.url,
+            active: self.active,
+            weight: self.weight,
+            revision: 1,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+}
+
+/// A change to a route's URL and/or weight.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RoutePatch {
+    pub url: Option<UpstreamUrl>,
+    pub weight: Option<Weight>,
+}
+
+/// Timestamps as RFC 3339 in UTC with a `Z` and microsecond precision.
+mod rfc3339 {
+    use chrono::{DateTime, SecondsFormat, Utc};
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&t.to_rfc3339_opts(SecondsFormat::Micros, true))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
+        let raw = String::deserialize(d)?;
+        DateTime::parse_from_rfc3339(&raw)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route() -> Route {
+        let now = Utc::now();
+        NewRoute {
+            key: RouteKey {
+                tenant: TenantId::parse("acme").expect("valid"),
+                service: ServiceName::parse("billing").expect("valid"),
+                env: EnvName::parse("prod").expect("valid"),
+                version: Version::parse("v1").expect("valid"),
+            },
+            url: UpstreamUrl::parse("http://10.0.0.7:8080").expect("valid"),
+            active: false,
+            weight: Weight::DEFAULT,
+        }
+        .into_route(RouteId::generate(), now)
+    }
+
+    #[test]
+    fn activating_bumps_the_revision_once() {
+        let r = route();
+        let on = r.with_active(true, Utc::now()).expect("changes");
+        assert_eq!(on.revision, 2);
+        assert!(on.with_active(true, Utc::now()).is_none(), "no-op");
+    }
+
+    #[test]
+    fn a_patch_that_changes_nothing_is_a_no_op() {
+        let r = route();
+        let same = RoutePatch {
+            url: Some(r.url.clone()),
+            weight: Some(r.weight),
+        };
+        assert!(r.with_patch(&same, Utc::now()).is_none());
+        let heavier = RoutePatch {
+            weight: Some(Weight::parse(5).expect("valid")),
+            ..RoutePatch::default()
+        };
+        assert_eq!(
+            r.with_patch(&heavier, Utc::now())
+                .expect("changes")
+                .revision,
+            2
+        );
+    }
+
+    #[test]
+    fn weight_is_0_to_100() {
+        assert!(Weight::parse(0).is_ok());
+        assert!(Weight::parse(100).is_ok());
+        for bad in [-1, 101, 256, i64::MAX, i64::MIN] {
+            assert!(Weight::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn route_ids_only_in_canonical_form() {
+        let id = RouteId::generate();
+        assert_eq!(id.to_string().parse::<RouteId>().expect("canonical"), id);
+        let simple = id.as_uuid().simple().to_string();
+        assert!(simple.parse::<RouteId>().is_err());
+        assert!("not-an-id".parse::<RouteId>().is_err());
+    }
+
+    #[test]
+    fn route_json_has_the_contract_fields() {
+        let json = serde_json::to_value(route()).expect("serialize");
+        let mut keys: Vec<_> = json.as_object().expect("object").keys().cloned().collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            [
+                "active",
+                "created_at",
+                "env",
+                "id",
+                "revision",
+                "service",
+                "tenant",
+                "updated_at",
+                "url",
+                "version",
+                "weight"
+            ]
+        );
+        assert!(json["created_at"].as_str().expect("string").ends_with('Z'));
+    }
+}

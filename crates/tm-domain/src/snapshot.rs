@@ -1,0 +1,411 @@
+//! The routing snapshot: every active route, in memory, answering `resolve`.
+//!
+//! A snapshot is immutable; changes produce a new one that shares all untouched groups
+//! with the old (a persistent map), so publishing a change costs O(log n), not O(n).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use serde::Serialize;
+use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
+
+use crate::ident::MAX_IDENTIFIER_LEN;
+use crate::{EnvName, GroupKey, Route, ServiceName, TenantId, UpstreamUrl, Version, Weight};
+
+/// How `resolve` picks among the active versions of a service.
+#[derive(Clone, Copy, Debug)]
+pub enum Pick<'a> {
+    /// This version, if it is active, whatever its weight.
+    Version(&'a Version),
+    /// By weight, the same version every time for the same key (rendezvous hashing).
+    Sticky(&'a str),
+    /// By weight, using the given random number.
+    Random(u64),
+}
+
+/// One active version of a service, with its answer prepared in advance.
+#[derive(Debug)]
+pub struct ActiveRoute {
+    pub version: Version,
+    pub url: UpstreamUrl,
+    pub weight: Weight,
+    /// The JSON body of a resolve answer: `{"tenant","service","env","version","url"}`.
+    pub body: Bytes,
+    /// A strong, quoted entity tag that changes whenever this answer could.
+    pub etag: String,
+    /// Per-version seed of the rendezvous hash.
+    seed: u64,
+}
+
+/// The active versions of one `(tenant, service, env)`, sorted by version.
+#[derive(Debug, Default)]
+struct Group {
+    routes: Vec<ActiveRoute>,
+    total_weight: u64,
+}
+
+/// An immutable view of every active route.
+#[derive(Clone, Debug)]
+pub struct RoutingSnapshot {
+    groups: imbl::HashMap<String, Arc<Group>>,
+    route_count: usize,
+    built_at: Instant,
+}
+
+impl Default for RoutingSnapshot {
+    fn default() -> Self {
+        Self {
+            groups: imbl::HashMap::new(),
+            route_count: 0,
+            built_at: Instant::now(),
+        }
+    }
+}
+
+impl RoutingSnapshot {
+    /// A snapshot of the active routes among `routes`.
+    pub fn from_routes<'a>(routes: impl IntoIterator<Item = &'a Route>) -> Self {
+        let mut by_group: std::collections::HashMap<String, Vec<&Route>> = Default::default();
+        for route in routes.into_iter().filter(|r| r.active) {
+            by_group
+                .entry(group_key(&route.tenant, &route.service, &route.env))
+                .or_default()
+                .push(route);
+        }
+        let mut snapshot = Self::default();
+        for (key, members) in by_group {
+            let group = Group::build(members);
+            snapshot.route_count += group.routes.len();
+            snapshot.groups.insert(key, Arc::new(group));
+        }
+        snapshot
+    }
+
+    /// This snapshot with the group `key` replaced by the active ones among `routes`
+    /// (which must all belong to that group: it is the group's whole current state).
+    pub fn with_group<'a>(
+        &self,
+        key: &GroupKey,
+        routes: impl IntoIterator<Item = &'a Route>,
+    ) -> Self {
+        let members: Vec<&Route> = routes
+            .into_iter()
+            .filter(|r| {
+                r.active && r.tenant == key.tenant && r.service == key.service && r.env == key.env
+            })
+            .collect();
+        let map_key = group_key(&key.tenant, &key.service, &key.env);
+        let mut next = self.clone();
+        let old = if members.is_empty() {
+            next.groups.remove(&map_key)
+        } else {
+            next.groups.insert(map_key, Arc::new(Group::build(members)))
+        };
+        let added = next
+            .groups
+            .get(group_key(&key.tenant, &key.service, &key.env).as_str())
+            .map_or(0, |g| g.routes.len());
+        next.route_count = next.route_count + added - old.map_or(0, |g| g.routes.len());
+        next.built_at = Instant::now();
+        next
+    }
+
+    /// The active route that answers for `(tenant, service, env)`, if any.
+    pub fn resolve(
+        &self,
+        tenant: &TenantId,
+        service: &ServiceName,
+        env: &EnvName,
+        pick: Pick<'_>,
+    ) -> Option<&ActiveRoute> {
+        let mut buf = [0u8; 3 * MAX_IDENTIFIER_LEN + 2];
+        let key = group_key_in(&mut buf, tenant, service, env);
+        let group = self.groups.get(key)?;
+        match pick {
+            Pick::Version(v) => group.routes.iter().find(|r| &r.version == v),
+            Pick::Sticky(key) => group.sticky(key),
+            Pick::Random(n) => group.weighted(n),
+        }
+    }
+
+    /// Number of active routes.
+    pub fn route_count(&self) -> usize {
+        self.route_count
+    }
+
+    /// When this snapshot was last changed.
+    pub fn built_at(&self) -> Instant {
+        self.built_at
+    }
+}
+
+impl Group {
+    fn build(mut members: Vec<&Route>) -> Self {
+        members.sort_by(|a, b| a.version.cmp(&b.version));
+        let routes: Vec<ActiveRoute> = members.into_iter().map(ActiveRoute::new).collect();
+        let total_weight = routes.iter().map(|r| u64::from(r.weight.get())).sum();
+        Self {
+            routes,
+            total_weight,
+        }
+    }
+
+    /// Weighted rendezvous hashing: each version scores `weight / -ln(u)` with `u` a
+    /// uniform hash of (key, version); the highest wins. The same key picks the same
+    /// version everywhere, and a weight change only moves keys to or from that version.
+    fn sticky(&self, key: &str) -> Option<&ActiveRoute> {
+        let mut best: Option<(f64, &ActiveRoute)> = None;
+        for route in self.routes.iter().filter(|r| r.weight.get() > 0) {
+            let h = xxh3_64_with_seed(key.as_bytes(), route.seed);
+            // 53 high bits into (0, 1): never 0, never 1.
+            let u = ((h >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+            let score = f64::from(route.weight.get()) / -u.ln();
+            if best.is_none_or(|(s, _)| score > s) {
+                best = Some((score, route));
+            }
+        }
+        best.map(|(_, route)| route)
+    }
+
+    fn weighted(&self, n: u64) -> Option<&ActiveRoute> {
+        if self.total_weight == 0 {
+            return None;
+        }
+        let mut point = n % self.total_weight;
+        for route in &self.routes {
+            let w = u64::from(route.weight.get());
+            if point < w {
+                return Some(route);
+            }
+            point -= w;
+        }
+        None
+    }
+}
+
+impl ActiveRoute {
+    fn new(route: &Route) -> Self {
+        #[derive(Serialize)]
+        struct Answer<'a> {
+            tenant: &'a TenantId,
+            service: &'a ServiceName,
+            env: &'a EnvName,
+            version: &'a Version,
+            url: &'a UpstreamUrl,
+        }
+        let body = serde_json::to_vec(&Answer {
+            tenant: &route.tenant,
+            service: &route.service,
+            env: &route.env,
+            version: &route.version,
+            url: &route.url,
+        })
+        .expect("serializing strings cannot fail");
+        // Route id and revision together identify the answer's content exactly.
+        let tag = xxh3_64_with_seed(route.id.as_uuid().as_bytes(), route.revision as u64);
+        Self {
+            version: route.version.clone(),
+            url: route.url.clone(),
+            weight: route.weight,
+            body: Bytes::from(body),
+            etag: format!("\"{tag:016x}\""),
+            seed: xxh3_64(route.version.as_str().as_bytes()),
+        }
+    }
+}
+
+fn group_key(tenant: &TenantId, service: &ServiceName, env: &EnvName) -> String {
+    format!("{tenant}/{service}/{env}")
+}
+
+/// The map key of a group, written into `buf` so that a lookup allocates nothing.
+/// `/` cannot occur in an identifier, so the key is unambiguous.
+fn group_key_in<'b>(
+    buf: &'b mut [u8; 3 * MAX_IDENTIFIER_LEN + 2],
+    tenant: &TenantId,
+    service: &ServiceName,
+    env: &EnvName,
+) -> &'b str {
+    let mut len = 0;
+    for (i, part) in [tenant.as_str(), service.as_str(), env.as_str()]
+        .into_iter()
+        .enumerate()
+    {
+        if i > 0 {
+            buf[len] = b'/';
+            len += 1;
+        }
+        buf[len..len + part.len()].copy_from_slice(part.as_bytes());
+        len += part.len();
+    }
+    std::str::from_utf8(&buf[..len]).expect("identifiers are ASCII")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{NewRoute, RouteId, RouteKey};
+
+    fn route(version: &str, weight: u8, active: bool) -> Route {
+        NewRoute {
+            key: RouteKey {
+                tenant: TenantId::parse("acme").expect("valid"),
+                service: ServiceName::parse("billing").expect("valid"),
+                env: EnvName::parse("prod").expect("valid"),
+                version: Version::parse(version).expect("valid"),
+            },
+            url: UpstreamUrl::parse(&format!("http://{version}.internal")).expect("valid"),
+            active,
+            weight: Weight::parse(i64::from(weight)).expect("valid"),
+        }
+        .into_route(RouteId::generate(), crate::now())
+    }
+
+    fn ids() -> (TenantId, ServiceName, EnvName) {
+        (
+            TenantId::parse("acme").expect("valid"),
+            ServiceName::parse("billing").expect("valid"),
+            EnvName::parse("prod").expect("valid"),
+        )
+    }
+
+    fn pick_sticky<'a>(s: &'a RoutingSnapshot, key: &str) -> Option<&'a str> {
+        let (t, sv, e) = ids();
+        s.resolve(&t, &sv, &e, Pick::Sticky(key))
+            .map(|r| r.version.as_str())
+    }
+
+    #[test]
+    fn only_active_routes_are_served() {
+        let s = RoutingSnapshot::from_routes(&[route("v1", 100, false), route("v2", 100, true)]);
+        assert_eq!(s.route_count(), 1);
+        let (t, sv, e) = ids();
+        let v1 = Version::parse("v1").expect("valid");
+        assert!(s.resolve(&t, &sv, &e, Pick::Version(&v1)).is_none());
+        assert_eq!(pick_sticky(&s, "k"), Some("v2"));
+    }
+
+    #[test]
+    fn explicit_version_ignores_weight_but_weighted_picks_skip_zero() {
+        let s = RoutingSnapshot::from_routes(&[route("v1", 0, true)]);
+        let (t, sv, e) = ids();
+        let v1 = Version::parse("v1").expect("valid");
+        assert!(s.resolve(&t, &sv, &e, Pick::Version(&v1)).is_some());
+        assert!(s.resolve(&t, &sv, &e, Pick::Random(7)).is_none());
+        assert!(pick_sticky(&s, "k").is_none());
+    }
+
+    #[test]
+    fn random_picks_follow_the_weights() {
+        let s = RoutingSnapshot::from_routes(&[route("v1", 25, true), route("v2", 75, true)]);
+        let (t, sv, e) = ids();
+        let v2 = (0..100u64)
+            .filter(|n| {
+                s.resolve(&t, &sv, &e, Pick::Random(*n))
+                    .expect("some")
+                    .version
+                    .as_str()
+                    == "v2"
+            })
+            .count();
+        assert_eq!(v2, 75);
+    }
+
+    #[test]
+    fn sticky_keys_split_by_weight_and_move_minimally() {
+        let before = RoutingSnapshot::from_routes(&[route("v1", 90, true), route("v2", 10, true)]);
+        let after = RoutingSnapshot::from_routes(&[route("v1", 50, true), route("v2", 50, true)]);
+        let keys: Vec<String> = (0..20_000).map(|i| format!("user-{i}")).collect();
+        let v2_before = keys
+            .iter()
+            .filter(|k| pick_sticky(&before, k) == Some("v2"))
+            .count();
+        let v2_after = keys
+            .iter()
+            .filter(|k| pick_sticky(&after, k) == Some("v2"))
+            .count();
+        assert!(
+            (1_600..2_400).contains(&v2_before),
+            "~10% on v2, got {v2_before}"
+        );
+        assert!(
+            (9_400..10_600).contains(&v2_after),
+            "~50% on v2, got {v2_after}"
+        );
+        // Shifting weight towards v2 only moves keys onto v2, never away from it.
+        let moved_off_v2 = keys
+            .iter()
+            .filter(|k| {
+                pick_sticky(&before, k) == Some("v2") && pick_sticky(&after, k) != Some("v2")
+            })
+            .count();
+        assert_eq!(moved_off_v2, 0);
+    }
+
+    #[test]
+    fn sticky_picks_are_stable_across_snapshots_of_the_same_routes() {
+        let routes = [
+            route("v1", 30, true),
+            route("v2", 70, true),
+            route("v3", 0, true),
+        ];
+        let a = RoutingSnapshot::from_routes(&routes);
+        let b = RoutingSnapshot::from_routes(routes.iter().rev());
+        for i in 0..1000 {
+            let key = format!("k{i}");
+            assert_eq!(pick_sticky(&a, &key), pick_sticky(&b, &key));
+            assert_ne!(pick_sticky(&a, &key), Some("v3"));
+        }
+    }
+
+    #[test]
+    fn replacing_a_group_keeps_the_count_right() {
+        let v1 = route("v1", 100, true);
+        let s = RoutingSnapshot::from_routes(&[v1.clone()]);
+        let key = v1.group();
+        let v2 = route("v2", 100, true);
+        let s2 = s.with_group(&key, &[v1.clone(), v2]);
+        assert_eq!((s.route_count(), s2.route_count()), (1, 2));
+        let s3 = s2.with_group(&key, &[]);
+        assert_eq!(s3.route_count(), 0);
+        assert!(pick_sticky(&s3, "k").is_none());
+    }
+
+    #[test]
+    fn the_answer_body_is_the_contract_shape() {
+        let s = RoutingSnapshot::from_routes(&[route("v1", 100, true)]);
+        let (t, sv, e) = ids();
+        let answer = s.resolve(&t, &sv, &e, Pick::Random(0)).expect("active");
+        let body: serde_json::Value = serde_json::from_slice(&answer.body).expect("json");
+        assert_eq!(
+            body,
+            serde_json::json!({"tenant":"acme","service":"billing","env":"prod","version":"v1","url":"http://v1.internal"})
+        );
+        assert!(answer.etag.starts_with('"') && answer.etag.ends_with('"'));
+    }
+
+    #[test]
+    fn the_etag_changes_with_the_revision() {
+        let r = route("v1", 100, true);
+        let patched = r
+            .with_patch(
+                &crate::RoutePatch {
+                    url: Some(UpstreamUrl::parse("http://other").expect("valid")),
+                    weight: None,
+                },
+                crate::now(),
+            )
+            .expect("changes");
+        let (t, sv, e) = ids();
+        let a = RoutingSnapshot::from_routes(&[r]);
+        let b = RoutingSnapshot::from_routes(&[patched]);
+        let tag = |s: &RoutingSnapshot| {
+            s.resolve(&t, &sv, &e, Pick::Random(0))
+                .expect("active")
+                .etag
+                .clone()
+        };
+        assert_ne!(tag(&a), tag(&b));
+    }
+}
