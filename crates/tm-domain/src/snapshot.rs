@@ -362,7 +362,7 @@ mod tests {
     #[test]
     fn replacing_a_group_keeps_the_count_right() {
         let v1 = route("v1", 100, true);
-        let s = RoutingSnapshot::from_routes(&[v1.clone()]);
+        let s = RoutingSnapshot::from_routes(std::slice::from_ref(&v1));
         let key = v1.group();
         let v2 = route("v2", 100, true);
         let s2 = s.with_group(&key, &[v1.clone(), v2]);
