@@ -1,0 +1,658 @@
+//! Configuration: defaults < TOML file (`--config` / `TM_CONFIG`) < `TM_*` environment,
+//! read into [`RawConfig`] and checked once into [`Config`], whose types rule out bad states.
+//!
+//! Keys are flat and the same in both places: `TM_DATABASE_URL` in the environment is
+//! `database_url` in the TOML file.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+
+/// Settings as read, before validation. Every field is a setting; see the README table.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawConfig {
+    pub profile: String,
+    pub listen: String,
+    pub data_dir: PathBuf,
+    pub database_url: Option<String>,
+    pub db_pool_max: u32,
+    pub db_pool_min: u32,
+    #[serde(with = "humantime_serde")]
+    pub db_acquire_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub db_idle_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub db_max_lifetime: Duration,
+    #[serde(with = "humantime_serde")]
+    pub db_statement_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub db_idle_in_transaction_timeout: Duration,
+    pub db_statement_cache: bool,
+    pub sqlite_synchronous: String,
+    pub log_format: Option<String>,
+    pub log_level: String,
+    pub body_limit_bytes: usize,
+    #[serde(with = "humantime_serde")]
+    pub resolve_max_age: Duration,
+    #[serde(with = "humantime_serde")]
+    pub resolve_stale_while_revalidate: Duration,
+    #[serde(with = "humantime_serde")]
+    pub snapshot_reload_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub health_check_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for RawConfig {
+    fn default() -> Self {
+        Self {
+            profile: "dev".into(),
+            listen: "127.0.0.1:8080".into(),
+            data_dir: PathBuf::from("./data"),
+            database_url: None,
+            db_pool_max: 10,
+            db_pool_min: 1,
+            db_acquire_timeout: Duration::from_secs(5),
+            db_idle_timeout: Duration::from_secs(600),
+            db_max_lifetime: Duration::from_secs(1800),
+            db_statement_timeout: Duration::from_secs(3),
+            db_idle_in_transaction_timeout: Duration::from_secs(5),
+            db_statement_cache: true,
+            sqlite_synchronous: "full".into(),
+            log_format: None,
+            log_level: "info".into(),
+            body_limit_bytes: 64 * 1024,
+            resolve_max_age: Duration::from_secs(5),
+            resolve_stale_while_revalidate: Duration::from_secs(30),
+            snapshot_reload_interval: Duration::from_secs(30),
+            health_check_timeout: Duration::from_secs(2),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The keys that may come from `TM_*` variables. Other `TM_` variables (`TM_CONFIG`, or
+/// ones used by tooling) are not settings and are left alone.
+const ENV_KEYS: &[&str] = &[
+    "profile",
+    "listen",
+    "data_dir",
+    "database_url",
+    "db_pool_max",
+    "db_pool_min",
+    "db_acquire_timeout",
+    "db_idle_timeout",
+    "db_max_lifetime",
+    "db_statement_timeout",
+    "db_idle_in_transaction_timeout",
+    "db_statement_cache",
+    "sqlite_synchronous",
+    "log_format",
+    "log_level",
+    "body_limit_bytes",
+    "resolve_max_age",
+    "resolve_stale_while_revalidate",
+    "snapshot_reload_interval",
+    "health_check_timeout",
+    "shutdown_grace",
+];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Profile {
+    Dev,
+    Staging,
+    Prod,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// SQLite's `synchronous` pragma: `full` syncs the WAL on every commit (survives power
+/// loss), `normal` only at checkpoints (survives a process crash, not a power cut).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SqliteSynchronous {
+    Full,
+    Normal,
+}
+
+/// Where routes are stored, chosen by the scheme of `database_url`.
+#[derive(Clone, Debug)]
+pub enum StorageConfig {
+    Sqlite {
+        path: PathBuf,
+        synchronous: SqliteSynchronous,
+    },
+    Postgres {
+        url: SecretString,
+        statement_timeout: Duration,
+        idle_in_transaction_timeout: Duration,
+        /// Server-side prepared statement cache; off behind PgBouncer in transaction mode.
+        statement_cache: bool,
+    },
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct PoolConfig {
+    pub max_connections: u32,
+    pub min_connections: u32,
+    #[serde(with = "humantime_serde")]
+    pub acquire_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_lifetime: Duration,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// An `EnvFilter` directive, e.g. `info` or `info,tm_store=debug`.
+    pub level: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
+    pub body_limit_bytes: usize,
+    #[serde(with = "humantime_serde")]
+    pub resolve_max_age: Duration,
+    #[serde(with = "humantime_serde")]
+    pub resolve_stale_while_revalidate: Duration,
+    #[serde(with = "humantime_serde")]
+    pub health_check_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+/// The validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub profile: Profile,
+    pub data_dir: PathBuf,
+    pub storage: StorageConfig,
+    pub pool: PoolConfig,
+    pub log: LogConfig,
+    pub http: HttpConfig,
+    pub snapshot_reload_interval: Duration,
+}
+
+/// One problem with one setting.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SettingError {
+    /// The environment variable that names the setting, e.g. `TM_LISTEN`.
+    pub setting: String,
+    pub message: String,
+}
+
+/// Every problem found in the configuration.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub struct ConfigError(pub Vec<SettingError>);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid configuration:")?;
+        for e in &self.0 {
+            write!(f, "\n  {}: {}", e.setting, e.message)?;
+        }
+        Ok(())
+    }
+}
+
+fn env_name(key: &str) -> String {
+    format!("TM_{}", key.to_ascii_uppercase())
+}
+
+impl Config {
+    /// Reads defaults, then the TOML file (`file`, else `TM_CONFIG` if set), then `TM_*`.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let file = file
+            .map(Path::to_path_buf)
+            .or_else(|| std::env::var_os("TM_CONFIG").map(PathBuf::from));
+        Self::from_figment(figment_for(file.as_deref())?)
+    }
+
+    fn from_figment(figment: Figment) -> Result<Config, ConfigError> {
+        let raw: RawConfig = figment.extract().map_err(|errors| {
+            ConfigError(
+                errors
+                    .into_iter()
+                    .map(|e| SettingError {
+                        setting: if e.path.is_empty() {
+                            "configuration".to_owned()
+                        } else {
+                            env_name(&e.path.join("_"))
+                        },
+                        message: e.kind.to_string(),
+                    })
+                    .collect(),
+            )
+        })?;
+        Config::try_from(raw)
+    }
+
+    /// The effective settings as TOML-like `key = value` lines, secrets redacted.
+    pub fn redacted(&self) -> String {
+        let mut lines = vec![
+            format!(
+                "profile = {:?}",
+                format!("{:?}", self.profile).to_lowercase()
+            ),
+            format!("listen = \"{}\"", self.http.listen),
+            format!("data_dir = {:?}", self.data_dir.display().to_string()),
+        ];
+        match &self.storage {
+            StorageConfig::Sqlite { path, synchronous } => {
+                lines.push(format!("database_url = \"sqlite://{}\"", path.display()));
+                lines.push(format!(
+                    "sqlite_synchronous = {:?}",
+                    format!("{synchronous:?}").to_lowercase()
+                ));
+            }
+            StorageConfig::Postgres {
+                url,
+                statement_timeout,
+                idle_in_transaction_timeout,
+                statement_cache,
+            } => {
+                lines.push(format!(
+                    "database_url = {:?}",
+                    redact_url(url.expose_secret())
+                ));
+                lines.push(format!(
+                    "db_statement_timeout = \"{}\"",
+                    humantime::format_duration(*statement_timeout)
+                ));
+                lines.push(format!(
+                    "db_idle_in_transaction_timeout = \"{}\"",
+                    humantime::format_duration(*idle_in_transaction_timeout)
+                ));
+                lines.push(format!("db_statement_cache = {statement_cache}"));
+            }
+        }
+        let d = |d: Duration| format!("\"{}\"", humantime::format_duration(d));
+        lines.extend([
+            format!("db_pool_max = {}", self.pool.max_connections),
+            format!("db_pool_min = {}", self.pool.min_connections),
+            format!("db_acquire_timeout = {}", d(self.pool.acquire_timeout)),
+            format!("db_idle_timeout = {}", d(self.pool.idle_timeout)),
+            format!("db_max_lifetime = {}", d(self.pool.max_lifetime)),
+            format!(
+                "log_format = {:?}",
+                format!("{:?}", self.log.format).to_lowercase()
+            ),
+            format!("log_level = {:?}", self.log.level),
+            format!("body_limit_bytes = {}", self.http.body_limit_bytes),
+            format!("resolve_max_age = {}", d(self.http.resolve_max_age)),
+            format!(
+                "resolve_stale_while_revalidate = {}",
+                d(self.http.resolve_stale_while_revalidate)
+            ),
+            format!(
+                "snapshot_reload_interval = {}",
+                d(self.snapshot_reload_interval)
+            ),
+            format!(
+                "health_check_timeout = {}",
+                d(self.http.health_check_timeout)
+            ),
+            format!("shutdown_grace = {}", d(self.http.shutdown_grace)),
+        ]);
+        lines.join("\n")
+    }
+}
+
+fn figment_for(file: Option<&Path>) -> Result<Figment, ConfigError> {
+    let mut figment = Figment::from(Serialized::defaults(RawConfig::default()));
+    if let Some(path) = file {
+        // `Toml::file` quietly skips a missing file; a named file that is not there is an error.
+        if !path.is_file() {
+            return Err(ConfigError(vec![SettingError {
+                setting: "TM_CONFIG".into(),
+                message: format!("configuration file {} does not exist", path.display()),
+            }]));
+        }
+        figment = figment.merge(Toml::file_exact(path));
+    }
+    Ok(figment.merge(Env::prefixed("TM_").only(ENV_KEYS)))
+}
+
+/// `url` with any password replaced by `***`.
+pub fn redact_url(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(mut url) => {
+            if url.password().is_some() {
+                let _ = url.set_password(Some("***"));
+            }
+            // Query parameters such as `password=` may carry secrets too.
+            if url.query().is_some_and(|q| q.contains("password")) {
+                url.set_query(Some("***"));
+            }
+            url.to_string()
+        }
+        Err(_) => "***".into(),
+    }
+}
+
+impl TryFrom<RawConfig> for Config {
+    type Error = ConfigError;
+
+    fn try_from(raw: RawConfig) -> Result<Self, Self::Error> {
+        let mut errors = Vec::new();
+        let mut fail = |key: &str, message: String| {
+            errors.push(SettingError {
+                setting: env_name(key),
+                message,
+            })
+        };
+
+        let profile = match raw.profile.as_str() {
+            "dev" => Some(Profile::Dev),
+            "staging" => Some(Profile::Staging),
+            "prod" => Some(Profile::Prod),
+            other => {
+                fail(
+                    "profile",
+                    format!("must be dev, staging or prod, not {other:?}"),
+                );
+                None
+            }
+        };
+
+        let listen = raw
+            .listen
+            .parse::<SocketAddr>()
+            .map_err(|_| {
+                fail(
+                    "listen",
+                    format!(
+                        "must be an address like 127.0.0.1:8080, not {:?}",
+                        raw.listen
+                    ),
+                )
+            })
+            .ok();
+
+        if raw.data_dir.as_os_str().is_empty() {
+            fail("data_dir", "must not be empty".into());
+        }
+
+        let synchronous = match raw.sqlite_synchronous.as_str() {
+            "full" => Some(SqliteSynchronous::Full),
+            "normal" => Some(SqliteSynchronous::Normal),
+            other => {
+                fail(
+                    "sqlite_synchronous",
+                    format!("must be full or normal, not {other:?}"),
+                );
+                None
+            }
+        };
+
+        let storage = match raw.database_url.as_deref() {
+            None | Some("") => synchronous.map(|synchronous| StorageConfig::Sqlite {
+                path: raw.data_dir.join("traffic-manager.db"),
+                synchronous,
+            }),
+            Some(url) if url.starts_with("sqlite:") => {
+                let path = url.trim_start_matches("sqlite:").trim_start_matches("//");
+                let path = path.split('?').next().unwrap_or_default();
+                if path.is_empty() || path == ":memory:" {
+                    fail(
+                        "database_url",
+                        "a SQLite URL must name a file, e.g. sqlite://./data/traffic-manager.db"
+                            .into(),
+                    );
+                    None
+                } else {
+                    synchronous.map(|synchronous| StorageConfig::Sqlite {
+                        path: PathBuf::from(path),
+                        synchronous,
+                    })
+                }
+            }
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                match url::Url::parse(url) {
+                    Ok(parsed) if parsed.host_str().is_some_and(|h| !h.is_empty()) => {
+                        Some(StorageConfig::Postgres {
+                            url: SecretString::from(url.to_owned()),
+                            statement_timeout: raw.db_statement_timeout,
+                            idle_in_transaction_timeout: raw.db_idle_in_transaction_timeout,
+                            statement_cache: raw.db_statement_cache,
+                        })
+                    }
+                    _ => {
+                        fail(
+                            "database_url",
+                            format!("{} is not a valid PostgreSQL URL", redact_url(url)),
+                        );
+                        None
+                    }
+                }
+            }
+            Some(url) => {
+                fail(
+                    "database_url",
+                    format!(
+                        "unsupported scheme in {}: use sqlite:// or postgres://",
+                        redact_url(url)
+                    ),
+                );
+                None
+            }
+        };
+
+        if raw.db_pool_max == 0 {
+            fail("db_pool_max", "must be at least 1".into());
+        }
+        if raw.db_pool_min > raw.db_pool_max {
+            fail(
+                "db_pool_min",
+                format!("must not exceed TM_DB_POOL_MAX ({})", raw.db_pool_max),
+            );
+        }
+        for (key, value) in [
+            ("db_acquire_timeout", raw.db_acquire_timeout),
+            ("db_idle_timeout", raw.db_idle_timeout),
+            ("db_max_lifetime", raw.db_max_lifetime),
+            ("db_statement_timeout", raw.db_statement_timeout),
+            (
+                "db_idle_in_transaction_timeout",
+                raw.db_idle_in_transaction_timeout,
+            ),
+            ("snapshot_reload_interval", raw.snapshot_reload_interval),
+            ("health_check_timeout", raw.health_check_timeout),
+        ] {
+            if value.is_zero() {
+                fail(key, "must be greater than zero".into());
+            }
+        }
+
+        let log_format = match (raw.log_format.as_deref(), profile) {
+            (Some("text"), _) => Some(LogFormat::Text),
+            (Some("json"), _) => Some(LogFormat::Json),
+            (Some(other), _) => {
+                fail("log_format", format!("must be text or json, not {other:?}"));
+                None
+            }
+            (None, Some(Profile::Dev)) => Some(LogFormat::Text),
+            (None, _) => Some(LogFormat::Json),
+        };
+        if raw.log_level.trim().is_empty() {
+            fail("log_level", "must not be empty".into());
+        }
+
+        const MIN_BODY: usize = 1024;
+        const MAX_BODY: usize = 16 * 1024 * 1024;
+        if !(MIN_BODY..=MAX_BODY).contains(&raw.body_limit_bytes) {
+            fail(
+                "body_limit_bytes",
+                format!("must be between {MIN_BODY} and {MAX_BODY}"),
+            );
+        }
+
+        match (profile, listen, storage, log_format) {
+            (Some(profile), Some(listen), Some(storage), Some(format)) if errors.is_empty() => {
+                Ok(Config {
+                    profile,
+                    data_dir: raw.data_dir,
+                    storage,
+                    pool: PoolConfig {
+                        max_connections: raw.db_pool_max,
+                        min_connections: raw.db_pool_min,
+                        acquire_timeout: raw.db_acquire_timeout,
+                        idle_timeout: raw.db_idle_timeout,
+                        max_lifetime: raw.db_max_lifetime,
+                    },
+                    log: LogConfig {
+                        format,
+                        level: raw.log_level,
+                    },
+                    http: HttpConfig {
+                        listen,
+                        body_limit_bytes: raw.body_limit_bytes,
+                        resolve_max_age: raw.resolve_max_age,
+                        resolve_stale_while_revalidate: raw.resolve_stale_while_revalidate,
+                        health_check_timeout: raw.health_check_timeout,
+                        shutdown_grace: raw.shutdown_grace,
+                    },
+                    snapshot_reload_interval: raw.snapshot_reload_interval,
+                })
+            }
+            _ => Err(ConfigError(errors)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    #[test]
+    fn defaults_serve_a_laptop() {
+        let config = Config::try_from(RawConfig::default()).expect("defaults are valid");
+        assert_eq!(config.http.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.profile, Profile::Dev);
+        assert_eq!(config.log.format, LogFormat::Text);
+        assert!(matches!(
+            config.storage,
+            StorageConfig::Sqlite { ref path, .. } if path == Path::new("./data/traffic-manager.db")
+        ));
+        assert_eq!(config.http.body_limit_bytes, 65536);
+    }
+
+    #[test]
+    fn environment_overrides_file_overrides_defaults() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "tm.toml",
+                "listen = \"127.0.0.1:9000\"\nlog_level = \"debug\"\ndb_pool_max = 4",
+            )?;
+            jail.set_env("TM_LISTEN", "127.0.0.1:9100");
+            jail.set_env("TM_DB_STATEMENT_TIMEOUT", "750ms");
+            jail.set_env("TM_DATABASE_URL", "postgres://tm:hunter2@127.0.0.1:5432/tm");
+            let config = Config::load(Some(Path::new("tm.toml"))).expect("valid");
+            assert_eq!(config.http.listen.to_string(), "127.0.0.1:9100");
+            assert_eq!(config.log.level, "debug");
+            assert_eq!(config.pool.max_connections, 4);
+            let StorageConfig::Postgres {
+                statement_timeout, ..
+            } = config.storage
+            else {
+                panic!("postgres expected");
+            };
+            assert_eq!(statement_timeout, Duration::from_millis(750));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn every_bad_setting_is_named() {
+        let raw = RawConfig {
+            profile: "production".into(),
+            listen: "localhost".into(),
+            db_pool_max: 2,
+            db_pool_min: 5,
+            database_url: Some("mysql://x".into()),
+            body_limit_bytes: 1,
+            ..RawConfig::default()
+        };
+        let err = Config::try_from(raw).expect_err("invalid");
+        let named: Vec<&str> = err.0.iter().map(|e| e.setting.as_str()).collect();
+        assert_eq!(
+            named,
+            [
+                "TM_PROFILE",
+                "TM_LISTEN",
+                "TM_DATABASE_URL",
+                "TM_DB_POOL_MIN",
+                "TM_BODY_LIMIT_BYTES"
+            ]
+        );
+    }
+
+    #[test]
+    fn type_errors_from_the_environment_name_the_variable() {
+        Jail::expect_with(|jail| {
+            jail.set_env("TM_DB_POOL_MAX", "many");
+            let err = Config::load(None).expect_err("invalid");
+            assert_eq!(err.0[0].setting, "TM_DB_POOL_MAX");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_in_the_file_are_refused() {
+        Jail::expect_with(|jail| {
+            jail.create_file("tm.toml", "lissten = \"127.0.0.1:1\"")?;
+            assert!(Config::load(Some(Path::new("tm.toml"))).is_err());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_missing_config_file_is_an_error() {
+        let err = Config::load(Some(Path::new("/nonexistent/tm.toml"))).expect_err("missing");
+        assert_eq!(err.0[0].setting, "TM_CONFIG");
+    }
+
+    #[test]
+    fn secrets_are_redacted() {
+        let raw = RawConfig {
+            database_url: Some("postgres://tm:hunter2@db.internal:5432/tm".into()),
+            ..RawConfig::default()
+        };
+        let shown = Config::try_from(raw).expect("valid").redacted();
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(
+            shown.contains("postgres://tm:***@db.internal:5432/tm"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn non_dev_profiles_log_json_by_default() {
+        let raw = RawConfig {
+            profile: "prod".into(),
+            ..RawConfig::default()
+        };
+        assert_eq!(
+            Config::try_from(raw).expect("valid").log.format,
+            LogFormat::Json
+        );
+    }
+}
