@@ -538,6 +538,7 @@ impl TryFrom<RawConfig> for Config {
 }
 
 #[cfg(test)]
+#[expect(clippy::result_large_err, reason = "figment::Jail's closures return figment::Error")]
 mod tests {
     use super::*;
     use figment::Jail;
