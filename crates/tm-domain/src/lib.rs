@@ -10,5 +10,5 @@ mod upstream;
 pub use error::{DomainError, FieldError, FieldErrors};
 pub use ident::{EnvName, ServiceName, TenantId, Version};
 pub use route::{now, GroupKey, NewRoute, Route, RouteId, RouteKey, RoutePatch, Weight};
-pub use snapshot::{ActiveRoute, Pick, RoutingSnapshot};
+pub use snapshot::{ActiveRoute, Pick, RouteChange, RoutingSnapshot};
 pub use upstream::UpstreamUrl;

@@ -24,8 +24,17 @@ pub enum Pick<'a> {
     Random(u64),
 }
 
+/// One change to one route, as a write left it.
+#[derive(Clone, Copy, Debug)]
+pub enum RouteChange<'a> {
+    /// The route exists in this state (active or not).
+    Stored(&'a Route),
+    /// The route was deleted.
+    Deleted(&'a Route),
+}
+
 /// One active version of a service, with its answer prepared in advance.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct ActiveRoute {
     pub version: Version,
     pub url: UpstreamUrl,
@@ -75,7 +84,7 @@ impl RoutingSnapshot {
         }
         let mut snapshot = Self::default();
         for (key, members) in by_group {
-            let group = Group::build(members);
+            let group = Group::build(members.into_iter().map(ActiveRoute::new).collect());
             snapshot.route_count += group.routes.len();
             snapshot.groups.insert(key, Arc::new(group));
         }
@@ -89,24 +98,48 @@ impl RoutingSnapshot {
         key: &GroupKey,
         routes: impl IntoIterator<Item = &'a Route>,
     ) -> Self {
-        let members: Vec<&Route> = routes
+        let members: Vec<ActiveRoute> = routes
             .into_iter()
             .filter(|r| {
                 r.active && r.tenant == key.tenant && r.service == key.service && r.env == key.env
             })
+            .map(ActiveRoute::new)
             .collect();
-        let map_key = group_key(&key.tenant, &key.service, &key.env);
-        let mut next = self.clone();
-        let old = if members.is_empty() {
-            next.groups.remove(&map_key)
-        } else {
-            next.groups.insert(map_key, Arc::new(Group::build(members)))
+        self.with_group_routes(group_key(&key.tenant, &key.service, &key.env), members)
+    }
+
+    /// This snapshot with one route's change applied, leaving the rest of its group as is.
+    pub fn with_change(&self, change: RouteChange<'_>) -> Self {
+        let (route, keep) = match change {
+            RouteChange::Stored(r) => (r, r.active),
+            RouteChange::Deleted(r) => (r, false),
         };
-        let added = next
+        let map_key = group_key(&route.tenant, &route.service, &route.env);
+        let mut routes: Vec<ActiveRoute> = self
             .groups
-            .get(group_key(&key.tenant, &key.service, &key.env).as_str())
-            .map_or(0, |g| g.routes.len());
-        next.route_count = next.route_count + added - old.map_or(0, |g| g.routes.len());
+            .get(&map_key)
+            .map(|g| {
+                g.routes
+                    .iter()
+                    .filter(|r| r.version != route.version)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        if keep {
+            routes.push(ActiveRoute::new(route));
+        }
+        self.with_group_routes(map_key, routes)
+    }
+
+    fn with_group_routes(&self, map_key: String, routes: Vec<ActiveRoute>) -> Self {
+        let mut next = self.clone();
+        let removed = next.groups.remove(&map_key).map_or(0, |g| g.routes.len());
+        let added = routes.len();
+        if !routes.is_empty() {
+            next.groups.insert(map_key, Arc::new(Group::build(routes)));
+        }
+        next.route_count = next.route_count + added - removed;
         next.built_at = Instant::now();
         next
     }
@@ -141,9 +174,8 @@ impl RoutingSnapshot {
 }
 
 impl Group {
-    fn build(mut members: Vec<&Route>) -> Self {
-        members.sort_by(|a, b| a.version.cmp(&b.version));
-        let routes: Vec<ActiveRoute> = members.into_iter().map(ActiveRoute::new).collect();
+    fn build(mut routes: Vec<ActiveRoute>) -> Self {
+        routes.sort_by(|a, b| a.version.cmp(&b.version));
         let total_weight = routes.iter().map(|r| u64::from(r.weight.get())).sum();
         Self {
             routes,
@@ -370,6 +402,21 @@ mod tests {
         let s3 = s2.with_group(&key, &[]);
         assert_eq!(s3.route_count(), 0);
         assert!(pick_sticky(&s3, "k").is_none());
+    }
+
+    #[test]
+    fn a_single_change_keeps_the_rest_of_the_group() {
+        let v1 = route("v1", 100, true);
+        let v2 = route("v2", 100, true);
+        let s = RoutingSnapshot::from_routes(&[v1.clone(), v2.clone()]);
+        let off = v2.with_active(false, crate::now()).expect("changes");
+        let s2 = s.with_change(RouteChange::Stored(&off));
+        assert_eq!(s2.route_count(), 1);
+        assert_eq!(pick_sticky(&s2, "k"), Some("v1"));
+        let s3 = s2.with_change(RouteChange::Deleted(&v1));
+        assert_eq!(s3.route_count(), 0);
+        let s4 = s3.with_change(RouteChange::Stored(&v2));
+        assert_eq!(pick_sticky(&s4, "k"), Some("v2"));
     }
 
     #[test]

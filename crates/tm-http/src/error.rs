@@ -1,0 +1,161 @@
+//! `ApiError`: every way a request can fail, and the one place that turns it into an
+//! RFC 9457 `application/problem+json` response.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use tm_domain::{DomainError, FieldError, FieldErrors};
+use tm_store::StoreError;
+
+/// Seconds a client should wait before retrying after a 503.
+const RETRY_AFTER_SECONDS: u32 = 2;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Well-formed input with invalid values; each field says what is wrong.
+    #[error("invalid fields")]
+    Invalid(FieldErrors),
+    /// Input that could not be read at all: broken JSON, an unreadable query string.
+    #[error("malformed request: {0}")]
+    Malformed(String),
+    #[error("unsupported media type")]
+    UnsupportedMediaType,
+    #[error("payload too large")]
+    PayloadTooLarge,
+    #[error("not found")]
+    NotFound,
+    #[error("no active route")]
+    NoActiveRoute,
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<DomainError> for ApiError {
+    fn from(err: DomainError) -> Self {
+        match err {
+            DomainError::Invalid(fields) => ApiError::Invalid(fields),
+            DomainError::InvalidValue { reason } => {
+                ApiError::Invalid(FieldErrors(vec![FieldError::new("body", reason)]))
+            }
+        }
+    }
+}
+
+/// The problem document of RFC 9457.
+#[derive(Debug, Serialize)]
+struct Problem<'a> {
+    #[serde(rename = "type")]
+    kind: String,
+    title: &'a str,
+    status: u16,
+    detail: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    errors: Option<&'a [FieldError]>,
+}
+
+/// Problem types are URNs under this prefix, e.g. `urn:traffic-manager:problem:route-exists`.
+pub const PROBLEM_TYPE_PREFIX: &str = "urn:traffic-manager:problem:";
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        use StatusCode as S;
+        let (status, slug, title, detail): (StatusCode, &str, &str, String) = match &self {
+            ApiError::Invalid(_) => (
+                S::UNPROCESSABLE_ENTITY,
+                "invalid-fields",
+                "Invalid fields",
+                "One or more fields are invalid; see errors.".into(),
+            ),
+            ApiError::Malformed(why) => (
+                S::BAD_REQUEST,
+                "malformed-request",
+                "Malformed request",
+                why.clone(),
+            ),
+            ApiError::UnsupportedMediaType => (
+                S::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported-media-type",
+                "Unsupported media type",
+                "The request body must be JSON, sent with Content-Type: application/json.".into(),
+            ),
+            ApiError::PayloadTooLarge => (
+                S::PAYLOAD_TOO_LARGE,
+                "payload-too-large",
+                "Payload too large",
+                "The request body is larger than this server accepts.".into(),
+            ),
+            ApiError::NotFound | ApiError::Store(StoreError::NotFound) => (
+                S::NOT_FOUND,
+                "not-found",
+                "Not found",
+                "No such resource.".into(),
+            ),
+            ApiError::NoActiveRoute => (
+                S::NOT_FOUND,
+                "no-active-route",
+                "No active route",
+                "No active version of this service can be chosen.".into(),
+            ),
+            ApiError::MethodNotAllowed => (
+                S::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                "Method not allowed",
+                "This resource does not support this method.".into(),
+            ),
+            ApiError::Store(StoreError::Conflict) => (
+                S::CONFLICT,
+                "route-exists",
+                "Route exists",
+                "A route with this tenant, service, env and version already exists.".into(),
+            ),
+            ApiError::Store(StoreError::StaleRevision { current }) => (
+                S::PRECONDITION_FAILED,
+                "stale-revision",
+                "Precondition failed",
+                format!(
+                    "The route is at revision {}; If-Match names another.",
+                    current.revision
+                ),
+            ),
+            ApiError::Store(StoreError::Unavailable(_)) => (
+                S::SERVICE_UNAVAILABLE,
+                "database-unavailable",
+                "Service unavailable",
+                "The database is unavailable; retry later.".into(),
+            ),
+            ApiError::Store(StoreError::Corrupt(_) | StoreError::Other(_)) => (
+                S::INTERNAL_SERVER_ERROR,
+                "internal",
+                "Internal error",
+                "The request could not be completed.".into(),
+            ),
+        };
+        if status.is_server_error() {
+            tracing::error!(error = %self, source = ?std::error::Error::source(&self), "request failed");
+        }
+        let errors = match &self {
+            ApiError::Invalid(fields) => Some(fields.0.as_slice()),
+            _ => None,
+        };
+        let problem = Problem {
+            kind: format!("{PROBLEM_TYPE_PREFIX}{slug}"),
+            title,
+            status: status.as_u16(),
+            detail,
+            errors,
+        };
+        let body = serde_json::to_vec(&problem).expect("a problem always serializes");
+        let mut response = (status, body).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if status == S::SERVICE_UNAVAILABLE {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
+        }
+        response
+    }
+}

@@ -1,0 +1,218 @@
+//! Extractors that turn unreadable input into problems instead of axum's plain-text
+//! rejections: JSON bodies, query strings, route ids and `If-Match`.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap};
+use serde::de::DeserializeOwned;
+use tm_domain::{FieldErrors, RouteId};
+
+use crate::ApiError;
+
+/// A JSON body of type `T`. Wrong content type is a 415, broken JSON a 400, and JSON of
+/// the wrong shape (wrong types, unknown fields) a 422 naming the field.
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        if !is_json(req.headers()) {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge
+            } else {
+                ApiError::Malformed(format!("could not read the request body: {rejection}"))
+            }
+        })?;
+        parse_json(&bytes).map(ApiJson)
+    }
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    let Some(value) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner();
+        match inner.classify() {
+            serde_json::error::Category::Data => {
+                let field = field_of(&path, &inner.to_string());
+                let mut errors = FieldErrors::default();
+                errors.push(field, strip_position(&inner.to_string()));
+                ApiError::Invalid(errors)
+            }
+            _ => ApiError::Malformed(format!("the body is not valid JSON: {inner}")),
+        }
+    })?;
+    de.end()
+        .map_err(|e| ApiError::Malformed(format!("the body is not valid JSON: {e}")))?;
+    Ok(value)
+}
+
+/// The field a serde data error is about: its path, or for an unknown field at the root
+/// the field's own name.
+fn field_of(path: &str, message: &str) -> String {
+    if path != "." {
+        return path.to_owned();
+    }
+    message
+        .strip_prefix("unknown field `")
+        .and_then(|rest| rest.split('`').next())
+        .map_or_else(|| "body".to_owned(), str::to_owned)
+}
+
+/// serde_json appends "at line 1 column 7"; the field name says more.
+fn strip_position(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(i) => message[..i].to_owned(),
+        None => message.to_owned(),
+    }
+}
+
+/// A query string of type `T` (which should deny unknown fields). Anything unreadable —
+/// unknown or repeated parameters, values of the wrong type — is a 400.
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let query = parts.uri.query().unwrap_or_default();
+        serde_urlencoded::from_str(query)
+            .map(ApiQuery)
+            .map_err(|e| ApiError::Malformed(format!("invalid query string: {e}")))
+    }
+}
+
+/// A route id from the path. Anything that is not a route id names no route: 404.
+pub struct RouteIdPath(pub RouteId);
+
+impl<S: Send + Sync> FromRequestParts<S> for RouteIdPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let axum::extract::Path(raw) =
+            axum::extract::Path::<String>::from_request_parts(parts, state)
+                .await
+                .map_err(|_| ApiError::NotFound)?;
+        raw.parse().map(RouteIdPath).map_err(|_| ApiError::NotFound)
+    }
+}
+
+/// The revisions an `If-Match` header accepts: `None` without the header or with `*`
+/// (the route must merely exist). Tags are compared strongly, so a weak or unreadable tag
+/// matches no revision and the write fails with 412.
+pub struct IfMatch(pub Option<Vec<i64>>);
+
+impl<S: Send + Sync> FromRequestParts<S> for IfMatch {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let values: Vec<&str> = parts
+            .headers
+            .get_all(header::IF_MATCH)
+            .iter()
+            .map(|v| v.to_str().unwrap_or(""))
+            .collect();
+        if values.is_empty() {
+            return Ok(IfMatch(None));
+        }
+        let tags: Vec<&str> = values
+            .iter()
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .collect();
+        if tags.contains(&"*") {
+            return Ok(IfMatch(None));
+        }
+        Ok(IfMatch(Some(
+            tags.iter().filter_map(|t| revision_of_tag(t)).collect(),
+        )))
+    }
+}
+
+/// `"7"` -> 7. Weak tags and anything else -> None.
+fn revision_of_tag(tag: &str) -> Option<i64> {
+    let inner = tag.strip_prefix('"')?.strip_suffix('"')?;
+    if inner.is_empty() || !inner.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    inner.parse().ok()
+}
+
+/// Whether an `If-None-Match` header matches `etag` (weak comparison, as RFC 9110 asks).
+pub fn if_none_match(headers: &HeaderMap, etag: &str) -> bool {
+    headers.get_all(header::IF_NONE_MATCH).iter().any(|value| {
+        value.to_str().is_ok_and(|v| {
+            v.split(',')
+                .map(str::trim)
+                .any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag) == etag)
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn if_match_tags_are_strong_quoted_revisions() {
+        assert_eq!(revision_of_tag("\"7\""), Some(7));
+        for bad in [
+            "7",
+            "W/\"7\"",
+            "\"\"",
+            "\"7a\"",
+            "\"-1\"",
+            "\"99999999999999999999\"",
+        ] {
+            assert_eq!(revision_of_tag(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn unknown_fields_are_named() {
+        #[derive(serde::Deserialize, Debug)]
+        #[serde(deny_unknown_fields)]
+        #[expect(dead_code, reason = "only the error matters")]
+        struct Body {
+            a: Option<String>,
+        }
+        let Err(ApiError::Invalid(errors)) = parse_json::<Body>(br#"{"a":"x","colour":1}"#) else {
+            panic!("expected 422");
+        };
+        assert_eq!(errors.0[0].field, "colour");
+        assert!(matches!(
+            parse_json::<Body>(b"{\"a\":"),
+            Err(ApiError::Malformed(_))
+        ));
+        assert!(matches!(
+            parse_json::<Body>(b"{} x"),
+            Err(ApiError::Malformed(_))
+        ));
+        let Err(ApiError::Invalid(errors)) = parse_json::<Body>(br#"{"a":5}"#) else {
+            panic!("expected 422");
+        };
+        assert_eq!(errors.0[0].field, "a");
+    }
+}

@@ -1,0 +1,85 @@
+//! `GET /api/v1/routes/resolve`: the hot path, answered from the in-memory snapshot.
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use tm_domain::{EnvName, FieldErrors, Pick, ServiceName, TenantId, Version};
+
+use crate::extract::{if_none_match, ApiQuery};
+use crate::{ApiError, AppState};
+
+/// Longest accepted stickiness key, in bytes.
+const MAX_KEY_LEN: usize = 256;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResolveQuery {
+    tenant: Option<String>,
+    service: Option<String>,
+    env: Option<String>,
+    version: Option<String>,
+    key: Option<String>,
+}
+
+pub async fn resolve(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiQuery(query): ApiQuery<ResolveQuery>,
+) -> Result<Response, ApiError> {
+    let (tenant, service, env) = match (&query.tenant, &query.service, &query.env) {
+        (Some(t), Some(s), Some(e)) => (t, s, e),
+        _ => {
+            return Err(ApiError::Malformed(
+                "tenant, service and env are required query parameters".into(),
+            ))
+        }
+    };
+    let mut errors = FieldErrors::default();
+    let tenant = errors.check("tenant", TenantId::parse(tenant));
+    let service = errors.check("service", ServiceName::parse(service));
+    let env = errors.check("env", EnvName::parse(env));
+    let version = query
+        .version
+        .as_deref()
+        .and_then(|v| errors.check("version", Version::parse(v)));
+    if let Some(key) = &query.key {
+        if key.is_empty() || key.len() > MAX_KEY_LEN {
+            errors.push("key", format!("must be 1 to {MAX_KEY_LEN} characters"));
+        }
+    }
+    let (Some(tenant), Some(service), Some(env)) = (tenant, service, env) else {
+        return Err(ApiError::Invalid(errors));
+    };
+    if !errors.is_empty() {
+        return Err(ApiError::Invalid(errors));
+    }
+
+    let pick = match (&version, &query.key) {
+        (Some(version), _) => Pick::Version(version),
+        (None, Some(key)) => Pick::Sticky(key),
+        (None, None) => Pick::Random(rand::random()),
+    };
+    let snapshot = state.routing.snapshot();
+    let route = snapshot
+        .resolve(&tenant, &service, &env, pick)
+        .ok_or(ApiError::NoActiveRoute)?;
+
+    let etag = HeaderValue::from_str(&route.etag).expect("an entity tag is a valid header value");
+    let cache = [
+        (header::ETAG, etag),
+        (header::CACHE_CONTROL, state.cache_control.clone()),
+    ];
+    if if_none_match(&headers, &route.etag) {
+        return Ok((StatusCode::NOT_MODIFIED, cache).into_response());
+    }
+    Ok((
+        cache,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        route.body.clone(),
+    )
+        .into_response())
+}

@@ -1,0 +1,346 @@
+//! Route management: create, activate, deactivate, list, get, patch, delete.
+//!
+//! Every successful write refreshes this instance's routing snapshot before it answers,
+//! so a client that wrote can resolve its change at once.
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use tm_domain::{
+    DomainError, EnvName, FieldErrors, NewRoute, Route, RouteChange, RouteId, RouteKey, RoutePatch,
+    ServiceName, TenantId, UpstreamUrl, Version, Weight,
+};
+use tm_store::{Actor, Page, RouteFilter};
+
+use crate::extract::{if_none_match, ApiJson, ApiQuery, IfMatch, RouteIdPath};
+use crate::{ApiError, AppState};
+
+const DEFAULT_PAGE: u32 = 100;
+const MAX_PAGE: u32 = 1000;
+
+/// Until API keys exist every change is recorded under this actor.
+fn actor() -> Actor {
+    Actor::new("anonymous")
+}
+
+/// Parses a required field, recording a missing or invalid value.
+fn required<T>(
+    errors: &mut FieldErrors,
+    field: &str,
+    raw: Option<&str>,
+    parse: impl FnOnce(&str) -> Result<T, DomainError>,
+) -> Option<T> {
+    match raw {
+        Some(raw) => errors.check(field, parse(raw)),
+        None => {
+            errors.push(field, "is required");
+            None
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyBody {
+    tenant: Option<String>,
+    service: Option<String>,
+    env: Option<String>,
+    version: Option<String>,
+}
+
+impl KeyBody {
+    fn parse(&self, errors: &mut FieldErrors) -> Option<RouteKey> {
+        let tenant = required(errors, "tenant", self.tenant.as_deref(), TenantId::parse);
+        let service = required(
+            errors,
+            "service",
+            self.service.as_deref(),
+            ServiceName::parse,
+        );
+        let env = required(errors, "env", self.env.as_deref(), EnvName::parse);
+        let version = required(errors, "version", self.version.as_deref(), Version::parse);
+        Some(RouteKey {
+            tenant: tenant?,
+            service: service?,
+            env: env?,
+            version: version?,
+        })
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateBody {
+    tenant: Option<String>,
+    service: Option<String>,
+    env: Option<String>,
+    version: Option<String>,
+    url: Option<String>,
+    active: Option<bool>,
+    weight: Option<i64>,
+}
+
+impl TryFrom<CreateBody> for NewRoute {
+    type Error = ApiError;
+
+    fn try_from(body: CreateBody) -> Result<Self, ApiError> {
+        let mut errors = FieldErrors::default();
+        let key = KeyBody {
+            tenant: body.tenant,
+            service: body.service,
+            env: body.env,
+            version: body.version,
+        }
+        .parse(&mut errors);
+        let url = required(&mut errors, "url", body.url.as_deref(), UpstreamUrl::parse);
+        let weight = match body.weight {
+            Some(w) => errors.check("weight", Weight::parse(w)),
+            None => Some(Weight::DEFAULT),
+        };
+        match (key, url, weight) {
+            (Some(key), Some(url), Some(weight)) if errors.is_empty() => Ok(NewRoute {
+                key,
+                url,
+                weight,
+                active: body.active.unwrap_or(false),
+            }),
+            _ => Err(ApiError::Invalid(errors)),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PatchBody {
+    url: Option<String>,
+    weight: Option<i64>,
+}
+
+impl TryFrom<PatchBody> for RoutePatch {
+    type Error = ApiError;
+
+    fn try_from(body: PatchBody) -> Result<Self, ApiError> {
+        let mut errors = FieldErrors::default();
+        if body.url.is_none() && body.weight.is_none() {
+            errors.push("body", "must change url and/or weight");
+        }
+        let url = body
+            .url
+            .as_deref()
+            .and_then(|u| errors.check("url", UpstreamUrl::parse(u)));
+        let weight = body
+            .weight
+            .and_then(|w| errors.check("weight", Weight::parse(w)));
+        errors.into_result()?;
+        Ok(RoutePatch { url, weight })
+    }
+}
+
+/// A route with its `ETag` (`"<revision>"`).
+fn route_response(status: StatusCode, route: &Route) -> Response {
+    (status, [(header::ETAG, route_etag(route))], Json(route)).into_response()
+}
+
+fn route_etag(route: &Route) -> HeaderValue {
+    HeaderValue::from_str(&format!("\"{}\"", route.revision))
+        .expect("digits are a valid header value")
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<CreateBody>,
+) -> Result<Response, ApiError> {
+    let new = NewRoute::try_from(body)?;
+    let route = state.store.create_route(new, &actor()).await?;
+    state
+        .routing
+        .refresh_group(&route.group(), RouteChange::Stored(&route))
+        .await;
+    let mut response = route_response(StatusCode::CREATED, &route);
+    let location = HeaderValue::from_str(&format!("/api/v1/routes/{}", route.id))
+        .expect("a path is a valid header value");
+    response.headers_mut().insert(header::LOCATION, location);
+    Ok(response)
+}
+
+pub async fn activate(
+    state: State<AppState>,
+    body: ApiJson<KeyBody>,
+) -> Result<Response, ApiError> {
+    set_active(state, body, true).await
+}
+
+pub async fn deactivate(
+    state: State<AppState>,
+    body: ApiJson<KeyBody>,
+) -> Result<Response, ApiError> {
+    set_active(state, body, false).await
+}
+
+async fn set_active(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<KeyBody>,
+    active: bool,
+) -> Result<Response, ApiError> {
+    let mut errors = FieldErrors::default();
+    let key = body.parse(&mut errors);
+    let Some(key) = key.filter(|_| errors.is_empty()) else {
+        return Err(ApiError::Invalid(errors));
+    };
+    let route = state.store.set_active(&key, active, &actor()).await?;
+    state
+        .routing
+        .refresh_group(&route.group(), RouteChange::Stored(&route))
+        .await;
+    Ok(route_response(StatusCode::OK, &route))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    tenant: Option<String>,
+    service: Option<String>,
+    env: Option<String>,
+    active: Option<bool>,
+    limit: Option<u32>,
+    cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct RouteList {
+    items: Vec<Route>,
+    next_cursor: Option<String>,
+}
+
+const CURSOR_PREFIX: &str = "r1:";
+
+fn encode_cursor(id: RouteId) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{CURSOR_PREFIX}{id}"))
+}
+
+fn decode_cursor(raw: &str) -> Result<RouteId, ApiError> {
+    let unreadable = || ApiError::Malformed("the cursor is not one this server issued".into());
+    let bytes = URL_SAFE_NO_PAD.decode(raw).map_err(|_| unreadable())?;
+    let text = std::str::from_utf8(&bytes).map_err(|_| unreadable())?;
+    text.strip_prefix(CURSOR_PREFIX)
+        .and_then(|id| id.parse().ok())
+        .ok_or_else(unreadable)
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    ApiQuery(query): ApiQuery<ListQuery>,
+) -> Result<Response, ApiError> {
+    let after = query.cursor.as_deref().map(decode_cursor).transpose()?;
+    let mut errors = FieldErrors::default();
+    let filter = RouteFilter {
+        tenant: query
+            .tenant
+            .as_deref()
+            .and_then(|t| errors.check("tenant", TenantId::parse(t))),
+        service: query
+            .service
+            .as_deref()
+            .and_then(|s| errors.check("service", ServiceName::parse(s))),
+        env: query
+            .env
+            .as_deref()
+            .and_then(|e| errors.check("env", EnvName::parse(e))),
+        active: query.active,
+    };
+    let limit = query.limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        errors.push("limit", format!("must be from 1 to {MAX_PAGE}"));
+    }
+    errors.into_result()?;
+
+    // One more than asked tells whether another page exists.
+    let mut items = state
+        .store
+        .list_routes(
+            &filter,
+            Page {
+                after,
+                limit: limit + 1,
+            },
+        )
+        .await?;
+    let next_cursor = if items.len() > limit as usize {
+        items.truncate(limit as usize);
+        items.last().map(|r| encode_cursor(r.id))
+    } else {
+        None
+    };
+    Ok(Json(RouteList { items, next_cursor }).into_response())
+}
+
+pub async fn get(
+    State(state): State<AppState>,
+    RouteIdPath(id): RouteIdPath,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let route = state.store.get_route(id).await?.ok_or(ApiError::NotFound)?;
+    let etag = route_etag(&route);
+    if if_none_match(&headers, etag.to_str().unwrap_or_default()) {
+        return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response());
+    }
+    Ok(route_response(StatusCode::OK, &route))
+}
+
+pub async fn patch(
+    State(state): State<AppState>,
+    RouteIdPath(id): RouteIdPath,
+    IfMatch(expected): IfMatch,
+    ApiJson(body): ApiJson<PatchBody>,
+) -> Result<Response, ApiError> {
+    let patch = RoutePatch::try_from(body)?;
+    let route = state
+        .store
+        .update_route(id, &patch, expected.as_deref(), &actor())
+        .await?;
+    state
+        .routing
+        .refresh_group(&route.group(), RouteChange::Stored(&route))
+        .await;
+    Ok(route_response(StatusCode::OK, &route))
+}
+
+pub async fn delete(
+    State(state): State<AppState>,
+    RouteIdPath(id): RouteIdPath,
+    IfMatch(expected): IfMatch,
+) -> Result<Response, ApiError> {
+    let route = state
+        .store
+        .delete_route(id, expected.as_deref(), &actor())
+        .await?;
+    state
+        .routing
+        .refresh_group(&route.group(), RouteChange::Deleted(&route))
+        .await;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_garbage_is_refused() {
+        let id = RouteId::generate();
+        assert_eq!(decode_cursor(&encode_cursor(id)).expect("readable"), id);
+        for bad in [
+            "",
+            "!!",
+            "abc",
+            &URL_SAFE_NO_PAD.encode("r1:nope"),
+            &URL_SAFE_NO_PAD.encode(id.to_string()),
+        ] {
+            assert!(decode_cursor(bad).is_err(), "{bad}");
+        }
+    }
+}

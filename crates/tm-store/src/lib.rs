@@ -1,0 +1,195 @@
+//! Persistence: the [`Store`] trait, its SQLite and PostgreSQL backends, and the
+//! [`RoutingTable`] that keeps the in-memory snapshot in step with what is stored.
+//!
+//! Every write stores the route and its audit row in one transaction.
+
+mod error;
+mod pool;
+mod postgres;
+mod routing;
+mod row;
+mod sqlite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tm_config::{Config, StorageConfig};
+use tm_domain::{
+    EnvName, GroupKey, NewRoute, Route, RouteId, RouteKey, RoutePatch, ServiceName, TenantId,
+};
+
+pub use error::StoreError;
+pub use pool::PoolStats;
+pub use postgres::PostgresStore;
+pub use routing::RoutingTable;
+pub use sqlite::SqliteStore;
+
+/// Who made a change, as recorded in the audit log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Actor(String);
+
+impl Actor {
+    pub fn new(name: impl Into<String>) -> Self {
+        Self(name.into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// What a write did, as recorded in the audit log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditAction {
+    Create,
+    Activate,
+    Deactivate,
+    Update,
+    Delete,
+}
+
+impl AuditAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Create => "create",
+            Self::Activate => "activate",
+            Self::Deactivate => "deactivate",
+            Self::Update => "update",
+            Self::Delete => "delete",
+        }
+    }
+}
+
+/// One row of the audit log: the route before and after a change.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct AuditEntry {
+    pub id: i64,
+    pub at: DateTime<Utc>,
+    pub actor: String,
+    pub action: String,
+    pub route_id: RouteId,
+    pub before: Option<serde_json::Value>,
+    pub after: Option<serde_json::Value>,
+}
+
+/// Which routes a listing returns. `None` matches anything.
+#[derive(Clone, Debug, Default)]
+pub struct RouteFilter {
+    pub tenant: Option<TenantId>,
+    pub service: Option<ServiceName>,
+    pub env: Option<EnvName>,
+    pub active: Option<bool>,
+}
+
+/// A page of a listing ordered by id: at most `limit` routes with ids after `after`.
+#[derive(Clone, Copy, Debug)]
+pub struct Page {
+    pub after: Option<RouteId>,
+    pub limit: u32,
+}
+
+/// Which revisions a conditional write accepts (from `If-Match`); the write fails with
+/// [`StoreError::StaleRevision`] when the stored revision is not among them.
+pub type ExpectedRevisions<'a> = Option<&'a [i64]>;
+
+/// The registry's storage. Implementations keep a route and its audit row in one
+/// transaction, and report conflicts and outages as [`StoreError`] variants.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// `"sqlite"` or `"postgres"`.
+    fn backend(&self) -> &'static str;
+
+    /// Creates a route; [`StoreError::Conflict`] if its key exists.
+    async fn create_route(&self, new: NewRoute, actor: &Actor) -> Result<Route, StoreError>;
+
+    /// Switches a route on or off. Setting the state it already has changes nothing.
+    async fn set_active(
+        &self,
+        key: &RouteKey,
+        active: bool,
+        actor: &Actor,
+    ) -> Result<Route, StoreError>;
+
+    /// Changes url and/or weight. A patch that changes nothing leaves the route as it is.
+    async fn update_route(
+        &self,
+        id: RouteId,
+        patch: &RoutePatch,
+        expected: ExpectedRevisions<'_>,
+        actor: &Actor,
+    ) -> Result<Route, StoreError>;
+
+    /// Deletes a route and returns it as it was.
+    async fn delete_route(
+        &self,
+        id: RouteId,
+        expected: ExpectedRevisions<'_>,
+        actor: &Actor,
+    ) -> Result<Route, StoreError>;
+
+    async fn get_route(&self, id: RouteId) -> Result<Option<Route>, StoreError>;
+
+    async fn list_routes(&self, filter: &RouteFilter, page: Page)
+        -> Result<Vec<Route>, StoreError>;
+
+    /// Every route of one `(tenant, service, env)`, active or not.
+    async fn routes_in_group(&self, key: &GroupKey) -> Result<Vec<Route>, StoreError>;
+
+    /// Every active route: what a routing snapshot is built from.
+    async fn active_routes(&self) -> Result<Vec<Route>, StoreError>;
+
+    /// The audit trail of one route, oldest first.
+    async fn audit_log(&self, route_id: RouteId) -> Result<Vec<AuditEntry>, StoreError>;
+
+    /// A round trip to the database.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Connection figures of each pool.
+    fn pool_stats(&self) -> Vec<PoolStats>;
+
+    /// Closes every pool, waiting for connections in use to be returned.
+    async fn close(&self);
+}
+
+/// Opens the configured backend and applies its migrations.
+pub async fn connect(config: &Config) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(match &config.storage {
+        StorageConfig::Sqlite { path, synchronous } => {
+            Arc::new(SqliteStore::connect(path, *synchronous, &config.pool).await?)
+        }
+        StorageConfig::Postgres { .. } => {
+            Arc::new(PostgresStore::connect(&config.storage, &config.pool).await?)
+        }
+    })
+}
+
+/// Applies the configured backend's migrations, then closes the connection.
+pub async fn migrate(config: &Config) -> Result<&'static str, StoreError> {
+    let store = connect(config).await?;
+    let backend = store.backend();
+    store.close().await;
+    Ok(backend)
+}
+
+/// The route with the given natural key among `routes` (used by tests and tools).
+pub fn find_by_key<'a>(routes: &'a [Route], key: &RouteKey) -> Option<&'a Route> {
+    routes.iter().find(|r| &r.key() == key)
+}
+
+/// Fails with [`StoreError::StaleRevision`] unless `current` has an expected revision.
+pub(crate) fn check_expected(
+    current: &Route,
+    expected: ExpectedRevisions<'_>,
+) -> Result<(), StoreError> {
+    match expected {
+        Some(revisions) if !revisions.contains(&current.revision) => {
+            Err(StoreError::StaleRevision {
+                current: Box::new(current.clone()),
+            })
+        }
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,352 @@
+//! The fleet backend: PostgreSQL through one pool of primary connections.
+//!
+//! Every connection starts with `statement_timeout` and
+//! `idle_in_transaction_session_timeout` set, so a stuck query or a forgotten
+//! transaction cannot hold a connection for long.
+
+use std::str::FromStr;
+
+use async_trait::async_trait;
+use secrecy::ExposeSecret;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{Connection, PgConnection, Postgres};
+use tm_config::{PoolConfig, StorageConfig};
+use tm_domain::{now, GroupKey, NewRoute, Route, RouteId, RouteKey, RoutePatch};
+
+use crate::pool::CountedPool;
+use crate::row::{audit_json, routes, AuditRow, RouteRow};
+use crate::{
+    check_expected, error::is_unique_violation, Actor, AuditAction, AuditEntry, ExpectedRevisions,
+    Page, PoolStats, RouteFilter, Store, StoreError,
+};
+
+const ROUTE_COLUMNS: &str =
+    "id::text AS id, tenant, service, env, version, url, active, weight::int8 AS weight, \
+                             revision, created_at, updated_at";
+
+pub struct PostgresStore {
+    primary: CountedPool<Postgres>,
+}
+
+impl PostgresStore {
+    /// Connects to the configured primary and applies migrations.
+    ///
+    /// # Panics
+    /// If `storage` is not [`StorageConfig::Postgres`].
+    pub async fn connect(storage: &StorageConfig, pool: &PoolConfig) -> Result<Self, StoreError> {
+        let StorageConfig::Postgres {
+            url,
+            statement_timeout,
+            idle_in_transaction_timeout,
+            statement_cache,
+        } = storage
+        else {
+            panic!("PostgresStore::connect needs a PostgreSQL storage configuration");
+        };
+        let mut options = PgConnectOptions::from_str(url.expose_secret())?
+            .application_name("traffic-manager")
+            .options([
+                (
+                    "statement_timeout",
+                    format!("{}ms", statement_timeout.as_millis()),
+                ),
+                (
+                    "idle_in_transaction_session_timeout",
+                    format!("{}ms", idle_in_transaction_timeout.as_millis()),
+                ),
+            ]);
+        if !statement_cache {
+            options = options.statement_cache_capacity(0);
+        }
+        let primary = PgPoolOptions::new()
+            .max_connections(pool.max_connections)
+            .min_connections(pool.min_connections)
+            .acquire_timeout(pool.acquire_timeout)
+            .idle_timeout(pool.idle_timeout)
+            .max_lifetime(pool.max_lifetime)
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!("./migrations/postgres")
+            .run(&primary)
+            .await?;
+        Ok(Self {
+            primary: CountedPool::new("primary", primary),
+        })
+    }
+}
+
+/// The route with `key`, locked until the transaction ends.
+async fn lock_by_key(conn: &mut PgConnection, key: &RouteKey) -> Result<Route, StoreError> {
+    let row: Option<RouteRow> = sqlx::query_as(&format!(
+        "SELECT {ROUTE_COLUMNS} FROM routes WHERE tenant = $1 AND service = $2 AND env = $3 AND version = $4 FOR UPDATE"
+    ))
+    .bind(key.tenant.as_str())
+    .bind(key.service.as_str())
+    .bind(key.env.as_str())
+    .bind(key.version.as_str())
+    .fetch_optional(conn)
+    .await?;
+    row.ok_or(StoreError::NotFound)?.try_into()
+}
+
+/// The route with `id`, locked until the transaction ends.
+async fn lock_by_id(conn: &mut PgConnection, id: RouteId) -> Result<Route, StoreError> {
+    let row: Option<RouteRow> = sqlx::query_as(&format!(
+        "SELECT {ROUTE_COLUMNS} FROM routes WHERE id = $1 FOR UPDATE"
+    ))
+    .bind(id.as_uuid())
+    .fetch_optional(conn)
+    .await?;
+    row.ok_or(StoreError::NotFound)?.try_into()
+}
+
+/// Stores `next` over `current` (same id); the row is locked, so the update cannot miss.
+async fn write_update(
+    conn: &mut PgConnection,
+    current: &Route,
+    next: &Route,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE routes SET url = $1, active = $2, weight = $3, revision = $4, updated_at = $5 \
+         WHERE id = $6 AND revision = $7",
+    )
+    .bind(next.url.as_str())
+    .bind(next.active)
+    .bind(i16::from(next.weight.get()))
+    .bind(next.revision)
+    .bind(next.updated_at)
+    .bind(current.id.as_uuid())
+    .bind(current.revision)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+async fn audit(
+    conn: &mut PgConnection,
+    actor: &Actor,
+    action: AuditAction,
+    id: RouteId,
+    before: Option<&Route>,
+    after: Option<&Route>,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO audit_log (at, actor, action, route_id, before, after) \
+         VALUES ($1, $2, $3, $4, $5::jsonb, $6::jsonb)",
+    )
+    .bind(now())
+    .bind(actor.as_str())
+    .bind(action.as_str())
+    .bind(id.as_uuid())
+    .bind(audit_json(before))
+    .bind(audit_json(after))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn create_route(&self, new: NewRoute, actor: &Actor) -> Result<Route, StoreError> {
+        let route = new.into_route(RouteId::generate(), now());
+        let mut conn = self.primary.acquire().await?;
+        let mut tx = conn.begin().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO routes (id, tenant, service, env, version, url, active, weight, revision, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+             ON CONFLICT (tenant, service, env, version) DO NOTHING",
+        )
+        .bind(route.id.as_uuid())
+        .bind(route.tenant.as_str())
+        .bind(route.service.as_str())
+        .bind(route.env.as_str())
+        .bind(route.version.as_str())
+        .bind(route.url.as_str())
+        .bind(route.active)
+        .bind(i16::from(route.weight.get()))
+        .bind(route.revision)
+        .bind(route.created_at)
+        .bind(route.updated_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| if is_unique_violation(&e) { StoreError::Conflict } else { e.into() })?;
+        if inserted.rows_affected() == 0 {
+            return Err(StoreError::Conflict);
+        }
+        audit(
+            &mut tx,
+            actor,
+            AuditAction::Create,
+            route.id,
+            None,
+            Some(&route),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(route)
+    }
+
+    async fn set_active(
+        &self,
+        key: &RouteKey,
+        active: bool,
+        actor: &Actor,
+    ) -> Result<Route, StoreError> {
+        let mut conn = self.primary.acquire().await?;
+        let mut tx = conn.begin().await?;
+        let current = lock_by_key(&mut tx, key).await?;
+        let Some(next) = current.with_active(active, now()) else {
+            return Ok(current);
+        };
+        write_update(&mut tx, &current, &next).await?;
+        let action = if active {
+            AuditAction::Activate
+        } else {
+            AuditAction::Deactivate
+        };
+        audit(&mut tx, actor, action, next.id, Some(&current), Some(&next)).await?;
+        tx.commit().await?;
+        Ok(next)
+    }
+
+    async fn update_route(
+        &self,
+        id: RouteId,
+        patch: &RoutePatch,
+        expected: ExpectedRevisions<'_>,
+        actor: &Actor,
+    ) -> Result<Route, StoreError> {
+        let mut conn = self.primary.acquire().await?;
+        let mut tx = conn.begin().await?;
+        let current = lock_by_id(&mut tx, id).await?;
+        check_expected(&current, expected)?;
+        let Some(next) = current.with_patch(patch, now()) else {
+            return Ok(current);
+        };
+        write_update(&mut tx, &current, &next).await?;
+        audit(
+            &mut tx,
+            actor,
+            AuditAction::Update,
+            id,
+            Some(&current),
+            Some(&next),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(next)
+    }
+
+    async fn delete_route(
+        &self,
+        id: RouteId,
+        expected: ExpectedRevisions<'_>,
+        actor: &Actor,
+    ) -> Result<Route, StoreError> {
+        let mut conn = self.primary.acquire().await?;
+        let mut tx = conn.begin().await?;
+        let current = lock_by_id(&mut tx, id).await?;
+        check_expected(&current, expected)?;
+        sqlx::query("DELETE FROM routes WHERE id = $1")
+            .bind(id.as_uuid())
+            .execute(&mut *tx)
+            .await?;
+        audit(
+            &mut tx,
+            actor,
+            AuditAction::Delete,
+            id,
+            Some(&current),
+            None,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(current)
+    }
+
+    async fn get_route(&self, id: RouteId) -> Result<Option<Route>, StoreError> {
+        let mut conn = self.primary.acquire().await?;
+        let row: Option<RouteRow> =
+            sqlx::query_as(&format!("SELECT {ROUTE_COLUMNS} FROM routes WHERE id = $1"))
+                .bind(id.as_uuid())
+                .fetch_optional(&mut *conn)
+                .await?;
+        row.map(Route::try_from).transpose()
+    }
+
+    async fn list_routes(
+        &self,
+        filter: &RouteFilter,
+        page: Page,
+    ) -> Result<Vec<Route>, StoreError> {
+        let mut conn = self.primary.acquire().await?;
+        let rows: Vec<RouteRow> = sqlx::query_as(&format!(
+            "SELECT {ROUTE_COLUMNS} FROM routes \
+             WHERE ($1::text IS NULL OR tenant = $1) AND ($2::text IS NULL OR service = $2) \
+               AND ($3::text IS NULL OR env = $3) AND ($4::bool IS NULL OR active = $4) \
+               AND ($5::uuid IS NULL OR id > $5) \
+             ORDER BY id LIMIT $6"
+        ))
+        .bind(filter.tenant.as_ref().map(|t| t.as_str()))
+        .bind(filter.service.as_ref().map(|s| s.as_str()))
+        .bind(filter.env.as_ref().map(|e| e.as_str()))
+        .bind(filter.active)
+        .bind(page.after.map(|id| id.as_uuid()))
+        .bind(i64::from(page.limit))
+        .fetch_all(&mut *conn)
+        .await?;
+        routes(rows)
+    }
+
+    async fn routes_in_group(&self, key: &GroupKey) -> Result<Vec<Route>, StoreError> {
+        let mut conn = self.primary.acquire().await?;
+        let rows: Vec<RouteRow> = sqlx::query_as(&format!(
+            "SELECT {ROUTE_COLUMNS} FROM routes WHERE tenant = $1 AND service = $2 AND env = $3"
+        ))
+        .bind(key.tenant.as_str())
+        .bind(key.service.as_str())
+        .bind(key.env.as_str())
+        .fetch_all(&mut *conn)
+        .await?;
+        routes(rows)
+    }
+
+    async fn active_routes(&self) -> Result<Vec<Route>, StoreError> {
+        let mut conn = self.primary.acquire().await?;
+        let rows: Vec<RouteRow> =
+            sqlx::query_as(&format!("SELECT {ROUTE_COLUMNS} FROM routes WHERE active"))
+                .fetch_all(&mut *conn)
+                .await?;
+        routes(rows)
+    }
+
+    async fn audit_log(&self, route_id: RouteId) -> Result<Vec<AuditEntry>, StoreError> {
+        let mut conn = self.primary.acquire().await?;
+        let rows: Vec<AuditRow> = sqlx::query_as(
+            "SELECT id, at, actor, action, route_id::text AS route_id, before::text AS before, after::text AS after \
+             FROM audit_log WHERE route_id = $1 ORDER BY id",
+        )
+        .bind(route_id.as_uuid())
+        .fetch_all(&mut *conn)
+        .await?;
+        rows.into_iter().map(AuditEntry::try_from).collect()
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let mut conn = self.primary.acquire().await?;
+        conn.ping().await?;
+        Ok(())
+    }
+
+    fn pool_stats(&self) -> Vec<PoolStats> {
+        vec![self.primary.stats()]
+    }
+
+    async fn close(&self) {
+        self.primary.pool.close().await;
+    }
+}

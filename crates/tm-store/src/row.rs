@@ -1,0 +1,103 @@
+//! Rows as read back from either backend, parsed into domain types at the edge.
+
+use chrono::{DateTime, Utc};
+use tm_domain::{Route, RouteId, UpstreamUrl, Weight};
+
+use crate::{AuditEntry, StoreError};
+
+/// The columns of `routes`, selected with `id` as text and `weight` as a 64-bit integer
+/// so that one row type serves both backends.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct RouteRow {
+    id: String,
+    tenant: String,
+    service: String,
+    env: String,
+    version: String,
+    url: String,
+    active: bool,
+    weight: i64,
+    revision: i64,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+impl TryFrom<RouteRow> for Route {
+    type Error = StoreError;
+
+    fn try_from(row: RouteRow) -> Result<Self, Self::Error> {
+        let corrupt = |what: &str, e: tm_domain::DomainError| {
+            StoreError::Corrupt(format!("route {}: {what} {e}", row.id))
+        };
+        Ok(Route {
+            id: row.id.parse::<RouteId>().map_err(|e| corrupt("id", e))?,
+            tenant: row
+                .tenant
+                .clone()
+                .try_into()
+                .map_err(|e| corrupt("tenant", e))?,
+            service: row
+                .service
+                .clone()
+                .try_into()
+                .map_err(|e| corrupt("service", e))?,
+            env: row.env.clone().try_into().map_err(|e| corrupt("env", e))?,
+            version: row
+                .version
+                .clone()
+                .try_into()
+                .map_err(|e| corrupt("version", e))?,
+            url: UpstreamUrl::parse(&row.url).map_err(|e| corrupt("url", e))?,
+            active: row.active,
+            weight: Weight::parse(row.weight).map_err(|e| corrupt("weight", e))?,
+            revision: row.revision,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        })
+    }
+}
+
+pub(crate) fn routes(rows: Vec<RouteRow>) -> Result<Vec<Route>, StoreError> {
+    rows.into_iter().map(Route::try_from).collect()
+}
+
+/// The columns of `audit_log`, with JSON as text.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct AuditRow {
+    id: i64,
+    at: DateTime<Utc>,
+    actor: String,
+    action: String,
+    route_id: String,
+    before: Option<String>,
+    after: Option<String>,
+}
+
+impl TryFrom<AuditRow> for AuditEntry {
+    type Error = StoreError;
+
+    fn try_from(row: AuditRow) -> Result<Self, Self::Error> {
+        let json = |raw: Option<String>| {
+            raw.map(|s| serde_json::from_str(&s))
+                .transpose()
+                .map_err(|e| StoreError::Corrupt(format!("audit row {}: {e}", row.id)))
+        };
+        Ok(AuditEntry {
+            id: row.id,
+            at: row.at,
+            route_id: row
+                .route_id
+                .parse()
+                .map_err(|e| StoreError::Corrupt(format!("audit row {}: {e}", row.id)))?,
+            actor: row.actor,
+            action: row.action,
+            before: json(row.before)?,
+            after: json(row.after)?,
+        })
+    }
+}
+
+/// A route as audit JSON.
+pub(crate) fn audit_json(route: Option<&Route>) -> Option<String> {
+    route.map(|r| serde_json::to_string(r).expect("a route always serializes"))
+}

@@ -1,0 +1,348 @@
+//! The embedded backend: one SQLite file in WAL mode.
+//!
+//! SQLite allows one writer at a time, so writes go through a pool of exactly one
+//! connection (queueing in-process instead of spinning on `SQLITE_BUSY`), and reads
+//! through a separate read-only pool that WAL lets run beside the writer.
+
+use std::path::Path;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous as Sync,
+};
+use sqlx::{Connection, Sqlite, SqliteConnection};
+use tm_config::{PoolConfig, SqliteSynchronous};
+use tm_domain::{now, GroupKey, NewRoute, Route, RouteId, RouteKey, RoutePatch};
+
+use crate::pool::CountedPool;
+use crate::row::{audit_json, routes, AuditRow, RouteRow};
+use crate::{
+    check_expected, Actor, AuditAction, AuditEntry, ExpectedRevisions, Page, PoolStats,
+    RouteFilter, Store, StoreError,
+};
+
+const ROUTE_COLUMNS: &str =
+    "id, tenant, service, env, version, url, active, weight, revision, created_at, updated_at";
+
+/// How long a statement waits for a lock held by another process (e.g. `migrate`).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub struct SqliteStore {
+    writer: CountedPool<Sqlite>,
+    reader: CountedPool<Sqlite>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and applies migrations.
+    pub async fn connect(
+        path: &Path,
+        synchronous: SqliteSynchronous,
+        pool: &PoolConfig,
+    ) -> Result<Self, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::Unavailable(sqlx::Error::Io(e)))?;
+        }
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(match synchronous {
+                SqliteSynchronous::Full => Sync::Full,
+                SqliteSynchronous::Normal => Sync::Normal,
+            })
+            .busy_timeout(BUSY_TIMEOUT)
+            .foreign_keys(true);
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .acquire_timeout(pool.acquire_timeout)
+            .connect_with(options.clone())
+            .await?;
+        sqlx::migrate!("./migrations/sqlite").run(&writer).await?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(pool.max_connections)
+            .min_connections(pool.min_connections)
+            .acquire_timeout(pool.acquire_timeout)
+            .idle_timeout(pool.idle_timeout)
+            .max_lifetime(pool.max_lifetime)
+            .connect_with(options.read_only(true))
+            .await?;
+        Ok(Self {
+            writer: CountedPool::new("writer", writer),
+            reader: CountedPool::new("reader", reader),
+        })
+    }
+}
+
+async fn route_by_key(conn: &mut SqliteConnection, key: &RouteKey) -> Result<Route, StoreError> {
+    let row: Option<RouteRow> = sqlx::query_as(&format!(
+        "SELECT {ROUTE_COLUMNS} FROM routes WHERE tenant = ?1 AND service = ?2 AND env = ?3 AND version = ?4"
+    ))
+    .bind(key.tenant.as_str())
+    .bind(key.service.as_str())
+    .bind(key.env.as_str())
+    .bind(key.version.as_str())
+    .fetch_optional(conn)
+    .await?;
+    row.ok_or(StoreError::NotFound)?.try_into()
+}
+
+async fn route_by_id(
+    conn: &mut SqliteConnection,
+    id: RouteId,
+) -> Result<Option<Route>, StoreError> {
+    let row: Option<RouteRow> =
+        sqlx::query_as(&format!("SELECT {ROUTE_COLUMNS} FROM routes WHERE id = ?1"))
+            .bind(id.to_string())
+            .fetch_optional(conn)
+            .await?;
+    row.map(Route::try_from).transpose()
+}
+
+/// Stores `next` over `current` (same id), guarded by `current`'s revision.
+async fn write_update(
+    conn: &mut SqliteConnection,
+    current: &Route,
+    next: &Route,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE routes SET url = ?1, active = ?2, weight = ?3, revision = ?4, updated_at = ?5 \
+         WHERE id = ?6 AND revision = ?7",
+    )
+    .bind(next.url.as_str())
+    .bind(next.active)
+    .bind(i64::from(next.weight.get()))
+    .bind(next.revision)
+    .bind(next.updated_at)
+    .bind(current.id.to_string())
+    .bind(current.revision)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+async fn audit(
+    conn: &mut SqliteConnection,
+    actor: &Actor,
+    action: AuditAction,
+    id: RouteId,
+    before: Option<&Route>,
+    after: Option<&Route>,
+) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO audit_log (at, actor, action, route_id, before, after) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")
+        .bind(now())
+        .bind(actor.as_str())
+        .bind(action.as_str())
+        .bind(id.to_string())
+        .bind(audit_json(before))
+        .bind(audit_json(after))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn create_route(&self, new: NewRoute, actor: &Actor) -> Result<Route, StoreError> {
+        let route = new.into_route(RouteId::generate(), now());
+        let mut conn = self.writer.acquire().await?;
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+        let inserted = sqlx::query(
+            "INSERT INTO routes (id, tenant, service, env, version, url, active, weight, revision, created_at, updated_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
+             ON CONFLICT (tenant, service, env, version) DO NOTHING",
+        )
+        .bind(route.id.to_string())
+        .bind(route.tenant.as_str())
+        .bind(route.service.as_str())
+        .bind(route.env.as_str())
+        .bind(route.version.as_str())
+        .bind(route.url.as_str())
+        .bind(route.active)
+        .bind(i64::from(route.weight.get()))
+        .bind(route.revision)
+        .bind(route.created_at)
+        .bind(route.updated_at)
+        .execute(&mut *tx)
+        .await?;
+        if inserted.rows_affected() == 0 {
+            return Err(StoreError::Conflict);
+        }
+        audit(
+            &mut tx,
+            actor,
+            AuditAction::Create,
+            route.id,
+            None,
+            Some(&route),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(route)
+    }
+
+    async fn set_active(
+        &self,
+        key: &RouteKey,
+        active: bool,
+        actor: &Actor,
+    ) -> Result<Route, StoreError> {
+        let mut conn = self.writer.acquire().await?;
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+        let current = route_by_key(&mut tx, key).await?;
+        let Some(next) = current.with_active(active, now()) else {
+            return Ok(current);
+        };
+        write_update(&mut tx, &current, &next).await?;
+        let action = if active {
+            AuditAction::Activate
+        } else {
+            AuditAction::Deactivate
+        };
+        audit(&mut tx, actor, action, next.id, Some(&current), Some(&next)).await?;
+        tx.commit().await?;
+        Ok(next)
+    }
+
+    async fn update_route(
+        &self,
+        id: RouteId,
+        patch: &RoutePatch,
+        expected: ExpectedRevisions<'_>,
+        actor: &Actor,
+    ) -> Result<Route, StoreError> {
+        let mut conn = self.writer.acquire().await?;
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+        let current = route_by_id(&mut tx, id)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        check_expected(&current, expected)?;
+        let Some(next) = current.with_patch(patch, now()) else {
+            return Ok(current);
+        };
+        write_update(&mut tx, &current, &next).await?;
+        audit(
+            &mut tx,
+            actor,
+            AuditAction::Update,
+            id,
+            Some(&current),
+            Some(&next),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(next)
+    }
+
+    async fn delete_route(
+        &self,
+        id: RouteId,
+        expected: ExpectedRevisions<'_>,
+        actor: &Actor,
+    ) -> Result<Route, StoreError> {
+        let mut conn = self.writer.acquire().await?;
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+        let current = route_by_id(&mut tx, id)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        check_expected(&current, expected)?;
+        sqlx::query("DELETE FROM routes WHERE id = ?1")
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        audit(
+            &mut tx,
+            actor,
+            AuditAction::Delete,
+            id,
+            Some(&current),
+            None,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(current)
+    }
+
+    async fn get_route(&self, id: RouteId) -> Result<Option<Route>, StoreError> {
+        let mut conn = self.reader.acquire().await?;
+        route_by_id(&mut conn, id).await
+    }
+
+    async fn list_routes(
+        &self,
+        filter: &RouteFilter,
+        page: Page,
+    ) -> Result<Vec<Route>, StoreError> {
+        let mut conn = self.reader.acquire().await?;
+        let rows: Vec<RouteRow> = sqlx::query_as(&format!(
+            "SELECT {ROUTE_COLUMNS} FROM routes \
+             WHERE (?1 IS NULL OR tenant = ?1) AND (?2 IS NULL OR service = ?2) AND (?3 IS NULL OR env = ?3) \
+               AND (?4 IS NULL OR active = ?4) AND (?5 IS NULL OR id > ?5) \
+             ORDER BY id LIMIT ?6"
+        ))
+        .bind(filter.tenant.as_ref().map(|t| t.as_str()))
+        .bind(filter.service.as_ref().map(|s| s.as_str()))
+        .bind(filter.env.as_ref().map(|e| e.as_str()))
+        .bind(filter.active)
+        .bind(page.after.map(|id| id.to_string()))
+        .bind(i64::from(page.limit))
+        .fetch_all(&mut *conn)
+        .await?;
+        routes(rows)
+    }
+
+    async fn routes_in_group(&self, key: &GroupKey) -> Result<Vec<Route>, StoreError> {
+        let mut conn = self.reader.acquire().await?;
+        let rows: Vec<RouteRow> = sqlx::query_as(&format!(
+            "SELECT {ROUTE_COLUMNS} FROM routes WHERE tenant = ?1 AND service = ?2 AND env = ?3"
+        ))
+        .bind(key.tenant.as_str())
+        .bind(key.service.as_str())
+        .bind(key.env.as_str())
+        .fetch_all(&mut *conn)
+        .await?;
+        routes(rows)
+    }
+
+    async fn active_routes(&self) -> Result<Vec<Route>, StoreError> {
+        let mut conn = self.reader.acquire().await?;
+        let rows: Vec<RouteRow> = sqlx::query_as(&format!(
+            "SELECT {ROUTE_COLUMNS} FROM routes WHERE active = 1"
+        ))
+        .fetch_all(&mut *conn)
+        .await?;
+        routes(rows)
+    }
+
+    async fn audit_log(&self, route_id: RouteId) -> Result<Vec<AuditEntry>, StoreError> {
+        let mut conn = self.reader.acquire().await?;
+        let rows: Vec<AuditRow> = sqlx::query_as(
+            "SELECT id, at, actor, action, route_id, before, after FROM audit_log WHERE route_id = ?1 ORDER BY id",
+        )
+        .bind(route_id.to_string())
+        .fetch_all(&mut *conn)
+        .await?;
+        rows.into_iter().map(AuditEntry::try_from).collect()
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let mut conn = self.reader.acquire().await?;
+        conn.ping().await?;
+        Ok(())
+    }
+
+    fn pool_stats(&self) -> Vec<PoolStats> {
+        vec![self.writer.stats(), self.reader.stats()]
+    }
+
+    async fn close(&self) {
+        self.reader.pool.close().await;
+        self.writer.pool.close().await;
+    }
+}
