@@ -1,0 +1,92 @@
+//! Probes: static liveness, readiness that checks the database, and details.
+
+use reqwest::StatusCode;
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn healthz_and_liveness_answer_ok() {
+    let app = spawn_app().await;
+    let healthz = app.get("/healthz").await;
+    healthz.assert_status(StatusCode::OK);
+    assert_eq!(healthz.json(), serde_json::json!({"status": "ok"}));
+    for path in ["/health", "/health/live"] {
+        let reply = app.get(path).await;
+        reply.assert_status(StatusCode::OK);
+        assert_eq!(reply.json()["status"], "ok");
+    }
+}
+
+#[tokio::test]
+async fn readiness_checks_the_database_and_shows_pool_figures() {
+    let app = spawn_app().await;
+    let ready = app.get("/health/ready").await;
+    ready.assert_status(StatusCode::OK);
+    let body = ready.json();
+    assert_eq!(body["status"], "ready");
+    let database = &body["checks"]["database"];
+    assert_eq!(database["status"], "healthy");
+    assert_eq!(database["backend"], backend());
+    let pools = database["pools"].as_object().expect("pools");
+    assert!(!pools.is_empty());
+    for (name, pool) in pools {
+        for figure in ["size", "idle", "in_use", "waiting", "max"] {
+            assert!(pool[figure].is_u64(), "pool {name} lacks {figure}: {pool}");
+        }
+        assert!(pool["max"].as_u64() >= pool["size"].as_u64());
+    }
+}
+
+#[tokio::test]
+async fn readiness_is_503_while_the_database_is_unreachable() {
+    let app = spawn_app().await;
+    app.store.close().await;
+    let reply = app.get("/health/ready").await;
+    reply.assert_status(StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(reply.json()["status"], "not_ready");
+    assert_eq!(reply.json()["checks"]["database"]["status"], "unhealthy");
+    // Liveness does not depend on the database.
+    app.get("/health/live").await.assert_status(StatusCode::OK);
+    app.get("/healthz").await.assert_status(StatusCode::OK);
+}
+
+#[tokio::test]
+async fn writes_answer_503_with_retry_after_while_the_database_is_unreachable() {
+    let app = spawn_app().await;
+    app.store.close().await;
+    let reply = app.create_route(route("acme", "billing", "prod", "v1", "http://a")).await;
+    reply.problem(StatusCode::SERVICE_UNAVAILABLE);
+    assert!(reply.header("retry-after").is_some());
+}
+
+#[tokio::test]
+async fn detailed_health_shows_the_snapshot() {
+    let app = spawn_app().await;
+    app.create("acme", "billing", "prod", "v1", "http://a").await;
+    app.activate("acme", "billing", "prod", "v1").await.assert_status(StatusCode::OK);
+    let reply = app.get("/health/detailed").await;
+    reply.assert_status(StatusCode::OK);
+    let body = reply.json();
+    assert_eq!(body["status"], "ready");
+    assert_eq!(body["snapshot"]["routes"], 1);
+    assert!(body["snapshot"]["age_seconds"].is_number());
+    assert!(body["checks"]["database"]["pools"].is_object());
+}
+
+#[tokio::test]
+async fn unknown_paths_are_404_problems_and_wrong_methods_405() {
+    let app = spawn_app().await;
+    app.get("/nope").await.problem(StatusCode::NOT_FOUND);
+    app.request(reqwest::Method::PUT, "/api/v1/routes", None)
+        .await
+        .problem(StatusCode::METHOD_NOT_ALLOWED);
+}
+
+#[tokio::test]
+async fn shutdown_finishes_cleanly() {
+    let app = spawn_app().await;
+    app.get("/healthz").await.assert_status(StatusCode::OK);
+    let addr = app.addr;
+    app.stop().await.expect("clean shutdown");
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "no longer accepting");
+}

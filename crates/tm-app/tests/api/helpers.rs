@@ -1,0 +1,256 @@
+//! `spawn_app`: a real application on a random port over a fresh database, and typed
+//! helpers to drive it over HTTP.
+//!
+//! The backend is SQLite (a temporary file per test) unless `TM_TEST_DATABASE_URL`
+//! names a PostgreSQL server, in which case each test gets its own schema, dropped when
+//! the test ends.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use sqlx::Connection;
+use tm_app::Application;
+use tm_config::{Config, RawConfig};
+use tm_store::Store;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub client: reqwest::Client,
+    pub store: Arc<dyn Store>,
+    shutdown: CancellationToken,
+    server: Option<JoinHandle<Result<(), tm_app::RunError>>>,
+    schema: Option<PgSchema>,
+    _data_dir: tempfile::TempDir,
+}
+
+/// The backend under test: `"postgres"` when `TM_TEST_DATABASE_URL` is set.
+pub fn backend() -> &'static str {
+    if std::env::var_os("TM_TEST_DATABASE_URL").is_some() {
+        "postgres"
+    } else {
+        "sqlite"
+    }
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// Like [`spawn_app`], with settings changed by `configure` before start-up.
+pub async fn spawn_app_with(configure: impl FnOnce(&mut RawConfig)) -> TestApp {
+    tm_telemetry::init_for_tests();
+    let data_dir = tempfile::tempdir().expect("temporary directory");
+    let mut raw = RawConfig {
+        listen: "127.0.0.1:0".into(),
+        data_dir: data_dir.path().to_path_buf(),
+        // Faster periodic reloads exercise the reloader alongside every test.
+        snapshot_reload_interval: std::time::Duration::from_millis(500),
+        ..RawConfig::default()
+    };
+    let schema = match std::env::var("TM_TEST_DATABASE_URL") {
+        Ok(url) => {
+            let schema = PgSchema::create(&url).await;
+            raw.database_url = Some(schema.url.clone());
+            Some(schema)
+        }
+        Err(_) => None,
+    };
+    configure(&mut raw);
+    let config = Config::try_from(raw).expect("valid test configuration");
+    let app = Application::build(config).await.expect("application starts");
+    let addr = app.local_addr();
+    let store = app.store();
+    let shutdown = CancellationToken::new();
+    let server = tokio::spawn(app.run_until(shutdown.clone()));
+    TestApp {
+        addr,
+        client: reqwest::Client::new(),
+        store,
+        shutdown,
+        server: Some(server),
+        schema,
+        _data_dir: data_dir,
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub async fn request(&self, method: Method, path: &str, body: Option<Value>) -> Reply {
+        let mut req = self.client.request(method, self.url(path));
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        Reply::from(req.send().await.expect("request sent")).await
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        self.request(Method::GET, path, None).await
+    }
+
+    pub async fn create_route(&self, body: Value) -> Reply {
+        self.request(Method::POST, "/api/v1/routes", Some(body)).await
+    }
+
+    /// Creates `(tenant, service, env, version) -> url` and asserts it was created.
+    pub async fn create(&self, tenant: &str, service: &str, env: &str, version: &str, url: &str) -> Value {
+        let reply = self.create_route(route(tenant, service, env, version, url)).await;
+        reply.assert_status(StatusCode::CREATED);
+        reply.json()
+    }
+
+    pub async fn activate(&self, tenant: &str, service: &str, env: &str, version: &str) -> Reply {
+        let body = json!({"tenant": tenant, "service": service, "env": env, "version": version});
+        self.request(Method::POST, "/api/v1/routes/activate", Some(body)).await
+    }
+
+    pub async fn deactivate(&self, tenant: &str, service: &str, env: &str, version: &str) -> Reply {
+        let body = json!({"tenant": tenant, "service": service, "env": env, "version": version});
+        self.request(Method::POST, "/api/v1/routes/deactivate", Some(body)).await
+    }
+
+    /// `GET /api/v1/routes/resolve` with the given query parameters.
+    pub async fn resolve(&self, params: &[(&str, &str)]) -> Reply {
+        let url = reqwest::Url::parse_with_params(&self.url("/api/v1/routes/resolve"), params).expect("valid URL");
+        Reply::from(self.client.get(url).send().await.expect("request sent")).await
+    }
+
+    /// Every route, following cursors.
+    pub async fn all_routes(&self) -> Vec<Value> {
+        let mut items = Vec::new();
+        let mut path = "/api/v1/routes?limit=1000".to_owned();
+        loop {
+            let page = self.get(&path).await;
+            page.assert_status(StatusCode::OK);
+            let page = page.json();
+            items.extend(page["items"].as_array().expect("items").iter().cloned());
+            match page["next_cursor"].as_str() {
+                Some(cursor) => path = format!("/api/v1/routes?limit=1000&cursor={cursor}"),
+                None => return items,
+            }
+        }
+    }
+
+    /// Stops the application and waits for it, as SIGTERM would.
+    pub async fn stop(mut self) -> Result<(), tm_app::RunError> {
+        self.shutdown.cancel();
+        self.server.take().expect("running").await.expect("server task")
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(schema) = self.schema.take() {
+            schema.drop_blocking();
+        }
+    }
+}
+
+/// A route creation body with the given key and URL.
+pub fn route(tenant: &str, service: &str, env: &str, version: &str, url: &str) -> Value {
+    json!({"tenant": tenant, "service": service, "env": env, "version": version, "url": url})
+}
+
+/// A response, read whole.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    pub async fn from(response: reqwest::Response) -> Self {
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response.bytes().await.expect("body").to_vec();
+        Self { status, headers, body }
+    }
+
+    #[track_caller]
+    pub fn assert_status(&self, expected: StatusCode) -> &Self {
+        assert_eq!(
+            self.status,
+            expected,
+            "unexpected status; body: {}",
+            String::from_utf8_lossy(&self.body)
+        );
+        self
+    }
+
+    #[track_caller]
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// Asserts an RFC 9457 problem document with this status, and returns it.
+    #[track_caller]
+    pub fn problem(&self, expected: StatusCode) -> Value {
+        self.assert_status(expected);
+        assert_eq!(
+            self.header("content-type"),
+            Some("application/problem+json"),
+            "problem content type"
+        );
+        let body = self.json();
+        assert_eq!(body["status"], expected.as_u16(), "problem status: {body}");
+        assert!(body["type"].is_string() && body["title"].is_string() && body["detail"].is_string(), "{body}");
+        body
+    }
+}
+
+/// A PostgreSQL schema of one test's own.
+struct PgSchema {
+    admin_url: String,
+    name: String,
+    url: String,
+}
+
+impl PgSchema {
+    async fn create(admin_url: &str) -> Self {
+        let name = format!("test_{}", uuid::Uuid::now_v7().simple());
+        let mut conn = sqlx::PgConnection::connect(admin_url)
+            .await
+            .expect("TM_TEST_DATABASE_URL reachable");
+        sqlx::query(&format!("CREATE SCHEMA {name}"))
+            .execute(&mut conn)
+            .await
+            .expect("create schema");
+        let _ = conn.close().await;
+        let separator = if admin_url.contains('?') { '&' } else { '?' };
+        let url = format!("{admin_url}{separator}options=-c%20search_path%3D{name}");
+        Self {
+            admin_url: admin_url.to_owned(),
+            name,
+            url,
+        }
+    }
+
+    /// Drops the schema from a thread of its own: `Drop` cannot await.
+    fn drop_blocking(self) {
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            rt.block_on(async {
+                if let Ok(mut conn) = sqlx::PgConnection::connect(&self.admin_url).await {
+                    let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name))
+                        .execute(&mut conn)
+                        .await;
+                    let _ = conn.close().await;
+                }
+            });
+        })
+        .join();
+    }
+}
