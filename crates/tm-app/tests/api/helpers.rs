@@ -24,7 +24,7 @@ pub struct TestApp {
     shutdown: CancellationToken,
     server: Option<JoinHandle<Result<(), tm_app::RunError>>>,
     schema: Option<PgSchema>,
-    _data_dir: tempfile::TempDir,
+    data_dir: tempfile::TempDir,
 }
 
 /// The backend under test: `"postgres"` when `TM_TEST_DATABASE_URL` is set.
@@ -73,7 +73,7 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut RawConfig)) -> TestApp {
         shutdown,
         server: Some(server),
         schema,
-        _data_dir: data_dir,
+        data_dir,
     }
 }
 
@@ -135,6 +135,22 @@ impl TestApp {
                 None => return items,
             }
         }
+    }
+
+    /// Runs `sql` directly against the test's database, bypassing the application.
+    pub async fn raw_execute(&self, sql: &str) -> Result<(), sqlx::Error> {
+        match &self.schema {
+            Some(schema) => {
+                let mut conn = sqlx::PgConnection::connect(&schema.url).await?;
+                sqlx::raw_sql(sql).execute(&mut conn).await?;
+            }
+            None => {
+                let path = self.data_dir.path().join("traffic-manager.db");
+                let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display())).await?;
+                sqlx::raw_sql(sql).execute(&mut conn).await?;
+            }
+        }
+        Ok(())
     }
 
     /// Stops the application and waits for it, as SIGTERM would.
