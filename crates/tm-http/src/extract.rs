@@ -50,6 +50,20 @@ fn is_json(headers: &HeaderMap) -> bool {
 }
 
 pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    // Every body is an object. serde would also read a struct from an array of its fields
+    // in order; refuse that (and other roots) before it gets the chance.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(
+            match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+                Ok(_) => {
+                    let mut errors = FieldErrors::default();
+                    errors.push("body", "must be a JSON object");
+                    ApiError::Invalid(errors)
+                }
+                Err(e) => ApiError::Malformed(format!("the body is not valid JSON: {e}")),
+            },
+        );
+    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|err| {
         let path = err.path().to_string();
@@ -214,5 +228,19 @@ mod tests {
             panic!("expected 422");
         };
         assert_eq!(errors.0[0].field, "a");
+        for root in [&b"[\"x\"]"[..], b"[]", b"\"x\"", b"null", b"7", b" [1]"] {
+            let Err(ApiError::Invalid(errors)) = parse_json::<Body>(root) else {
+                panic!("a non-object root must be a 422");
+            };
+            assert_eq!(errors.0[0].field, "body");
+        }
+        assert!(matches!(
+            parse_json::<Body>(b"[1,"),
+            Err(ApiError::Malformed(_))
+        ));
+        assert!(matches!(
+            parse_json::<Body>(b""),
+            Err(ApiError::Malformed(_))
+        ));
     }
 }

@@ -78,7 +78,9 @@ async fn acknowledged_writes_survive_kill_9() {
                 if reply.status() != reqwest::StatusCode::CREATED {
                     return;
                 }
-                let Ok(route) = reply.json::<Value>().await else { return };
+                let Ok(route) = reply.json::<Value>().await else {
+                    return;
+                };
                 let _ = tx.send(route["id"].as_str().expect("id").to_owned());
             }
         }));
@@ -104,7 +106,11 @@ async fn acknowledged_writes_survive_kill_9() {
             .send()
             .await
             .expect("get");
-        assert_eq!(reply.status(), reqwest::StatusCode::OK, "acknowledged route {id} lost");
+        assert_eq!(
+            reply.status(),
+            reqwest::StatusCode::OK,
+            "acknowledged route {id} lost"
+        );
     }
 }
 
@@ -112,7 +118,9 @@ async fn acknowledged_writes_survive_kill_9() {
 async fn sigterm_drains_and_exits_zero() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (mut child, addr) = serve(dir.path()).await;
-    let reply = reqwest::get(format!("http://{addr}/healthz")).await.expect("healthz");
+    let reply = reqwest::get(format!("http://{addr}/healthz"))
+        .await
+        .expect("healthz");
     assert_eq!(reply.status(), reqwest::StatusCode::OK);
     let pid = child.id().expect("running");
     assert_eq!(send_signal(pid, "TERM"), 0);
@@ -138,13 +146,19 @@ async fn check_config_prints_redacted_settings() {
     let dir = tempfile::tempdir().expect("tempdir");
     let out = command(dir.path())
         .arg("check-config")
-        .env("TM_DATABASE_URL", "postgres://tm:hunter2@db.internal:5432/tm")
+        .env(
+            "TM_DATABASE_URL",
+            "postgres://tm:hunter2@db.internal:5432/tm",
+        )
         .output()
         .await
         .expect("runs");
     assert!(out.status.success());
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("postgres://tm:***@db.internal:5432/tm"), "{stdout}");
+    assert!(
+        stdout.contains("postgres://tm:***@db.internal:5432/tm"),
+        "{stdout}"
+    );
     assert!(!stdout.contains("hunter2"));
 }
 
@@ -161,24 +175,44 @@ async fn a_bad_setting_stops_start_up_naming_it() {
             .expect("runs");
         assert!(!out.status.success(), "{sub} must fail");
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(stderr.contains("TM_LISTEN") && stderr.contains("TM_DB_POOL_MAX"), "{sub}: {stderr}");
+        assert!(
+            stderr.contains("TM_LISTEN") && stderr.contains("TM_DB_POOL_MAX"),
+            "{sub}: {stderr}"
+        );
     }
 }
 
 #[tokio::test]
 async fn migrate_creates_the_sqlite_database_and_exits() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let out = command(dir.path()).arg("migrate").output().await.expect("runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = command(dir.path())
+        .arg("migrate")
+        .output()
+        .await
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(dir.path().join("traffic-manager.db").exists());
     // Running it again is harmless.
-    let again = command(dir.path()).arg("migrate").output().await.expect("runs");
+    let again = command(dir.path())
+        .arg("migrate")
+        .output()
+        .await
+        .expect("runs");
     assert!(again.status.success());
 }
 
 #[tokio::test]
 async fn help_is_useful_for_every_subcommand() {
-    for args in [vec!["--help"], vec!["serve", "--help"], vec!["migrate", "--help"], vec!["check-config", "--help"]] {
+    for args in [
+        vec!["--help"],
+        vec!["serve", "--help"],
+        vec!["migrate", "--help"],
+        vec!["check-config", "--help"],
+    ] {
         let out = Command::new(BIN).args(&args).output().await.expect("runs");
         assert!(out.status.success(), "{args:?}");
         let text = String::from_utf8_lossy(&out.stdout);

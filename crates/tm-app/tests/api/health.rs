@@ -54,7 +54,9 @@ async fn readiness_is_503_while_the_database_is_unreachable() {
 async fn writes_answer_503_with_retry_after_while_the_database_is_unreachable() {
     let app = spawn_app().await;
     app.store.close().await;
-    let reply = app.create_route(route("acme", "billing", "prod", "v1", "http://a")).await;
+    let reply = app
+        .create_route(route("acme", "billing", "prod", "v1", "http://a"))
+        .await;
     reply.problem(StatusCode::SERVICE_UNAVAILABLE);
     assert!(reply.header("retry-after").is_some());
 }
@@ -62,8 +64,11 @@ async fn writes_answer_503_with_retry_after_while_the_database_is_unreachable() 
 #[tokio::test]
 async fn detailed_health_shows_the_snapshot() {
     let app = spawn_app().await;
-    app.create("acme", "billing", "prod", "v1", "http://a").await;
-    app.activate("acme", "billing", "prod", "v1").await.assert_status(StatusCode::OK);
+    app.create("acme", "billing", "prod", "v1", "http://a")
+        .await;
+    app.activate("acme", "billing", "prod", "v1")
+        .await
+        .assert_status(StatusCode::OK);
     let reply = app.get("/health/detailed").await;
     reply.assert_status(StatusCode::OK);
     let body = reply.json();
@@ -88,5 +93,8 @@ async fn shutdown_finishes_cleanly() {
     app.get("/healthz").await.assert_status(StatusCode::OK);
     let addr = app.addr;
     app.stop().await.expect("clean shutdown");
-    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "no longer accepting");
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "no longer accepting"
+    );
 }

@@ -61,7 +61,9 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut RawConfig)) -> TestApp {
     };
     configure(&mut raw);
     let config = Config::try_from(raw).expect("valid test configuration");
-    let app = Application::build(config).await.expect("application starts");
+    let app = Application::build(config)
+        .await
+        .expect("application starts");
     let addr = app.local_addr();
     let store = app.store();
     let shutdown = CancellationToken::new();
@@ -95,29 +97,42 @@ impl TestApp {
     }
 
     pub async fn create_route(&self, body: Value) -> Reply {
-        self.request(Method::POST, "/api/v1/routes", Some(body)).await
+        self.request(Method::POST, "/api/v1/routes", Some(body))
+            .await
     }
 
     /// Creates `(tenant, service, env, version) -> url` and asserts it was created.
-    pub async fn create(&self, tenant: &str, service: &str, env: &str, version: &str, url: &str) -> Value {
-        let reply = self.create_route(route(tenant, service, env, version, url)).await;
+    pub async fn create(
+        &self,
+        tenant: &str,
+        service: &str,
+        env: &str,
+        version: &str,
+        url: &str,
+    ) -> Value {
+        let reply = self
+            .create_route(route(tenant, service, env, version, url))
+            .await;
         reply.assert_status(StatusCode::CREATED);
         reply.json()
     }
 
     pub async fn activate(&self, tenant: &str, service: &str, env: &str, version: &str) -> Reply {
         let body = json!({"tenant": tenant, "service": service, "env": env, "version": version});
-        self.request(Method::POST, "/api/v1/routes/activate", Some(body)).await
+        self.request(Method::POST, "/api/v1/routes/activate", Some(body))
+            .await
     }
 
     pub async fn deactivate(&self, tenant: &str, service: &str, env: &str, version: &str) -> Reply {
         let body = json!({"tenant": tenant, "service": service, "env": env, "version": version});
-        self.request(Method::POST, "/api/v1/routes/deactivate", Some(body)).await
+        self.request(Method::POST, "/api/v1/routes/deactivate", Some(body))
+            .await
     }
 
     /// `GET /api/v1/routes/resolve` with the given query parameters.
     pub async fn resolve(&self, params: &[(&str, &str)]) -> Reply {
-        let url = reqwest::Url::parse_with_params(&self.url("/api/v1/routes/resolve"), params).expect("valid URL");
+        let url = reqwest::Url::parse_with_params(&self.url("/api/v1/routes/resolve"), params)
+            .expect("valid URL");
         Reply::from(self.client.get(url).send().await.expect("request sent")).await
     }
 
@@ -146,7 +161,9 @@ impl TestApp {
             }
             None => {
                 let path = self.data_dir.path().join("traffic-manager.db");
-                let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display())).await?;
+                let mut conn =
+                    sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
+                        .await?;
                 sqlx::raw_sql(sql).execute(&mut conn).await?;
             }
         }
@@ -156,7 +173,11 @@ impl TestApp {
     /// Stops the application and waits for it, as SIGTERM would.
     pub async fn stop(mut self) -> Result<(), tm_app::RunError> {
         self.shutdown.cancel();
-        self.server.take().expect("running").await.expect("server task")
+        self.server
+            .take()
+            .expect("running")
+            .await
+            .expect("server task")
     }
 }
 
@@ -187,7 +208,11 @@ impl Reply {
         let status = response.status();
         let headers = response.headers().clone();
         let body = response.bytes().await.expect("body").to_vec();
-        Self { status, headers, body }
+        Self {
+            status,
+            headers,
+            body,
+        }
     }
 
     #[track_caller]
@@ -222,7 +247,10 @@ impl Reply {
         );
         let body = self.json();
         assert_eq!(body["status"], expected.as_u16(), "problem status: {body}");
-        assert!(body["type"].is_string() && body["title"].is_string() && body["detail"].is_string(), "{body}");
+        assert!(
+            body["type"].is_string() && body["title"].is_string() && body["detail"].is_string(),
+            "{body}"
+        );
         body
     }
 }
@@ -257,7 +285,10 @@ impl PgSchema {
     /// Drops the schema from a thread of its own: `Drop` cannot await.
     fn drop_blocking(self) {
         let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
             rt.block_on(async {
                 if let Ok(mut conn) = sqlx::PgConnection::connect(&self.admin_url).await {
                     let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name))

@@ -14,9 +14,12 @@ fn with<'a>(extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
 #[tokio::test]
 async fn resolve_returns_the_only_active_version() {
     let app = spawn_app().await;
-    app.create("acme", "billing", "prod", "v1", "http://10.0.0.7:8080").await;
+    app.create("acme", "billing", "prod", "v1", "http://10.0.0.7:8080")
+        .await;
     app.resolve(&SVC).await.problem(StatusCode::NOT_FOUND);
-    app.activate("acme", "billing", "prod", "v1").await.assert_status(StatusCode::OK);
+    app.activate("acme", "billing", "prod", "v1")
+        .await
+        .assert_status(StatusCode::OK);
 
     let reply = app.resolve(&SVC).await;
     reply.assert_status(StatusCode::OK);
@@ -26,23 +29,39 @@ async fn resolve_returns_the_only_active_version() {
     );
     assert_eq!(reply.header("content-type"), Some("application/json"));
     let etag = reply.header("etag").expect("etag");
-    assert!(etag.starts_with('"') && etag.ends_with('"') && etag.len() > 2, "strong quoted: {etag}");
+    assert!(
+        etag.starts_with('"') && etag.ends_with('"') && etag.len() > 2,
+        "strong quoted: {etag}"
+    );
     let cache = reply.header("cache-control").expect("cache-control");
-    assert!(cache.contains("max-age=") && cache.contains("stale-while-revalidate="), "{cache}");
+    assert!(
+        cache.contains("max-age=") && cache.contains("stale-while-revalidate="),
+        "{cache}"
+    );
 }
 
 #[tokio::test]
 async fn resolve_stops_answering_when_the_route_is_deactivated_or_deleted() {
     let app = spawn_app().await;
-    let created = app.create("acme", "billing", "prod", "v1", "http://a").await;
-    app.activate("acme", "billing", "prod", "v1").await.assert_status(StatusCode::OK);
+    let created = app
+        .create("acme", "billing", "prod", "v1", "http://a")
+        .await;
+    app.activate("acme", "billing", "prod", "v1")
+        .await
+        .assert_status(StatusCode::OK);
     app.resolve(&SVC).await.assert_status(StatusCode::OK);
-    app.deactivate("acme", "billing", "prod", "v1").await.assert_status(StatusCode::OK);
+    app.deactivate("acme", "billing", "prod", "v1")
+        .await
+        .assert_status(StatusCode::OK);
     app.resolve(&SVC).await.problem(StatusCode::NOT_FOUND);
 
-    app.activate("acme", "billing", "prod", "v1").await.assert_status(StatusCode::OK);
+    app.activate("acme", "billing", "prod", "v1")
+        .await
+        .assert_status(StatusCode::OK);
     let path = format!("/api/v1/routes/{}", created["id"].as_str().expect("id"));
-    app.request(Method::DELETE, &path, None).await.assert_status(StatusCode::NO_CONTENT);
+    app.request(Method::DELETE, &path, None)
+        .await
+        .assert_status(StatusCode::NO_CONTENT);
     app.resolve(&SVC).await.problem(StatusCode::NOT_FOUND);
 }
 
@@ -52,32 +71,49 @@ async fn an_explicit_version_resolves_whatever_its_weight() {
     let mut body = route("acme", "billing", "prod", "canary", "http://canary");
     body["active"] = json!(true);
     body["weight"] = json!(0);
-    app.create_route(body).await.assert_status(StatusCode::CREATED);
+    app.create_route(body)
+        .await
+        .assert_status(StatusCode::CREATED);
 
     let explicit = app.resolve(&with(&[("version", "canary")])).await;
     explicit.assert_status(StatusCode::OK);
     assert_eq!(explicit.json()["url"], "http://canary");
     // Without a version, weight 0 is never chosen: nothing else is active.
     app.resolve(&SVC).await.problem(StatusCode::NOT_FOUND);
-    app.resolve(&with(&[("key", "user-1")])).await.problem(StatusCode::NOT_FOUND);
+    app.resolve(&with(&[("key", "user-1")]))
+        .await
+        .problem(StatusCode::NOT_FOUND);
     // An explicit version that is not active is 404.
-    app.resolve(&with(&[("version", "v9")])).await.problem(StatusCode::NOT_FOUND);
+    app.resolve(&with(&[("version", "v9")]))
+        .await
+        .problem(StatusCode::NOT_FOUND);
 }
 
 #[tokio::test]
 async fn weight_zero_versions_are_never_chosen_without_a_version() {
     let app = spawn_app().await;
     for (version, weight) in [("v1", 100), ("v2", 0)] {
-        let mut body = route("acme", "billing", "prod", version, &format!("http://{version}"));
+        let mut body = route(
+            "acme",
+            "billing",
+            "prod",
+            version,
+            &format!("http://{version}"),
+        );
         body["active"] = json!(true);
         body["weight"] = json!(weight);
-        app.create_route(body).await.assert_status(StatusCode::CREATED);
+        app.create_route(body)
+            .await
+            .assert_status(StatusCode::CREATED);
     }
     for i in 0..50 {
         let reply = app.resolve(&SVC).await;
         assert_eq!(reply.json()["version"], "v1");
         let key = format!("k{i}");
-        assert_eq!(app.resolve(&with(&[("key", &key)])).await.json()["version"], "v1");
+        assert_eq!(
+            app.resolve(&with(&[("key", &key)])).await.json()["version"],
+            "v1"
+        );
     }
 }
 
@@ -85,10 +121,18 @@ async fn weight_zero_versions_are_never_chosen_without_a_version() {
 async fn a_key_sticks_to_its_version_and_keys_split_by_weight() {
     let app = spawn_app().await;
     for (version, weight) in [("v1", 70), ("v2", 30)] {
-        let mut body = route("acme", "billing", "prod", version, &format!("http://{version}"));
+        let mut body = route(
+            "acme",
+            "billing",
+            "prod",
+            version,
+            &format!("http://{version}"),
+        );
         body["active"] = json!(true);
         body["weight"] = json!(weight);
-        app.create_route(body).await.assert_status(StatusCode::CREATED);
+        app.create_route(body)
+            .await
+            .assert_status(StatusCode::CREATED);
     }
     let mut on_v2 = 0;
     for i in 0..400 {
@@ -100,17 +144,28 @@ async fn a_key_sticks_to_its_version_and_keys_split_by_weight() {
             on_v2 += 1;
         }
     }
-    assert!((80..160).contains(&on_v2), "about 30% of keys on v2, got {on_v2}/400");
+    assert!(
+        (80..160).contains(&on_v2),
+        "about 30% of keys on v2, got {on_v2}/400"
+    );
 }
 
 #[tokio::test]
 async fn random_picks_follow_the_weights() {
     let app = spawn_app().await;
     for (version, weight) in [("v1", 50), ("v2", 50)] {
-        let mut body = route("acme", "billing", "prod", version, &format!("http://{version}"));
+        let mut body = route(
+            "acme",
+            "billing",
+            "prod",
+            version,
+            &format!("http://{version}"),
+        );
         body["active"] = json!(true);
         body["weight"] = json!(weight);
-        app.create_route(body).await.assert_status(StatusCode::CREATED);
+        app.create_route(body)
+            .await
+            .assert_status(StatusCode::CREATED);
     }
     let mut v2 = 0;
     for _ in 0..300 {
@@ -124,35 +179,60 @@ async fn random_picks_follow_the_weights() {
 #[tokio::test]
 async fn if_none_match_with_the_current_etag_is_304_and_a_change_invalidates_it() {
     let app = spawn_app().await;
-    let created = app.create("acme", "billing", "prod", "v1", "http://a").await;
-    app.activate("acme", "billing", "prod", "v1").await.assert_status(StatusCode::OK);
+    let created = app
+        .create("acme", "billing", "prod", "v1", "http://a")
+        .await;
+    app.activate("acme", "billing", "prod", "v1")
+        .await
+        .assert_status(StatusCode::OK);
     let first = app.resolve(&SVC).await;
     let etag = first.header("etag").expect("etag").to_owned();
 
-    let url = reqwest::Url::parse_with_params(&app.url("/api/v1/routes/resolve"), SVC).expect("url");
+    let url =
+        reqwest::Url::parse_with_params(&app.url("/api/v1/routes/resolve"), SVC).expect("url");
     let revalidate = |tag: String| {
         let (client, url) = (app.client.clone(), url.clone());
-        async move { client.get(url).header("if-none-match", tag).send().await.expect("sent") }
+        async move {
+            client
+                .get(url)
+                .header("if-none-match", tag)
+                .send()
+                .await
+                .expect("sent")
+        }
     };
     let not_modified = revalidate(etag.clone()).await;
     assert_eq!(not_modified.status(), StatusCode::NOT_MODIFIED);
-    assert_eq!(not_modified.headers()["etag"].to_str().expect("ascii"), etag);
-    assert_eq!(revalidate("\"other\"".into()).await.status(), StatusCode::OK);
+    assert_eq!(
+        not_modified.headers()["etag"].to_str().expect("ascii"),
+        etag
+    );
+    assert_eq!(
+        revalidate("\"other\"".into()).await.status(),
+        StatusCode::OK
+    );
 
     let path = format!("/api/v1/routes/{}", created["id"].as_str().expect("id"));
     app.request(Method::PATCH, &path, Some(json!({"url": "http://b"})))
         .await
         .assert_status(StatusCode::OK);
     let changed = revalidate(etag.clone()).await;
-    assert_eq!(changed.status(), StatusCode::OK, "the answer changed, so must the ETag");
+    assert_eq!(
+        changed.status(),
+        StatusCode::OK,
+        "the answer changed, so must the ETag"
+    );
     assert_ne!(changed.headers()["etag"].to_str().expect("ascii"), etag);
 }
 
 #[tokio::test]
 async fn resolve_never_touches_the_database() {
     let app = spawn_app().await;
-    app.create("acme", "billing", "prod", "v1", "http://a").await;
-    app.activate("acme", "billing", "prod", "v1").await.assert_status(StatusCode::OK);
+    app.create("acme", "billing", "prod", "v1", "http://a")
+        .await;
+    app.activate("acme", "billing", "prod", "v1")
+        .await
+        .assert_status(StatusCode::OK);
     app.store.close().await; // every later query would fail
     for _ in 0..20 {
         app.resolve(&SVC).await.assert_status(StatusCode::OK);
@@ -165,8 +245,11 @@ async fn resolve_never_touches_the_database() {
 #[tokio::test]
 async fn the_snapshot_loaded_at_start_serves_routes_stored_earlier() {
     let app = spawn_app().await;
-    app.create("acme", "billing", "prod", "v1", "http://a").await;
-    app.activate("acme", "billing", "prod", "v1").await.assert_status(StatusCode::OK);
+    app.create("acme", "billing", "prod", "v1", "http://a")
+        .await;
+    app.activate("acme", "billing", "prod", "v1")
+        .await
+        .assert_status(StatusCode::OK);
     let store = app.store.clone();
     // A snapshot built from the store alone serves the route.
     let table = tm_store::RoutingTable::load(store).await.expect("loads");
@@ -179,8 +262,12 @@ async fn resolve_validates_its_query() {
     app.resolve(&[("tenant", "acme"), ("service", "billing")])
         .await
         .problem(StatusCode::BAD_REQUEST);
-    let bad = app.resolve(&[("tenant", "ACME"), ("service", "billing"), ("env", "prod")]).await;
+    let bad = app
+        .resolve(&[("tenant", "ACME"), ("service", "billing"), ("env", "prod")])
+        .await;
     let problem = bad.problem(StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(problem["errors"][0]["field"], "tenant");
-    app.resolve(&with(&[("colour", "blue")])).await.problem(StatusCode::BAD_REQUEST);
+    app.resolve(&with(&[("colour", "blue")]))
+        .await
+        .problem(StatusCode::BAD_REQUEST);
 }

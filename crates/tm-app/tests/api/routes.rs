@@ -9,12 +9,21 @@ use crate::helpers::*;
 async fn create_answers_201_with_the_route_location_and_etag() {
     let app = spawn_app().await;
     let reply = app
-        .create_route(route("acme", "billing", "prod", "v1", "http://10.0.0.7:8080"))
+        .create_route(route(
+            "acme",
+            "billing",
+            "prod",
+            "v1",
+            "http://10.0.0.7:8080",
+        ))
         .await;
     reply.assert_status(StatusCode::CREATED);
     let body = reply.json();
     let id = body["id"].as_str().expect("id");
-    assert_eq!(reply.header("location"), Some(format!("/api/v1/routes/{id}").as_str()));
+    assert_eq!(
+        reply.header("location"),
+        Some(format!("/api/v1/routes/{id}").as_str())
+    );
     assert_eq!(reply.header("etag"), Some("\"1\""));
     assert_eq!(body["tenant"], "acme");
     assert_eq!(body["service"], "billing");
@@ -26,19 +35,40 @@ async fn create_answers_201_with_the_route_location_and_etag() {
     assert_eq!(body["revision"], 1);
     assert_eq!(body["created_at"], body["updated_at"]);
     let created = body["created_at"].as_str().expect("time");
-    assert!(created.ends_with('Z') && created.contains('T'), "RFC 3339 UTC: {created}");
+    assert!(
+        created.ends_with('Z') && created.contains('T'),
+        "RFC 3339 UTC: {created}"
+    );
     let mut keys: Vec<&String> = body.as_object().expect("object").keys().collect();
     keys.sort();
     assert_eq!(
         keys,
-        ["active", "created_at", "env", "id", "revision", "service", "tenant", "updated_at", "url", "version", "weight"]
+        [
+            "active",
+            "created_at",
+            "env",
+            "id",
+            "revision",
+            "service",
+            "tenant",
+            "updated_at",
+            "url",
+            "version",
+            "weight"
+        ]
     );
 }
 
 #[tokio::test]
 async fn create_can_activate_and_weigh_at_once() {
     let app = spawn_app().await;
-    let mut body = route("acme", "billing", "prod", "v1", "https://billing.internal/v1");
+    let mut body = route(
+        "acme",
+        "billing",
+        "prod",
+        "v1",
+        "https://billing.internal/v1",
+    );
     body["active"] = json!(true);
     body["weight"] = json!(0);
     let created = app.create_route(body).await;
@@ -50,20 +80,29 @@ async fn create_can_activate_and_weigh_at_once() {
 #[tokio::test]
 async fn creating_an_existing_route_is_409() {
     let app = spawn_app().await;
-    app.create("acme", "billing", "prod", "v1", "http://a").await;
-    let again = app.create_route(route("acme", "billing", "prod", "v1", "http://b")).await;
+    app.create("acme", "billing", "prod", "v1", "http://a")
+        .await;
+    let again = app
+        .create_route(route("acme", "billing", "prod", "v1", "http://b"))
+        .await;
     let problem = again.problem(StatusCode::CONFLICT);
-    assert!(problem["type"].as_str().expect("type").ends_with("route-exists"));
+    assert!(problem["type"]
+        .as_str()
+        .expect("type")
+        .ends_with("route-exists"));
     // The same version of another env, service or tenant is another route.
-    app.create("acme", "billing", "staging", "v1", "http://a").await;
+    app.create("acme", "billing", "staging", "v1", "http://a")
+        .await;
     app.create("acme", "search", "prod", "v1", "http://a").await;
-    app.create("globex", "billing", "prod", "v1", "http://a").await;
+    app.create("globex", "billing", "prod", "v1", "http://a")
+        .await;
 }
 
 #[tokio::test]
 async fn activate_bumps_the_revision_and_repeating_it_is_a_no_op() {
     let app = spawn_app().await;
-    app.create("acme", "billing", "prod", "v1", "http://a").await;
+    app.create("acme", "billing", "prod", "v1", "http://a")
+        .await;
     let on = app.activate("acme", "billing", "prod", "v1").await;
     on.assert_status(StatusCode::OK);
     assert_eq!(on.json()["active"], true);
@@ -72,7 +111,11 @@ async fn activate_bumps_the_revision_and_repeating_it_is_a_no_op() {
 
     let again = app.activate("acme", "billing", "prod", "v1").await;
     again.assert_status(StatusCode::OK);
-    assert_eq!(again.json(), on.json(), "a no-op leaves the route unchanged");
+    assert_eq!(
+        again.json(),
+        on.json(),
+        "a no-op leaves the route unchanged"
+    );
 
     let off = app.deactivate("acme", "billing", "prod", "v1").await;
     off.assert_status(StatusCode::OK);
@@ -85,15 +128,22 @@ async fn activate_bumps_the_revision_and_repeating_it_is_a_no_op() {
 #[tokio::test]
 async fn activate_or_deactivate_of_unknown_route_is_404() {
     let app = spawn_app().await;
-    app.create("acme", "billing", "prod", "v1", "http://a").await;
-    app.activate("acme", "billing", "prod", "v2").await.problem(StatusCode::NOT_FOUND);
-    app.deactivate("acme", "billing", "qa", "v1").await.problem(StatusCode::NOT_FOUND);
+    app.create("acme", "billing", "prod", "v1", "http://a")
+        .await;
+    app.activate("acme", "billing", "prod", "v2")
+        .await
+        .problem(StatusCode::NOT_FOUND);
+    app.deactivate("acme", "billing", "qa", "v1")
+        .await
+        .problem(StatusCode::NOT_FOUND);
 }
 
 #[tokio::test]
 async fn get_returns_the_route_with_its_revision_as_etag() {
     let app = spawn_app().await;
-    let created = app.create("acme", "billing", "prod", "v1", "http://a").await;
+    let created = app
+        .create("acme", "billing", "prod", "v1", "http://a")
+        .await;
     let id = created["id"].as_str().expect("id");
     let got = app.get(&format!("/api/v1/routes/{id}")).await;
     got.assert_status(StatusCode::OK);
@@ -116,16 +166,22 @@ async fn get_of_unknown_or_malformed_id_is_404() {
     app.get(&format!("/api/v1/routes/{}", uuid::Uuid::now_v7()))
         .await
         .problem(StatusCode::NOT_FOUND);
-    app.get("/api/v1/routes/not-an-id").await.problem(StatusCode::NOT_FOUND);
+    app.get("/api/v1/routes/not-an-id")
+        .await
+        .problem(StatusCode::NOT_FOUND);
 }
 
 #[tokio::test]
 async fn patch_changes_url_and_weight_and_honours_if_match() {
     let app = spawn_app().await;
-    let created = app.create("acme", "billing", "prod", "v1", "http://a").await;
+    let created = app
+        .create("acme", "billing", "prod", "v1", "http://a")
+        .await;
     let path = format!("/api/v1/routes/{}", created["id"].as_str().expect("id"));
 
-    let patched = app.request(Method::PATCH, &path, Some(json!({"weight": 40}))).await;
+    let patched = app
+        .request(Method::PATCH, &path, Some(json!({"weight": 40})))
+        .await;
     patched.assert_status(StatusCode::OK);
     assert_eq!(patched.json()["weight"], 40);
     assert_eq!(patched.json()["url"], "http://a");
@@ -160,11 +216,16 @@ async fn patch_changes_url_and_weight_and_honours_if_match() {
     assert_eq!(fresh.json()["revision"], 3);
 
     // A patch that changes nothing keeps the revision.
-    let same = app.request(Method::PATCH, &path, Some(json!({"url": "http://b"}))).await;
+    let same = app
+        .request(Method::PATCH, &path, Some(json!({"url": "http://b"})))
+        .await;
     assert_eq!(same.json()["revision"], 3);
 
     // `*` matches any existing route; a weak tag never matches.
-    for (tag, status) in [("*", StatusCode::OK), ("W/\"3\"", StatusCode::PRECONDITION_FAILED)] {
+    for (tag, status) in [
+        ("*", StatusCode::OK),
+        ("W/\"3\"", StatusCode::PRECONDITION_FAILED),
+    ] {
         let reply = app
             .client
             .patch(app.url(&path))
@@ -189,21 +250,28 @@ async fn patch_of_unknown_route_is_404() {
 #[tokio::test]
 async fn delete_answers_204_and_the_route_is_gone() {
     let app = spawn_app().await;
-    let created = app.create("acme", "billing", "prod", "v1", "http://a").await;
+    let created = app
+        .create("acme", "billing", "prod", "v1", "http://a")
+        .await;
     let path = format!("/api/v1/routes/{}", created["id"].as_str().expect("id"));
     let deleted = app.request(Method::DELETE, &path, None).await;
     deleted.assert_status(StatusCode::NO_CONTENT);
     assert!(deleted.body.is_empty());
     app.get(&path).await.problem(StatusCode::NOT_FOUND);
-    app.request(Method::DELETE, &path, None).await.problem(StatusCode::NOT_FOUND);
+    app.request(Method::DELETE, &path, None)
+        .await
+        .problem(StatusCode::NOT_FOUND);
     // The key is free again.
-    app.create("acme", "billing", "prod", "v1", "http://a").await;
+    app.create("acme", "billing", "prod", "v1", "http://a")
+        .await;
 }
 
 #[tokio::test]
 async fn delete_with_stale_if_match_is_412() {
     let app = spawn_app().await;
-    let created = app.create("acme", "billing", "prod", "v1", "http://a").await;
+    let created = app
+        .create("acme", "billing", "prod", "v1", "http://a")
+        .await;
     let path = format!("/api/v1/routes/{}", created["id"].as_str().expect("id"));
     let reply = app
         .client
@@ -221,7 +289,10 @@ async fn list_pages_through_every_route_with_cursors() {
     let app = spawn_app().await;
     let mut created = Vec::new();
     for i in 0..7 {
-        created.push(app.create("acme", "billing", "prod", &format!("v{i}"), "http://a").await);
+        created.push(
+            app.create("acme", "billing", "prod", &format!("v{i}"), "http://a")
+                .await,
+        );
     }
     let mut seen: Vec<Value> = Vec::new();
     let mut path = "/api/v1/routes?limit=3".to_owned();
@@ -249,12 +320,18 @@ async fn list_pages_through_every_route_with_cursors() {
 #[tokio::test]
 async fn list_filters_by_tenant_service_env_and_state() {
     let app = spawn_app().await;
-    app.create("acme", "billing", "prod", "v1", "http://a").await;
-    app.create("acme", "billing", "prod", "v2", "http://a").await;
-    app.create("acme", "billing", "staging", "v1", "http://a").await;
+    app.create("acme", "billing", "prod", "v1", "http://a")
+        .await;
+    app.create("acme", "billing", "prod", "v2", "http://a")
+        .await;
+    app.create("acme", "billing", "staging", "v1", "http://a")
+        .await;
     app.create("acme", "search", "prod", "v1", "http://a").await;
-    app.create("globex", "billing", "prod", "v1", "http://a").await;
-    app.activate("acme", "billing", "prod", "v2").await.assert_status(StatusCode::OK);
+    app.create("globex", "billing", "prod", "v1", "http://a")
+        .await;
+    app.activate("acme", "billing", "prod", "v2")
+        .await
+        .assert_status(StatusCode::OK);
 
     let count = |query: &'static str| {
         let app = &app;
@@ -284,18 +361,37 @@ async fn list_with_an_unreadable_cursor_is_400() {
 #[tokio::test]
 async fn every_write_leaves_an_audit_row_in_the_same_transaction() {
     let app = spawn_app().await;
-    let created = app.create("acme", "billing", "prod", "v1", "http://a").await;
+    let created = app
+        .create("acme", "billing", "prod", "v1", "http://a")
+        .await;
     let id = created["id"].as_str().expect("id");
     let path = format!("/api/v1/routes/{id}");
-    app.activate("acme", "billing", "prod", "v1").await.assert_status(StatusCode::OK);
-    app.activate("acme", "billing", "prod", "v1").await.assert_status(StatusCode::OK); // no-op
-    app.request(Method::PATCH, &path, Some(json!({"weight": 5}))).await.assert_status(StatusCode::OK);
-    app.deactivate("acme", "billing", "prod", "v1").await.assert_status(StatusCode::OK);
-    app.request(Method::DELETE, &path, None).await.assert_status(StatusCode::NO_CONTENT);
+    app.activate("acme", "billing", "prod", "v1")
+        .await
+        .assert_status(StatusCode::OK);
+    app.activate("acme", "billing", "prod", "v1")
+        .await
+        .assert_status(StatusCode::OK); // no-op
+    app.request(Method::PATCH, &path, Some(json!({"weight": 5})))
+        .await
+        .assert_status(StatusCode::OK);
+    app.deactivate("acme", "billing", "prod", "v1")
+        .await
+        .assert_status(StatusCode::OK);
+    app.request(Method::DELETE, &path, None)
+        .await
+        .assert_status(StatusCode::NO_CONTENT);
 
-    let log = app.store.audit_log(id.parse().expect("route id")).await.expect("audit log");
+    let log = app
+        .store
+        .audit_log(id.parse().expect("route id"))
+        .await
+        .expect("audit log");
     let actions: Vec<&str> = log.iter().map(|e| e.action.as_str()).collect();
-    assert_eq!(actions, ["create", "activate", "update", "deactivate", "delete"]);
+    assert_eq!(
+        actions,
+        ["create", "activate", "update", "deactivate", "delete"]
+    );
     assert!(log[0].before.is_none());
     assert_eq!(log[0].after.as_ref().expect("after")["revision"], 1);
     assert_eq!(log[2].before.as_ref().expect("before")["weight"], 100);
@@ -308,9 +404,14 @@ async fn every_write_leaves_an_audit_row_in_the_same_transaction() {
 async fn urls_and_identifiers_are_stored_exactly_as_given() {
     let app = spawn_app().await;
     let url = "HTTPS://Billing.Example.COM:8443/v1/?a=b&c=%20d";
-    let created = app.create("a.b_c-d", "0svc", "e", "2024.06.1-rc_1", url).await;
+    let created = app
+        .create("a.b_c-d", "0svc", "e", "2024.06.1-rc_1", url)
+        .await;
     assert_eq!(created["url"], url);
     assert_eq!(created["tenant"], "a.b_c-d");
     let id = created["id"].as_str().expect("id");
-    assert_eq!(app.get(&format!("/api/v1/routes/{id}")).await.json()["url"], url);
+    assert_eq!(
+        app.get(&format!("/api/v1/routes/{id}")).await.json()["url"],
+        url
+    );
 }
