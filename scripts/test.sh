@@ -51,7 +51,6 @@ free_port() {
 start_postgres() {
     PG_BIN=$(pg_bindir) || { install_postgres; PG_BIN=$(pg_bindir); }
     PG_DIR=$(mktemp -d "${TMPDIR:-/tmp}/tm-test-pg.XXXXXX")
-    trap stop_postgres EXIT
     if [ "$(id -u)" -eq 0 ]; then
         # initdb refuses to run as root: run the cluster as the packages' postgres user.
         id -u postgres >/dev/null 2>&1 || useradd --system --no-create-home postgres
@@ -67,11 +66,22 @@ start_postgres() {
     log "PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}') on 127.0.0.1:$port"
 }
 
+OUTPUT=$(mktemp "${TMPDIR:-/tmp}/tm-test-output.XXXXXX")
+cleanup() { stop_postgres; rm -f "$OUTPUT"; }
+trap cleanup EXIT
+
+# Adds up cargo's "test result:" lines from both runs into one closing line.
+summary() {
+    awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed;?$/) p += $i; if ($(i+1) ~ /^failed;?$/) f += $i } }
+         END { printf "summary: %d passed, %d failed\n", p, f }' "$OUTPUT"
+}
+
 log "tests on SQLite"
-cargo test --workspace --locked
+cargo test --workspace --locked 2>&1 | tee -a "$OUTPUT"
 
 if [ -z "${TM_TEST_DATABASE_URL:-}" ]; then
     start_postgres
 fi
 log "tests on PostgreSQL"
-TM_TEST_DATABASE_URL="$TM_TEST_DATABASE_URL" cargo test --locked -p tm-app -p tm-store
+TM_TEST_DATABASE_URL="$TM_TEST_DATABASE_URL" cargo test --locked -p tm-app -p tm-store 2>&1 | tee -a "$OUTPUT"
+summary
