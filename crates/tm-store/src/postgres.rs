@@ -75,6 +75,13 @@ impl PostgresStore {
     }
 }
 
+impl PostgresStore {
+    /// The primary pool, for tools and tests that need a raw connection.
+    pub fn pool(&self) -> &sqlx::PgPool {
+        &self.primary.pool
+    }
+}
+
 /// The route with `key`, locked until the transaction ends.
 async fn lock_by_key(conn: &mut PgConnection, key: &RouteKey) -> Result<Route, StoreError> {
     let row: Option<RouteRow> = sqlx::query_as(&format!(
