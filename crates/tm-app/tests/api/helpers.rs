@@ -117,6 +117,25 @@ impl TestApp {
         reply.json()
     }
 
+    /// Creates active versions of acme/billing/prod with the given weights; each
+    /// version's URL is `http://<version>`.
+    pub async fn create_active_versions(&self, versions: &[(&str, u8)]) {
+        for (version, weight) in versions {
+            let mut body = route(
+                "acme",
+                "billing",
+                "prod",
+                version,
+                &format!("http://{version}"),
+            );
+            body["active"] = json!(true);
+            body["weight"] = json!(weight);
+            self.create_route(body)
+                .await
+                .assert_status(StatusCode::CREATED);
+        }
+    }
+
     pub async fn activate(&self, tenant: &str, service: &str, env: &str, version: &str) -> Reply {
         let body = json!({"tenant": tenant, "service": service, "env": env, "version": version});
         self.request(Method::POST, "/api/v1/routes/activate", Some(body))

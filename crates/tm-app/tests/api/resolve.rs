@@ -92,20 +92,7 @@ async fn an_explicit_version_resolves_whatever_its_weight() {
 #[tokio::test]
 async fn weight_zero_versions_are_never_chosen_without_a_version() {
     let app = spawn_app().await;
-    for (version, weight) in [("v1", 100), ("v2", 0)] {
-        let mut body = route(
-            "acme",
-            "billing",
-            "prod",
-            version,
-            &format!("http://{version}"),
-        );
-        body["active"] = json!(true);
-        body["weight"] = json!(weight);
-        app.create_route(body)
-            .await
-            .assert_status(StatusCode::CREATED);
-    }
+    app.create_active_versions(&[("v1", 100), ("v2", 0)]).await;
     for i in 0..50 {
         let reply = app.resolve(&SVC).await;
         assert_eq!(reply.json()["version"], "v1");
@@ -120,20 +107,7 @@ async fn weight_zero_versions_are_never_chosen_without_a_version() {
 #[tokio::test]
 async fn a_key_sticks_to_its_version_and_keys_split_by_weight() {
     let app = spawn_app().await;
-    for (version, weight) in [("v1", 70), ("v2", 30)] {
-        let mut body = route(
-            "acme",
-            "billing",
-            "prod",
-            version,
-            &format!("http://{version}"),
-        );
-        body["active"] = json!(true);
-        body["weight"] = json!(weight);
-        app.create_route(body)
-            .await
-            .assert_status(StatusCode::CREATED);
-    }
+    app.create_active_versions(&[("v1", 70), ("v2", 30)]).await;
     let mut on_v2 = 0;
     for i in 0..400 {
         let key = format!("user-{i}");
@@ -153,20 +127,7 @@ async fn a_key_sticks_to_its_version_and_keys_split_by_weight() {
 #[tokio::test]
 async fn random_picks_follow_the_weights() {
     let app = spawn_app().await;
-    for (version, weight) in [("v1", 50), ("v2", 50)] {
-        let mut body = route(
-            "acme",
-            "billing",
-            "prod",
-            version,
-            &format!("http://{version}"),
-        );
-        body["active"] = json!(true);
-        body["weight"] = json!(weight);
-        app.create_route(body)
-            .await
-            .assert_status(StatusCode::CREATED);
-    }
+    app.create_active_versions(&[("v1", 50), ("v2", 50)]).await;
     let mut v2 = 0;
     for _ in 0..300 {
         if app.resolve(&SVC).await.json()["version"] == "v2" {
