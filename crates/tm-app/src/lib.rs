@@ -6,9 +6,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use secrecy::ExposeSecret;
 use tm_config::Config;
+use tm_domain::{ApiKey, Grant, KeyId};
 use tm_http::AppState;
-use tm_store::{RoutingTable, Store, StoreError};
+use tm_store::{KeyRecord, KeyRing, RoutingTable, Store, StoreCounters, StoreError};
+use tm_telemetry::Metrics;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -23,6 +26,14 @@ pub enum StartError {
     },
     #[error("loading the routing snapshot")]
     Snapshot(#[source] StoreError),
+    #[error("loading API keys")]
+    Keys(#[source] StoreError),
+    #[error("writing the bootstrap admin key to {path}")]
+    BootstrapFile {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("binding {addr}")]
     Bind {
         addr: SocketAddr,
@@ -46,7 +57,9 @@ pub struct Application {
     state: AppState,
     store: Arc<dyn Store>,
     routing: Arc<RoutingTable>,
+    keys: Arc<KeyRing>,
     reload_interval: Duration,
+    sample_interval: Duration,
     shutdown_grace: Duration,
 }
 
@@ -56,9 +69,29 @@ impl Application {
             tm_config::StorageConfig::Sqlite { .. } => "sqlite",
             tm_config::StorageConfig::Postgres { .. } => "postgres",
         };
-        let store = tm_store::connect(&config)
+        let metrics = Arc::new(Metrics::new(
+            config.metrics.max_tenants,
+            env!("CARGO_PKG_VERSION"),
+        ));
+        let counters = StoreCounters {
+            queries: metrics.db_queries.clone(),
+            connection_errors: metrics.db_connection_errors.clone(),
+        };
+        let store = tm_store::connect(&config, counters)
             .await
             .map_err(|source| StartError::Store { backend, source })?;
+        let configured_admin = config
+            .bootstrap_admin_key
+            .as_ref()
+            .map(|k| k.expose_secret().to_owned());
+        if configured_admin.is_none() {
+            bootstrap_admin_key(store.as_ref(), &config.data_dir).await?;
+        }
+        let keys = Arc::new(
+            KeyRing::load(store.clone(), configured_admin.as_deref())
+                .await
+                .map_err(StartError::Keys)?,
+        );
         let routing = Arc::new(
             RoutingTable::load(store.clone())
                 .await
@@ -77,14 +110,22 @@ impl Application {
             .local_addr()
             .map_err(|source| StartError::Bind { addr, source })?;
         let shutdown_grace = config.http.shutdown_grace;
-        let state = AppState::new(store.clone(), routing.clone(), config.http);
+        let state = AppState::new(
+            store.clone(),
+            routing.clone(),
+            keys.clone(),
+            metrics,
+            config.http,
+        );
         Ok(Self {
             listener,
             local_addr,
             state,
             store,
             routing,
+            keys,
             reload_interval: config.snapshot_reload_interval,
+            sample_interval: config.metrics.pool_sample_interval,
             shutdown_grace,
         })
     }
@@ -102,9 +143,15 @@ impl Application {
     /// requests up to the configured grace period, stops the workers and closes the pools.
     pub async fn run_until(self, shutdown: CancellationToken) -> Result<(), RunError> {
         let workers = CancellationToken::new();
-        let mut reloader: JoinHandle<()> = tokio::spawn(reload_snapshot_periodically(
+        let mut reloader: JoinHandle<()> = tokio::spawn(reload_periodically(
             self.routing.clone(),
+            self.keys.clone(),
             self.reload_interval,
+            workers.clone(),
+        ));
+        let mut sampler: JoinHandle<()> = tokio::spawn(sample_periodically(
+            self.state.clone(),
+            self.sample_interval,
             workers.clone(),
         ));
 
@@ -123,6 +170,7 @@ impl Application {
                 Err(_) => Err(RunError::TaskDied("http server")),
             },
             _ = &mut reloader => Err(RunError::TaskDied("snapshot reloader")),
+            _ = &mut sampler => Err(RunError::TaskDied("metrics sampler")),
             _ = shutdown.cancelled() => {
                 match tokio::time::timeout(self.shutdown_grace, &mut server).await {
                     Ok(Ok(Ok(()))) => Ok(()),
@@ -141,21 +189,24 @@ impl Application {
         }
         workers.cancel();
         let _ = reloader.await;
+        let _ = sampler.await;
         self.store.close().await;
         tracing::info!("stopped");
         outcome
     }
 }
 
-/// The safety net behind per-write refreshes: a full reload on a fixed period.
-async fn reload_snapshot_periodically(
+/// The safety net behind per-write refreshes: a full reload of routes and keys on a
+/// fixed period, which also picks up changes made by other instances.
+async fn reload_periodically(
     routing: Arc<RoutingTable>,
+    keys: Arc<KeyRing>,
     every: Duration,
     stop: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await; // the first tick is immediate; the snapshot was just loaded
+    tick.tick().await; // the first tick is immediate; everything was just loaded
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -167,5 +218,84 @@ async fn reload_snapshot_periodically(
                 tracing::warn!(error = %err, "routing snapshot reload failed; serving the previous one")
             }
         }
+        if let Err(err) = keys.reload().await {
+            tracing::warn!(error = %err, "API key reload failed; using the keys already loaded");
+        }
     }
+}
+
+/// Samples pool figures and snapshot size into the metrics on a fixed period.
+async fn sample_periodically(state: AppState, every: Duration, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => tm_http::sample_metrics(&state),
+        }
+    }
+}
+
+/// Creates an API key directly in the configured store (for automation, offline) and
+/// returns it with its record; the key is shown nowhere else.
+pub async fn create_key(
+    config: &Config,
+    name: String,
+    grant: Grant,
+) -> Result<(ApiKey, KeyRecord), StartError> {
+    let backend = match config.storage {
+        tm_config::StorageConfig::Sqlite { .. } => "sqlite",
+        tm_config::StorageConfig::Postgres { .. } => "postgres",
+    };
+    let store = tm_store::connect(config, StoreCounters::default())
+        .await
+        .map_err(|source| StartError::Store { backend, source })?;
+    let key = ApiKey::new(KeyId::generate(), rand::random());
+    let record = KeyRecord::new(&key, name, grant);
+    let stored = store.create_key(&record).await.map_err(StartError::Keys);
+    store.close().await;
+    stored.map(|()| (key, record))
+}
+
+/// On a store that never had a key, makes an admin key, prints it once on stdout and
+/// writes it to `<data_dir>/bootstrap-admin.key` (mode 0600). Only one instance of a
+/// fleet wins; the others find a key already made and do nothing.
+async fn bootstrap_admin_key(
+    store: &dyn Store,
+    data_dir: &std::path::Path,
+) -> Result<(), StartError> {
+    let key = ApiKey::new(KeyId::generate(), rand::random());
+    let record = KeyRecord::new(&key, "bootstrap admin".to_owned(), Grant::Admin);
+    if !store
+        .create_first_key(&record)
+        .await
+        .map_err(StartError::Keys)?
+    {
+        return Ok(());
+    }
+    let path = data_dir.join("bootstrap-admin.key");
+    write_secret_file(&path, &key.expose()).map_err(|source| StartError::BootstrapFile {
+        path: path.clone(),
+        source,
+    })?;
+    println!("bootstrap admin key: {}", key.expose());
+    tracing::info!(key.id = %record.id, path = %path.display(), "bootstrap admin key created");
+    Ok(())
+}
+
+/// Writes `contents` to a new file readable by its owner only.
+fn write_secret_file(path: &std::path::Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path)?;
+    #[cfg(unix)]
+    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    writeln!(file, "{contents}")?;
+    file.sync_all()
 }

@@ -49,6 +49,15 @@ pub struct RawConfig {
     pub health_check_timeout: Duration,
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    pub bootstrap_admin_key: Option<String>,
+    /// Comma-separated origins allowed by CORS, or `*`.
+    pub cors_origins: Option<String>,
+    /// Set when a TLS-terminating proxy is in front: adds `Strict-Transport-Security`.
+    pub behind_tls: bool,
+    /// Distinct tenants given their own `tenant_requests_total` series; the rest are `other`.
+    pub metrics_max_tenants: usize,
+    #[serde(with = "humantime_serde")]
+    pub pool_sample_interval: Duration,
 }
 
 impl Default for RawConfig {
@@ -75,6 +84,11 @@ impl Default for RawConfig {
             snapshot_reload_interval: Duration::from_secs(30),
             health_check_timeout: Duration::from_secs(2),
             shutdown_grace: Duration::from_secs(10),
+            bootstrap_admin_key: None,
+            cors_origins: None,
+            behind_tls: false,
+            metrics_max_tenants: 100,
+            pool_sample_interval: Duration::from_secs(5),
         }
     }
 }
@@ -103,6 +117,11 @@ const ENV_KEYS: &[&str] = &[
     "snapshot_reload_interval",
     "health_check_timeout",
     "shutdown_grace",
+    "bootstrap_admin_key",
+    "cors_origins",
+    "behind_tls",
+    "metrics_max_tenants",
+    "pool_sample_interval",
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -176,6 +195,28 @@ pub struct HttpConfig {
     pub health_check_timeout: Duration,
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    pub cors: CorsOrigins,
+    pub behind_tls: bool,
+}
+
+/// Which browser origins may call the API.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CorsOrigins {
+    /// No cross-origin access (the default).
+    None,
+    /// Any origin (`*`); refused in the `prod` profile.
+    Any,
+    /// These origins, e.g. `https://console.example.com`.
+    List(Vec<String>),
+}
+
+/// Metrics settings.
+#[derive(Clone, Debug, Serialize)]
+pub struct MetricsConfig {
+    pub max_tenants: usize,
+    #[serde(with = "humantime_serde")]
+    pub pool_sample_interval: Duration,
 }
 
 /// The validated configuration.
@@ -188,6 +229,9 @@ pub struct Config {
     pub log: LogConfig,
     pub http: HttpConfig,
     pub snapshot_reload_interval: Duration,
+    /// `TM_BOOTSTRAP_ADMIN_KEY`: an admin key given by the operator (at least 32 characters).
+    pub bootstrap_admin_key: Option<SecretString>,
+    pub metrics: MetricsConfig,
 }
 
 /// One problem with one setting.
@@ -310,6 +354,28 @@ impl Config {
                 d(self.http.health_check_timeout)
             ),
             format!("shutdown_grace = {}", d(self.http.shutdown_grace)),
+            format!(
+                "bootstrap_admin_key = {}",
+                if self.bootstrap_admin_key.is_some() {
+                    "\"***\""
+                } else {
+                    "(unset)"
+                }
+            ),
+            format!(
+                "cors_origins = {}",
+                match &self.http.cors {
+                    CorsOrigins::None => "\"\"".to_owned(),
+                    CorsOrigins::Any => "\"*\"".to_owned(),
+                    CorsOrigins::List(list) => format!("{:?}", list.join(",")),
+                }
+            ),
+            format!("behind_tls = {}", self.http.behind_tls),
+            format!("metrics_max_tenants = {}", self.metrics.max_tenants),
+            format!(
+                "pool_sample_interval = {}",
+                d(self.metrics.pool_sample_interval)
+            ),
         ]);
         lines.join("\n")
     }
@@ -328,6 +394,26 @@ fn figment_for(file: Option<&Path>) -> Result<Figment, ConfigError> {
         figment = figment.merge(Toml::file_exact(path));
     }
     Ok(figment.merge(Env::prefixed("TM_").only(ENV_KEYS)))
+}
+
+/// An origin is `scheme://host[:port]`: http or https, nothing after the authority.
+fn check_origin(origin: &str) -> Result<(), &'static str> {
+    let url = url::Url::parse(origin)
+        .map_err(|_| "is not an origin such as https://console.example.com")?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err("must be an http or https origin");
+    }
+    if origin.ends_with('/')
+        || url.path() != "/"
+        || url.query().is_some()
+        || url.fragment().is_some()
+    {
+        return Err("must have no path, query or fragment");
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("must not contain user information");
+    }
+    Ok(())
 }
 
 /// `url` with any password replaced by `***`.
@@ -504,6 +590,53 @@ impl TryFrom<RawConfig> for Config {
             );
         }
 
+        let bootstrap_admin_key = match raw.bootstrap_admin_key {
+            Some(key) if key.chars().count() < 32 => {
+                fail(
+                    "bootstrap_admin_key",
+                    "must be at least 32 characters (keep it secret; it is an admin key)".into(),
+                );
+                None
+            }
+            Some(key) if key.chars().any(|c| c.is_whitespace() || c.is_control()) => {
+                fail(
+                    "bootstrap_admin_key",
+                    "must not contain whitespace or control characters".into(),
+                );
+                None
+            }
+            other => other.map(SecretString::from),
+        };
+
+        let cors = match raw.cors_origins.as_deref().map(str::trim) {
+            None | Some("") => CorsOrigins::None,
+            Some("*") if profile == Some(Profile::Prod) => {
+                fail(
+                    "cors_origins",
+                    "the wildcard * is refused in the prod profile; list the allowed origins"
+                        .into(),
+                );
+                CorsOrigins::None
+            }
+            Some("*") => CorsOrigins::Any,
+            Some(list) => {
+                let mut origins = Vec::new();
+                for origin in list.split(',').map(str::trim).filter(|o| !o.is_empty()) {
+                    match check_origin(origin) {
+                        Ok(()) => origins.push(origin.to_owned()),
+                        Err(why) => fail("cors_origins", format!("{origin:?} {why}")),
+                    }
+                }
+                CorsOrigins::List(origins)
+            }
+        };
+        if raw.metrics_max_tenants == 0 {
+            fail("metrics_max_tenants", "must be at least 1".into());
+        }
+        if raw.pool_sample_interval.is_zero() {
+            fail("pool_sample_interval", "must be greater than zero".into());
+        }
+
         match (profile, listen, storage, log_format) {
             (Some(profile), Some(listen), Some(storage), Some(format)) if errors.is_empty() => {
                 Ok(Config {
@@ -528,8 +661,15 @@ impl TryFrom<RawConfig> for Config {
                         resolve_stale_while_revalidate: raw.resolve_stale_while_revalidate,
                         health_check_timeout: raw.health_check_timeout,
                         shutdown_grace: raw.shutdown_grace,
+                        cors,
+                        behind_tls: raw.behind_tls,
                     },
                     snapshot_reload_interval: raw.snapshot_reload_interval,
+                    bootstrap_admin_key,
+                    metrics: MetricsConfig {
+                        max_tenants: raw.metrics_max_tenants,
+                        pool_sample_interval: raw.pool_sample_interval,
+                    },
                 })
             }
             _ => Err(ConfigError(errors)),
@@ -646,6 +786,68 @@ mod tests {
             shown.contains("postgres://tm:***@db.internal:5432/tm"),
             "{shown}"
         );
+    }
+
+    #[test]
+    fn a_short_bootstrap_key_is_refused() {
+        let raw = RawConfig {
+            bootstrap_admin_key: Some("too-short".into()),
+            ..RawConfig::default()
+        };
+        let err = Config::try_from(raw).expect_err("invalid");
+        assert_eq!(err.0[0].setting, "TM_BOOTSTRAP_ADMIN_KEY");
+        assert!(
+            !err.to_string().contains("too-short"),
+            "the key itself is never echoed"
+        );
+        let raw = RawConfig {
+            bootstrap_admin_key: Some("k".repeat(32)),
+            ..RawConfig::default()
+        };
+        let shown = Config::try_from(raw).expect("valid").redacted();
+        assert!(!shown.contains(&"k".repeat(32)));
+    }
+
+    #[test]
+    fn cors_wildcard_is_refused_in_prod_only() {
+        let raw = |profile: &str| RawConfig {
+            profile: profile.into(),
+            cors_origins: Some("*".into()),
+            ..RawConfig::default()
+        };
+        assert_eq!(
+            Config::try_from(raw("dev")).expect("valid").http.cors,
+            CorsOrigins::Any
+        );
+        let err = Config::try_from(raw("prod")).expect_err("refused");
+        assert_eq!(err.0[0].setting, "TM_CORS_ORIGINS");
+    }
+
+    #[test]
+    fn cors_origins_must_be_origins() {
+        let raw = RawConfig {
+            cors_origins: Some("https://console.example.com, http://localhost:3000".into()),
+            ..RawConfig::default()
+        };
+        assert_eq!(
+            Config::try_from(raw).expect("valid").http.cors,
+            CorsOrigins::List(vec![
+                "https://console.example.com".into(),
+                "http://localhost:3000".into()
+            ])
+        );
+        for bad in [
+            "console.example.com",
+            "https://x.example/path",
+            "ftp://x.example",
+            "https://x.example/",
+        ] {
+            let raw = RawConfig {
+                cors_origins: Some(bad.into()),
+                ..RawConfig::default()
+            };
+            assert!(Config::try_from(raw).is_err(), "{bad}");
+        }
     }
 
     #[test]

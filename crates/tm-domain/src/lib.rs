@@ -3,12 +3,14 @@
 
 mod error;
 mod ident;
+mod key;
 mod route;
 mod snapshot;
 mod upstream;
 
 pub use error::{DomainError, FieldError, FieldErrors};
 pub use ident::{EnvName, ServiceName, TenantId, Version};
+pub use key::{ApiKey, Grant, KeyId, Role, SecretHash};
 pub use route::{now, GroupKey, NewRoute, Route, RouteId, RouteKey, RoutePatch, Weight};
 pub use snapshot::{ActiveRoute, Pick, RouteChange, RoutingSnapshot};
 pub use upstream::UpstreamUrl;

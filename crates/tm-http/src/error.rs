@@ -28,6 +28,10 @@ pub enum ApiError {
     NoActiveRoute,
     #[error("method not allowed")]
     MethodNotAllowed,
+    #[error("unauthorized: {0}")]
+    Unauthorized(&'static str),
+    #[error("forbidden: {0}")]
+    Forbidden(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -104,6 +108,13 @@ impl IntoResponse for ApiError {
                 "Method not allowed",
                 "This resource does not support this method.".into(),
             ),
+            ApiError::Unauthorized(why) => (
+                S::UNAUTHORIZED,
+                "unauthorized",
+                "Unauthorized",
+                (*why).to_owned(),
+            ),
+            ApiError::Forbidden(why) => (S::FORBIDDEN, "forbidden", "Forbidden", why.clone()),
             ApiError::Store(StoreError::Conflict) => (
                 S::CONFLICT,
                 "route-exists",
@@ -153,6 +164,9 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        if status == S::UNAUTHORIZED {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
         if status == S::SERVICE_UNAVAILABLE {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
         }

@@ -89,3 +89,31 @@ pub async fn detailed(State(state): State<AppState>) -> Json<Value> {
         "version": env!("CARGO_PKG_VERSION"),
     }))
 }
+
+/// Refreshes the state gauges, then renders every metric in the Prometheus text format.
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    sample(&state);
+    (
+        [(header::CONTENT_TYPE, tm_telemetry::METRICS_CONTENT_TYPE)],
+        state.metrics.encode(),
+    )
+        .into_response()
+}
+
+/// Copies pool figures and snapshot size and age into the metrics.
+pub fn sample(state: &AppState) {
+    let metrics = &state.metrics;
+    for pool in state.store.pool_stats() {
+        metrics.set_pool(tm_telemetry::PoolFigures {
+            pool: pool.pool,
+            idle: pool.idle,
+            in_use: pool.in_use,
+            waiting: pool.waiting,
+            max: pool.max,
+        });
+    }
+    metrics.set_snapshot(
+        state.routing.snapshot().route_count(),
+        state.routing.age().as_secs_f64(),
+    );
+}

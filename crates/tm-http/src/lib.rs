@@ -3,30 +3,38 @@
 //! Handlers parse input into domain types at the edge, call the store or the routing
 //! snapshot, and return domain values as JSON. `resolve` never touches the store.
 
+mod auth;
 mod error;
 mod extract;
 mod health;
+mod keys;
+mod observe;
 mod resolve;
 mod routes;
+mod security;
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::HeaderValue;
-use axum::routing::{get, post};
+use axum::middleware;
+use axum::routing::{delete, get, post};
 use axum::Router;
 use tm_config::HttpConfig;
-use tm_store::{RoutingTable, Store};
-use tower_http::trace::TraceLayer;
+use tm_store::{KeyRing, RoutingTable, Store};
+use tm_telemetry::Metrics;
 
 pub use error::{ApiError, PROBLEM_TYPE_PREFIX};
+pub use health::sample as sample_metrics;
 
 /// What every handler may use.
 #[derive(Clone)]
 pub struct AppState {
     pub store: Arc<dyn Store>,
     pub routing: Arc<RoutingTable>,
+    pub keys: Arc<KeyRing>,
+    pub metrics: Arc<Metrics>,
     pub config: Arc<HttpConfig>,
     pub started_at: Instant,
     /// `Cache-Control` of resolve answers, built once from the configuration.
@@ -34,7 +42,13 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(store: Arc<dyn Store>, routing: Arc<RoutingTable>, config: HttpConfig) -> Self {
+    pub fn new(
+        store: Arc<dyn Store>,
+        routing: Arc<RoutingTable>,
+        keys: Arc<KeyRing>,
+        metrics: Arc<Metrics>,
+        config: HttpConfig,
+    ) -> Self {
         let cache_control = HeaderValue::try_from(format!(
             "private, max-age={}, stale-while-revalidate={}",
             config.resolve_max_age.as_secs(),
@@ -44,6 +58,8 @@ impl AppState {
         Self {
             store,
             routing,
+            keys,
+            metrics,
             config: Arc::new(config),
             started_at: Instant::now(),
             cache_control,
@@ -51,8 +67,26 @@ impl AppState {
     }
 }
 
-/// The whole HTTP surface: API v1 and health probes.
+/// The API v1 routes and their methods; also what the metrics declare up front.
+const API_ROUTES: &[(&str, &[&str])] = &[
+    ("/routes", &["GET", "POST"]),
+    ("/routes/resolve", &["GET"]),
+    ("/routes/activate", &["POST"]),
+    ("/routes/deactivate", &["POST"]),
+    ("/routes/{id}", &["GET", "PATCH", "DELETE"]),
+    ("/keys", &["GET", "POST"]),
+    ("/keys/{id}", &["DELETE"]),
+];
+
+/// The whole HTTP surface: API v1, health probes and metrics.
 pub fn router(state: AppState) -> Router {
+    for (path, methods) in API_ROUTES {
+        for method in *methods {
+            state
+                .metrics
+                .declare_endpoint(method, &format!("/api/v1{path}"));
+        }
+    }
     let api = Router::new()
         .route("/routes", post(routes::create).get(routes::list))
         .route("/routes/resolve", get(resolve::resolve))
@@ -61,18 +95,27 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/routes/{id}",
             get(routes::get).patch(routes::patch).delete(routes::delete),
-        );
-    Router::new()
+        )
+        .route("/keys", post(keys::create).get(keys::list))
+        .route("/keys/{id}", delete(keys::revoke));
+    let config = state.config.clone();
+    let router = Router::new()
         .nest("/api/v1", api)
         .route("/healthz", get(health::healthz))
         .route("/health", get(health::live))
         .route("/health/live", get(health::live))
         .route("/health/ready", get(health::ready))
         .route("/health/detailed", get(health::detailed))
+        .route("/metrics", get(health::metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(state.config.body_limit_bytes))
-        .layer(TraceLayer::new_for_http())
+        .layer(DefaultBodyLimit::max(config.body_limit_bytes));
+    let router = security::with_cors(router, &config.cors);
+    security::with_headers(router, config.behind_tls)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            observe::observe,
+        ))
         .with_state(state)
 }
 

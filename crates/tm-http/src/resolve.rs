@@ -6,6 +6,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use tm_domain::{EnvName, FieldErrors, Pick, ServiceName, TenantId, Version};
 
+use crate::auth::{Action, Caller};
 use crate::extract::{if_none_match, ApiQuery};
 use crate::{ApiError, AppState};
 
@@ -24,6 +25,7 @@ pub struct ResolveQuery {
 
 pub async fn resolve(
     State(state): State<AppState>,
+    caller: Caller,
     headers: HeaderMap,
     ApiQuery(query): ApiQuery<ResolveQuery>,
 ) -> Result<Response, ApiError> {
@@ -54,6 +56,7 @@ pub async fn resolve(
     if !errors.is_empty() {
         return Err(ApiError::Invalid(errors));
     }
+    caller.authorize(Action::Resolve, &tenant)?;
 
     let pick = match (&version, &query.key) {
         (Some(version), _) => Pick::Version(version),

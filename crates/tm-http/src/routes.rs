@@ -14,18 +14,14 @@ use tm_domain::{
     DomainError, EnvName, FieldErrors, NewRoute, Route, RouteChange, RouteId, RouteKey, RoutePatch,
     ServiceName, TenantId, UpstreamUrl, Version, Weight,
 };
-use tm_store::{Actor, Page, RouteFilter};
+use tm_store::{Page, RouteFilter};
 
+use crate::auth::{Action, Caller};
 use crate::extract::{if_none_match, ApiJson, ApiQuery, IfMatch, RouteIdPath};
 use crate::{ApiError, AppState};
 
 const DEFAULT_PAGE: u32 = 100;
 const MAX_PAGE: u32 = 1000;
-
-/// Until API keys exist every change is recorded under this actor.
-fn actor() -> Actor {
-    Actor::new("anonymous")
-}
 
 /// Parses a required field, recording a missing or invalid value.
 fn required<T>(
@@ -152,10 +148,13 @@ fn route_etag(route: &Route) -> HeaderValue {
 
 pub async fn create(
     State(state): State<AppState>,
+    caller: Caller,
     ApiJson(body): ApiJson<CreateBody>,
 ) -> Result<Response, ApiError> {
+    caller.scope(Action::WriteRoutes)?;
     let new = NewRoute::try_from(body)?;
-    let route = state.store.create_route(new, &actor()).await?;
+    caller.authorize(Action::WriteRoutes, &new.key.tenant)?;
+    let route = state.store.create_route(new, &caller.actor()).await?;
     state
         .routing
         .refresh_group(&route.group(), RouteChange::Stored(&route))
@@ -169,29 +168,37 @@ pub async fn create(
 
 pub async fn activate(
     state: State<AppState>,
+    caller: Caller,
     body: ApiJson<KeyBody>,
 ) -> Result<Response, ApiError> {
-    set_active(state, body, true).await
+    set_active(state, caller, body, true).await
 }
 
 pub async fn deactivate(
     state: State<AppState>,
+    caller: Caller,
     body: ApiJson<KeyBody>,
 ) -> Result<Response, ApiError> {
-    set_active(state, body, false).await
+    set_active(state, caller, body, false).await
 }
 
 async fn set_active(
     State(state): State<AppState>,
+    caller: Caller,
     ApiJson(body): ApiJson<KeyBody>,
     active: bool,
 ) -> Result<Response, ApiError> {
+    caller.scope(Action::WriteRoutes)?;
     let mut errors = FieldErrors::default();
     let key = body.parse(&mut errors);
     let Some(key) = key.filter(|_| errors.is_empty()) else {
         return Err(ApiError::Invalid(errors));
     };
-    let route = state.store.set_active(&key, active, &actor()).await?;
+    caller.authorize(Action::WriteRoutes, &key.tenant)?;
+    let route = state
+        .store
+        .set_active(&key, active, &caller.actor())
+        .await?;
     state
         .routing
         .refresh_group(&route.group(), RouteChange::Stored(&route))
@@ -233,11 +240,13 @@ fn decode_cursor(raw: &str) -> Result<RouteId, ApiError> {
 
 pub async fn list(
     State(state): State<AppState>,
+    caller: Caller,
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Response, ApiError> {
+    caller.scope(Action::ReadRoutes)?;
     let after = query.cursor.as_deref().map(decode_cursor).transpose()?;
     let mut errors = FieldErrors::default();
-    let filter = RouteFilter {
+    let mut filter = RouteFilter {
         tenant: query
             .tenant
             .as_deref()
@@ -257,6 +266,7 @@ pub async fn list(
         errors.push("limit", format!("must be from 1 to {MAX_PAGE}"));
     }
     errors.into_result()?;
+    filter.tenant = caller.list_scope(Action::ReadRoutes, filter.tenant)?;
 
     // One more than asked tells whether another page exists.
     let mut items = state
@@ -280,10 +290,17 @@ pub async fn list(
 
 pub async fn get(
     State(state): State<AppState>,
+    caller: Caller,
     RouteIdPath(id): RouteIdPath,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let route = state.store.get_route(id).await?.ok_or(ApiError::NotFound)?;
+    let scope = caller.scope(Action::ReadRoutes)?;
+    let route = state
+        .store
+        .get_route(id)
+        .await?
+        .filter(|route| scope.is_none_or(|own| own == &route.tenant))
+        .ok_or(ApiError::NotFound)?;
     let etag = route_etag(&route);
     if if_none_match(&headers, etag.to_str().unwrap_or_default()) {
         return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response());
@@ -293,14 +310,16 @@ pub async fn get(
 
 pub async fn patch(
     State(state): State<AppState>,
+    caller: Caller,
     RouteIdPath(id): RouteIdPath,
     IfMatch(expected): IfMatch,
     ApiJson(body): ApiJson<PatchBody>,
 ) -> Result<Response, ApiError> {
+    let scope = caller.scope(Action::WriteRoutes)?;
     let patch = RoutePatch::try_from(body)?;
     let route = state
         .store
-        .update_route(id, &patch, expected.as_deref(), &actor())
+        .update_route(id, scope, &patch, expected.as_deref(), &caller.actor())
         .await?;
     state
         .routing
@@ -311,12 +330,14 @@ pub async fn patch(
 
 pub async fn delete(
     State(state): State<AppState>,
+    caller: Caller,
     RouteIdPath(id): RouteIdPath,
     IfMatch(expected): IfMatch,
 ) -> Result<Response, ApiError> {
+    let scope = caller.scope(Action::WriteRoutes)?;
     let route = state
         .store
-        .delete_route(id, expected.as_deref(), &actor())
+        .delete_route(id, scope, expected.as_deref(), &caller.actor())
         .await?;
     state
         .routing

@@ -4,6 +4,7 @@
 //! Every write stores the route and its audit row in one transaction.
 
 mod error;
+mod keys;
 mod pool;
 mod postgres;
 mod routing;
@@ -17,11 +18,12 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tm_config::{Config, StorageConfig};
 use tm_domain::{
-    EnvName, GroupKey, NewRoute, Route, RouteId, RouteKey, RoutePatch, ServiceName, TenantId,
+    EnvName, GroupKey, KeyId, NewRoute, Route, RouteId, RouteKey, RoutePatch, ServiceName, TenantId,
 };
 
 pub use error::StoreError;
-pub use pool::PoolStats;
+pub use keys::{KeyRecord, KeyRing, KeyView, Principal};
+pub use pool::{PoolStats, StoreCounters};
 pub use postgres::PostgresStore;
 pub use routing::RoutingTable;
 pub use sqlite::SqliteStore;
@@ -114,18 +116,22 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Route, StoreError>;
 
     /// Changes url and/or weight. A patch that changes nothing leaves the route as it is.
+    /// With a `scope`, a route of another tenant is [`StoreError::NotFound`].
     async fn update_route(
         &self,
         id: RouteId,
+        scope: Option<&TenantId>,
         patch: &RoutePatch,
         expected: ExpectedRevisions<'_>,
         actor: &Actor,
     ) -> Result<Route, StoreError>;
 
-    /// Deletes a route and returns it as it was.
+    /// Deletes a route and returns it as it was. With a `scope`, a route of another
+    /// tenant is [`StoreError::NotFound`].
     async fn delete_route(
         &self,
         id: RouteId,
+        scope: Option<&TenantId>,
         expected: ExpectedRevisions<'_>,
         actor: &Actor,
     ) -> Result<Route, StoreError>;
@@ -144,6 +150,25 @@ pub trait Store: Send + Sync + 'static {
     /// The audit trail of one route, oldest first.
     async fn audit_log(&self, route_id: RouteId) -> Result<Vec<AuditEntry>, StoreError>;
 
+    /// Stores a new key.
+    async fn create_key(&self, record: &KeyRecord) -> Result<(), StoreError>;
+
+    /// Stores `record` only if no key was ever stored before; says whether it did. This
+    /// is how the first admin key is made exactly once, however many instances start.
+    async fn create_first_key(&self, record: &KeyRecord) -> Result<bool, StoreError>;
+
+    /// A live (not revoked) key.
+    async fn get_key(&self, id: KeyId) -> Result<Option<KeyRecord>, StoreError>;
+
+    /// Live keys, of one tenant or of all (admin keys included only for all).
+    async fn list_keys(&self, tenant: Option<&TenantId>) -> Result<Vec<KeyRecord>, StoreError>;
+
+    /// Revokes a live key; [`StoreError::NotFound`] if there is none.
+    async fn revoke_key(&self, id: KeyId) -> Result<(), StoreError>;
+
+    /// Every live key: what the key ring is loaded from.
+    async fn active_keys(&self) -> Result<Vec<KeyRecord>, StoreError>;
+
     /// A round trip to the database.
     async fn ping(&self) -> Result<(), StoreError>;
 
@@ -155,20 +180,23 @@ pub trait Store: Send + Sync + 'static {
 }
 
 /// Opens the configured backend and applies its migrations.
-pub async fn connect(config: &Config) -> Result<Arc<dyn Store>, StoreError> {
+pub async fn connect(
+    config: &Config,
+    counters: StoreCounters,
+) -> Result<Arc<dyn Store>, StoreError> {
     Ok(match &config.storage {
         StorageConfig::Sqlite { path, synchronous } => {
-            Arc::new(SqliteStore::connect(path, *synchronous, &config.pool).await?)
+            Arc::new(SqliteStore::connect(path, *synchronous, &config.pool, counters).await?)
         }
         StorageConfig::Postgres { .. } => {
-            Arc::new(PostgresStore::connect(&config.storage, &config.pool).await?)
+            Arc::new(PostgresStore::connect(&config.storage, &config.pool, counters).await?)
         }
     })
 }
 
 /// Applies the configured backend's migrations, then closes the connection.
 pub async fn migrate(config: &Config) -> Result<&'static str, StoreError> {
-    let store = connect(config).await?;
+    let store = connect(config, StoreCounters::default()).await?;
     let backend = store.backend();
     store.close().await;
     Ok(backend)
@@ -179,11 +207,16 @@ pub fn find_by_key<'a>(routes: &'a [Route], key: &RouteKey) -> Option<&'a Route>
     routes.iter().find(|r| &r.key() == key)
 }
 
-/// Fails with [`StoreError::StaleRevision`] unless `current` has an expected revision.
-pub(crate) fn check_expected(
+/// Fails with [`StoreError::NotFound`] if `current` is outside `scope`, and with
+/// [`StoreError::StaleRevision`] unless it has an expected revision.
+pub(crate) fn check_access(
     current: &Route,
+    scope: Option<&TenantId>,
     expected: ExpectedRevisions<'_>,
 ) -> Result<(), StoreError> {
+    if scope.is_some_and(|tenant| tenant != &current.tenant) {
+        return Err(StoreError::NotFound);
+    }
     match expected {
         Some(revisions) if !revisions.contains(&current.revision) => {
             Err(StoreError::StaleRevision {

@@ -3,6 +3,7 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use prometheus::IntCounter;
 use serde::Serialize;
 use sqlx::pool::PoolConnection;
 use sqlx::{Database, Pool};
@@ -23,20 +24,43 @@ pub struct PoolStats {
     pub max: u32,
 }
 
-/// A pool that knows how many are waiting on it.
+/// Counters a store increments; the application registers them for `/metrics`.
+#[derive(Clone, Debug)]
+pub struct StoreCounters {
+    /// Each unit of database work: a query, or a whole transaction.
+    pub queries: IntCounter,
+    /// Each failure to get a working connection (pool timeout, connect error).
+    pub connection_errors: IntCounter,
+}
+
+impl Default for StoreCounters {
+    /// Counters registered nowhere, for tools and tests.
+    fn default() -> Self {
+        let counter =
+            |name: &str| IntCounter::new(name, "unregistered").expect("valid metric name");
+        Self {
+            queries: counter("db_queries_total"),
+            connection_errors: counter("db_connection_errors_total"),
+        }
+    }
+}
+
+/// A pool that knows how many are waiting on it, and counts what it hands out.
 #[derive(Debug)]
 pub(crate) struct CountedPool<DB: Database> {
     pub(crate) name: &'static str,
     pub(crate) pool: Pool<DB>,
     waiting: AtomicU32,
+    counters: StoreCounters,
 }
 
 impl<DB: Database> CountedPool<DB> {
-    pub(crate) fn new(name: &'static str, pool: Pool<DB>) -> Self {
+    pub(crate) fn new(name: &'static str, pool: Pool<DB>, counters: StoreCounters) -> Self {
         Self {
             name,
             pool,
             waiting: AtomicU32::new(0),
+            counters,
         }
     }
 
@@ -50,7 +74,16 @@ impl<DB: Database> CountedPool<DB> {
         self.waiting.fetch_add(1, Ordering::Relaxed);
         // Decremented on every exit, including when the caller's future is dropped.
         let _waiting = Waiting(&self.waiting);
-        Ok(self.pool.acquire().await?)
+        match self.pool.acquire().await {
+            Ok(conn) => {
+                self.counters.queries.inc();
+                Ok(conn)
+            }
+            Err(err) => {
+                self.counters.connection_errors.inc();
+                Err(err.into())
+            }
+        }
     }
 
     pub(crate) fn stats(&self) -> PoolStats {

@@ -11,13 +11,13 @@ use secrecy::ExposeSecret;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, Postgres};
 use tm_config::{PoolConfig, StorageConfig};
-use tm_domain::{now, GroupKey, NewRoute, Route, RouteId, RouteKey, RoutePatch};
+use tm_domain::{now, GroupKey, KeyId, NewRoute, Route, RouteId, RouteKey, RoutePatch, TenantId};
 
-use crate::pool::CountedPool;
-use crate::row::{audit_json, routes, AuditRow, RouteRow};
+use crate::pool::{CountedPool, StoreCounters};
+use crate::row::{audit_json, keys, routes, AuditRow, KeyRow, RouteRow};
 use crate::{
-    check_expected, error::is_unique_violation, Actor, AuditAction, AuditEntry, ExpectedRevisions,
-    Page, PoolStats, RouteFilter, Store, StoreError,
+    check_access, error::is_unique_violation, Actor, AuditAction, AuditEntry, ExpectedRevisions,
+    KeyRecord, Page, PoolStats, RouteFilter, Store, StoreError,
 };
 
 const ROUTE_COLUMNS: &str =
@@ -33,7 +33,11 @@ impl PostgresStore {
     ///
     /// # Panics
     /// If `storage` is not [`StorageConfig::Postgres`].
-    pub async fn connect(storage: &StorageConfig, pool: &PoolConfig) -> Result<Self, StoreError> {
+    pub async fn connect(
+        storage: &StorageConfig,
+        pool: &PoolConfig,
+        counters: StoreCounters,
+    ) -> Result<Self, StoreError> {
         let StorageConfig::Postgres {
             url,
             statement_timeout,
@@ -70,7 +74,7 @@ impl PostgresStore {
             .run(&primary)
             .await?;
         Ok(Self {
-            primary: CountedPool::new("primary", primary),
+            primary: CountedPool::new("primary", primary, counters),
         })
     }
 }
@@ -152,6 +156,23 @@ async fn audit(
     Ok(())
 }
 
+const KEY_COLUMNS: &str = "id::text AS id, name, role, tenant, secret_hash, created_at";
+
+async fn insert_key(conn: &mut PgConnection, record: &KeyRecord) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO api_keys (id, name, role, tenant, secret_hash, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(record.id.as_uuid())
+    .bind(&record.name)
+    .bind(record.grant.role().as_str())
+    .bind(record.grant.tenant().map(|t| t.as_str()))
+    .bind(record.secret_hash.as_bytes().as_slice())
+    .bind(record.created_at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 #[async_trait]
 impl Store for PostgresStore {
     fn backend(&self) -> &'static str {
@@ -223,6 +244,7 @@ impl Store for PostgresStore {
     async fn update_route(
         &self,
         id: RouteId,
+        scope: Option<&TenantId>,
         patch: &RoutePatch,
         expected: ExpectedRevisions<'_>,
         actor: &Actor,
@@ -230,7 +252,7 @@ impl Store for PostgresStore {
         let mut conn = self.primary.acquire().await?;
         let mut tx = conn.begin().await?;
         let current = lock_by_id(&mut tx, id).await?;
-        check_expected(&current, expected)?;
+        check_access(&current, scope, expected)?;
         let Some(next) = current.with_patch(patch, now()) else {
             return Ok(current);
         };
@@ -251,13 +273,14 @@ impl Store for PostgresStore {
     async fn delete_route(
         &self,
         id: RouteId,
+        scope: Option<&TenantId>,
         expected: ExpectedRevisions<'_>,
         actor: &Actor,
     ) -> Result<Route, StoreError> {
         let mut conn = self.primary.acquire().await?;
         let mut tx = conn.begin().await?;
         let current = lock_by_id(&mut tx, id).await?;
-        check_expected(&current, expected)?;
+        check_access(&current, scope, expected)?;
         sqlx::query("DELETE FROM routes WHERE id = $1")
             .bind(id.as_uuid())
             .execute(&mut *tx)
@@ -341,6 +364,82 @@ impl Store for PostgresStore {
         .fetch_all(&mut *conn)
         .await?;
         rows.into_iter().map(AuditEntry::try_from).collect()
+    }
+
+    async fn create_key(&self, record: &KeyRecord) -> Result<(), StoreError> {
+        let mut conn = self.primary.acquire().await?;
+        insert_key(&mut conn, record).await
+    }
+
+    async fn create_first_key(&self, record: &KeyRecord) -> Result<bool, StoreError> {
+        let mut conn = self.primary.acquire().await?;
+        let mut tx = conn.begin().await?;
+        let claimed = sqlx::query(
+            "INSERT INTO bootstrap (id, key_id, created_at) VALUES (1, $1, $2) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(record.id.as_uuid())
+        .bind(record.created_at)
+        .execute(&mut *tx)
+        .await?;
+        if claimed.rows_affected() == 0 {
+            return Ok(false);
+        }
+        let any: i64 = sqlx::query_scalar("SELECT count(*) FROM api_keys")
+            .fetch_one(&mut *tx)
+            .await?;
+        if any > 0 {
+            // Keys made before the bootstrap row existed (e.g. with the CLI) count too.
+            return Ok(false);
+        }
+        insert_key(&mut tx, record).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn get_key(&self, id: KeyId) -> Result<Option<KeyRecord>, StoreError> {
+        let mut conn = self.primary.acquire().await?;
+        let row: Option<KeyRow> = sqlx::query_as(&format!(
+            "SELECT {KEY_COLUMNS} FROM api_keys WHERE id = $1 AND revoked_at IS NULL"
+        ))
+        .bind(id.as_uuid())
+        .fetch_optional(&mut *conn)
+        .await?;
+        row.map(KeyRecord::try_from).transpose()
+    }
+
+    async fn list_keys(&self, tenant: Option<&TenantId>) -> Result<Vec<KeyRecord>, StoreError> {
+        let mut conn = self.primary.acquire().await?;
+        let rows: Vec<KeyRow> = sqlx::query_as(&format!(
+            "SELECT {KEY_COLUMNS} FROM api_keys WHERE revoked_at IS NULL AND ($1::text IS NULL OR tenant = $1) ORDER BY id"
+        ))
+        .bind(tenant.map(|t| t.as_str()))
+        .fetch_all(&mut *conn)
+        .await?;
+        keys(rows)
+    }
+
+    async fn revoke_key(&self, id: KeyId) -> Result<(), StoreError> {
+        let mut conn = self.primary.acquire().await?;
+        let revoked =
+            sqlx::query("UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
+                .bind(now())
+                .bind(id.as_uuid())
+                .execute(&mut *conn)
+                .await?;
+        if revoked.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
+    async fn active_keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
+        let mut conn = self.primary.acquire().await?;
+        let rows: Vec<KeyRow> = sqlx::query_as(&format!(
+            "SELECT {KEY_COLUMNS} FROM api_keys WHERE revoked_at IS NULL"
+        ))
+        .fetch_all(&mut *conn)
+        .await?;
+        keys(rows)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

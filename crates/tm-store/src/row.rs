@@ -1,9 +1,9 @@
 //! Rows as read back from either backend, parsed into domain types at the edge.
 
 use chrono::{DateTime, Utc};
-use tm_domain::{Route, RouteId, UpstreamUrl, Weight};
+use tm_domain::{Grant, KeyId, Role, Route, RouteId, SecretHash, TenantId, UpstreamUrl, Weight};
 
-use crate::{AuditEntry, StoreError};
+use crate::{AuditEntry, KeyRecord, StoreError};
 
 /// The columns of `routes`, selected with `id` as text and `weight` as a 64-bit integer
 /// so that one row type serves both backends.
@@ -100,4 +100,43 @@ impl TryFrom<AuditRow> for AuditEntry {
 /// A route as audit JSON.
 pub(crate) fn audit_json(route: Option<&Route>) -> Option<String> {
     route.map(|r| serde_json::to_string(r).expect("a route always serializes"))
+}
+
+/// The columns of `api_keys` (live keys), with `id` as text.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct KeyRow {
+    id: String,
+    name: String,
+    role: String,
+    tenant: Option<String>,
+    secret_hash: Vec<u8>,
+    created_at: DateTime<Utc>,
+}
+
+impl TryFrom<KeyRow> for KeyRecord {
+    type Error = StoreError;
+
+    fn try_from(row: KeyRow) -> Result<Self, Self::Error> {
+        let corrupt =
+            |what: &str| StoreError::Corrupt(format!("api key {}: invalid {what}", row.id));
+        let role: Role = row.role.parse().map_err(|_| corrupt("role"))?;
+        let tenant = row
+            .tenant
+            .as_deref()
+            .map(TenantId::parse)
+            .transpose()
+            .map_err(|_| corrupt("tenant"))?;
+        Ok(KeyRecord {
+            id: row.id.parse::<KeyId>().map_err(|_| corrupt("id"))?,
+            grant: Grant::new(role, tenant).map_err(|_| corrupt("role and tenant"))?,
+            secret_hash: SecretHash::from_bytes(&row.secret_hash)
+                .ok_or_else(|| corrupt("secret hash"))?,
+            name: row.name,
+            created_at: row.created_at,
+        })
+    }
+}
+
+pub(crate) fn keys(rows: Vec<KeyRow>) -> Result<Vec<KeyRecord>, StoreError> {
+    rows.into_iter().map(KeyRecord::try_from).collect()
 }

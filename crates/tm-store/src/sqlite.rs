@@ -13,12 +13,12 @@ use sqlx::sqlite::{
 };
 use sqlx::{Connection, Sqlite, SqliteConnection};
 use tm_config::{PoolConfig, SqliteSynchronous};
-use tm_domain::{now, GroupKey, NewRoute, Route, RouteId, RouteKey, RoutePatch};
+use tm_domain::{now, GroupKey, KeyId, NewRoute, Route, RouteId, RouteKey, RoutePatch, TenantId};
 
-use crate::pool::CountedPool;
-use crate::row::{audit_json, routes, AuditRow, RouteRow};
+use crate::pool::{CountedPool, StoreCounters};
+use crate::row::{audit_json, keys, routes, AuditRow, KeyRow, RouteRow};
 use crate::{
-    check_expected, Actor, AuditAction, AuditEntry, ExpectedRevisions, Page, PoolStats,
+    check_access, Actor, AuditAction, AuditEntry, ExpectedRevisions, KeyRecord, Page, PoolStats,
     RouteFilter, Store, StoreError,
 };
 
@@ -39,6 +39,7 @@ impl SqliteStore {
         path: &Path,
         synchronous: SqliteSynchronous,
         pool: &PoolConfig,
+        counters: StoreCounters,
     ) -> Result<Self, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
@@ -70,8 +71,8 @@ impl SqliteStore {
             .connect_with(options.read_only(true))
             .await?;
         Ok(Self {
-            writer: CountedPool::new("writer", writer),
-            reader: CountedPool::new("reader", reader),
+            writer: CountedPool::new("writer", writer, counters.clone()),
+            reader: CountedPool::new("reader", reader, counters),
         })
     }
 }
@@ -140,6 +141,23 @@ async fn audit(
         .bind(audit_json(after))
         .execute(conn)
         .await?;
+    Ok(())
+}
+
+const KEY_COLUMNS: &str = "id, name, role, tenant, secret_hash, created_at";
+
+async fn insert_key(conn: &mut SqliteConnection, record: &KeyRecord) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO api_keys (id, name, role, tenant, secret_hash, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )
+    .bind(record.id.to_string())
+    .bind(&record.name)
+    .bind(record.grant.role().as_str())
+    .bind(record.grant.tenant().map(|t| t.as_str()))
+    .bind(record.secret_hash.as_bytes().as_slice())
+    .bind(record.created_at)
+    .execute(conn)
+    .await?;
     Ok(())
 }
 
@@ -213,6 +231,7 @@ impl Store for SqliteStore {
     async fn update_route(
         &self,
         id: RouteId,
+        scope: Option<&TenantId>,
         patch: &RoutePatch,
         expected: ExpectedRevisions<'_>,
         actor: &Actor,
@@ -222,7 +241,7 @@ impl Store for SqliteStore {
         let current = route_by_id(&mut tx, id)
             .await?
             .ok_or(StoreError::NotFound)?;
-        check_expected(&current, expected)?;
+        check_access(&current, scope, expected)?;
         let Some(next) = current.with_patch(patch, now()) else {
             return Ok(current);
         };
@@ -243,6 +262,7 @@ impl Store for SqliteStore {
     async fn delete_route(
         &self,
         id: RouteId,
+        scope: Option<&TenantId>,
         expected: ExpectedRevisions<'_>,
         actor: &Actor,
     ) -> Result<Route, StoreError> {
@@ -251,7 +271,7 @@ impl Store for SqliteStore {
         let current = route_by_id(&mut tx, id)
             .await?
             .ok_or(StoreError::NotFound)?;
-        check_expected(&current, expected)?;
+        check_access(&current, scope, expected)?;
         sqlx::query("DELETE FROM routes WHERE id = ?1")
             .bind(id.to_string())
             .execute(&mut *tx)
@@ -329,6 +349,82 @@ impl Store for SqliteStore {
         .fetch_all(&mut *conn)
         .await?;
         rows.into_iter().map(AuditEntry::try_from).collect()
+    }
+
+    async fn create_key(&self, record: &KeyRecord) -> Result<(), StoreError> {
+        let mut conn = self.writer.acquire().await?;
+        insert_key(&mut conn, record).await
+    }
+
+    async fn create_first_key(&self, record: &KeyRecord) -> Result<bool, StoreError> {
+        let mut conn = self.writer.acquire().await?;
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+        let claimed = sqlx::query(
+            "INSERT INTO bootstrap (id, key_id, created_at) VALUES (1, ?1, ?2) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(record.id.to_string())
+        .bind(record.created_at)
+        .execute(&mut *tx)
+        .await?;
+        if claimed.rows_affected() == 0 {
+            return Ok(false);
+        }
+        let any: i64 = sqlx::query_scalar("SELECT count(*) FROM api_keys")
+            .fetch_one(&mut *tx)
+            .await?;
+        if any > 0 {
+            // Keys made before the bootstrap row existed (e.g. with the CLI) count too.
+            return Ok(false);
+        }
+        insert_key(&mut tx, record).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn get_key(&self, id: KeyId) -> Result<Option<KeyRecord>, StoreError> {
+        let mut conn = self.reader.acquire().await?;
+        let row: Option<KeyRow> = sqlx::query_as(&format!(
+            "SELECT {KEY_COLUMNS} FROM api_keys WHERE id = ?1 AND revoked_at IS NULL"
+        ))
+        .bind(id.to_string())
+        .fetch_optional(&mut *conn)
+        .await?;
+        row.map(KeyRecord::try_from).transpose()
+    }
+
+    async fn list_keys(&self, tenant: Option<&TenantId>) -> Result<Vec<KeyRecord>, StoreError> {
+        let mut conn = self.reader.acquire().await?;
+        let rows: Vec<KeyRow> = sqlx::query_as(&format!(
+            "SELECT {KEY_COLUMNS} FROM api_keys WHERE revoked_at IS NULL AND (?1 IS NULL OR tenant = ?1) ORDER BY id"
+        ))
+        .bind(tenant.map(|t| t.as_str()))
+        .fetch_all(&mut *conn)
+        .await?;
+        keys(rows)
+    }
+
+    async fn revoke_key(&self, id: KeyId) -> Result<(), StoreError> {
+        let mut conn = self.writer.acquire().await?;
+        let revoked =
+            sqlx::query("UPDATE api_keys SET revoked_at = ?1 WHERE id = ?2 AND revoked_at IS NULL")
+                .bind(now())
+                .bind(id.to_string())
+                .execute(&mut *conn)
+                .await?;
+        if revoked.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
+    async fn active_keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
+        let mut conn = self.reader.acquire().await?;
+        let rows: Vec<KeyRow> = sqlx::query_as(&format!(
+            "SELECT {KEY_COLUMNS} FROM api_keys WHERE revoked_at IS NULL"
+        ))
+        .fetch_all(&mut *conn)
+        .await?;
+        keys(rows)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

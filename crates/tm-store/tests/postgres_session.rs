@@ -41,7 +41,7 @@ async fn every_connection_carries_the_statement_and_idle_transaction_timeouts() 
         idle_in_transaction_timeout: Duration::from_millis(1500),
         statement_cache: false,
     };
-    let store = PostgresStore::connect(&storage, &pool_config())
+    let store = PostgresStore::connect(&storage, &pool_config(), Default::default())
         .await
         .expect("connects and migrates");
 

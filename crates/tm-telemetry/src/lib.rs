@@ -1,6 +1,11 @@
 //! Telemetry set-up. Logs go to stdout: JSON lines with `TM_LOG_FORMAT=json` (the default
 //! outside `dev`), compact text otherwise; the level is an `EnvFilter` directive.
 
+mod metrics;
+
+pub use metrics::{
+    Metrics, PoolFigures, CONTENT_TYPE as METRICS_CONTENT_TYPE, OTHER_TENANT, UNMATCHED,
+};
 use tm_config::{LogConfig, LogFormat};
 use tracing_subscriber::EnvFilter;
 

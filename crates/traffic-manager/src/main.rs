@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tm_config::Config;
+use tm_domain::{Grant, Role, TenantId};
 use tokio_util::sync::CancellationToken;
 
 /// A multi-tenant service-routing registry: versioned endpoints per tenant, service and
@@ -31,6 +32,25 @@ enum Command {
     /// Load and validate the configuration, print the effective settings with secrets
     /// redacted, and exit non-zero if anything is wrong.
     CheckConfig,
+    /// Manage API keys directly in the store, without a running server.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Create a key and print it once on stdout.
+    Create {
+        /// admin, tenant_admin or reader.
+        #[arg(long)]
+        role: Role,
+        /// The tenant a tenant_admin or reader key is bound to (not for admin keys).
+        #[arg(long)]
+        tenant: Option<String>,
+        /// What the key is for, e.g. "deploy pipeline".
+        #[arg(long)]
+        name: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -65,6 +85,9 @@ fn main() -> ExitCode {
         match command {
             Command::Serve => serve(config).await,
             Command::Migrate => migrate(config).await,
+            Command::Keys(KeysCommand::Create { role, tenant, name }) => {
+                create_key(config, role, tenant, name).await
+            }
             Command::CheckConfig => unreachable!("handled above"),
         }
     });
@@ -86,6 +109,30 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
     app.run_until(shutdown).await.context("serving")
+}
+
+async fn create_key(
+    config: Config,
+    role: Role,
+    tenant: Option<String>,
+    name: String,
+) -> anyhow::Result<()> {
+    let tenant = tenant
+        .map(|t| TenantId::parse(&t).map_err(|e| anyhow::anyhow!("--tenant {e}")))
+        .transpose()?;
+    let grant = Grant::new(role, tenant).map_err(|e| anyhow::anyhow!("--role/--tenant: {e}"))?;
+    anyhow::ensure!(
+        !name.trim().is_empty()
+            && name.chars().count() <= 100
+            && !name.chars().any(char::is_control),
+        "--name must be 1 to 100 printable characters"
+    );
+    let (key, record) = tm_app::create_key(&config, name, grant)
+        .await
+        .context("creating the key")?;
+    tracing::info!(key.id = %record.id, key.role = %role, "API key created");
+    println!("{}", key.expose());
+    Ok(())
 }
 
 async fn migrate(config: Config) -> anyhow::Result<()> {

@@ -10,6 +10,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 const BIN: &str = env!("CARGO_BIN_EXE_traffic-manager");
+const ADMIN_KEY: &str = "binary-test-admin-key-0123456789abcdef";
 
 /// The binary with a clean environment: no TM_* setting leaks in from outside.
 fn command(data_dir: &Path) -> Command {
@@ -20,6 +21,7 @@ fn command(data_dir: &Path) -> Command {
         }
     }
     cmd.env("TM_DATA_DIR", data_dir)
+        .env("TM_BOOTSTRAP_ADMIN_KEY", ADMIN_KEY)
         .env("TM_LISTEN", "127.0.0.1:0")
         .env("TM_LOG_FORMAT", "json")
         .kill_on_drop(true);
@@ -71,6 +73,7 @@ async fn acknowledged_writes_survive_kill_9() {
             for i in 0.. {
                 let sent = client
                     .post(format!("http://{addr}/api/v1/routes"))
+                    .bearer_auth(ADMIN_KEY)
                     .json(&body(w * 1_000_000 + i))
                     .send()
                     .await;
@@ -103,6 +106,7 @@ async fn acknowledged_writes_survive_kill_9() {
     for id in &ids {
         let reply = client
             .get(format!("http://{addr}/api/v1/routes/{id}"))
+            .bearer_auth(ADMIN_KEY)
             .send()
             .await
             .expect("get");

@@ -19,7 +19,11 @@ use tokio_util::sync::CancellationToken;
 
 pub struct TestApp {
     pub addr: SocketAddr,
+    /// Sends the admin key with every request unless the request sets its own.
     pub client: reqwest::Client,
+    /// Sends no key.
+    pub anonymous: reqwest::Client,
+    pub admin_key: String,
     pub store: Arc<dyn Store>,
     shutdown: CancellationToken,
     server: Option<JoinHandle<Result<(), tm_app::RunError>>>,
@@ -59,6 +63,8 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut RawConfig)) -> TestApp {
         }
         Err(_) => None,
     };
+    let admin_key = format!("test-admin-{}", uuid::Uuid::now_v7().simple());
+    raw.bootstrap_admin_key = Some(admin_key.clone());
     configure(&mut raw);
     let config = Config::try_from(raw).expect("valid test configuration");
     let app = Application::build(config)
@@ -68,9 +74,19 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut RawConfig)) -> TestApp {
     let store = app.store();
     let shutdown = CancellationToken::new();
     let server = tokio::spawn(app.run_until(shutdown.clone()));
+    let mut auth = reqwest::header::HeaderMap::new();
+    auth.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {admin_key}").parse().expect("header value"),
+    );
     TestApp {
         addr,
-        client: reqwest::Client::new(),
+        client: reqwest::Client::builder()
+            .default_headers(auth)
+            .build()
+            .expect("client"),
+        anonymous: reqwest::Client::new(),
+        admin_key,
         store,
         shutdown,
         server: Some(server),
@@ -90,6 +106,35 @@ impl TestApp {
             req = req.json(&body);
         }
         Reply::from(req.send().await.expect("request sent")).await
+    }
+
+    /// A request with `key` (or no key at all).
+    pub async fn request_as(
+        &self,
+        key: Option<&str>,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Reply {
+        let mut req = self.anonymous.request(method, self.url(path));
+        if let Some(key) = key {
+            req = req.bearer_auth(key);
+        }
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        Reply::from(req.send().await.expect("request sent")).await
+    }
+
+    /// Creates a key through the API as admin and returns its secret.
+    pub async fn create_key(&self, role: &str, tenant: Option<&str>) -> String {
+        let mut body = json!({"name": format!("{role} key"), "role": role});
+        if let Some(tenant) = tenant {
+            body["tenant"] = json!(tenant);
+        }
+        let reply = self.request(Method::POST, "/api/v1/keys", Some(body)).await;
+        reply.assert_status(StatusCode::CREATED);
+        reply.json()["key"].as_str().expect("key").to_owned()
     }
 
     pub async fn get(&self, path: &str) -> Reply {

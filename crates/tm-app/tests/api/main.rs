@@ -1,10 +1,13 @@
 //! API tests: each starts the real application over HTTP on a fresh database. The same
 //! suite runs on SQLite and, with `TM_TEST_DATABASE_URL` set, on PostgreSQL.
 
+mod auth;
 mod bad_input;
 mod concurrency;
 mod constraints;
 mod health;
 mod helpers;
+mod keys;
+mod observability;
 mod resolve;
 mod routes;

@@ -1,0 +1,213 @@
+//! Authentication and the one authorization policy every handler asks.
+//!
+//! [`Caller`] authenticates the bearer key against the in-memory key ring (no database
+//! round trip). Handlers then ask it, never the role directly: `authorize` for data
+//! named in the request (another tenant: 403), `scope` for listings and lookups by id
+//! (another tenant's data is simply not there: 404).
+
+use axum::extract::FromRequestParts;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use tm_domain::{Grant, Role, TenantId};
+use tm_store::{Actor, Principal};
+
+use crate::observe::TenantSlot;
+use crate::{ApiError, AppState};
+
+/// What a request wants to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    Resolve,
+    ReadRoutes,
+    WriteRoutes,
+    ManageKeys,
+}
+
+impl Action {
+    fn describe(self) -> &'static str {
+        match self {
+            Action::Resolve => "resolve routes",
+            Action::ReadRoutes => "read routes",
+            Action::WriteRoutes => "change routes",
+            Action::ManageKeys => "manage keys",
+        }
+    }
+}
+
+/// Whether `role` may do `action` at all (within its tenant, for tenant-bound roles).
+fn permits(role: Role, action: Action) -> bool {
+    match role {
+        Role::Admin | Role::TenantAdmin => true,
+        Role::Reader => matches!(action, Action::Resolve | Action::ReadRoutes),
+    }
+}
+
+/// The authenticated caller of an `/api/v1` request.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    principal: Principal,
+    tenant: TenantSlot,
+}
+
+impl Caller {
+    pub fn grant(&self) -> &Grant {
+        &self.principal.grant
+    }
+
+    /// How this caller is recorded in the audit log: its key id.
+    pub fn actor(&self) -> Actor {
+        self.principal.actor()
+    }
+
+    /// Notes the tenant this request acts on, for its log line and the tenant metric.
+    fn acting_on(&self, tenant: &TenantId) {
+        self.tenant.set(tenant.as_str());
+        tracing::Span::current().record("tenant", tracing::field::display(tenant));
+    }
+
+    fn require(&self, action: Action) -> Result<(), ApiError> {
+        let role = self.principal.grant.role();
+        if permits(role, action) {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(format!(
+                "a {role} key may not {}",
+                action.describe()
+            )))
+        }
+    }
+
+    /// Allows `action` on data of `tenant`, named by the request itself; 403 otherwise.
+    pub fn authorize(&self, action: Action, tenant: &TenantId) -> Result<(), ApiError> {
+        self.require(action)?;
+        match self.principal.grant.tenant() {
+            Some(own) if own != tenant => Err(ApiError::Forbidden(format!(
+                "this key is bound to another tenant than {tenant}"
+            ))),
+            _ => {
+                self.acting_on(tenant);
+                Ok(())
+            }
+        }
+    }
+
+    /// The tenant that lookups by id and listings are confined to (`None`: every
+    /// tenant). Data outside it is reported as not found, so its existence is not leaked.
+    pub fn scope(&self, action: Action) -> Result<Option<&TenantId>, ApiError> {
+        self.require(action)?;
+        let scope = self.principal.grant.tenant();
+        if let Some(own) = scope {
+            self.acting_on(own);
+        }
+        Ok(scope)
+    }
+
+    /// The tenant a listing covers: the one asked for, which must be in scope, or the
+    /// caller's own.
+    pub fn list_scope(
+        &self,
+        action: Action,
+        asked: Option<TenantId>,
+    ) -> Result<Option<TenantId>, ApiError> {
+        match (self.scope(action)?, asked) {
+            (Some(own), Some(asked)) if own != &asked => Err(ApiError::Forbidden(format!(
+                "this key is bound to another tenant than {asked}"
+            ))),
+            (Some(own), _) => Ok(Some(own.clone())),
+            (None, asked) => Ok(asked),
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let header = parts
+            .headers
+            .get(AUTHORIZATION)
+            .ok_or(ApiError::Unauthorized(
+                "an Authorization: Bearer <key> header is required",
+            ))?;
+        let presented = header
+            .to_str()
+            .ok()
+            .and_then(|v| {
+                let (scheme, key) = v.split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then(|| key.trim())
+            })
+            .filter(|key| !key.is_empty())
+            .ok_or(ApiError::Unauthorized(
+                "the Authorization header must be Bearer <key>",
+            ))?;
+        let principal = state
+            .keys
+            .authenticate(presented)
+            .ok_or(ApiError::Unauthorized("the key is not valid"))?;
+        tracing::Span::current().record("key_id", principal.actor().as_str());
+        let tenant = parts
+            .extensions
+            .get::<TenantSlot>()
+            .cloned()
+            .unwrap_or_default();
+        Ok(Caller { principal, tenant })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn caller(role: Role, tenant: Option<&str>) -> Caller {
+        let tenant = tenant.map(|t| TenantId::parse(t).expect("valid"));
+        Caller {
+            principal: Principal {
+                key_id: None,
+                grant: Grant::new(role, tenant).expect("valid grant"),
+            },
+            tenant: TenantSlot::default(),
+        }
+    }
+
+    #[test]
+    fn the_policy_table() {
+        let acme = TenantId::parse("acme").expect("valid");
+        let globex = TenantId::parse("globex").expect("valid");
+        let admin = caller(Role::Admin, None);
+        let boss = caller(Role::TenantAdmin, Some("acme"));
+        let reader = caller(Role::Reader, Some("acme"));
+        for action in [
+            Action::Resolve,
+            Action::ReadRoutes,
+            Action::WriteRoutes,
+            Action::ManageKeys,
+        ] {
+            assert!(admin.authorize(action, &globex).is_ok());
+            assert!(boss.authorize(action, &acme).is_ok());
+            assert!(boss.authorize(action, &globex).is_err());
+            assert!(reader.authorize(action, &globex).is_err());
+        }
+        assert!(reader.authorize(Action::Resolve, &acme).is_ok());
+        assert!(reader.authorize(Action::ReadRoutes, &acme).is_ok());
+        assert!(reader.authorize(Action::WriteRoutes, &acme).is_err());
+        assert!(reader.authorize(Action::ManageKeys, &acme).is_err());
+        assert_eq!(admin.scope(Action::ReadRoutes).expect("ok"), None);
+        assert_eq!(reader.scope(Action::ReadRoutes).expect("ok"), Some(&acme));
+        assert!(reader
+            .list_scope(Action::ReadRoutes, Some(globex.clone()))
+            .is_err());
+        assert_eq!(
+            reader.list_scope(Action::ReadRoutes, None).expect("ok"),
+            Some(acme.clone())
+        );
+        assert_eq!(
+            admin
+                .list_scope(Action::ReadRoutes, Some(globex.clone()))
+                .expect("ok"),
+            Some(globex)
+        );
+    }
+}

@@ -1,0 +1,160 @@
+//! API key records as stored, and the in-memory [`KeyRing`] that authenticates requests
+//! without a database round trip.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tm_domain::{ApiKey, Grant, KeyId, Role, SecretHash, TenantId};
+
+use crate::{Store, StoreError};
+
+/// A key as stored: everything but the secret itself.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KeyRecord {
+    pub id: KeyId,
+    pub name: String,
+    pub grant: Grant,
+    pub secret_hash: SecretHash,
+    pub created_at: DateTime<Utc>,
+}
+
+impl KeyRecord {
+    /// A record for a freshly generated `key`.
+    pub fn new(key: &ApiKey, name: String, grant: Grant) -> Self {
+        Self {
+            id: key.id(),
+            name,
+            grant,
+            secret_hash: key.secret_hash(),
+            created_at: tm_domain::now(),
+        }
+    }
+
+    /// The public view: `{"id","name","role","tenant","created_at"}`.
+    pub fn view(&self) -> KeyView<'_> {
+        KeyView {
+            id: self.id,
+            name: &self.name,
+            role: self.grant.role(),
+            tenant: self.grant.tenant(),
+            created_at: self.created_at,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct KeyView<'a> {
+    pub id: KeyId,
+    pub name: &'a str,
+    pub role: Role,
+    pub tenant: Option<&'a TenantId>,
+    #[serde(serialize_with = "rfc3339")]
+    pub created_at: DateTime<Utc>,
+}
+
+fn rfc3339<S: serde::Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+}
+
+/// Who is calling: the key that authenticated the request and what it may do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Principal {
+    /// `None` for the key given in `TM_BOOTSTRAP_ADMIN_KEY`, which has no record.
+    pub key_id: Option<KeyId>,
+    pub grant: Grant,
+}
+
+impl Principal {
+    /// How this caller is named in the audit log and in logs: the key id, never the key.
+    pub fn actor(&self) -> crate::Actor {
+        crate::Actor::new(match self.key_id {
+            Some(id) => id.to_string(),
+            None => "bootstrap".to_owned(),
+        })
+    }
+}
+
+/// Every live key, in memory. Authentication is a hash and a map lookup.
+pub struct KeyRing {
+    keys: ArcSwap<HashMap<KeyId, Arc<KeyRecord>>>,
+    /// The hash of `TM_BOOTSTRAP_ADMIN_KEY`, if set.
+    configured_admin: Option<SecretHash>,
+    store: Arc<dyn Store>,
+}
+
+impl KeyRing {
+    pub async fn load(
+        store: Arc<dyn Store>,
+        configured_admin: Option<&str>,
+    ) -> Result<Self, StoreError> {
+        let ring = Self {
+            keys: ArcSwap::from_pointee(HashMap::new()),
+            configured_admin: configured_admin.map(|k| SecretHash::of(k.as_bytes())),
+            store,
+        };
+        ring.reload().await?;
+        Ok(ring)
+    }
+
+    /// Replaces the in-memory keys with the live ones in the store.
+    pub async fn reload(&self) -> Result<usize, StoreError> {
+        let keys = self.store.active_keys().await?;
+        let count = keys.len();
+        self.keys.store(Arc::new(
+            keys.into_iter().map(|k| (k.id, Arc::new(k))).collect(),
+        ));
+        Ok(count)
+    }
+
+    /// The principal a presented key stands for, if it is a live key.
+    pub fn authenticate(&self, presented: &str) -> Option<Principal> {
+        if let Some(admin) = &self.configured_admin {
+            if admin.matches(&SecretHash::of(presented.as_bytes())) {
+                return Some(Principal {
+                    key_id: None,
+                    grant: Grant::Admin,
+                });
+            }
+        }
+        let key = ApiKey::parse(presented)?;
+        let keys = self.keys.load();
+        let record = keys.get(&key.id())?;
+        record
+            .secret_hash
+            .matches(&key.secret_hash())
+            .then(|| Principal {
+                key_id: Some(record.id),
+                grant: record.grant.clone(),
+            })
+    }
+
+    /// Makes a just-stored key usable on this instance at once.
+    pub fn insert(&self, record: KeyRecord) {
+        self.keys.rcu(|keys| {
+            let mut keys = HashMap::clone(keys);
+            keys.insert(record.id, Arc::new(record.clone()));
+            keys
+        });
+    }
+
+    /// Stops a just-revoked key on this instance at once.
+    pub fn remove(&self, id: KeyId) {
+        self.keys.rcu(|keys| {
+            let mut keys = HashMap::clone(keys);
+            keys.remove(&id);
+            keys
+        });
+    }
+
+    /// Number of live keys known to this instance.
+    pub fn len(&self) -> usize {
+        self.keys.load().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

@@ -1,0 +1,344 @@
+//! The Prometheus metrics of the contract, in a registry owned by the application.
+//!
+//! Counters and histograms are updated where things happen; gauges that describe state
+//! (pools, snapshot, uptime) are set by a sampler and again just before each scrape.
+
+use std::collections::HashSet;
+use std::sync::RwLock;
+use std::time::Instant;
+
+use prometheus::{
+    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// The label value for requests whose path matched no route (bounded cardinality).
+pub const UNMATCHED: &str = "unmatched";
+/// The tenant label for tenants beyond the configured cap.
+pub const OTHER_TENANT: &str = "other";
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+pub struct Metrics {
+    registry: Registry,
+    started: Instant,
+    http_requests: IntCounterVec,
+    http_duration: HistogramVec,
+    tenant_requests: IntCounterVec,
+    tenants_seen: RwLock<HashSet<String>>,
+    max_tenants: usize,
+    db_pool_connections: IntGaugeVec,
+    db_pool_max: IntGaugeVec,
+    db_pool_waiting: IntGaugeVec,
+    db_pool_usage_percent: GaugeVec,
+    /// Queries and transactions sent to the database (a transaction counts once).
+    pub db_queries: IntCounter,
+    /// Failed attempts to get a working database connection.
+    pub db_connection_errors: IntCounter,
+    routing_snapshot_routes: IntGauge,
+    routing_snapshot_age_seconds: Gauge,
+    app_uptime_seconds: Gauge,
+}
+
+/// Figures of one connection pool.
+#[derive(Clone, Copy, Debug)]
+pub struct PoolFigures<'a> {
+    pub pool: &'a str,
+    pub idle: u32,
+    pub in_use: u32,
+    pub waiting: u32,
+    pub max: u32,
+}
+
+fn register<C: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    collector: C,
+) -> C {
+    registry
+        .register(Box::new(collector.clone()))
+        .expect("metric names are unique and valid");
+    collector
+}
+
+impl Metrics {
+    /// A registry with every metric of the contract, present from the start.
+    pub fn new(max_tenants: usize, version: &str) -> Self {
+        let r = Registry::new();
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            register(
+                &r,
+                IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"),
+            )
+        };
+        let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
+            register(
+                &r,
+                IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"),
+            )
+        };
+        let metrics = Self {
+            http_requests: counter_vec(
+                "http_requests_total",
+                "HTTP requests answered, by method, route template and status.",
+                &["method", "endpoint", "status"],
+            ),
+            http_duration: register(
+                &r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "http_request_duration_seconds",
+                        "Time to answer an HTTP request, by method and route template.",
+                    )
+                    .buckets(LATENCY_BUCKETS.to_vec()),
+                    &["method", "endpoint"],
+                )
+                .expect("valid metric"),
+            ),
+            tenant_requests: counter_vec(
+                "tenant_requests_total",
+                "API requests per tenant; tenants beyond the cap are counted as \"other\".",
+                &["tenant"],
+            ),
+            tenants_seen: RwLock::new(HashSet::new()),
+            max_tenants,
+            db_pool_connections: gauge_vec(
+                "db_pool_connections",
+                "Open database connections by pool and state (idle, in_use).",
+                &["pool", "state"],
+            ),
+            db_pool_max: gauge_vec(
+                "db_pool_max",
+                "Largest size of each database pool.",
+                &["pool"],
+            ),
+            db_pool_waiting: gauge_vec(
+                "db_pool_waiting",
+                "Tasks waiting for a connection from each database pool.",
+                &["pool"],
+            ),
+            db_pool_usage_percent: register(
+                &r,
+                GaugeVec::new(
+                    Opts::new(
+                        "db_pool_usage_percent",
+                        "Connections in use as a percentage of each pool's maximum.",
+                    ),
+                    &["pool"],
+                )
+                .expect("valid metric"),
+            ),
+            db_queries: register(
+                &r,
+                IntCounter::new(
+                    "db_queries_total",
+                    "Queries and transactions sent to the database (a transaction counts once).",
+                )
+                .expect("valid metric"),
+            ),
+            db_connection_errors: register(
+                &r,
+                IntCounter::new(
+                    "db_connection_errors_total",
+                    "Failed attempts to get a working database connection.",
+                )
+                .expect("valid metric"),
+            ),
+            routing_snapshot_routes: register(
+                &r,
+                IntGauge::new(
+                    "routing_snapshot_routes",
+                    "Active routes in the in-memory routing snapshot.",
+                )
+                .expect("valid metric"),
+            ),
+            routing_snapshot_age_seconds: register(
+                &r,
+                Gauge::new(
+                    "routing_snapshot_age_seconds",
+                    "Seconds since the routing snapshot was last fully reloaded from the database.",
+                )
+                .expect("valid metric"),
+            ),
+            app_uptime_seconds: register(
+                &r,
+                Gauge::new(
+                    "app_uptime_seconds",
+                    "Seconds since the process started serving.",
+                )
+                .expect("valid metric"),
+            ),
+            started: Instant::now(),
+            registry: r,
+        };
+        let build_info = gauge_vec_on(
+            &metrics.registry,
+            "build_info",
+            "Build of the running binary; always 1.",
+            &["version"],
+        );
+        build_info.with_label_values(&[version]).set(1);
+        metrics.tenant_requests.with_label_values(&[OTHER_TENANT]);
+        metrics
+    }
+
+    /// Creates the zero-valued series of an endpoint, so it is scrapeable before use.
+    pub fn declare_endpoint(&self, method: &str, endpoint: &str) {
+        self.http_duration.with_label_values(&[method, endpoint]);
+        self.http_requests
+            .with_label_values(&[method, endpoint, "200"]);
+    }
+
+    /// Records one answered request.
+    pub fn observe_request(&self, method: &str, endpoint: &str, status: u16, seconds: f64) {
+        let code = status.to_string();
+        self.http_requests
+            .with_label_values(&[method, endpoint, code.as_str()])
+            .inc();
+        self.http_duration
+            .with_label_values(&[method, endpoint])
+            .observe(seconds);
+    }
+
+    /// Counts one API request of `tenant`, under its own label while under the cap.
+    pub fn observe_tenant(&self, tenant: &str) {
+        let known = self
+            .tenants_seen
+            .read()
+            .is_ok_and(|seen| seen.contains(tenant));
+        let label = if known {
+            tenant
+        } else {
+            match self.tenants_seen.write() {
+                Ok(mut seen) if seen.len() < self.max_tenants => {
+                    seen.insert(tenant.to_owned());
+                    tenant
+                }
+                Ok(seen) if seen.contains(tenant) => tenant,
+                _ => OTHER_TENANT,
+            }
+        };
+        self.tenant_requests.with_label_values(&[label]).inc();
+    }
+
+    pub fn set_pool(&self, figures: PoolFigures<'_>) {
+        let pool = figures.pool;
+        self.db_pool_connections
+            .with_label_values(&[pool, "idle"])
+            .set(i64::from(figures.idle));
+        self.db_pool_connections
+            .with_label_values(&[pool, "in_use"])
+            .set(i64::from(figures.in_use));
+        self.db_pool_max
+            .with_label_values(&[pool])
+            .set(i64::from(figures.max));
+        self.db_pool_waiting
+            .with_label_values(&[pool])
+            .set(i64::from(figures.waiting));
+        let usage = if figures.max == 0 {
+            0.0
+        } else {
+            100.0 * f64::from(figures.in_use) / f64::from(figures.max)
+        };
+        self.db_pool_usage_percent
+            .with_label_values(&[pool])
+            .set(usage);
+    }
+
+    pub fn set_snapshot(&self, routes: usize, age_seconds: f64) {
+        self.routing_snapshot_routes
+            .set(i64::try_from(routes).unwrap_or(i64::MAX));
+        self.routing_snapshot_age_seconds.set(age_seconds);
+    }
+
+    /// The registry in the Prometheus text exposition format (version 0.0.4).
+    pub fn encode(&self) -> String {
+        self.app_uptime_seconds
+            .set(self.started.elapsed().as_secs_f64());
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("encoding to memory cannot fail");
+        String::from_utf8(out).expect("the text format is UTF-8")
+    }
+}
+
+/// Content type of [`Metrics::encode`]'s output.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+fn gauge_vec_on(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    register(
+        registry,
+        IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_contract_metric_is_present_from_the_start() {
+        let metrics = Metrics::new(10, "1.2.3");
+        metrics.declare_endpoint("GET", "/healthz");
+        metrics.set_pool(PoolFigures {
+            pool: "primary",
+            idle: 1,
+            in_use: 0,
+            waiting: 0,
+            max: 10,
+        });
+        let text = metrics.encode();
+        for name in [
+            "http_requests_total",
+            "http_request_duration_seconds",
+            "tenant_requests_total",
+            "db_pool_connections",
+            "db_pool_max",
+            "db_pool_waiting",
+            "db_pool_usage_percent",
+            "db_queries_total",
+            "db_connection_errors_total",
+            "routing_snapshot_routes",
+            "routing_snapshot_age_seconds",
+            "app_uptime_seconds",
+            "build_info",
+        ] {
+            assert!(
+                text.contains(&format!("\n{name}")) || text.starts_with(name),
+                "{name} missing:\n{text}"
+            );
+        }
+        assert!(text.contains("build_info{version=\"1.2.3\"} 1"));
+    }
+
+    #[test]
+    fn tenants_beyond_the_cap_are_other() {
+        let metrics = Metrics::new(2, "0");
+        for tenant in ["a", "b", "c", "d", "a"] {
+            metrics.observe_tenant(tenant);
+        }
+        let text = metrics.encode();
+        assert!(
+            text.contains("tenant_requests_total{tenant=\"a\"} 2"),
+            "{text}"
+        );
+        assert!(text.contains("tenant_requests_total{tenant=\"b\"} 1"));
+        assert!(text.contains("tenant_requests_total{tenant=\"other\"} 2"));
+        assert!(!text.contains("tenant=\"c\""));
+    }
+
+    #[test]
+    fn requests_are_counted_by_template_and_status() {
+        let metrics = Metrics::new(2, "0");
+        metrics.observe_request("GET", "/api/v1/routes/{id}", 404, 0.001);
+        metrics.observe_request("GET", "/api/v1/routes/{id}", 404, 0.002);
+        let text = metrics.encode();
+        assert!(
+            text.contains("http_requests_total{endpoint=\"/api/v1/routes/{id}\",method=\"GET\",status=\"404\"} 2"),
+            "{text}"
+        );
+    }
+}
