@@ -66,6 +66,24 @@ start_postgres() {
     log "PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}') on 127.0.0.1:$port"
 }
 
+# promtool checks the /metrics output; it comes with Debian's prometheus package, of
+# which only the promtool binary is unpacked (no service is installed or started).
+provide_promtool() {
+    if command -v promtool >/dev/null; then
+        TM_TEST_PROMTOOL=$(command -v promtool)
+        return
+    fi
+    local dir="$PWD/target/tools/prometheus"
+    if [ ! -x "$dir/usr/bin/promtool" ]; then
+        log "unpacking promtool from Debian's prometheus package"
+        mkdir -p "$dir"
+        (cd "$dir" && apt-get download prometheus >/dev/null 2>&1) ||
+            { as_root apt-get update -qq && (cd "$dir" && apt-get download prometheus >/dev/null 2>&1); }
+        dpkg-deb -x "$dir"/prometheus_*.deb "$dir"
+    fi
+    TM_TEST_PROMTOOL="$dir/usr/bin/promtool"
+}
+
 OUTPUT=$(mktemp "${TMPDIR:-/tmp}/tm-test-output.XXXXXX")
 cleanup() { stop_postgres; rm -f "$OUTPUT"; }
 trap cleanup EXIT
@@ -75,6 +93,9 @@ summary() {
     awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed;?$/) p += $i; if ($(i+1) ~ /^failed;?$/) f += $i } }
          END { printf "summary: %d passed, %d failed\n", p, f }' "$OUTPUT"
 }
+
+provide_promtool
+export TM_TEST_PROMTOOL
 
 log "tests on SQLite"
 cargo test --workspace --locked 2>&1 | tee -a "$OUTPUT"

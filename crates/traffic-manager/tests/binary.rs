@@ -223,3 +223,223 @@ async fn help_is_useful_for_every_subcommand() {
         assert!(text.contains("Usage"), "{args:?}: {text}");
     }
 }
+
+/// Starts `serve` with every stdout line collected, for tests that read the logs.
+async fn serve_collecting(
+    data_dir: &Path,
+) -> (Child, String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    let mut child = command(data_dir)
+        .arg("serve")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("binary starts");
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
+    let mut reader = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let collected = lines.clone();
+    tokio::spawn(async move {
+        let mut addr_tx = Some(addr_tx);
+        while let Ok(Some(line)) = reader.next_line().await {
+            if let Some(addr) = serde_json::from_str::<Value>(&line)
+                .ok()
+                .and_then(|v| v["addr"].as_str().map(str::to_owned))
+            {
+                if let Some(tx) = addr_tx.take() {
+                    let _ = tx.send(addr);
+                }
+            }
+            collected.lock().expect("lock").push(line);
+        }
+    });
+    let addr = tokio::time::timeout(Duration::from_secs(30), addr_rx)
+        .await
+        .expect("listening within 30 s")
+        .expect("address");
+    (child, addr, lines)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_request_logs_one_json_line_and_no_secret_ever_reaches_the_logs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut child, addr, lines) = serve_collecting(dir.path()).await;
+    let client = reqwest::Client::new();
+    let base = format!("http://{addr}");
+
+    let created = client
+        .post(format!("{base}/api/v1/keys"))
+        .bearer_auth(ADMIN_KEY)
+        .json(&json!({"name": "reader", "role": "reader", "tenant": "acme"}))
+        .send()
+        .await
+        .expect("create key")
+        .json::<Value>()
+        .await
+        .expect("json");
+    let reader_key = created["key"].as_str().expect("key").to_owned();
+    let reader_id = created["id"].as_str().expect("id").to_owned();
+    let traced = client
+        .get(format!(
+            "{base}/api/v1/routes/resolve?tenant=acme&service=billing&env=prod"
+        ))
+        .bearer_auth(&reader_key)
+        .header("x-request-id", "req-under-test")
+        .header("x-correlation-id", "flow-under-test")
+        .header(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )
+        .send()
+        .await
+        .expect("resolve");
+    assert_eq!(traced.status(), reqwest::StatusCode::NOT_FOUND);
+    // Failed authentications must not log what was presented either.
+    let wrong = format!("{reader_key}x");
+    client
+        .get(format!("{base}/api/v1/routes"))
+        .bearer_auth(&wrong)
+        .send()
+        .await
+        .expect("list");
+    client
+        .get(format!("{base}/api/v1/routes"))
+        .header("authorization", format!("Basic {reader_key}"))
+        .send()
+        .await
+        .expect("list");
+
+    send_signal(child.id().expect("running"), "TERM");
+    child.wait().await.expect("exits");
+    let lines = lines.lock().expect("lock").clone();
+    let all = lines.join("\n");
+    for secret in [ADMIN_KEY, reader_key.as_str(), wrong.as_str()] {
+        assert!(!all.contains(secret), "a secret reached the logs");
+    }
+    let secret_part = reader_key.rsplit('_').next().expect("secret");
+    assert!(
+        !all.contains(secret_part),
+        "part of a secret reached the logs"
+    );
+
+    // Every line is JSON, and the resolve request has exactly one line with its identity.
+    let entries: Vec<Value> = lines
+        .iter()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).expect("JSON log line"))
+        .collect();
+    let answered: Vec<&Value> = entries
+        .iter()
+        .filter(|e| e["span"]["request_id"] == "req-under-test" && e.get("status").is_some())
+        .collect();
+    assert_eq!(answered.len(), 1, "one line per request: {answered:?}");
+    let line = answered[0];
+    let span = &line["span"];
+    assert_eq!(span["correlation_id"], "flow-under-test");
+    assert_eq!(span["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(span["tenant"], "acme");
+    assert_eq!(span["key_id"], reader_id.as_str());
+    assert_eq!(span["method"], "GET");
+    assert_eq!(span["route"], "/api/v1/routes/resolve");
+    assert_eq!(line["status"], 404);
+    assert!(line["latency_ms"].is_number());
+}
+
+#[tokio::test]
+async fn a_database_password_never_reaches_the_output() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = command(dir.path())
+        .arg("serve")
+        .env(
+            "TM_DATABASE_URL",
+            "postgres://tm:hunter2secret@127.0.0.1:1/tm",
+        )
+        .env("TM_DB_ACQUIRE_TIMEOUT", "1s")
+        .output()
+        .await
+        .expect("runs");
+    assert!(!out.status.success(), "nothing listens on port 1");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!text.contains("hunter2secret"), "{text}");
+    assert!(!text.is_empty());
+}
+
+/// `promtool check metrics` on a scrape taken after mixed traffic. The test command
+/// provides promtool through `TM_TEST_PROMTOOL`; elsewhere the check says it was not run.
+#[tokio::test]
+async fn metrics_pass_promtool_after_mixed_traffic() {
+    let Ok(promtool) = std::env::var("TM_TEST_PROMTOOL") else {
+        eprintln!("TM_TEST_PROMTOOL is not set: promtool check not run");
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_child, addr) = serve(dir.path()).await;
+    let client = reqwest::Client::new();
+    let base = format!("http://{addr}");
+    let route = json!({"tenant": "acme", "service": "billing", "env": "prod", "version": "v1", "url": "http://a", "active": true});
+    client
+        .post(format!("{base}/api/v1/routes"))
+        .bearer_auth(ADMIN_KEY)
+        .json(&route)
+        .send()
+        .await
+        .expect("create");
+    client
+        .post(format!("{base}/api/v1/routes"))
+        .bearer_auth(ADMIN_KEY)
+        .json(&route)
+        .send()
+        .await
+        .expect("conflict");
+    for path in [
+        "/api/v1/routes/resolve?tenant=acme&service=billing&env=prod",
+        "/api/v1/routes",
+        "/nope",
+        "/healthz",
+        "/health/ready",
+    ] {
+        client
+            .get(format!("{base}{path}"))
+            .bearer_auth(ADMIN_KEY)
+            .send()
+            .await
+            .expect("get");
+    }
+    client
+        .get(format!("{base}/api/v1/routes"))
+        .send()
+        .await
+        .expect("unauthenticated");
+    let scrape = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("text");
+    let mut check = std::process::Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool runs");
+    use std::io::Write;
+    check
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(scrape.as_bytes())
+        .expect("write");
+    let out = check.wait_with_output().expect("promtool finishes");
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
