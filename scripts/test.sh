@@ -84,6 +84,20 @@ provide_promtool() {
     TM_TEST_PROMTOOL="$dir/usr/bin/promtool"
 }
 
+# schemathesis drives the API from its OpenAPI document; it comes from PyPI into a
+# virtual environment of the project's own.
+SCHEMATHESIS_VERSION=4.32.5
+provide_schemathesis() {
+    local venv="$PWD/target/tools/venv"
+    if ! "$venv/bin/schemathesis" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION"; then
+        log "installing schemathesis $SCHEMATHESIS_VERSION from PyPI"
+        python3 -m venv "$venv" 2>/dev/null ||
+            { as_root apt-get update -qq && DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq python3-venv >/dev/null && python3 -m venv "$venv"; }
+        "$venv/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
+    fi
+    TM_TEST_SCHEMATHESIS="$venv/bin/schemathesis"
+}
+
 OUTPUT=$(mktemp "${TMPDIR:-/tmp}/tm-test-output.XXXXXX")
 cleanup() { stop_postgres; rm -f "$OUTPUT"; }
 trap cleanup EXIT
@@ -95,7 +109,8 @@ summary() {
 }
 
 provide_promtool
-export TM_TEST_PROMTOOL
+provide_schemathesis
+export TM_TEST_PROMTOOL TM_TEST_SCHEMATHESIS
 
 log "tests on SQLite"
 cargo test --workspace --locked 2>&1 | tee -a "$OUTPUT"

@@ -21,7 +21,7 @@ const PREFIX: &str = "tm_";
 const SECRET_LEN: usize = 43;
 
 /// What a key may do.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     /// Everything, in every tenant.

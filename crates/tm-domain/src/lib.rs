@@ -11,6 +11,8 @@ mod upstream;
 pub use error::{DomainError, FieldError, FieldErrors};
 pub use ident::{EnvName, ServiceName, TenantId, Version};
 pub use key::{ApiKey, Grant, KeyId, Role, SecretHash};
-pub use route::{now, GroupKey, NewRoute, Route, RouteId, RouteKey, RoutePatch, Weight};
+pub use route::{
+    now, GroupKey, NewRoute, Route, RouteId, RouteKey, RoutePatch, Weight, IDENTIFIER_PATTERN,
+};
 pub use snapshot::{ActiveRoute, Pick, RouteChange, RoutingSnapshot};
 pub use upstream::UpstreamUrl;

@@ -117,22 +117,37 @@ impl RouteKey {
     }
 }
 
+/// The shape of every identifier, as a regular expression (for API documents).
+pub const IDENTIFIER_PATTERN: &str = "^[a-z0-9][a-z0-9._-]{0,62}$";
+
 /// A route as stored and as served by the API.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Route {
+    #[schema(value_type = String, format = "uuid")]
     pub id: RouteId,
+    #[schema(value_type = String, pattern = "^[a-z0-9][a-z0-9._-]{0,62}$", example = "acme")]
     pub tenant: TenantId,
+    #[schema(value_type = String, pattern = "^[a-z0-9][a-z0-9._-]{0,62}$", example = "billing")]
     pub service: ServiceName,
+    #[schema(value_type = String, pattern = "^[a-z0-9][a-z0-9._-]{0,62}$", example = "prod")]
     pub env: EnvName,
+    #[schema(value_type = String, pattern = "^[a-z0-9][a-z0-9._-]{0,62}$", example = "v1")]
     pub version: Version,
+    /// Absolute http or https URL, as given.
+    #[schema(value_type = String, format = "uri", max_length = 2048, example = "http://10.0.0.7:8080")]
     pub url: UpstreamUrl,
     pub active: bool,
+    /// Share of traffic among the active versions when no version is asked for.
+    #[schema(value_type = u8, minimum = 0, maximum = 100)]
     pub weight: Weight,
     /// 1 on creation, +1 on every change that alters the route.
+    #[schema(minimum = 1)]
     pub revision: i64,
     #[serde(with = "rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: DateTime<Utc>,
     #[serde(with = "rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub updated_at: DateTime<Utc>,
 }
 

@@ -9,8 +9,8 @@ use crate::DomainError;
 /// Longest URL accepted, in bytes.
 pub const MAX_URL_LEN: usize = 2048;
 
-/// An absolute `http`/`https` URL with a host, no user-info and no fragment, at most
-/// 2048 characters. Kept exactly as given: the registry hands back what it was told.
+/// An absolute `http`/`https` URL with a host, no user-info and no fragment, in ASCII,
+/// at most 2048 characters. Kept exactly as given: the registry hands back what it was told.
 #[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct UpstreamUrl(String);
@@ -42,6 +42,23 @@ fn check_url(raw: &str) -> Result<(), DomainError> {
             "must not contain whitespace or control characters",
         ));
     }
+    // Clients put this URL in request lines and headers: keep it plain ASCII (IDN hosts
+    // as punycode, other characters percent-encoded).
+    if !raw.is_ascii() {
+        return Err(DomainError::invalid(
+            "must be ASCII: write hosts in punycode and percent-encode other characters",
+        ));
+    }
+    if let Some(bad) = raw.chars().find(|c| !is_uri_char(*c)) {
+        return Err(DomainError::invalid(format!(
+            "must contain only characters allowed in a URI (found {bad:?}; percent-encode it)"
+        )));
+    }
+    if !percent_escapes_are_complete(raw) {
+        return Err(DomainError::invalid(
+            "has a '%' not followed by two hex digits",
+        ));
+    }
     let lower_prefix = raw.get(..8).unwrap_or(raw).to_ascii_lowercase();
     if !(lower_prefix.starts_with("http://") || lower_prefix.starts_with("https://")) {
         return Err(DomainError::invalid(
@@ -68,6 +85,20 @@ fn check_url(raw: &str) -> Result<(), DomainError> {
         return Err(DomainError::invalid("must not contain a fragment"));
     }
     Ok(())
+}
+
+/// Unreserved and reserved characters of RFC 3986, and `%` of percent-escapes.
+fn is_uri_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "-._~:/?#[]@!$&'()*+,;=%".contains(c)
+}
+
+fn percent_escapes_are_complete(raw: &str) -> bool {
+    let bytes = raw.as_bytes();
+    bytes.iter().enumerate().all(|(i, &b)| {
+        b != b'%'
+            || (bytes.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+                && bytes.get(i + 2).is_some_and(u8::is_ascii_hexdigit))
+    })
 }
 
 /// The text between `://` and the next `/`, `?` or `#` (before any normalisation).
@@ -149,6 +180,16 @@ mod tests {
             long.as_str(),
             "mailto:a@example.com",
             "https://[::1",
+            "http://exämple.com/",
+            "http://example.com/päth",
+            "hTTPS://\u{f2}\u{f3}",
+            "http://q/?db!E6}hD",
+            "http://a/b|c",
+            "http://a/<x>",
+            "http://a/%L6",
+            "http://a/%4",
+            "http://a/\"q\"",
+            "http://a/^",
         ] {
             assert!(
                 UpstreamUrl::parse(bad).is_err(),

@@ -103,6 +103,16 @@ fn strip_position(message: &str) -> String {
     }
 }
 
+/// For optional body fields: absent is `None`, but an explicit `null` is refused like
+/// any other value of the wrong type. Use with `#[serde(default, deserialize_with = ..)]`.
+pub(crate) fn non_null<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    T::deserialize(deserializer).map(Some)
+}
+
 /// A query string of type `T` (which should deny unknown fields). Anything unreadable —
 /// unknown or repeated parameters, values of the wrong type — is a 400.
 pub struct ApiQuery<T>(pub T);

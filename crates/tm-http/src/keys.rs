@@ -14,11 +14,21 @@ use crate::{ApiError, AppState};
 
 const MAX_NAME_LEN: usize = 100;
 
-#[derive(Debug, Deserialize)]
+/// A key to create.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = NewApiKey)]
 pub struct CreateKeyBody {
+    /// What the key is for.
+    #[schema(required = true, nullable = false, value_type = String, min_length = 1, max_length = 100, pattern = "\\S")]
+    #[serde(default, deserialize_with = "crate::extract::non_null")]
     name: Option<String>,
+    #[schema(required = true, nullable = false, value_type = Role)]
+    #[serde(default, deserialize_with = "crate::extract::non_null")]
     role: Option<String>,
+    /// Required for `tenant_admin` and `reader`; absent for `admin`.
+    #[schema(required = false, nullable = false, value_type = String, pattern = "^[a-z0-9][a-z0-9._-]{0,62}$")]
+    #[serde(default, deserialize_with = "crate::extract::non_null")]
     tenant: Option<String>,
 }
 
@@ -93,6 +103,18 @@ fn may_create(caller: &Caller, grant: &Grant) -> Result<(), ApiError> {
     }
 }
 
+/// Create an API key. The secret is in this answer only.
+#[utoipa::path(
+    post,
+    path = "/api/v1/keys",
+    tag = "keys",
+    request_body = CreateKeyBody,
+    responses(
+        (status = 201, description = "Created", body = crate::openapi::CreatedKeyDoc, headers(("Location" = String))),
+        crate::openapi::Problems,
+        crate::openapi::BodyProblems,
+    ),
+)]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -120,6 +142,16 @@ pub async fn create(
         .into_response())
 }
 
+/// List live keys (all for admins, the tenant's for tenant admins), without secrets.
+#[utoipa::path(
+    get,
+    path = "/api/v1/keys",
+    tag = "keys",
+    responses(
+        (status = 200, description = "The keys", body = crate::openapi::KeyListDoc),
+        crate::openapi::Problems,
+    ),
+)]
 pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
     let scope = caller.scope(Action::ManageKeys)?;
     let records = state.store.list_keys(scope).await?;
@@ -127,6 +159,17 @@ pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Respo
     Ok(Json(KeyList { items }).into_response())
 }
 
+/// Revoke a key; it stops working at once.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/keys/{id}",
+    tag = "keys",
+    params(("id" = String, Path, format = "uuid", description = "Key id")),
+    responses(
+        (status = 204, description = "Revoked"),
+        crate::openapi::Problems,
+    ),
+)]
 pub async fn revoke(
     State(state): State<AppState>,
     caller: Caller,

@@ -9,6 +9,7 @@ mod extract;
 mod health;
 mod keys;
 mod observe;
+mod openapi;
 mod resolve;
 mod routes;
 mod security;
@@ -27,6 +28,7 @@ use tm_telemetry::Metrics;
 
 pub use error::{ApiError, PROBLEM_TYPE_PREFIX};
 pub use health::sample as sample_metrics;
+pub use openapi::ApiDoc;
 
 /// What every handler may use.
 #[derive(Clone)]
@@ -107,6 +109,7 @@ pub fn router(state: AppState) -> Router {
         .route("/health/ready", get(health::ready))
         .route("/health/detailed", get(health::detailed))
         .route("/metrics", get(health::metrics))
+        .route("/openapi.json", get(openapi::document))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(config.body_limit_bytes));

@@ -13,16 +13,43 @@ use crate::{ApiError, AppState};
 /// Longest accepted stickiness key, in bytes.
 const MAX_KEY_LEN: usize = 256;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ResolveQuery {
+    /// Tenant.
+    #[param(required = true, value_type = String, pattern = "^[a-z0-9][a-z0-9._-]{0,62}$")]
     tenant: Option<String>,
+    /// Service.
+    #[param(required = true, value_type = String, pattern = "^[a-z0-9][a-z0-9._-]{0,62}$")]
     service: Option<String>,
+    /// Environment.
+    #[param(required = true, value_type = String, pattern = "^[a-z0-9][a-z0-9._-]{0,62}$")]
     env: Option<String>,
+    /// This version, if active, whatever its weight.
+    #[param(value_type = Option<String>, pattern = "^[a-z0-9][a-z0-9._-]{0,62}$")]
     version: Option<String>,
+    /// Stickiness key (e.g. a user id): the same key gets the same version.
+    #[param(value_type = Option<String>, min_length = 1, max_length = 256)]
     key: Option<String>,
 }
 
+/// Resolve: the URL to call for a tenant's service in an environment.
+///
+/// Without `version`, a version is chosen among the active ones by weight (weight 0
+/// never), the same one every time for the same `key`. Answered from memory.
+#[utoipa::path(
+    get,
+    path = "/api/v1/routes/resolve",
+    tag = "routes",
+    params(ResolveQuery),
+    responses(
+        (status = 200, description = "Where to call", body = crate::openapi::ResolveAnswerDoc,
+            headers(("ETag" = String, description = "Opaque strong validator"), ("Cache-Control" = String))),
+        (status = 304, description = "Unchanged since the `If-None-Match` tag"),
+        crate::openapi::Problems,
+    ),
+)]
 pub async fn resolve(
     State(state): State<AppState>,
     caller: Caller,

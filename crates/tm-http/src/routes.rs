@@ -39,12 +39,26 @@ fn required<T>(
     }
 }
 
-#[derive(Debug, Deserialize)]
+/// Names one route.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = RouteKey)]
 pub struct KeyBody {
+    /// Tenant.
+    #[schema(required = true, nullable = false, value_type = String, pattern = "^[a-z0-9][a-z0-9._-]{0,62}$")]
+    #[serde(default, deserialize_with = "crate::extract::non_null")]
     tenant: Option<String>,
+    /// Service.
+    #[schema(required = true, nullable = false, value_type = String, pattern = "^[a-z0-9][a-z0-9._-]{0,62}$")]
+    #[serde(default, deserialize_with = "crate::extract::non_null")]
     service: Option<String>,
+    /// Environment.
+    #[schema(required = true, nullable = false, value_type = String, pattern = "^[a-z0-9][a-z0-9._-]{0,62}$")]
+    #[serde(default, deserialize_with = "crate::extract::non_null")]
     env: Option<String>,
+    /// Version.
+    #[schema(required = true, nullable = false, value_type = String, pattern = "^[a-z0-9][a-z0-9._-]{0,62}$")]
+    #[serde(default, deserialize_with = "crate::extract::non_null")]
     version: Option<String>,
 }
 
@@ -68,15 +82,38 @@ impl KeyBody {
     }
 }
 
-#[derive(Debug, Deserialize)]
+/// A route to create.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = NewRoute)]
 pub struct CreateBody {
+    /// Tenant.
+    #[schema(required = true, nullable = false, value_type = String, pattern = "^[a-z0-9][a-z0-9._-]{0,62}$")]
+    #[serde(default, deserialize_with = "crate::extract::non_null")]
     tenant: Option<String>,
+    /// Service.
+    #[schema(required = true, nullable = false, value_type = String, pattern = "^[a-z0-9][a-z0-9._-]{0,62}$")]
+    #[serde(default, deserialize_with = "crate::extract::non_null")]
     service: Option<String>,
+    /// Environment.
+    #[schema(required = true, nullable = false, value_type = String, pattern = "^[a-z0-9][a-z0-9._-]{0,62}$")]
+    #[serde(default, deserialize_with = "crate::extract::non_null")]
     env: Option<String>,
+    /// Version.
+    #[schema(required = true, nullable = false, value_type = String, pattern = "^[a-z0-9][a-z0-9._-]{0,62}$")]
+    #[serde(default, deserialize_with = "crate::extract::non_null")]
     version: Option<String>,
+    /// Absolute http or https URL without user information or fragment.
+    #[schema(required = true, nullable = false, value_type = String, max_length = 2048, pattern = "^[hH][tT][tT][pP][sS]?://[A-Za-z0-9._~!$&'()*+,;=:\\[\\]-]+([/?][A-Za-z0-9._~!$&'()*+,;=:@/?-]*)?$")]
+    #[serde(default, deserialize_with = "crate::extract::non_null")]
     url: Option<String>,
+    /// Serve it at once (default false).
+    #[schema(required = false, nullable = false, value_type = bool)]
+    #[serde(default, deserialize_with = "crate::extract::non_null")]
     active: Option<bool>,
+    /// Share of traffic, 0 to 100 (default 100).
+    #[schema(required = false, nullable = false, value_type = u8, minimum = 0, maximum = 100)]
+    #[serde(default, deserialize_with = "crate::extract::non_null")]
     weight: Option<i64>,
 }
 
@@ -109,10 +146,18 @@ impl TryFrom<CreateBody> for NewRoute {
     }
 }
 
-#[derive(Debug, Deserialize)]
+/// What to change: url and/or weight.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = RoutePatch, min_properties = 1)]
 pub struct PatchBody {
+    /// Absolute http or https URL without user information or fragment.
+    #[schema(required = false, nullable = false, value_type = String, max_length = 2048, pattern = "^[hH][tT][tT][pP][sS]?://[A-Za-z0-9._~!$&'()*+,;=:\\[\\]-]+([/?][A-Za-z0-9._~!$&'()*+,;=:@/?-]*)?$")]
+    #[serde(default, deserialize_with = "crate::extract::non_null")]
     url: Option<String>,
+    /// Share of traffic, 0 to 100.
+    #[schema(required = false, nullable = false, value_type = u8, minimum = 0, maximum = 100)]
+    #[serde(default, deserialize_with = "crate::extract::non_null")]
     weight: Option<i64>,
 }
 
@@ -146,6 +191,21 @@ fn route_etag(route: &Route) -> HeaderValue {
         .expect("digits are a valid header value")
 }
 
+/// Create a route (inactive unless `"active": true`).
+#[utoipa::path(
+    post,
+    path = "/api/v1/routes",
+    tag = "routes",
+    request_body = CreateBody,
+    responses(
+        (status = 201, description = "Created", body = Route,
+            headers(("Location" = String), ("ETag" = String, description = "`\"<revision>\"`"))),
+        (status = 409, description = "A route with this key exists", body = crate::openapi::ProblemDoc,
+            content_type = "application/problem+json"),
+        crate::openapi::Problems,
+        crate::openapi::BodyProblems,
+    ),
+)]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -166,6 +226,18 @@ pub async fn create(
     Ok(response)
 }
 
+/// Activate a route.
+#[utoipa::path(
+    post,
+    path = "/api/v1/routes/activate",
+    tag = "routes",
+    request_body = KeyBody,
+    responses(
+        (status = 200, description = "The route, active", body = Route, headers(("ETag" = String))),
+        crate::openapi::Problems,
+        crate::openapi::BodyProblems,
+    ),
+)]
 pub async fn activate(
     state: State<AppState>,
     caller: Caller,
@@ -174,6 +246,18 @@ pub async fn activate(
     set_active(state, caller, body, true).await
 }
 
+/// Deactivate a route (the rollback path).
+#[utoipa::path(
+    post,
+    path = "/api/v1/routes/deactivate",
+    tag = "routes",
+    request_body = KeyBody,
+    responses(
+        (status = 200, description = "The route, inactive", body = Route, headers(("ETag" = String))),
+        crate::openapi::Problems,
+        crate::openapi::BodyProblems,
+    ),
+)]
 pub async fn deactivate(
     state: State<AppState>,
     caller: Caller,
@@ -206,14 +290,26 @@ async fn set_active(
     Ok(route_response(StatusCode::OK, &route))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// Only this tenant's routes.
+    #[param(value_type = Option<String>, pattern = "^[a-z0-9][a-z0-9._-]{0,62}$")]
     tenant: Option<String>,
+    /// Only this service's routes.
+    #[param(value_type = Option<String>, pattern = "^[a-z0-9][a-z0-9._-]{0,62}$")]
     service: Option<String>,
+    /// Only this environment's routes.
+    #[param(value_type = Option<String>, pattern = "^[a-z0-9][a-z0-9._-]{0,62}$")]
     env: Option<String>,
+    /// Only active (or inactive) routes.
     active: Option<bool>,
+    /// Page size, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    #[param(min_length = 1)]
     cursor: Option<String>,
 }
 
@@ -238,6 +334,17 @@ fn decode_cursor(raw: &str) -> Result<RouteId, ApiError> {
         .ok_or_else(unreadable)
 }
 
+/// List routes, a page at a time, in creation order.
+#[utoipa::path(
+    get,
+    path = "/api/v1/routes",
+    tag = "routes",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of routes", body = crate::openapi::RouteListDoc),
+        crate::openapi::Problems,
+    ),
+)]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -288,6 +395,18 @@ pub async fn list(
     Ok(Json(RouteList { items, next_cursor }).into_response())
 }
 
+/// One route.
+#[utoipa::path(
+    get,
+    path = "/api/v1/routes/{id}",
+    tag = "routes",
+    params(("id" = String, Path, format = "uuid", description = "Route id")),
+    responses(
+        (status = 200, description = "The route", body = Route, headers(("ETag" = String, description = "`\"<revision>\"`"))),
+        (status = 304, description = "Unchanged since the `If-None-Match` tag"),
+        crate::openapi::Problems,
+    ),
+)]
 pub async fn get(
     State(state): State<AppState>,
     caller: Caller,
@@ -308,6 +427,24 @@ pub async fn get(
     Ok(route_response(StatusCode::OK, &route))
 }
 
+/// Change a route's url and/or weight; honours `If-Match: "<revision>"`.
+#[utoipa::path(
+    patch,
+    path = "/api/v1/routes/{id}",
+    tag = "routes",
+    params(
+        ("id" = String, Path, format = "uuid", description = "Route id"),
+        ("If-Match" = Option<String>, Header, description = "`\"<revision>\"` or `*`"),
+    ),
+    request_body = PatchBody,
+    responses(
+        (status = 200, description = "The route, changed", body = Route, headers(("ETag" = String))),
+        (status = 412, description = "`If-Match` names another revision", body = crate::openapi::ProblemDoc,
+            content_type = "application/problem+json"),
+        crate::openapi::Problems,
+        crate::openapi::BodyProblems,
+    ),
+)]
 pub async fn patch(
     State(state): State<AppState>,
     caller: Caller,
@@ -328,6 +465,22 @@ pub async fn patch(
     Ok(route_response(StatusCode::OK, &route))
 }
 
+/// Delete a route; honours `If-Match: "<revision>"`.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/routes/{id}",
+    tag = "routes",
+    params(
+        ("id" = String, Path, format = "uuid", description = "Route id"),
+        ("If-Match" = Option<String>, Header, description = "`\"<revision>\"` or `*`"),
+    ),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 412, description = "`If-Match` names another revision", body = crate::openapi::ProblemDoc,
+            content_type = "application/problem+json"),
+        crate::openapi::Problems,
+    ),
+)]
 pub async fn delete(
     State(state): State<AppState>,
     caller: Caller,

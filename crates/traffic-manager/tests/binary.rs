@@ -443,3 +443,46 @@ async fn metrics_pass_promtool_after_mixed_traffic() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Property-based API testing against the served OpenAPI document: no server error, and
+/// every status, content type, header and body as documented. The test command provides
+/// schemathesis through `TM_TEST_SCHEMATHESIS`; elsewhere the check says it was not run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schemathesis_finds_no_server_error_and_every_answer_fits_the_document() {
+    let Ok(schemathesis) = std::env::var("TM_TEST_SCHEMATHESIS") else {
+        eprintln!("TM_TEST_SCHEMATHESIS is not set: schemathesis run skipped");
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_child, addr) = serve(dir.path()).await;
+    let out = tokio::time::timeout(
+        Duration::from_secs(300),
+        Command::new(schemathesis)
+            .args([
+                "run",
+                &format!("http://{addr}/openapi.json"),
+                "--header",
+                &format!("Authorization: Bearer {ADMIN_KEY}"),
+                "--checks",
+                "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,response_headers_conformance",
+                "--max-examples",
+                "40",
+                "--seed",
+                "20261123",
+                "--request-timeout",
+                "10",
+            ])
+            .env("NO_COLOR", "1")
+            .output(),
+    )
+    .await
+    .expect("schemathesis finishes within 5 minutes")
+    .expect("schemathesis runs");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "schemathesis found problems:\n{report}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(report.contains("passed"), "{report}");
+}

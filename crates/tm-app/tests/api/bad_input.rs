@@ -675,7 +675,8 @@ fn corpus(existing: &str) -> Vec<Case> {
     }
     for (what, body, field) in [
         ("empty object", json!({}), "body"),
-        ("both null", json!({"url": null, "weight": null}), "body"),
+        ("both null", json!({"url": null, "weight": null}), "url"),
+        ("weight null", json!({"weight": null}), "weight"),
         ("array", json!([]), "body"),
         ("null", json!(null), "body"),
         (

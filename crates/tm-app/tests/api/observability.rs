@@ -216,3 +216,49 @@ async fn metrics_are_scrapeable_from_the_start_and_count_by_route_template() {
         assert_eq!(metric(&text, &max), Some(f64::from(pool.max)), "{max}");
     }
 }
+
+#[tokio::test]
+async fn the_openapi_document_is_3_1_and_lists_every_contract_path() {
+    let app = spawn_app().await;
+    let reply = app
+        .request_as(None, Method::GET, "/openapi.json", None)
+        .await;
+    reply.assert_status(StatusCode::OK);
+    let doc = reply.json();
+    assert!(doc["openapi"].as_str().expect("version").starts_with("3.1"));
+    let paths = doc["paths"].as_object().expect("paths");
+    for (path, methods) in [
+        ("/api/v1/routes/resolve", &["get"][..]),
+        ("/api/v1/routes", &["get", "post"]),
+        ("/api/v1/routes/activate", &["post"]),
+        ("/api/v1/routes/deactivate", &["post"]),
+        ("/api/v1/routes/{id}", &["get", "patch", "delete"]),
+        ("/api/v1/keys", &["get", "post"]),
+        ("/api/v1/keys/{id}", &["delete"]),
+    ] {
+        for method in methods {
+            let operation = &paths[path][*method];
+            assert!(operation.is_object(), "{method} {path} is not documented");
+            let responses = operation["responses"].as_object().expect("responses");
+            for status in ["401", "403", "422"] {
+                assert!(
+                    responses.contains_key(status),
+                    "{method} {path} lacks {status}"
+                );
+            }
+            assert_eq!(
+                responses["401"]["content"]["application/problem+json"]["schema"]["$ref"],
+                "#/components/schemas/Problem"
+            );
+        }
+    }
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+    assert!(doc["security"]
+        .as_array()
+        .expect("security")
+        .iter()
+        .any(|s| s.get("bearer").is_some()));
+}
