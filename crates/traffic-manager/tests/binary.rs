@@ -486,3 +486,58 @@ async fn schemathesis_finds_no_server_error_and_every_answer_fits_the_document()
     );
     assert!(report.contains("passed"), "{report}");
 }
+
+#[tokio::test]
+async fn keys_create_works_offline_and_the_key_works_online() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = command(dir.path())
+        .args([
+            "keys",
+            "create",
+            "--role",
+            "reader",
+            "--tenant",
+            "acme",
+            "--name",
+            "deploy pipeline",
+        ])
+        .output()
+        .await
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find(|l| l.starts_with("tm_"))
+        .expect("the key on stdout")
+        .to_owned();
+
+    let refused = command(dir.path())
+        .args([
+            "keys", "create", "--role", "admin", "--tenant", "acme", "--name", "x",
+        ])
+        .output()
+        .await
+        .expect("runs");
+    assert!(!refused.status.success(), "admin keys have no tenant");
+
+    let (_child, addr) = serve(dir.path()).await;
+    let client = reqwest::Client::new();
+    let own = client
+        .get(format!("http://{addr}/api/v1/routes?tenant=acme"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .expect("list");
+    assert_eq!(own.status(), reqwest::StatusCode::OK);
+    let other = client
+        .get(format!("http://{addr}/api/v1/routes?tenant=globex"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .expect("list");
+    assert_eq!(other.status(), reqwest::StatusCode::FORBIDDEN);
+}
