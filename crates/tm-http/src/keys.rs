@@ -125,8 +125,7 @@ pub async fn create(
     may_create(&caller, &grant)?;
     let key = ApiKey::new(KeyId::generate(), rand::random());
     let record = KeyRecord::new(&key, name, grant);
-    state.store.create_key(&record).await?;
-    state.keys.insert(record.clone());
+    state.keys.create(record.clone()).await?;
     tracing::info!(key.id = %record.id, key.role = %record.grant.role(), by = %caller.actor().as_str(), "API key created");
     let location = HeaderValue::from_str(&format!("/api/v1/keys/{}", record.id))
         .expect("a path is a valid header value");
@@ -186,8 +185,7 @@ pub async fn revoke(
             "a tenant_admin key may only revoke reader keys".into(),
         ));
     }
-    state.store.revoke_key(id).await?;
-    state.keys.remove(id);
+    state.keys.revoke(id).await?;
     tracing::info!(key.id = %id, by = %caller.actor().as_str(), "API key revoked");
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -78,8 +78,12 @@ impl Principal {
 }
 
 /// Every live key, in memory. Authentication is a hash and a map lookup.
+///
+/// Creations, revocations and reloads are serialized by one async mutex, so a reload
+/// that read the store before a revocation committed cannot bring the key back.
 pub struct KeyRing {
     keys: ArcSwap<HashMap<KeyId, Arc<KeyRecord>>>,
+    changes: tokio::sync::Mutex<()>,
     /// The hash of `TM_BOOTSTRAP_ADMIN_KEY`, if set.
     configured_admin: Option<SecretHash>,
     store: Arc<dyn Store>,
@@ -92,6 +96,7 @@ impl KeyRing {
     ) -> Result<Self, StoreError> {
         let ring = Self {
             keys: ArcSwap::from_pointee(HashMap::new()),
+            changes: tokio::sync::Mutex::new(()),
             configured_admin: configured_admin.map(|k| SecretHash::of(k.as_bytes())),
             store,
         };
@@ -101,6 +106,7 @@ impl KeyRing {
 
     /// Replaces the in-memory keys with the live ones in the store.
     pub async fn reload(&self) -> Result<usize, StoreError> {
+        let _serial = self.changes.lock().await;
         let keys = self.store.active_keys().await?;
         let count = keys.len();
         self.keys.store(Arc::new(
@@ -131,22 +137,28 @@ impl KeyRing {
             })
     }
 
-    /// Makes a just-stored key usable on this instance at once.
-    pub fn insert(&self, record: KeyRecord) {
+    /// Stores a new key and makes it usable on this instance at once.
+    pub async fn create(&self, record: KeyRecord) -> Result<(), StoreError> {
+        let _serial = self.changes.lock().await;
+        self.store.create_key(&record).await?;
         self.keys.rcu(|keys| {
             let mut keys = HashMap::clone(keys);
             keys.insert(record.id, Arc::new(record.clone()));
             keys
         });
+        Ok(())
     }
 
-    /// Stops a just-revoked key on this instance at once.
-    pub fn remove(&self, id: KeyId) {
+    /// Revokes a key in the store and stops it on this instance at once.
+    pub async fn revoke(&self, id: KeyId) -> Result<(), StoreError> {
+        let _serial = self.changes.lock().await;
+        self.store.revoke_key(id).await?;
         self.keys.rcu(|keys| {
             let mut keys = HashMap::clone(keys);
             keys.remove(&id);
             keys
         });
+        Ok(())
     }
 
     /// Number of live keys known to this instance.
