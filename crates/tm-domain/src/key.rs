@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
-use crate::{DomainError, TenantId};
+use crate::{DomainError, KeyId, TenantId};
 
 const PREFIX: &str = "tm_";
 const SECRET_LEN: usize = 43;
@@ -103,44 +103,6 @@ impl Grant {
     }
 }
 
-/// The public half of a key: names its record, proves nothing.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct KeyId(Uuid);
-
-impl KeyId {
-    pub fn generate() -> Self {
-        Self(Uuid::now_v7())
-    }
-
-    pub fn from_uuid(id: Uuid) -> Self {
-        Self(id)
-    }
-
-    pub fn as_uuid(&self) -> Uuid {
-        self.0
-    }
-}
-
-impl FromStr for KeyId {
-    type Err = DomainError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if s.len() != 36 {
-            return Err(DomainError::invalid("is not a key id"));
-        }
-        Uuid::parse_str(s)
-            .map(Self)
-            .map_err(|_| DomainError::invalid("is not a key id"))
-    }
-}
-
-impl fmt::Display for KeyId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.hyphenated().fmt(f)
-    }
-}
-
 /// SHA-256 of a key's secret: what is stored.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct SecretHash([u8; 32]);
@@ -214,7 +176,7 @@ impl ApiKey {
         }
         let id = Uuid::try_parse(id).ok()?;
         Some(Self {
-            id: KeyId(id),
+            id: KeyId::from_uuid(id),
             secret: secret.to_owned(),
         })
     }

@@ -2,6 +2,7 @@
 //! answers `resolve`. Nothing here does I/O; every other crate depends on this one.
 
 mod error;
+mod id;
 mod ident;
 mod key;
 mod route;
@@ -9,10 +10,9 @@ mod snapshot;
 mod upstream;
 
 pub use error::{DomainError, FieldError, FieldErrors};
+pub use id::{Id, IdKind, KeyId, KeyKind, RouteId, RouteKind};
 pub use ident::{EnvName, ServiceName, TenantId, Version};
-pub use key::{ApiKey, Grant, KeyId, Role, SecretHash};
-pub use route::{
-    now, GroupKey, NewRoute, Route, RouteId, RouteKey, RoutePatch, Weight, IDENTIFIER_PATTERN,
-};
+pub use key::{ApiKey, Grant, Role, SecretHash};
+pub use route::{now, GroupKey, NewRoute, Route, RouteKey, RoutePatch, Weight, IDENTIFIER_PATTERN};
 pub use snapshot::{ActiveRoute, Pick, RouteChange, RoutingSnapshot};
 pub use upstream::UpstreamUrl;

@@ -1,53 +1,9 @@
 //! Routes: `(tenant, service, env, version) -> url`, with the rules of their lifecycle.
 
-use std::fmt;
-use std::str::FromStr;
-
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
-use crate::{DomainError, EnvName, ServiceName, TenantId, UpstreamUrl, Version};
-
-/// A route's identity: opaque, time-ordered, assigned at creation.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct RouteId(Uuid);
-
-impl RouteId {
-    /// A fresh id; ids created later sort later.
-    pub fn generate() -> Self {
-        Self(Uuid::now_v7())
-    }
-
-    pub fn from_uuid(id: Uuid) -> Self {
-        Self(id)
-    }
-
-    pub fn as_uuid(&self) -> Uuid {
-        self.0
-    }
-}
-
-impl FromStr for RouteId {
-    type Err = DomainError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        // Only the canonical hyphenated form names a route; other spellings are not ids.
-        if s.len() != 36 {
-            return Err(DomainError::invalid("is not a route id"));
-        }
-        Uuid::parse_str(s)
-            .map(Self)
-            .map_err(|_| DomainError::invalid("is not a route id"))
-    }
-}
-
-impl fmt::Display for RouteId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.hyphenated().fmt(f)
-    }
-}
+use crate::{DomainError, EnvName, RouteId, ServiceName, TenantId, UpstreamUrl, Version};
 
 /// Share of traffic a version gets when resolved without an explicit version: 0–100.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -306,15 +262,6 @@ mod tests {
         for bad in [-1, 101, 256, i64::MAX, i64::MIN] {
             assert!(Weight::parse(bad).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn route_ids_only_in_canonical_form() {
-        let id = RouteId::generate();
-        assert_eq!(id.to_string().parse::<RouteId>().expect("canonical"), id);
-        let simple = id.as_uuid().simple().to_string();
-        assert!(simple.parse::<RouteId>().is_err());
-        assert!("not-an-id".parse::<RouteId>().is_err());
     }
 
     #[test]
