@@ -69,6 +69,9 @@ impl Application {
             tm_config::StorageConfig::Sqlite { .. } => "sqlite",
             tm_config::StorageConfig::Postgres { .. } => "postgres",
         };
+        if config.http.cors == tm_config::CorsOrigins::Any {
+            tracing::warn!("TM_CORS_ORIGINS is *: any web page may call this API from a browser; list the origins instead");
+        }
         let metrics = Arc::new(Metrics::new(
             config.metrics.max_tenants,
             env!("CARGO_PKG_VERSION"),
