@@ -10,6 +10,7 @@ use secrecy::ExposeSecret;
 use tm_config::Config;
 use tm_domain::{ApiKey, Grant, KeyId};
 use tm_http::AppState;
+use tm_resilience::LocalRateLimiter;
 use tm_store::{KeyRecord, KeyRing, RoutingTable, Store, StoreCounters, StoreError};
 use tm_telemetry::Metrics;
 use tokio::net::TcpListener;
@@ -113,11 +114,13 @@ impl Application {
             .local_addr()
             .map_err(|source| StartError::Bind { addr, source })?;
         let shutdown_grace = config.http.shutdown_grace;
+        let limiter = Arc::new(LocalRateLimiter::new(config.http.rate_limits.clone()));
         let state = AppState::new(
             store.clone(),
             routing.clone(),
             keys.clone(),
             metrics,
+            limiter,
             config.http,
         );
         Ok(Self {
@@ -161,9 +164,12 @@ impl Application {
         let app = tm_http::router(self.state);
         let graceful = shutdown.clone();
         let mut server = tokio::spawn(async move {
-            axum::serve(self.listener, app)
-                .with_graceful_shutdown(async move { graceful.cancelled().await })
-                .await
+            axum::serve(
+                self.listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move { graceful.cancelled().await })
+            .await
         });
 
         let outcome = tokio::select! {
@@ -234,7 +240,10 @@ async fn sample_periodically(state: AppState, every: Duration, stop: Cancellatio
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tick.tick() => tm_http::sample_metrics(&state),
+            _ = tick.tick() => {
+                tm_http::sample_metrics(&state);
+                state.limiter.forget_idle();
+            }
         }
     }
 }

@@ -11,8 +11,11 @@ use std::time::Duration;
 
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
+use ipnet::IpNet;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
+use tm_domain::KeyId;
+use tm_resilience::{Quota, RateLimits};
 
 /// Settings as read, before validation. Every field is a setting; see the README table.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -58,6 +61,18 @@ pub struct RawConfig {
     pub metrics_max_tenants: usize,
     #[serde(with = "humantime_serde")]
     pub pool_sample_interval: Duration,
+    /// Per key: resolve requests, e.g. `20000/s`.
+    pub rate_limit_resolve: String,
+    /// Per key: other reads.
+    pub rate_limit_read: String,
+    /// Per key: route writes.
+    pub rate_limit_write: String,
+    /// Per key: key management.
+    pub rate_limit_keys: String,
+    /// Per client address: requests without a valid key.
+    pub rate_limit_unauthenticated: String,
+    /// Comma-separated key ids and networks (CIDR) that no limit applies to.
+    pub rate_limit_exempt: String,
 }
 
 impl Default for RawConfig {
@@ -89,6 +104,12 @@ impl Default for RawConfig {
             behind_tls: false,
             metrics_max_tenants: 100,
             pool_sample_interval: Duration::from_secs(5),
+            rate_limit_resolve: "20000/s".into(),
+            rate_limit_read: "2000/s".into(),
+            rate_limit_write: "500/s".into(),
+            rate_limit_keys: "50/s".into(),
+            rate_limit_unauthenticated: "100/s".into(),
+            rate_limit_exempt: String::new(),
         }
     }
 }
@@ -122,6 +143,12 @@ const ENV_KEYS: &[&str] = &[
     "behind_tls",
     "metrics_max_tenants",
     "pool_sample_interval",
+    "rate_limit_resolve",
+    "rate_limit_read",
+    "rate_limit_write",
+    "rate_limit_keys",
+    "rate_limit_unauthenticated",
+    "rate_limit_exempt",
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -197,6 +224,8 @@ pub struct HttpConfig {
     pub shutdown_grace: Duration,
     pub cors: CorsOrigins,
     pub behind_tls: bool,
+    #[serde(skip)]
+    pub rate_limits: RateLimits,
 }
 
 /// Which browser origins may call the API.
@@ -375,6 +404,27 @@ impl Config {
             format!(
                 "pool_sample_interval = {}",
                 d(self.metrics.pool_sample_interval)
+            ),
+        ]);
+        let limits = &self.http.rate_limits;
+        lines.extend([
+            format!("rate_limit_resolve = \"{}\"", limits.resolve),
+            format!("rate_limit_read = \"{}\"", limits.read),
+            format!("rate_limit_write = \"{}\"", limits.write),
+            format!("rate_limit_keys = \"{}\"", limits.keys),
+            format!(
+                "rate_limit_unauthenticated = \"{}\"",
+                limits.unauthenticated
+            ),
+            format!(
+                "rate_limit_exempt = {:?}",
+                limits
+                    .exempt_keys
+                    .iter()
+                    .map(ToString::to_string)
+                    .chain(limits.exempt_networks.iter().map(ToString::to_string))
+                    .collect::<Vec<_>>()
+                    .join(",")
             ),
         ]);
         lines.join("\n")
@@ -630,6 +680,59 @@ impl TryFrom<RawConfig> for Config {
                 CorsOrigins::List(origins)
             }
         };
+        let mut quota = |key: &str, raw: &str| match raw.parse::<Quota>() {
+            Ok(q) => Some(q),
+            Err(e) => {
+                fail(key, e.to_string());
+                None
+            }
+        };
+        let quotas = (
+            quota("rate_limit_resolve", &raw.rate_limit_resolve),
+            quota("rate_limit_read", &raw.rate_limit_read),
+            quota("rate_limit_write", &raw.rate_limit_write),
+            quota("rate_limit_keys", &raw.rate_limit_keys),
+            quota(
+                "rate_limit_unauthenticated",
+                &raw.rate_limit_unauthenticated,
+            ),
+        );
+        let mut exempt_keys = Vec::new();
+        let mut exempt_networks = Vec::new();
+        for item in raw
+            .rate_limit_exempt
+            .split(',')
+            .map(str::trim)
+            .filter(|i| !i.is_empty())
+        {
+            if let Ok(id) = item.parse::<KeyId>() {
+                exempt_keys.push(id);
+            } else if let Ok(net) = item.parse::<IpNet>() {
+                exempt_networks.push(net);
+            } else if let Ok(ip) = item.parse::<std::net::IpAddr>() {
+                exempt_networks.push(IpNet::from(ip));
+            } else {
+                fail(
+                    "rate_limit_exempt",
+                    format!("{item:?} is neither a key id nor an address or network (CIDR)"),
+                );
+            }
+        }
+        let rate_limits = match quotas {
+            (Some(resolve), Some(read), Some(write), Some(keys), Some(unauthenticated)) => {
+                Some(RateLimits {
+                    resolve,
+                    read,
+                    write,
+                    keys,
+                    unauthenticated,
+                    exempt_keys,
+                    exempt_networks,
+                })
+            }
+            _ => None,
+        };
+
         if raw.metrics_max_tenants == 0 {
             fail("metrics_max_tenants", "must be at least 1".into());
         }
@@ -637,8 +740,10 @@ impl TryFrom<RawConfig> for Config {
             fail("pool_sample_interval", "must be greater than zero".into());
         }
 
-        match (profile, listen, storage, log_format) {
-            (Some(profile), Some(listen), Some(storage), Some(format)) if errors.is_empty() => {
+        match (profile, listen, storage, log_format, rate_limits) {
+            (Some(profile), Some(listen), Some(storage), Some(format), Some(rate_limits))
+                if errors.is_empty() =>
+            {
                 Ok(Config {
                     profile,
                     data_dir: raw.data_dir,
@@ -663,6 +768,7 @@ impl TryFrom<RawConfig> for Config {
                         shutdown_grace: raw.shutdown_grace,
                         cors,
                         behind_tls: raw.behind_tls,
+                        rate_limits,
                     },
                     snapshot_reload_interval: raw.snapshot_reload_interval,
                     bootstrap_admin_key,
@@ -848,6 +954,30 @@ mod tests {
             };
             assert!(Config::try_from(raw).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn rate_limits_are_parsed_and_checked() {
+        let raw = RawConfig {
+            rate_limit_write: "10/min".into(),
+            rate_limit_exempt: "127.0.0.1, 10.0.0.0/8".into(),
+            ..RawConfig::default()
+        };
+        let config = Config::try_from(raw).expect("valid");
+        assert_eq!(config.http.rate_limits.write.to_string(), "10/min");
+        assert_eq!(config.http.rate_limits.exempt_networks.len(), 2);
+        let raw = RawConfig {
+            rate_limit_read: "lots".into(),
+            rate_limit_exempt: "nobody".into(),
+            ..RawConfig::default()
+        };
+        let named: Vec<String> = Config::try_from(raw)
+            .expect_err("invalid")
+            .0
+            .into_iter()
+            .map(|e| e.setting)
+            .collect();
+        assert_eq!(named, ["TM_RATE_LIMIT_READ", "TM_RATE_LIMIT_EXEMPT"]);
     }
 
     #[test]

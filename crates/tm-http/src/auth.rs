@@ -5,13 +5,17 @@
 //! named in the request (another tenant: 403), `scope` for listings and lookups by id
 //! (another tenant's data is simply not there: 404).
 
-use axum::extract::FromRequestParts;
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, FromRequestParts, MatchedPath};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
+use axum::http::Method;
 use tm_domain::{Grant, Role, TenantId};
+use tm_resilience::{RateClass, Subject};
 use tm_store::{Actor, Principal};
 
-use crate::observe::TenantSlot;
+use crate::observe::RequestContext;
 use crate::{ApiError, AppState};
 
 /// What a request wants to do.
@@ -46,7 +50,7 @@ fn permits(role: Role, action: Action) -> bool {
 #[derive(Clone, Debug)]
 pub struct Caller {
     principal: Principal,
-    tenant: TenantSlot,
+    context: RequestContext,
 }
 
 impl Caller {
@@ -61,7 +65,7 @@ impl Caller {
 
     /// Notes the tenant this request acts on, for its log line and the tenant metric.
     fn acting_on(&self, tenant: &TenantId) {
-        self.tenant.set(tenant.as_str());
+        self.context.set_tenant(tenant.as_str());
         tracing::Span::current().record("tenant", tracing::field::display(tenant));
     }
 
@@ -126,34 +130,97 @@ impl FromRequestParts<AppState> for Caller {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let header = parts
-            .headers
-            .get(AUTHORIZATION)
-            .ok_or(ApiError::Unauthorized(
-                "an Authorization: Bearer <key> header is required",
-            ))?;
-        let presented = header
-            .to_str()
-            .ok()
-            .and_then(|v| {
-                let (scheme, key) = v.split_once(' ')?;
-                scheme.eq_ignore_ascii_case("bearer").then(|| key.trim())
-            })
-            .filter(|key| !key.is_empty())
-            .ok_or(ApiError::Unauthorized(
-                "the Authorization header must be Bearer <key>",
-            ))?;
-        let principal = state
-            .keys
-            .authenticate(presented)
-            .ok_or(ApiError::Unauthorized("the key is not valid"))?;
-        tracing::Span::current().record("key_id", principal.actor().as_str());
-        let tenant = parts
+        let context = parts
             .extensions
-            .get::<TenantSlot>()
+            .get::<RequestContext>()
             .cloned()
             .unwrap_or_default();
-        Ok(Caller { principal, tenant })
+        let principal = match authenticate(parts, state) {
+            Ok(principal) => principal,
+            Err(refusal) => {
+                // Failed authentications draw from the client address's budget, so that
+                // guessing keys is slow.
+                let client = parts
+                    .extensions
+                    .get::<ConnectInfo<SocketAddr>>()
+                    .map(|c| c.0.ip());
+                if let Some(ip) = client {
+                    check_rate(
+                        state,
+                        &context,
+                        RateClass::Unauthenticated,
+                        Subject::Address(ip),
+                    )?;
+                }
+                return Err(refusal);
+            }
+        };
+        tracing::Span::current().record("key_id", principal.actor().as_str());
+        let subject = principal.key_id.map_or(Subject::BootstrapKey, Subject::Key);
+        check_rate(state, &context, class_of(parts), subject)?;
+        Ok(Caller { principal, context })
+    }
+}
+
+fn authenticate(parts: &Parts, state: &AppState) -> Result<Principal, ApiError> {
+    let header = parts
+        .headers
+        .get(AUTHORIZATION)
+        .ok_or(ApiError::Unauthorized(
+            "an Authorization: Bearer <key> header is required",
+        ))?;
+    let presented = header
+        .to_str()
+        .ok()
+        .and_then(|v| {
+            let (scheme, key) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| key.trim())
+        })
+        .filter(|key| !key.is_empty())
+        .ok_or(ApiError::Unauthorized(
+            "the Authorization header must be Bearer <key>",
+        ))?;
+    state
+        .keys
+        .authenticate(presented)
+        .ok_or(ApiError::Unauthorized("the key is not valid"))
+}
+
+/// The budget a request draws from, by what it does.
+fn class_of(parts: &Parts) -> RateClass {
+    let path = parts
+        .extensions
+        .get::<MatchedPath>()
+        .map_or("", MatchedPath::as_str);
+    if path == "/api/v1/routes/resolve" {
+        RateClass::Resolve
+    } else if path.starts_with("/api/v1/keys") {
+        RateClass::Keys
+    } else if parts.method == Method::GET || parts.method == Method::HEAD {
+        RateClass::Read
+    } else {
+        RateClass::Write
+    }
+}
+
+/// Draws from `subject`'s budget; a refusal is a 429, an allowance sets the headers.
+fn check_rate(
+    state: &AppState,
+    context: &RequestContext,
+    class: RateClass,
+    subject: Subject,
+) -> Result<(), ApiError> {
+    let Some(decision) = state.limiter.check(class, subject) else {
+        return Ok(());
+    };
+    context.set_rate(decision);
+    if decision.allowed {
+        Ok(())
+    } else {
+        state.metrics.observe_rate_limited(class.as_str());
+        Err(ApiError::RateLimited {
+            retry_after: decision.retry_after,
+        })
     }
 }
 
@@ -168,7 +235,7 @@ mod tests {
                 key_id: None,
                 grant: Grant::new(role, tenant).expect("valid grant"),
             },
-            tenant: TenantSlot::default(),
+            context: RequestContext::default(),
         }
     }
 

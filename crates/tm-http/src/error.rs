@@ -32,6 +32,8 @@ pub enum ApiError {
     Unauthorized(&'static str),
     #[error("forbidden: {0}")]
     Forbidden(String),
+    #[error("rate limited")]
+    RateLimited { retry_after: std::time::Duration },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -115,6 +117,12 @@ impl IntoResponse for ApiError {
                 (*why).to_owned(),
             ),
             ApiError::Forbidden(why) => (S::FORBIDDEN, "forbidden", "Forbidden", why.clone()),
+            ApiError::RateLimited { .. } => (
+                S::TOO_MANY_REQUESTS,
+                "rate-limited",
+                "Too many requests",
+                "This key's request budget for this kind of request is spent; retry after Retry-After seconds.".into(),
+            ),
             ApiError::Store(StoreError::Conflict) => (
                 S::CONFLICT,
                 "route-exists",
@@ -166,6 +174,10 @@ impl IntoResponse for ApiError {
         );
         if status == S::UNAUTHORIZED {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let ApiError::RateLimited { retry_after } = &self {
+            let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
         }
         if status == S::SERVICE_UNAVAILABLE {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));

@@ -23,6 +23,7 @@ use axum::middleware;
 use axum::routing::{delete, get, post};
 use axum::Router;
 use tm_config::HttpConfig;
+use tm_resilience::RateLimiter;
 use tm_store::{KeyRing, RoutingTable, Store};
 use tm_telemetry::Metrics;
 
@@ -37,6 +38,7 @@ pub struct AppState {
     pub routing: Arc<RoutingTable>,
     pub keys: Arc<KeyRing>,
     pub metrics: Arc<Metrics>,
+    pub limiter: Arc<dyn RateLimiter>,
     pub config: Arc<HttpConfig>,
     pub started_at: Instant,
     /// `Cache-Control` of resolve answers, built once from the configuration.
@@ -49,6 +51,7 @@ impl AppState {
         routing: Arc<RoutingTable>,
         keys: Arc<KeyRing>,
         metrics: Arc<Metrics>,
+        limiter: Arc<dyn RateLimiter>,
         config: HttpConfig,
     ) -> Self {
         let cache_control = HeaderValue::try_from(format!(
@@ -62,6 +65,7 @@ impl AppState {
             routing,
             keys,
             metrics,
+            limiter,
             config: Arc::new(config),
             started_at: Instant::now(),
             cache_control,
@@ -82,6 +86,9 @@ const API_ROUTES: &[(&str, &[&str])] = &[
 
 /// The whole HTTP surface: API v1, health probes and metrics.
 pub fn router(state: AppState) -> Router {
+    for class in tm_resilience::RateClass::ALL {
+        state.metrics.declare_rate_class(class.as_str());
+    }
     for (path, methods) in API_ROUTES {
         for method in *methods {
             state

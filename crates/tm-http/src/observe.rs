@@ -9,6 +9,7 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use axum::middleware::Next;
 use axum::response::Response;
+use tm_resilience::RateDecision;
 use tracing::Instrument;
 
 use crate::AppState;
@@ -19,19 +20,47 @@ static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
 const MAX_ID_LEN: usize = 128;
 
-/// The tenant a request acted on, set once by the authorization policy and read back
-/// for the per-tenant metric.
+/// What the handlers learn about a request that the answer should carry: the tenant it
+/// acted on (for the per-tenant metric) and its rate-limit budget (for the headers).
 #[derive(Clone, Debug, Default)]
-pub struct TenantSlot(Arc<OnceLock<String>>);
+pub struct RequestContext(Arc<ContextSlots>);
 
-impl TenantSlot {
-    pub fn set(&self, tenant: &str) {
-        let _ = self.0.set(tenant.to_owned());
+#[derive(Debug, Default)]
+struct ContextSlots {
+    tenant: OnceLock<String>,
+    rate: OnceLock<RateDecision>,
+}
+
+impl RequestContext {
+    pub fn set_tenant(&self, tenant: &str) {
+        let _ = self.0.tenant.set(tenant.to_owned());
     }
 
-    fn get(&self) -> Option<&str> {
-        self.0.get().map(String::as_str)
+    pub fn set_rate(&self, decision: RateDecision) {
+        let _ = self.0.rate.set(decision);
     }
+
+    fn tenant(&self) -> Option<&str> {
+        self.0.tenant.get().map(String::as_str)
+    }
+}
+
+pub static X_RATE_LIMIT_LIMIT: HeaderName = HeaderName::from_static("x-rate-limit-limit");
+pub static X_RATE_LIMIT_REMAINING: HeaderName = HeaderName::from_static("x-rate-limit-remaining");
+pub static X_RATE_LIMIT_RESET: HeaderName = HeaderName::from_static("x-rate-limit-reset");
+
+/// `X-Rate-Limit-Limit`, `-Remaining` and `-Reset` (whole seconds, rounded up).
+fn rate_headers(headers: &mut HeaderMap, decision: &RateDecision) {
+    headers.insert(
+        X_RATE_LIMIT_LIMIT.clone(),
+        HeaderValue::from(decision.limit),
+    );
+    headers.insert(
+        X_RATE_LIMIT_REMAINING.clone(),
+        HeaderValue::from(decision.remaining),
+    );
+    let reset = decision.reset_after.as_secs() + u64::from(decision.reset_after.subsec_nanos() > 0);
+    headers.insert(X_RATE_LIMIT_RESET.clone(), HeaderValue::from(reset));
 }
 
 /// 1–128 characters of `A-Z a-z 0-9 . _ -`: the only identifiers echoed back.
@@ -83,8 +112,8 @@ pub async fn observe(State(state): State<AppState>, mut request: Request, next: 
         .map_or(tm_telemetry::UNMATCHED, MatchedPath::as_str)
         .to_owned();
     let method = request.method().clone();
-    let tenant = TenantSlot::default();
-    request.extensions_mut().insert(tenant.clone());
+    let context = RequestContext::default();
+    request.extensions_mut().insert(context.clone());
 
     let span = tracing::info_span!(
         "request",
@@ -103,7 +132,7 @@ pub async fn observe(State(state): State<AppState>, mut request: Request, next: 
     state
         .metrics
         .observe_request(method.as_str(), &endpoint, status, elapsed.as_secs_f64());
-    if let Some(tenant) = tenant.get() {
+    if let Some(tenant) = context.tenant() {
         state.metrics.observe_tenant(tenant);
     }
     span.in_scope(|| {
@@ -115,6 +144,9 @@ pub async fn observe(State(state): State<AppState>, mut request: Request, next: 
     });
 
     let headers = response.headers_mut();
+    if let Some(decision) = context.0.rate.get() {
+        rate_headers(headers, decision);
+    }
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         headers.insert(X_REQUEST_ID.clone(), value);
     }

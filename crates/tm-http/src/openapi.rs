@@ -157,6 +157,18 @@ pub enum Problems {
     /// Well-formed input with invalid values or unknown fields; `errors` names each.
     #[response(status = 422, content_type = "application/problem+json")]
     Invalid(ProblemDoc),
+    /// This key's (or, unauthenticated, this address's) budget is spent.
+    #[response(
+        status = 429,
+        content_type = "application/problem+json",
+        headers(
+            ("Retry-After" = u32, description = "Seconds to wait"),
+            ("X-Rate-Limit-Limit" = u32, description = "Requests allowed per period"),
+            ("X-Rate-Limit-Remaining" = u32, description = "Requests left in the budget"),
+            ("X-Rate-Limit-Reset" = u32, description = "Seconds until the budget is whole again"),
+        )
+    )]
+    TooManyRequests(ProblemDoc),
     /// The database is unavailable; retry after `Retry-After` seconds.
     #[response(
         status = 503,

@@ -38,6 +38,7 @@ pub struct Metrics {
     pub db_queries: IntCounter,
     /// Failed attempts to get a working database connection.
     pub db_connection_errors: IntCounter,
+    rate_limit_hits: IntCounterVec,
     routing_snapshot_routes: IntGauge,
     routing_snapshot_age_seconds: Gauge,
     app_uptime_seconds: Gauge,
@@ -146,6 +147,11 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
+            rate_limit_hits: counter_vec(
+                "rate_limit_hits_total",
+                "Requests refused with 429, by rate-limit class.",
+                &["class"],
+            ),
             routing_snapshot_routes: register(
                 &r,
                 IntGauge::new(
@@ -221,6 +227,16 @@ impl Metrics {
             }
         };
         self.tenant_requests.with_label_values(&[label]).inc();
+    }
+
+    /// Counts one request refused by a rate limit.
+    pub fn observe_rate_limited(&self, class: &str) {
+        self.rate_limit_hits.with_label_values(&[class]).inc();
+    }
+
+    /// Creates the zero-valued series of a rate-limit class.
+    pub fn declare_rate_class(&self, class: &str) {
+        self.rate_limit_hits.with_label_values(&[class]);
     }
 
     pub fn set_pool(&self, figures: PoolFigures<'_>) {

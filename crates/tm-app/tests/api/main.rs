@@ -9,5 +9,6 @@ mod health;
 mod helpers;
 mod keys;
 mod observability;
+mod rate_limits;
 mod resolve;
 mod routes;

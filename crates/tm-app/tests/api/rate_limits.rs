@@ -1,0 +1,121 @@
+//! Rate limits: per key and class, per client address for failed authentication.
+
+use reqwest::{Method, StatusCode};
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn a_keys_write_budget_runs_out_with_429_and_headers() {
+    let app = spawn_app_with(|raw| raw.rate_limit_write = "3/min".into()).await;
+    let key = app.create_key("tenant_admin", Some("acme")).await;
+    for (i, remaining) in ["2", "1", "0"].into_iter().enumerate() {
+        let reply = app
+            .request_as(
+                Some(&key),
+                Method::POST,
+                "/api/v1/routes",
+                Some(route(
+                    "acme",
+                    "billing",
+                    "prod",
+                    &format!("v{i}"),
+                    "http://a",
+                )),
+            )
+            .await;
+        reply.assert_status(StatusCode::CREATED);
+        assert_eq!(reply.header("x-rate-limit-limit"), Some("3"));
+        assert_eq!(reply.header("x-rate-limit-remaining"), Some(remaining));
+        assert!(reply
+            .header("x-rate-limit-reset")
+            .is_some_and(|r| r.parse::<u64>().is_ok()));
+    }
+    let refused = app
+        .request_as(
+            Some(&key),
+            Method::POST,
+            "/api/v1/routes",
+            Some(route("acme", "billing", "prod", "v9", "http://a")),
+        )
+        .await;
+    refused.problem(StatusCode::TOO_MANY_REQUESTS);
+    let retry: u64 = refused
+        .header("retry-after")
+        .expect("retry-after")
+        .parse()
+        .expect("seconds");
+    assert!((1..=20).contains(&retry), "{retry}");
+    assert_eq!(refused.header("x-rate-limit-remaining"), Some("0"));
+    assert_eq!(
+        app.all_routes().await.len(),
+        3,
+        "the refused write did not happen"
+    );
+
+    // Reads have a budget of their own, and so does every other key.
+    app.request_as(Some(&key), Method::GET, "/api/v1/routes", None)
+        .await
+        .assert_status(StatusCode::OK);
+    app.create("acme", "billing", "prod", "v10", "http://a")
+        .await;
+
+    let metrics = String::from_utf8(app.get("/metrics").await.body).expect("utf-8");
+    assert!(
+        metrics.contains("rate_limit_hits_total{class=\"write\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn failed_authentication_is_limited_per_client_address() {
+    let app = spawn_app_with(|raw| raw.rate_limit_unauthenticated = "2/min".into()).await;
+    for _ in 0..2 {
+        app.request_as(Some("wrong"), Method::GET, "/api/v1/routes", None)
+            .await
+            .problem(StatusCode::UNAUTHORIZED);
+    }
+    let refused = app
+        .request_as(Some("wrong"), Method::GET, "/api/v1/routes", None)
+        .await;
+    refused.problem(StatusCode::TOO_MANY_REQUESTS);
+    assert!(refused.header("retry-after").is_some());
+    // A valid key is not held back by others' failures.
+    app.get("/api/v1/routes")
+        .await
+        .assert_status(StatusCode::OK);
+}
+
+#[tokio::test]
+async fn exempt_addresses_are_never_limited() {
+    let app = spawn_app_with(|raw| {
+        raw.rate_limit_unauthenticated = "1/min".into();
+        raw.rate_limit_exempt = "127.0.0.0/8".into();
+    })
+    .await;
+    for _ in 0..5 {
+        app.request_as(None, Method::GET, "/api/v1/routes", None)
+            .await
+            .problem(StatusCode::UNAUTHORIZED);
+    }
+}
+
+#[tokio::test]
+async fn resolve_answers_carry_the_rate_limit_headers() {
+    let app = spawn_app().await;
+    app.create("acme", "billing", "prod", "v1", "http://a")
+        .await;
+    app.activate("acme", "billing", "prod", "v1")
+        .await
+        .assert_status(StatusCode::OK);
+    let reply = app
+        .resolve(&[("tenant", "acme"), ("service", "billing"), ("env", "prod")])
+        .await;
+    reply.assert_status(StatusCode::OK);
+    for header in [
+        "x-rate-limit-limit",
+        "x-rate-limit-remaining",
+        "x-rate-limit-reset",
+    ] {
+        assert!(reply.header(header).is_some(), "{header}");
+    }
+}

@@ -1,0 +1,336 @@
+//! Rate limits by endpoint class, per API key — or per client address for requests
+//! that fail to authenticate (a brute-force guard). Local limits use governor's GCRA;
+//! [`RateLimiter`] is the seam for a shared store across instances.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::str::FromStr;
+use std::time::Duration;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::StateInformationMiddleware;
+use governor::state::keyed::DefaultKeyedStateStore;
+use ipnet::IpNet;
+use tm_domain::KeyId;
+
+/// Which budget a request draws from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RateClass {
+    Resolve,
+    Read,
+    Write,
+    Keys,
+    /// Requests without a valid key, per client address.
+    Unauthenticated,
+}
+
+impl RateClass {
+    pub const ALL: [RateClass; 5] = [
+        RateClass::Resolve,
+        RateClass::Read,
+        RateClass::Write,
+        RateClass::Keys,
+        RateClass::Unauthenticated,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RateClass::Resolve => "resolve",
+            RateClass::Read => "read",
+            RateClass::Write => "write",
+            RateClass::Keys => "keys",
+            RateClass::Unauthenticated => "unauthenticated",
+        }
+    }
+}
+
+/// Whose budget: a key, the operator's bootstrap key, or a client address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Subject {
+    Key(KeyId),
+    BootstrapKey,
+    Address(IpAddr),
+}
+
+/// `count` requests per `period`, with bursts of up to `count`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Quota {
+    pub count: NonZeroU32,
+    pub period: Duration,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct QuotaParseError(String);
+
+impl fmt::Display for QuotaParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for QuotaParseError {}
+
+impl FromStr for Quota {
+    type Err = QuotaParseError;
+
+    /// `"100/s"`, `"6000/min"`, `"10000/h"`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || {
+            QuotaParseError(format!(
+                "{s:?} is not a rate such as 100/s, 6000/min or 10000/h"
+            ))
+        };
+        let (count, unit) = s.trim().split_once('/').ok_or_else(bad)?;
+        let count: u32 = count.trim().parse().map_err(|_| bad())?;
+        let count = NonZeroU32::new(count).ok_or_else(bad)?;
+        let period = match unit.trim() {
+            "s" | "sec" | "second" => Duration::from_secs(1),
+            "m" | "min" | "minute" => Duration::from_secs(60),
+            "h" | "hour" => Duration::from_secs(3600),
+            _ => return Err(bad()),
+        };
+        Ok(Quota { count, period })
+    }
+}
+
+impl fmt::Display for Quota {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let unit = match self.period.as_secs() {
+            1 => "s",
+            60 => "min",
+            _ => "h",
+        };
+        write!(f, "{}/{unit}", self.count)
+    }
+}
+
+/// The limits of every class, and who is exempt.
+#[derive(Clone, Debug)]
+pub struct RateLimits {
+    pub resolve: Quota,
+    pub read: Quota,
+    pub write: Quota,
+    pub keys: Quota,
+    pub unauthenticated: Quota,
+    pub exempt_keys: Vec<KeyId>,
+    pub exempt_networks: Vec<IpNet>,
+}
+
+impl RateLimits {
+    pub fn quota(&self, class: RateClass) -> Quota {
+        match class {
+            RateClass::Resolve => self.resolve,
+            RateClass::Read => self.read,
+            RateClass::Write => self.write,
+            RateClass::Keys => self.keys,
+            RateClass::Unauthenticated => self.unauthenticated,
+        }
+    }
+
+    fn exempt(&self, subject: &Subject) -> bool {
+        match subject {
+            Subject::Key(id) => self.exempt_keys.contains(id),
+            Subject::BootstrapKey => false,
+            Subject::Address(ip) => self.exempt_networks.iter().any(|net| net.contains(ip)),
+        }
+    }
+}
+
+/// The outcome of one check, with what the `X-Rate-Limit-*` headers report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RateDecision {
+    pub allowed: bool,
+    /// Requests allowed per period (`X-Rate-Limit-Limit`).
+    pub limit: u32,
+    /// Requests left in the current burst (`X-Rate-Limit-Remaining`).
+    pub remaining: u32,
+    /// Time until the budget is whole again (`X-Rate-Limit-Reset`).
+    pub reset_after: Duration,
+    /// When refused: time until one more request is allowed (`Retry-After`).
+    pub retry_after: Duration,
+}
+
+/// A rate limit store. The local one keeps budgets in this process; a shared one keeps
+/// them where every instance sees them.
+pub trait RateLimiter: Send + Sync + 'static {
+    /// Draws one request from `subject`'s budget for `class`. `None`: not limited.
+    fn check(&self, class: RateClass, subject: Subject) -> Option<RateDecision>;
+
+    /// Forgets budgets that are whole again, to bound memory.
+    fn forget_idle(&self) {}
+}
+
+type Keyed = governor::RateLimiter<
+    Subject,
+    DefaultKeyedStateStore<Subject>,
+    DefaultClock,
+    StateInformationMiddleware,
+>;
+
+/// Budgets kept in this process.
+pub struct LocalRateLimiter {
+    limits: RateLimits,
+    classes: Vec<(RateClass, Keyed)>,
+    clock: DefaultClock,
+}
+
+impl LocalRateLimiter {
+    pub fn new(limits: RateLimits) -> Self {
+        let classes = RateClass::ALL
+            .into_iter()
+            .map(|class| {
+                let quota = limits.quota(class);
+                let per_request = quota.period / quota.count.get();
+                let gcra = governor::Quota::with_period(per_request.max(Duration::from_nanos(1)))
+                    .expect("a positive period")
+                    .allow_burst(quota.count);
+                (
+                    class,
+                    governor::RateLimiter::keyed(gcra)
+                        .with_middleware::<StateInformationMiddleware>(),
+                )
+            })
+            .collect();
+        Self {
+            limits,
+            classes,
+            clock: DefaultClock::default(),
+        }
+    }
+}
+
+impl RateLimiter for LocalRateLimiter {
+    fn check(&self, class: RateClass, subject: Subject) -> Option<RateDecision> {
+        if self.limits.exempt(&subject) {
+            return None;
+        }
+        let quota = self.limits.quota(class);
+        let limiter = &self.classes.iter().find(|(c, _)| *c == class)?.1;
+        let per_request = quota.period / quota.count.get();
+        Some(match limiter.check_key(&subject) {
+            Ok(state) => {
+                let remaining = state.remaining_burst_capacity();
+                RateDecision {
+                    allowed: true,
+                    limit: quota.count.get(),
+                    remaining,
+                    reset_after: per_request * (quota.count.get() - remaining),
+                    retry_after: Duration::ZERO,
+                }
+            }
+            Err(not_until) => {
+                let wait = not_until.wait_time_from(self.clock.now());
+                RateDecision {
+                    allowed: false,
+                    limit: quota.count.get(),
+                    remaining: 0,
+                    reset_after: per_request * quota.count.get(),
+                    retry_after: wait,
+                }
+            }
+        })
+    }
+
+    fn forget_idle(&self) {
+        for (_, limiter) in &self.classes {
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(count: u32) -> RateLimits {
+        let quota = Quota {
+            count: NonZeroU32::new(count).expect("positive"),
+            period: Duration::from_secs(60),
+        };
+        RateLimits {
+            resolve: quota,
+            read: quota,
+            write: quota,
+            keys: quota,
+            unauthenticated: quota,
+            exempt_keys: Vec::new(),
+            exempt_networks: vec!["10.0.0.0/8".parse().expect("cidr")],
+        }
+    }
+
+    #[test]
+    fn quotas_parse_from_text() {
+        assert_eq!(
+            "100/s".parse::<Quota>().expect("valid"),
+            Quota {
+                count: NonZeroU32::new(100).expect("positive"),
+                period: Duration::from_secs(1)
+            }
+        );
+        assert_eq!(
+            "6000/min".parse::<Quota>().expect("valid").to_string(),
+            "6000/min"
+        );
+        for bad in ["", "100", "0/s", "-1/s", "10/day", "x/s", "10/"] {
+            assert!(bad.parse::<Quota>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_budget_runs_out_and_says_when_to_retry() {
+        let limiter = LocalRateLimiter::new(limits(3));
+        let key = Subject::Key(KeyId::generate());
+        let remaining: Vec<u32> = (0..3)
+            .map(|_| {
+                limiter
+                    .check(RateClass::Write, key)
+                    .expect("limited")
+                    .remaining
+            })
+            .collect();
+        assert_eq!(remaining, [2, 1, 0]);
+        let refused = limiter.check(RateClass::Write, key).expect("limited");
+        assert!(!refused.allowed);
+        assert!(
+            refused.retry_after > Duration::from_secs(15)
+                && refused.retry_after <= Duration::from_secs(20)
+        );
+        // Other classes and other keys have budgets of their own.
+        assert!(
+            limiter
+                .check(RateClass::Read, key)
+                .expect("limited")
+                .allowed
+        );
+        assert!(
+            limiter
+                .check(RateClass::Write, Subject::Key(KeyId::generate()))
+                .expect("limited")
+                .allowed
+        );
+    }
+
+    #[test]
+    fn exempt_networks_are_not_limited() {
+        let limiter = LocalRateLimiter::new(limits(1));
+        let inside = Subject::Address("10.1.2.3".parse().expect("ip"));
+        for _ in 0..5 {
+            assert!(limiter.check(RateClass::Unauthenticated, inside).is_none());
+        }
+        let outside = Subject::Address("192.0.2.1".parse().expect("ip"));
+        assert!(
+            limiter
+                .check(RateClass::Unauthenticated, outside)
+                .expect("limited")
+                .allowed
+        );
+        assert!(
+            !limiter
+                .check(RateClass::Unauthenticated, outside)
+                .expect("limited")
+                .allowed
+        );
+    }
+}
