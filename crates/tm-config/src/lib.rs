@@ -27,6 +27,8 @@ pub struct RawConfig {
     pub database_url: Option<String>,
     pub db_pool_max: u32,
     pub db_pool_min: u32,
+    /// Connections reserved for critical writes (activate, deactivate).
+    pub db_critical_pool: u32,
     #[serde(with = "humantime_serde")]
     pub db_acquire_timeout: Duration,
     #[serde(with = "humantime_serde")]
@@ -73,6 +75,33 @@ pub struct RawConfig {
     pub rate_limit_unauthenticated: String,
     /// Comma-separated key ids and networks (CIDR) that no limit applies to.
     pub rate_limit_exempt: String,
+    /// Pool usage (percent) at which the database circuit breaker opens.
+    pub breaker_usage_percent: f64,
+    /// Tasks waiting for a connection at which the breaker opens.
+    pub breaker_max_waiting: u32,
+    /// Consecutive database failures or timeouts at which the breaker opens.
+    pub breaker_failures: u32,
+    #[serde(with = "humantime_serde")]
+    pub breaker_open_for: Duration,
+    /// Concurrent database reads (list, get).
+    pub bulkhead_reads: u32,
+    /// Concurrent ordinary writes.
+    pub bulkhead_writes: u32,
+    /// Concurrent critical writes (activate, deactivate).
+    pub bulkhead_critical: u32,
+    /// How long a request waits for a bulkhead slot before 503.
+    #[serde(with = "humantime_serde")]
+    pub bulkhead_wait: Duration,
+    #[serde(with = "humantime_serde")]
+    pub timeout_read: Duration,
+    #[serde(with = "humantime_serde")]
+    pub timeout_write: Duration,
+    /// In-flight API requests beyond which new ones are shed with 503 at once.
+    pub max_in_flight: u32,
+    /// How long a list or get answer is served from cache.
+    #[serde(with = "humantime_serde")]
+    pub read_cache_ttl: Duration,
+    pub read_cache_entries: u64,
 }
 
 impl Default for RawConfig {
@@ -84,6 +113,7 @@ impl Default for RawConfig {
             database_url: None,
             db_pool_max: 10,
             db_pool_min: 1,
+            db_critical_pool: 2,
             db_acquire_timeout: Duration::from_secs(5),
             db_idle_timeout: Duration::from_secs(600),
             db_max_lifetime: Duration::from_secs(1800),
@@ -110,6 +140,19 @@ impl Default for RawConfig {
             rate_limit_keys: "50/s".into(),
             rate_limit_unauthenticated: "100/s".into(),
             rate_limit_exempt: String::new(),
+            breaker_usage_percent: 85.0,
+            breaker_max_waiting: 5,
+            breaker_failures: 5,
+            breaker_open_for: Duration::from_secs(5),
+            bulkhead_reads: 4,
+            bulkhead_writes: 4,
+            bulkhead_critical: 2,
+            bulkhead_wait: Duration::from_secs(2),
+            timeout_read: Duration::from_secs(2),
+            timeout_write: Duration::from_secs(5),
+            max_in_flight: 4096,
+            read_cache_ttl: Duration::from_secs(1),
+            read_cache_entries: 10_000,
         }
     }
 }
@@ -123,6 +166,7 @@ const ENV_KEYS: &[&str] = &[
     "database_url",
     "db_pool_max",
     "db_pool_min",
+    "db_critical_pool",
     "db_acquire_timeout",
     "db_idle_timeout",
     "db_max_lifetime",
@@ -149,6 +193,19 @@ const ENV_KEYS: &[&str] = &[
     "rate_limit_keys",
     "rate_limit_unauthenticated",
     "rate_limit_exempt",
+    "breaker_usage_percent",
+    "breaker_max_waiting",
+    "breaker_failures",
+    "breaker_open_for",
+    "bulkhead_reads",
+    "bulkhead_writes",
+    "bulkhead_critical",
+    "bulkhead_wait",
+    "timeout_read",
+    "timeout_write",
+    "max_in_flight",
+    "read_cache_ttl",
+    "read_cache_entries",
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -194,6 +251,8 @@ pub enum StorageConfig {
 #[derive(Clone, Debug, Serialize)]
 pub struct PoolConfig {
     pub max_connections: u32,
+    /// Size of the separate pool that only critical writes use.
+    pub critical_connections: u32,
     pub min_connections: u32,
     #[serde(with = "humantime_serde")]
     pub acquire_timeout: Duration,
@@ -226,6 +285,30 @@ pub struct HttpConfig {
     pub behind_tls: bool,
     #[serde(skip)]
     pub rate_limits: RateLimits,
+    pub guards: GuardConfig,
+}
+
+/// Limits that keep the database path answering under load and faults.
+#[derive(Clone, Debug, Serialize)]
+pub struct GuardConfig {
+    pub breaker_usage_percent: f64,
+    pub breaker_max_waiting: u32,
+    pub breaker_failures: u32,
+    #[serde(with = "humantime_serde")]
+    pub breaker_open_for: Duration,
+    pub bulkhead_reads: u32,
+    pub bulkhead_writes: u32,
+    pub bulkhead_critical: u32,
+    #[serde(with = "humantime_serde")]
+    pub bulkhead_wait: Duration,
+    #[serde(with = "humantime_serde")]
+    pub timeout_read: Duration,
+    #[serde(with = "humantime_serde")]
+    pub timeout_write: Duration,
+    pub max_in_flight: u32,
+    #[serde(with = "humantime_serde")]
+    pub read_cache_ttl: Duration,
+    pub read_cache_entries: u64,
 }
 
 /// Which browser origins may call the API.
@@ -594,6 +677,9 @@ impl TryFrom<RawConfig> for Config {
         if raw.db_pool_max == 0 {
             fail("db_pool_max", "must be at least 1".into());
         }
+        if raw.db_critical_pool == 0 {
+            fail("db_critical_pool", "must be at least 1".into());
+        }
         if raw.db_pool_min > raw.db_pool_max {
             fail(
                 "db_pool_min",
@@ -733,6 +819,40 @@ impl TryFrom<RawConfig> for Config {
             _ => None,
         };
 
+        if !(raw.breaker_usage_percent > 0.0 && raw.breaker_usage_percent <= 100.0) {
+            fail(
+                "breaker_usage_percent",
+                "must be above 0 and at most 100".into(),
+            );
+        }
+        for (key, value) in [
+            ("breaker_max_waiting", raw.breaker_max_waiting),
+            ("breaker_failures", raw.breaker_failures),
+            ("bulkhead_reads", raw.bulkhead_reads),
+            ("bulkhead_writes", raw.bulkhead_writes),
+            ("bulkhead_critical", raw.bulkhead_critical),
+            ("max_in_flight", raw.max_in_flight),
+        ] {
+            if value == 0 {
+                fail(key, "must be at least 1".into());
+            }
+        }
+        for (key, value) in [
+            ("bulkhead_wait", raw.bulkhead_wait),
+            ("timeout_read", raw.timeout_read),
+            ("timeout_write", raw.timeout_write),
+        ] {
+            if value.is_zero() {
+                fail(key, "must be greater than zero".into());
+            }
+        }
+        if raw.bulkhead_wait < Duration::from_secs(1) {
+            fail(
+                "bulkhead_wait",
+                "must be at least 1s, so that bursts of writers wait rather than fail".into(),
+            );
+        }
+
         if raw.metrics_max_tenants == 0 {
             fail("metrics_max_tenants", "must be at least 1".into());
         }
@@ -750,6 +870,7 @@ impl TryFrom<RawConfig> for Config {
                     storage,
                     pool: PoolConfig {
                         max_connections: raw.db_pool_max,
+                        critical_connections: raw.db_critical_pool,
                         min_connections: raw.db_pool_min,
                         acquire_timeout: raw.db_acquire_timeout,
                         idle_timeout: raw.db_idle_timeout,
@@ -769,6 +890,21 @@ impl TryFrom<RawConfig> for Config {
                         cors,
                         behind_tls: raw.behind_tls,
                         rate_limits,
+                        guards: GuardConfig {
+                            breaker_usage_percent: raw.breaker_usage_percent,
+                            breaker_max_waiting: raw.breaker_max_waiting,
+                            breaker_failures: raw.breaker_failures,
+                            breaker_open_for: raw.breaker_open_for,
+                            bulkhead_reads: raw.bulkhead_reads,
+                            bulkhead_writes: raw.bulkhead_writes,
+                            bulkhead_critical: raw.bulkhead_critical,
+                            bulkhead_wait: raw.bulkhead_wait,
+                            timeout_read: raw.timeout_read,
+                            timeout_write: raw.timeout_write,
+                            max_in_flight: raw.max_in_flight,
+                            read_cache_ttl: raw.read_cache_ttl,
+                            read_cache_entries: raw.read_cache_entries,
+                        },
                     },
                     snapshot_reload_interval: raw.snapshot_reload_interval,
                     bootstrap_admin_key,

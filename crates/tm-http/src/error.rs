@@ -34,6 +34,12 @@ pub enum ApiError {
     Forbidden(String),
     #[error("rate limited")]
     RateLimited { retry_after: std::time::Duration },
+    /// Refused to protect the database: breaker open, bulkhead full, time-out, shedding.
+    #[error("unavailable: {0}")]
+    Unavailable(&'static str),
+    /// A server fault already logged where it happened.
+    #[error("internal error: {0}")]
+    Internal(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -138,6 +144,18 @@ impl IntoResponse for ApiError {
                     current.revision
                 ),
             ),
+            ApiError::Unavailable(why) => (
+                S::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "Service unavailable",
+                format!("{why}; retry later."),
+            ),
+            ApiError::Internal(_) => (
+                S::INTERNAL_SERVER_ERROR,
+                "internal",
+                "Internal error",
+                "The request could not be completed.".into(),
+            ),
             ApiError::Store(StoreError::Unavailable(_)) => (
                 S::SERVICE_UNAVAILABLE,
                 "database-unavailable",
@@ -151,7 +169,10 @@ impl IntoResponse for ApiError {
                 "The request could not be completed.".into(),
             ),
         };
-        if status.is_server_error() {
+        if status == S::SERVICE_UNAVAILABLE {
+            // Refusing to protect the database is the design working, not a fault.
+            tracing::warn!(error = %self, "request refused");
+        } else if status.is_server_error() {
             tracing::error!(error = %self, source = ?std::error::Error::source(&self), "request failed");
         }
         let errors = match &self {

@@ -80,6 +80,15 @@ pub async fn detailed(State(state): State<AppState>) -> Json<Value> {
     Json(json!({
         "status": if healthy { "ready" } else { "not_ready" },
         "checks": checks,
+        "circuit_breakers": {
+            "database": {
+                "state": state.guard.breaker_state().as_str(),
+                "last_opened_for": state.guard.breaker_reason(),
+            }
+        },
+        "bulkheads": state.guard.bulkheads().iter().map(|(name, in_use, capacity)| {
+            (name.to_string(), json!({"in_use": in_use, "capacity": capacity}))
+        }).collect::<Map<String, Value>>(),
         "snapshot": {
             "routes": snapshot.route_count(),
             "age_seconds": state.routing.age().as_secs_f64(),
@@ -112,6 +121,7 @@ pub fn sample(state: &AppState) {
             max: pool.max,
         });
     }
+    state.guard.observe_pools();
     metrics.set_snapshot(
         state.routing.snapshot().route_count(),
         state.routing.age().as_secs_f64(),

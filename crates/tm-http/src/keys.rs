@@ -10,6 +10,7 @@ use tm_store::{KeyRecord, KeyView};
 
 use crate::auth::{Action, Caller};
 use crate::extract::ApiJson;
+use crate::guard::WriteKind;
 use crate::{ApiError, AppState};
 
 const MAX_NAME_LEN: usize = 100;
@@ -125,7 +126,10 @@ pub async fn create(
     may_create(&caller, &grant)?;
     let key = ApiKey::new(KeyId::generate(), rand::random());
     let record = KeyRecord::new(&key, name, grant);
-    state.keys.create(record.clone()).await?;
+    state
+        .guard
+        .write(WriteKind::Ordinary, state.keys.create(record.clone()))
+        .await?;
     tracing::info!(key.id = %record.id, key.role = %record.grant.role(), by = %caller.actor().as_str(), "API key created");
     let location = HeaderValue::from_str(&format!("/api/v1/keys/{}", record.id))
         .expect("a path is a valid header value");
@@ -185,7 +189,10 @@ pub async fn revoke(
             "a tenant_admin key may only revoke reader keys".into(),
         ));
     }
-    state.keys.revoke(id).await?;
+    state
+        .guard
+        .write(WriteKind::Ordinary, state.keys.revoke(id))
+        .await?;
     tracing::info!(key.id = %id, by = %caller.actor().as_str(), "API key revoked");
     Ok(StatusCode::NO_CONTENT.into_response())
 }

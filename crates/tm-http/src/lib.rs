@@ -6,6 +6,7 @@
 mod auth;
 mod error;
 mod extract;
+mod guard;
 mod health;
 mod keys;
 mod observe;
@@ -28,6 +29,7 @@ use tm_store::{KeyRing, RoutingTable, Store};
 use tm_telemetry::Metrics;
 
 pub use error::{ApiError, PROBLEM_TYPE_PREFIX};
+pub use guard::Guard;
 pub use health::sample as sample_metrics;
 pub use openapi::ApiDoc;
 
@@ -39,6 +41,10 @@ pub struct AppState {
     pub keys: Arc<KeyRing>,
     pub metrics: Arc<Metrics>,
     pub limiter: Arc<dyn RateLimiter>,
+    /// The guarded path to the database for everything but resolve.
+    pub guard: Arc<Guard>,
+    /// Sheds API requests beyond the configured number in flight.
+    in_flight: Arc<tm_resilience::Bulkhead>,
     pub config: Arc<HttpConfig>,
     pub started_at: Instant,
     /// `Cache-Control` of resolve answers, built once from the configuration.
@@ -60,12 +66,23 @@ impl AppState {
             config.resolve_stale_while_revalidate.as_secs()
         ))
         .expect("digits and ASCII are a valid header value");
+        let (store_for_guard, metrics_for_guard) = (store.clone(), metrics.clone());
         Self {
             store,
             routing,
             keys,
             metrics,
             limiter,
+            guard: Arc::new(Guard::new(
+                store_for_guard,
+                metrics_for_guard,
+                &config.guards,
+            )),
+            in_flight: Arc::new(tm_resilience::Bulkhead::new(
+                "in_flight",
+                usize::try_from(config.guards.max_in_flight).unwrap_or(usize::MAX),
+                std::time::Duration::ZERO,
+            )),
             config: Arc::new(config),
             started_at: Instant::now(),
             cache_control,
@@ -106,7 +123,8 @@ pub fn router(state: AppState) -> Router {
             get(routes::get).patch(routes::patch).delete(routes::delete),
         )
         .route("/keys", post(keys::create).get(keys::list))
-        .route("/keys/{id}", delete(keys::revoke));
+        .route("/keys/{id}", delete(keys::revoke))
+        .layer(middleware::from_fn_with_state(state.clone(), shed));
     let config = state.config.clone();
     let router = Router::new()
         .nest("/api/v1", api)
@@ -127,6 +145,21 @@ pub fn router(state: AppState) -> Router {
             observe::observe,
         ))
         .with_state(state)
+}
+
+/// Answers 503 at once when too many API requests are already in flight, rather than
+/// queueing without bound.
+async fn shed(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    request: axum::extract::Request,
+    next: middleware::Next,
+) -> axum::response::Response {
+    match state.in_flight.try_enter() {
+        Ok(_slot) => next.run(request).await,
+        Err(_) => axum::response::IntoResponse::into_response(ApiError::Unavailable(
+            "the server is at its limit of requests in flight",
+        )),
+    }
 }
 
 async fn not_found() -> ApiError {

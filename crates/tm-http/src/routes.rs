@@ -18,6 +18,7 @@ use tm_store::{Page, RouteFilter};
 
 use crate::auth::{Action, Caller};
 use crate::extract::{if_none_match, ApiJson, ApiQuery, IfMatch, RouteIdPath};
+use crate::guard::{Freshness, WriteKind};
 use crate::{ApiError, AppState};
 
 const DEFAULT_PAGE: u32 = 100;
@@ -181,6 +182,17 @@ impl TryFrom<PatchBody> for RoutePatch {
     }
 }
 
+/// Marks an answer built from the last known data while the database path is refused.
+fn mark(freshness: Freshness, mut response: Response) -> Response {
+    if freshness == Freshness::Stale {
+        response.headers_mut().insert(
+            header::WARNING,
+            HeaderValue::from_static("110 - \"Response is Stale\""),
+        );
+    }
+    response
+}
+
 /// A route with its `ETag` (`"<revision>"`).
 fn route_response(status: StatusCode, route: &Route) -> Response {
     (status, [(header::ETAG, route_etag(route))], Json(route)).into_response()
@@ -214,7 +226,13 @@ pub async fn create(
     caller.scope(Action::WriteRoutes)?;
     let new = NewRoute::try_from(body)?;
     caller.authorize(Action::WriteRoutes, &new.key.tenant)?;
-    let route = state.store.create_route(new, &caller.actor()).await?;
+    let route = state
+        .guard
+        .write(
+            WriteKind::Ordinary,
+            state.store.create_route(new, &caller.actor()),
+        )
+        .await?;
     state
         .routing
         .refresh_group(&route.group(), RouteChange::Stored(&route))
@@ -280,8 +298,11 @@ async fn set_active(
     };
     caller.authorize(Action::WriteRoutes, &key.tenant)?;
     let route = state
-        .store
-        .set_active(&key, active, &caller.actor())
+        .guard
+        .write(
+            WriteKind::Critical,
+            state.store.set_active(&key, active, &caller.actor()),
+        )
         .await?;
     state
         .routing
@@ -341,7 +362,8 @@ fn decode_cursor(raw: &str) -> Result<RouteId, ApiError> {
     tag = "routes",
     params(ListQuery),
     responses(
-        (status = 200, description = "A page of routes", body = crate::openapi::RouteListDoc),
+        (status = 200, description = "A page of routes", body = crate::openapi::RouteListDoc,
+            headers(("Warning" = String, description = "`110 - \"Response is Stale\"` when served from the last known data while the database is refused"))),
         crate::openapi::Problems,
     ),
 )]
@@ -376,10 +398,10 @@ pub async fn list(
     filter.tenant = caller.list_scope(Action::ReadRoutes, filter.tenant)?;
 
     // One more than asked tells whether another page exists.
-    let mut items = state
-        .store
+    let (mut items, freshness) = state
+        .guard
         .list_routes(
-            &filter,
+            filter,
             Page {
                 after,
                 limit: limit + 1,
@@ -392,7 +414,10 @@ pub async fn list(
     } else {
         None
     };
-    Ok(Json(RouteList { items, next_cursor }).into_response())
+    Ok(mark(
+        freshness,
+        Json(RouteList { items, next_cursor }).into_response(),
+    ))
 }
 
 /// One route.
@@ -402,7 +427,10 @@ pub async fn list(
     tag = "routes",
     params(("id" = String, Path, format = "uuid", description = "Route id")),
     responses(
-        (status = 200, description = "The route", body = Route, headers(("ETag" = String, description = "`\"<revision>\"`"))),
+        (status = 200, description = "The route", body = Route, headers(
+            ("ETag" = String, description = "`\"<revision>\"`"),
+            ("Warning" = String, description = "`110 - \"Response is Stale\"` when served from the last known data while the database is refused"),
+        )),
         (status = 304, description = "Unchanged since the `If-None-Match` tag"),
         crate::openapi::Problems,
     ),
@@ -414,17 +442,18 @@ pub async fn get(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let scope = caller.scope(Action::ReadRoutes)?;
-    let route = state
-        .store
-        .get_route(id)
-        .await?
+    let (route, freshness) = state.guard.get_route(id).await?;
+    let route = route
         .filter(|route| scope.is_none_or(|own| own == &route.tenant))
         .ok_or(ApiError::NotFound)?;
     let etag = route_etag(&route);
     if if_none_match(&headers, etag.to_str().unwrap_or_default()) {
-        return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response());
+        return Ok(mark(
+            freshness,
+            (StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response(),
+        ));
     }
-    Ok(route_response(StatusCode::OK, &route))
+    Ok(mark(freshness, route_response(StatusCode::OK, &route)))
 }
 
 /// Change a route's url and/or weight; honours `If-Match: "<revision>"`.
@@ -455,8 +484,13 @@ pub async fn patch(
     let scope = caller.scope(Action::WriteRoutes)?;
     let patch = RoutePatch::try_from(body)?;
     let route = state
-        .store
-        .update_route(id, scope, &patch, expected.as_deref(), &caller.actor())
+        .guard
+        .write(
+            WriteKind::Ordinary,
+            state
+                .store
+                .update_route(id, scope, &patch, expected.as_deref(), &caller.actor()),
+        )
         .await?;
     state
         .routing
@@ -489,8 +523,13 @@ pub async fn delete(
 ) -> Result<Response, ApiError> {
     let scope = caller.scope(Action::WriteRoutes)?;
     let route = state
-        .store
-        .delete_route(id, scope, expected.as_deref(), &caller.actor())
+        .guard
+        .write(
+            WriteKind::Ordinary,
+            state
+                .store
+                .delete_route(id, scope, expected.as_deref(), &caller.actor()),
+        )
         .await?;
     state
         .routing

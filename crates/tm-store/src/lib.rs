@@ -177,6 +177,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Closes every pool, waiting for connections in use to be returned.
     async fn close(&self);
+
+    /// The concrete store, for tools and tests that need its pools.
+    fn as_any(&self) -> &dyn std::any::Any;
 }
 
 /// Opens the configured backend and applies its migrations.

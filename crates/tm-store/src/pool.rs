@@ -13,7 +13,7 @@ use crate::StoreError;
 /// A snapshot of one pool's connections.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct PoolStats {
-    /// `primary` on PostgreSQL; `writer` and `reader` on SQLite.
+    /// `primary` and `critical` on PostgreSQL; `writer`, `reader` and `critical` on SQLite.
     pub pool: &'static str,
     /// Connections open now, idle or in use.
     pub size: u32,

@@ -26,6 +26,8 @@ const ROUTE_COLUMNS: &str =
 
 pub struct PostgresStore {
     primary: CountedPool<Postgres>,
+    /// Reserved for critical writes, so the rollback path works when `primary` is full.
+    critical: CountedPool<Postgres>,
 }
 
 impl PostgresStore {
@@ -62,6 +64,14 @@ impl PostgresStore {
         if !statement_cache {
             options = options.statement_cache_capacity(0);
         }
+        let critical = PgPoolOptions::new()
+            .max_connections(pool.critical_connections)
+            .min_connections(1)
+            .acquire_timeout(pool.acquire_timeout)
+            .idle_timeout(pool.idle_timeout)
+            .max_lifetime(pool.max_lifetime)
+            .connect_with(options.clone())
+            .await?;
         let primary = PgPoolOptions::new()
             .max_connections(pool.max_connections)
             .min_connections(pool.min_connections)
@@ -74,7 +84,8 @@ impl PostgresStore {
             .run(&primary)
             .await?;
         Ok(Self {
-            primary: CountedPool::new("primary", primary, counters),
+            primary: CountedPool::new("primary", primary, counters.clone()),
+            critical: CountedPool::new("critical", critical, counters),
         })
     }
 }
@@ -224,7 +235,7 @@ impl Store for PostgresStore {
         active: bool,
         actor: &Actor,
     ) -> Result<Route, StoreError> {
-        let mut conn = self.primary.acquire().await?;
+        let mut conn = self.critical.acquire().await?;
         let mut tx = conn.begin().await?;
         let current = lock_by_key(&mut tx, key).await?;
         let Some(next) = current.with_active(active, now()) else {
@@ -449,10 +460,15 @@ impl Store for PostgresStore {
     }
 
     fn pool_stats(&self) -> Vec<PoolStats> {
-        vec![self.primary.stats()]
+        vec![self.primary.stats(), self.critical.stats()]
     }
 
     async fn close(&self) {
         self.primary.pool.close().await;
+        self.critical.pool.close().await;
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
     }
 }

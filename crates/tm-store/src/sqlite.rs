@@ -30,6 +30,9 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct SqliteStore {
     writer: CountedPool<Sqlite>,
+    /// A second writer connection for critical writes, so the rollback path does not
+    /// queue behind ordinary writes (SQLite's own lock still orders the two).
+    critical: CountedPool<Sqlite>,
     reader: CountedPool<Sqlite>,
 }
 
@@ -62,6 +65,12 @@ impl SqliteStore {
             .connect_with(options.clone())
             .await?;
         sqlx::migrate!("./migrations/sqlite").run(&writer).await?;
+        let critical = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .acquire_timeout(pool.acquire_timeout)
+            .connect_with(options.clone())
+            .await?;
         let reader = SqlitePoolOptions::new()
             .max_connections(pool.max_connections)
             .min_connections(pool.min_connections)
@@ -72,6 +81,7 @@ impl SqliteStore {
             .await?;
         Ok(Self {
             writer: CountedPool::new("writer", writer, counters.clone()),
+            critical: CountedPool::new("critical", critical, counters.clone()),
             reader: CountedPool::new("reader", reader, counters),
         })
     }
@@ -211,7 +221,7 @@ impl Store for SqliteStore {
         active: bool,
         actor: &Actor,
     ) -> Result<Route, StoreError> {
-        let mut conn = self.writer.acquire().await?;
+        let mut conn = self.critical.acquire().await?;
         let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
         let current = route_by_key(&mut tx, key).await?;
         let Some(next) = current.with_active(active, now()) else {
@@ -434,11 +444,27 @@ impl Store for SqliteStore {
     }
 
     fn pool_stats(&self) -> Vec<PoolStats> {
-        vec![self.writer.stats(), self.reader.stats()]
+        vec![
+            self.writer.stats(),
+            self.reader.stats(),
+            self.critical.stats(),
+        ]
     }
 
     async fn close(&self) {
         self.reader.pool.close().await;
         self.writer.pool.close().await;
+        self.critical.pool.close().await;
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+impl SqliteStore {
+    /// The writer and reader pools (not the critical one), for tools and tests.
+    pub fn pools(&self) -> (&sqlx::SqlitePool, &sqlx::SqlitePool) {
+        (&self.writer.pool, &self.reader.pool)
     }
 }

@@ -11,6 +11,7 @@ use tm_store::{PostgresStore, Store, StoreError};
 fn pool_config() -> PoolConfig {
     PoolConfig {
         max_connections: 2,
+        critical_connections: 1,
         min_connections: 0,
         acquire_timeout: Duration::from_secs(5),
         idle_timeout: Duration::from_secs(60),

@@ -39,6 +39,11 @@ pub struct Metrics {
     /// Failed attempts to get a working database connection.
     pub db_connection_errors: IntCounter,
     rate_limit_hits: IntCounterVec,
+    circuit_breaker_state: IntGaugeVec,
+    /// Reads answered from the read cache.
+    pub cache_hits: IntCounter,
+    /// Reads that had to go to the database.
+    pub cache_misses: IntCounter,
     routing_snapshot_routes: IntGauge,
     routing_snapshot_age_seconds: Gauge,
     app_uptime_seconds: Gauge,
@@ -147,6 +152,24 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
+            circuit_breaker_state: gauge_vec(
+                "circuit_breaker_state",
+                "State of each circuit breaker: 0 closed, 1 open, 2 half-open.",
+                &["breaker"],
+            ),
+            cache_hits: register(
+                &r,
+                IntCounter::new("cache_hits_total", "Reads answered from the read cache.")
+                    .expect("valid metric"),
+            ),
+            cache_misses: register(
+                &r,
+                IntCounter::new(
+                    "cache_misses_total",
+                    "Reads that had to go to the database.",
+                )
+                .expect("valid metric"),
+            ),
             rate_limit_hits: counter_vec(
                 "rate_limit_hits_total",
                 "Requests refused with 429, by rate-limit class.",
@@ -229,6 +252,13 @@ impl Metrics {
         self.tenant_requests.with_label_values(&[label]).inc();
     }
 
+    /// Sets the state of `breaker`: 0 closed, 1 open, 2 half-open.
+    pub fn set_breaker(&self, breaker: &str, state: i64) {
+        self.circuit_breaker_state
+            .with_label_values(&[breaker])
+            .set(state);
+    }
+
     /// Counts one request refused by a rate limit.
     pub fn observe_rate_limited(&self, class: &str) {
         self.rate_limit_hits.with_label_values(&[class]).inc();
@@ -299,6 +329,8 @@ mod tests {
     fn every_contract_metric_is_present_from_the_start() {
         let metrics = Metrics::new(10, "1.2.3");
         metrics.declare_endpoint("GET", "/healthz");
+        metrics.set_breaker("database", 0);
+        metrics.declare_rate_class("read");
         metrics.set_pool(PoolFigures {
             pool: "primary",
             idle: 1,
@@ -317,6 +349,10 @@ mod tests {
             "db_pool_usage_percent",
             "db_queries_total",
             "db_connection_errors_total",
+            "cache_hits_total",
+            "cache_misses_total",
+            "circuit_breaker_state",
+            "rate_limit_hits_total",
             "routing_snapshot_routes",
             "routing_snapshot_age_seconds",
             "app_uptime_seconds",

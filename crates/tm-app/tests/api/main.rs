@@ -10,5 +10,6 @@ mod helpers;
 mod keys;
 mod observability;
 mod rate_limits;
+mod resilience;
 mod resolve;
 mod routes;

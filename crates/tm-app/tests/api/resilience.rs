@@ -1,0 +1,215 @@
+//! Degrading honestly: the circuit breaker, stale reads, critical writes, coalescing.
+
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+
+use crate::helpers::*;
+
+/// Takes connections from the application's own ordinary pools until `share` of them
+/// are in use, and holds them until dropped.
+async fn hold_pool(app: &TestApp, share: f64) -> Vec<Box<dyn std::any::Any + Send>> {
+    let mut held: Vec<Box<dyn std::any::Any + Send>> = Vec::new();
+    let any = app.store.as_any();
+    if let Some(sqlite) = any.downcast_ref::<tm_store::SqliteStore>() {
+        let (writer, reader) = sqlite.pools();
+        let max = writer.options().get_max_connections() + reader.options().get_max_connections();
+        let wanted = (f64::from(max) * share).ceil() as u32;
+        held.push(Box::new(writer.acquire().await.expect("writer")));
+        for _ in 1..wanted {
+            held.push(Box::new(reader.acquire().await.expect("reader")));
+        }
+    } else if let Some(postgres) = any.downcast_ref::<tm_store::PostgresStore>() {
+        let pool = postgres.pool();
+        let wanted = (f64::from(pool.options().get_max_connections()) * share).ceil() as u32;
+        for _ in 0..wanted {
+            held.push(Box::new(pool.acquire().await.expect("primary")));
+        }
+    } else {
+        panic!("unknown store");
+    }
+    held
+}
+
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_pressure_opens_the_breaker_and_only_the_rollback_path_passes() {
+    let app = spawn_app_with(|raw| {
+        raw.breaker_open_for = Duration::from_millis(300);
+        raw.read_cache_ttl = Duration::from_nanos(1);
+    })
+    .await;
+    let created = app
+        .create("acme", "billing", "prod", "v1", "http://a")
+        .await;
+    let path = format!("/api/v1/routes/{}", created["id"].as_str().expect("id"));
+    app.get(&path).await.assert_status(StatusCode::OK); // known data, for later
+
+    let held = hold_pool(&app, 0.9).await;
+
+    // Reads answer the last known data, marked stale, without waiting for the pool.
+    let started = Instant::now();
+    let stale = app.get(&path).await;
+    stale.assert_status(StatusCode::OK);
+    assert_eq!(stale.header("warning"), Some("110 - \"Response is Stale\""));
+    assert_eq!(stale.json()["id"], created["id"]);
+    // Reads never made before have nothing to fall back on: a fast 503.
+    let unknown = app.get("/api/v1/routes?tenant=globex").await;
+    unknown.problem(StatusCode::SERVICE_UNAVAILABLE);
+    assert!(unknown.header("retry-after").is_some());
+    // Ordinary writes fail fast.
+    let write = app
+        .create_route(route("acme", "billing", "prod", "v2", "http://b"))
+        .await;
+    write.problem(StatusCode::SERVICE_UNAVAILABLE);
+    assert!(write.header("retry-after").is_some());
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "answers were not fast: {:?}",
+        started.elapsed()
+    );
+    // The rollback path still works, through its reserved connection.
+    app.activate("acme", "billing", "prod", "v1")
+        .await
+        .assert_status(StatusCode::OK);
+    app.deactivate("acme", "billing", "prod", "v1")
+        .await
+        .assert_status(StatusCode::OK);
+
+    let detailed = app.get("/health/detailed").await.json();
+    assert_eq!(
+        detailed["circuit_breakers"]["database"]["state"], "open",
+        "{detailed}"
+    );
+    let metrics = String::from_utf8(app.get("/metrics").await.body).expect("utf-8");
+    assert_eq!(
+        metric(&metrics, r#"circuit_breaker_state{breaker="database"}"#),
+        Some(1.0)
+    );
+
+    // Pressure gone: after the cool-down a probe closes the breaker by itself.
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let reply = app
+            .create_route(route("acme", "billing", "prod", "v3", "http://c"))
+            .await;
+        if reply.status == StatusCode::CREATED {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the breaker did not close: {}",
+            reply.status
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let fresh = app.get(&path).await;
+    fresh.assert_status(StatusCode::OK);
+    assert!(fresh.header("warning").is_none());
+    assert_eq!(
+        app.get("/health/detailed").await.json()["circuit_breakers"]["database"]["state"],
+        "closed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consecutive_database_failures_open_the_breaker() {
+    let app = spawn_app_with(|raw| {
+        raw.breaker_failures = 2;
+        raw.breaker_open_for = Duration::from_secs(60);
+    })
+    .await;
+    app.store.close().await;
+    for _ in 0..2 {
+        app.create_route(route("acme", "billing", "prod", "v1", "http://a"))
+            .await
+            .problem(StatusCode::SERVICE_UNAVAILABLE);
+    }
+    let detailed = app.get("/health/detailed").await.json();
+    assert_eq!(
+        detailed["circuit_breakers"]["database"]["state"], "open",
+        "{detailed}"
+    );
+    let refused = app
+        .create_route(route("acme", "billing", "prod", "v1", "http://a"))
+        .await;
+    let problem = refused.problem(StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        problem["detail"]
+            .as_str()
+            .expect("detail")
+            .contains("circuit breaker"),
+        "{problem}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_identical_reads_share_one_query() {
+    let app = spawn_app_with(|raw| raw.snapshot_reload_interval = Duration::from_secs(3600)).await;
+    let created = app
+        .create("acme", "billing", "prod", "v1", "http://a")
+        .await;
+    let path = format!("/api/v1/routes/{}", created["id"].as_str().expect("id"));
+    let queries = |app: &TestApp| {
+        let url = app.url("/metrics");
+        let client = app.client.clone();
+        async move {
+            let text = client
+                .get(url)
+                .send()
+                .await
+                .expect("scrape")
+                .text()
+                .await
+                .expect("text");
+            metric(&text, "db_queries_total").expect("db_queries_total")
+        }
+    };
+    let before = queries(&app).await;
+    let reads = (0..50).map(|_| {
+        let (client, url) = (app.client.clone(), app.url(&path));
+        tokio::spawn(async move { client.get(url).send().await.expect("get").status() })
+    });
+    let handles: Vec<_> = reads.collect();
+    for handle in handles {
+        assert_eq!(handle.await.expect("task"), StatusCode::OK);
+    }
+    let after = queries(&app).await;
+    assert_eq!(
+        after - before,
+        1.0,
+        "50 concurrent identical reads must share one query"
+    );
+    let text = String::from_utf8(app.get("/metrics").await.body).expect("utf-8");
+    assert!(metric(&text, "cache_misses_total").is_some_and(|n| n >= 1.0));
+    assert!(metric(&text, "cache_hits_total").is_some());
+}
+
+#[tokio::test]
+async fn writes_invalidate_cached_reads() {
+    let app = spawn_app_with(|raw| raw.read_cache_ttl = Duration::from_secs(60)).await;
+    let created = app
+        .create("acme", "billing", "prod", "v1", "http://a")
+        .await;
+    let path = format!("/api/v1/routes/{}", created["id"].as_str().expect("id"));
+    assert_eq!(app.get(&path).await.json()["weight"], 100);
+    app.request(Method::PATCH, &path, Some(serde_json::json!({"weight": 7})))
+        .await
+        .assert_status(StatusCode::OK);
+    assert_eq!(
+        app.get(&path).await.json()["weight"],
+        7,
+        "a write is visible at once"
+    );
+    assert_eq!(
+        app.get("/api/v1/routes").await.json()["items"][0]["weight"],
+        7
+    );
+}

@@ -1,0 +1,323 @@
+//! The guarded path to the database for everything but resolve.
+//!
+//! Reads (list, get) are served from a short-lived cache when fresh, coalesced when
+//! identical, run in their own bulkhead with a time-out and retried when the failure is
+//! transient; while the circuit breaker is open they are answered from the last known
+//! data, marked stale, or refused with 503. Ordinary writes fail fast with 503 while the
+//! breaker is open; critical writes (activate, deactivate) bypass it and use a bulkhead
+//! and a connection pool of their own.
+
+use std::future::Future;
+use std::hash::Hash;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tm_config::GuardConfig;
+use tm_domain::{Route, RouteId};
+use tm_resilience::{
+    retry, BreakerConfig, BreakerState, Bulkhead, CircuitBreaker, RetryPolicy, Singleflight,
+};
+use tm_store::{Page, RouteFilter, Store, StoreError};
+use tm_telemetry::Metrics;
+
+use crate::ApiError;
+
+/// A cacheable read.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum ReadKey {
+    Route(RouteId),
+    /// A listing: filter and page, in a canonical text form.
+    List(String),
+}
+
+#[derive(Clone, Debug)]
+pub enum ReadValue {
+    Route(Option<Route>),
+    List(Vec<Route>),
+}
+
+/// Whether an answer is current or the last known data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Freshness {
+    Fresh,
+    /// Served while the database path is refused; marked with a `Warning` header.
+    Stale,
+}
+
+#[derive(Debug)]
+struct Cached {
+    value: ReadValue,
+    fetched: Instant,
+    generation: u64,
+}
+
+/// What a coalesced read shares with its waiters.
+#[derive(Clone, Debug)]
+enum ReadFailure {
+    /// The breaker is open, a bulkhead is full or the database did not answer.
+    Unavailable(&'static str),
+    Internal(String),
+}
+
+/// Critical writes keep the rollback path open when everything else is refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteKind {
+    Ordinary,
+    Critical,
+}
+
+pub struct Guard {
+    store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+    breaker: CircuitBreaker,
+    reads: Bulkhead,
+    writes: Bulkhead,
+    critical: Bulkhead,
+    read_timeout: Duration,
+    write_timeout: Duration,
+    retry: RetryPolicy,
+    cache: moka::sync::Cache<ReadKey, Arc<Cached>>,
+    cache_ttl: Duration,
+    /// Bumped by every write: cached reads of an older generation are no longer fresh.
+    generation: AtomicU64,
+    flights: Singleflight<ReadKey, Result<(ReadValue, u64), ReadFailure>>,
+}
+
+impl Guard {
+    pub fn new(store: Arc<dyn Store>, metrics: Arc<Metrics>, config: &GuardConfig) -> Self {
+        let slots = |n: u32| usize::try_from(n).unwrap_or(usize::MAX);
+        Self {
+            store,
+            metrics,
+            breaker: CircuitBreaker::new(BreakerConfig {
+                usage_percent: config.breaker_usage_percent,
+                max_waiting: config.breaker_max_waiting,
+                failures: config.breaker_failures,
+                open_for: config.breaker_open_for,
+            }),
+            reads: Bulkhead::new("reads", slots(config.bulkhead_reads), config.bulkhead_wait),
+            writes: Bulkhead::new(
+                "writes",
+                slots(config.bulkhead_writes),
+                config.bulkhead_wait,
+            ),
+            critical: Bulkhead::new(
+                "critical",
+                slots(config.bulkhead_critical),
+                config.bulkhead_wait,
+            ),
+            read_timeout: config.timeout_read,
+            write_timeout: config.timeout_write,
+            retry: RetryPolicy {
+                attempts: 3,
+                base: Duration::from_millis(25),
+                max: Duration::from_millis(250),
+            },
+            cache: moka::sync::Cache::new(config.read_cache_entries),
+            cache_ttl: config.read_cache_ttl,
+            generation: AtomicU64::new(0),
+            flights: Singleflight::default(),
+        }
+    }
+
+    pub fn breaker_state(&self) -> BreakerState {
+        self.breaker.state()
+    }
+
+    pub fn breaker_reason(&self) -> &'static str {
+        self.breaker.reason()
+    }
+
+    /// `(name, in use, capacity)` of each bulkhead.
+    pub fn bulkheads(&self) -> [(&'static str, usize, usize); 3] {
+        [&self.reads, &self.writes, &self.critical].map(|b| (b.name(), b.in_use(), b.capacity()))
+    }
+
+    /// Feeds the pools' pressure to the breaker and its state to the metrics.
+    pub fn observe_pools(&self) {
+        let (mut in_use, mut max, mut waiting) = (0u32, 0u32, 0u32);
+        for pool in self
+            .store
+            .pool_stats()
+            .iter()
+            .filter(|p| p.pool != "critical")
+        {
+            in_use += pool.in_use;
+            max += pool.max;
+            // A pool still opening connections makes callers wait for the connect, not
+            // for a busy pool: only waiters of a pool at its maximum signal pressure.
+            if pool.size >= pool.max {
+                waiting += pool.waiting;
+            }
+        }
+        if max > 0 {
+            self.breaker
+                .observe_pool(100.0 * f64::from(in_use) / f64::from(max), waiting);
+        }
+        self.metrics
+            .set_breaker("database", self.breaker.state() as i64);
+    }
+
+    pub async fn get_route(&self, id: RouteId) -> Result<(Option<Route>, Freshness), ApiError> {
+        let store = &self.store;
+        let (value, freshness) = self
+            .read(ReadKey::Route(id), move || async move {
+                store.get_route(id).await.map(ReadValue::Route)
+            })
+            .await?;
+        match value {
+            ReadValue::Route(route) => Ok((route, freshness)),
+            ReadValue::List(_) => Err(ApiError::Internal("cache entry of the wrong kind".into())),
+        }
+    }
+
+    pub async fn list_routes(
+        &self,
+        filter: RouteFilter,
+        page: Page,
+    ) -> Result<(Vec<Route>, Freshness), ApiError> {
+        let key = ReadKey::List(format!(
+            "{:?}|{:?}|{:?}|{:?}|{:?}|{}",
+            filter.tenant.as_ref().map(|t| t.as_str()),
+            filter.service.as_ref().map(|s| s.as_str()),
+            filter.env.as_ref().map(|e| e.as_str()),
+            filter.active,
+            page.after,
+            page.limit
+        ));
+        let (store, filter) = (&self.store, &filter);
+        let (value, freshness) = self
+            .read(key, move || async move {
+                store.list_routes(filter, page).await.map(ReadValue::List)
+            })
+            .await?;
+        match value {
+            ReadValue::List(routes) => Ok((routes, freshness)),
+            ReadValue::Route(_) => Err(ApiError::Internal("cache entry of the wrong kind".into())),
+        }
+    }
+
+    async fn read<F, Fut>(&self, key: ReadKey, load: F) -> Result<(ReadValue, Freshness), ApiError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<ReadValue, StoreError>>,
+    {
+        let generation = self.generation.load(Ordering::Acquire);
+        let cached = self.cache.get(&key);
+        if let Some(entry) = cached
+            .as_ref()
+            .filter(|e| e.generation == generation && e.fetched.elapsed() < self.cache_ttl)
+        {
+            self.metrics.cache_hits.inc();
+            return Ok((entry.value.clone(), Freshness::Fresh));
+        }
+        self.metrics.cache_misses.inc();
+
+        let outcome = self
+            .flights
+            .run(key.clone(), || async {
+                self.observe_pools();
+                let Some(ticket) = self.breaker.admit() else {
+                    return Err(ReadFailure::Unavailable("the database circuit breaker is open"));
+                };
+                let Ok(_slot) = self.reads.enter().await else {
+                    ticket.neutral();
+                    return Err(ReadFailure::Unavailable("too many reads are waiting for the database"));
+                };
+                let attempt = || async {
+                    match tokio::time::timeout(self.read_timeout, load()).await {
+                        Ok(result) => result.map_err(Some),
+                        Err(_) => Err(None), // timed out
+                    }
+                };
+                let transient = |e: &Option<StoreError>| matches!(e, None | Some(StoreError::Unavailable(_)));
+                match retry(self.retry, transient, attempt).await {
+                    Ok(value) => {
+                        ticket.succeeded();
+                        Ok((value, generation))
+                    }
+                    Err(None) => {
+                        ticket.failed();
+                        Err(ReadFailure::Unavailable("the database did not answer in time"))
+                    }
+                    Err(Some(StoreError::Unavailable(err))) => {
+                        ticket.failed();
+                        tracing::warn!(error = %err, "database read failed");
+                        Err(ReadFailure::Unavailable("the database is unavailable"))
+                    }
+                    Err(Some(other)) => {
+                        ticket.neutral();
+                        tracing::error!(error = %other, source = ?std::error::Error::source(&other), "database read failed");
+                        Err(ReadFailure::Internal(other.to_string()))
+                    }
+                }
+            })
+            .await;
+        self.metrics
+            .set_breaker("database", self.breaker.state() as i64);
+
+        match outcome {
+            Ok((value, fetched_generation)) => {
+                self.cache.insert(
+                    key,
+                    Arc::new(Cached {
+                        value: value.clone(),
+                        fetched: Instant::now(),
+                        generation: fetched_generation,
+                    }),
+                );
+                Ok((value, Freshness::Fresh))
+            }
+            Err(ReadFailure::Unavailable(why)) => match cached.or_else(|| self.cache.get(&key)) {
+                Some(last) => Ok((last.value.clone(), Freshness::Stale)),
+                None => Err(ApiError::Unavailable(why)),
+            },
+            Err(ReadFailure::Internal(why)) => Err(ApiError::Internal(why)),
+        }
+    }
+
+    /// Runs a write: ordinary ones only while the breaker lets them, critical ones always;
+    /// each in its bulkhead, within the write time-out.
+    pub async fn write<T, Fut>(&self, kind: WriteKind, op: Fut) -> Result<T, ApiError>
+    where
+        Fut: Future<Output = Result<T, StoreError>>,
+    {
+        self.observe_pools();
+        let ticket = match kind {
+            WriteKind::Ordinary => Some(self.breaker.admit().ok_or(ApiError::Unavailable(
+                "the database circuit breaker is open; only activate and deactivate are accepted",
+            ))?),
+            WriteKind::Critical => None,
+        };
+        let bulkhead = match kind {
+            WriteKind::Ordinary => &self.writes,
+            WriteKind::Critical => &self.critical,
+        };
+        let Ok(_slot) = bulkhead.enter().await else {
+            if let Some(t) = ticket {
+                t.neutral();
+            }
+            return Err(ApiError::Unavailable(
+                "too many writes are waiting for the database",
+            ));
+        };
+        let outcome = tokio::time::timeout(self.write_timeout, op).await;
+        let healthy = !matches!(outcome, Err(_) | Ok(Err(StoreError::Unavailable(_))));
+        if let Some(t) = ticket {
+            if healthy {
+                t.succeeded();
+            } else {
+                t.failed();
+            }
+        }
+        self.metrics
+            .set_breaker("database", self.breaker.state() as i64);
+        // Whatever happened, cached reads may now be out of date.
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        match outcome {
+            Ok(result) => result.map_err(ApiError::from),
+            Err(_) => Err(ApiError::Unavailable("the database did not answer in time")),
+        }
+    }
+}
