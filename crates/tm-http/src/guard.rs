@@ -81,7 +81,7 @@ pub struct Guard {
     cache_ttl: Duration,
     /// Bumped by every write: cached reads of an older generation are no longer fresh.
     generation: AtomicU64,
-    flights: Singleflight<ReadKey, Result<(ReadValue, u64), ReadFailure>>,
+    flights: Singleflight<ReadKey, Result<ReadValue, ReadFailure>>,
 }
 
 impl Guard {
@@ -235,7 +235,17 @@ impl Guard {
                 match retry(self.retry, transient, attempt).await {
                     Ok(value) => {
                         ticket.succeeded();
-                        Ok((value, generation))
+                        // Cached before the flight ends, so that no request arriving
+                        // between the two finds neither and queries again.
+                        self.cache.insert(
+                            key.clone(),
+                            Arc::new(Cached {
+                                value: value.clone(),
+                                fetched: Instant::now(),
+                                generation,
+                            }),
+                        );
+                        Ok(value)
                     }
                     Err(None) => {
                         ticket.failed();
@@ -258,17 +268,7 @@ impl Guard {
             .set_breaker("database", self.breaker.state() as i64);
 
         match outcome {
-            Ok((value, fetched_generation)) => {
-                self.cache.insert(
-                    key,
-                    Arc::new(Cached {
-                        value: value.clone(),
-                        fetched: Instant::now(),
-                        generation: fetched_generation,
-                    }),
-                );
-                Ok((value, Freshness::Fresh))
-            }
+            Ok(value) => Ok((value, Freshness::Fresh)),
             Err(ReadFailure::Unavailable(why)) => match cached.or_else(|| self.cache.get(&key)) {
                 Some(last) => Ok((last.value.clone(), Freshness::Stale)),
                 None => Err(ApiError::Unavailable(why)),

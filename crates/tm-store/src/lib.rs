@@ -107,6 +107,11 @@ pub trait Store: Send + Sync + 'static {
     /// Creates a route; [`StoreError::Conflict`] if its key exists.
     async fn create_route(&self, new: NewRoute, actor: &Actor) -> Result<Route, StoreError>;
 
+    /// Stores many new routes at once (a bulk import), each with its audit row: all of
+    /// them or none. A key that exists already fails the whole batch with
+    /// [`StoreError::Conflict`].
+    async fn import_routes(&self, routes: &[Route], actor: &Actor) -> Result<(), StoreError>;
+
     /// Switches a route on or off. Setting the state it already has changes nothing.
     async fn set_active(
         &self,

@@ -20,6 +20,9 @@ use crate::{
     KeyRecord, Page, PoolStats, RouteFilter, Store, StoreError,
 };
 
+/// Routes per statement in a bulk import (11 parameters each, under the 65535 limit).
+const IMPORT_BATCH: usize = 1000;
+
 const ROUTE_COLUMNS: &str =
     "id::text AS id, tenant, service, env, version, url, active, weight::int8 AS weight, \
                              revision, created_at, updated_at";
@@ -227,6 +230,53 @@ impl Store for PostgresStore {
         .await?;
         tx.commit().await?;
         Ok(route)
+    }
+
+    async fn import_routes(&self, routes: &[Route], actor: &Actor) -> Result<(), StoreError> {
+        let mut conn = self.primary.acquire().await?;
+        let mut tx = conn.begin().await?;
+        let at = now();
+        for chunk in routes.chunks(IMPORT_BATCH) {
+            let mut insert = sqlx::QueryBuilder::<Postgres>::new(
+                "INSERT INTO routes (id, tenant, service, env, version, url, active, weight, revision, created_at, updated_at) ",
+            );
+            insert.push_values(chunk, |mut row, r| {
+                row.push_bind(r.id.as_uuid())
+                    .push_bind(r.tenant.as_str())
+                    .push_bind(r.service.as_str())
+                    .push_bind(r.env.as_str())
+                    .push_bind(r.version.as_str())
+                    .push_bind(r.url.as_str())
+                    .push_bind(r.active)
+                    .push_bind(i16::from(r.weight.get()))
+                    .push_bind(r.revision)
+                    .push_bind(r.created_at)
+                    .push_bind(r.updated_at);
+            });
+            insert.build().execute(&mut *tx).await.map_err(|e| {
+                if is_unique_violation(&e) {
+                    StoreError::Conflict
+                } else {
+                    e.into()
+                }
+            })?;
+            let mut audit = sqlx::QueryBuilder::<Postgres>::new(
+                "INSERT INTO audit_log (at, actor, action, route_id, before, after) ",
+            );
+            audit.push_values(chunk, |mut row, r| {
+                row.push_bind(at)
+                    .push_bind(actor.as_str())
+                    .push_bind(AuditAction::Create.as_str())
+                    .push_bind(r.id.as_uuid())
+                    .push_bind(None::<String>)
+                    .push_unseparated("::jsonb")
+                    .push_bind(audit_json(Some(r)))
+                    .push_unseparated("::jsonb");
+            });
+            audit.build().execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn set_active(

@@ -22,6 +22,17 @@ use crate::{
     RouteFilter, Store, StoreError,
 };
 
+/// Routes per statement in a bulk import.
+const IMPORT_BATCH: usize = 1000;
+
+fn conflict_or(err: sqlx::Error) -> StoreError {
+    if crate::error::is_unique_violation(&err) {
+        StoreError::Conflict
+    } else {
+        err.into()
+    }
+}
+
 const ROUTE_COLUMNS: &str =
     "id, tenant, service, env, version, url, active, weight, revision, created_at, updated_at";
 
@@ -213,6 +224,50 @@ impl Store for SqliteStore {
         .await?;
         tx.commit().await?;
         Ok(route)
+    }
+
+    async fn import_routes(&self, routes: &[Route], actor: &Actor) -> Result<(), StoreError> {
+        let mut conn = self.writer.acquire().await?;
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+        let at = now();
+        // SQLite allows 32766 bound parameters per statement: 11 per route.
+        for chunk in routes.chunks(IMPORT_BATCH) {
+            let mut insert = sqlx::QueryBuilder::<Sqlite>::new(
+                "INSERT INTO routes (id, tenant, service, env, version, url, active, weight, revision, created_at, updated_at) ",
+            );
+            insert.push_values(chunk, |mut row, r| {
+                row.push_bind(r.id.to_string())
+                    .push_bind(r.tenant.as_str())
+                    .push_bind(r.service.as_str())
+                    .push_bind(r.env.as_str())
+                    .push_bind(r.version.as_str())
+                    .push_bind(r.url.as_str())
+                    .push_bind(r.active)
+                    .push_bind(i64::from(r.weight.get()))
+                    .push_bind(r.revision)
+                    .push_bind(r.created_at)
+                    .push_bind(r.updated_at);
+            });
+            insert
+                .build()
+                .execute(&mut *tx)
+                .await
+                .map_err(conflict_or)?;
+            let mut audit = sqlx::QueryBuilder::<Sqlite>::new(
+                "INSERT INTO audit_log (at, actor, action, route_id, before, after) ",
+            );
+            audit.push_values(chunk, |mut row, r| {
+                row.push_bind(at)
+                    .push_bind(actor.as_str())
+                    .push_bind(AuditAction::Create.as_str())
+                    .push_bind(r.id.to_string())
+                    .push_bind(None::<String>)
+                    .push_bind(audit_json(Some(r)));
+            });
+            audit.build().execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn set_active(

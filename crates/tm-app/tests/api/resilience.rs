@@ -152,7 +152,11 @@ async fn consecutive_database_failures_open_the_breaker() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_identical_reads_share_one_query() {
-    let app = spawn_app_with(|raw| raw.snapshot_reload_interval = Duration::from_secs(3600)).await;
+    let app = spawn_app_with(|raw| {
+        raw.snapshot_reload_interval = Duration::from_secs(3600);
+        raw.read_cache_ttl = Duration::from_secs(60);
+    })
+    .await;
     let created = app
         .create("acme", "billing", "prod", "v1", "http://a")
         .await;

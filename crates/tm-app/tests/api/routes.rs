@@ -415,3 +415,51 @@ async fn urls_and_identifiers_are_stored_exactly_as_given() {
         url
     );
 }
+
+#[tokio::test]
+async fn a_bulk_import_stores_every_route_with_its_audit_row_or_none() {
+    let app = spawn_app().await;
+    let actor = tm_store::Actor::new("import");
+    let routes: Vec<tm_domain::Route> = (0..2500)
+        .map(|i| {
+            tm_domain::NewRoute {
+                key: tm_domain::RouteKey {
+                    tenant: tm_domain::TenantId::parse("acme").expect("valid"),
+                    service: tm_domain::ServiceName::parse(&format!("svc-{i}")).expect("valid"),
+                    env: tm_domain::EnvName::parse("prod").expect("valid"),
+                    version: tm_domain::Version::parse("v1").expect("valid"),
+                },
+                url: tm_domain::UpstreamUrl::parse("http://a").expect("valid"),
+                active: i % 2 == 0,
+                weight: tm_domain::Weight::DEFAULT,
+            }
+            .into_route(tm_domain::RouteId::generate(), tm_domain::now())
+        })
+        .collect();
+    app.store
+        .import_routes(&routes, &actor)
+        .await
+        .expect("import");
+    assert_eq!(app.all_routes().await.len(), 2500);
+    let log = app.store.audit_log(routes[2499].id).await.expect("audit");
+    assert_eq!(log.len(), 1);
+    assert_eq!(log[0].action, "create");
+
+    // One existing key fails the whole batch.
+    let mut again: Vec<tm_domain::Route> = routes[..1].to_vec();
+    again[0].id = tm_domain::RouteId::generate();
+    let fresh = {
+        let mut r = routes[1].clone();
+        r.id = tm_domain::RouteId::generate();
+        r.service = tm_domain::ServiceName::parse("brand-new").expect("valid");
+        r
+    };
+    again.insert(0, fresh);
+    let err = app
+        .store
+        .import_routes(&again, &actor)
+        .await
+        .expect_err("conflict");
+    assert!(matches!(err, tm_store::StoreError::Conflict), "{err:?}");
+    assert_eq!(app.all_routes().await.len(), 2500);
+}

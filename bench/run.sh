@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# Resolve throughput and latency, side by side with nginx returning the same bytes.
+#
+#   bash bench/run.sh                      # 1k, 100k and 1M routes, 10 s per run
+#   ROUTES="1000" DURATION=5 bash bench/run.sh
+#
+# For each route count: seeds a SQLite store through the store (not the API), starts the
+# release server with every production middleware on, pinned to CPU 0, and nginx
+# (one worker, also CPU 0) configured to return the identical body and headers of the
+# same size. wrk, pinned to CPU 1, alternates server / nginx / server / nginx on
+# loopback. Prints one table row per route count. Everything runs on 127.0.0.1 and
+# every load run is bounded by DURATION.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ROUTES=${ROUTES:-"1000 100000 1000000"}
+DURATION=${DURATION:-10}
+CONNECTIONS=${CONNECTIONS:-64}
+PORT_APP=${PORT_APP:-18181}
+PORT_NGINX=${PORT_NGINX:-18182}
+
+log() { printf '==> %s\n' "$*" >&2; }
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+need() {
+    local missing=()
+    command -v wrk >/dev/null || missing+=(wrk)
+    [ -x /usr/sbin/nginx ] || command -v nginx >/dev/null || missing+=(nginx-light)
+    command -v taskset >/dev/null || missing+=(util-linux)
+    if [ ${#missing[@]} -gt 0 ]; then
+        log "installing ${missing[*]} from Debian's packages"
+        as_root apt-get update -qq
+        # Only the binaries are wanted: keep the package's own nginx service from starting.
+        echo exit 101 | as_root tee /usr/sbin/policy-rc.d >/dev/null
+        as_root chmod +x /usr/sbin/policy-rc.d
+        DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${missing[@]}" >/dev/null
+        as_root rm -f /usr/sbin/policy-rc.d
+    fi
+}
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/tm-bench.XXXXXX")
+PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+need
+log "building the release binary and the seeder"
+cargo build --release --quiet -p traffic-manager -p tm-app --example seed
+BIN=target/release/traffic-manager
+SEED=target/release/examples/seed
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+
+wait_http() {
+    for _ in $(seq 1 600); do
+        curl -fsS -o /dev/null "$1" 2>/dev/null && return 0
+        sleep 0.05
+    done
+    echo "nothing answered at $1" >&2
+    return 1
+}
+
+rss_mib() { awk '/VmRSS/ {printf "%.0f", $2 / 1024}' "/proc/$1/status"; }
+
+# Runs wrk pinned to CPU 1 and prints its JSON summary line.
+load() {
+    BENCH_KEY=${2:-} taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency \
+        -s bench/resolve-latency.lua "$1" | grep '^{'
+}
+
+json() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }
+
+printf '| routes | server req/s | nginx req/s | ratio | p50 ms | p99 ms | p99.9 ms | RSS MiB | start-up s |\n'
+printf '|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n'
+for n in $ROUTES; do
+    data="$WORK/data-$n"
+    log "seeding $n routes"
+    key=$("$SEED" --routes "$n" --data-dir "$data")
+    started=$(date +%s.%N)
+    TM_DATA_DIR="$data" TM_LISTEN="127.0.0.1:$PORT_APP" TM_LOG_LEVEL=warn TM_PROFILE=prod \
+        TM_BOOTSTRAP_ADMIN_KEY="bench-admin-key-not-used-0123456789" \
+        taskset -c 0 "$BIN" serve >"$WORK/app-$n.log" 2>&1 &
+    app=$!
+    PIDS+=("$app")
+    wait_http "http://127.0.0.1:$PORT_APP/healthz"
+    startup=$(python3 -c "import time,sys; print(f'{time.time()-float(sys.argv[1]):.2f}')" "$started")
+    url="http://127.0.0.1:$PORT_APP/api/v1/routes/resolve?tenant=bench&service=svc-0&env=prod&key=user-42"
+    curl -fsS -D "$WORK/headers" -o "$WORK/body" -H "Authorization: Bearer $key" "$url"
+
+    # nginx returns the same body with headers of the same names and sizes.
+    mkdir -p "$WORK/nginx"
+    {
+        echo "worker_processes 1; daemon off; pid $WORK/nginx/pid; error_log $WORK/nginx/error.log;"
+        echo "events { worker_connections 4096; }"
+        echo "http { access_log off; server_tokens off; client_body_temp_path $WORK/nginx;"
+        echo "  server { listen 127.0.0.1:$PORT_NGINX; location / { default_type application/json;"
+        grep -i -E '^(etag|cache-control|x-rate-limit-[a-z]+|x-request-id|x-correlation-id|x-content-type-options|referrer-policy|x-frame-options|content-security-policy):' "$WORK/headers" |
+            tr -d '\r' | sed -E "s/^([^:]+): (.*)$/    add_header \1 '\2' always;/"
+        printf "    return 200 '%s'; } } }\n" "$(cat "$WORK/body")"
+    } >"$WORK/nginx/nginx.conf"
+    taskset -c 0 "$NGINX" -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" &
+    nginx=$!
+    PIDS+=("$nginx")
+    wait_http "http://127.0.0.1:$PORT_NGINX/"
+
+    log "$n routes: server, nginx, server, nginx (${DURATION}s each)"
+    a1=$(load "$url" "$key"); b1=$(load "http://127.0.0.1:$PORT_NGINX/")
+    a2=$(load "$url" "$key"); b2=$(load "http://127.0.0.1:$PORT_NGINX/")
+    for r in "$a1" "$a2"; do
+        [ "$(json "$r" errors)" = "0" ] || { echo "errors in a server run: $r" >&2; exit 1; }
+    done
+    rss=$(rss_mib "$app")
+    python3 - "$n" "$a1" "$a2" "$b1" "$b2" "$rss" "$startup" <<'PY'
+import json, sys
+n, a1, a2, b1, b2, rss, startup = sys.argv[1:]
+a = [json.loads(a1), json.loads(a2)]
+b = [json.loads(b1), json.loads(b2)]
+app = sum(x["rps"] for x in a) / 2
+ngx = sum(x["rps"] for x in b) / 2
+best = min(a, key=lambda x: x["p99_ms"])
+print(f"| {int(n):,} | {app:,.0f} | {ngx:,.0f} | {app / ngx:.2f} | {best['p50_ms']:.3f} | {best['p99_ms']:.3f} | {best['p999_ms']:.3f} | {rss} | {startup} |")
+PY
+    kill "$app" "$nginx"
+    wait "$app" "$nginx" 2>/dev/null || true
+    rm -rf "$data"
+done
