@@ -49,7 +49,8 @@ trap cleanup EXIT
 
 need
 log "building the release binary and the seeder"
-cargo build --release --quiet -p traffic-manager -p tm-app --example seed
+cargo build --release --quiet -p traffic-manager
+cargo build --release --quiet -p tm-app --example seed
 BIN=target/release/traffic-manager
 SEED=target/release/examples/seed
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
@@ -80,7 +81,9 @@ for n in $ROUTES; do
     log "seeding $n routes"
     key=$("$SEED" --routes "$n" --data-dir "$data")
     started=$(date +%s.%N)
+    # Rate limiting stays on; the budget is set above what one client can send here.
     TM_DATA_DIR="$data" TM_LISTEN="127.0.0.1:$PORT_APP" TM_LOG_LEVEL=warn TM_PROFILE=prod \
+        TM_RATE_LIMIT_RESOLVE=10000000/s \
         TM_BOOTSTRAP_ADMIN_KEY="bench-admin-key-not-used-0123456789" \
         taskset -c 0 "$BIN" serve >"$WORK/app-$n.log" 2>&1 &
     app=$!
@@ -98,7 +101,7 @@ for n in $ROUTES; do
         echo "http { access_log off; server_tokens off; client_body_temp_path $WORK/nginx;"
         echo "  server { listen 127.0.0.1:$PORT_NGINX; location / { default_type application/json;"
         grep -i -E '^(etag|cache-control|x-rate-limit-[a-z]+|x-request-id|x-correlation-id|x-content-type-options|referrer-policy|x-frame-options|content-security-policy):' "$WORK/headers" |
-            tr -d '\r' | sed -E "s/^([^:]+): (.*)$/    add_header \1 '\2' always;/"
+            tr -d '\r' | sed -E 's/"/\\"/g; s/^([^:]+): (.*)$/    add_header \1 "\2" always;/'
         printf "    return 200 '%s'; } } }\n" "$(cat "$WORK/body")"
     } >"$WORK/nginx/nginx.conf"
     taskset -c 0 "$NGINX" -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" &

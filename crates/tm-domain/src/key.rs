@@ -162,24 +162,37 @@ impl ApiKey {
         format!("{PREFIX}{}_{}", self.id.as_uuid().simple(), self.secret)
     }
 
+    /// The id and the hash of the secret of a presented key, without copying it.
+    /// `None` for anything not shaped like one of ours.
+    pub fn inspect(presented: &str) -> Option<(KeyId, SecretHash)> {
+        let (id, secret) = split(presented)?;
+        Some((id, SecretHash::of(secret.as_bytes())))
+    }
+
     /// Reads a presented key. `None` for anything not shaped like one of ours.
     pub fn parse(presented: &str) -> Option<Self> {
-        let rest = presented.strip_prefix(PREFIX)?;
-        let (id, secret) = rest.split_once('_')?;
-        if id.len() != 32
-            || secret.len() != SECRET_LEN
-            || !secret
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
-            return None;
-        }
-        let id = Uuid::try_parse(id).ok()?;
+        let (id, secret) = split(presented)?;
         Some(Self {
-            id: KeyId::from_uuid(id),
+            id,
             secret: secret.to_owned(),
         })
     }
+}
+
+/// `tm_<id>_<secret>` -> (id, secret), checking the shape.
+fn split(presented: &str) -> Option<(KeyId, &str)> {
+    let rest = presented.strip_prefix(PREFIX)?;
+    let (id, secret) = rest.split_once('_')?;
+    if id.len() != 32
+        || secret.len() != SECRET_LEN
+        || !secret
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return None;
+    }
+    let id = Uuid::try_parse(id).ok()?;
+    Some((KeyId::from_uuid(id), secret))
 }
 
 impl fmt::Debug for ApiKey {

@@ -33,9 +33,20 @@ pub use guard::Guard;
 pub use health::sample as sample_metrics;
 pub use openapi::ApiDoc;
 
-/// What every handler may use.
+/// What every handler may use. Cloned for every request, so it is one `Arc`.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// The parts of [`AppState`].
+pub struct Shared {
     pub store: Arc<dyn Store>,
     pub routing: Arc<RoutingTable>,
     pub keys: Arc<KeyRing>,
@@ -44,8 +55,8 @@ pub struct AppState {
     /// The guarded path to the database for everything but resolve.
     pub guard: Arc<Guard>,
     /// Sheds API requests beyond the configured number in flight.
-    in_flight: Arc<tm_resilience::Bulkhead>,
-    pub config: Arc<HttpConfig>,
+    in_flight: tm_resilience::Bulkhead,
+    pub config: HttpConfig,
     pub started_at: Instant,
     /// `Cache-Control` of resolve answers, built once from the configuration.
     cache_control: HeaderValue,
@@ -67,7 +78,7 @@ impl AppState {
         ))
         .expect("digits and ASCII are a valid header value");
         let (store_for_guard, metrics_for_guard) = (store.clone(), metrics.clone());
-        Self {
+        Self(Arc::new(Shared {
             store,
             routing,
             keys,
@@ -78,15 +89,15 @@ impl AppState {
                 metrics_for_guard,
                 &config.guards,
             )),
-            in_flight: Arc::new(tm_resilience::Bulkhead::new(
+            in_flight: tm_resilience::Bulkhead::new(
                 "in_flight",
                 usize::try_from(config.guards.max_in_flight).unwrap_or(usize::MAX),
                 std::time::Duration::ZERO,
-            )),
-            config: Arc::new(config),
+            ),
+            config,
             started_at: Instant::now(),
             cache_control,
-        }
+        }))
     }
 }
 

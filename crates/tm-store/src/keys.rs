@@ -125,16 +125,13 @@ impl KeyRing {
                 });
             }
         }
-        let key = ApiKey::parse(presented)?;
+        let (id, hash) = ApiKey::inspect(presented)?;
         let keys = self.keys.load();
-        let record = keys.get(&key.id())?;
-        record
-            .secret_hash
-            .matches(&key.secret_hash())
-            .then(|| Principal {
-                key_id: Some(record.id),
-                grant: record.grant.clone(),
-            })
+        let record = keys.get(&id)?;
+        record.secret_hash.matches(&hash).then(|| Principal {
+            key_id: Some(record.id),
+            grant: record.grant.clone(),
+        })
     }
 
     /// Stores a new key and makes it usable on this instance at once.
