@@ -150,7 +150,7 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(config.body_limit_bytes));
     let router = security::with_cors(router, &config.cors);
-    security::with_headers(router, config.behind_tls)
+    router
         .layer(middleware::from_fn_with_state(
             state.clone(),
             observe::observe,

@@ -156,6 +156,7 @@ pub async fn observe(State(state): State<AppState>, mut request: Request, next: 
     });
 
     let headers = response.headers_mut();
+    crate::security::add_headers(headers, state.config.behind_tls);
     if let Some(decision) = context.0.rate.get() {
         rate_headers(headers, decision);
     }

@@ -1,41 +1,32 @@
 //! Browser-facing protections: security headers on every response, and CORS for the
 //! configured origins only.
 
-use axum::http::{header, HeaderName, HeaderValue, Method};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method};
 use axum::Router;
 use tm_config::CorsOrigins;
 use tower_http::cors::{AllowOrigin, CorsLayer};
-use tower_http::set_header::SetResponseHeaderLayer;
 
 /// Nothing this API returns is a document to render or frame.
 const CONTENT_SECURITY_POLICY: &str =
     "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
 const STRICT_TRANSPORT_SECURITY: &str = "max-age=63072000; includeSubDomains";
 
-/// `router` with `X-Content-Type-Options`, `Referrer-Policy`, `X-Frame-Options`,
-/// `Content-Security-Policy` and, behind TLS, `Strict-Transport-Security` on every response.
-pub fn with_headers<S: Clone + Send + Sync + 'static>(
-    router: Router<S>,
-    behind_tls: bool,
-) -> Router<S> {
-    let set = |name: HeaderName, value: &'static str| {
-        SetResponseHeaderLayer::overriding(name, HeaderValue::from_static(value))
-    };
-    let router = router
-        .layer(set(header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
-        .layer(set(header::REFERRER_POLICY, "no-referrer"))
-        .layer(set(header::X_FRAME_OPTIONS, "DENY"))
-        .layer(set(
-            header::CONTENT_SECURITY_POLICY,
-            CONTENT_SECURITY_POLICY,
-        ));
+/// Adds `X-Content-Type-Options`, `Referrer-Policy`, `X-Frame-Options`,
+/// `Content-Security-Policy` and, behind TLS, `Strict-Transport-Security`. Called by the
+/// observing middleware for every response, rather than as five layers of their own.
+pub fn add_headers(headers: &mut HeaderMap, behind_tls: bool) {
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+    );
     if behind_tls {
-        router.layer(set(
+        headers.insert(
             header::STRICT_TRANSPORT_SECURITY,
-            STRICT_TRANSPORT_SECURITY,
-        ))
-    } else {
-        router
+            HeaderValue::from_static(STRICT_TRANSPORT_SECURITY),
+        );
     }
 }
 
