@@ -1,13 +1,13 @@
 //! `GET /api/v1/routes/resolve`: the hot path, answered from the in-memory snapshot.
 
 use axum::extract::State;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use tm_domain::{EnvName, FieldErrors, Pick, ServiceName, TenantId, Version};
 
 use crate::auth::{Action, Caller};
-use crate::extract::{if_none_match, ApiQuery};
+use crate::extract::{ApiQuery, IfNoneMatch};
 use crate::{ApiError, AppState};
 
 /// Longest accepted stickiness key, in bytes.
@@ -53,7 +53,7 @@ pub struct ResolveQuery {
 pub async fn resolve(
     State(state): State<AppState>,
     caller: Caller,
-    headers: HeaderMap,
+    if_none_match: IfNoneMatch,
     ApiQuery(query): ApiQuery<ResolveQuery>,
 ) -> Result<Response, ApiError> {
     let (tenant, service, env) = match (&query.tenant, &query.service, &query.env) {
@@ -100,7 +100,7 @@ pub async fn resolve(
         (header::ETAG, etag),
         (header::CACHE_CONTROL, state.cache_control.clone()),
     ];
-    if if_none_match(&headers, &route.etag) {
+    if if_none_match.matches(&route.etag) {
         return Ok((StatusCode::NOT_MODIFIED, cache).into_response());
     }
     Ok((
