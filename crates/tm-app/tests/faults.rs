@@ -1,0 +1,403 @@
+//! Database faults on a PostgreSQL cluster of the test's own: frozen (SIGSTOP), resumed
+//! (SIGCONT), killed and started again. Resolve keeps answering from memory, readiness
+//! and writes say the truth fast, and everything recovers without manual action.
+//!
+//! Runs when `TM_TEST_PG_BINDIR` names PostgreSQL's binaries (the test command sets it,
+//! and `TM_TEST_PG_USER` when the cluster must run as another user than root).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use tm_app::Application;
+use tm_config::{Config, RawConfig};
+use tokio_util::sync::CancellationToken;
+
+const ADMIN: &str = "fault-test-admin-key-0123456789abcdef";
+
+/// A throwaway cluster, stopped and removed on drop.
+struct Cluster {
+    bindir: PathBuf,
+    user: Option<String>,
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl Cluster {
+    fn start() -> Option<Cluster> {
+        let bindir = PathBuf::from(std::env::var_os("TM_TEST_PG_BINDIR")?);
+        let user = std::env::var("TM_TEST_PG_USER")
+            .ok()
+            .filter(|u| !u.is_empty());
+        let dir = tempfile::tempdir().expect("tempdir");
+        if let Some(user) = &user {
+            assert!(Command::new("chown")
+                .arg(user)
+                .arg(dir.path())
+                .status()
+                .expect("chown")
+                .success());
+        }
+        let port = free_port();
+        let cluster = Cluster {
+            bindir,
+            user,
+            dir,
+            port,
+        };
+        assert!(cluster
+            .pg(
+                "initdb",
+                &[
+                    "-D",
+                    &cluster.data(),
+                    "-U",
+                    "postgres",
+                    "-A",
+                    "trust",
+                    "--no-sync"
+                ]
+            )
+            .success());
+        cluster.start_server();
+        Some(cluster)
+    }
+
+    fn data(&self) -> String {
+        self.dir.path().join("data").display().to_string()
+    }
+
+    fn pg(&self, tool: &str, args: &[&str]) -> std::process::ExitStatus {
+        let program = self.bindir.join(tool);
+        let mut cmd = match &self.user {
+            Some(user) => {
+                let mut c = Command::new("runuser");
+                c.args(["-u", user, "--"]).arg(&program);
+                c
+            }
+            None => Command::new(&program),
+        };
+        cmd.args(args)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("pg tool runs")
+    }
+
+    fn start_server(&self) {
+        let options = format!(
+            "-c listen_addresses=127.0.0.1 -p {} -k {} -c fsync=off",
+            self.port,
+            self.dir.path().display()
+        );
+        let log = self.dir.path().join("server.log").display().to_string();
+        assert!(self
+            .pg(
+                "pg_ctl",
+                &[
+                    "-D",
+                    &self.data(),
+                    "-l",
+                    &log,
+                    "-w",
+                    "-o",
+                    &options,
+                    "start"
+                ]
+            )
+            .success());
+    }
+
+    fn kill(&self) {
+        assert!(self
+            .pg(
+                "pg_ctl",
+                &["-D", &self.data(), "-m", "immediate", "-w", "stop"]
+            )
+            .success());
+    }
+
+    /// The postmaster and every process it started.
+    fn pids(&self) -> Vec<String> {
+        let pidfile = std::fs::read_to_string(Path::new(&self.data()).join("postmaster.pid"))
+            .expect("postmaster.pid");
+        let postmaster = pidfile.lines().next().expect("pid").trim().to_owned();
+        let children = Command::new("pgrep")
+            .args(["-P", &postmaster])
+            .output()
+            .expect("pgrep");
+        let mut pids: Vec<String> = String::from_utf8_lossy(&children.stdout)
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect();
+        pids.push(postmaster);
+        pids
+    }
+
+    fn signal(&self, signal: &str) {
+        for pid in self.pids() {
+            let _ = Command::new("kill")
+                .args([&format!("-{signal}"), &pid])
+                .status();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.signal("CONT");
+        let _ = self.pg("pg_ctl", &["-D", &self.data(), "-m", "immediate", "stop"]);
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+struct App {
+    base: String,
+    client: reqwest::Client,
+    shutdown: CancellationToken,
+    _data: tempfile::TempDir,
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+async fn start_app(cluster: &Cluster, breaker_open_for: Duration) -> App {
+    let data = tempfile::tempdir().expect("tempdir");
+    let raw = RawConfig {
+        listen: "127.0.0.1:0".into(),
+        data_dir: data.path().to_path_buf(),
+        database_url: Some(cluster.url()),
+        bootstrap_admin_key: Some(ADMIN.into()),
+        breaker_failures: 2,
+        breaker_open_for,
+        db_acquire_timeout: Duration::from_secs(2),
+        timeout_write: Duration::from_secs(3),
+        timeout_read: Duration::from_secs(1),
+        health_check_timeout: Duration::from_secs(1),
+        snapshot_reload_interval: Duration::from_secs(2),
+        ..RawConfig::default()
+    };
+    let app = Application::build(Config::try_from(raw).expect("config"))
+        .await
+        .expect("starts");
+    let base = format!("http://{}", app.local_addr());
+    let shutdown = CancellationToken::new();
+    tokio::spawn(app.run_until(shutdown.clone()));
+    let mut auth = reqwest::header::HeaderMap::new();
+    auth.insert(
+        "authorization",
+        format!("Bearer {ADMIN}").parse().expect("header"),
+    );
+    let client = reqwest::Client::builder()
+        .default_headers(auth)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client");
+    App {
+        base,
+        client,
+        shutdown,
+        _data: data,
+    }
+}
+
+impl App {
+    async fn create(&self, version: &str) -> (StatusCode, Value) {
+        let body = json!({"tenant":"acme","service":"billing","env":"prod","version":version,"url":"http://a","active":true});
+        let reply = self
+            .client
+            .post(format!("{}/api/v1/routes", self.base))
+            .json(&body)
+            .send()
+            .await
+            .expect("sent");
+        let status = reply.status();
+        (status, reply.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn status(&self, path: &str) -> StatusCode {
+        self.client
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .expect("sent")
+            .status()
+    }
+
+    async fn breaker(&self) -> String {
+        let detailed: Value = self
+            .client
+            .get(format!("{}/health/detailed", self.base))
+            .send()
+            .await
+            .expect("sent")
+            .json()
+            .await
+            .expect("json");
+        detailed["circuit_breakers"]["database"]["state"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+}
+
+/// Polls `check` until it holds or `within` passes; returns how long it took.
+async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = Instant::now();
+    while !check().await {
+        assert!(
+            started.elapsed() < within,
+            "{what} did not happen within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    started.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_database_leaves_resolve_answering_and_everything_recovers() {
+    let Some(cluster) = Cluster::start() else {
+        eprintln!("TM_TEST_PG_BINDIR is not set: database fault test not run");
+        return;
+    };
+    let app = start_app(&cluster, Duration::from_secs(5)).await;
+    assert_eq!(app.create("v1").await.0, StatusCode::CREATED);
+
+    // Resolve under load, for the whole freeze.
+    let resolver = {
+        let (client, url) = (
+            app.client.clone(),
+            format!(
+                "{}/api/v1/routes/resolve?tenant=acme&service=billing&env=prod",
+                app.base
+            ),
+        );
+        tokio::spawn(async move {
+            let until = Instant::now() + Duration::from_secs(8);
+            let (mut latencies, mut errors) = (Vec::new(), 0);
+            while Instant::now() < until {
+                let started = Instant::now();
+                match client.get(&url).send().await {
+                    Ok(r) if r.status() == StatusCode::OK => latencies.push(started.elapsed()),
+                    _ => errors += 1,
+                }
+            }
+            (latencies, errors)
+        })
+    };
+
+    cluster.signal("STOP");
+    let to_not_ready = eventually(Duration::from_secs(10), "readiness turning 503", || async {
+        app.status("/health/ready").await == StatusCode::SERVICE_UNAVAILABLE
+    })
+    .await;
+    let started = Instant::now();
+    let (status, _) = app.create("v2").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        started.elapsed() <= Duration::from_secs(4),
+        "a write took {:?} to fail",
+        started.elapsed()
+    );
+    let (status, _) = app.create("v3").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(app.breaker().await, "open");
+    let fast = Instant::now();
+    assert_eq!(app.create("v4").await.0, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        fast.elapsed() < Duration::from_millis(500),
+        "an open breaker answers at once"
+    );
+
+    let (mut latencies, errors) = resolver.await.expect("resolver");
+    latencies.sort();
+    let p99 = latencies[latencies.len() * 99 / 100];
+    eprintln!("frozen database: readiness 503 after {to_not_ready:?}; resolve {} answers, p99 {p99:?}, {errors} errors", latencies.len());
+    assert_eq!(errors, 0);
+    assert!(
+        p99 <= Duration::from_millis(5),
+        "resolve p99 {p99:?} while the database was frozen"
+    );
+
+    cluster.signal("CONT");
+    let to_write = eventually(
+        Duration::from_secs(15),
+        "writes succeeding again",
+        || async { app.create(&format!("v{}", rand_suffix())).await.0 == StatusCode::CREATED },
+    )
+    .await;
+    eventually(Duration::from_secs(15), "the breaker closing", || async {
+        app.breaker().await == "closed"
+    })
+    .await;
+    eventually(Duration::from_secs(15), "readiness turning 200", || async {
+        app.status("/health/ready").await == StatusCode::OK
+    })
+    .await;
+    eprintln!("resumed database: writes succeed after {to_write:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_and_restarted_database_loses_nothing_acknowledged() {
+    let Some(cluster) = Cluster::start() else {
+        eprintln!("TM_TEST_PG_BINDIR is not set: database fault test not run");
+        return;
+    };
+    let app = start_app(&cluster, Duration::from_secs(1)).await;
+    let mut acknowledged = Vec::new();
+    for i in 0..20 {
+        let (status, route) = app.create(&format!("k{i}")).await;
+        assert_eq!(status, StatusCode::CREATED);
+        acknowledged.push(route["id"].as_str().expect("id").to_owned());
+    }
+    cluster.kill();
+    let (status, _) = app.create("during").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        app.status("/api/v1/routes/resolve?tenant=acme&service=billing&env=prod&version=k0")
+            .await,
+        StatusCode::OK,
+        "resolve answers from memory while the database is down"
+    );
+    cluster.start_server();
+    let recovered = eventually(
+        Duration::from_secs(30),
+        "writes succeeding after the restart",
+        || async { app.create(&format!("after{}", rand_suffix())).await.0 == StatusCode::CREATED },
+    )
+    .await;
+    eprintln!("restarted database: writes succeed after {recovered:?}");
+    for id in &acknowledged {
+        assert_eq!(
+            app.status(&format!("/api/v1/routes/{id}")).await,
+            StatusCode::OK,
+            "acknowledged route {id} lost"
+        );
+    }
+}
+
+fn rand_suffix() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("time")
+        .subsec_nanos()
+}
