@@ -63,6 +63,9 @@ start_postgres() {
     "${PG_RUN[@]}" "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/server.log" -w start \
         -o "-c listen_addresses=127.0.0.1 -p $port -k $PG_DIR -c fsync=off -c max_connections=300" >/dev/null
     TM_TEST_DATABASE_URL="postgres://postgres@127.0.0.1:$port/postgres"
+    # The fault tests start clusters of their own with the same binaries.
+    export TM_TEST_PG_BINDIR="$PG_BIN"
+    if [ "$(id -u)" -eq 0 ]; then export TM_TEST_PG_USER=postgres; fi
     log "PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}') on 127.0.0.1:$port"
 }
 

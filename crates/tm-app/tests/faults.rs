@@ -139,6 +139,7 @@ impl Cluster {
         for pid in self.pids() {
             let _ = Command::new("kill")
                 .args([&format!("-{signal}"), &pid])
+                .stderr(std::process::Stdio::null())
                 .status();
         }
     }
