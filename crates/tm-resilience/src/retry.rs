@@ -111,6 +111,41 @@ mod tests {
         assert_eq!(calls.load(Ordering::SeqCst), 4);
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn no_connection_is_held_while_waiting_to_retry() {
+        // A one-connection "pool": each attempt takes the connection and gives it back
+        // when it fails, before the backoff sleep.
+        let pool = std::sync::Arc::new(tokio::sync::Semaphore::new(1));
+        let calls = AtomicU32::new(0);
+        let watcher = {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                let mut free_during_backoff = Vec::new();
+                for _ in 0..20 {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    free_during_backoff.push(pool.available_permits());
+                }
+                free_during_backoff
+            })
+        };
+        let _: Result<(), &str> = retry(
+            POLICY,
+            |_| true,
+            || async {
+                let _connection = pool.acquire().await.expect("pool open");
+                calls.fetch_add(1, Ordering::SeqCst);
+                Err("connection reset")
+            },
+        )
+        .await;
+        assert_eq!(calls.load(Ordering::SeqCst), 4);
+        let seen = watcher.await.expect("watcher");
+        assert!(
+            seen.iter().all(|free| *free == 1),
+            "a connection was held while sleeping: {seen:?}"
+        );
+    }
+
     #[test]
     fn the_ceiling_doubles_up_to_the_maximum() {
         let ceilings: Vec<u128> = (1..=6).map(|n| POLICY.ceiling(n).as_millis()).collect();

@@ -234,6 +234,35 @@ impl TestApp {
         Ok(())
     }
 
+    /// Takes the database's write lock on `routes` from a connection of the test's own
+    /// and holds it until the returned value is dropped: the application's writes wait.
+    pub async fn lock_routes(&self) -> Box<dyn std::any::Any + Send> {
+        match &self.schema {
+            Some(schema) => {
+                let mut conn = sqlx::PgConnection::connect(&schema.url)
+                    .await
+                    .expect("connect");
+                sqlx::raw_sql("BEGIN; LOCK TABLE routes IN ACCESS EXCLUSIVE MODE")
+                    .execute(&mut conn)
+                    .await
+                    .expect("lock");
+                Box::new(conn)
+            }
+            None => {
+                let path = self.data_dir.path().join("traffic-manager.db");
+                let mut conn =
+                    sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
+                        .await
+                        .expect("connect");
+                sqlx::raw_sql("BEGIN IMMEDIATE")
+                    .execute(&mut conn)
+                    .await
+                    .expect("lock");
+                Box::new(conn)
+            }
+        }
+    }
+
     /// Stops the application and waits for it, as SIGTERM would.
     pub async fn stop(mut self) -> Result<(), tm_app::RunError> {
         self.shutdown.cancel();

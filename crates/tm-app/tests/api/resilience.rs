@@ -217,3 +217,35 @@ async fn writes_invalidate_cached_reads() {
         7
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beyond_the_in_flight_limit_requests_are_shed_at_once() {
+    let app = spawn_app_with(|raw| raw.max_in_flight = 1).await;
+    let held = app.lock_routes().await;
+    // This write waits for the lock: it is the one request in flight.
+    let stuck = {
+        let (client, url) = (app.client.clone(), app.url("/api/v1/routes"));
+        tokio::spawn(async move {
+            client
+                .post(url)
+                .json(&route("acme", "billing", "prod", "v1", "http://a"))
+                .send()
+                .await
+                .expect("sent")
+                .status()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    let shed = app.get("/api/v1/routes").await;
+    shed.problem(StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "shedding must not queue"
+    );
+    // Probes are not API requests and are never shed.
+    app.get("/healthz").await.assert_status(StatusCode::OK);
+    // Once the lock is gone, the waiting write completes.
+    drop(held);
+    assert_eq!(stuck.await.expect("task"), StatusCode::CREATED);
+}
