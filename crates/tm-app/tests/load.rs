@@ -111,8 +111,8 @@ async fn mixed_load_stays_within_its_thresholds() {
             while started.elapsed() < run_for {
                 tick.tick().await;
                 n += 1;
-                if n % 20 == 0 {
-                    let path = if n % 40 == 0 { "deactivate" } else { "activate" };
+                if n.is_multiple_of(20) {
+                    let path = if n.is_multiple_of(40) { "deactivate" } else { "activate" };
                     let body = json!({"tenant":"acme","service":"billing","env":"prod","version":"v2"});
                     let ok = client
                         .post(format!("{base}/api/v1/routes/{path}"))
