@@ -283,6 +283,14 @@ impl Drop for TestApp {
     }
 }
 
+/// The value of one series in a Prometheus text scrape, e.g. `db_queries_total`.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
 /// A route creation body with the given key and URL.
 pub fn route(tenant: &str, service: &str, env: &str, version: &str, url: &str) -> Value {
     json!({"tenant": tenant, "service": service, "env": env, "version": version, "url": url})

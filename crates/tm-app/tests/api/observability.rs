@@ -150,13 +150,6 @@ async fn cors_allows_only_the_configured_origins() {
     assert!(reply.headers().get("access-control-allow-origin").is_none());
 }
 
-fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
 #[tokio::test]
 async fn metrics_are_scrapeable_from_the_start_and_count_by_route_template() {
     let app = spawn_app().await;

@@ -31,13 +31,6 @@ async fn hold_pool(app: &TestApp, share: f64) -> Vec<Box<dyn std::any::Any + Sen
     held
 }
 
-fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pool_pressure_opens_the_breaker_and_only_the_rollback_path_passes() {
     let app = spawn_app_with(|raw| {
