@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use arc_swap::{ArcSwap, Guard};
 use tm_domain::{GroupKey, RouteChange, RoutingSnapshot};
+use tm_resilience::Singleflight;
 use tokio::sync::Mutex;
 
 use crate::{Store, StoreError};
@@ -20,6 +21,7 @@ pub struct RoutingTable {
     refresh: Mutex<()>,
     /// When the snapshot was last known to match the store completely.
     last_full_load: ArcSwap<Instant>,
+    reloads: Singleflight<(), Result<usize, Arc<StoreError>>>,
 }
 
 impl RoutingTable {
@@ -31,6 +33,7 @@ impl RoutingTable {
             store,
             refresh: Mutex::new(()),
             last_full_load: ArcSwap::from_pointee(Instant::now()),
+            reloads: Singleflight::default(),
         })
     }
 
@@ -58,15 +61,21 @@ impl RoutingTable {
         self.current.store(Arc::new(next));
     }
 
-    /// Replaces the whole snapshot with what the store holds now.
-    pub async fn reload(&self) -> Result<usize, StoreError> {
-        let _order = self.refresh.lock().await;
-        let routes = self.store.active_routes().await?;
-        let snapshot = RoutingSnapshot::from_routes(&routes);
-        let count = snapshot.route_count();
-        self.current.store(Arc::new(snapshot));
-        self.last_full_load.store(Arc::new(Instant::now()));
-        Ok(count)
+    /// Replaces the whole snapshot with what the store holds now, and returns the
+    /// number of active routes. Concurrent callers share one reload (and one query): a
+    /// caller arriving while one runs gets its result.
+    pub async fn reload(&self) -> Result<usize, Arc<StoreError>> {
+        self.reloads
+            .run((), || async {
+                let _order = self.refresh.lock().await;
+                let routes = self.store.active_routes().await.map_err(Arc::new)?;
+                let snapshot = RoutingSnapshot::from_routes(&routes);
+                let count = snapshot.route_count();
+                self.current.store(Arc::new(snapshot));
+                self.last_full_load.store(Arc::new(Instant::now()));
+                Ok(count)
+            })
+            .await
     }
 
     /// Time since the snapshot was last fully reloaded from the store.

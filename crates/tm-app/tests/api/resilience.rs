@@ -242,3 +242,41 @@ async fn beyond_the_in_flight_limit_requests_are_shed_at_once() {
     drop(held);
     assert_eq!(stuck.await.expect("task"), StatusCode::CREATED);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_snapshot_reloads_share_one_query() {
+    let app = spawn_app_with(|raw| raw.snapshot_reload_interval = Duration::from_secs(3600)).await;
+    app.create("acme", "billing", "prod", "v1", "http://a")
+        .await;
+    app.activate("acme", "billing", "prod", "v1")
+        .await
+        .assert_status(StatusCode::OK);
+    let table = std::sync::Arc::new(
+        tm_store::RoutingTable::load(app.store.clone())
+            .await
+            .expect("load"),
+    );
+    let scrape = || async {
+        metric(
+            &String::from_utf8(app.get("/metrics").await.body).expect("utf-8"),
+            "db_queries_total",
+        )
+        .expect("metric")
+    };
+    let before = scrape().await;
+    let reloads: Vec<_> = (0..20)
+        .map(|_| {
+            let table = table.clone();
+            tokio::spawn(async move { table.reload().await.expect("reload") })
+        })
+        .collect();
+    for reload in reloads {
+        assert_eq!(reload.await.expect("task"), 1);
+    }
+    let after = scrape().await;
+    assert!(
+        after - before <= 2.0,
+        "20 concurrent reloads made {} queries",
+        after - before
+    );
+}
