@@ -14,5 +14,5 @@ pub use id::{Id, IdKind, KeyId, KeyKind, RouteId, RouteKind};
 pub use ident::{EnvName, ServiceName, TenantId, Version};
 pub use key::{ApiKey, Grant, Role, SecretHash};
 pub use route::{now, GroupKey, NewRoute, Route, RouteKey, RoutePatch, Weight, IDENTIFIER_PATTERN};
-pub use snapshot::{ActiveRoute, Pick, RouteChange, RoutingSnapshot};
+pub use snapshot::{ActiveRoute, Pick, RouteChange, RoutingSnapshot, SnapshotBuilder};
 pub use upstream::UpstreamUrl;

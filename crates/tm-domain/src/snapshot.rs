@@ -37,14 +37,45 @@ pub enum RouteChange<'a> {
 #[derive(Clone, Debug)]
 pub struct ActiveRoute {
     pub version: Version,
-    pub url: UpstreamUrl,
     pub weight: Weight,
     /// The JSON body of a resolve answer: `{"tenant","service","env","version","url"}`.
     pub body: Bytes,
-    /// A strong, quoted entity tag that changes whenever this answer could.
-    pub etag: String,
+    /// The entity tag, kept inline: a quoted 16-digit hex number.
+    etag: [u8; ETAG_LEN],
     /// Per-version seed of the rendezvous hash.
     seed: u64,
+}
+
+const ETAG_LEN: usize = 18;
+
+/// Builds a snapshot one route at a time, so that a full load need not hold every
+/// stored row at once: each route is reduced to its prepared answer as it arrives.
+#[derive(Default)]
+pub struct SnapshotBuilder {
+    by_group: std::collections::HashMap<Box<str>, Vec<ActiveRoute>>,
+}
+
+impl SnapshotBuilder {
+    /// Adds `route` if it is active.
+    pub fn add(&mut self, route: &Route) {
+        if route.active {
+            self.by_group
+                .entry(group_key(&route.tenant, &route.service, &route.env).into_boxed_str())
+                .or_default()
+                .push(ActiveRoute::new(route));
+        }
+    }
+
+    pub fn build(self) -> RoutingSnapshot {
+        let mut snapshot = RoutingSnapshot::default();
+        for (key, mut routes) in self.by_group {
+            routes.shrink_to_fit();
+            let group = Group::build(routes);
+            snapshot.route_count += group.routes.len();
+            snapshot.groups.insert(key, Arc::new(group));
+        }
+        snapshot
+    }
 }
 
 /// The active versions of one `(tenant, service, env)`, sorted by version.
@@ -57,7 +88,7 @@ struct Group {
 /// An immutable view of every active route.
 #[derive(Clone, Debug)]
 pub struct RoutingSnapshot {
-    groups: imbl::HashMap<String, Arc<Group>>,
+    groups: imbl::HashMap<Box<str>, Arc<Group>>,
     route_count: usize,
     built_at: Instant,
 }
@@ -75,20 +106,11 @@ impl Default for RoutingSnapshot {
 impl RoutingSnapshot {
     /// A snapshot of the active routes among `routes`.
     pub fn from_routes<'a>(routes: impl IntoIterator<Item = &'a Route>) -> Self {
-        let mut by_group: std::collections::HashMap<String, Vec<&Route>> = Default::default();
-        for route in routes.into_iter().filter(|r| r.active) {
-            by_group
-                .entry(group_key(&route.tenant, &route.service, &route.env))
-                .or_default()
-                .push(route);
+        let mut builder = SnapshotBuilder::default();
+        for route in routes {
+            builder.add(route);
         }
-        let mut snapshot = Self::default();
-        for (key, members) in by_group {
-            let group = Group::build(members.into_iter().map(ActiveRoute::new).collect());
-            snapshot.route_count += group.routes.len();
-            snapshot.groups.insert(key, Arc::new(group));
-        }
-        snapshot
+        builder.build()
     }
 
     /// This snapshot with the group `key` replaced by the active ones among `routes`
@@ -105,7 +127,10 @@ impl RoutingSnapshot {
             })
             .map(ActiveRoute::new)
             .collect();
-        self.with_group_routes(group_key(&key.tenant, &key.service, &key.env), members)
+        self.with_group_routes(
+            group_key(&key.tenant, &key.service, &key.env).into_boxed_str(),
+            members,
+        )
     }
 
     /// This snapshot with one route's change applied, leaving the rest of its group as is.
@@ -114,7 +139,7 @@ impl RoutingSnapshot {
             RouteChange::Stored(r) => (r, r.active),
             RouteChange::Deleted(r) => (r, false),
         };
-        let map_key = group_key(&route.tenant, &route.service, &route.env);
+        let map_key = group_key(&route.tenant, &route.service, &route.env).into_boxed_str();
         let mut routes: Vec<ActiveRoute> = self
             .groups
             .get(&map_key)
@@ -132,7 +157,7 @@ impl RoutingSnapshot {
         self.with_group_routes(map_key, routes)
     }
 
-    fn with_group_routes(&self, map_key: String, routes: Vec<ActiveRoute>) -> Self {
+    fn with_group_routes(&self, map_key: Box<str>, routes: Vec<ActiveRoute>) -> Self {
         let mut next = self.clone();
         let removed = next.groups.remove(&map_key).map_or(0, |g| g.routes.len());
         let added = routes.len();
@@ -238,12 +263,21 @@ impl ActiveRoute {
         let tag = xxh3_64_with_seed(route.id.as_uuid().as_bytes(), route.revision as u64);
         Self {
             version: route.version.clone(),
-            url: route.url.clone(),
             weight: route.weight,
             body: Bytes::from(body),
-            etag: format!("\"{tag:016x}\""),
+            etag: format!("\"{tag:016x}\"")
+                .into_bytes()
+                .try_into()
+                .expect("a quoted 16-digit hex number is 18 bytes"),
             seed: xxh3_64(route.version.as_str().as_bytes()),
         }
+    }
+}
+
+impl ActiveRoute {
+    /// A strong, quoted entity tag that changes whenever this answer could.
+    pub fn etag(&self) -> &str {
+        std::str::from_utf8(&self.etag).expect("the tag is ASCII")
     }
 }
 
@@ -429,7 +463,7 @@ mod tests {
             body,
             serde_json::json!({"tenant":"acme","service":"billing","env":"prod","version":"v1","url":"http://v1.internal"})
         );
-        assert!(answer.etag.starts_with('"') && answer.etag.ends_with('"'));
+        assert!(answer.etag().starts_with('"') && answer.etag().ends_with('"'));
     }
 
     #[test]
@@ -450,8 +484,8 @@ mod tests {
         let tag = |s: &RoutingSnapshot| {
             s.resolve(&t, &sv, &e, Pick::Random(0))
                 .expect("active")
-                .etag
-                .clone()
+                .etag()
+                .to_owned()
         };
         assert_ne!(tag(&a), tag(&b));
     }

@@ -95,12 +95,12 @@ pub async fn resolve(
         .resolve(&tenant, &service, &env, pick)
         .ok_or(ApiError::NoActiveRoute)?;
 
-    let etag = HeaderValue::from_str(&route.etag).expect("an entity tag is a valid header value");
+    let etag = HeaderValue::from_str(route.etag()).expect("an entity tag is a valid header value");
     let cache = [
         (header::ETAG, etag),
         (header::CACHE_CONTROL, state.cache_control.clone()),
     ];
-    if if_none_match.matches(&route.etag) {
+    if if_none_match.matches(route.etag()) {
         return Ok((StatusCode::NOT_MODIFIED, cache).into_response());
     }
     Ok((

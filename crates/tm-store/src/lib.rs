@@ -152,6 +152,10 @@ pub trait Store: Send + Sync + 'static {
     /// Every active route: what a routing snapshot is built from.
     async fn active_routes(&self) -> Result<Vec<Route>, StoreError>;
 
+    /// Every active route, one at a time, so that a full load of millions of routes
+    /// does not hold them all at once.
+    fn stream_active_routes(&self) -> futures::stream::BoxStream<'_, Result<Route, StoreError>>;
+
     /// The audit trail of one route, oldest first.
     async fn audit_log(&self, route_id: RouteId) -> Result<Vec<AuditEntry>, StoreError>;
 

@@ -415,6 +415,18 @@ impl Store for PostgresStore {
         routes(rows)
     }
 
+    fn stream_active_routes(&self) -> futures::stream::BoxStream<'_, Result<Route, StoreError>> {
+        use futures::StreamExt;
+        self.primary.count_query();
+        sqlx::query_as::<_, RouteRow>(
+            "SELECT id::text AS id, tenant, service, env, version, url, active, weight::int8 AS weight, \
+             revision, created_at, updated_at FROM routes WHERE active",
+        )
+        .fetch(&self.primary.pool)
+        .map(|row| row.map_err(StoreError::from).and_then(Route::try_from))
+        .boxed()
+    }
+
     async fn audit_log(&self, route_id: RouteId) -> Result<Vec<AuditEntry>, StoreError> {
         let mut conn = self.primary.acquire().await?;
         let rows: Vec<AuditRow> = sqlx::query_as(

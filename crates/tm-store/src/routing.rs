@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::{ArcSwap, Guard};
-use tm_domain::{GroupKey, RouteChange, RoutingSnapshot};
+use futures::TryStreamExt;
+use tm_domain::{GroupKey, RouteChange, RoutingSnapshot, SnapshotBuilder};
 use tm_resilience::Singleflight;
 use tokio::sync::Mutex;
 
@@ -27,9 +28,9 @@ pub struct RoutingTable {
 impl RoutingTable {
     /// Loads every active route from `store`.
     pub async fn load(store: Arc<dyn Store>) -> Result<Self, StoreError> {
-        let routes = store.active_routes().await?;
+        let snapshot = build(store.as_ref()).await?;
         Ok(Self {
-            current: ArcSwap::from_pointee(RoutingSnapshot::from_routes(&routes)),
+            current: ArcSwap::from_pointee(snapshot),
             store,
             refresh: Mutex::new(()),
             last_full_load: ArcSwap::from_pointee(Instant::now()),
@@ -68,8 +69,7 @@ impl RoutingTable {
         self.reloads
             .run((), || async {
                 let _order = self.refresh.lock().await;
-                let routes = self.store.active_routes().await.map_err(Arc::new)?;
-                let snapshot = RoutingSnapshot::from_routes(&routes);
+                let snapshot = build(self.store.as_ref()).await.map_err(Arc::new)?;
                 let count = snapshot.route_count();
                 self.current.store(Arc::new(snapshot));
                 self.last_full_load.store(Arc::new(Instant::now()));
@@ -82,4 +82,14 @@ impl RoutingTable {
     pub fn age(&self) -> std::time::Duration {
         self.last_full_load.load().elapsed()
     }
+}
+
+/// A snapshot of every active route in `store`, read as a stream.
+async fn build(store: &dyn Store) -> Result<RoutingSnapshot, StoreError> {
+    let mut builder = SnapshotBuilder::default();
+    let mut routes = store.stream_active_routes();
+    while let Some(route) = routes.try_next().await? {
+        builder.add(&route);
+    }
+    Ok(builder.build())
 }

@@ -405,6 +405,18 @@ impl Store for SqliteStore {
         routes(rows)
     }
 
+    fn stream_active_routes(&self) -> futures::stream::BoxStream<'_, Result<Route, StoreError>> {
+        use futures::StreamExt;
+        self.reader.count_query();
+        sqlx::query_as::<_, RouteRow>(
+            "SELECT id, tenant, service, env, version, url, active, weight, revision, created_at, updated_at \
+             FROM routes WHERE active = 1",
+        )
+        .fetch(&self.reader.pool)
+        .map(|row| row.map_err(StoreError::from).and_then(Route::try_from))
+        .boxed()
+    }
+
     async fn audit_log(&self, route_id: RouteId) -> Result<Vec<AuditEntry>, StoreError> {
         let mut conn = self.reader.acquire().await?;
         let rows: Vec<AuditRow> = sqlx::query_as(
