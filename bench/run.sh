@@ -8,8 +8,10 @@
 # release server with every production middleware on, pinned to CPU 0, and nginx
 # (one worker, also CPU 0) configured to return the identical body and headers of the
 # same size. wrk, pinned to CPU 1, alternates server / nginx / server / nginx on
-# loopback. Prints one table row per route count. Everything runs on 127.0.0.1 and
-# every load run is bounded by DURATION.
+# loopback. Then oha (from crates.io, built once into target/tools) sends a fixed rate
+# of half the server's throughput, with latency correction, for the latency at that
+# rate. Prints one table row per route count. Everything runs on 127.0.0.1 and every
+# load run is bounded by DURATION.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -48,6 +50,11 @@ cleanup() {
 trap cleanup EXIT
 
 need
+OHA="$PWD/target/tools/oha/bin/oha"
+if [ ! -x "$OHA" ]; then
+    log "building oha (fixed-rate load generator) from crates.io"
+    cargo install --quiet --locked oha --root "$PWD/target/tools/oha"
+fi
 log "building the release binary and the seeder"
 cargo build --release --quiet -p traffic-manager
 cargo build --release --quiet -p tm-app --example seed
@@ -74,8 +81,8 @@ load() {
 
 json() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }
 
-printf '| routes | server req/s | nginx req/s | ratio | p50 ms | p99 ms | p99.9 ms | RSS MiB | start-up s |\n'
-printf '|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n'
+printf '| routes | server req/s | nginx req/s | ratio | p50 ms | p99 ms | p99.9 ms | p99 ms at half rate | RSS MiB | start-up s |\n'
+printf '|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n'
 for n in $ROUTES; do
     data="$WORK/data-$n"
     log "seeding $n routes"
@@ -116,15 +123,22 @@ for n in $ROUTES; do
         [ "$(json "$r" errors)" = "0" ] || { echo "errors in a server run: $r" >&2; exit 1; }
     done
     rss=$(rss_mib "$app")
-    python3 - "$n" "$a1" "$a2" "$b1" "$b2" "$rss" "$startup" <<'PY'
+    half=$(python3 -c "import json,sys; print(int((json.loads(sys.argv[1])['rps'] + json.loads(sys.argv[2])['rps']) / 4))" "$a1" "$a2")
+    log "$n routes: fixed rate of $half req/s (${DURATION}s)"
+    taskset -c 1 "$OHA" -z "${DURATION}s" -q "$half" -c "$CONNECTIONS" --latency-correction --no-tui \
+        --output-format json -H "Authorization: Bearer $key" "$url" >"$WORK/oha-$n.json"
+    python3 - "$n" "$a1" "$a2" "$b1" "$b2" "$rss" "$startup" "$WORK/oha-$n.json" <<'PY'
 import json, sys
-n, a1, a2, b1, b2, rss, startup = sys.argv[1:]
+n, a1, a2, b1, b2, rss, startup, oha = sys.argv[1:]
+fixed = json.load(open(oha))
+assert fixed["summary"]["successRate"] == 1.0, fixed["summary"]
+p99_half = fixed["latencyPercentiles"]["p99"] * 1000
 a = [json.loads(a1), json.loads(a2)]
 b = [json.loads(b1), json.loads(b2)]
 app = sum(x["rps"] for x in a) / 2
 ngx = sum(x["rps"] for x in b) / 2
 best = min(a, key=lambda x: x["p99_ms"])
-print(f"| {int(n):,} | {app:,.0f} | {ngx:,.0f} | {app / ngx:.2f} | {best['p50_ms']:.3f} | {best['p99_ms']:.3f} | {best['p999_ms']:.3f} | {rss} | {startup} |")
+print(f"| {int(n):,} | {app:,.0f} | {ngx:,.0f} | {app / ngx:.2f} | {best['p50_ms']:.3f} | {best['p99_ms']:.3f} | {best['p999_ms']:.3f} | {p99_half:.3f} | {rss} | {startup} |")
 PY
     kill "$app" "$nginx"
     wait "$app" "$nginx" 2>/dev/null || true
