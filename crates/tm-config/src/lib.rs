@@ -79,6 +79,9 @@ pub struct RawConfig {
     pub breaker_usage_percent: f64,
     /// Tasks waiting for a connection at which the breaker opens.
     pub breaker_max_waiting: u32,
+    /// How long pool pressure must last before it opens the breaker.
+    #[serde(with = "humantime_serde")]
+    pub breaker_pressure_for: Duration,
     /// Consecutive database failures or timeouts at which the breaker opens.
     pub breaker_failures: u32,
     #[serde(with = "humantime_serde")]
@@ -142,6 +145,7 @@ impl Default for RawConfig {
             rate_limit_exempt: String::new(),
             breaker_usage_percent: 85.0,
             breaker_max_waiting: 5,
+            breaker_pressure_for: Duration::from_secs(1),
             breaker_failures: 5,
             breaker_open_for: Duration::from_secs(5),
             bulkhead_reads: 4,
@@ -195,6 +199,7 @@ const ENV_KEYS: &[&str] = &[
     "rate_limit_exempt",
     "breaker_usage_percent",
     "breaker_max_waiting",
+    "breaker_pressure_for",
     "breaker_failures",
     "breaker_open_for",
     "bulkhead_reads",
@@ -293,6 +298,8 @@ pub struct HttpConfig {
 pub struct GuardConfig {
     pub breaker_usage_percent: f64,
     pub breaker_max_waiting: u32,
+    #[serde(with = "humantime_serde")]
+    pub breaker_pressure_for: Duration,
     pub breaker_failures: u32,
     #[serde(with = "humantime_serde")]
     pub breaker_open_for: Duration,
@@ -893,6 +900,7 @@ impl TryFrom<RawConfig> for Config {
                         guards: GuardConfig {
                             breaker_usage_percent: raw.breaker_usage_percent,
                             breaker_max_waiting: raw.breaker_max_waiting,
+                            breaker_pressure_for: raw.breaker_pressure_for,
                             breaker_failures: raw.breaker_failures,
                             breaker_open_for: raw.breaker_open_for,
                             bulkhead_reads: raw.bulkhead_reads,

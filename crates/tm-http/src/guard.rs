@@ -93,6 +93,7 @@ impl Guard {
             breaker: CircuitBreaker::new(BreakerConfig {
                 usage_percent: config.breaker_usage_percent,
                 max_waiting: config.breaker_max_waiting,
+                pressure_for: config.breaker_pressure_for,
                 failures: config.breaker_failures,
                 open_for: config.breaker_open_for,
             }),

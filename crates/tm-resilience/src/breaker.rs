@@ -15,6 +15,10 @@ pub struct BreakerConfig {
     pub usage_percent: f64,
     /// Tasks waiting for a connection at which the breaker opens.
     pub max_waiting: u32,
+    /// How long pressure must last before it opens the breaker. Connections released
+    /// under heavy load return to the pool a moment later, so a busy pool briefly looks
+    /// full without being so.
+    pub pressure_for: Duration,
     /// Consecutive failures or timeouts at which the breaker opens.
     pub failures: u32,
     /// How long it stays open before letting a probe through.
@@ -46,6 +50,8 @@ struct Inner {
     opened_at: Instant,
     probing: bool,
     reason: &'static str,
+    /// Since when every observation has shown pressure.
+    pressure_since: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -104,6 +110,7 @@ impl CircuitBreaker {
                 opened_at: Instant::now(),
                 probing: false,
                 reason: "",
+                pressure_since: None,
             }),
             state: AtomicU8::new(BreakerState::Closed as u8),
         }
@@ -149,13 +156,24 @@ impl CircuitBreaker {
         self.set(inner, BreakerState::Open);
     }
 
-    /// Opens the breaker if the pool is under pressure.
+    /// Opens the breaker if the pool has been under pressure for the configured time.
     pub fn observe_pool(&self, usage_percent: f64, waiting: u32) {
-        if usage_percent >= self.config.usage_percent || waiting >= self.config.max_waiting {
-            let mut inner = self.lock();
-            if inner.state == BreakerState::Closed {
-                self.open(&mut inner, "pool pressure");
-            }
+        let pressed =
+            usage_percent >= self.config.usage_percent || waiting >= self.config.max_waiting;
+        let mut inner = self.lock();
+        if !pressed {
+            inner.pressure_since = None;
+            return;
+        }
+        let since = *inner.pressure_since.get_or_insert_with(Instant::now);
+        if inner.state == BreakerState::Closed && since.elapsed() >= self.config.pressure_for {
+            tracing::warn!(
+                usage_percent,
+                waiting,
+                "database pool under sustained pressure"
+            );
+            inner.pressure_since = None;
+            self.open(&mut inner, "pool pressure");
         }
     }
 
@@ -210,6 +228,7 @@ mod tests {
         CircuitBreaker::new(BreakerConfig {
             usage_percent: 85.0,
             max_waiting: 5,
+            pressure_for: Duration::ZERO,
             failures: 3,
             open_for,
         })
@@ -239,6 +258,30 @@ mod tests {
         assert_eq!(b.reason(), "pool pressure");
         let b = breaker(Duration::from_secs(60));
         b.observe_pool(10.0, 5);
+        assert_eq!(b.state(), BreakerState::Open);
+    }
+
+    #[test]
+    fn only_sustained_pressure_opens_it() {
+        let b = CircuitBreaker::new(BreakerConfig {
+            usage_percent: 85.0,
+            max_waiting: 5,
+            pressure_for: Duration::from_millis(30),
+            failures: 3,
+            open_for: Duration::from_secs(60),
+        });
+        b.observe_pool(100.0, 0);
+        assert_eq!(
+            b.state(),
+            BreakerState::Closed,
+            "a moment of pressure is not enough"
+        );
+        std::thread::sleep(Duration::from_millis(40));
+        b.observe_pool(50.0, 0);
+        b.observe_pool(100.0, 0);
+        assert_eq!(b.state(), BreakerState::Closed, "relief resets the clock");
+        std::thread::sleep(Duration::from_millis(40));
+        b.observe_pool(100.0, 0);
         assert_eq!(b.state(), BreakerState::Open);
     }
 
