@@ -66,10 +66,7 @@ pub struct Application {
 
 impl Application {
     pub async fn build(config: Config) -> Result<Self, StartError> {
-        let backend = match config.storage {
-            tm_config::StorageConfig::Sqlite { .. } => "sqlite",
-            tm_config::StorageConfig::Postgres { .. } => "postgres",
-        };
+        let backend = config.storage.backend();
         if config.http.cors == tm_config::CorsOrigins::Any {
             tracing::warn!("TM_CORS_ORIGINS is *: any web page may call this API from a browser; list the origins instead");
         }
@@ -255,10 +252,7 @@ pub async fn create_key(
     name: String,
     grant: Grant,
 ) -> Result<(ApiKey, KeyRecord), StartError> {
-    let backend = match config.storage {
-        tm_config::StorageConfig::Sqlite { .. } => "sqlite",
-        tm_config::StorageConfig::Postgres { .. } => "postgres",
-    };
+    let backend = config.storage.backend();
     let store = tm_store::connect(config, StoreCounters::default())
         .await
         .map_err(|source| StartError::Store { backend, source })?;

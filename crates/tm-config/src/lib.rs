@@ -253,6 +253,16 @@ pub enum StorageConfig {
     },
 }
 
+impl StorageConfig {
+    /// `"sqlite"` or `"postgres"`.
+    pub fn backend(&self) -> &'static str {
+        match self {
+            StorageConfig::Sqlite { .. } => "sqlite",
+            StorageConfig::Postgres { .. } => "postgres",
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct PoolConfig {
     pub max_connections: u32,

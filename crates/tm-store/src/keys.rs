@@ -157,13 +157,4 @@ impl KeyRing {
         });
         Ok(())
     }
-
-    /// Number of live keys known to this instance.
-    pub fn len(&self) -> usize {
-        self.keys.load().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }

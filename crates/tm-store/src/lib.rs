@@ -149,10 +149,8 @@ pub trait Store: Send + Sync + 'static {
     /// Every route of one `(tenant, service, env)`, active or not.
     async fn routes_in_group(&self, key: &GroupKey) -> Result<Vec<Route>, StoreError>;
 
-    /// Every active route: what a routing snapshot is built from.
-    async fn active_routes(&self) -> Result<Vec<Route>, StoreError>;
-
-    /// Every active route, one at a time, so that a full load of millions of routes
+    /// Every active route, one at a time (what a routing snapshot is built from), so
+    /// that a full load of millions of routes
     /// does not hold them all at once.
     fn stream_active_routes(&self) -> futures::stream::BoxStream<'_, Result<Route, StoreError>>;
 
@@ -212,11 +210,6 @@ pub async fn migrate(config: &Config) -> Result<&'static str, StoreError> {
     let backend = store.backend();
     store.close().await;
     Ok(backend)
-}
-
-/// The route with the given natural key among `routes` (used by tests and tools).
-pub fn find_by_key<'a>(routes: &'a [Route], key: &RouteKey) -> Option<&'a Route> {
-    routes.iter().find(|r| &r.key() == key)
 }
 
 /// Fails with [`StoreError::NotFound`] if `current` is outside `scope`, and with

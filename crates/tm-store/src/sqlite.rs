@@ -395,16 +395,6 @@ impl Store for SqliteStore {
         routes(rows)
     }
 
-    async fn active_routes(&self) -> Result<Vec<Route>, StoreError> {
-        let mut conn = self.reader.acquire().await?;
-        let rows: Vec<RouteRow> = sqlx::query_as(&format!(
-            "SELECT {ROUTE_COLUMNS} FROM routes WHERE active = 1"
-        ))
-        .fetch_all(&mut *conn)
-        .await?;
-        routes(rows)
-    }
-
     fn stream_active_routes(&self) -> futures::stream::BoxStream<'_, Result<Route, StoreError>> {
         use futures::StreamExt;
         self.reader.count_query();
