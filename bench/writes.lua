@@ -1,5 +1,7 @@
--- wrk script: every request creates a route of its own (a new version each time), so
--- that each one is a real write; prints the same JSON summary as resolve-latency.lua.
+-- wrk script: every request creates an active route in a service of its own, so that
+-- each one is a real write that also changes what resolve answers (one transaction with
+-- its audit row, then a snapshot refresh). Prints the same JSON summary as
+-- resolve-latency.lua.
 local key = os.getenv("BENCH_KEY")
 local counter = 0
 local thread_id = 0
@@ -17,7 +19,7 @@ end
 request = function()
   counter = counter + 1
   local body = string.format(
-    '{"tenant":"bench","service":"writes","env":"prod","version":"w%d-%d-%d","url":"http://10.0.0.9:8080"}',
+    '{"tenant":"bench","service":"w%d-%d-%d","env":"prod","version":"v1","url":"http://10.0.0.9:8080","active":true}',
     thread_id, counter, math.random(1000000000))
   return wrk.format("POST", "/api/v1/routes",
     {["Authorization"] = "Bearer " .. key, ["Content-Type"] = "application/json"}, body)

@@ -133,6 +133,32 @@ impl RoutingSnapshot {
         )
     }
 
+    /// This snapshot with each group in `keys` replaced by its active routes among
+    /// `routes` (the current state of all those groups together, in any order).
+    pub fn with_groups(&self, keys: &[GroupKey], routes: &[Route]) -> Self {
+        let mut by_group: std::collections::HashMap<&GroupKey, Vec<&Route>> =
+            keys.iter().map(|k| (k, Vec::new())).collect();
+        for route in routes {
+            if let Some(members) = by_group.get_mut(&route.group()) {
+                members.push(route);
+            }
+        }
+        by_group
+            .into_iter()
+            .fold(self.clone(), |next, (key, members)| {
+                next.with_group(key, members)
+            })
+    }
+
+    /// Whether `version` is one of the active versions of `key`'s group.
+    pub fn has_version(&self, key: &GroupKey, version: &Version) -> bool {
+        let mut buf = [0u8; 3 * MAX_IDENTIFIER_LEN + 2];
+        let map_key = group_key_in(&mut buf, &key.tenant, &key.service, &key.env);
+        self.groups
+            .get(map_key)
+            .is_some_and(|g| g.routes.iter().any(|r| &r.version == version))
+    }
+
     /// This snapshot with one route's change applied, leaving the rest of its group as is.
     pub fn with_change(&self, change: RouteChange<'_>) -> Self {
         let (route, keep) = match change {

@@ -146,8 +146,8 @@ pub trait Store: Send + Sync + 'static {
     async fn list_routes(&self, filter: &RouteFilter, page: Page)
         -> Result<Vec<Route>, StoreError>;
 
-    /// Every route of one `(tenant, service, env)`, active or not.
-    async fn routes_in_group(&self, key: &GroupKey) -> Result<Vec<Route>, StoreError>;
+    /// The active routes of the given `(tenant, service, env)` groups.
+    async fn active_routes_in_groups(&self, keys: &[GroupKey]) -> Result<Vec<Route>, StoreError>;
 
     /// Every active route, one at a time (what a routing snapshot is built from), so
     /// that a full load of millions of routes

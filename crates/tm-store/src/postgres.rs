@@ -393,14 +393,17 @@ impl Store for PostgresStore {
         routes(rows)
     }
 
-    async fn routes_in_group(&self, key: &GroupKey) -> Result<Vec<Route>, StoreError> {
+    async fn active_routes_in_groups(&self, keys: &[GroupKey]) -> Result<Vec<Route>, StoreError> {
         let mut conn = self.primary.acquire().await?;
+        let column = |part: fn(&GroupKey) -> &str| keys.iter().map(part).collect::<Vec<_>>();
         let rows: Vec<RouteRow> = sqlx::query_as(&format!(
-            "SELECT {ROUTE_COLUMNS} FROM routes WHERE tenant = $1 AND service = $2 AND env = $3"
+            "SELECT {ROUTE_COLUMNS} FROM routes \
+             JOIN unnest($1::text[], $2::text[], $3::text[]) AS wanted (tenant, service, env) \
+             USING (tenant, service, env) WHERE active"
         ))
-        .bind(key.tenant.as_str())
-        .bind(key.service.as_str())
-        .bind(key.env.as_str())
+        .bind(column(|k| k.tenant.as_str()))
+        .bind(column(|k| k.service.as_str()))
+        .bind(column(|k| k.env.as_str()))
         .fetch_all(&mut *conn)
         .await?;
         routes(rows)

@@ -1,15 +1,18 @@
 //! The live routing snapshot and the only code that replaces it.
 //!
 //! Readers load the current [`RoutingSnapshot`] without locking. Changes are
-//! serialized by one async mutex and always re-read the affected group from the store,
-//! so a late or repeated refresh can never publish older data than an earlier one did.
+//! serialized by one async mutex and re-read the affected groups from the store while
+//! holding it, so a late or repeated refresh can never publish older data than an
+//! earlier one did.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::{ArcSwap, Guard};
 use futures::TryStreamExt;
-use tm_domain::{GroupKey, RouteChange, RoutingSnapshot, SnapshotBuilder};
+use tm_domain::{GroupKey, Route, RouteChange, RoutingSnapshot, SnapshotBuilder};
 use tm_resilience::Singleflight;
 use tokio::sync::Mutex;
 
@@ -23,6 +26,64 @@ pub struct RoutingTable {
     /// When the snapshot was last known to match the store completely.
     last_full_load: ArcSwap<Instant>,
     reloads: Singleflight<(), Result<usize, Arc<StoreError>>>,
+    /// Committed writes whose groups the snapshot may not show yet.
+    pending: std::sync::Mutex<Pending>,
+    /// The last ticket whose write the published snapshot includes.
+    applied: AtomicU64,
+}
+
+/// Writes queued for the next group refresh, by group, in the order they were queued.
+#[derive(Default)]
+struct Pending {
+    groups: HashMap<GroupKey, Vec<Written>>,
+    last_ticket: u64,
+}
+
+impl Pending {
+    fn push(&mut self, key: &GroupKey, change: RouteChange<'_>) -> u64 {
+        let written = match change {
+            RouteChange::Stored(route) => Written {
+                route: route.clone(),
+                deleted: false,
+            },
+            RouteChange::Deleted(route) => Written {
+                route: route.clone(),
+                deleted: true,
+            },
+        };
+        self.groups.entry(key.clone()).or_default().push(written);
+        self.last_ticket += 1;
+        self.last_ticket
+    }
+
+    /// Everything queued so far, and the ticket of the last write in it.
+    fn take(&mut self) -> (HashMap<GroupKey, Vec<Written>>, u64) {
+        (std::mem::take(&mut self.groups), self.last_ticket)
+    }
+}
+
+/// One committed write, as the write left the route.
+struct Written {
+    route: Route,
+    deleted: bool,
+}
+
+impl Written {
+    fn as_change(&self) -> RouteChange<'_> {
+        if self.deleted {
+            RouteChange::Deleted(&self.route)
+        } else {
+            RouteChange::Stored(&self.route)
+        }
+    }
+
+    /// Whether resolve could answer differently once this write is applied. Checked under
+    /// the refresh lock: any refresh that read the store before this write committed has
+    /// published already, so a version the snapshot lacks is one it will not gain from
+    /// older data.
+    fn may_change(&self, snapshot: &RoutingSnapshot, key: &GroupKey) -> bool {
+        (self.route.active && !self.deleted) || snapshot.has_version(key, &self.route.version)
+    }
 }
 
 impl RoutingTable {
@@ -35,6 +96,8 @@ impl RoutingTable {
             refresh: Mutex::new(()),
             last_full_load: ArcSwap::from_pointee(Instant::now()),
             reloads: Singleflight::default(),
+            pending: std::sync::Mutex::default(),
+            applied: AtomicU64::new(0),
         })
     }
 
@@ -43,23 +106,54 @@ impl RoutingTable {
         self.current.load()
     }
 
-    /// Re-reads one group after a write that touched it.
+    /// Brings the snapshot up to date after a write to `key`'s group has committed.
     ///
-    /// If the store cannot be read, `written` (the route as the write left it) is applied
-    /// alone instead, so this instance still serves its own acknowledged write; the next full
-    /// reload corrects anything else.
+    /// Writes that arrive together are applied together: each one queues its group and
+    /// waits for the refresh lock; whoever takes it first reads every queued group in one
+    /// query and publishes one snapshot, and the others find their write already applied.
+    /// A group is not read at all when the write cannot have changed what resolve sees
+    /// (an inactive route that the snapshot does not hold).
+    ///
+    /// If the store cannot be read, the queued writes themselves are applied instead, so
+    /// this instance still serves its own acknowledged writes; the next full reload
+    /// corrects anything else.
     pub async fn refresh_group(&self, key: &GroupKey, written: RouteChange<'_>) {
+        let ticket = self.pending().push(key, written);
         let _order = self.refresh.lock().await;
-        let current = self.current.load();
-        let next = match self.store.routes_in_group(key).await {
-            Ok(routes) => current.with_group(key, &routes),
-            Err(err) => {
-                tracing::warn!(error = %err, tenant = %key.tenant, service = %key.service, env = %key.env,
-                    "could not re-read a changed service; applying the write alone");
-                current.with_change(written)
-            }
-        };
-        self.current.store(Arc::new(next));
+        if self.applied.load(Ordering::Acquire) >= ticket {
+            return;
+        }
+        let (batch, upto) = self.pending().take();
+        let current = self.current.load_full();
+        let stale: Vec<GroupKey> = batch
+            .iter()
+            .filter(|(key, changes)| changes.iter().any(|c| c.may_change(&current, key)))
+            .map(|(key, _)| key.clone())
+            .collect();
+        if !stale.is_empty() {
+            let next = match self.store.active_routes_in_groups(&stale).await {
+                Ok(routes) => current.with_groups(&stale, &routes),
+                Err(err) => {
+                    tracing::warn!(error = %err, groups = stale.len(),
+                        "could not re-read changed services; applying the writes alone");
+                    batch
+                        .values()
+                        .flatten()
+                        .fold((*current).clone(), |snapshot, c| {
+                            snapshot.with_change(c.as_change())
+                        })
+                }
+            };
+            self.current.store(Arc::new(next));
+        }
+        self.applied.store(upto, Ordering::Release);
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, Pending> {
+        // The queue stays consistent even if a holder panicked: every change is one call.
+        self.pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Replaces the whole snapshot with what the store holds now, and returns the

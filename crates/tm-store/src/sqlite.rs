@@ -36,6 +36,9 @@ fn conflict_or(err: sqlx::Error) -> StoreError {
 const ROUTE_COLUMNS: &str =
     "id, tenant, service, env, version, url, active, weight, revision, created_at, updated_at";
 
+/// Groups read by one statement (three bound values each, well under SQLite's limit).
+const GROUPS_PER_QUERY: usize = 200;
+
 /// How long a statement waits for a lock held by another process (e.g. `migrate`).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -382,17 +385,22 @@ impl Store for SqliteStore {
         routes(rows)
     }
 
-    async fn routes_in_group(&self, key: &GroupKey) -> Result<Vec<Route>, StoreError> {
+    async fn active_routes_in_groups(&self, keys: &[GroupKey]) -> Result<Vec<Route>, StoreError> {
         let mut conn = self.reader.acquire().await?;
-        let rows: Vec<RouteRow> = sqlx::query_as(&format!(
-            "SELECT {ROUTE_COLUMNS} FROM routes WHERE tenant = ?1 AND service = ?2 AND env = ?3"
-        ))
-        .bind(key.tenant.as_str())
-        .bind(key.service.as_str())
-        .bind(key.env.as_str())
-        .fetch_all(&mut *conn)
-        .await?;
-        routes(rows)
+        let mut found = Vec::new();
+        for chunk in keys.chunks(GROUPS_PER_QUERY) {
+            let mut query = sqlx::QueryBuilder::<Sqlite>::new(format!(
+                "SELECT {ROUTE_COLUMNS} FROM routes WHERE active = 1 AND (tenant, service, env) IN "
+            ));
+            query.push_tuples(chunk, |mut row, key| {
+                row.push_bind(key.tenant.as_str())
+                    .push_bind(key.service.as_str())
+                    .push_bind(key.env.as_str());
+            });
+            let rows: Vec<RouteRow> = query.build_query_as().fetch_all(&mut *conn).await?;
+            found.extend(routes(rows)?);
+        }
+        Ok(found)
     }
 
     fn stream_active_routes(&self) -> futures::stream::BoxStream<'_, Result<Route, StoreError>> {

@@ -281,3 +281,100 @@ async fn concurrent_snapshot_reloads_share_one_query() {
         after - before
     );
 }
+
+/// Routes as the store holds them, for driving a `RoutingTable` directly.
+async fn stored_routes(app: &TestApp, services: &[String], active: bool) -> Vec<tm_domain::Route> {
+    let mut stored = Vec::new();
+    for service in services {
+        let mut body = route("acme", service, "prod", "v1", "http://a");
+        body["active"] = serde_json::json!(active);
+        let reply = app.create_route(body).await;
+        reply.assert_status(StatusCode::CREATED);
+        let id = reply.json()["id"]
+            .as_str()
+            .expect("id")
+            .parse()
+            .expect("route id");
+        stored.push(app.store.get_route(id).await.expect("get").expect("route"));
+    }
+    stored
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_group_refreshes_share_queries_and_all_apply() {
+    let app = spawn_app_with(|raw| raw.snapshot_reload_interval = Duration::from_secs(3600)).await;
+    let table = std::sync::Arc::new(
+        tm_store::RoutingTable::load(app.store.clone())
+            .await
+            .expect("load"),
+    );
+    let services: Vec<String> = (0..20).map(|i| format!("svc{i}")).collect();
+    let stored = stored_routes(&app, &services, true).await;
+    let scrape = || async {
+        metric(
+            &String::from_utf8(app.get("/metrics").await.body).expect("utf-8"),
+            "db_queries_total",
+        )
+        .expect("metric")
+    };
+    let before = scrape().await;
+    let refreshes: Vec<_> = stored
+        .into_iter()
+        .map(|route| {
+            let table = table.clone();
+            tokio::spawn(async move {
+                table
+                    .refresh_group(&route.group(), tm_domain::RouteChange::Stored(&route))
+                    .await;
+                // Once a refresh returns, its own write is visible.
+                let snapshot = table.snapshot();
+                snapshot
+                    .resolve(
+                        &route.tenant,
+                        &route.service,
+                        &route.env,
+                        tm_domain::Pick::Random(0),
+                    )
+                    .map(|r| r.version.clone())
+            })
+        })
+        .collect();
+    for refresh in refreshes {
+        assert_eq!(
+            refresh.await.expect("task").map(|v| v.to_string()),
+            Some("v1".to_owned())
+        );
+    }
+    let after = scrape().await;
+    assert!(
+        after - before < 10.0,
+        "20 concurrent group refreshes made {} queries",
+        after - before
+    );
+    assert_eq!(table.snapshot().route_count(), 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_stored_inactive_needs_no_snapshot_query() {
+    let app = spawn_app_with(|raw| raw.snapshot_reload_interval = Duration::from_secs(3600)).await;
+    let table = tm_store::RoutingTable::load(app.store.clone())
+        .await
+        .expect("load");
+    let stored = stored_routes(&app, &["quiet".to_owned()], false).await;
+    let scrape = || async {
+        metric(
+            &String::from_utf8(app.get("/metrics").await.body).expect("utf-8"),
+            "db_queries_total",
+        )
+        .expect("metric")
+    };
+    let before = scrape().await;
+    table
+        .refresh_group(
+            &stored[0].group(),
+            tm_domain::RouteChange::Stored(&stored[0]),
+        )
+        .await;
+    assert_eq!(scrape().await - before, 0.0);
+    assert_eq!(table.snapshot().route_count(), 0);
+}
