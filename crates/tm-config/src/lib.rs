@@ -50,6 +50,8 @@ pub struct RawConfig {
     pub resolve_stale_while_revalidate: Duration,
     #[serde(with = "humantime_serde")]
     pub snapshot_reload_interval: Duration,
+    /// Threads serving requests; 0 means one per available CPU.
+    pub worker_threads: usize,
     #[serde(with = "humantime_serde")]
     pub health_check_timeout: Duration,
     #[serde(with = "humantime_serde")]
@@ -130,6 +132,7 @@ impl Default for RawConfig {
             resolve_max_age: Duration::from_secs(5),
             resolve_stale_while_revalidate: Duration::from_secs(30),
             snapshot_reload_interval: Duration::from_secs(30),
+            worker_threads: 0,
             health_check_timeout: Duration::from_secs(2),
             shutdown_grace: Duration::from_secs(10),
             bootstrap_admin_key: None,
@@ -184,6 +187,7 @@ const ENV_KEYS: &[&str] = &[
     "resolve_max_age",
     "resolve_stale_while_revalidate",
     "snapshot_reload_interval",
+    "worker_threads",
     "health_check_timeout",
     "shutdown_grace",
     "bootstrap_admin_key",
@@ -358,6 +362,8 @@ pub struct Config {
     pub log: LogConfig,
     pub http: HttpConfig,
     pub snapshot_reload_interval: Duration,
+    /// Threads serving requests (at least 1; one per available CPU unless configured).
+    pub worker_threads: usize,
     /// `TM_BOOTSTRAP_ADMIN_KEY`: an admin key given by the operator (at least 32 characters).
     pub bootstrap_admin_key: Option<SecretString>,
     pub metrics: MetricsConfig,
@@ -478,6 +484,7 @@ impl Config {
                 "snapshot_reload_interval = {}",
                 d(self.snapshot_reload_interval)
             ),
+            format!("worker_threads = {}", self.worker_threads),
             format!(
                 "health_check_timeout = {}",
                 d(self.http.health_check_timeout)
@@ -925,6 +932,10 @@ impl TryFrom<RawConfig> for Config {
                         },
                     },
                     snapshot_reload_interval: raw.snapshot_reload_interval,
+                    worker_threads: match raw.worker_threads {
+                        0 => std::thread::available_parallelism().map_or(1, usize::from),
+                        n => n,
+                    },
                     bootstrap_admin_key,
                     metrics: MetricsConfig {
                         max_tenants: raw.metrics_max_tenants,

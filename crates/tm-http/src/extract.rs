@@ -121,11 +121,14 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        let query = parts.uri.query().unwrap_or_default();
-        serde_urlencoded::from_str(query)
-            .map(ApiQuery)
-            .map_err(|e| ApiError::Malformed(format!("invalid query string: {e}")))
+        parse_query(parts.uri.query().unwrap_or_default()).map(ApiQuery)
     }
+}
+
+/// Reads a query string as `T`, borrowing from `query` where `T` allows it.
+pub fn parse_query<'a, T: serde::Deserialize<'a>>(query: &'a str) -> Result<T, ApiError> {
+    serde_urlencoded::from_str(query)
+        .map_err(|e| ApiError::Malformed(format!("invalid query string: {e}")))
 }
 
 /// A route id from the path. Anything that is not a route id names no route: 404.

@@ -20,6 +20,9 @@ static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
 const MAX_ID_LEN: usize = 128;
 
+/// Headers this middleware may add to an answer: ids, rate limit, security.
+const ADDED_HEADERS: usize = 12;
+
 /// What the handlers learn about a request that the answer should carry: the tenant it
 /// acted on (for the per-tenant metric) and its rate-limit budget (for the headers).
 #[derive(Clone, Debug, Default)]
@@ -64,27 +67,42 @@ fn rate_headers(headers: &mut HeaderMap, decision: &RateDecision) {
 }
 
 /// A UUID v7 from the thread-local generator (no system call per request).
-fn new_request_id() -> String {
+fn new_request_id() -> HeaderValue {
     let millis = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-    uuid::Builder::from_unix_timestamp_millis(millis, &rand::random())
-        .into_uuid()
-        .to_string()
+    let id = uuid::Builder::from_unix_timestamp_millis(millis, &rand::random()).into_uuid();
+    let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let text = id.hyphenated().encode_lower(&mut text);
+    HeaderValue::from_str(text).expect("a UUID is a valid header value")
 }
 
 /// 1–128 characters of `A-Z a-z 0-9 . _ -`: the only identifiers echoed back.
-fn sane_id(value: &HeaderValue) -> Option<&str> {
-    let s = value.to_str().ok()?;
+fn sane_id(value: &HeaderValue) -> Option<HeaderValue> {
+    let s = value.as_bytes();
     (!s.is_empty()
         && s.len() <= MAX_ID_LEN
-        && s.bytes()
+        && s.iter()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')))
-    .then_some(s)
+    .then(|| value.clone())
+}
+
+/// The text of a header value known to be ASCII.
+fn text(value: &HeaderValue) -> &str {
+    value.to_str().unwrap_or_default()
+}
+
+/// A 128-bit trace id, written as 32 hex digits only when a log line needs it.
+struct TraceId(u128);
+
+impl std::fmt::Display for TraceId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
 }
 
 /// The trace id of a valid W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`).
-fn trace_id_of(headers: &HeaderMap) -> Option<String> {
+fn trace_id_of(headers: &HeaderMap) -> Option<TraceId> {
     let value = headers.get(&TRACEPARENT)?.to_str().ok()?;
     let mut parts = value.trim().split('-');
     let (version, trace, parent, flags) =
@@ -100,7 +118,10 @@ fn trace_id_of(headers: &HeaderMap) -> Option<String> {
         && parent.bytes().any(|b| b != b'0')
         && hex(flags, 2)
         && (version != "00" || parts.next().is_none());
-    valid.then(|| trace.to_owned())
+    valid
+        .then(|| u128::from_str_radix(trace, 16).ok())
+        .flatten()
+        .map(TraceId)
 }
 
 pub async fn observe(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
@@ -109,13 +130,12 @@ pub async fn observe(State(state): State<AppState>, mut request: Request, next: 
     let request_id = headers
         .get(&X_REQUEST_ID)
         .and_then(sane_id)
-        .map_or_else(new_request_id, str::to_owned);
+        .unwrap_or_else(new_request_id);
     let correlation_id = headers
         .get(&X_CORRELATION_ID)
         .and_then(sane_id)
-        .map_or_else(|| request_id.clone(), str::to_owned);
-    let trace_id =
-        trace_id_of(headers).unwrap_or_else(|| format!("{:032x}", rand::random::<u128>()));
+        .unwrap_or_else(|| request_id.clone());
+    let trace_id = trace_id_of(headers).unwrap_or_else(|| TraceId(rand::random()));
     let matched = request.extensions().get::<MatchedPath>().cloned();
     let endpoint = matched
         .as_ref()
@@ -128,8 +148,8 @@ pub async fn observe(State(state): State<AppState>, mut request: Request, next: 
         "request",
         method = %method,
         route = %endpoint,
-        request_id = %request_id,
-        correlation_id = %correlation_id,
+        request_id = text(&request_id),
+        correlation_id = text(&correlation_id),
         trace_id = %trace_id,
         tenant = tracing::field::Empty,
         key_id = tracing::field::Empty,
@@ -138,12 +158,9 @@ pub async fn observe(State(state): State<AppState>, mut request: Request, next: 
 
     let elapsed = started.elapsed();
     let status = response.status().as_u16();
-    state.metrics.observe_request(
-        method.as_str(),
-        endpoint,
-        response.status().as_str(),
-        elapsed.as_secs_f64(),
-    );
+    state
+        .metrics
+        .observe_request(method.as_str(), endpoint, status, elapsed.as_secs_f64());
     if let Some(tenant) = context.tenant() {
         state.metrics.observe_tenant(tenant);
     }
@@ -156,16 +173,13 @@ pub async fn observe(State(state): State<AppState>, mut request: Request, next: 
     });
 
     let headers = response.headers_mut();
+    headers.reserve(ADDED_HEADERS);
     crate::security::add_headers(headers, state.config.behind_tls);
     if let Some(decision) = context.0.rate.get() {
         rate_headers(headers, decision);
     }
-    if let Ok(value) = HeaderValue::from_str(&request_id) {
-        headers.insert(X_REQUEST_ID.clone(), value);
-    }
-    if let Ok(value) = HeaderValue::from_str(&correlation_id) {
-        headers.insert(X_CORRELATION_ID.clone(), value);
-    }
+    headers.insert(X_REQUEST_ID.clone(), request_id);
+    headers.insert(X_CORRELATION_ID.clone(), correlation_id);
     response
 }
 
@@ -193,7 +207,7 @@ mod tests {
         let valid = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         headers.insert(&TRACEPARENT, HeaderValue::from_static(valid));
         assert_eq!(
-            trace_id_of(&headers).as_deref(),
+            trace_id_of(&headers).map(|t| t.to_string()).as_deref(),
             Some("4bf92f3577b34da6a3ce929d0e0e4736")
         );
         for bad in [

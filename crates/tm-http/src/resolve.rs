@@ -1,13 +1,15 @@
 //! `GET /api/v1/routes/resolve`: the hot path, answered from the in-memory snapshot.
 
 use axum::extract::State;
-use axum::http::{header, HeaderValue, StatusCode};
+use std::borrow::Cow;
+
+use axum::http::{header, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use tm_domain::{EnvName, FieldErrors, Pick, ServiceName, TenantId, Version};
 
 use crate::auth::{Action, Caller};
-use crate::extract::{ApiQuery, IfNoneMatch};
+use crate::extract::{parse_query, IfNoneMatch};
 use crate::{ApiError, AppState};
 
 /// Longest accepted stickiness key, in bytes.
@@ -16,22 +18,27 @@ const MAX_KEY_LEN: usize = 256;
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
-pub struct ResolveQuery {
+pub struct ResolveQuery<'a> {
     /// Tenant.
     #[param(required = true, value_type = String, pattern = "^[a-z0-9][a-z0-9._-]{0,62}$")]
-    tenant: Option<String>,
+    #[serde(borrow)]
+    tenant: Option<Cow<'a, str>>,
     /// Service.
     #[param(required = true, value_type = String, pattern = "^[a-z0-9][a-z0-9._-]{0,62}$")]
-    service: Option<String>,
+    #[serde(borrow)]
+    service: Option<Cow<'a, str>>,
     /// Environment.
     #[param(required = true, value_type = String, pattern = "^[a-z0-9][a-z0-9._-]{0,62}$")]
-    env: Option<String>,
+    #[serde(borrow)]
+    env: Option<Cow<'a, str>>,
     /// This version, if active, whatever its weight.
     #[param(value_type = Option<String>, pattern = "^[a-z0-9][a-z0-9._-]{0,62}$")]
-    version: Option<String>,
+    #[serde(borrow)]
+    version: Option<Cow<'a, str>>,
     /// Stickiness key (e.g. a user id): the same key gets the same version.
     #[param(value_type = Option<String>, min_length = 1, max_length = 256)]
-    key: Option<String>,
+    #[serde(borrow)]
+    key: Option<Cow<'a, str>>,
 }
 
 /// Resolve: the URL to call for a tenant's service in an environment.
@@ -54,8 +61,10 @@ pub async fn resolve(
     State(state): State<AppState>,
     caller: Caller,
     if_none_match: IfNoneMatch,
-    ApiQuery(query): ApiQuery<ResolveQuery>,
+    uri: Uri,
 ) -> Result<Response, ApiError> {
+    // Read in place: parameters without escapes are borrowed from the request line.
+    let query: ResolveQuery<'_> = parse_query(uri.query().unwrap_or_default())?;
     let (tenant, service, env) = match (&query.tenant, &query.service, &query.env) {
         (Some(t), Some(s), Some(e)) => (t, s, e),
         _ => {
@@ -72,7 +81,7 @@ pub async fn resolve(
         .version
         .as_deref()
         .and_then(|v| errors.check("version", Version::parse(v)));
-    if let Some(key) = &query.key {
+    if let Some(key) = query.key.as_deref() {
         if key.is_empty() || key.len() > MAX_KEY_LEN {
             errors.push("key", format!("must be 1 to {MAX_KEY_LEN} characters"));
         }
@@ -85,7 +94,7 @@ pub async fn resolve(
     }
     caller.authorize(Action::Resolve, &tenant)?;
 
-    let pick = match (&version, &query.key) {
+    let pick = match (&version, query.key.as_deref()) {
         (Some(version), _) => Pick::Version(version),
         (None, Some(key)) => Pick::Sticky(key),
         (None, None) => Pick::Random(rand::random()),

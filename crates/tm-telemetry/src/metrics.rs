@@ -3,13 +3,13 @@
 //! Counters and histograms are updated where things happen; gauges that describe state
 //! (pools, snapshot, uptime) are set by a sampler and again just before each scrape.
 
-use std::collections::HashSet;
-use std::sync::RwLock;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Instant;
 
 use prometheus::{
-    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// The label value for requests whose path matched no route (bounded cardinality).
@@ -28,8 +28,13 @@ pub struct Metrics {
     http_requests: IntCounterVec,
     http_duration: HistogramVec,
     tenant_requests: IntCounterVec,
-    tenants_seen: RwLock<HashSet<String>>,
+    /// Series handles by endpoint, then method.
+    request_series: RwLock<HashMap<Box<str>, SeriesByMethod>>,
+    /// The counter of each tenant with a label of its own (at most `max_tenants`).
+    tenant_series: RwLock<HashMap<Box<str>, IntCounter>>,
     max_tenants: usize,
+    /// Requests of tenants beyond the cap.
+    other_tenant: IntCounter,
     db_pool_connections: IntGaugeVec,
     db_pool_max: IntGaugeVec,
     db_pool_waiting: IntGaugeVec,
@@ -47,6 +52,59 @@ pub struct Metrics {
     routing_snapshot_routes: IntGauge,
     routing_snapshot_age_seconds: Gauge,
     app_uptime_seconds: Gauge,
+}
+
+type SeriesByMethod = Vec<(&'static str, Arc<RequestSeries>)>;
+
+/// The series of one `(method, endpoint)`.
+struct RequestSeries {
+    duration: Histogram,
+    by_status: RwLock<Vec<(u16, IntCounter)>>,
+}
+
+impl RequestSeries {
+    fn counter(
+        &self,
+        family: &IntCounterVec,
+        method: &str,
+        endpoint: &str,
+        status: u16,
+    ) -> IntCounter {
+        let known = read(&self.by_status)
+            .iter()
+            .find(|(s, _)| *s == status)
+            .map(|(_, counter)| counter.clone());
+        known.unwrap_or_else(|| {
+            let mut all = write(&self.by_status);
+            if let Some((_, counter)) = all.iter().find(|(s, _)| *s == status) {
+                return counter.clone();
+            }
+            let counter = family.with_label_values(&[method, endpoint, &status.to_string()]);
+            all.push((status, counter.clone()));
+            counter
+        })
+    }
+}
+
+/// The `method` label: the standard methods by name, anything else as `OTHER`, so that
+/// clients cannot create series at will.
+fn method_label(method: &str) -> &'static str {
+    const KNOWN: [&str; 9] = [
+        "GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "TRACE", "CONNECT",
+    ];
+    KNOWN.into_iter().find(|m| *m == method).unwrap_or("OTHER")
+}
+
+// A panic while holding one of these locks leaves a consistent map (every change is one
+// insert), so a poisoned lock is used as is.
+fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    lock.read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    lock.write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Figures of one connection pool.
@@ -85,7 +143,14 @@ impl Metrics {
                 IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"),
             )
         };
+        let tenant_requests = counter_vec(
+            "tenant_requests_total",
+            "API requests per tenant; tenants beyond the cap are counted as \"other\".",
+            &["tenant"],
+        );
         let metrics = Self {
+            other_tenant: tenant_requests.with_label_values(&[OTHER_TENANT]),
+            tenant_requests,
             http_requests: counter_vec(
                 "http_requests_total",
                 "HTTP requests answered, by method, route template and status.",
@@ -103,12 +168,8 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
-            tenant_requests: counter_vec(
-                "tenant_requests_total",
-                "API requests per tenant; tenants beyond the cap are counted as \"other\".",
-                &["tenant"],
-            ),
-            tenants_seen: RwLock::new(HashSet::new()),
+            request_series: RwLock::default(),
+            tenant_series: RwLock::default(),
             max_tenants,
             db_pool_connections: gauge_vec(
                 "db_pool_connections",
@@ -209,46 +270,70 @@ impl Metrics {
             &["version"],
         );
         build_info.with_label_values(&[version]).set(1);
-        metrics.tenant_requests.with_label_values(&[OTHER_TENANT]);
         metrics
     }
 
     /// Creates the zero-valued series of an endpoint, so it is scrapeable before use.
     pub fn declare_endpoint(&self, method: &str, endpoint: &str) {
-        self.http_duration.with_label_values(&[method, endpoint]);
-        self.http_requests
-            .with_label_values(&[method, endpoint, "200"]);
+        self.request_series(method_label(method), endpoint).counter(
+            &self.http_requests,
+            method_label(method),
+            endpoint,
+            200,
+        );
     }
 
     /// Records one answered request.
-    pub fn observe_request(&self, method: &str, endpoint: &str, status: &str, seconds: f64) {
-        self.http_requests
-            .with_label_values(&[method, endpoint, status])
+    pub fn observe_request(&self, method: &str, endpoint: &str, status: u16, seconds: f64) {
+        let method = method_label(method);
+        let series = self.request_series(method, endpoint);
+        series
+            .counter(&self.http_requests, method, endpoint, status)
             .inc();
-        self.http_duration
-            .with_label_values(&[method, endpoint])
-            .observe(seconds);
+        series.duration.observe(seconds);
+    }
+
+    /// The series of `(method, endpoint)`, created on first use. Requests look their
+    /// series up here rather than through the label hashing of the metric families.
+    fn request_series(&self, method: &'static str, endpoint: &str) -> Arc<RequestSeries> {
+        let known = read(&self.request_series)
+            .get(endpoint)
+            .and_then(|methods| methods.iter().find(|(m, _)| *m == method))
+            .map(|(_, series)| series.clone());
+        known.unwrap_or_else(|| {
+            let mut all = write(&self.request_series);
+            let methods = all.entry(endpoint.into()).or_default();
+            if let Some((_, series)) = methods.iter().find(|(m, _)| *m == method) {
+                return series.clone();
+            }
+            let series = Arc::new(RequestSeries {
+                duration: self.http_duration.with_label_values(&[method, endpoint]),
+                by_status: RwLock::default(),
+            });
+            methods.push((method, series.clone()));
+            series
+        })
     }
 
     /// Counts one API request of `tenant`, under its own label while under the cap.
     pub fn observe_tenant(&self, tenant: &str) {
-        let known = self
-            .tenants_seen
-            .read()
-            .is_ok_and(|seen| seen.contains(tenant));
-        let label = if known {
-            tenant
-        } else {
-            match self.tenants_seen.write() {
-                Ok(mut seen) if seen.len() < self.max_tenants => {
-                    seen.insert(tenant.to_owned());
-                    tenant
-                }
-                Ok(seen) if seen.contains(tenant) => tenant,
-                _ => OTHER_TENANT,
+        let full = {
+            let seen = read(&self.tenant_series);
+            if let Some(counter) = seen.get(tenant) {
+                counter.inc();
+                return;
             }
+            seen.len() >= self.max_tenants
         };
-        self.tenant_requests.with_label_values(&[label]).inc();
+        let mut seen = write(&self.tenant_series);
+        if full && !seen.contains_key(tenant) {
+            drop(seen);
+            self.other_tenant.inc();
+            return;
+        }
+        seen.entry(tenant.into())
+            .or_insert_with(|| self.tenant_requests.with_label_values(&[tenant]))
+            .inc();
     }
 
     /// Sets the state of `breaker`: 0 closed, 1 open, 2 half-open.
@@ -382,10 +467,25 @@ mod tests {
     }
 
     #[test]
+    fn unknown_methods_share_one_label() {
+        let metrics = Metrics::new(2, "0");
+        metrics.observe_request("BREW", "unmatched", 405, 0.001);
+        metrics.observe_request("PROPFIND", "unmatched", 405, 0.001);
+        let text = metrics.encode();
+        assert!(
+            text.contains(
+                "http_requests_total{endpoint=\"unmatched\",method=\"OTHER\",status=\"405\"} 2"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("BREW"));
+    }
+
+    #[test]
     fn requests_are_counted_by_template_and_status() {
         let metrics = Metrics::new(2, "0");
-        metrics.observe_request("GET", "/api/v1/routes/{id}", "404", 0.001);
-        metrics.observe_request("GET", "/api/v1/routes/{id}", "404", 0.002);
+        metrics.observe_request("GET", "/api/v1/routes/{id}", 404, 0.001);
+        metrics.observe_request("GET", "/api/v1/routes/{id}", 404, 0.002);
         let text = metrics.encode();
         assert!(
             text.contains("http_requests_total{endpoint=\"/api/v1/routes/{id}\",method=\"GET\",status=\"404\"} 2"),

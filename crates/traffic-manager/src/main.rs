@@ -75,10 +75,16 @@ fn main() -> ExitCode {
         eprintln!("traffic-manager: {err}");
         return ExitCode::from(2);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // One serving thread runs everything on that thread, as an event loop (cheaper per
+    // request than a one-worker pool); blocking work still has threads of its own.
+    let mut builder = if config.worker_threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(config.worker_threads);
+        builder
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(err) => {
             eprintln!("traffic-manager: starting the async runtime: {err}");
