@@ -4,6 +4,7 @@
 mod error;
 mod id;
 mod ident;
+mod index;
 mod key;
 mod route;
 mod snapshot;

@@ -1,7 +1,8 @@
 //! The routing snapshot: every active route, in memory, answering `resolve`.
 //!
 //! A snapshot is immutable; changes produce a new one that shares all untouched groups
-//! with the old (a persistent map), so publishing a change costs O(log n), not O(n).
+//! with the old (see [`crate::index`]), so publishing a change costs a small fraction of
+//! a full copy.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -11,6 +12,7 @@ use serde::Serialize;
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
 use crate::ident::MAX_IDENTIFIER_LEN;
+use crate::index::SharedIndex;
 use crate::{EnvName, GroupKey, Route, ServiceName, TenantId, UpstreamUrl, Version, Weight};
 
 /// How `resolve` picks among the active versions of a service.
@@ -33,13 +35,16 @@ pub enum RouteChange<'a> {
     Deleted(&'a Route),
 }
 
-/// One active version of a service, with its answer prepared in advance.
+/// One active version of a service, with its answer prepared in advance. Kept small:
+/// a million of these live in memory, so the version is read out of the answer itself.
 #[derive(Clone, Debug)]
 pub struct ActiveRoute {
-    pub version: Version,
-    pub weight: Weight,
     /// The JSON body of a resolve answer: `{"tenant","service","env","version","url"}`.
-    pub body: Bytes,
+    body: Bytes,
+    /// Where the version's text sits in `body`.
+    version_at: u8,
+    version_len: u8,
+    pub weight: Weight,
     /// The entity tag, kept inline: a quoted 16-digit hex number.
     etag: [u8; ETAG_LEN],
     /// Per-version seed of the rendezvous hash.
@@ -50,45 +55,63 @@ const ETAG_LEN: usize = 18;
 
 /// Builds a snapshot one route at a time, so that a full load need not hold every
 /// stored row at once: each route is reduced to its prepared answer as it arrives.
+/// Routes given in natural-key order (as a full load reads them) go straight into the
+/// map a group at a time; any other order works too, only slower.
 #[derive(Default)]
 pub struct SnapshotBuilder {
-    by_group: std::collections::HashMap<Box<str>, Vec<ActiveRoute>>,
+    snapshot: RoutingSnapshot,
+    /// The group being gathered, and its active routes so far.
+    current: Option<(Box<str>, Vec<ActiveRoute>)>,
 }
 
 impl SnapshotBuilder {
-    /// Adds `route` if it is active.
     pub fn add(&mut self, route: &Route) {
-        if route.active {
-            self.by_group
-                .entry(group_key(&route.tenant, &route.service, &route.env).into_boxed_str())
-                .or_default()
-                .push(ActiveRoute::new(route));
+        if !route.active {
+            return;
+        }
+        let mut buf = [0u8; 3 * MAX_IDENTIFIER_LEN + 2];
+        let key = group_key_in(&mut buf, &route.tenant, &route.service, &route.env);
+        match &mut self.current {
+            Some((current, routes)) if **current == *key => routes.push(ActiveRoute::new(route)),
+            _ => {
+                self.flush();
+                self.current = Some((key.into(), vec![ActiveRoute::new(route)]));
+            }
         }
     }
 
-    pub fn build(self) -> RoutingSnapshot {
-        let mut snapshot = RoutingSnapshot::default();
-        for (key, mut routes) in self.by_group {
-            routes.shrink_to_fit();
-            let group = Group::build(routes);
-            snapshot.route_count += group.routes.len();
-            snapshot.groups.insert(key, Arc::new(group));
+    fn flush(&mut self) {
+        if let Some((key, mut routes)) = self.current.take() {
+            if let Some(earlier) = self.snapshot.groups.get(&key) {
+                // The group came in pieces: keep what arrived before.
+                self.snapshot.route_count -= earlier.len();
+                routes.extend(earlier.iter().cloned());
+            }
+            self.snapshot.route_count += routes.len();
+            self.snapshot.groups.insert(key, group(routes));
         }
-        snapshot
+    }
+
+    pub fn build(mut self) -> RoutingSnapshot {
+        self.flush();
+        self.snapshot.built_at = Instant::now();
+        self.snapshot
     }
 }
 
-/// The active versions of one `(tenant, service, env)`, sorted by version.
-#[derive(Debug, Default)]
-struct Group {
-    routes: Vec<ActiveRoute>,
-    total_weight: u64,
+/// The active versions of one `(tenant, service, env)`, sorted by version, in one
+/// allocation.
+type Group = Arc<[ActiveRoute]>;
+
+fn group(mut routes: Vec<ActiveRoute>) -> Group {
+    routes.sort_by(|a, b| a.version().cmp(b.version()));
+    routes.into()
 }
 
 /// An immutable view of every active route.
 #[derive(Clone, Debug)]
 pub struct RoutingSnapshot {
-    groups: imbl::HashMap<Box<str>, Arc<Group>>,
+    groups: SharedIndex<Group>,
     route_count: usize,
     built_at: Instant,
 }
@@ -96,7 +119,7 @@ pub struct RoutingSnapshot {
 impl Default for RoutingSnapshot {
     fn default() -> Self {
         Self {
-            groups: imbl::HashMap::new(),
+            groups: SharedIndex::default(),
             route_count: 0,
             built_at: Instant::now(),
         }
@@ -156,7 +179,7 @@ impl RoutingSnapshot {
         let map_key = group_key_in(&mut buf, &key.tenant, &key.service, &key.env);
         self.groups
             .get(map_key)
-            .is_some_and(|g| g.routes.iter().any(|r| &r.version == version))
+            .is_some_and(|g| g.iter().any(|r| r.version() == version.as_str()))
     }
 
     /// This snapshot with one route's change applied, leaving the rest of its group as is.
@@ -170,9 +193,8 @@ impl RoutingSnapshot {
             .groups
             .get(&map_key)
             .map(|g| {
-                g.routes
-                    .iter()
-                    .filter(|r| r.version != route.version)
+                g.iter()
+                    .filter(|r| r.version() != route.version.as_str())
                     .cloned()
                     .collect()
             })
@@ -185,10 +207,10 @@ impl RoutingSnapshot {
 
     fn with_group_routes(&self, map_key: Box<str>, routes: Vec<ActiveRoute>) -> Self {
         let mut next = self.clone();
-        let removed = next.groups.remove(&map_key).map_or(0, |g| g.routes.len());
+        let removed = next.groups.remove(&map_key).map_or(0, |g| g.len());
         let added = routes.len();
         if !routes.is_empty() {
-            next.groups.insert(map_key, Arc::new(Group::build(routes)));
+            next.groups.insert(map_key, group(routes));
         }
         next.route_count = next.route_count + added - removed;
         next.built_at = Instant::now();
@@ -207,9 +229,9 @@ impl RoutingSnapshot {
         let key = group_key_in(&mut buf, tenant, service, env);
         let group = self.groups.get(key)?;
         match pick {
-            Pick::Version(v) => group.routes.iter().find(|r| &r.version == v),
-            Pick::Sticky(key) => group.sticky(key),
-            Pick::Random(n) => group.weighted(n),
+            Pick::Version(v) => group.iter().find(|r| r.version() == v.as_str()),
+            Pick::Sticky(key) => sticky(group, key),
+            Pick::Random(n) => weighted(group, n),
         }
     }
 
@@ -224,47 +246,37 @@ impl RoutingSnapshot {
     }
 }
 
-impl Group {
-    fn build(mut routes: Vec<ActiveRoute>) -> Self {
-        routes.sort_by(|a, b| a.version.cmp(&b.version));
-        let total_weight = routes.iter().map(|r| u64::from(r.weight.get())).sum();
-        Self {
-            routes,
-            total_weight,
+/// Weighted rendezvous hashing: each version scores `weight / -ln(u)` with `u` a
+/// uniform hash of (key, version); the highest wins. The same key picks the same
+/// version everywhere, and a weight change only moves keys to or from that version.
+fn sticky<'g>(group: &'g [ActiveRoute], key: &str) -> Option<&'g ActiveRoute> {
+    let mut best: Option<(f64, &ActiveRoute)> = None;
+    for route in group.iter().filter(|r| r.weight.get() > 0) {
+        let h = xxh3_64_with_seed(key.as_bytes(), route.seed);
+        // 53 high bits into (0, 1): never 0, never 1.
+        let u = ((h >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+        let score = f64::from(route.weight.get()) / -u.ln();
+        if best.is_none_or(|(s, _)| score > s) {
+            best = Some((score, route));
         }
     }
+    best.map(|(_, route)| route)
+}
 
-    /// Weighted rendezvous hashing: each version scores `weight / -ln(u)` with `u` a
-    /// uniform hash of (key, version); the highest wins. The same key picks the same
-    /// version everywhere, and a weight change only moves keys to or from that version.
-    fn sticky(&self, key: &str) -> Option<&ActiveRoute> {
-        let mut best: Option<(f64, &ActiveRoute)> = None;
-        for route in self.routes.iter().filter(|r| r.weight.get() > 0) {
-            let h = xxh3_64_with_seed(key.as_bytes(), route.seed);
-            // 53 high bits into (0, 1): never 0, never 1.
-            let u = ((h >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
-            let score = f64::from(route.weight.get()) / -u.ln();
-            if best.is_none_or(|(s, _)| score > s) {
-                best = Some((score, route));
-            }
-        }
-        best.map(|(_, route)| route)
+fn weighted(group: &[ActiveRoute], n: u64) -> Option<&ActiveRoute> {
+    let total: u64 = group.iter().map(|r| u64::from(r.weight.get())).sum();
+    if total == 0 {
+        return None;
     }
-
-    fn weighted(&self, n: u64) -> Option<&ActiveRoute> {
-        if self.total_weight == 0 {
-            return None;
+    let mut point = n % total;
+    for route in group {
+        let w = u64::from(route.weight.get());
+        if point < w {
+            return Some(route);
         }
-        let mut point = n % self.total_weight;
-        for route in &self.routes {
-            let w = u64::from(route.weight.get());
-            if point < w {
-                return Some(route);
-            }
-            point -= w;
-        }
-        None
+        point -= w;
     }
+    None
 }
 
 impl ActiveRoute {
@@ -285,12 +297,25 @@ impl ActiveRoute {
             url: &route.url,
         })
         .expect("serializing strings cannot fail");
+        // Identifiers need no escaping in JSON, so the version appears verbatim, once,
+        // right after the tenant, service and env.
+        let version = route.version.as_str();
+        let version_at = br#"{"tenant":"","service":"","env":"","version":""#.len()
+            + route.tenant.as_str().len()
+            + route.service.as_str().len()
+            + route.env.as_str().len();
+        debug_assert_eq!(
+            &body[version_at..version_at + version.len()],
+            version.as_bytes()
+        );
         // Route id and revision together identify the answer's content exactly.
         let tag = xxh3_64_with_seed(route.id.as_uuid().as_bytes(), route.revision as u64);
         Self {
-            version: route.version.clone(),
+            version_at: u8::try_from(version_at).expect("three identifiers fit in 255 bytes"),
+            version_len: u8::try_from(version.len()).expect("an identifier fits in 255 bytes"),
             weight: route.weight,
-            body: Bytes::from(body),
+            // Exactly sized: a million of these are kept.
+            body: Bytes::from(body.into_boxed_slice()),
             etag: format!("\"{tag:016x}\"")
                 .into_bytes()
                 .try_into()
@@ -301,6 +326,18 @@ impl ActiveRoute {
 }
 
 impl ActiveRoute {
+    /// The version this route serves.
+    pub fn version(&self) -> &str {
+        let at = usize::from(self.version_at);
+        std::str::from_utf8(&self.body[at..at + usize::from(self.version_len)])
+            .expect("identifiers are ASCII")
+    }
+
+    /// The answer: `{"tenant","service","env","version","url"}` as JSON.
+    pub fn body(&self) -> &Bytes {
+        &self.body
+    }
+
     /// A strong, quoted entity tag that changes whenever this answer could.
     pub fn etag(&self) -> &str {
         std::str::from_utf8(&self.etag).expect("the tag is ASCII")
@@ -365,7 +402,7 @@ mod tests {
     fn pick_sticky<'a>(s: &'a RoutingSnapshot, key: &str) -> Option<&'a str> {
         let (t, sv, e) = ids();
         s.resolve(&t, &sv, &e, Pick::Sticky(key))
-            .map(|r| r.version.as_str())
+            .map(|r| r.version())
     }
 
     #[test]
@@ -396,8 +433,7 @@ mod tests {
             .filter(|n| {
                 s.resolve(&t, &sv, &e, Pick::Random(*n))
                     .expect("some")
-                    .version
-                    .as_str()
+                    .version()
                     == "v2"
             })
             .count();
@@ -480,11 +516,34 @@ mod tests {
     }
 
     #[test]
+    fn a_group_given_in_pieces_is_gathered_whole() {
+        let mut other = route("v9", 100, true);
+        other.service = ServiceName::parse("ledger").expect("valid");
+        let mut builder = SnapshotBuilder::default();
+        for r in [route("v2", 50, true), other, route("v1.0-rc_1", 50, true)] {
+            builder.add(&r);
+        }
+        let s = builder.build();
+        assert_eq!(s.route_count(), 3);
+        let (t, sv, e) = ids();
+        let versions: Vec<&str> = (0..100u64)
+            .filter_map(|n| {
+                s.resolve(&t, &sv, &e, Pick::Random(n))
+                    .map(ActiveRoute::version)
+            })
+            .collect();
+        assert!(versions.contains(&"v1.0-rc_1") && versions.contains(&"v2"));
+        let v1 = Version::parse("v1.0-rc_1").expect("valid");
+        let found = s.resolve(&t, &sv, &e, Pick::Version(&v1)).expect("v1");
+        assert_eq!(found.version(), "v1.0-rc_1");
+    }
+
+    #[test]
     fn the_answer_body_is_the_contract_shape() {
         let s = RoutingSnapshot::from_routes(&[route("v1", 100, true)]);
         let (t, sv, e) = ids();
         let answer = s.resolve(&t, &sv, &e, Pick::Random(0)).expect("active");
-        let body: serde_json::Value = serde_json::from_slice(&answer.body).expect("json");
+        let body: serde_json::Value = serde_json::from_slice(answer.body()).expect("json");
         assert_eq!(
             body,
             serde_json::json!({"tenant":"acme","service":"billing","env":"prod","version":"v1","url":"http://v1.internal"})

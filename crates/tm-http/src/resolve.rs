@@ -118,7 +118,7 @@ pub async fn resolve(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         )],
-        route.body.clone(),
+        route.body().clone(),
     )
         .into_response())
 }

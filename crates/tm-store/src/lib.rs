@@ -149,10 +149,15 @@ pub trait Store: Send + Sync + 'static {
     /// The active routes of the given `(tenant, service, env)` groups.
     async fn active_routes_in_groups(&self, keys: &[GroupKey]) -> Result<Vec<Route>, StoreError>;
 
-    /// Every active route, one at a time (what a routing snapshot is built from), so
-    /// that a full load of millions of routes
-    /// does not hold them all at once.
-    fn stream_active_routes(&self) -> futures::stream::BoxStream<'_, Result<Route, StoreError>>;
+    /// Up to `limit` active routes in natural-key order, starting after `after` (from
+    /// the first when `None`): what a routing snapshot is built from, one short query
+    /// at a time, so that a full load of millions of routes neither holds them all at
+    /// once nor runs one statement past its time-out.
+    async fn active_routes_page(
+        &self,
+        after: Option<&RouteKey>,
+        limit: u32,
+    ) -> Result<Vec<Route>, StoreError>;
 
     /// The audit trail of one route, oldest first.
     async fn audit_log(&self, route_id: RouteId) -> Result<Vec<AuditEntry>, StoreError>;

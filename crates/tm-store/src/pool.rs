@@ -86,11 +86,6 @@ impl<DB: Database> CountedPool<DB> {
         }
     }
 
-    /// Counts a query that runs on the pool directly rather than on an acquired connection.
-    pub(crate) fn count_query(&self) {
-        self.counters.queries.inc();
-    }
-
     pub(crate) fn stats(&self) -> PoolStats {
         let size = self.pool.size();
         let idle = u32::try_from(self.pool.num_idle())

@@ -409,16 +409,38 @@ impl Store for PostgresStore {
         routes(rows)
     }
 
-    fn stream_active_routes(&self) -> futures::stream::BoxStream<'_, Result<Route, StoreError>> {
-        use futures::StreamExt;
-        self.primary.count_query();
-        sqlx::query_as::<_, RouteRow>(
-            "SELECT id::text AS id, tenant, service, env, version, url, active, weight::int8 AS weight, \
-             revision, created_at, updated_at FROM routes WHERE active",
-        )
-        .fetch(&self.primary.pool)
-        .map(|row| row.map_err(StoreError::from).and_then(Route::try_from))
-        .boxed()
+    async fn active_routes_page(
+        &self,
+        after: Option<&RouteKey>,
+        limit: u32,
+    ) -> Result<Vec<Route>, StoreError> {
+        let mut conn = self.primary.acquire().await?;
+        let rows: Vec<RouteRow> = match after {
+            None => {
+                sqlx::query_as(&format!(
+                    "SELECT {ROUTE_COLUMNS} FROM routes WHERE active \
+                     ORDER BY tenant, service, env, version LIMIT $1"
+                ))
+                .bind(i64::from(limit))
+                .fetch_all(&mut *conn)
+                .await?
+            }
+            Some(key) => {
+                sqlx::query_as(&format!(
+                    "SELECT {ROUTE_COLUMNS} FROM routes WHERE active \
+                     AND (tenant, service, env, version) > ($1, $2, $3, $4) \
+                     ORDER BY tenant, service, env, version LIMIT $5"
+                ))
+                .bind(key.tenant.as_str())
+                .bind(key.service.as_str())
+                .bind(key.env.as_str())
+                .bind(key.version.as_str())
+                .bind(i64::from(limit))
+                .fetch_all(&mut *conn)
+                .await?
+            }
+        };
+        routes(rows)
     }
 
     async fn audit_log(&self, route_id: RouteId) -> Result<Vec<AuditEntry>, StoreError> {

@@ -11,8 +11,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::{ArcSwap, Guard};
-use futures::TryStreamExt;
-use tm_domain::{GroupKey, Route, RouteChange, RoutingSnapshot, SnapshotBuilder};
+use tm_domain::{GroupKey, Route, RouteChange, RouteKey, RoutingSnapshot, SnapshotBuilder};
 use tm_resilience::Singleflight;
 use tokio::sync::Mutex;
 
@@ -178,12 +177,29 @@ impl RoutingTable {
     }
 }
 
-/// A snapshot of every active route in `store`, read as a stream.
+/// Routes read per query by a full load.
+const LOAD_PAGE: u32 = 5_000;
+
+/// A snapshot of every active route in `store`, read a page at a time. Preparing the
+/// answers is CPU work, done on a blocking thread so that a reload of millions of routes
+/// does not hold up the threads answering requests.
 async fn build(store: &dyn Store) -> Result<RoutingSnapshot, StoreError> {
     let mut builder = SnapshotBuilder::default();
-    let mut routes = store.stream_active_routes();
-    while let Some(route) = routes.try_next().await? {
-        builder.add(&route);
+    let mut after: Option<RouteKey> = None;
+    loop {
+        let page = store.active_routes_page(after.as_ref(), LOAD_PAGE).await?;
+        let last_page = page.len() < LOAD_PAGE as usize;
+        after = page.last().map(Route::key);
+        builder = tokio::task::spawn_blocking(move || {
+            for route in &page {
+                builder.add(route);
+            }
+            builder
+        })
+        .await
+        .unwrap_or_else(|err| std::panic::resume_unwind(err.into_panic()));
+        if last_page {
+            return Ok(builder.build());
+        }
     }
-    Ok(builder.build())
 }

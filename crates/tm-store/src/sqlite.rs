@@ -403,16 +403,38 @@ impl Store for SqliteStore {
         Ok(found)
     }
 
-    fn stream_active_routes(&self) -> futures::stream::BoxStream<'_, Result<Route, StoreError>> {
-        use futures::StreamExt;
-        self.reader.count_query();
-        sqlx::query_as::<_, RouteRow>(
-            "SELECT id, tenant, service, env, version, url, active, weight, revision, created_at, updated_at \
-             FROM routes WHERE active = 1",
-        )
-        .fetch(&self.reader.pool)
-        .map(|row| row.map_err(StoreError::from).and_then(Route::try_from))
-        .boxed()
+    async fn active_routes_page(
+        &self,
+        after: Option<&RouteKey>,
+        limit: u32,
+    ) -> Result<Vec<Route>, StoreError> {
+        let mut conn = self.reader.acquire().await?;
+        let rows: Vec<RouteRow> = match after {
+            None => {
+                sqlx::query_as(&format!(
+                    "SELECT {ROUTE_COLUMNS} FROM routes WHERE active = 1 \
+                     ORDER BY tenant, service, env, version LIMIT ?1"
+                ))
+                .bind(i64::from(limit))
+                .fetch_all(&mut *conn)
+                .await?
+            }
+            Some(key) => {
+                sqlx::query_as(&format!(
+                    "SELECT {ROUTE_COLUMNS} FROM routes WHERE active = 1 \
+                     AND (tenant, service, env, version) > (?1, ?2, ?3, ?4) \
+                     ORDER BY tenant, service, env, version LIMIT ?5"
+                ))
+                .bind(key.tenant.as_str())
+                .bind(key.service.as_str())
+                .bind(key.env.as_str())
+                .bind(key.version.as_str())
+                .bind(i64::from(limit))
+                .fetch_all(&mut *conn)
+                .await?
+            }
+        };
+        routes(rows)
     }
 
     async fn audit_log(&self, route_id: RouteId) -> Result<Vec<AuditEntry>, StoreError> {

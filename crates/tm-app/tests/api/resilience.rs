@@ -335,7 +335,7 @@ async fn concurrent_group_refreshes_share_queries_and_all_apply() {
                         &route.env,
                         tm_domain::Pick::Random(0),
                     )
-                    .map(|r| r.version.clone())
+                    .map(|r| r.version().to_owned())
             })
         })
         .collect();

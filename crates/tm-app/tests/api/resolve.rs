@@ -232,3 +232,50 @@ async fn resolve_validates_its_query() {
         .await
         .problem(StatusCode::BAD_REQUEST);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_load_reads_every_page_and_keeps_groups_split_across_pages_whole() {
+    use tm_domain::{
+        EnvName, NewRoute, Pick, RouteId, RouteKey, ServiceName, TenantId, UpstreamUrl, Version,
+        Weight,
+    };
+    let app = spawn_app().await;
+    // Three versions per service: pages of a full load end in the middle of services.
+    let routes: Vec<tm_domain::Route> = (0..4001)
+        .flat_map(|s| (1..=3).map(move |v| (s, v)))
+        .map(|(s, v)| {
+            NewRoute {
+                key: RouteKey {
+                    tenant: TenantId::parse("bulk").expect("valid"),
+                    service: ServiceName::parse(&format!("s{s:04}")).expect("valid"),
+                    env: EnvName::parse("prod").expect("valid"),
+                    version: Version::parse(&format!("v{v}")).expect("valid"),
+                },
+                url: UpstreamUrl::parse(&format!("http://s{s}.v{v}.internal")).expect("valid"),
+                active: true,
+                weight: Weight::parse(100).expect("valid"),
+            }
+            .into_route(RouteId::generate(), tm_domain::now())
+        })
+        .collect();
+    app.store
+        .import_routes(&routes, &tm_store::Actor::new("test"))
+        .await
+        .expect("import");
+    let table = tm_store::RoutingTable::load(app.store.clone())
+        .await
+        .expect("load");
+    let snapshot = table.snapshot();
+    assert_eq!(snapshot.route_count(), 12_003);
+    for route in &routes {
+        let found = snapshot
+            .resolve(
+                &route.tenant,
+                &route.service,
+                &route.env,
+                Pick::Version(&route.version),
+            )
+            .unwrap_or_else(|| panic!("{} {} missing", route.service, route.version));
+        assert_eq!(found.version(), route.version.as_str());
+    }
+}
