@@ -60,6 +60,7 @@ pub struct Application {
     routing: Arc<RoutingTable>,
     keys: Arc<KeyRing>,
     reload_interval: Duration,
+    catch_up_interval: Duration,
     sample_interval: Duration,
     shutdown_grace: Duration,
 }
@@ -128,6 +129,7 @@ impl Application {
             routing,
             keys,
             reload_interval: config.snapshot_reload_interval,
+            catch_up_interval: config.snapshot_catch_up_interval,
             sample_interval: config.metrics.pool_sample_interval,
             shutdown_grace,
         })
@@ -146,10 +148,10 @@ impl Application {
     /// requests up to the configured grace period, stops the workers and closes the pools.
     pub async fn run_until(self, shutdown: CancellationToken) -> Result<(), RunError> {
         let workers = CancellationToken::new();
-        let mut reloader: JoinHandle<()> = tokio::spawn(reload_periodically(
+        let mut reloader: JoinHandle<()> = tokio::spawn(follow_changes(
             self.routing.clone(),
             self.keys.clone(),
-            self.reload_interval,
+            (self.catch_up_interval, self.reload_interval),
             workers.clone(),
         ));
         let mut sampler: JoinHandle<()> = tokio::spawn(sample_periodically(
@@ -202,30 +204,43 @@ impl Application {
     }
 }
 
-/// The safety net behind per-write refreshes: a full reload of routes and keys on a
-/// fixed period, which also picks up changes made by other instances.
-async fn reload_periodically(
+/// Keeps the snapshot and the keys in step with the store: every `catch_up` the
+/// snapshot applies the changes recorded since its last look (made by this instance or
+/// any other) and the keys are re-read; every `reload` the snapshot is rebuilt from
+/// scratch, a safety net for changes made to the database directly.
+async fn follow_changes(
     routing: Arc<RoutingTable>,
     keys: Arc<KeyRing>,
-    every: Duration,
+    (catch_up, reload): (Duration, Duration),
     stop: CancellationToken,
 ) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await; // the first tick is immediate; everything was just loaded
+    let ticker = |every: Duration| {
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick
+    };
+    let (mut catch_up, mut reload) = (ticker(catch_up), ticker(reload));
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        match routing.reload().await {
-            Ok(routes) => tracing::debug!(routes, "routing snapshot reloaded"),
-            Err(err) => {
-                tracing::warn!(error = %err, "routing snapshot reload failed; serving the previous one")
+            _ = catch_up.tick() => {
+                match routing.catch_up().await {
+                    Ok(0) => {}
+                    Ok(services) => tracing::debug!(services, "routing snapshot caught up"),
+                    Err(err) => tracing::warn!(error = %err,
+                        "reading the change feed failed; serving the snapshot as it is"),
+                }
+                if let Err(err) = keys.reload().await {
+                    tracing::warn!(error = %err, "API key reload failed; using the keys already loaded");
+                }
             }
-        }
-        if let Err(err) = keys.reload().await {
-            tracing::warn!(error = %err, "API key reload failed; using the keys already loaded");
+            _ = reload.tick() => {
+                match routing.reload().await {
+                    Ok(routes) => tracing::info!(routes, "routing snapshot reloaded"),
+                    Err(err) => tracing::warn!(error = %err,
+                        "routing snapshot reload failed; serving the previous one"),
+                }
+            }
         }
     }
 }

@@ -50,6 +50,8 @@ pub struct RawConfig {
     pub resolve_stale_while_revalidate: Duration,
     #[serde(with = "humantime_serde")]
     pub snapshot_reload_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub snapshot_catch_up_interval: Duration,
     /// Threads serving requests; 0 means one per available CPU.
     pub worker_threads: usize,
     #[serde(with = "humantime_serde")]
@@ -131,7 +133,8 @@ impl Default for RawConfig {
             body_limit_bytes: 64 * 1024,
             resolve_max_age: Duration::from_secs(5),
             resolve_stale_while_revalidate: Duration::from_secs(30),
-            snapshot_reload_interval: Duration::from_secs(30),
+            snapshot_reload_interval: Duration::from_secs(3600),
+            snapshot_catch_up_interval: Duration::from_secs(1),
             worker_threads: 0,
             health_check_timeout: Duration::from_secs(2),
             shutdown_grace: Duration::from_secs(10),
@@ -187,6 +190,7 @@ const ENV_KEYS: &[&str] = &[
     "resolve_max_age",
     "resolve_stale_while_revalidate",
     "snapshot_reload_interval",
+    "snapshot_catch_up_interval",
     "worker_threads",
     "health_check_timeout",
     "shutdown_grace",
@@ -362,6 +366,8 @@ pub struct Config {
     pub log: LogConfig,
     pub http: HttpConfig,
     pub snapshot_reload_interval: Duration,
+    /// How often the snapshot reads the change feed for changes made elsewhere.
+    pub snapshot_catch_up_interval: Duration,
     /// Threads serving requests (at least 1; one per available CPU unless configured).
     pub worker_threads: usize,
     /// `TM_BOOTSTRAP_ADMIN_KEY`: an admin key given by the operator (at least 32 characters).
@@ -483,6 +489,10 @@ impl Config {
             format!(
                 "snapshot_reload_interval = {}",
                 d(self.snapshot_reload_interval)
+            ),
+            format!(
+                "snapshot_catch_up_interval = {}",
+                d(self.snapshot_catch_up_interval)
             ),
             format!("worker_threads = {}", self.worker_threads),
             format!(
@@ -720,6 +730,7 @@ impl TryFrom<RawConfig> for Config {
                 raw.db_idle_in_transaction_timeout,
             ),
             ("snapshot_reload_interval", raw.snapshot_reload_interval),
+            ("snapshot_catch_up_interval", raw.snapshot_catch_up_interval),
             ("health_check_timeout", raw.health_check_timeout),
         ] {
             if value.is_zero() {
@@ -932,6 +943,7 @@ impl TryFrom<RawConfig> for Config {
                         },
                     },
                     snapshot_reload_interval: raw.snapshot_reload_interval,
+                    snapshot_catch_up_interval: raw.snapshot_catch_up_interval,
                     worker_threads: match raw.worker_threads {
                         0 => std::thread::available_parallelism().map_or(1, usize::from),
                         n => n,

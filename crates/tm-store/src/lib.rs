@@ -65,6 +65,69 @@ impl AuditAction {
     }
 }
 
+/// A position in the change feed (the audit log): opaque outside the store.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ChangePosition {
+    /// PostgreSQL: the transaction id of the last change read (SQLite, whose writes
+    /// commit in id order: always 0).
+    txid: i64,
+    /// The audit-log id of the last change read.
+    id: i64,
+}
+
+/// What the change feed holds after a position.
+#[derive(Debug)]
+pub struct Changes {
+    /// The services changed, each once.
+    pub groups: Vec<GroupKey>,
+    /// The position after the last change read.
+    pub position: ChangePosition,
+    /// Whether these are all the changes there were (the limit was not reached).
+    pub complete: bool,
+}
+
+/// A changed service as the change feed names it.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct ChangeRow {
+    txid: i64,
+    id: i64,
+    tenant: String,
+    service: String,
+    env: String,
+}
+
+/// The services named by `rows` (each once), read with `limit` from `from`.
+pub(crate) fn changed_groups(
+    rows: Vec<ChangeRow>,
+    from: ChangePosition,
+    limit: u32,
+) -> Result<Changes, StoreError> {
+    let complete = rows.len() < limit as usize;
+    let position = rows.last().map_or(from, |r| ChangePosition {
+        txid: r.txid,
+        id: r.id,
+    });
+    let mut groups: Vec<GroupKey> = Vec::new();
+    for row in rows {
+        let corrupt = |e: tm_domain::DomainError| {
+            StoreError::Corrupt(format!("audit log entry {}: {e}", row.id))
+        };
+        let key = GroupKey {
+            tenant: TenantId::parse(&row.tenant).map_err(corrupt)?,
+            service: ServiceName::parse(&row.service).map_err(corrupt)?,
+            env: EnvName::parse(&row.env).map_err(corrupt)?,
+        };
+        if !groups.contains(&key) {
+            groups.push(key);
+        }
+    }
+    Ok(Changes {
+        groups,
+        position,
+        complete,
+    })
+}
+
 /// One row of the audit log: the route before and after a change.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct AuditEntry {
@@ -158,6 +221,14 @@ pub trait Store: Send + Sync + 'static {
         after: Option<&RouteKey>,
         limit: u32,
     ) -> Result<Vec<Route>, StoreError>;
+
+    /// Where the change feed stands: every change before this position is visible to
+    /// any read that starts after this call.
+    async fn change_position(&self) -> Result<ChangePosition, StoreError>;
+
+    /// The services changed after `from`, oldest change first, reading at most `limit`
+    /// changes.
+    async fn changes_after(&self, from: ChangePosition, limit: u32) -> Result<Changes, StoreError>;
 
     /// The audit trail of one route, oldest first.
     async fn audit_log(&self, route_id: RouteId) -> Result<Vec<AuditEntry>, StoreError>;

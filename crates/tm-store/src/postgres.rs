@@ -16,12 +16,16 @@ use tm_domain::{now, GroupKey, KeyId, NewRoute, Route, RouteId, RouteKey, RouteP
 use crate::pool::{CountedPool, StoreCounters};
 use crate::row::{audit_json, keys, routes, AuditRow, KeyRow, RouteRow};
 use crate::{
-    check_access, error::is_unique_violation, Actor, AuditAction, AuditEntry, ExpectedRevisions,
-    KeyRecord, Page, PoolStats, RouteFilter, Store, StoreError,
+    changed_groups, check_access, error::is_unique_violation, Actor, AuditAction, AuditEntry,
+    ChangePosition, ChangeRow, Changes, ExpectedRevisions, KeyRecord, Page, PoolStats, RouteFilter,
+    Store, StoreError,
 };
 
 /// Routes per statement in a bulk import (11 parameters each, under the 65535 limit).
 const IMPORT_BATCH: usize = 1000;
+
+/// Groups read by one statement.
+const GROUPS_PER_QUERY: usize = 1_000;
 
 const ROUTE_COLUMNS: &str =
     "id::text AS id, tenant, service, env, version, url, active, weight::int8 AS weight, \
@@ -395,18 +399,22 @@ impl Store for PostgresStore {
 
     async fn active_routes_in_groups(&self, keys: &[GroupKey]) -> Result<Vec<Route>, StoreError> {
         let mut conn = self.primary.acquire().await?;
-        let column = |part: fn(&GroupKey) -> &str| keys.iter().map(part).collect::<Vec<_>>();
-        let rows: Vec<RouteRow> = sqlx::query_as(&format!(
-            "SELECT {ROUTE_COLUMNS} FROM routes \
-             JOIN unnest($1::text[], $2::text[], $3::text[]) AS wanted (tenant, service, env) \
-             USING (tenant, service, env) WHERE active"
-        ))
-        .bind(column(|k| k.tenant.as_str()))
-        .bind(column(|k| k.service.as_str()))
-        .bind(column(|k| k.env.as_str()))
-        .fetch_all(&mut *conn)
-        .await?;
-        routes(rows)
+        let mut found = Vec::new();
+        for chunk in keys.chunks(GROUPS_PER_QUERY) {
+            let column = |part: fn(&GroupKey) -> &str| chunk.iter().map(part).collect::<Vec<_>>();
+            let rows: Vec<RouteRow> = sqlx::query_as(&format!(
+                "SELECT {ROUTE_COLUMNS} FROM routes \
+                 JOIN unnest($1::text[], $2::text[], $3::text[]) AS wanted (tenant, service, env) \
+                 USING (tenant, service, env) WHERE active"
+            ))
+            .bind(column(|k| k.tenant.as_str()))
+            .bind(column(|k| k.service.as_str()))
+            .bind(column(|k| k.env.as_str()))
+            .fetch_all(&mut *conn)
+            .await?;
+            found.extend(routes(rows)?);
+        }
+        Ok(found)
     }
 
     async fn active_routes_page(
@@ -441,6 +449,40 @@ impl Store for PostgresStore {
             }
         };
         routes(rows)
+    }
+
+    async fn change_position(&self) -> Result<ChangePosition, StoreError> {
+        let mut conn = self.primary.acquire().await?;
+        // Every transaction older than the oldest one still running has ended: the feed
+        // resumes just before it.
+        let xmin: i64 =
+            sqlx::query_scalar("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::int8")
+                .fetch_one(&mut *conn)
+                .await?;
+        Ok(ChangePosition {
+            txid: xmin - 1,
+            id: i64::MAX,
+        })
+    }
+
+    async fn changes_after(&self, from: ChangePosition, limit: u32) -> Result<Changes, StoreError> {
+        let mut conn = self.primary.acquire().await?;
+        let rows: Vec<ChangeRow> = sqlx::query_as(
+            "SELECT txid::text::int8 AS txid, id, \
+                    COALESCE(after, before)->>'tenant' AS tenant, \
+                    COALESCE(after, before)->>'service' AS service, \
+                    COALESCE(after, before)->>'env' AS env \
+             FROM audit_log \
+             WHERE (txid, id) > ($1::text::xid8, $2) \
+               AND txid < pg_snapshot_xmin(pg_current_snapshot()) \
+             ORDER BY txid, id LIMIT $3",
+        )
+        .bind(from.txid.to_string())
+        .bind(from.id)
+        .bind(i64::from(limit))
+        .fetch_all(&mut *conn)
+        .await?;
+        changed_groups(rows, from, limit)
     }
 
     async fn audit_log(&self, route_id: RouteId) -> Result<Vec<AuditEntry>, StoreError> {

@@ -15,20 +15,23 @@ use tm_domain::{GroupKey, Route, RouteChange, RouteKey, RoutingSnapshot, Snapsho
 use tm_resilience::Singleflight;
 use tokio::sync::Mutex;
 
-use crate::{Store, StoreError};
+use crate::{ChangePosition, Store, StoreError};
 
 pub struct RoutingTable {
     current: ArcSwap<RoutingSnapshot>,
     store: Arc<dyn Store>,
     /// Held while a refresh reads the store and publishes, so refreshes apply in order.
     refresh: Mutex<()>,
-    /// When the snapshot was last known to match the store completely.
-    last_full_load: ArcSwap<Instant>,
+    /// When the snapshot was last known to match the store (a full load or a catch-up).
+    last_synced: ArcSwap<Instant>,
     reloads: Singleflight<(), Result<usize, Arc<StoreError>>>,
     /// Committed writes whose groups the snapshot may not show yet.
     pending: std::sync::Mutex<Pending>,
     /// The last ticket whose write the published snapshot includes.
     applied: AtomicU64,
+    /// How far the snapshot has caught up with the change feed (read and written under
+    /// the refresh lock).
+    feed: std::sync::Mutex<ChangePosition>,
 }
 
 /// Writes queued for the next group refresh, by group, in the order they were queued.
@@ -88,12 +91,15 @@ impl Written {
 impl RoutingTable {
     /// Loads every active route from `store`.
     pub async fn load(store: Arc<dyn Store>) -> Result<Self, StoreError> {
+        // Taken first: whatever the load misses is after this position.
+        let feed = store.change_position().await?;
         let snapshot = build(store.as_ref()).await?;
         Ok(Self {
+            feed: std::sync::Mutex::new(feed),
             current: ArcSwap::from_pointee(snapshot),
             store,
             refresh: Mutex::new(()),
-            last_full_load: ArcSwap::from_pointee(Instant::now()),
+            last_synced: ArcSwap::from_pointee(Instant::now()),
             reloads: Singleflight::default(),
             pending: std::sync::Mutex::default(),
             applied: AtomicU64::new(0),
@@ -162,20 +168,75 @@ impl RoutingTable {
         self.reloads
             .run((), || async {
                 let _order = self.refresh.lock().await;
+                let feed = self.store.change_position().await.map_err(Arc::new)?;
                 let snapshot = build(self.store.as_ref()).await.map_err(Arc::new)?;
                 let count = snapshot.route_count();
                 self.current.store(Arc::new(snapshot));
-                self.last_full_load.store(Arc::new(Instant::now()));
+                *self.position() = feed;
+                self.last_synced.store(Arc::new(Instant::now()));
                 Ok(count)
             })
             .await
     }
 
-    /// Time since the snapshot was last fully reloaded from the store.
+    /// Applies every change recorded in the store since the last look, by this
+    /// instance or any other, re-reading only the services changed. Returns their number.
+    /// After a burst of changes too large to apply one service at a time, reloads fully.
+    pub async fn catch_up(&self) -> Result<usize, Arc<StoreError>> {
+        let order = self.refresh.lock().await;
+        let mut position = *self.position();
+        let mut changed: Vec<GroupKey> = Vec::new();
+        loop {
+            let changes = self
+                .store
+                .changes_after(position, FEED_PAGE)
+                .await
+                .map_err(Arc::new)?;
+            for key in changes.groups {
+                if !changed.contains(&key) {
+                    changed.push(key);
+                }
+            }
+            position = changes.position;
+            if changes.complete {
+                break;
+            }
+            if changed.len() > MAX_CATCH_UP_GROUPS {
+                drop(order);
+                return self.reload().await;
+            }
+        }
+        if !changed.is_empty() {
+            let routes = self
+                .store
+                .active_routes_in_groups(&changed)
+                .await
+                .map_err(Arc::new)?;
+            let next = self.current.load().with_groups(&changed, &routes);
+            self.current.store(Arc::new(next));
+        }
+        *self.position() = position;
+        self.last_synced.store(Arc::new(Instant::now()));
+        Ok(changed.len())
+    }
+
+    fn position(&self) -> std::sync::MutexGuard<'_, ChangePosition> {
+        self.feed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Time since the snapshot was last known to match the store.
     pub fn age(&self) -> std::time::Duration {
-        self.last_full_load.load().elapsed()
+        self.last_synced.load().elapsed()
     }
 }
+
+/// Changes read per query when catching up.
+const FEED_PAGE: u32 = 1_000;
+
+/// Changed services beyond which catching up reloads everything instead.
+const MAX_CATCH_UP_GROUPS: usize = 20_000;
 
 /// Routes read per query by a full load.
 const LOAD_PAGE: u32 = 5_000;

@@ -18,8 +18,8 @@ use tm_domain::{now, GroupKey, KeyId, NewRoute, Route, RouteId, RouteKey, RouteP
 use crate::pool::{CountedPool, StoreCounters};
 use crate::row::{audit_json, keys, routes, AuditRow, KeyRow, RouteRow};
 use crate::{
-    check_access, Actor, AuditAction, AuditEntry, ExpectedRevisions, KeyRecord, Page, PoolStats,
-    RouteFilter, Store, StoreError,
+    changed_groups, check_access, Actor, AuditAction, AuditEntry, ChangePosition, ChangeRow,
+    Changes, ExpectedRevisions, KeyRecord, Page, PoolStats, RouteFilter, Store, StoreError,
 };
 
 /// Routes per statement in a bulk import.
@@ -435,6 +435,31 @@ impl Store for SqliteStore {
             }
         };
         routes(rows)
+    }
+
+    async fn change_position(&self) -> Result<ChangePosition, StoreError> {
+        let mut conn = self.reader.acquire().await?;
+        // Writes are serialized, so audit ids commit in order: the newest id is the position.
+        let id: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) FROM audit_log")
+            .fetch_one(&mut *conn)
+            .await?;
+        Ok(ChangePosition { txid: 0, id })
+    }
+
+    async fn changes_after(&self, from: ChangePosition, limit: u32) -> Result<Changes, StoreError> {
+        let mut conn = self.reader.acquire().await?;
+        let rows: Vec<ChangeRow> = sqlx::query_as(
+            "SELECT 0 AS txid, id, \
+                    json_extract(COALESCE(after, before), '$.tenant') AS tenant, \
+                    json_extract(COALESCE(after, before), '$.service') AS service, \
+                    json_extract(COALESCE(after, before), '$.env') AS env \
+             FROM audit_log WHERE id > ?1 ORDER BY id LIMIT ?2",
+        )
+        .bind(from.id)
+        .bind(i64::from(limit))
+        .fetch_all(&mut *conn)
+        .await?;
+        changed_groups(rows, from, limit)
     }
 
     async fn audit_log(&self, route_id: RouteId) -> Result<Vec<AuditEntry>, StoreError> {

@@ -248,7 +248,7 @@ impl Metrics {
                 &r,
                 Gauge::new(
                     "routing_snapshot_age_seconds",
-                    "Seconds since the routing snapshot was last fully reloaded from the database.",
+                    "Seconds since the routing snapshot was last known to match the database.",
                 )
                 .expect("valid metric"),
             ),

@@ -234,6 +234,16 @@ impl TestApp {
         Ok(())
     }
 
+    /// A connection of the test's own to its PostgreSQL schema; `None` on SQLite.
+    pub async fn pg_connection(&self) -> Option<sqlx::PgConnection> {
+        let schema = self.schema.as_ref()?;
+        Some(
+            sqlx::PgConnection::connect(&schema.url)
+                .await
+                .expect("connect"),
+        )
+    }
+
     /// Takes the database's write lock on `routes` from a connection of the test's own
     /// and holds it until the returned value is dropped: the application's writes wait.
     pub async fn lock_routes(&self) -> Box<dyn std::any::Any + Send> {

@@ -1,5 +1,7 @@
 //! Resolve: answered from memory, by weight, sticky per key, with validators.
 
+use std::time::Duration;
+
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
@@ -278,4 +280,127 @@ async fn a_full_load_reads_every_page_and_keeps_groups_split_across_pages_whole(
             .unwrap_or_else(|| panic!("{} {} missing", route.service, route.version));
         assert_eq!(found.version(), route.version.as_str());
     }
+}
+
+/// Polls resolve until it answers `expected`, for at most `within`.
+async fn resolve_until(app: &TestApp, service: &str, expected: StatusCode, within: Duration) {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let status = app
+            .resolve(&[("tenant", "acme"), ("service", service), ("env", "prod")])
+            .await
+            .status;
+        if status == expected {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{service}: still {status}, not {expected}, after {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_made_elsewhere_reach_the_snapshot_through_the_change_feed() {
+    use tm_domain::{
+        EnvName, NewRoute, RouteKey, ServiceName, TenantId, UpstreamUrl, Version, Weight,
+    };
+    let app = spawn_app_with(|raw| {
+        raw.snapshot_catch_up_interval = Duration::from_millis(100);
+        raw.snapshot_reload_interval = Duration::from_secs(3600);
+    })
+    .await;
+    // Another instance, as far as this one can tell: the store written to directly.
+    let elsewhere = tm_store::Actor::new("another instance");
+    let key = RouteKey {
+        tenant: TenantId::parse("acme").expect("valid"),
+        service: ServiceName::parse("remote").expect("valid"),
+        env: EnvName::parse("prod").expect("valid"),
+        version: Version::parse("v1").expect("valid"),
+    };
+    let created = app
+        .store
+        .create_route(
+            NewRoute {
+                key: key.clone(),
+                url: UpstreamUrl::parse("http://remote.internal").expect("valid"),
+                active: true,
+                weight: Weight::parse(100).expect("valid"),
+            },
+            &elsewhere,
+        )
+        .await
+        .expect("create");
+    resolve_until(&app, "remote", StatusCode::OK, Duration::from_secs(3)).await;
+
+    app.store
+        .set_active(&key, false, &elsewhere)
+        .await
+        .expect("deactivate");
+    resolve_until(
+        &app,
+        "remote",
+        StatusCode::NOT_FOUND,
+        Duration::from_secs(3),
+    )
+    .await;
+
+    app.store
+        .set_active(&key, true, &elsewhere)
+        .await
+        .expect("activate");
+    resolve_until(&app, "remote", StatusCode::OK, Duration::from_secs(3)).await;
+
+    app.store
+        .delete_route(created.id, None, None, &elsewhere)
+        .await
+        .expect("delete");
+    resolve_until(
+        &app,
+        "remote",
+        StatusCode::NOT_FOUND,
+        Duration::from_secs(3),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_that_commits_late_is_not_skipped_by_the_change_feed() {
+    let app = spawn_app_with(|raw| {
+        raw.snapshot_catch_up_interval = Duration::from_millis(50);
+        raw.snapshot_reload_interval = Duration::from_secs(3600);
+    })
+    .await;
+    // SQLite commits its writes one at a time, in audit-log order: only PostgreSQL can
+    // commit an earlier audit-log row after a later one.
+    let Some(mut slow) = app.pg_connection().await else {
+        return;
+    };
+    // A writer elsewhere takes its audit-log id first and commits last.
+    sqlx::raw_sql(
+        "BEGIN; \
+         INSERT INTO routes (id, tenant, service, env, version, url, active, weight, revision, created_at, updated_at) \
+         VALUES (gen_random_uuid(), 'acme', 'late', 'prod', 'v1', 'http://late.internal', true, 100, 1, now(), now()); \
+         INSERT INTO audit_log (at, actor, action, route_id, after) \
+         SELECT now(), 'slow writer', 'create', id, \
+                jsonb_build_object('tenant', tenant, 'service', service, 'env', env) \
+         FROM routes WHERE service = 'late'",
+    )
+    .execute(&mut slow)
+    .await
+    .expect("begin the slow write");
+    // Later changes commit meanwhile, and the feed is read several times.
+    app.create_route(json!({"tenant": "acme", "service": "early", "env": "prod",
+        "version": "v1", "url": "http://early.internal", "active": true}))
+        .await
+        .assert_status(StatusCode::CREATED);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    resolve_until(&app, "late", StatusCode::NOT_FOUND, Duration::ZERO).await;
+
+    sqlx::raw_sql("COMMIT")
+        .execute(&mut slow)
+        .await
+        .expect("commit the slow write");
+    resolve_until(&app, "late", StatusCode::OK, Duration::from_secs(3)).await;
 }
