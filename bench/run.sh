@@ -1,28 +1,35 @@
 #!/usr/bin/env bash
-# Resolve throughput and latency, side by side with nginx returning the same bytes.
+# The benchmarks behind the README's Performance section.
 #
-#   bash bench/run.sh                      # 1k, 100k and 1M routes, 10 s per run
-#   ROUTES="1000" DURATION=5 bash bench/run.sh
+#   bash bench/run.sh                              # everything, 10 s per load run
+#   ROUTES="1000" DURATION=5 MODES=resolve bash bench/run.sh
 #
-# For each route count: seeds a SQLite store through the store (not the API), starts the
-# release server with every production middleware on, pinned to CPU 0, and nginx
-# (one worker, also CPU 0) configured to return the identical body and headers of the
-# same size. wrk, pinned to CPU 1, alternates server / nginx / server / nginx on
-# loopback. Then oha (from crates.io, built once into target/tools) sends a fixed rate
-# of half the server's throughput, with latency correction, for the latency at that
-# rate. Prints one table row per route count. Everything runs on 127.0.0.1 and every
-# load run is bounded by DURATION.
+# MODES (default "resolve writes startup"):
+# - resolve: for each route count in ROUTES, seeds a SQLite store through the store
+#   (not the API), starts the release server with every production middleware on,
+#   pinned to CPU 0, and nginx (one worker, also CPU 0) configured to return the
+#   identical body and headers of the same size. wrk, pinned to CPU 1, alternates
+#   server / nginx / server / nginx on loopback. Then oha (from crates.io, built once
+#   into target/tools) sends a fixed rate of half the server's throughput, with
+#   latency correction, for the latency at that rate.
+# - writes: on SQLite and on PostgreSQL (a throwaway cluster with fsync on), a
+#   write-only run (every request creates an active route) and a mixed run (95%
+#   resolve, 5% such writes), 16 connections each.
+# - startup: start-up time and memory with PG_ROUTES (default 1M) routes on PostgreSQL.
+# Everything runs on 127.0.0.1 and every load run is bounded by DURATION.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ROUTES=${ROUTES:-"1000 100000 1000000"}
+PG_ROUTES=${PG_ROUTES:-1000000}
+MODES=${MODES:-"resolve writes startup"}
 DURATION=${DURATION:-10}
 CONNECTIONS=${CONNECTIONS:-64}
 PORT_APP=${PORT_APP:-18181}
 PORT_NGINX=${PORT_NGINX:-18182}
 
 log() { printf '==> %s\n' "$*" >&2; }
-as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+source scripts/postgres.sh
 
 need() {
     local missing=()
@@ -45,6 +52,7 @@ PIDS=()
 cleanup() {
     for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
     wait 2>/dev/null || true
+    stop_postgres
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -73,6 +81,30 @@ wait_http() {
 
 rss_mib() { awk '/VmRSS/ {printf "%.0f", $2 / 1024}' "/proc/$1/status"; }
 
+ADMIN_KEY="bench-admin-key-not-used-0123456789"
+
+# Starts the release server pinned to CPU 0 with the given extra environment; sets APP
+# (its pid) and STARTUP (seconds until it answered). Rate limiting stays on, with
+# budgets above what one client sends here.
+start_server() {
+    local data=$1 started
+    shift
+    started=$(date +%s.%N)
+    env TM_DATA_DIR="$data" TM_LISTEN="127.0.0.1:$PORT_APP" TM_LOG_LEVEL=warn TM_PROFILE=prod \
+        TM_RATE_LIMIT_RESOLVE=10000000/s TM_RATE_LIMIT_WRITE=10000000/s \
+        TM_BOOTSTRAP_ADMIN_KEY="$ADMIN_KEY" "$@" \
+        taskset -c 0 "$BIN" serve >>"$WORK/app.log" 2>&1 &
+    APP=$!
+    PIDS+=("$APP")
+    wait_http "http://127.0.0.1:$PORT_APP/healthz"
+    STARTUP=$(python3 -c "import time,sys; print(f'{time.time()-float(sys.argv[1]):.2f}')" "$started")
+}
+
+stop_server() {
+    kill "$APP"
+    wait "$APP" 2>/dev/null || true
+}
+
 # Runs wrk pinned to CPU 1 and prints its JSON summary line.
 load() {
     BENCH_KEY=${2:-} taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency \
@@ -81,53 +113,46 @@ load() {
 
 json() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }
 
-printf '| routes | server req/s | nginx req/s | ratio | p50 ms | p99 ms | p99.9 ms | p99 ms at half rate | RSS MiB | start-up s |\n'
-printf '|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n'
-for n in $ROUTES; do
-    data="$WORK/data-$n"
-    log "seeding $n routes"
-    key=$("$SEED" --routes "$n" --data-dir "$data")
-    started=$(date +%s.%N)
-    # Rate limiting stays on; the budget is set above what one client can send here.
-    TM_DATA_DIR="$data" TM_LISTEN="127.0.0.1:$PORT_APP" TM_LOG_LEVEL=warn TM_PROFILE=prod \
-        TM_RATE_LIMIT_RESOLVE=10000000/s \
-        TM_BOOTSTRAP_ADMIN_KEY="bench-admin-key-not-used-0123456789" \
-        taskset -c 0 "$BIN" serve >"$WORK/app-$n.log" 2>&1 &
-    app=$!
-    PIDS+=("$app")
-    wait_http "http://127.0.0.1:$PORT_APP/healthz"
-    startup=$(python3 -c "import time,sys; print(f'{time.time()-float(sys.argv[1]):.2f}')" "$started")
-    url="http://127.0.0.1:$PORT_APP/api/v1/routes/resolve?tenant=bench&service=svc-0&env=prod&key=user-42"
-    curl -fsS -D "$WORK/headers" -o "$WORK/body" -H "Authorization: Bearer $key" "$url"
+resolve_table() {
+    printf '| routes | server req/s | nginx req/s | ratio | p50 ms | p99 ms | p99.9 ms | p99 ms at half rate | RSS MiB | start-up s |\n'
+    printf '|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n'
+    for n in $ROUTES; do
+        data="$WORK/data-$n"
+        log "seeding $n routes"
+        key=$("$SEED" --routes "$n" --data-dir "$data")
+        start_server "$data"
+        app=$APP startup=$STARTUP
+        url="http://127.0.0.1:$PORT_APP/api/v1/routes/resolve?tenant=bench&service=svc-0&env=prod&key=user-42"
+        curl -fsS -D "$WORK/headers" -o "$WORK/body" -H "Authorization: Bearer $key" "$url"
 
-    # nginx returns the same body with headers of the same names and sizes.
-    mkdir -p "$WORK/nginx"
-    {
-        echo "worker_processes 1; daemon off; pid $WORK/nginx/pid; error_log $WORK/nginx/error.log;"
-        echo "events { worker_connections 4096; }"
-        echo "http { access_log off; server_tokens off; client_body_temp_path $WORK/nginx;"
-        echo "  server { listen 127.0.0.1:$PORT_NGINX; location / { default_type application/json;"
-        grep -i -E '^(etag|cache-control|x-rate-limit-[a-z]+|x-request-id|x-correlation-id|x-content-type-options|referrer-policy|x-frame-options|content-security-policy):' "$WORK/headers" |
-            tr -d '\r' | sed -E 's/"/\\"/g; s/^([^:]+): (.*)$/    add_header \1 "\2" always;/'
-        printf "    return 200 '%s'; } } }\n" "$(cat "$WORK/body")"
-    } >"$WORK/nginx/nginx.conf"
-    taskset -c 0 "$NGINX" -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" &
-    nginx=$!
-    PIDS+=("$nginx")
-    wait_http "http://127.0.0.1:$PORT_NGINX/"
+        # nginx returns the same body with headers of the same names and sizes.
+        mkdir -p "$WORK/nginx"
+        {
+            echo "worker_processes 1; daemon off; pid $WORK/nginx/pid; error_log $WORK/nginx/error.log;"
+            echo "events { worker_connections 4096; }"
+            echo "http { access_log off; server_tokens off; client_body_temp_path $WORK/nginx;"
+            echo "  server { listen 127.0.0.1:$PORT_NGINX; location / { default_type application/json;"
+            grep -i -E '^(etag|cache-control|x-rate-limit-[a-z]+|x-request-id|x-correlation-id|x-content-type-options|referrer-policy|x-frame-options|content-security-policy):' "$WORK/headers" |
+                tr -d '\r' | sed -E 's/"/\\"/g; s/^([^:]+): (.*)$/    add_header \1 "\2" always;/'
+            printf "    return 200 '%s'; } } }\n" "$(cat "$WORK/body")"
+        } >"$WORK/nginx/nginx.conf"
+        taskset -c 0 "$NGINX" -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" &
+        nginx=$!
+        PIDS+=("$nginx")
+        wait_http "http://127.0.0.1:$PORT_NGINX/"
 
-    log "$n routes: server, nginx, server, nginx (${DURATION}s each)"
-    a1=$(load "$url" "$key"); b1=$(load "http://127.0.0.1:$PORT_NGINX/")
-    a2=$(load "$url" "$key"); b2=$(load "http://127.0.0.1:$PORT_NGINX/")
-    for r in "$a1" "$a2"; do
-        [ "$(json "$r" errors)" = "0" ] || { echo "errors in a server run: $r" >&2; exit 1; }
-    done
-    rss=$(rss_mib "$app")
-    half=$(python3 -c "import json,sys; print(int((json.loads(sys.argv[1])['rps'] + json.loads(sys.argv[2])['rps']) / 4))" "$a1" "$a2")
-    log "$n routes: fixed rate of $half req/s (${DURATION}s)"
-    taskset -c 1 "$OHA" -z "${DURATION}s" -q "$half" -c "$CONNECTIONS" --latency-correction --no-tui \
-        --output-format json -H "Authorization: Bearer $key" "$url" >"$WORK/oha-$n.json"
-    python3 - "$n" "$a1" "$a2" "$b1" "$b2" "$rss" "$startup" "$WORK/oha-$n.json" <<'PY'
+        log "$n routes: server, nginx, server, nginx (${DURATION}s each)"
+        a1=$(load "$url" "$key"); b1=$(load "http://127.0.0.1:$PORT_NGINX/")
+        a2=$(load "$url" "$key"); b2=$(load "http://127.0.0.1:$PORT_NGINX/")
+        for r in "$a1" "$a2"; do
+            [ "$(json "$r" errors)" = "0" ] || { echo "errors in a server run: $r" >&2; exit 1; }
+        done
+        rss=$(rss_mib "$app")
+        half=$(python3 -c "import json,sys; print(int((json.loads(sys.argv[1])['rps'] + json.loads(sys.argv[2])['rps']) / 4))" "$a1" "$a2")
+        log "$n routes: fixed rate of $half req/s (${DURATION}s)"
+        taskset -c 1 "$OHA" -z "${DURATION}s" -q "$half" -c "$CONNECTIONS" --latency-correction --no-tui \
+            --output-format json -H "Authorization: Bearer $key" "$url" >"$WORK/oha-$n.json"
+        python3 - "$n" "$a1" "$a2" "$b1" "$b2" "$rss" "$startup" "$WORK/oha-$n.json" <<'PY'
 import json, sys
 n, a1, a2, b1, b2, rss, startup, oha = sys.argv[1:]
 fixed = json.load(open(oha))
@@ -140,7 +165,66 @@ ngx = sum(x["rps"] for x in b) / 2
 best = min(a, key=lambda x: x["p99_ms"])
 print(f"| {int(n):,} | {app:,.0f} | {ngx:,.0f} | {app / ngx:.2f} | {best['p50_ms']:.3f} | {best['p99_ms']:.3f} | {best['p999_ms']:.3f} | {p99_half:.3f} | {rss} | {startup} |")
 PY
-    kill "$app" "$nginx"
-    wait "$app" "$nginx" 2>/dev/null || true
-    rm -rf "$data"
+        kill "$app" "$nginx"
+        wait "$app" "$nginx" 2>/dev/null || true
+        rm -rf "$data"
+    done
+}
+
+# Write-only and mixed runs on one backend: `writes_row <name> [server env...]`.
+writes_row() {
+    local name=$1 data="$WORK/data-writes-$1"
+    shift
+    start_server "$data" "$@"
+    local path="/api/v1/routes/resolve?tenant=bench&service=svc-0&env=prod&key=user-42"
+    curl -fsS -o /dev/null -H "Authorization: Bearer $ADMIN_KEY" -H "Content-Type: application/json" \
+        -d '{"tenant":"bench","service":"svc-0","env":"prod","version":"v1","url":"http://10.0.0.1:8080","active":true}' \
+        "http://127.0.0.1:$PORT_APP/api/v1/routes"
+    log "$name: write-only, then 95% resolve / 5% writes (${DURATION}s each)"
+    local w m
+    w=$(BENCH_KEY=$ADMIN_KEY taskset -c 1 wrk -t1 -c16 -d"${DURATION}s" --latency \
+        -s bench/writes.lua "http://127.0.0.1:$PORT_APP/api/v1/routes" | grep '^{')
+    m=$(BENCH_KEY=$ADMIN_KEY BENCH_RESOLVE_PATH="$path" taskset -c 1 wrk -t1 -c16 -d"${DURATION}s" \
+        --latency -s bench/mixed.lua "http://127.0.0.1:$PORT_APP" | grep '^{')
+    stop_server
+    python3 - "$name" "$w" "$m" <<'PY'
+import json, sys
+name, w, m = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
+print(f"| {name} | {w['rps']:,.0f} | {w['p50_ms']:.2f} | {w['p99_ms']:.2f} | {w['errors']} | {m['rps']:,.0f} | {m['p50_ms']:.2f} | {m['p99_ms']:.2f} | {m['errors']} |")
+PY
+}
+
+writes_table() {
+    printf '| backend | writes/s | p50 ms | p99 ms | errors | mixed req/s | mixed p50 ms | mixed p99 ms | errors |\n'
+    printf '|---|---:|---:|---:|---:|---:|---:|---:|---:|\n'
+    writes_row sqlite
+    [ -n "$PG_DIR" ] || start_postgres
+    psql_db create writes
+    writes_row postgresql TM_DATABASE_URL="${PG_URL%/*}/writes"
+}
+
+psql_db() {
+    "$PG_BIN/psql" -q -d "$PG_URL" -c "$1 DATABASE $2" >/dev/null
+}
+
+startup_table() {
+    [ -n "$PG_DIR" ] || start_postgres
+    psql_db create startup
+    local url="${PG_URL%/*}/startup"
+    log "seeding $PG_ROUTES routes into PostgreSQL"
+    "$SEED" --routes "$PG_ROUTES" --database-url "$url" >/dev/null
+    start_server "$WORK/data-startup" TM_DATABASE_URL="$url"
+    printf '| backend | routes | start-up s | RSS MiB after start-up |\n|---|---:|---:|---:|\n'
+    printf '| postgresql | %s | %s | %s |\n' "$PG_ROUTES" "$STARTUP" "$(rss_mib "$APP")"
+    stop_server
+}
+
+for mode in $MODES; do
+    case $mode in
+        resolve) resolve_table ;;
+        writes) writes_table ;;
+        startup) startup_table ;;
+        *) echo "unknown mode: $mode" >&2; exit 2 ;;
+    esac
+    echo
 done

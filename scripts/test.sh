@@ -9,64 +9,15 @@ cd "$(dirname "$0")/.."
 
 log() { printf '==> %s\n' "$*"; }
 
-pg_bindir() {
-    local dir
-    dir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
-    [ -n "$dir" ] && [ -x "$dir/initdb" ] && echo "$dir"
-}
+source scripts/postgres.sh
 
-as_root() {
-    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
-}
-
-install_postgres() {
-    log "installing PostgreSQL from Debian's packages"
-    as_root apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq postgresql >/dev/null
-}
-
-PG_DIR=""
-PG_RUN=()
-stop_postgres() {
-    if [ -n "$PG_DIR" ] && [ -f "$PG_DIR/data/postmaster.pid" ]; then
-        log "stopping PostgreSQL (pid $(head -n 1 "$PG_DIR/data/postmaster.pid"))"
-        "${PG_RUN[@]}" "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -m fast -w stop >/dev/null || true
-    fi
-    [ -n "$PG_DIR" ] && rm -rf "$PG_DIR"
-}
-
-free_port() {
-    local port
-    for _ in $(seq 1 50); do
-        port=$(( (RANDOM % 20000) + 30000 ))
-        if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-            echo "$port"
-            return
-        fi
-    done
-    echo "no free port found" >&2
-    return 1
-}
-
-start_postgres() {
-    PG_BIN=$(pg_bindir) || { install_postgres; PG_BIN=$(pg_bindir); }
-    PG_DIR=$(mktemp -d "${TMPDIR:-/tmp}/tm-test-pg.XXXXXX")
-    if [ "$(id -u)" -eq 0 ]; then
-        # initdb refuses to run as root: run the cluster as the packages' postgres user.
-        id -u postgres >/dev/null 2>&1 || useradd --system --no-create-home postgres
-        chown postgres "$PG_DIR"
-        PG_RUN=(runuser -u postgres --)
-    fi
-    local port
-    port=$(free_port)
-    "${PG_RUN[@]}" "$PG_BIN/initdb" -D "$PG_DIR/data" -U postgres -A trust -E UTF8 --no-sync >/dev/null
-    "${PG_RUN[@]}" "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/server.log" -w start \
-        -o "-c listen_addresses=127.0.0.1 -p $port -k $PG_DIR -c fsync=off -c max_connections=300" >/dev/null
-    TM_TEST_DATABASE_URL="postgres://postgres@127.0.0.1:$port/postgres"
+# The suite's own cluster skips fsync: it is thrown away afterwards.
+start_test_postgres() {
+    start_postgres -c fsync=off
+    TM_TEST_DATABASE_URL="$PG_URL"
     # The fault tests start clusters of their own with the same binaries.
     export TM_TEST_PG_BINDIR="$PG_BIN"
     if [ "$(id -u)" -eq 0 ]; then export TM_TEST_PG_USER=postgres; fi
-    log "PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}') on 127.0.0.1:$port"
 }
 
 # promtool checks the /metrics output; it comes with Debian's prometheus package, of
@@ -119,7 +70,7 @@ log "tests on SQLite"
 cargo test --workspace --locked 2>&1 | tee -a "$OUTPUT"
 
 if [ -z "${TM_TEST_DATABASE_URL:-}" ]; then
-    start_postgres
+    start_test_postgres
 fi
 log "tests on PostgreSQL"
 TM_TEST_DATABASE_URL="$TM_TEST_DATABASE_URL" cargo test --locked -p tm-app -p tm-store 2>&1 | tee -a "$OUTPUT"

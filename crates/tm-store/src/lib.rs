@@ -108,6 +108,7 @@ pub(crate) fn changed_groups(
         id: r.id,
     });
     let mut groups: Vec<GroupKey> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     for row in rows {
         let corrupt = |e: tm_domain::DomainError| {
             StoreError::Corrupt(format!("audit log entry {}: {e}", row.id))
@@ -117,7 +118,7 @@ pub(crate) fn changed_groups(
             service: ServiceName::parse(&row.service).map_err(corrupt)?,
             env: EnvName::parse(&row.env).map_err(corrupt)?,
         };
-        if !groups.contains(&key) {
+        if seen.insert(key.clone()) {
             groups.push(key);
         }
     }

@@ -29,9 +29,11 @@ pub struct RoutingTable {
     pending: std::sync::Mutex<Pending>,
     /// The last ticket whose write the published snapshot includes.
     applied: AtomicU64,
-    /// How far the snapshot has caught up with the change feed (read and written under
-    /// the refresh lock).
+    /// How far the snapshot has caught up with the change feed.
     feed: std::sync::Mutex<ChangePosition>,
+    /// Held by a catch-up or a full reload from start to end: they move the feed
+    /// position, one at a time.
+    following: Mutex<()>,
 }
 
 /// Writes queued for the next group refresh, by group, in the order they were queued.
@@ -96,6 +98,7 @@ impl RoutingTable {
         let snapshot = build(store.as_ref()).await?;
         Ok(Self {
             feed: std::sync::Mutex::new(feed),
+            following: Mutex::new(()),
             current: ArcSwap::from_pointee(snapshot),
             store,
             refresh: Mutex::new(()),
@@ -167,6 +170,7 @@ impl RoutingTable {
     pub async fn reload(&self) -> Result<usize, Arc<StoreError>> {
         self.reloads
             .run((), || async {
+                let _feed = self.following.lock().await;
                 let _order = self.refresh.lock().await;
                 let feed = self.store.change_position().await.map_err(Arc::new)?;
                 let snapshot = build(self.store.as_ref()).await.map_err(Arc::new)?;
@@ -182,37 +186,43 @@ impl RoutingTable {
     /// Applies every change recorded in the store since the last look, by this
     /// instance or any other, re-reading only the services changed. Returns their number.
     /// After a burst of changes too large to apply one service at a time, reloads fully.
+    ///
+    /// The services are re-read a batch at a time, each batch under the refresh lock, so
+    /// that writes on this instance wait for one batch at most, never for the whole feed.
     pub async fn catch_up(&self) -> Result<usize, Arc<StoreError>> {
-        let order = self.refresh.lock().await;
+        let following = self.following.lock().await;
         let mut position = *self.position();
         let mut changed: Vec<GroupKey> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         loop {
             let changes = self
                 .store
                 .changes_after(position, FEED_PAGE)
                 .await
                 .map_err(Arc::new)?;
-            for key in changes.groups {
-                if !changed.contains(&key) {
-                    changed.push(key);
-                }
-            }
+            changed.extend(
+                changes
+                    .groups
+                    .into_iter()
+                    .filter(|key| seen.insert(key.clone())),
+            );
             position = changes.position;
             if changes.complete {
                 break;
             }
             if changed.len() > MAX_CATCH_UP_GROUPS {
-                drop(order);
+                drop(following);
                 return self.reload().await;
             }
         }
-        if !changed.is_empty() {
+        for batch in changed.chunks(CATCH_UP_BATCH) {
+            let _order = self.refresh.lock().await;
             let routes = self
                 .store
-                .active_routes_in_groups(&changed)
+                .active_routes_in_groups(batch)
                 .await
                 .map_err(Arc::new)?;
-            let next = self.current.load().with_groups(&changed, &routes);
+            let next = self.current.load().with_groups(batch, &routes);
             self.current.store(Arc::new(next));
         }
         *self.position() = position;
@@ -234,6 +244,9 @@ impl RoutingTable {
 
 /// Changes read per query when catching up.
 const FEED_PAGE: u32 = 1_000;
+
+/// Services re-read (and published) together when catching up.
+const CATCH_UP_BATCH: usize = 100;
 
 /// Changed services beyond which catching up reloads everything instead.
 const MAX_CATCH_UP_GROUPS: usize = 20_000;
