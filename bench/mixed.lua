@@ -34,10 +34,13 @@ done = function(summary, latency, requests)
   local seconds = summary.duration / 1e6
   local bad = 0
   for _, t in ipairs(threads) do bad = bad + (t:get("bad") or 0) end
+  local socket = summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout
   io.write(string.format(
-    '{"requests":%d,"errors":%d,"rps":%.1f,"p50_ms":%.3f,"p99_ms":%.3f,"p999_ms":%.3f}\n',
+    '{"requests":%d,"errors":%d,"bad_status":%d,"socket_errors":%d,"rps":%.1f,"p50_ms":%.3f,"p99_ms":%.3f,"p999_ms":%.3f}\n',
     summary.requests,
-    bad + summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.status + summary.errors.timeout,
+    bad + socket,
+    bad,
+    socket,
     summary.requests / seconds,
     latency:percentile(50) / 1000,
     latency:percentile(99) / 1000,

@@ -11,7 +11,8 @@
 #   identical body and headers of the same size. wrk, pinned to CPU 1, alternates
 #   server / nginx / server / nginx on loopback. Then oha (from crates.io, built once
 #   into target/tools) sends a fixed rate of half the server's throughput, with
-#   latency correction, for the latency at that rate.
+#   latency correction, to the server and then to nginx: the latency at that rate,
+#   and the floor the machine and the generator show for a server doing nothing.
 # - writes: on SQLite and on PostgreSQL (a throwaway cluster with fsync on), a
 #   write-only run (every request creates an active route) and a mixed run (95%
 #   resolve, 5% such writes), 16 connections each.
@@ -114,7 +115,7 @@ load() {
 json() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }
 
 resolve_table() {
-    printf '| routes | server req/s | nginx req/s | ratio | p50 ms | p99 ms | p99.9 ms | p99 ms at half rate | RSS MiB | start-up s |\n'
+    printf '| routes | server req/s | nginx req/s | ratio | p50 ms | p99 ms | p99.9 ms | p99 ms at half rate, server / nginx | RSS MiB | start-up s |\n'
     printf '|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n'
     for n in $ROUTES; do
         data="$WORK/data-$n"
@@ -152,18 +153,22 @@ resolve_table() {
         log "$n routes: fixed rate of $half req/s (${DURATION}s)"
         taskset -c 1 "$OHA" -z "${DURATION}s" -q "$half" -c "$CONNECTIONS" --latency-correction --no-tui \
             --output-format json -H "Authorization: Bearer $key" "$url" >"$WORK/oha-$n.json"
-        python3 - "$n" "$a1" "$a2" "$b1" "$b2" "$rss" "$startup" "$WORK/oha-$n.json" <<'PY'
+        # The same rate against nginx: the floor this machine and generator can show.
+        taskset -c 1 "$OHA" -z "${DURATION}s" -q "$half" -c "$CONNECTIONS" --latency-correction --no-tui \
+            --output-format json "http://127.0.0.1:$PORT_NGINX/" >"$WORK/oha-nginx-$n.json"
+        python3 - "$n" "$a1" "$a2" "$b1" "$b2" "$rss" "$startup" "$WORK/oha-$n.json" "$WORK/oha-nginx-$n.json" <<'PY'
 import json, sys
-n, a1, a2, b1, b2, rss, startup, oha = sys.argv[1:]
+n, a1, a2, b1, b2, rss, startup, oha, oha_nginx = sys.argv[1:]
 fixed = json.load(open(oha))
 assert fixed["summary"]["successRate"] == 1.0, fixed["summary"]
 p99_half = fixed["latencyPercentiles"]["p99"] * 1000
+p99_half_nginx = json.load(open(oha_nginx))["latencyPercentiles"]["p99"] * 1000
 a = [json.loads(a1), json.loads(a2)]
 b = [json.loads(b1), json.loads(b2)]
 app = sum(x["rps"] for x in a) / 2
 ngx = sum(x["rps"] for x in b) / 2
 best = min(a, key=lambda x: x["p99_ms"])
-print(f"| {int(n):,} | {app:,.0f} | {ngx:,.0f} | {app / ngx:.2f} | {best['p50_ms']:.3f} | {best['p99_ms']:.3f} | {best['p999_ms']:.3f} | {p99_half:.3f} | {rss} | {startup} |")
+print(f"| {int(n):,} | {app:,.0f} | {ngx:,.0f} | {app / ngx:.2f} | {best['p50_ms']:.3f} | {best['p99_ms']:.3f} | {best['p999_ms']:.3f} | {p99_half:.3f} / {p99_half_nginx:.3f} | {rss} | {startup} |")
 PY
         kill "$app" "$nginx"
         wait "$app" "$nginx" 2>/dev/null || true
@@ -186,6 +191,9 @@ writes_row() {
         -s bench/writes.lua "http://127.0.0.1:$PORT_APP/api/v1/routes" | grep '^{')
     m=$(BENCH_KEY=$ADMIN_KEY BENCH_RESOLVE_PATH="$path" taskset -c 1 wrk -t1 -c16 -d"${DURATION}s" \
         --latency -s bench/mixed.lua "http://127.0.0.1:$PORT_APP" | grep '^{')
+    log "mixed: $m"
+    # What was answered, by status: any error in the table is explained here.
+    curl -fsS "http://127.0.0.1:$PORT_APP/metrics" | grep -E '^http_requests_total.*routes' | grep -v ' 0$' >&2
     stop_server
     python3 - "$name" "$w" "$m" <<'PY'
 import json, sys

@@ -124,21 +124,23 @@ pub fn router(state: AppState) -> Router {
                 .declare_endpoint(method, &format!("/api/v1{path}"));
         }
     }
+    // Full paths rather than a nested router: nesting rewrites every request's URI.
+    let v1 = |path: &str| format!("/api/v1{path}");
     let api = Router::new()
-        .route("/routes", post(routes::create).get(routes::list))
-        .route("/routes/resolve", get(resolve::resolve))
-        .route("/routes/activate", post(routes::activate))
-        .route("/routes/deactivate", post(routes::deactivate))
+        .route(&v1("/routes"), post(routes::create).get(routes::list))
+        .route(&v1("/routes/resolve"), get(resolve::resolve))
+        .route(&v1("/routes/activate"), post(routes::activate))
+        .route(&v1("/routes/deactivate"), post(routes::deactivate))
         .route(
-            "/routes/{id}",
+            &v1("/routes/{id}"),
             get(routes::get).patch(routes::patch).delete(routes::delete),
         )
-        .route("/keys", post(keys::create).get(keys::list))
-        .route("/keys/{id}", delete(keys::revoke))
+        .route(&v1("/keys"), post(keys::create).get(keys::list))
+        .route(&v1("/keys/{id}"), delete(keys::revoke))
         .layer(middleware::from_fn_with_state(state.clone(), shed));
     let config = state.config.clone();
     let router = Router::new()
-        .nest("/api/v1", api)
+        .merge(api)
         .route("/healthz", get(health::healthz))
         .route("/health", get(health::live))
         .route("/health/live", get(health::live))
