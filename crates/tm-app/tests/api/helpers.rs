@@ -216,6 +216,12 @@ impl TestApp {
         }
     }
 
+    /// The value of one series in `/metrics` now.
+    pub async fn metric_value(&self, series: &str) -> f64 {
+        let text = String::from_utf8(self.get("/metrics").await.body).expect("utf-8");
+        metric(&text, series).unwrap_or_else(|| panic!("{series} is not in /metrics"))
+    }
+
     /// Runs `sql` directly against the test's database, bypassing the application.
     pub async fn raw_execute(&self, sql: &str) -> Result<(), sqlx::Error> {
         match &self.schema {

@@ -257,14 +257,7 @@ async fn concurrent_snapshot_reloads_share_one_query() {
             .await
             .expect("load"),
     );
-    let scrape = || async {
-        metric(
-            &String::from_utf8(app.get("/metrics").await.body).expect("utf-8"),
-            "db_queries_total",
-        )
-        .expect("metric")
-    };
-    let before = scrape().await;
+    let before = app.metric_value("db_queries_total").await;
     let reloads: Vec<_> = (0..20)
         .map(|_| {
             let table = table.clone();
@@ -274,7 +267,7 @@ async fn concurrent_snapshot_reloads_share_one_query() {
     for reload in reloads {
         assert_eq!(reload.await.expect("task"), 1);
     }
-    let after = scrape().await;
+    let after = app.metric_value("db_queries_total").await;
     assert!(
         after - before < 10.0,
         "20 concurrent reloads made {} queries",
@@ -310,14 +303,7 @@ async fn concurrent_group_refreshes_share_queries_and_all_apply() {
     );
     let services: Vec<String> = (0..20).map(|i| format!("svc{i}")).collect();
     let stored = stored_routes(&app, &services, true).await;
-    let scrape = || async {
-        metric(
-            &String::from_utf8(app.get("/metrics").await.body).expect("utf-8"),
-            "db_queries_total",
-        )
-        .expect("metric")
-    };
-    let before = scrape().await;
+    let before = app.metric_value("db_queries_total").await;
     let refreshes: Vec<_> = stored
         .into_iter()
         .map(|route| {
@@ -345,7 +331,7 @@ async fn concurrent_group_refreshes_share_queries_and_all_apply() {
             Some("v1".to_owned())
         );
     }
-    let after = scrape().await;
+    let after = app.metric_value("db_queries_total").await;
     assert!(
         after - before < 10.0,
         "20 concurrent group refreshes made {} queries",
@@ -361,20 +347,13 @@ async fn a_route_stored_inactive_needs_no_snapshot_query() {
         .await
         .expect("load");
     let stored = stored_routes(&app, &["quiet".to_owned()], false).await;
-    let scrape = || async {
-        metric(
-            &String::from_utf8(app.get("/metrics").await.body).expect("utf-8"),
-            "db_queries_total",
-        )
-        .expect("metric")
-    };
-    let before = scrape().await;
+    let before = app.metric_value("db_queries_total").await;
     table
         .refresh_group(
             &stored[0].group(),
             tm_domain::RouteChange::Stored(&stored[0]),
         )
         .await;
-    assert_eq!(scrape().await - before, 0.0);
+    assert_eq!(app.metric_value("db_queries_total").await - before, 0.0);
     assert_eq!(table.snapshot().route_count(), 0);
 }
