@@ -6,12 +6,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use secrecy::ExposeSecret;
 use tm_config::Config;
 use tm_domain::{ApiKey, Grant, KeyId};
 use tm_http::AppState;
 use tm_resilience::LocalRateLimiter;
-use tm_store::{KeyRecord, KeyRing, RoutingTable, Store, StoreCounters, StoreError};
+use tm_store::{
+    ChangeSubscription, Changed, KeyRecord, KeyRing, RoutingTable, Store, StoreCounters, StoreError,
+};
 use tm_telemetry::Metrics;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -149,8 +152,10 @@ impl Application {
     pub async fn run_until(self, shutdown: CancellationToken) -> Result<(), RunError> {
         let workers = CancellationToken::new();
         let mut reloader: JoinHandle<()> = tokio::spawn(follow_changes(
+            self.store.clone(),
             self.routing.clone(),
             self.keys.clone(),
+            self.state.metrics.clone(),
             (self.catch_up_interval, self.reload_interval),
             workers.clone(),
         ));
@@ -204,14 +209,18 @@ impl Application {
     }
 }
 
-/// Keeps the snapshot and the keys in step with the store: every `catch_up` the
-/// snapshot applies the changes recorded since its last look (made by this instance or
-/// any other) and the keys are re-read; every `reload` the snapshot is rebuilt from
-/// scratch, a safety net for changes made to the database directly.
+/// Keeps the snapshot and the keys in step with the store. Where the store sends change
+/// notifications (PostgreSQL), each one triggers a catch-up at once. Every `catch_up`
+/// regardless, the snapshot applies the changes recorded since its last look (made by
+/// this instance or any other) and the keys are re-read: the bound on how long a missed
+/// notification can go unnoticed. Every `reload` the snapshot is rebuilt from scratch,
+/// a safety net for changes made to the database directly.
 async fn follow_changes(
+    store: Arc<dyn Store>,
     routing: Arc<RoutingTable>,
     keys: Arc<KeyRing>,
-    (catch_up, reload): (Duration, Duration),
+    metrics: Arc<Metrics>,
+    (catch_up_every, reload_every): (Duration, Duration),
     stop: CancellationToken,
 ) {
     let ticker = |every: Duration| {
@@ -219,20 +228,56 @@ async fn follow_changes(
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick
     };
-    let (mut catch_up, mut reload) = (ticker(catch_up), ticker(reload));
+    let (mut catch_up, mut reload) = (ticker(catch_up_every), ticker(reload_every));
+    let mut subscription = subscribe(store.as_ref()).await;
+    // Whatever committed before the subscription was listening is in the feed: catch
+    // up once at the start, as after every new subscription.
+    let mut changed = Changed::all();
+    let observe = |made_at: &[DateTime<Utc>]| {
+        let now = tm_domain::now();
+        for made_at in made_at {
+            let seconds = (now - *made_at).num_microseconds().unwrap_or(0) as f64 / 1e6;
+            metrics.observe_propagation(seconds);
+        }
+    };
     loop {
-        tokio::select! {
+        if !changed.services.is_empty() {
+            let (services, made_at): (Vec<_>, Vec<_>) = changed.services.into_iter().unzip();
+            match routing.refresh_services(&services).await {
+                Ok(()) => observe(&made_at),
+                Err(err) => {
+                    tracing::warn!(error = %err,
+                        "re-reading services changed elsewhere failed; catching up from the feed");
+                    changed.feed = true;
+                }
+            }
+        }
+        if changed.feed {
+            match routing.catch_up().await {
+                Ok(caught_up) => {
+                    if caught_up.services > 0 {
+                        tracing::debug!(
+                            services = caught_up.services,
+                            "routing snapshot caught up"
+                        );
+                    }
+                }
+                Err(err) => tracing::warn!(error = %err,
+                    "reading the change feed failed; serving the snapshot as it is"),
+            }
+        }
+        if changed.keys {
+            if let Err(err) = keys.reload().await {
+                tracing::warn!(error = %err, "API key reload failed; using the keys already loaded");
+            }
+        }
+        changed = tokio::select! {
             _ = stop.cancelled() => return,
             _ = catch_up.tick() => {
-                match routing.catch_up().await {
-                    Ok(0) => {}
-                    Ok(services) => tracing::debug!(services, "routing snapshot caught up"),
-                    Err(err) => tracing::warn!(error = %err,
-                        "reading the change feed failed; serving the snapshot as it is"),
+                if subscription.is_none() {
+                    subscription = subscribe(store.as_ref()).await;
                 }
-                if let Err(err) = keys.reload().await {
-                    tracing::warn!(error = %err, "API key reload failed; using the keys already loaded");
-                }
+                Changed::all()
             }
             _ = reload.tick() => {
                 match routing.reload().await {
@@ -240,8 +285,40 @@ async fn follow_changes(
                     Err(err) => tracing::warn!(error = %err,
                         "routing snapshot reload failed; serving the previous one"),
                 }
+                Changed::default()
             }
+            notified = next_notification(&mut subscription) => match notified {
+                Ok(changed) => changed,
+                Err(err) => {
+                    tracing::warn!(error = %err,
+                        "lost the change notifications; following the change feed on its period");
+                    subscription = None;
+                    Changed::all()
+                }
+            },
+        };
+    }
+}
+
+/// A subscription to change notifications, if the store sends them and one can be made
+/// now (if not, the next periodic catch-up tries again).
+async fn subscribe(store: &dyn Store) -> Option<ChangeSubscription> {
+    match store.subscribe().await {
+        Ok(subscription) => subscription,
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot listen for change notifications now");
+            None
         }
+    }
+}
+
+/// The next notification; never, without a subscription.
+async fn next_notification(
+    subscription: &mut Option<ChangeSubscription>,
+) -> Result<Changed, StoreError> {
+    match subscription {
+        Some(subscription) => subscription.next().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -134,7 +134,7 @@ impl Default for RawConfig {
             resolve_max_age: Duration::from_secs(5),
             resolve_stale_while_revalidate: Duration::from_secs(30),
             snapshot_reload_interval: Duration::from_secs(3600),
-            snapshot_catch_up_interval: Duration::from_secs(1),
+            snapshot_catch_up_interval: Duration::from_secs(5),
             worker_threads: 0,
             health_check_timeout: Duration::from_secs(2),
             shutdown_grace: Duration::from_secs(10),

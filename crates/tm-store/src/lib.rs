@@ -5,6 +5,7 @@
 
 mod error;
 mod keys;
+mod notify;
 mod pool;
 mod postgres;
 mod routing;
@@ -23,9 +24,10 @@ use tm_domain::{
 
 pub use error::StoreError;
 pub use keys::{KeyRecord, KeyRing, KeyView, Principal};
+pub use notify::{ChangeSubscription, Changed};
 pub use pool::{PoolStats, StoreCounters};
 pub use postgres::PostgresStore;
-pub use routing::RoutingTable;
+pub use routing::{CaughtUp, RoutingTable};
 pub use sqlite::SqliteStore;
 
 /// Who made a change, as recorded in the audit log.
@@ -84,6 +86,8 @@ pub struct Changes {
     pub position: ChangePosition,
     /// Whether these are all the changes there were (the limit was not reached).
     pub complete: bool,
+    /// When each change read was made, by the clock of the instance that made it.
+    pub made_at: Vec<DateTime<Utc>>,
 }
 
 /// A changed service as the change feed names it.
@@ -91,6 +95,7 @@ pub struct Changes {
 pub(crate) struct ChangeRow {
     txid: i64,
     id: i64,
+    at: DateTime<Utc>,
     tenant: String,
     service: String,
     env: String,
@@ -109,6 +114,7 @@ pub(crate) fn changed_groups(
     });
     let mut groups: Vec<GroupKey> = Vec::new();
     let mut seen = std::collections::HashSet::new();
+    let made_at = rows.iter().map(|r| r.at).collect();
     for row in rows {
         let corrupt = |e: tm_domain::DomainError| {
             StoreError::Corrupt(format!("audit log entry {}: {e}", row.id))
@@ -126,6 +132,7 @@ pub(crate) fn changed_groups(
         groups,
         position,
         complete,
+        made_at,
     })
 }
 
@@ -230,6 +237,12 @@ pub trait Store: Send + Sync + 'static {
     /// The services changed after `from`, oldest change first, reading at most `limit`
     /// changes.
     async fn changes_after(&self, from: ChangePosition, limit: u32) -> Result<Changes, StoreError>;
+
+    /// Notifications of changes committed by any instance, where the backend sends
+    /// them (PostgreSQL); `None` where it does not.
+    async fn subscribe(&self) -> Result<Option<ChangeSubscription>, StoreError> {
+        Ok(None)
+    }
 
     /// The audit trail of one route, oldest first.
     async fn audit_log(&self, route_id: RouteId) -> Result<Vec<AuditEntry>, StoreError>;

@@ -8,7 +8,7 @@ use std::str::FromStr;
 
 use async_trait::async_trait;
 use secrecy::ExposeSecret;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sqlx::{Connection, PgConnection, Postgres};
 use tm_config::{PoolConfig, StorageConfig};
 use tm_domain::{now, GroupKey, KeyId, NewRoute, Route, RouteId, RouteKey, RoutePatch, TenantId};
@@ -17,8 +17,8 @@ use crate::pool::{CountedPool, StoreCounters};
 use crate::row::{audit_json, keys, routes, AuditRow, KeyRow, RouteRow};
 use crate::{
     changed_groups, check_access, error::is_unique_violation, Actor, AuditAction, AuditEntry,
-    ChangePosition, ChangeRow, Changes, ExpectedRevisions, KeyRecord, Page, PoolStats, RouteFilter,
-    Store, StoreError,
+    ChangePosition, ChangeRow, ChangeSubscription, Changes, ExpectedRevisions, KeyRecord, Page,
+    PoolStats, RouteFilter, Store, StoreError,
 };
 
 /// Routes per statement in a bulk import (11 parameters each, under the 65535 limit).
@@ -468,7 +468,7 @@ impl Store for PostgresStore {
     async fn changes_after(&self, from: ChangePosition, limit: u32) -> Result<Changes, StoreError> {
         let mut conn = self.primary.acquire().await?;
         let rows: Vec<ChangeRow> = sqlx::query_as(
-            "SELECT txid::text::int8 AS txid, id, \
+            "SELECT txid::text::int8 AS txid, id, at, \
                     COALESCE(after, before)->>'tenant' AS tenant, \
                     COALESCE(after, before)->>'service' AS service, \
                     COALESCE(after, before)->>'env' AS env \
@@ -483,6 +483,18 @@ impl Store for PostgresStore {
         .fetch_all(&mut *conn)
         .await?;
         changed_groups(rows, from, limit)
+    }
+
+    async fn subscribe(&self) -> Result<Option<ChangeSubscription>, StoreError> {
+        let schema: String = {
+            let mut conn = self.primary.acquire().await?;
+            sqlx::query_scalar("SELECT current_schema()")
+                .fetch_one(&mut *conn)
+                .await?
+        };
+        let mut listener = PgListener::connect_with(&self.primary.pool).await?;
+        listener.listen(crate::notify::CHANNEL).await?;
+        Ok(Some(ChangeSubscription::new(listener, schema)))
     }
 
     async fn audit_log(&self, route_id: RouteId) -> Result<Vec<AuditEntry>, StoreError> {

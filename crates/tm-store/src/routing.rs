@@ -184,15 +184,14 @@ impl RoutingTable {
     }
 
     /// Applies every change recorded in the store since the last look, by this
-    /// instance or any other, re-reading only the services changed. Returns their number.
-    /// After a burst of changes too large to apply one service at a time, reloads fully.
-    ///
-    /// The services are re-read a batch at a time, each batch under the refresh lock, so
-    /// that writes on this instance wait for one batch at most, never for the whole feed.
-    pub async fn catch_up(&self) -> Result<usize, Arc<StoreError>> {
+    /// instance or any other, re-reading only the services changed (see
+    /// [`Self::refresh_services`]). After a burst of changes too large to apply one
+    /// service at a time, reloads fully.
+    pub async fn catch_up(&self) -> Result<CaughtUp, Arc<StoreError>> {
         let following = self.following.lock().await;
         let mut position = *self.position();
         let mut changed: Vec<GroupKey> = Vec::new();
+        let mut made_at = Vec::new();
         let mut seen = std::collections::HashSet::new();
         loop {
             let changes = self
@@ -207,15 +206,33 @@ impl RoutingTable {
                     .filter(|key| seen.insert(key.clone())),
             );
             position = changes.position;
+            made_at.extend(changes.made_at);
             if changes.complete {
                 break;
             }
             if changed.len() > MAX_CATCH_UP_GROUPS {
                 drop(following);
-                return self.reload().await;
+                let _routes = self.reload().await?;
+                return Ok(CaughtUp {
+                    services: changed.len(),
+                    made_at,
+                });
             }
         }
-        for batch in changed.chunks(CATCH_UP_BATCH) {
+        self.refresh_services(&changed).await?;
+        *self.position() = position;
+        self.last_synced.store(Arc::new(Instant::now()));
+        Ok(CaughtUp {
+            services: changed.len(),
+            made_at,
+        })
+    }
+
+    /// Re-reads the given services and publishes them, a batch at a time, each batch
+    /// under the refresh lock, so that writes on this instance wait for one batch at
+    /// most. For services a notification says were changed elsewhere.
+    pub async fn refresh_services(&self, services: &[GroupKey]) -> Result<(), Arc<StoreError>> {
+        for batch in services.chunks(CATCH_UP_BATCH) {
             let _order = self.refresh.lock().await;
             let routes = self
                 .store
@@ -225,9 +242,7 @@ impl RoutingTable {
             let next = self.current.load().with_groups(batch, &routes);
             self.current.store(Arc::new(next));
         }
-        *self.position() = position;
-        self.last_synced.store(Arc::new(Instant::now()));
-        Ok(changed.len())
+        Ok(())
     }
 
     fn position(&self) -> std::sync::MutexGuard<'_, ChangePosition> {
@@ -240,6 +255,15 @@ impl RoutingTable {
     pub fn age(&self) -> std::time::Duration {
         self.last_synced.load().elapsed()
     }
+}
+
+/// What a catch-up applied.
+#[derive(Debug, Default)]
+pub struct CaughtUp {
+    /// Services re-read.
+    pub services: usize,
+    /// When each change applied was made, by the clock of the instance that made it.
+    pub made_at: Vec<chrono::DateTime<chrono::Utc>>,
 }
 
 /// Changes read per query when catching up.

@@ -449,7 +449,7 @@ impl Store for SqliteStore {
     async fn changes_after(&self, from: ChangePosition, limit: u32) -> Result<Changes, StoreError> {
         let mut conn = self.reader.acquire().await?;
         let rows: Vec<ChangeRow> = sqlx::query_as(
-            "SELECT 0 AS txid, id, \
+            "SELECT 0 AS txid, id, at, \
                     json_extract(COALESCE(after, before), '$.tenant') AS tenant, \
                     json_extract(COALESCE(after, before), '$.service') AS service, \
                     json_extract(COALESCE(after, before), '$.env') AS env \

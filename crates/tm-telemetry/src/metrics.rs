@@ -17,6 +17,10 @@ pub const UNMATCHED: &str = "unmatched";
 /// The tenant label for tenants beyond the configured cap.
 pub const OTHER_TENANT: &str = "other";
 
+const PROPAGATION_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
 const LATENCY_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
     5.0, 10.0,
@@ -51,6 +55,7 @@ pub struct Metrics {
     pub cache_misses: IntCounter,
     routing_snapshot_routes: IntGauge,
     routing_snapshot_age_seconds: Gauge,
+    routing_propagation: Histogram,
     app_uptime_seconds: Gauge,
 }
 
@@ -252,6 +257,18 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
+            routing_propagation: register(
+                &r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "routing_propagation_seconds",
+                        "Time from a change being made (by any instance) to its being applied to this \
+                         instance's snapshot through the change feed.",
+                    )
+                    .buckets(PROPAGATION_BUCKETS.to_vec()),
+                )
+                .expect("valid metric"),
+            ),
             app_uptime_seconds: register(
                 &r,
                 Gauge::new(
@@ -377,6 +394,11 @@ impl Metrics {
             .set(usage);
     }
 
+    /// Records how long a change took to reach this instance's snapshot.
+    pub fn observe_propagation(&self, seconds: f64) {
+        self.routing_propagation.observe(seconds.max(0.0));
+    }
+
     pub fn set_snapshot(&self, routes: usize, age_seconds: f64) {
         self.routing_snapshot_routes
             .set(i64::try_from(routes).unwrap_or(i64::MAX));
@@ -439,6 +461,7 @@ mod tests {
             "rate_limit_hits_total",
             "routing_snapshot_routes",
             "routing_snapshot_age_seconds",
+            "routing_propagation_seconds",
             "app_uptime_seconds",
             "build_info",
         ] {

@@ -222,6 +222,21 @@ impl TestApp {
         metric(&text, series).unwrap_or_else(|| panic!("{series} is not in /metrics"))
     }
 
+    /// The value of one series once it has stopped moving (unchanged for 150 ms): a
+    /// baseline that the background work set off by earlier writes (change
+    /// notifications, catch-ups) no longer disturbs.
+    pub async fn settled_metric_value(&self, series: &str) -> f64 {
+        let mut last = self.metric_value(series).await;
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+            let now = self.metric_value(series).await;
+            if now == last {
+                return now;
+            }
+            last = now;
+        }
+    }
+
     /// Runs `sql` directly against the test's database, bypassing the application.
     pub async fn raw_execute(&self, sql: &str) -> Result<(), sqlx::Error> {
         match &self.schema {
@@ -238,6 +253,12 @@ impl TestApp {
             }
         }
         Ok(())
+    }
+
+    /// The PostgreSQL URL of this test's schema, for a second instance on the same
+    /// database; `None` on SQLite.
+    pub fn database_url(&self) -> Option<String> {
+        self.schema.as_ref().map(|s| s.url.clone())
     }
 
     /// A connection of the test's own to its PostgreSQL schema; `None` on SQLite.

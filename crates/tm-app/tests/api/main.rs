@@ -9,6 +9,7 @@ mod health;
 mod helpers;
 mod keys;
 mod observability;
+mod propagation;
 mod rate_limits;
 mod resilience;
 mod resolve;

@@ -172,6 +172,7 @@ async fn metrics_are_scrapeable_from_the_start_and_count_by_route_template() {
         "db_connection_errors_total",
         "routing_snapshot_routes",
         "routing_snapshot_age_seconds",
+        "routing_propagation_seconds",
         "app_uptime_seconds",
         "build_info",
     ] {

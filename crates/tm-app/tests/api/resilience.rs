@@ -147,7 +147,7 @@ async fn consecutive_database_failures_open_the_breaker() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_identical_reads_share_one_query() {
     let app = spawn_app_with(|raw| {
-        raw.snapshot_reload_interval = Duration::from_secs(3600);
+        quiet_background(raw);
         raw.read_cache_ttl = Duration::from_secs(60);
     })
     .await;
@@ -155,22 +155,7 @@ async fn fifty_identical_reads_share_one_query() {
         .create("acme", "billing", "prod", "v1", "http://a")
         .await;
     let path = format!("/api/v1/routes/{}", created["id"].as_str().expect("id"));
-    let queries = |app: &TestApp| {
-        let url = app.url("/metrics");
-        let client = app.client.clone();
-        async move {
-            let text = client
-                .get(url)
-                .send()
-                .await
-                .expect("scrape")
-                .text()
-                .await
-                .expect("text");
-            metric(&text, "db_queries_total").expect("db_queries_total")
-        }
-    };
-    let before = queries(&app).await;
+    let before = app.settled_metric_value("db_queries_total").await;
     let reads = (0..50).map(|_| {
         let (client, url) = (app.client.clone(), app.url(&path));
         tokio::spawn(async move { client.get(url).send().await.expect("get").status() })
@@ -179,7 +164,7 @@ async fn fifty_identical_reads_share_one_query() {
     for handle in handles {
         assert_eq!(handle.await.expect("task"), StatusCode::OK);
     }
-    let after = queries(&app).await;
+    let after = app.metric_value("db_queries_total").await;
     assert_eq!(
         after - before,
         1.0,
@@ -246,7 +231,7 @@ async fn beyond_the_in_flight_limit_requests_are_shed_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_snapshot_reloads_share_one_query() {
-    let app = spawn_app_with(|raw| raw.snapshot_reload_interval = Duration::from_secs(3600)).await;
+    let app = spawn_app_with(quiet_background).await;
     app.create("acme", "billing", "prod", "v1", "http://a")
         .await;
     app.activate("acme", "billing", "prod", "v1")
@@ -257,7 +242,7 @@ async fn concurrent_snapshot_reloads_share_one_query() {
             .await
             .expect("load"),
     );
-    let before = app.metric_value("db_queries_total").await;
+    let before = app.settled_metric_value("db_queries_total").await;
     let reloads: Vec<_> = (0..20)
         .map(|_| {
             let table = table.clone();
@@ -295,7 +280,7 @@ async fn stored_routes(app: &TestApp, services: &[String], active: bool) -> Vec<
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_group_refreshes_share_queries_and_all_apply() {
-    let app = spawn_app_with(|raw| raw.snapshot_reload_interval = Duration::from_secs(3600)).await;
+    let app = spawn_app_with(quiet_background).await;
     let table = std::sync::Arc::new(
         tm_store::RoutingTable::load(app.store.clone())
             .await
@@ -303,7 +288,7 @@ async fn concurrent_group_refreshes_share_queries_and_all_apply() {
     );
     let services: Vec<String> = (0..20).map(|i| format!("svc{i}")).collect();
     let stored = stored_routes(&app, &services, true).await;
-    let before = app.metric_value("db_queries_total").await;
+    let before = app.settled_metric_value("db_queries_total").await;
     let refreshes: Vec<_> = stored
         .into_iter()
         .map(|route| {
@@ -342,12 +327,12 @@ async fn concurrent_group_refreshes_share_queries_and_all_apply() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_route_stored_inactive_needs_no_snapshot_query() {
-    let app = spawn_app_with(|raw| raw.snapshot_reload_interval = Duration::from_secs(3600)).await;
+    let app = spawn_app_with(quiet_background).await;
     let table = tm_store::RoutingTable::load(app.store.clone())
         .await
         .expect("load");
     let stored = stored_routes(&app, &["quiet".to_owned()], false).await;
-    let before = app.metric_value("db_queries_total").await;
+    let before = app.settled_metric_value("db_queries_total").await;
     table
         .refresh_group(
             &stored[0].group(),
@@ -356,4 +341,10 @@ async fn a_route_stored_inactive_needs_no_snapshot_query() {
         .await;
     assert_eq!(app.metric_value("db_queries_total").await - before, 0.0);
     assert_eq!(table.snapshot().route_count(), 0);
+}
+
+/// No periodic reloads or catch-ups: the tests that count queries count their own.
+fn quiet_background(raw: &mut tm_config::RawConfig) {
+    raw.snapshot_reload_interval = Duration::from_secs(3600);
+    raw.snapshot_catch_up_interval = Duration::from_secs(3600);
 }

@@ -1,0 +1,124 @@
+//! Two instances on one PostgreSQL database: a change made through one reaches the
+//! other through change notifications, well before the periodic catch-up would.
+
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+use crate::helpers::*;
+
+/// How long a change may take to reach the other instance here (generous: the suite
+/// runs many tests at once): far below the periodic catch-up, which the second
+/// instance runs only once an hour.
+const NOTIFIED_WITHIN: Duration = Duration::from_secs(5);
+
+/// Polls `check` until it holds, for at most `within`; returns how long it took.
+async fn until<F, Fut>(within: Duration, what: &str, mut check: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = Instant::now();
+    while !check().await {
+        assert!(started.elapsed() < within, "{what}: not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    started.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_and_revocations_reach_another_instance_when_notified() {
+    let first = spawn_app().await;
+    // SQLite serves one process: there is no other instance to tell.
+    let Some(url) = first.database_url() else {
+        return;
+    };
+    let second = spawn_app_with(|raw| {
+        raw.database_url = Some(url);
+        raw.snapshot_catch_up_interval = Duration::from_secs(3600);
+        raw.snapshot_reload_interval = Duration::from_secs(3600);
+    })
+    .await;
+    let query = [("tenant", "acme"), ("service", "billing"), ("env", "prod")];
+
+    first
+        .create_route(
+            json!({"tenant": "acme", "service": "billing", "env": "prod",
+            "version": "v1", "url": "http://v1.internal", "active": true}),
+        )
+        .await
+        .assert_status(StatusCode::CREATED);
+    let took = until(
+        NOTIFIED_WITHIN,
+        "activation seen by the second instance",
+        || async { second.resolve(&query).await.status == StatusCode::OK },
+    )
+    .await;
+    eprintln!("activation reached the second instance after {took:?}");
+
+    first
+        .deactivate("acme", "billing", "prod", "v1")
+        .await
+        .assert_status(StatusCode::OK);
+    until(
+        NOTIFIED_WITHIN,
+        "deactivation seen by the second instance",
+        || async { second.resolve(&query).await.status == StatusCode::NOT_FOUND },
+    )
+    .await;
+
+    let reader = first.create_key("reader", Some("acme")).await;
+    until(
+        NOTIFIED_WITHIN,
+        "new key accepted by the second instance",
+        || async {
+            second
+                .request_as(
+                    Some(&reader),
+                    Method::GET,
+                    "/api/v1/routes?tenant=acme",
+                    None,
+                )
+                .await
+                .status
+                == StatusCode::OK
+        },
+    )
+    .await;
+    let listed = first.get("/api/v1/keys").await.json();
+    let id = listed["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .find(|k| k["name"] == "reader key")
+        .expect("the reader key")["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    first
+        .request(Method::DELETE, &format!("/api/v1/keys/{id}"), None)
+        .await
+        .assert_status(StatusCode::NO_CONTENT);
+    until(
+        NOTIFIED_WITHIN,
+        "revoked key refused by the second instance",
+        || async {
+            second
+                .request_as(
+                    Some(&reader),
+                    Method::GET,
+                    "/api/v1/routes?tenant=acme",
+                    None,
+                )
+                .await
+                .status
+                == StatusCode::UNAUTHORIZED
+        },
+    )
+    .await;
+
+    let metrics = String::from_utf8(second.get("/metrics").await.body).expect("utf-8");
+    let observed = metric(&metrics, "routing_propagation_seconds_count").unwrap_or(0.0);
+    assert!(observed >= 2.0, "propagations observed: {observed}");
+}
