@@ -17,13 +17,17 @@
 #   write-only run (every request creates an active route) and a mixed run (95%
 #   resolve, 5% such writes), 16 connections each.
 # - startup: start-up time and memory with PG_ROUTES (default 1M) routes on PostgreSQL.
+# - propagation: three instances on one PostgreSQL database, PROPAGATION_WRITES writes
+#   spread over them; the time from each change to its arrival in every instance's
+#   snapshot, from their routing_propagation_seconds histograms.
 # Everything runs on 127.0.0.1 and every load run is bounded by DURATION.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ROUTES=${ROUTES:-"1000 100000 1000000"}
 PG_ROUTES=${PG_ROUTES:-1000000}
-MODES=${MODES:-"resolve writes startup"}
+MODES=${MODES:-"resolve writes startup propagation"}
+PROPAGATION_WRITES=${PROPAGATION_WRITES:-600}
 DURATION=${DURATION:-10}
 CONNECTIONS=${CONNECTIONS:-64}
 PORT_APP=${PORT_APP:-18181}
@@ -232,6 +236,49 @@ psql_db() {
     "$PG_BIN/psql" -q -d "$PG_URL" -c "$1 DATABASE $2" >/dev/null
 }
 
+# Three instances on one PostgreSQL database; writes go to each in turn, and every
+# instance records in routing_propagation_seconds how long each change took to reach
+# its snapshot. Prints the merged histogram's percentiles (bucket upper bounds).
+propagation_table() {
+    [ -n "$PG_DIR" ] || start_postgres
+    psql_db create propagation
+    local url="${PG_URL%/*}/propagation" port pids=() ports=(18191 18192 18193)
+    for port in "${ports[@]}"; do
+        PORT_APP=$port start_server "$WORK/data-propagation-$port" TM_DATABASE_URL="$url"
+        pids+=("$APP")
+    done
+    log "propagation: $PROPAGATION_WRITES writes spread over 3 instances"
+    python3 - "$ADMIN_KEY" "$PROPAGATION_WRITES" "${ports[@]}" <<'PY'
+import json, sys, time, urllib.request
+key, writes, ports = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+for i in range(writes):
+    body = json.dumps({"tenant": "bench", "service": f"p{i}", "env": "prod", "version": "v1",
+                       "url": "http://10.0.0.9:8080", "active": True}).encode()
+    request = urllib.request.Request(f"http://127.0.0.1:{ports[i % len(ports)]}/api/v1/routes",
+        data=body, method="POST",
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+    urllib.request.urlopen(request).read()
+    time.sleep(0.005)
+time.sleep(1)
+merged, count = {}, 0.0
+for port in ports:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
+    for line in text.splitlines():
+        if line.startswith("routing_propagation_seconds_bucket{"):
+            le = line.split('le="')[1].split('"')[0]
+            bound = float("inf") if le == "+Inf" else float(le)
+            merged[bound] = merged.get(bound, 0.0) + float(line.split()[-1])
+        elif line.startswith("routing_propagation_seconds_count"):
+            count += float(line.split()[-1])
+def pct(p):
+    return min(b for b, c in merged.items() if c >= p * count) * 1000
+print("| instances | changes | applications observed | p50 ms | p99 ms |")
+print("|---:|---:|---:|---:|---:|")
+print(f"| {len(ports)} | {writes} | {count:.0f} | ≤ {pct(0.5):g} | ≤ {pct(0.99):g} |")
+PY
+    for port in "${pids[@]}"; do kill "$port"; wait "$port" 2>/dev/null || true; done
+}
+
 startup_table() {
     [ -n "$PG_DIR" ] || start_postgres
     psql_db create startup
@@ -249,6 +296,7 @@ for mode in $MODES; do
         resolve) resolve_table ;;
         writes) writes_table ;;
         startup) startup_table ;;
+        propagation) propagation_table ;;
         *) echo "unknown mode: $mode" >&2; exit 2 ;;
     esac
     echo
