@@ -43,11 +43,17 @@ impl Changed {
 pub struct ChangeSubscription {
     listener: PgListener,
     schema: String,
+    /// This instance's name in the notifications of its own writes.
+    instance: String,
 }
 
 impl ChangeSubscription {
-    pub(crate) fn new(listener: PgListener, schema: String) -> Self {
-        Self { listener, schema }
+    pub(crate) fn new(listener: PgListener, schema: String, instance: String) -> Self {
+        Self {
+            listener,
+            schema,
+            instance,
+        }
     }
 
     /// Waits for the next notification, then takes every one already waiting, so that
@@ -75,7 +81,9 @@ impl ChangeSubscription {
             }
             match parts.next() {
                 Some("keys") => changed.keys = true,
-                Some("routes") => match service_of(parts) {
+                Some("routes") => match service_of(&mut parts) {
+                    // A write of this instance: applied before it was acknowledged.
+                    Some(_) if parts.next() == Some(self.instance.as_str()) => {}
                     Some(named) if changed.services.len() < MAX_NAMED => {
                         changed.services.push(named)
                     }
@@ -88,7 +96,7 @@ impl ChangeSubscription {
 }
 
 /// `<tenant> <service> <env> <micros>` of a route notification.
-fn service_of<'a>(mut parts: impl Iterator<Item = &'a str>) -> Option<(GroupKey, DateTime<Utc>)> {
+fn service_of<'a>(parts: &mut impl Iterator<Item = &'a str>) -> Option<(GroupKey, DateTime<Utc>)> {
     let key = GroupKey {
         tenant: TenantId::parse(parts.next()?).ok()?,
         service: ServiceName::parse(parts.next()?).ok()?,

@@ -32,6 +32,8 @@ const ROUTE_COLUMNS: &str =
                              revision, created_at, updated_at";
 
 pub struct PostgresStore {
+    /// This process's name in the change notifications of its writes.
+    instance: String,
     primary: CountedPool<Postgres>,
     /// Reserved for critical writes, so the rollback path works when `primary` is full.
     critical: CountedPool<Postgres>,
@@ -56,9 +58,11 @@ impl PostgresStore {
         else {
             panic!("PostgresStore::connect needs a PostgreSQL storage configuration");
         };
+        let instance = uuid::Uuid::now_v7().simple().to_string();
         let mut options = PgConnectOptions::from_str(url.expose_secret())?
             .application_name("traffic-manager")
             .options([
+                ("traffic_manager.instance", instance.clone()),
                 (
                     "statement_timeout",
                     format!("{}ms", statement_timeout.as_millis()),
@@ -91,6 +95,7 @@ impl PostgresStore {
             .run(&primary)
             .await?;
         Ok(Self {
+            instance,
             primary: CountedPool::new("primary", primary, counters.clone()),
             critical: CountedPool::new("critical", critical, counters),
         })
@@ -494,7 +499,11 @@ impl Store for PostgresStore {
         };
         let mut listener = PgListener::connect_with(&self.primary.pool).await?;
         listener.listen(crate::notify::CHANNEL).await?;
-        Ok(Some(ChangeSubscription::new(listener, schema)))
+        Ok(Some(ChangeSubscription::new(
+            listener,
+            schema,
+            self.instance.clone(),
+        )))
     }
 
     async fn audit_log(&self, route_id: RouteId) -> Result<Vec<AuditEntry>, StoreError> {

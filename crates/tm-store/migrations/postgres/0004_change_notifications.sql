@@ -3,9 +3,11 @@
 -- database-wide, so each payload starts with the schema, and instances of other
 -- schemas ignore it.
 --
--- A route change names its service and when it was made (microseconds since the
--- epoch), so that listeners re-read just that service:
---     <schema> routes <tenant> <service> <env> <micros>
+-- A route change names its service, when it was made (microseconds since the epoch)
+-- and the instance that made it (the session setting `traffic_manager.instance`,
+-- empty if unset), so that listeners re-read just that service, and the instance
+-- that made the change, which has applied it already, does nothing:
+--     <schema> routes <tenant> <service> <env> <micros> <instance>
 -- A key change says only that keys changed (one notification per transaction):
 --     <schema> keys
 CREATE FUNCTION notify_route_change() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -14,7 +16,8 @@ DECLARE
 BEGIN
     PERFORM pg_notify('traffic_manager_changes', concat_ws(' ',
         TG_TABLE_SCHEMA, 'routes', route->>'tenant', route->>'service', route->>'env',
-        (extract(epoch FROM NEW.at) * 1000000)::bigint));
+        (extract(epoch FROM NEW.at) * 1000000)::bigint,
+        COALESCE(current_setting('traffic_manager.instance', true), '')));
     RETURN NULL;
 END;
 $$;
