@@ -30,7 +30,16 @@ fn command(data_dir: &Path) -> Command {
 
 /// Starts `serve` and waits for its "listening" log line; returns the child and address.
 async fn serve(data_dir: &Path) -> (Child, String) {
-    let mut child = command(data_dir)
+    serve_with(data_dir, &[]).await
+}
+
+/// [`serve`] with extra settings.
+async fn serve_with(data_dir: &Path, settings: &[(&str, &str)]) -> (Child, String) {
+    let mut cmd = command(data_dir);
+    for (key, value) in settings {
+        cmd.env(key, value);
+    }
+    let mut child = cmd
         .arg("serve")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -128,6 +137,50 @@ async fn sigterm_drains_and_exits_zero() {
     assert_eq!(reply.status(), reqwest::StatusCode::OK);
     let pid = child.id().expect("running");
     assert_eq!(send_signal(pid, "TERM"), 0);
+    let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
+        .await
+        .expect("exits within 15 s")
+        .expect("status");
+    assert!(status.success(), "exit status {status}");
+}
+
+#[tokio::test]
+async fn one_worker_thread_runs_everything_on_one_event_loop() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Frequent full reloads: their blocking work must not need a second worker.
+    let (mut child, addr) = serve_with(
+        dir.path(),
+        &[
+            ("TM_WORKER_THREADS", "1"),
+            ("TM_SNAPSHOT_RELOAD_INTERVAL", "100ms"),
+            ("TM_SNAPSHOT_CATCH_UP_INTERVAL", "50ms"),
+        ],
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let mut route = body(1);
+    route["active"] = json!(true);
+    let created = client
+        .post(format!("http://{addr}/api/v1/routes"))
+        .bearer_auth(ADMIN_KEY)
+        .json(&route)
+        .send()
+        .await
+        .expect("create");
+    assert_eq!(created.status(), reqwest::StatusCode::CREATED);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for _ in 0..20 {
+        let resolved = client
+            .get(format!(
+                "http://{addr}/api/v1/routes/resolve?tenant=acme&service=billing&env=prod"
+            ))
+            .bearer_auth(ADMIN_KEY)
+            .send()
+            .await
+            .expect("resolve");
+        assert_eq!(resolved.status(), reqwest::StatusCode::OK);
+    }
+    assert_eq!(send_signal(child.id().expect("running"), "TERM"), 0);
     let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
         .await
         .expect("exits within 15 s")
