@@ -116,6 +116,18 @@ impl Application {
             .map_err(|source| StartError::Bind { addr, source })?;
         let shutdown_grace = config.http.shutdown_grace;
         let limiter = Arc::new(LocalRateLimiter::new(config.http.rate_limits.clone()));
+        // With replicas, a caller that wrote reads from the primary for the lag bound plus
+        // one lag check: any replica still in the rotation then has its write.
+        let read_your_writes = match &config.storage {
+            tm_config::StorageConfig::Postgres {
+                replicas,
+                replica_max_lag,
+                ..
+            } if !replicas.is_empty() => {
+                Some(*replica_max_lag + config.metrics.pool_sample_interval)
+            }
+            _ => None,
+        };
         let state = AppState::new(
             store.clone(),
             routing.clone(),
@@ -123,6 +135,7 @@ impl Application {
             metrics,
             limiter,
             config.http,
+            read_your_writes,
         );
         Ok(Self {
             listener,
@@ -330,6 +343,7 @@ async fn sample_periodically(state: AppState, every: Duration, stop: Cancellatio
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {
+                state.check_replicas().await;
                 tm_http::sample_metrics(&state);
                 state.limiter.forget_idle();
             }

@@ -5,9 +5,11 @@
 //! Runs when `TM_TEST_PG_BINDIR` names PostgreSQL's binaries (the test command sets it,
 //! and `TM_TEST_PG_USER` when the cluster must run as another user than root).
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
+
 use std::time::{Duration, Instant};
+
+use common::Cluster;
 
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -16,153 +18,6 @@ use tm_config::{Config, RawConfig};
 use tokio_util::sync::CancellationToken;
 
 const ADMIN: &str = "fault-test-admin-key-0123456789abcdef";
-
-/// A throwaway cluster, stopped and removed on drop.
-struct Cluster {
-    bindir: PathBuf,
-    user: Option<String>,
-    dir: tempfile::TempDir,
-    port: u16,
-}
-
-impl Cluster {
-    fn start() -> Option<Cluster> {
-        let bindir = PathBuf::from(std::env::var_os("TM_TEST_PG_BINDIR")?);
-        let user = std::env::var("TM_TEST_PG_USER")
-            .ok()
-            .filter(|u| !u.is_empty());
-        let dir = tempfile::tempdir().expect("tempdir");
-        if let Some(user) = &user {
-            assert!(Command::new("chown")
-                .arg(user)
-                .arg(dir.path())
-                .status()
-                .expect("chown")
-                .success());
-        }
-        let port = free_port();
-        let cluster = Cluster {
-            bindir,
-            user,
-            dir,
-            port,
-        };
-        assert!(cluster
-            .pg(
-                "initdb",
-                &[
-                    "-D",
-                    &cluster.data(),
-                    "-U",
-                    "postgres",
-                    "-A",
-                    "trust",
-                    "--no-sync"
-                ]
-            )
-            .success());
-        cluster.start_server();
-        Some(cluster)
-    }
-
-    fn data(&self) -> String {
-        self.dir.path().join("data").display().to_string()
-    }
-
-    fn pg(&self, tool: &str, args: &[&str]) -> std::process::ExitStatus {
-        let program = self.bindir.join(tool);
-        let mut cmd = match &self.user {
-            Some(user) => {
-                let mut c = Command::new("runuser");
-                c.args(["-u", user, "--"]).arg(&program);
-                c
-            }
-            None => Command::new(&program),
-        };
-        cmd.args(args)
-            .stdout(std::process::Stdio::null())
-            .status()
-            .expect("pg tool runs")
-    }
-
-    fn start_server(&self) {
-        let options = format!(
-            "-c listen_addresses=127.0.0.1 -p {} -k {} -c fsync=off",
-            self.port,
-            self.dir.path().display()
-        );
-        let log = self.dir.path().join("server.log").display().to_string();
-        assert!(self
-            .pg(
-                "pg_ctl",
-                &[
-                    "-D",
-                    &self.data(),
-                    "-l",
-                    &log,
-                    "-w",
-                    "-o",
-                    &options,
-                    "start"
-                ]
-            )
-            .success());
-    }
-
-    fn kill(&self) {
-        assert!(self
-            .pg(
-                "pg_ctl",
-                &["-D", &self.data(), "-m", "immediate", "-w", "stop"]
-            )
-            .success());
-    }
-
-    /// The postmaster and every process it started.
-    fn pids(&self) -> Vec<String> {
-        let pidfile = std::fs::read_to_string(Path::new(&self.data()).join("postmaster.pid"))
-            .expect("postmaster.pid");
-        let postmaster = pidfile.lines().next().expect("pid").trim().to_owned();
-        let children = Command::new("pgrep")
-            .args(["-P", &postmaster])
-            .output()
-            .expect("pgrep");
-        let mut pids: Vec<String> = String::from_utf8_lossy(&children.stdout)
-            .split_whitespace()
-            .map(str::to_owned)
-            .collect();
-        pids.push(postmaster);
-        pids
-    }
-
-    fn signal(&self, signal: &str) {
-        for pid in self.pids() {
-            let _ = Command::new("kill")
-                .args([&format!("-{signal}"), &pid])
-                .stderr(std::process::Stdio::null())
-                .status();
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        self.signal("CONT");
-        let _ = self.pg("pg_ctl", &["-D", &self.data(), "-m", "immediate", "stop"]);
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
 
 struct App {
     base: String,

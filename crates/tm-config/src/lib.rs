@@ -40,6 +40,11 @@ pub struct RawConfig {
     #[serde(with = "humantime_serde")]
     pub db_idle_in_transaction_timeout: Duration,
     pub db_statement_cache: bool,
+    /// Read replicas, comma-separated PostgreSQL URLs.
+    pub database_replica_urls: Option<String>,
+    /// Replication lag beyond which a replica leaves the rotation.
+    #[serde(with = "humantime_serde")]
+    pub replica_max_lag: Duration,
     pub sqlite_synchronous: String,
     pub log_format: Option<String>,
     pub log_level: String,
@@ -127,6 +132,8 @@ impl Default for RawConfig {
             db_statement_timeout: Duration::from_secs(3),
             db_idle_in_transaction_timeout: Duration::from_secs(5),
             db_statement_cache: true,
+            database_replica_urls: None,
+            replica_max_lag: Duration::from_secs(5),
             sqlite_synchronous: "full".into(),
             log_format: None,
             log_level: "info".into(),
@@ -183,6 +190,8 @@ const ENV_KEYS: &[&str] = &[
     "db_statement_timeout",
     "db_idle_in_transaction_timeout",
     "db_statement_cache",
+    "database_replica_urls",
+    "replica_max_lag",
     "sqlite_synchronous",
     "log_format",
     "log_level",
@@ -245,6 +254,9 @@ pub enum SqliteSynchronous {
     Normal,
 }
 
+/// Read replicas one instance can use.
+pub const MAX_REPLICAS: usize = 8;
+
 /// Where routes are stored, chosen by the scheme of `database_url`.
 #[derive(Clone, Debug)]
 pub enum StorageConfig {
@@ -258,6 +270,10 @@ pub enum StorageConfig {
         idle_in_transaction_timeout: Duration,
         /// Server-side prepared statement cache; off behind PgBouncer in transaction mode.
         statement_cache: bool,
+        /// Read replicas for reads that may lag (each gets a pool like the primary's).
+        replicas: Vec<SecretString>,
+        /// Replication lag beyond which a replica serves no reads.
+        replica_max_lag: Duration,
     },
 }
 
@@ -452,6 +468,8 @@ impl Config {
                 statement_timeout,
                 idle_in_transaction_timeout,
                 statement_cache,
+                replicas,
+                replica_max_lag,
             } => {
                 lines.push(format!(
                     "database_url = {:?}",
@@ -466,6 +484,18 @@ impl Config {
                     humantime::format_duration(*idle_in_transaction_timeout)
                 ));
                 lines.push(format!("db_statement_cache = {statement_cache}"));
+                lines.push(format!(
+                    "database_replica_urls = {:?}",
+                    replicas
+                        .iter()
+                        .map(|r| redact_url(r.expose_secret()))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                ));
+                lines.push(format!(
+                    "replica_max_lag = \"{}\"",
+                    humantime::format_duration(*replica_max_lag)
+                ));
             }
         }
         let d = |d: Duration| format!("\"{}\"", humantime::format_duration(d));
@@ -655,6 +685,42 @@ impl TryFrom<RawConfig> for Config {
             }
         };
 
+        let replicas: Vec<SecretString> = raw
+            .database_replica_urls
+            .as_deref()
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .filter_map(|url| {
+                let valid = (url.starts_with("postgres://") || url.starts_with("postgresql://"))
+                    && url::Url::parse(url)
+                        .is_ok_and(|p| p.host_str().is_some_and(|h| !h.is_empty()));
+                if !valid {
+                    fail(
+                        "database_replica_urls",
+                        format!("{} is not a valid PostgreSQL URL", redact_url(url)),
+                    );
+                }
+                valid.then(|| SecretString::from(url.to_owned()))
+            })
+            .collect();
+        let primary_is_postgres = raw
+            .database_url
+            .as_deref()
+            .is_some_and(|u| u.starts_with("postgres://") || u.starts_with("postgresql://"));
+        if !replicas.is_empty() && !primary_is_postgres {
+            fail(
+                "database_replica_urls",
+                "read replicas need a PostgreSQL TM_DATABASE_URL".into(),
+            );
+        }
+        if replicas.len() > MAX_REPLICAS {
+            fail(
+                "database_replica_urls",
+                format!("at most {MAX_REPLICAS} replicas"),
+            );
+        }
         let storage = match raw.database_url.as_deref() {
             None | Some("") => synchronous.map(|synchronous| StorageConfig::Sqlite {
                 path: raw.data_dir.join("traffic-manager.db"),
@@ -685,6 +751,8 @@ impl TryFrom<RawConfig> for Config {
                             statement_timeout: raw.db_statement_timeout,
                             idle_in_transaction_timeout: raw.db_idle_in_transaction_timeout,
                             statement_cache: raw.db_statement_cache,
+                            replicas: replicas.clone(),
+                            replica_max_lag: raw.replica_max_lag,
                         })
                     }
                     _ => {
@@ -731,6 +799,7 @@ impl TryFrom<RawConfig> for Config {
             ),
             ("snapshot_reload_interval", raw.snapshot_reload_interval),
             ("snapshot_catch_up_interval", raw.snapshot_catch_up_interval),
+            ("replica_max_lag", raw.replica_max_lag),
             ("health_check_timeout", raw.health_check_timeout),
         ] {
             if value.is_zero() {
@@ -1005,6 +1074,35 @@ mod tests {
             assert_eq!(statement_timeout, Duration::from_millis(750));
             Ok(())
         });
+    }
+
+    #[test]
+    fn replicas_need_postgresql_and_valid_urls() {
+        let with = |primary: Option<&str>, replicas: &str| {
+            Config::try_from(RawConfig {
+                database_url: primary.map(str::to_owned),
+                database_replica_urls: Some(replicas.into()),
+                ..RawConfig::default()
+            })
+        };
+        let config = with(
+            Some("postgres://u@db1/app"),
+            "postgres://u@db2/app, postgres://u@db3/app",
+        )
+        .expect("valid");
+        assert!(matches!(config.storage,
+            StorageConfig::Postgres { ref replicas, .. } if replicas.len() == 2));
+        for (primary, replicas) in [
+            (None, "postgres://u@db2/app"),
+            (Some("postgres://u@db1/app"), "mysql://db2"),
+            (Some("postgres://u@db1/app"), "postgres://"),
+        ] {
+            let err = with(primary, replicas).expect_err("invalid");
+            assert_eq!(
+                err.0[0].setting, "TM_DATABASE_REPLICA_URLS",
+                "{primary:?} {replicas}"
+            );
+        }
     }
 
     #[test]

@@ -18,7 +18,7 @@ use tm_domain::{Route, RouteId};
 use tm_resilience::{
     retry, BreakerConfig, BreakerState, Bulkhead, CircuitBreaker, RetryPolicy, Singleflight,
 };
-use tm_store::{Page, RouteFilter, Store, StoreError};
+use tm_store::{Page, ReadFrom, RouteFilter, Store, StoreError};
 use tm_telemetry::Metrics;
 
 use crate::ApiError;
@@ -26,9 +26,9 @@ use crate::ApiError;
 /// A cacheable read.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum ReadKey {
-    Route(RouteId),
+    Route(RouteId, ReadFrom),
     /// A listing: filter and page, in a canonical text form.
-    List(String),
+    List(String, ReadFrom),
 }
 
 #[derive(Clone, Debug)]
@@ -160,11 +160,16 @@ impl Guard {
             .set_breaker("database", self.breaker.state() as i64);
     }
 
-    pub async fn get_route(&self, id: RouteId) -> Result<(Option<Route>, Freshness), ApiError> {
+    /// One route; `from` says whether a replica may answer (see [`ReadFrom`]).
+    pub async fn get_route(
+        &self,
+        id: RouteId,
+        from: ReadFrom,
+    ) -> Result<(Option<Route>, Freshness), ApiError> {
         let store = &self.store;
         let (value, freshness) = self
-            .read(ReadKey::Route(id), move || async move {
-                store.get_route(id).await.map(ReadValue::Route)
+            .read(ReadKey::Route(id, from), move || async move {
+                store.get_route(id, from).await.map(ReadValue::Route)
             })
             .await?;
         match value {
@@ -177,20 +182,27 @@ impl Guard {
         &self,
         filter: RouteFilter,
         page: Page,
+        from: ReadFrom,
     ) -> Result<(Vec<Route>, Freshness), ApiError> {
-        let key = ReadKey::List(format!(
-            "{:?}|{:?}|{:?}|{:?}|{:?}|{}",
-            filter.tenant.as_ref().map(|t| t.as_str()),
-            filter.service.as_ref().map(|s| s.as_str()),
-            filter.env.as_ref().map(|e| e.as_str()),
-            filter.active,
-            page.after,
-            page.limit
-        ));
+        let key = ReadKey::List(
+            format!(
+                "{:?}|{:?}|{:?}|{:?}|{:?}|{}",
+                filter.tenant.as_ref().map(|t| t.as_str()),
+                filter.service.as_ref().map(|s| s.as_str()),
+                filter.env.as_ref().map(|e| e.as_str()),
+                filter.active,
+                page.after,
+                page.limit
+            ),
+            from,
+        );
         let (store, filter) = (&self.store, &filter);
         let (value, freshness) = self
             .read(key, move || async move {
-                store.list_routes(filter, page).await.map(ReadValue::List)
+                store
+                    .list_routes(filter, page, from)
+                    .await
+                    .map(ReadValue::List)
             })
             .await?;
         match value {

@@ -52,6 +52,9 @@ async fn checks(state: &AppState) -> (bool, Value) {
         "message": message,
         "latency_ms": (latency_ms * 10.0).round() / 10.0,
         "pools": pools,
+        // A replica out of the rotation leaves reads on the primary: not a reason to
+        // take this instance out of the load balancer.
+        "replicas": state.replicas(),
     });
     (healthy, json!({ "database": database }))
 }

@@ -25,7 +25,7 @@ use axum::routing::{delete, get, post};
 use axum::Router;
 use tm_config::HttpConfig;
 use tm_resilience::RateLimiter;
-use tm_store::{KeyRing, RoutingTable, Store};
+use tm_store::{KeyRing, ReadFrom, RoutingTable, Store};
 use tm_telemetry::Metrics;
 
 pub use error::{ApiError, PROBLEM_TYPE_PREFIX};
@@ -60,9 +60,53 @@ pub struct Shared {
     pub started_at: Instant,
     /// `Cache-Control` of resolve answers, built once from the configuration.
     cache_control: HeaderValue,
+    /// Callers (by key) that wrote recently: their reads go to the primary, so that they
+    /// see their own writes (present only with read replicas).
+    recent_writers: Option<moka::sync::Cache<String, ()>>,
+    /// The read replicas as last checked.
+    replicas: std::sync::RwLock<Vec<tm_store::ReplicaStatus>>,
 }
 
 impl AppState {
+    /// Notes that `caller` has just written: for a while its reads go to the primary.
+    pub fn wrote(&self, caller: &auth::Caller) {
+        if let Some(writers) = &self.recent_writers {
+            writers.insert(caller.actor().as_str().to_owned(), ());
+        }
+    }
+
+    /// Where `caller`'s reads may be served from: the primary if it wrote within the
+    /// read-your-writes window (the replicas' lag bound plus one lag check, so any
+    /// replica still in the rotation has its write), else any replica.
+    pub fn read_from(&self, caller: &auth::Caller) -> ReadFrom {
+        match &self.recent_writers {
+            Some(writers) if writers.contains_key(caller.actor().as_str()) => ReadFrom::Primary,
+            _ => ReadFrom::AnyReplica,
+        }
+    }
+
+    /// Measures the read replicas' lag, moves them in or out of the rotation, and
+    /// records what it found in the metrics and for the health probes.
+    pub async fn check_replicas(&self) {
+        let statuses = self.store.check_replicas().await;
+        for status in &statuses {
+            self.metrics
+                .set_replica_lag(status.name, status.lag_seconds.unwrap_or(-1.0));
+        }
+        *self
+            .replicas
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = statuses;
+    }
+
+    /// The read replicas as last checked.
+    pub fn replicas(&self) -> Vec<tm_store::ReplicaStatus> {
+        self.replicas
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
     pub fn new(
         store: Arc<dyn Store>,
         routing: Arc<RoutingTable>,
@@ -70,6 +114,7 @@ impl AppState {
         metrics: Arc<Metrics>,
         limiter: Arc<dyn RateLimiter>,
         config: HttpConfig,
+        read_your_writes: Option<std::time::Duration>,
     ) -> Self {
         let cache_control = HeaderValue::try_from(format!(
             "private, max-age={}, stale-while-revalidate={}",
@@ -97,6 +142,13 @@ impl AppState {
             config,
             started_at: Instant::now(),
             cache_control,
+            recent_writers: read_your_writes.map(|window| {
+                moka::sync::Cache::builder()
+                    .max_capacity(100_000)
+                    .time_to_live(window)
+                    .build()
+            }),
+            replicas: std::sync::RwLock::default(),
         }))
     }
 }

@@ -233,6 +233,7 @@ pub async fn create(
             state.store.create_route(new, &caller.actor()),
         )
         .await?;
+    state.wrote(&caller);
     state
         .routing
         .refresh_group(&route.group(), RouteChange::Stored(&route))
@@ -304,6 +305,7 @@ async fn set_active(
             state.store.set_active(&key, active, &caller.actor()),
         )
         .await?;
+    state.wrote(&caller);
     state
         .routing
         .refresh_group(&route.group(), RouteChange::Stored(&route))
@@ -406,6 +408,7 @@ pub async fn list(
                 after,
                 limit: limit + 1,
             },
+            state.read_from(&caller),
         )
         .await?;
     let next_cursor = if items.len() > limit as usize {
@@ -442,7 +445,7 @@ pub async fn get(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let scope = caller.scope(Action::ReadRoutes)?;
-    let (route, freshness) = state.guard.get_route(id).await?;
+    let (route, freshness) = state.guard.get_route(id, state.read_from(&caller)).await?;
     let route = route
         .filter(|route| scope.is_none_or(|own| own == &route.tenant))
         .ok_or(ApiError::NotFound)?;
@@ -492,6 +495,7 @@ pub async fn patch(
                 .update_route(id, scope, &patch, expected.as_deref(), &caller.actor()),
         )
         .await?;
+    state.wrote(&caller);
     state
         .routing
         .refresh_group(&route.group(), RouteChange::Stored(&route))
@@ -531,6 +535,7 @@ pub async fn delete(
                 .delete_route(id, scope, expected.as_deref(), &caller.actor()),
         )
         .await?;
+    state.wrote(&caller);
     state
         .routing
         .refresh_group(&route.group(), RouteChange::Deleted(&route))

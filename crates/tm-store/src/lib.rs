@@ -67,6 +67,25 @@ impl AuditAction {
     }
 }
 
+/// Where a read may be served from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ReadFrom {
+    /// The primary: for callers that must see their own latest writes.
+    Primary,
+    /// A read replica in the rotation if there is one, else the primary.
+    AnyReplica,
+}
+
+/// One read replica as last checked.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ReplicaStatus {
+    pub name: &'static str,
+    /// Seconds behind the primary; `None` when it could not be reached.
+    pub lag_seconds: Option<f64>,
+    /// Whether it serves reads.
+    pub in_rotation: bool,
+}
+
 /// A position in the change feed (the audit log): opaque outside the store.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ChangePosition {
@@ -212,10 +231,14 @@ pub trait Store: Send + Sync + 'static {
         actor: &Actor,
     ) -> Result<Route, StoreError>;
 
-    async fn get_route(&self, id: RouteId) -> Result<Option<Route>, StoreError>;
+    async fn get_route(&self, id: RouteId, from: ReadFrom) -> Result<Option<Route>, StoreError>;
 
-    async fn list_routes(&self, filter: &RouteFilter, page: Page)
-        -> Result<Vec<Route>, StoreError>;
+    async fn list_routes(
+        &self,
+        filter: &RouteFilter,
+        page: Page,
+        from: ReadFrom,
+    ) -> Result<Vec<Route>, StoreError>;
 
     /// The active routes of the given `(tenant, service, env)` groups.
     async fn active_routes_in_groups(&self, keys: &[GroupKey]) -> Result<Vec<Route>, StoreError>;
@@ -237,6 +260,12 @@ pub trait Store: Send + Sync + 'static {
     /// The services changed after `from`, oldest change first, reading at most `limit`
     /// changes.
     async fn changes_after(&self, from: ChangePosition, limit: u32) -> Result<Changes, StoreError>;
+
+    /// Measures each read replica's lag and takes it out of (or back into) the rotation.
+    /// Stores without replicas have nothing to check.
+    async fn check_replicas(&self) -> Vec<ReplicaStatus> {
+        Vec::new()
+    }
 
     /// Notifications of changes committed by any instance, where the backend sends
     /// them (PostgreSQL); `None` where it does not.

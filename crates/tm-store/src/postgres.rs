@@ -15,14 +15,86 @@ use tm_domain::{now, GroupKey, KeyId, NewRoute, Route, RouteId, RouteKey, RouteP
 
 use crate::pool::{CountedPool, StoreCounters};
 use crate::row::{audit_json, keys, routes, AuditRow, KeyRow, RouteRow};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
 use crate::{
     changed_groups, check_access, error::is_unique_violation, Actor, AuditAction, AuditEntry,
     ChangePosition, ChangeRow, ChangeSubscription, Changes, ExpectedRevisions, KeyRecord, Page,
-    PoolStats, RouteFilter, Store, StoreError,
+    PoolStats, ReadFrom, ReplicaStatus, RouteFilter, Store, StoreError,
 };
 
 /// Routes per statement in a bulk import (11 parameters each, under the 65535 limit).
 const IMPORT_BATCH: usize = 1000;
+
+/// Pool names (and `replica` labels) of the read replicas, in configuration order.
+const REPLICA_POOLS: [&str; tm_config::MAX_REPLICAS] = [
+    "replica1", "replica2", "replica3", "replica4", "replica5", "replica6", "replica7", "replica8",
+];
+
+/// How long a replica's lag check may take before the replica counts as unreachable.
+const REPLICA_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// One read replica and whether it serves reads now.
+struct Replica {
+    pool: CountedPool<Postgres>,
+    in_rotation: AtomicBool,
+}
+
+impl Replica {
+    /// Seconds this replica is behind a primary at `primary_lsn`: 0 once it has replayed
+    /// that far, else the age of the last transaction it replayed; `None` if unreachable.
+    async fn measure_lag(&self, primary_lsn: &str) -> Option<f64> {
+        tokio::time::timeout(REPLICA_CHECK_TIMEOUT, self.query_lag(primary_lsn))
+            .await
+            .ok()
+            .flatten()
+    }
+
+    async fn query_lag(&self, primary_lsn: &str) -> Option<f64> {
+        let mut conn = self.pool.acquire().await.ok()?;
+        sqlx::query_scalar(
+            "SELECT CASE WHEN pg_last_wal_replay_lsn() >= $1::pg_lsn THEN 0::float8 \
+             ELSE COALESCE(EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()), 0)::float8 END",
+        )
+        .bind(primary_lsn)
+        .fetch_one(&mut *conn)
+        .await
+        .ok()
+    }
+}
+
+/// The replica a read went to, if any: a read that fails for want of the replica takes
+/// it out of the rotation until the next check finds it well.
+#[derive(Clone, Copy)]
+struct ReadVia<'a>(Option<&'a Replica>);
+
+impl ReadVia<'_> {
+    fn track<T>(self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        if let (Some(replica), Err(StoreError::Unavailable(_))) = (self.0, &result) {
+            replica.in_rotation.store(false, Ordering::Release);
+        }
+        result
+    }
+}
+
+impl PostgresStore {
+    /// The pool a read goes to: a replica in the rotation (round robin) when `from`
+    /// allows it, else the primary.
+    fn reader(&self, from: ReadFrom) -> (&CountedPool<Postgres>, ReadVia<'_>) {
+        if from == ReadFrom::AnyReplica && !self.replicas.is_empty() {
+            let start = self.next_replica.fetch_add(1, Ordering::Relaxed);
+            let count = self.replicas.len();
+            for offset in 0..count {
+                let replica = &self.replicas[(start + offset) % count];
+                if replica.in_rotation.load(Ordering::Acquire) {
+                    return (&replica.pool, ReadVia(Some(replica)));
+                }
+            }
+        }
+        (&self.primary, ReadVia(None))
+    }
+}
 
 /// Groups read by one statement.
 const GROUPS_PER_QUERY: usize = 1_000;
@@ -34,6 +106,11 @@ const ROUTE_COLUMNS: &str =
 pub struct PostgresStore {
     /// This process's name in the change notifications of its writes.
     instance: String,
+    /// Read replicas; reads that may lag go to one in the rotation.
+    replicas: Vec<Replica>,
+    replica_max_lag: Duration,
+    /// Where the next replica read starts looking (round robin).
+    next_replica: AtomicUsize,
     primary: CountedPool<Postgres>,
     /// Reserved for critical writes, so the rollback path works when `primary` is full.
     critical: CountedPool<Postgres>,
@@ -54,6 +131,8 @@ impl PostgresStore {
             statement_timeout,
             idle_in_transaction_timeout,
             statement_cache,
+            replicas,
+            replica_max_lag,
         } = storage
         else {
             panic!("PostgresStore::connect needs a PostgreSQL storage configuration");
@@ -94,8 +173,41 @@ impl PostgresStore {
         sqlx::migrate!("./migrations/postgres")
             .run(&primary)
             .await?;
+        let mut replica_pools = Vec::with_capacity(replicas.len());
+        for (url, name) in replicas.iter().zip(REPLICA_POOLS) {
+            let mut options = PgConnectOptions::from_str(url.expose_secret())?
+                .application_name("traffic-manager")
+                .options([
+                    (
+                        "statement_timeout",
+                        format!("{}ms", statement_timeout.as_millis()),
+                    ),
+                    (
+                        "idle_in_transaction_session_timeout",
+                        format!("{}ms", idle_in_transaction_timeout.as_millis()),
+                    ),
+                ]);
+            if !statement_cache {
+                options = options.statement_cache_capacity(0);
+            }
+            // Lazy: a replica that is down at start-up leaves the rotation, not the process.
+            let pool = PgPoolOptions::new()
+                .max_connections(pool.max_connections)
+                .min_connections(0)
+                .acquire_timeout(pool.acquire_timeout)
+                .idle_timeout(pool.idle_timeout)
+                .max_lifetime(pool.max_lifetime)
+                .connect_lazy_with(options);
+            replica_pools.push(Replica {
+                pool: CountedPool::new(name, pool, counters.clone()),
+                in_rotation: AtomicBool::new(false),
+            });
+        }
         Ok(Self {
             instance,
+            replicas: replica_pools,
+            replica_max_lag: *replica_max_lag,
+            next_replica: AtomicUsize::new(0),
             primary: CountedPool::new("primary", primary, counters.clone()),
             critical: CountedPool::new("critical", critical, counters),
         })
@@ -368,13 +480,15 @@ impl Store for PostgresStore {
         Ok(current)
     }
 
-    async fn get_route(&self, id: RouteId) -> Result<Option<Route>, StoreError> {
-        let mut conn = self.primary.acquire().await?;
-        let row: Option<RouteRow> =
+    async fn get_route(&self, id: RouteId, from: ReadFrom) -> Result<Option<Route>, StoreError> {
+        let (pool, replica) = self.reader(from);
+        let mut conn = replica.track(pool.acquire().await)?;
+        let row: Result<Option<RouteRow>, _> =
             sqlx::query_as(&format!("SELECT {ROUTE_COLUMNS} FROM routes WHERE id = $1"))
                 .bind(id.as_uuid())
                 .fetch_optional(&mut *conn)
-                .await?;
+                .await;
+        let row = replica.track(row.map_err(StoreError::from))?;
         row.map(Route::try_from).transpose()
     }
 
@@ -382,9 +496,11 @@ impl Store for PostgresStore {
         &self,
         filter: &RouteFilter,
         page: Page,
+        from: ReadFrom,
     ) -> Result<Vec<Route>, StoreError> {
-        let mut conn = self.primary.acquire().await?;
-        let rows: Vec<RouteRow> = sqlx::query_as(&format!(
+        let (pool, replica) = self.reader(from);
+        let mut conn = replica.track(pool.acquire().await)?;
+        let rows: Result<Vec<RouteRow>, _> = sqlx::query_as(&format!(
             "SELECT {ROUTE_COLUMNS} FROM routes \
              WHERE ($1::text IS NULL OR tenant = $1) AND ($2::text IS NULL OR service = $2) \
                AND ($3::text IS NULL OR env = $3) AND ($4::bool IS NULL OR active = $4) \
@@ -398,8 +514,8 @@ impl Store for PostgresStore {
         .bind(page.after.map(|id| id.as_uuid()))
         .bind(i64::from(page.limit))
         .fetch_all(&mut *conn)
-        .await?;
-        routes(rows)
+        .await;
+        routes(replica.track(rows.map_err(StoreError::from))?)
     }
 
     async fn active_routes_in_groups(&self, keys: &[GroupKey]) -> Result<Vec<Route>, StoreError> {
@@ -601,12 +717,46 @@ impl Store for PostgresStore {
     }
 
     fn pool_stats(&self) -> Vec<PoolStats> {
-        vec![self.primary.stats(), self.critical.stats()]
+        let mut stats = vec![self.primary.stats(), self.critical.stats()];
+        stats.extend(self.replicas.iter().map(|r| r.pool.stats()));
+        stats
     }
 
     async fn close(&self) {
         self.primary.pool.close().await;
         self.critical.pool.close().await;
+        for replica in &self.replicas {
+            replica.pool.pool.close().await;
+        }
+    }
+
+    async fn check_replicas(&self) -> Vec<ReplicaStatus> {
+        if self.replicas.is_empty() {
+            return Vec::new();
+        }
+        let primary_lsn: Option<String> = async {
+            let mut conn = self.primary.acquire().await.ok()?;
+            sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
+                .fetch_one(&mut *conn)
+                .await
+                .ok()
+        }
+        .await;
+        let mut statuses = Vec::with_capacity(self.replicas.len());
+        for replica in &self.replicas {
+            let lag = match &primary_lsn {
+                Some(lsn) => replica.measure_lag(lsn).await,
+                None => None,
+            };
+            let in_rotation = lag.is_some_and(|lag| lag <= self.replica_max_lag.as_secs_f64());
+            replica.in_rotation.store(in_rotation, Ordering::Release);
+            statuses.push(ReplicaStatus {
+                name: replica.pool.name,
+                lag_seconds: lag,
+                in_rotation,
+            });
+        }
+        statuses
     }
 
     fn as_any(&self) -> &dyn std::any::Any {

@@ -19,7 +19,8 @@ use crate::pool::{CountedPool, StoreCounters};
 use crate::row::{audit_json, keys, routes, AuditRow, KeyRow, RouteRow};
 use crate::{
     changed_groups, check_access, Actor, AuditAction, AuditEntry, ChangePosition, ChangeRow,
-    Changes, ExpectedRevisions, KeyRecord, Page, PoolStats, RouteFilter, Store, StoreError,
+    Changes, ExpectedRevisions, KeyRecord, Page, PoolStats, ReadFrom, RouteFilter, Store,
+    StoreError,
 };
 
 /// Routes per statement in a bulk import.
@@ -357,7 +358,7 @@ impl Store for SqliteStore {
         Ok(current)
     }
 
-    async fn get_route(&self, id: RouteId) -> Result<Option<Route>, StoreError> {
+    async fn get_route(&self, id: RouteId, _from: ReadFrom) -> Result<Option<Route>, StoreError> {
         let mut conn = self.reader.acquire().await?;
         route_by_id(&mut conn, id).await
     }
@@ -366,6 +367,7 @@ impl Store for SqliteStore {
         &self,
         filter: &RouteFilter,
         page: Page,
+        _from: ReadFrom,
     ) -> Result<Vec<Route>, StoreError> {
         let mut conn = self.reader.acquire().await?;
         let rows: Vec<RouteRow> = sqlx::query_as(&format!(

@@ -43,6 +43,7 @@ pub struct Metrics {
     db_pool_max: IntGaugeVec,
     db_pool_waiting: IntGaugeVec,
     db_pool_usage_percent: GaugeVec,
+    db_replica_lag: GaugeVec,
     /// Queries and transactions sent to the database (a transaction counts once).
     pub db_queries: IntCounter,
     /// Failed attempts to get a working database connection.
@@ -199,6 +200,17 @@ impl Metrics {
                         "Connections in use as a percentage of each pool's maximum.",
                     ),
                     &["pool"],
+                )
+                .expect("valid metric"),
+            ),
+            db_replica_lag: register(
+                &r,
+                GaugeVec::new(
+                    Opts::new(
+                        "db_replica_lag_seconds",
+                        "Seconds each read replica is behind the primary; -1 when it cannot be reached.",
+                    ),
+                    &["replica"],
                 )
                 .expect("valid metric"),
             ),
@@ -392,6 +404,12 @@ impl Metrics {
         self.db_pool_usage_percent
             .with_label_values(&[pool])
             .set(usage);
+    }
+
+    pub fn set_replica_lag(&self, replica: &str, seconds: f64) {
+        self.db_replica_lag
+            .with_label_values(&[replica])
+            .set(seconds);
     }
 
     /// Records how long a change took to reach this instance's snapshot.

@@ -273,7 +273,13 @@ async fn stored_routes(app: &TestApp, services: &[String], active: bool) -> Vec<
             .expect("id")
             .parse()
             .expect("route id");
-        stored.push(app.store.get_route(id).await.expect("get").expect("route"));
+        stored.push(
+            app.store
+                .get_route(id, tm_store::ReadFrom::Primary)
+                .await
+                .expect("get")
+                .expect("route"),
+        );
     }
     stored
 }
