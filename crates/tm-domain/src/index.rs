@@ -40,8 +40,9 @@ impl<V: Clone> Default for SharedIndex<V> {
 
 impl<V: Clone> SharedIndex<V> {
     fn shard_of(key: &str) -> usize {
-        // The shard comes from the high bits; the shard's own table uses the low ones.
-        (Xxh3Builder::new().hash_one(key) >> 54) as usize % SHARDS
+        // The shard's own table uses the low bits for the slot and the top seven as a
+        // tag; the shard comes from bits in between, so keys of one shard keep distinct tags.
+        (Xxh3Builder::new().hash_one(key) >> 32) as usize % SHARDS
     }
 
     pub(crate) fn get(&self, key: &str) -> Option<&V> {

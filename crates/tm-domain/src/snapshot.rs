@@ -166,11 +166,22 @@ impl RoutingSnapshot {
                 members.push(route);
             }
         }
-        by_group
-            .into_iter()
-            .fold(self.clone(), |next, (key, members)| {
-                next.with_group(key, members)
-            })
+        // One copy, changed in place: each shard touched is copied once, not per group.
+        let mut next = self.clone();
+        for (key, members) in by_group {
+            let mut active: Vec<ActiveRoute> = Vec::with_capacity(members.len());
+            for route in members.into_iter().filter(|r| r.active) {
+                // The same route given twice is one version, not two.
+                if !active.iter().any(|a| a.version() == route.version.as_str()) {
+                    active.push(ActiveRoute::new(route));
+                }
+            }
+            next.replace_group(
+                group_key(&key.tenant, &key.service, &key.env).into_boxed_str(),
+                active,
+            );
+        }
+        next
     }
 
     /// Whether `version` is one of the active versions of `key`'s group.
@@ -207,14 +218,18 @@ impl RoutingSnapshot {
 
     fn with_group_routes(&self, map_key: Box<str>, routes: Vec<ActiveRoute>) -> Self {
         let mut next = self.clone();
-        let removed = next.groups.remove(&map_key).map_or(0, |g| g.len());
+        next.replace_group(map_key, routes);
+        next
+    }
+
+    fn replace_group(&mut self, map_key: Box<str>, routes: Vec<ActiveRoute>) {
+        let removed = self.groups.remove(&map_key).map_or(0, |g| g.len());
         let added = routes.len();
         if !routes.is_empty() {
-            next.groups.insert(map_key, group(routes));
+            self.groups.insert(map_key, group(routes));
         }
-        next.route_count = next.route_count + added - removed;
-        next.built_at = Instant::now();
-        next
+        self.route_count = self.route_count + added - removed;
+        self.built_at = Instant::now();
     }
 
     /// The active route that answers for `(tenant, service, env)`, if any.
@@ -513,6 +528,15 @@ mod tests {
         assert_eq!(s3.route_count(), 0);
         let s4 = s3.with_change(RouteChange::Stored(&v2));
         assert_eq!(pick_sticky(&s4, "k"), Some("v2"));
+    }
+
+    #[test]
+    fn a_service_named_twice_with_its_routes_twice_is_stored_once() {
+        let (v1, v2) = (route("v1", 50, true), route("v2", 50, false));
+        let key = v1.group();
+        let s = RoutingSnapshot::default()
+            .with_groups(&[key.clone(), key], &[v1.clone(), v1, v2.clone(), v2]);
+        assert_eq!(s.route_count(), 1);
     }
 
     #[test]

@@ -142,7 +142,9 @@ impl Guard {
             .store
             .pool_stats()
             .iter()
-            .filter(|p| p.pool != "critical")
+            // Pressure on the primary is what the breaker guards; read replicas have pools
+            // of their own that would dilute it.
+            .filter(|p| p.pool != "critical" && !p.pool.starts_with("replica"))
         {
             in_use += pool.in_use;
             max += pool.max;

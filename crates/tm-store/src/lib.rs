@@ -115,9 +115,9 @@ pub(crate) struct ChangeRow {
     txid: i64,
     id: i64,
     at: DateTime<Utc>,
-    tenant: String,
-    service: String,
-    env: String,
+    tenant: Option<String>,
+    service: Option<String>,
+    env: Option<String>,
 }
 
 /// The services named by `rows` (each once), read with `limit` from `from`.
@@ -135,13 +135,21 @@ pub(crate) fn changed_groups(
     let mut seen = std::collections::HashSet::new();
     let made_at = rows.iter().map(|r| r.at).collect();
     for row in rows {
-        let corrupt = |e: tm_domain::DomainError| {
-            StoreError::Corrupt(format!("audit log entry {}: {e}", row.id))
+        let parsed = || -> Option<GroupKey> {
+            Some(GroupKey {
+                tenant: TenantId::parse(row.tenant.as_deref()?).ok()?,
+                service: ServiceName::parse(row.service.as_deref()?).ok()?,
+                env: EnvName::parse(row.env.as_deref()?).ok()?,
+            })
         };
-        let key = GroupKey {
-            tenant: TenantId::parse(&row.tenant).map_err(corrupt)?,
-            service: ServiceName::parse(&row.service).map_err(corrupt)?,
-            env: EnvName::parse(&row.env).map_err(corrupt)?,
+        // A row that names no valid service (written behind the registry's back) must
+        // not stop the feed: it is passed over, and the periodic full reload covers it.
+        let Some(key) = parsed() else {
+            tracing::warn!(
+                audit_id = row.id,
+                "an audit log entry names no valid service; passing over it"
+            );
+            continue;
         };
         if seen.insert(key.clone()) {
             groups.push(key);

@@ -111,6 +111,8 @@ pub struct PostgresStore {
     replica_max_lag: Duration,
     /// Where the next replica read starts looking (round robin).
     next_replica: AtomicUsize,
+    /// One connection of its own for `LISTEN`, outside the pools requests use.
+    listen: sqlx::PgPool,
     primary: CountedPool<Postgres>,
     /// Reserved for critical writes, so the rollback path works when `primary` is full.
     critical: CountedPool<Postgres>,
@@ -168,11 +170,16 @@ impl PostgresStore {
             .acquire_timeout(pool.acquire_timeout)
             .idle_timeout(pool.idle_timeout)
             .max_lifetime(pool.max_lifetime)
-            .connect_with(options)
+            .connect_with(options.clone())
             .await?;
         sqlx::migrate!("./migrations/postgres")
             .run(&primary)
             .await?;
+        let listen = PgPoolOptions::new()
+            .max_connections(1)
+            .min_connections(0)
+            .acquire_timeout(pool.acquire_timeout)
+            .connect_lazy_with(options.clone());
         let mut replica_pools = Vec::with_capacity(replicas.len());
         for (url, name) in replicas.iter().zip(REPLICA_POOLS) {
             let mut options = PgConnectOptions::from_str(url.expose_secret())?
@@ -208,6 +215,7 @@ impl PostgresStore {
             replicas: replica_pools,
             replica_max_lag: *replica_max_lag,
             next_replica: AtomicUsize::new(0),
+            listen,
             primary: CountedPool::new("primary", primary, counters.clone()),
             critical: CountedPool::new("critical", critical, counters),
         })
@@ -524,9 +532,8 @@ impl Store for PostgresStore {
         for chunk in keys.chunks(GROUPS_PER_QUERY) {
             let column = |part: fn(&GroupKey) -> &str| chunk.iter().map(part).collect::<Vec<_>>();
             let rows: Vec<RouteRow> = sqlx::query_as(&format!(
-                "SELECT {ROUTE_COLUMNS} FROM routes \
-                 JOIN unnest($1::text[], $2::text[], $3::text[]) AS wanted (tenant, service, env) \
-                 USING (tenant, service, env) WHERE active"
+                "SELECT {ROUTE_COLUMNS} FROM routes WHERE active AND (tenant, service, env) IN \
+                 (SELECT * FROM unnest($1::text[], $2::text[], $3::text[]))"
             ))
             .bind(column(|k| k.tenant.as_str()))
             .bind(column(|k| k.service.as_str()))
@@ -613,7 +620,7 @@ impl Store for PostgresStore {
                 .fetch_one(&mut *conn)
                 .await?
         };
-        let mut listener = PgListener::connect_with(&self.primary.pool).await?;
+        let mut listener = PgListener::connect_with(&self.listen).await?;
         listener.listen(crate::notify::CHANNEL).await?;
         Ok(Some(ChangeSubscription::new(
             listener,
@@ -725,6 +732,7 @@ impl Store for PostgresStore {
     async fn close(&self) {
         self.primary.pool.close().await;
         self.critical.pool.close().await;
+        self.listen.close().await;
         for replica in &self.replicas {
             replica.pool.pool.close().await;
         }

@@ -125,8 +125,19 @@ impl RoutingTable {
     /// If the store cannot be read, the queued writes themselves are applied instead, so
     /// this instance still serves its own acknowledged writes; the next full reload
     /// corrects anything else.
-    pub async fn refresh_group(&self, key: &GroupKey, written: RouteChange<'_>) {
+    ///
+    /// The refresh runs in a task of its own: the batch it takes may hold other
+    /// callers' writes, so it must finish even if this caller goes away (a client that
+    /// disconnects drops its request's future).
+    pub async fn refresh_group(self: &Arc<Self>, key: &GroupKey, written: RouteChange<'_>) {
         let ticket = self.pending().push(key, written);
+        let table = self.clone();
+        // A panic in the refresh leaves the queue to the next caller and the feed.
+        let _ = tokio::spawn(async move { table.apply_pending(ticket).await }).await;
+    }
+
+    /// Publishes every queued write up to `ticket` (and whatever else is queued).
+    async fn apply_pending(&self, ticket: u64) {
         let _order = self.refresh.lock().await;
         if self.applied.load(Ordering::Acquire) >= ticket {
             return;

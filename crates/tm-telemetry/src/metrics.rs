@@ -355,6 +355,8 @@ impl Metrics {
             seen.len() >= self.max_tenants
         };
         let mut seen = write(&self.tenant_series);
+        // Checked again under the write lock: others may have filled the cap meanwhile.
+        let full = full || seen.len() >= self.max_tenants;
         if full && !seen.contains_key(tenant) {
             drop(seen);
             self.other_tenant.inc();

@@ -334,9 +334,11 @@ async fn concurrent_group_refreshes_share_queries_and_all_apply() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_route_stored_inactive_needs_no_snapshot_query() {
     let app = spawn_app_with(quiet_background).await;
-    let table = tm_store::RoutingTable::load(app.store.clone())
-        .await
-        .expect("load");
+    let table = std::sync::Arc::new(
+        tm_store::RoutingTable::load(app.store.clone())
+            .await
+            .expect("load"),
+    );
     let stored = stored_routes(&app, &["quiet".to_owned()], false).await;
     let before = app.settled_metric_value("db_queries_total").await;
     table
