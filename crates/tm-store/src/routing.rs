@@ -155,12 +155,15 @@ impl RoutingTable {
                 Err(err) => {
                     tracing::warn!(error = %err, groups = stale.len(),
                         "could not re-read changed services; applying the writes alone");
-                    batch
-                        .values()
-                        .flatten()
-                        .fold((*current).clone(), |snapshot, c| {
-                            snapshot.with_change(c.as_change())
-                        })
+                    // Each route's writes in revision order (a delete last at its
+                    // revision), routes by id (time-ordered: a route re-created after a
+                    // delete comes after it), so the latest state wins whatever order the
+                    // writes were queued in.
+                    let mut writes: Vec<&Written> = batch.values().flatten().collect();
+                    writes.sort_by_key(|w| (w.route.id.as_uuid(), w.route.revision, w.deleted));
+                    writes.into_iter().fold((*current).clone(), |snapshot, w| {
+                        snapshot.with_change(w.as_change())
+                    })
                 }
             };
             self.current.store(Arc::new(next));
@@ -306,7 +309,11 @@ async fn build(store: &dyn Store) -> Result<RoutingSnapshot, StoreError> {
             builder
         })
         .await
-        .unwrap_or_else(|err| std::panic::resume_unwind(err.into_panic()));
+        .map_err(|err| match err.try_into_panic() {
+            Ok(panic) => std::panic::resume_unwind(panic),
+            // Cancelled: the runtime is shutting down, and its pools with it.
+            Err(_) => StoreError::Unavailable(sqlx::Error::PoolClosed),
+        })?;
         if last_page {
             return Ok(builder.build());
         }
