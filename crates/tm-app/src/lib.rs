@@ -267,12 +267,9 @@ async fn follow_changes(
         }
         if changed.feed {
             match routing.catch_up().await {
-                Ok(caught_up) => {
-                    if caught_up.services > 0 {
-                        tracing::debug!(
-                            services = caught_up.services,
-                            "routing snapshot caught up"
-                        );
+                Ok(services) => {
+                    if services > 0 {
+                        tracing::debug!(services, "routing snapshot caught up");
                     }
                 }
                 Err(err) => tracing::warn!(error = %err,

@@ -27,7 +27,7 @@ pub use keys::{KeyRecord, KeyRing, KeyView, Principal};
 pub use notify::{ChangeSubscription, Changed};
 pub use pool::{PoolStats, StoreCounters};
 pub use postgres::PostgresStore;
-pub use routing::{CaughtUp, RoutingTable};
+pub use routing::RoutingTable;
 pub use sqlite::SqliteStore;
 
 /// Who made a change, as recorded in the audit log.
@@ -105,8 +105,6 @@ pub struct Changes {
     pub position: ChangePosition,
     /// Whether these are all the changes there were (the limit was not reached).
     pub complete: bool,
-    /// When each change read was made, by the clock of the instance that made it.
-    pub made_at: Vec<DateTime<Utc>>,
 }
 
 /// A changed service as the change feed names it.
@@ -114,18 +112,13 @@ pub struct Changes {
 pub(crate) struct ChangeRow {
     txid: i64,
     id: i64,
-    at: DateTime<Utc>,
     tenant: Option<String>,
     service: Option<String>,
     env: Option<String>,
 }
 
 /// The services named by `rows` (each once), read with `limit` from `from`.
-pub(crate) fn changed_groups(
-    rows: Vec<ChangeRow>,
-    from: ChangePosition,
-    limit: u32,
-) -> Result<Changes, StoreError> {
+pub(crate) fn changed_groups(rows: Vec<ChangeRow>, from: ChangePosition, limit: u32) -> Changes {
     let complete = rows.len() < limit as usize;
     let position = rows.last().map_or(from, |r| ChangePosition {
         txid: r.txid,
@@ -133,7 +126,6 @@ pub(crate) fn changed_groups(
     });
     let mut groups: Vec<GroupKey> = Vec::new();
     let mut seen = std::collections::HashSet::new();
-    let made_at = rows.iter().map(|r| r.at).collect();
     for row in rows {
         let parsed = || -> Option<GroupKey> {
             Some(GroupKey {
@@ -155,12 +147,11 @@ pub(crate) fn changed_groups(
             groups.push(key);
         }
     }
-    Ok(Changes {
+    Changes {
         groups,
         position,
         complete,
-        made_at,
-    })
+    }
 }
 
 /// One row of the audit log: the route before and after a change.

@@ -7,7 +7,7 @@
 use std::str::FromStr;
 
 use async_trait::async_trait;
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sqlx::{Connection, PgConnection, Postgres};
 use tm_config::{PoolConfig, StorageConfig};
@@ -139,23 +139,28 @@ impl PostgresStore {
         else {
             panic!("PostgresStore::connect needs a PostgreSQL storage configuration");
         };
+        // Every connection, to the primary or a replica, carries the same time-outs.
+        let session = |url: &SecretString| -> Result<PgConnectOptions, StoreError> {
+            let options = PgConnectOptions::from_str(url.expose_secret())?
+                .application_name("traffic-manager")
+                .options([
+                    (
+                        "statement_timeout",
+                        format!("{}ms", statement_timeout.as_millis()),
+                    ),
+                    (
+                        "idle_in_transaction_session_timeout",
+                        format!("{}ms", idle_in_transaction_timeout.as_millis()),
+                    ),
+                ]);
+            Ok(if *statement_cache {
+                options
+            } else {
+                options.statement_cache_capacity(0)
+            })
+        };
         let instance = uuid::Uuid::now_v7().simple().to_string();
-        let mut options = PgConnectOptions::from_str(url.expose_secret())?
-            .application_name("traffic-manager")
-            .options([
-                ("traffic_manager.instance", instance.clone()),
-                (
-                    "statement_timeout",
-                    format!("{}ms", statement_timeout.as_millis()),
-                ),
-                (
-                    "idle_in_transaction_session_timeout",
-                    format!("{}ms", idle_in_transaction_timeout.as_millis()),
-                ),
-            ]);
-        if !statement_cache {
-            options = options.statement_cache_capacity(0);
-        }
+        let options = session(url)?.options([("traffic_manager.instance", &instance)]);
         let critical = PgPoolOptions::new()
             .max_connections(pool.critical_connections)
             .min_connections(1)
@@ -182,21 +187,7 @@ impl PostgresStore {
             .connect_lazy_with(options.clone());
         let mut replica_pools = Vec::with_capacity(replicas.len());
         for (url, name) in replicas.iter().zip(REPLICA_POOLS) {
-            let mut options = PgConnectOptions::from_str(url.expose_secret())?
-                .application_name("traffic-manager")
-                .options([
-                    (
-                        "statement_timeout",
-                        format!("{}ms", statement_timeout.as_millis()),
-                    ),
-                    (
-                        "idle_in_transaction_session_timeout",
-                        format!("{}ms", idle_in_transaction_timeout.as_millis()),
-                    ),
-                ]);
-            if !statement_cache {
-                options = options.statement_cache_capacity(0);
-            }
+            let options = session(url)?;
             // Lazy: a replica that is down at start-up leaves the rotation, not the process.
             let pool = PgPoolOptions::new()
                 .max_connections(pool.max_connections)
@@ -596,7 +587,7 @@ impl Store for PostgresStore {
     async fn changes_after(&self, from: ChangePosition, limit: u32) -> Result<Changes, StoreError> {
         let mut conn = self.primary.acquire().await?;
         let rows: Vec<ChangeRow> = sqlx::query_as(
-            "SELECT txid::text::int8 AS txid, id, at, \
+            "SELECT txid::text::int8 AS txid, id, \
                     COALESCE(after, before)->>'tenant' AS tenant, \
                     COALESCE(after, before)->>'service' AS service, \
                     COALESCE(after, before)->>'env' AS env \
@@ -610,7 +601,7 @@ impl Store for PostgresStore {
         .bind(i64::from(limit))
         .fetch_all(&mut *conn)
         .await?;
-        changed_groups(rows, from, limit)
+        Ok(changed_groups(rows, from, limit))
     }
 
     async fn subscribe(&self) -> Result<Option<ChangeSubscription>, StoreError> {

@@ -201,11 +201,11 @@ impl RoutingTable {
     /// instance or any other, re-reading only the services changed (see
     /// [`Self::refresh_services`]). After a burst of changes too large to apply one
     /// service at a time, reloads fully.
-    pub async fn catch_up(&self) -> Result<CaughtUp, Arc<StoreError>> {
+    /// Returns the number of services re-read.
+    pub async fn catch_up(&self) -> Result<usize, Arc<StoreError>> {
         let following = self.following.lock().await;
         let mut position = *self.position();
         let mut changed: Vec<GroupKey> = Vec::new();
-        let mut made_at = Vec::new();
         let mut seen = std::collections::HashSet::new();
         loop {
             let changes = self
@@ -220,26 +220,19 @@ impl RoutingTable {
                     .filter(|key| seen.insert(key.clone())),
             );
             position = changes.position;
-            made_at.extend(changes.made_at);
             if changes.complete {
                 break;
             }
             if changed.len() > MAX_CATCH_UP_GROUPS {
                 drop(following);
                 let _routes = self.reload().await?;
-                return Ok(CaughtUp {
-                    services: changed.len(),
-                    made_at,
-                });
+                return Ok(changed.len());
             }
         }
         self.refresh_services(&changed).await?;
         *self.position() = position;
         self.last_synced.store(Arc::new(Instant::now()));
-        Ok(CaughtUp {
-            services: changed.len(),
-            made_at,
-        })
+        Ok(changed.len())
     }
 
     /// Re-reads the given services and publishes them, a batch at a time, each batch
@@ -269,15 +262,6 @@ impl RoutingTable {
     pub fn age(&self) -> std::time::Duration {
         self.last_synced.load().elapsed()
     }
-}
-
-/// What a catch-up applied.
-#[derive(Debug, Default)]
-pub struct CaughtUp {
-    /// Services re-read.
-    pub services: usize,
-    /// When each change applied was made, by the clock of the instance that made it.
-    pub made_at: Vec<chrono::DateTime<chrono::Utc>>,
 }
 
 /// Changes read per query when catching up.

@@ -451,7 +451,7 @@ impl Store for SqliteStore {
     async fn changes_after(&self, from: ChangePosition, limit: u32) -> Result<Changes, StoreError> {
         let mut conn = self.reader.acquire().await?;
         let rows: Vec<ChangeRow> = sqlx::query_as(
-            "SELECT 0 AS txid, id, at, \
+            "SELECT 0 AS txid, id, \
                     json_extract(COALESCE(after, before), '$.tenant') AS tenant, \
                     json_extract(COALESCE(after, before), '$.service') AS service, \
                     json_extract(COALESCE(after, before), '$.env') AS env \
@@ -461,7 +461,7 @@ impl Store for SqliteStore {
         .bind(i64::from(limit))
         .fetch_all(&mut *conn)
         .await?;
-        changed_groups(rows, from, limit)
+        Ok(changed_groups(rows, from, limit))
     }
 
     async fn audit_log(&self, route_id: RouteId) -> Result<Vec<AuditEntry>, StoreError> {

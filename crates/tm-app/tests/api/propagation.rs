@@ -27,6 +27,13 @@ where
     started.elapsed()
 }
 
+/// What `app` answers `key` for a listing of acme's routes.
+async fn listing_as(app: &TestApp, key: &str) -> StatusCode {
+    app.request_as(Some(key), Method::GET, "/api/v1/routes?tenant=acme", None)
+        .await
+        .status
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changes_and_revocations_reach_another_instance_when_notified() {
     let first = spawn_app().await;
@@ -72,18 +79,7 @@ async fn changes_and_revocations_reach_another_instance_when_notified() {
     until(
         NOTIFIED_WITHIN,
         "new key accepted by the second instance",
-        || async {
-            second
-                .request_as(
-                    Some(&reader),
-                    Method::GET,
-                    "/api/v1/routes?tenant=acme",
-                    None,
-                )
-                .await
-                .status
-                == StatusCode::OK
-        },
+        || async { listing_as(&second, &reader).await == StatusCode::OK },
     )
     .await;
     let listed = first.get("/api/v1/keys").await.json();
@@ -103,18 +99,7 @@ async fn changes_and_revocations_reach_another_instance_when_notified() {
     until(
         NOTIFIED_WITHIN,
         "revoked key refused by the second instance",
-        || async {
-            second
-                .request_as(
-                    Some(&reader),
-                    Method::GET,
-                    "/api/v1/routes?tenant=acme",
-                    None,
-                )
-                .await
-                .status
-                == StatusCode::UNAUTHORIZED
-        },
+        || async { listing_as(&second, &reader).await == StatusCode::UNAUTHORIZED },
     )
     .await;
 
