@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use secrecy::ExposeSecret;
 use tm_config::Config;
 use tm_domain::{ApiKey, Grant, KeyId};
-use tm_http::AppState;
+use tm_http::{AppState, KEYS_CHANNEL};
 use tm_resilience::LocalRateLimiter;
 use tm_store::{
     ChangeSubscription, Changed, KeyRecord, KeyRing, RoutingTable, Store, StoreCounters, StoreError,
@@ -19,6 +19,13 @@ use tm_telemetry::Metrics;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+
+mod redis_error {
+    /// Redis's own error, carried as text (the client crate stays an implementation detail).
+    #[derive(Debug, thiserror::Error)]
+    #[error("{0}")]
+    pub struct RedisError(pub String);
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -38,6 +45,8 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    #[error("configuring Redis")]
+    Redis(#[source] redis_error::RedisError),
     #[error("binding {addr}")]
     Bind {
         addr: SocketAddr,
@@ -62,6 +71,7 @@ pub struct Application {
     store: Arc<dyn Store>,
     routing: Arc<RoutingTable>,
     keys: Arc<KeyRing>,
+    redis: Option<Arc<tm_redis::Redis>>,
     reload_interval: Duration,
     catch_up_interval: Duration,
     sample_interval: Duration,
@@ -116,6 +126,20 @@ impl Application {
             .map_err(|source| StartError::Bind { addr, source })?;
         let shutdown_grace = config.http.shutdown_grace;
         let limiter = Arc::new(LocalRateLimiter::new(config.http.rate_limits.clone()));
+        let redis = config
+            .redis
+            .as_ref()
+            .map(|redis| {
+                tm_redis::Redis::new(redis, metrics.clone())
+                    .map(Arc::new)
+                    .map_err(|e| StartError::Redis(redis_error::RedisError(e.to_string())))
+            })
+            .transpose()?;
+        if let Some(redis) = &redis {
+            if redis.ping().await.is_err() {
+                tracing::warn!("Redis does not answer; starting degraded (local rate limits, idempotency records in the database)");
+            }
+        }
         // With replicas, a caller that wrote reads from the primary for the lag bound plus
         // one lag check: any replica still in the rotation then has its write.
         let read_your_writes = match &config.storage {
@@ -134,6 +158,7 @@ impl Application {
             keys.clone(),
             metrics,
             limiter,
+            redis.clone(),
             config.http,
             read_your_writes,
         );
@@ -144,6 +169,7 @@ impl Application {
             store,
             routing,
             keys,
+            redis,
             reload_interval: config.snapshot_reload_interval,
             catch_up_interval: config.snapshot_catch_up_interval,
             sample_interval: config.metrics.pool_sample_interval,
@@ -168,6 +194,7 @@ impl Application {
             self.store.clone(),
             self.routing.clone(),
             self.keys.clone(),
+            self.redis.clone(),
             self.state.metrics.clone(),
             (self.catch_up_interval, self.reload_interval),
             workers.clone(),
@@ -227,11 +254,13 @@ impl Application {
 /// regardless, the snapshot applies the changes recorded since its last look (made by
 /// this instance or any other) and the keys are re-read: the bound on how long a missed
 /// notification can go unnoticed. Every `reload` the snapshot is rebuilt from scratch,
-/// a safety net for changes made to the database directly.
+/// a safety net for changes made to the database directly; with Redis, one instance of
+/// the fleet at a time. Key changes published on Redis reload the keys at once.
 async fn follow_changes(
     store: Arc<dyn Store>,
     routing: Arc<RoutingTable>,
     keys: Arc<KeyRing>,
+    redis: Option<Arc<tm_redis::Redis>>,
     metrics: Arc<Metrics>,
     (catch_up_every, reload_every): (Duration, Duration),
     stop: CancellationToken,
@@ -243,6 +272,7 @@ async fn follow_changes(
     };
     let (mut catch_up, mut reload) = (ticker(catch_up_every), ticker(reload_every));
     let mut subscription = subscribe(store.as_ref()).await;
+    let mut fan_out = subscribe_redis(redis.as_deref()).await;
     // Whatever committed before the subscription was listening is in the feed: catch
     // up once at the start, as after every new subscription.
     let mut changed = Changed::all();
@@ -287,16 +317,23 @@ async fn follow_changes(
                 if subscription.is_none() {
                     subscription = subscribe(store.as_ref()).await;
                 }
+                if fan_out.is_none() {
+                    fan_out = subscribe_redis(redis.as_deref()).await;
+                }
                 Changed::all()
             }
             _ = reload.tick() => {
-                match routing.reload().await {
-                    Ok(routes) => tracing::info!(routes, "routing snapshot reloaded"),
-                    Err(err) => tracing::warn!(error = %err,
-                        "routing snapshot reload failed; serving the previous one"),
-                }
+                rebuild(&routing, redis.as_deref(), &metrics).await;
                 Changed::default()
             }
+            message = next_message(&mut fan_out) => match message {
+                Some(_) => Changed { keys: true, ..Changed::default() },
+                None => {
+                    tracing::warn!("lost the Redis subscription; keys are re-read on the catch-up period");
+                    fan_out = None;
+                    Changed::default()
+                }
+            },
             notified = next_notification(&mut subscription) => match notified {
                 Ok(changed) => changed,
                 Err(err) => {
@@ -307,6 +344,66 @@ async fn follow_changes(
                 }
             },
         };
+    }
+}
+
+
+/// How long one instance may hold the rebuild lock; a rebuild taking longer (or an
+/// instance dying in one) lets the next instance start its own.
+const REBUILD_LOCK_TTL: Duration = Duration::from_secs(300);
+
+/// Rebuilds the snapshot from scratch. With Redis, instances take turns: a full read of
+/// every route is the most expensive query there is, and a fleet doing it at once would
+/// load the database N-fold. Without Redis (or while it is unusable), no turns.
+async fn rebuild(routing: &RoutingTable, redis: Option<&tm_redis::Redis>, metrics: &Metrics) {
+    let mut lock = None;
+    if let Some(redis) = redis {
+        let deadline = tokio::time::Instant::now() + REBUILD_LOCK_TTL;
+        loop {
+            match redis.try_lock("snapshot-rebuild", REBUILD_LOCK_TTL).await {
+                Ok(Some(held)) => {
+                    lock = Some(held);
+                    break;
+                }
+                Ok(None) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Ok(None) => {
+                    tracing::warn!("another instance held the rebuild lock too long; rebuilding anyway");
+                    break;
+                }
+                Err(tm_redis::Unavailable) => {
+                    metrics.redis_fallbacks.with_label_values(&["lock"]).inc();
+                    break;
+                }
+            }
+        }
+    }
+    match routing.reload().await {
+        Ok(routes) => tracing::info!(routes, "routing snapshot reloaded"),
+        Err(err) => tracing::warn!(error = %err,
+            "routing snapshot reload failed; serving the previous one"),
+    }
+    if let (Some(redis), Some(lock)) = (redis, lock) {
+        let _ = redis.unlock(lock).await;
+    }
+}
+
+/// A subscription to key changes published on Redis, if configured and reachable.
+async fn subscribe_redis(
+    redis: Option<&tm_redis::Redis>,
+) -> Option<futures::stream::BoxStream<'static, String>> {
+    redis?.subscribe(KEYS_CHANNEL).await.ok()
+}
+
+/// The next message published; never, without a subscription; `None` when it ended.
+async fn next_message(
+    subscription: &mut Option<futures::stream::BoxStream<'static, String>>,
+) -> Option<String> {
+    use futures::StreamExt;
+    match subscription {
+        Some(stream) => stream.next().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -336,13 +433,28 @@ async fn next_notification(
 async fn sample_periodically(state: AppState, every: Duration, stop: CancellationToken) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut purge = tokio::time::interval(Duration::from_secs(600));
+    purge.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {
                 state.check_replicas().await;
+                if let Some(redis) = &state.redis {
+                    if redis.degraded() {
+                        // The probe that lets the breaker close when Redis is back.
+                        let _ = redis.ping().await;
+                    }
+                }
                 tm_http::sample_metrics(&state);
                 state.limiter.forget_idle();
+            }
+            _ = purge.tick() => {
+                match state.store.purge_idempotency_keys().await {
+                    Ok(0) => {}
+                    Ok(purged) => tracing::debug!(purged, "expired idempotency records deleted"),
+                    Err(err) => tracing::warn!(error = %err, "deleting expired idempotency records failed"),
+                }
             }
         }
     }

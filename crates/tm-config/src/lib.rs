@@ -25,7 +25,13 @@ pub struct RawConfig {
     pub listen: String,
     pub data_dir: PathBuf,
     pub database_url: Option<String>,
+    /// `web` (serves the API) or `worker` (background work): picks the pool size.
+    pub process_type: String,
     pub db_pool_max: u32,
+    /// The primary pool's size in `web` processes (default: `db_pool_max`).
+    pub db_pool_max_web: Option<u32>,
+    /// The primary pool's size in `worker` processes (default: `db_pool_max`).
+    pub db_pool_max_worker: Option<u32>,
     pub db_pool_min: u32,
     /// Connections reserved for critical writes (activate, deactivate).
     pub db_critical_pool: u32,
@@ -46,6 +52,17 @@ pub struct RawConfig {
     #[serde(with = "humantime_serde")]
     pub replica_max_lag: Duration,
     pub sqlite_synchronous: String,
+    /// One Redis server, `redis://host:port[/db]`.
+    pub redis_url: Option<String>,
+    /// The seed nodes of a Redis Cluster, comma-separated `redis://host:port`.
+    pub redis_cluster_urls: Option<String>,
+    /// Connections in the Redis pool.
+    pub redis_pool_max: u32,
+    /// Bound on one Redis command; beyond it the request goes on without Redis.
+    #[serde(with = "humantime_serde")]
+    pub redis_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub redis_connect_timeout: Duration,
     pub log_format: Option<String>,
     pub log_level: String,
     pub body_limit_bytes: usize,
@@ -123,7 +140,10 @@ impl Default for RawConfig {
             listen: "127.0.0.1:8080".into(),
             data_dir: PathBuf::from("./data"),
             database_url: None,
+            process_type: "web".into(),
             db_pool_max: 10,
+            db_pool_max_web: None,
+            db_pool_max_worker: None,
             db_pool_min: 1,
             db_critical_pool: 2,
             db_acquire_timeout: Duration::from_secs(5),
@@ -135,6 +155,11 @@ impl Default for RawConfig {
             database_replica_urls: None,
             replica_max_lag: Duration::from_secs(5),
             sqlite_synchronous: "full".into(),
+            redis_url: None,
+            redis_cluster_urls: None,
+            redis_pool_max: 16,
+            redis_timeout: Duration::from_millis(250),
+            redis_connect_timeout: Duration::from_secs(1),
             log_format: None,
             log_level: "info".into(),
             body_limit_bytes: 64 * 1024,
@@ -181,7 +206,10 @@ const ENV_KEYS: &[&str] = &[
     "listen",
     "data_dir",
     "database_url",
+    "process_type",
     "db_pool_max",
+    "db_pool_max_web",
+    "db_pool_max_worker",
     "db_pool_min",
     "db_critical_pool",
     "db_acquire_timeout",
@@ -193,6 +221,11 @@ const ENV_KEYS: &[&str] = &[
     "database_replica_urls",
     "replica_max_lag",
     "sqlite_synchronous",
+    "redis_url",
+    "redis_cluster_urls",
+    "redis_pool_max",
+    "redis_timeout",
+    "redis_connect_timeout",
     "log_format",
     "log_level",
     "body_limit_bytes",
@@ -389,6 +422,43 @@ pub struct Config {
     /// `TM_BOOTSTRAP_ADMIN_KEY`: an admin key given by the operator (at least 32 characters).
     pub bootstrap_admin_key: Option<SecretString>,
     pub metrics: MetricsConfig,
+    pub process_type: ProcessType,
+    pub redis: Option<RedisConfig>,
+}
+
+/// What a process of this deployment does; each type has its own pool size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProcessType {
+    Web,
+    Worker,
+}
+
+impl ProcessType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProcessType::Web => "web",
+            ProcessType::Worker => "worker",
+        }
+    }
+}
+
+/// Where Redis is: one server, or the seed nodes of a cluster.
+#[derive(Clone, Debug)]
+pub enum RedisNodes {
+    Single(SecretString),
+    Cluster(Vec<SecretString>),
+}
+
+/// Redis, when configured: shared rate limits, idempotency keys, the fleet-wide
+/// rebuild lock and key-revocation fan-out.
+#[derive(Clone, Debug)]
+pub struct RedisConfig {
+    pub nodes: RedisNodes,
+    pub pool_max: u32,
+    /// Bound on one command (and on waiting for a pooled connection).
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
 }
 
 /// One problem with one setting.
@@ -499,6 +569,31 @@ impl Config {
             }
         }
         let d = |d: Duration| format!("\"{}\"", humantime::format_duration(d));
+        lines.push(format!("process_type = \"{}\"", self.process_type.as_str()));
+        match &self.redis {
+            None => lines.push("redis_url = (unset)".into()),
+            Some(redis) => {
+                match &redis.nodes {
+                    RedisNodes::Single(url) => lines.push(format!(
+                        "redis_url = {:?}",
+                        redact_url(url.expose_secret())
+                    )),
+                    RedisNodes::Cluster(urls) => lines.push(format!(
+                        "redis_cluster_urls = {:?}",
+                        urls.iter()
+                            .map(|u| redact_url(u.expose_secret()))
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    )),
+                }
+                lines.push(format!("redis_pool_max = {}", redis.pool_max));
+                lines.push(format!("redis_timeout = {}", d(redis.timeout)));
+                lines.push(format!(
+                    "redis_connect_timeout = {}",
+                    d(redis.connect_timeout)
+                ));
+            }
+        }
         lines.extend([
             format!("db_pool_max = {}", self.pool.max_connections),
             format!("db_pool_min = {}", self.pool.min_connections),
@@ -779,13 +874,110 @@ impl TryFrom<RawConfig> for Config {
         if raw.db_pool_max == 0 {
             fail("db_pool_max", "must be at least 1".into());
         }
+        let process_type = match raw.process_type.as_str() {
+            "web" => ProcessType::Web,
+            "worker" => ProcessType::Worker,
+            other => {
+                fail(
+                    "process_type",
+                    format!("must be web or worker, not {other:?}"),
+                );
+                ProcessType::Web
+            }
+        };
+        for (key, value) in [
+            ("db_pool_max_web", raw.db_pool_max_web),
+            ("db_pool_max_worker", raw.db_pool_max_worker),
+        ] {
+            if value == Some(0) {
+                fail(key, "must be at least 1".into());
+            }
+        }
+        let pool_max = match process_type {
+            ProcessType::Web => raw.db_pool_max_web,
+            ProcessType::Worker => raw.db_pool_max_worker,
+        }
+        .unwrap_or(raw.db_pool_max);
+        let redis_url_valid = |url: &str| {
+            (url.starts_with("redis://") || url.starts_with("rediss://"))
+                && url::Url::parse(url).is_ok_and(|p| p.host_str().is_some_and(|h| !h.is_empty()))
+        };
+        let single = raw
+            .redis_url
+            .as_deref()
+            .map(str::trim)
+            .filter(|u| !u.is_empty());
+        let cluster: Vec<&str> = raw
+            .redis_cluster_urls
+            .as_deref()
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .collect();
+        let nodes = match (single, cluster.is_empty()) {
+            (Some(_), false) => {
+                fail(
+                    "redis_cluster_urls",
+                    "set either TM_REDIS_URL or TM_REDIS_CLUSTER_URLS, not both".into(),
+                );
+                None
+            }
+            (Some(url), true) if !redis_url_valid(url) => {
+                fail(
+                    "redis_url",
+                    format!("{} is not a redis:// or rediss:// URL", redact_url(url)),
+                );
+                None
+            }
+            (Some(url), true) => Some(RedisNodes::Single(SecretString::from(url.to_owned()))),
+            (None, false) => {
+                let bad: Vec<String> = cluster
+                    .iter()
+                    .filter(|u| !redis_url_valid(u))
+                    .map(|u| redact_url(u))
+                    .collect();
+                if bad.is_empty() {
+                    Some(RedisNodes::Cluster(
+                        cluster
+                            .iter()
+                            .map(|u| SecretString::from((*u).to_owned()))
+                            .collect(),
+                    ))
+                } else {
+                    fail(
+                        "redis_cluster_urls",
+                        format!("not redis:// or rediss:// URLs: {}", bad.join(", ")),
+                    );
+                    None
+                }
+            }
+            (None, true) => None,
+        };
+        if raw.redis_pool_max == 0 {
+            fail("redis_pool_max", "must be at least 1".into());
+        }
+        for (key, value) in [
+            ("redis_timeout", raw.redis_timeout),
+            ("redis_connect_timeout", raw.redis_connect_timeout),
+        ] {
+            if value.is_zero() {
+                fail(key, "must be greater than zero".into());
+            }
+        }
+        let redis = nodes.map(|nodes| RedisConfig {
+            nodes,
+            pool_max: raw.redis_pool_max,
+            timeout: raw.redis_timeout,
+            connect_timeout: raw.redis_connect_timeout,
+        });
         if raw.db_critical_pool == 0 {
             fail("db_critical_pool", "must be at least 1".into());
         }
-        if raw.db_pool_min > raw.db_pool_max {
+        if raw.db_pool_min > pool_max {
             fail(
                 "db_pool_min",
-                format!("must not exceed TM_DB_POOL_MAX ({})", raw.db_pool_max),
+                format!("must not exceed the pool's size ({pool_max})"),
             );
         }
         for (key, value) in [
@@ -973,7 +1165,7 @@ impl TryFrom<RawConfig> for Config {
                     data_dir: raw.data_dir,
                     storage,
                     pool: PoolConfig {
-                        max_connections: raw.db_pool_max,
+                        max_connections: pool_max,
                         critical_connections: raw.db_critical_pool,
                         min_connections: raw.db_pool_min,
                         acquire_timeout: raw.db_acquire_timeout,
@@ -1022,6 +1214,8 @@ impl TryFrom<RawConfig> for Config {
                         max_tenants: raw.metrics_max_tenants,
                         pool_sample_interval: raw.pool_sample_interval,
                     },
+                    process_type,
+                    redis,
                 })
             }
             _ => Err(ConfigError(errors)),
@@ -1103,6 +1297,68 @@ mod tests {
                 "{primary:?} {replicas}"
             );
         }
+    }
+
+    #[test]
+    fn redis_is_one_server_or_a_cluster() {
+        let config = Config::try_from(RawConfig {
+            redis_cluster_urls: Some("redis://127.0.0.1:7000, redis://127.0.0.1:7001".into()),
+            ..RawConfig::default()
+        })
+        .expect("valid");
+        let redis = config.redis.expect("configured");
+        assert!(matches!(redis.nodes, RedisNodes::Cluster(ref urls) if urls.len() == 2));
+        assert!(Config::try_from(RawConfig::default())
+            .expect("valid")
+            .redis
+            .is_none());
+        for (raw, setting) in [
+            (
+                RawConfig {
+                    redis_url: Some("redis://127.0.0.1:6379".into()),
+                    redis_cluster_urls: Some("redis://127.0.0.1:7000".into()),
+                    ..RawConfig::default()
+                },
+                "TM_REDIS_CLUSTER_URLS",
+            ),
+            (
+                RawConfig {
+                    redis_url: Some("http://127.0.0.1:6379".into()),
+                    ..RawConfig::default()
+                },
+                "TM_REDIS_URL",
+            ),
+            (
+                RawConfig {
+                    redis_url: Some("redis://127.0.0.1".into()),
+                    redis_timeout: Duration::ZERO,
+                    ..RawConfig::default()
+                },
+                "TM_REDIS_TIMEOUT",
+            ),
+        ] {
+            let err = Config::try_from(raw).expect_err("invalid");
+            assert_eq!(err.0[0].setting, setting);
+        }
+    }
+
+    #[test]
+    fn each_process_type_has_its_pool_size() {
+        let raw = |process_type: &str| RawConfig {
+            process_type: process_type.into(),
+            db_pool_max: 10,
+            db_pool_max_worker: Some(3),
+            ..RawConfig::default()
+        };
+        let web = Config::try_from(raw("web")).expect("valid");
+        assert_eq!((web.process_type, web.pool.max_connections), (ProcessType::Web, 10));
+        let worker = Config::try_from(raw("worker")).expect("valid");
+        assert_eq!(
+            (worker.process_type, worker.pool.max_connections),
+            (ProcessType::Worker, 3)
+        );
+        let err = Config::try_from(raw("cron")).expect_err("invalid");
+        assert_eq!(err.0[0].setting, "TM_PROCESS_TYPE");
     }
 
     #[test]

@@ -150,14 +150,15 @@ impl FromRequestParts<AppState> for Caller {
                         &context,
                         RateClass::Unauthenticated,
                         Subject::Address(ip),
-                    )?;
+                    )
+                    .await?;
                 }
                 return Err(refusal);
             }
         };
         tracing::Span::current().record("key_id", principal.actor().as_str());
         let subject = principal.key_id.map_or(Subject::BootstrapKey, Subject::Key);
-        check_rate(state, &context, class_of(parts), subject)?;
+        check_rate(state, &context, class_of(parts), subject).await?;
         Ok(Caller { principal, context })
     }
 }
@@ -204,13 +205,40 @@ fn class_of(parts: &Parts) -> RateClass {
 }
 
 /// Draws from `subject`'s budget; a refusal is a 429, an allowance sets the headers.
-fn check_rate(
+///
+/// With Redis, every class but resolve draws from a fleet-wide budget (resolve never
+/// leaves memory, so its budget is per instance); while Redis is unusable, from this
+/// instance's own buckets.
+async fn check_rate(
     state: &AppState,
     context: &RequestContext,
     class: RateClass,
     subject: Subject,
 ) -> Result<(), ApiError> {
-    let Some(decision) = state.limiter.check(class, subject) else {
+    let shared = match &state.redis {
+        Some(redis) if class != RateClass::Resolve => {
+            match redis
+                .rate_limit(&state.config.rate_limits, class, subject)
+                .await
+            {
+                Ok(decision) => Some(decision),
+                Err(tm_redis::Unavailable) => {
+                    state
+                        .metrics
+                        .redis_fallbacks
+                        .with_label_values(&["rate_limit"])
+                        .inc();
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
+    let decision = match shared {
+        Some(decision) => decision,
+        None => state.limiter.check(class, subject),
+    };
+    let Some(decision) = decision else {
         return Ok(());
     };
     context.set_rate(decision);

@@ -32,6 +32,12 @@ pub enum ApiError {
     Unauthorized(&'static str),
     #[error("forbidden: {0}")]
     Forbidden(String),
+    /// An `Idempotency-Key` already used with another request.
+    #[error("idempotency key reused with another request")]
+    IdempotencyKeyReused,
+    /// An `Idempotency-Key` whose first request is still being answered.
+    #[error("idempotency key in use")]
+    IdempotencyKeyInUse,
     #[error("rate limited")]
     RateLimited { retry_after: std::time::Duration },
     /// Refused to protect the database: breaker open, bulkhead full, time-out, shedding.
@@ -129,6 +135,22 @@ impl IntoResponse for ApiError {
                 "Too many requests",
                 "This key's request budget for this kind of request is spent; retry after Retry-After seconds.".into(),
             ),
+            ApiError::IdempotencyKeyReused => (
+                S::UNPROCESSABLE_ENTITY,
+                "idempotency-key-reused",
+                "Idempotency key reused",
+                "This Idempotency-Key was used with a different request (method, path or body) \
+                 within the last 24 hours; use a new key for a new request."
+                    .into(),
+            ),
+            ApiError::IdempotencyKeyInUse => (
+                S::CONFLICT,
+                "idempotency-key-in-use",
+                "Idempotency key in use",
+                "The first request with this Idempotency-Key is still being answered; retry \
+                 after Retry-After seconds to get its answer."
+                    .into(),
+            ),
             ApiError::Store(StoreError::Conflict) => (
                 S::CONFLICT,
                 "route-exists",
@@ -175,8 +197,16 @@ impl IntoResponse for ApiError {
         } else if status.is_server_error() {
             tracing::error!(error = %self, source = ?std::error::Error::source(&self), "request failed");
         }
+        let reused;
         let errors = match &self {
             ApiError::Invalid(fields) => Some(fields.0.as_slice()),
+            ApiError::IdempotencyKeyReused => {
+                reused = [FieldError::new(
+                    "Idempotency-Key",
+                    "already used with a different request",
+                )];
+                Some(reused.as_slice())
+            }
             _ => None,
         };
         let problem = Problem {
@@ -202,6 +232,9 @@ impl IntoResponse for ApiError {
         }
         if status == S::SERVICE_UNAVAILABLE {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
+        }
+        if let ApiError::IdempotencyKeyInUse = &self {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(1));
         }
         response
     }

@@ -19,8 +19,49 @@ pub async fn live(State(state): State<AppState>) -> Json<Value> {
     Json(json!({"status": "ok", "uptime_seconds": state.started_at.elapsed().as_secs()}))
 }
 
+/// How the dependencies are: the database decides readiness; Redis, being optional to
+/// every request, can only make the instance degraded.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Readiness {
+    Ready,
+    Degraded,
+    NotReady,
+}
+
+impl Readiness {
+    fn as_str(self) -> &'static str {
+        match self {
+            Readiness::Ready => "ready",
+            Readiness::Degraded => "degraded",
+            Readiness::NotReady => "not_ready",
+        }
+    }
+}
+
+/// Redis: a round trip (refused at once while its breaker is open), mode and pool.
+async fn redis_check(redis: &tm_redis::Redis) -> (bool, Value) {
+    let ping = redis.ping().await;
+    let pool = redis.pool_figures();
+    let healthy = ping.is_ok();
+    (
+        healthy,
+        json!({
+            "status": if healthy { "healthy" } else { "degraded" },
+            "mode": redis.mode(),
+            "message": if healthy {
+                "redis is reachable"
+            } else {
+                "redis is unavailable: rate limits are per instance and idempotency records are kept in the database meanwhile"
+            },
+            "latency_ms": ping.map_or(Value::Null, |d| json!((d.as_secs_f64() * 10_000.0).round() / 10.0)),
+            "circuit_breaker": redis.breaker_state().as_str(),
+            "pool": {"size": pool.size, "idle": pool.idle, "in_use": pool.in_use, "waiting": pool.waiting, "max": pool.max},
+        }),
+    )
+}
+
 /// Every configured dependency, checked with the configured timeout.
-async fn checks(state: &AppState) -> (bool, Value) {
+async fn checks(state: &AppState) -> (Readiness, Value) {
     let started = Instant::now();
     let outcome = tokio::time::timeout(state.config.health_check_timeout, state.store.ping()).await;
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
@@ -56,15 +97,28 @@ async fn checks(state: &AppState) -> (bool, Value) {
         // take this instance out of the load balancer.
         "replicas": state.replicas(),
     });
-    (healthy, json!({ "database": database }))
+    let mut checks = json!({ "database": database });
+    let mut readiness = if healthy {
+        Readiness::Ready
+    } else {
+        Readiness::NotReady
+    };
+    if let Some(redis) = &state.redis {
+        let (redis_healthy, redis) = redis_check(redis).await;
+        checks["redis"] = redis;
+        if !redis_healthy && readiness == Readiness::Ready {
+            readiness = Readiness::Degraded;
+        }
+    }
+    (readiness, checks)
 }
 
 pub async fn ready(State(state): State<AppState>) -> Response {
-    let (healthy, checks) = checks(&state).await;
-    if healthy {
+    let (readiness, checks) = checks(&state).await;
+    if readiness != Readiness::NotReady {
         (
             StatusCode::OK,
-            Json(json!({"status": "ready", "checks": checks})),
+            Json(json!({"status": readiness.as_str(), "checks": checks})),
         )
             .into_response()
     } else {
@@ -78,10 +132,10 @@ pub async fn ready(State(state): State<AppState>) -> Response {
 }
 
 pub async fn detailed(State(state): State<AppState>) -> Json<Value> {
-    let (healthy, checks) = checks(&state).await;
+    let (readiness, checks) = checks(&state).await;
     let snapshot = state.routing.snapshot();
     Json(json!({
-        "status": if healthy { "ready" } else { "not_ready" },
+        "status": readiness.as_str(),
         "checks": checks,
         "circuit_breakers": {
             "database": {
@@ -118,6 +172,16 @@ pub fn sample(state: &AppState) {
     for pool in state.store.pool_stats() {
         metrics.set_pool(tm_telemetry::PoolFigures {
             pool: pool.pool,
+            idle: pool.idle,
+            in_use: pool.in_use,
+            waiting: pool.waiting,
+            max: pool.max,
+        });
+    }
+    if let Some(redis) = &state.redis {
+        let pool = redis.pool_figures();
+        metrics.set_pool(tm_telemetry::PoolFigures {
+            pool: "redis",
             idle: pool.idle,
             in_use: pool.in_use,
             waiting: pool.waiting,

@@ -131,6 +131,7 @@ pub async fn create(
         .write(WriteKind::Ordinary, state.keys.create(record.clone()))
         .await?;
     tracing::info!(key.id = %record.id, key.role = %record.grant.role(), by = %caller.actor().as_str(), "API key created");
+    announce_key_change(&state).await;
     let location = HeaderValue::from_str(&format!("/api/v1/keys/{}", record.id))
         .expect("a path is a valid header value");
     let body = CreatedKey {
@@ -194,5 +195,24 @@ pub async fn revoke(
         .write(WriteKind::Ordinary, state.keys.revoke(id))
         .await?;
     tracing::info!(key.id = %id, by = %caller.actor().as_str(), "API key revoked");
+    announce_key_change(&state).await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
+
+/// Tells the fleet, through Redis when configured, that the keys changed, so that a
+/// revoked key stops working everywhere at once. (Without Redis, or when it is down,
+/// the database's change notifications and the periodic key reload carry the news.)
+async fn announce_key_change(state: &AppState) {
+    if let Some(redis) = &state.redis {
+        if redis.publish(KEYS_CHANNEL, "changed").await.is_err() {
+            state
+                .metrics
+                .redis_fallbacks
+                .with_label_values(&["fan_out"])
+                .inc();
+        }
+    }
+}
+
+/// The Redis channel that key changes are announced on.
+pub const KEYS_CHANNEL: &str = "keys";

@@ -8,6 +8,7 @@ mod error;
 mod extract;
 mod guard;
 mod health;
+mod idempotency;
 mod keys;
 mod observe;
 mod openapi;
@@ -21,7 +22,7 @@ use std::time::Instant;
 use axum::extract::DefaultBodyLimit;
 use axum::http::HeaderValue;
 use axum::middleware;
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, patch, post};
 use axum::Router;
 use tm_config::HttpConfig;
 use tm_resilience::RateLimiter;
@@ -31,6 +32,7 @@ use tm_telemetry::Metrics;
 pub use error::{ApiError, PROBLEM_TYPE_PREFIX};
 pub use guard::Guard;
 pub use health::sample as sample_metrics;
+pub use keys::KEYS_CHANNEL;
 pub use openapi::ApiDoc;
 
 /// What every handler may use. Cloned for every request, so it is one `Arc`.
@@ -52,6 +54,8 @@ pub struct Shared {
     pub keys: Arc<KeyRing>,
     pub metrics: Arc<Metrics>,
     pub limiter: Arc<dyn RateLimiter>,
+    /// Redis, when configured: fleet-wide rate limits and idempotency records.
+    pub redis: Option<Arc<tm_redis::Redis>>,
     /// The guarded path to the database for everything but resolve.
     pub guard: Arc<Guard>,
     /// Sheds API requests beyond the configured number in flight.
@@ -113,6 +117,7 @@ impl AppState {
         keys: Arc<KeyRing>,
         metrics: Arc<Metrics>,
         limiter: Arc<dyn RateLimiter>,
+        redis: Option<Arc<tm_redis::Redis>>,
         config: HttpConfig,
         read_your_writes: Option<std::time::Duration>,
     ) -> Self {
@@ -129,6 +134,7 @@ impl AppState {
             keys,
             metrics,
             limiter,
+            redis,
             guard: Arc::new(Guard::new(
                 store_for_guard,
                 metrics_for_guard,
@@ -178,17 +184,34 @@ pub fn router(state: AppState) -> Router {
     }
     // Full paths rather than a nested router: nesting rewrites every request's URI.
     let v1 = |path: &str| format!("/api/v1{path}");
+    // Writes honour Idempotency-Key; reads (resolve above all) do not pay for it.
+    let idempotent = || middleware::from_fn_with_state(state.clone(), idempotency::idempotency);
     let api = Router::new()
-        .route(&v1("/routes"), post(routes::create).get(routes::list))
+        .route(
+            &v1("/routes"),
+            post(routes::create).layer(idempotent()).get(routes::list),
+        )
         .route(&v1("/routes/resolve"), get(resolve::resolve))
-        .route(&v1("/routes/activate"), post(routes::activate))
-        .route(&v1("/routes/deactivate"), post(routes::deactivate))
+        .route(
+            &v1("/routes/activate"),
+            post(routes::activate).layer(idempotent()),
+        )
+        .route(
+            &v1("/routes/deactivate"),
+            post(routes::deactivate).layer(idempotent()),
+        )
         .route(
             &v1("/routes/{id}"),
-            get(routes::get).patch(routes::patch).delete(routes::delete),
+            patch(routes::patch)
+                .delete(routes::delete)
+                .layer(idempotent())
+                .get(routes::get),
         )
-        .route(&v1("/keys"), post(keys::create).get(keys::list))
-        .route(&v1("/keys/{id}"), delete(keys::revoke))
+        .route(
+            &v1("/keys"),
+            post(keys::create).layer(idempotent()).get(keys::list),
+        )
+        .route(&v1("/keys/{id}"), delete(keys::revoke).layer(idempotent()))
         .layer(middleware::from_fn_with_state(state.clone(), shed));
     let config = state.config.clone();
     let router = Router::new()

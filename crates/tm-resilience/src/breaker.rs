@@ -56,6 +56,8 @@ struct Inner {
 
 #[derive(Debug)]
 pub struct CircuitBreaker {
+    /// What it guards, for the logs.
+    name: &'static str,
     config: BreakerConfig,
     inner: Mutex<Inner>,
     /// The state, readable without the lock.
@@ -103,6 +105,7 @@ impl Drop for Ticket<'_> {
 impl CircuitBreaker {
     pub fn new(config: BreakerConfig) -> Self {
         Self {
+            name: "database",
             config,
             inner: Mutex::new(Inner {
                 state: BreakerState::Closed,
@@ -114,6 +117,12 @@ impl CircuitBreaker {
             }),
             state: AtomicU8::new(BreakerState::Closed as u8),
         }
+    }
+
+    /// Names what it guards (`"database"` unless named).
+    pub fn named(mut self, name: &'static str) -> Self {
+        self.name = name;
+        self
     }
 
     pub fn state(&self) -> BreakerState {
@@ -139,10 +148,11 @@ impl CircuitBreaker {
     fn set(&self, inner: &mut Inner, state: BreakerState) {
         if inner.state != state {
             tracing::warn!(
+                breaker = self.name,
                 from = inner.state.as_str(),
                 to = state.as_str(),
                 reason = inner.reason,
-                "database circuit breaker changed state"
+                "circuit breaker changed state"
             );
         }
         inner.state = state;

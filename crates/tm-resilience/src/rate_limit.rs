@@ -128,7 +128,8 @@ impl RateLimits {
         }
     }
 
-    fn exempt(&self, subject: &Subject) -> bool {
+    /// Whether `subject` is exempt from every limit.
+    pub fn exempt(&self, subject: &Subject) -> bool {
         match subject {
             Subject::Key(id) => self.exempt_keys.contains(id),
             Subject::BootstrapKey => false,

@@ -166,6 +166,24 @@ pub struct AuditEntry {
     pub after: Option<serde_json::Value>,
 }
 
+/// What is kept of a write sent with an `Idempotency-Key`: what the request was (a
+/// digest of method, path and body) and, once answered, the answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct IdempotencyRecord {
+    /// Hex SHA-256 of the request.
+    pub fingerprint: String,
+    /// `None` while the first request is still being answered.
+    pub response: Option<StoredResponse>,
+}
+
+/// An answer kept to be replayed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct StoredResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
 /// Which routes a listing returns. `None` matches anything.
 #[derive(Clone, Debug, Default)]
 pub struct RouteFilter {
@@ -293,6 +311,39 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every live key: what the key ring is loaded from.
     async fn active_keys(&self) -> Result<Vec<KeyRecord>, StoreError>;
+
+    /// Claims `key` within `scope` for a request with `fingerprint`: `None` if claimed
+    /// (held as pending for `pending_for`), else what is already kept under it.
+    async fn claim_idempotency_key(
+        &self,
+        scope: &str,
+        key: &str,
+        fingerprint: &str,
+        pending_for: std::time::Duration,
+    ) -> Result<Option<IdempotencyRecord>, StoreError>;
+
+    /// Keeps the answer to a claimed key for `keep_for`.
+    async fn complete_idempotency_key(
+        &self,
+        scope: &str,
+        key: &str,
+        fingerprint: &str,
+        response: &StoredResponse,
+        keep_for: std::time::Duration,
+    ) -> Result<(), StoreError>;
+
+    /// Gives up a pending claim (the request failed in a way worth retrying).
+    async fn release_idempotency_key(&self, scope: &str, key: &str) -> Result<(), StoreError>;
+
+    /// What is kept under `key`, if anything unexpired.
+    async fn get_idempotency_key(
+        &self,
+        scope: &str,
+        key: &str,
+    ) -> Result<Option<IdempotencyRecord>, StoreError>;
+
+    /// Deletes expired idempotency records; how many.
+    async fn purge_idempotency_keys(&self) -> Result<u64, StoreError>;
 
     /// A round trip to the database.
     async fn ping(&self) -> Result<(), StoreError>;

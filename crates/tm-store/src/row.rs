@@ -140,3 +140,35 @@ impl TryFrom<KeyRow> for KeyRecord {
 pub(crate) fn keys(rows: Vec<KeyRow>) -> Result<Vec<KeyRecord>, StoreError> {
     rows.into_iter().map(KeyRecord::try_from).collect()
 }
+
+/// Unix milliseconds of `at`, as idempotency records keep time.
+pub(crate) fn unix_ms(at: std::time::SystemTime) -> i64 {
+    at.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// `Duration` in milliseconds, saturating.
+pub(crate) fn millis(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// An `idempotency_keys` row as a record.
+pub(crate) fn idempotency_record(
+    fingerprint: String,
+    response: Option<String>,
+) -> Result<crate::IdempotencyRecord, StoreError> {
+    let response = response
+        .map(|json| {
+            serde_json::from_str(&json)
+                .map_err(|e| StoreError::Corrupt(format!("idempotency record: {e}")))
+        })
+        .transpose()?;
+    Ok(crate::IdempotencyRecord {
+        fingerprint,
+        response,
+    })
+}
+
+pub(crate) fn response_json(response: &crate::StoredResponse) -> String {
+    serde_json::to_string(response).expect("a stored response always serializes")
+}

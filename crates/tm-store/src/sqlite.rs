@@ -551,6 +551,123 @@ impl Store for SqliteStore {
         keys(rows)
     }
 
+    async fn claim_idempotency_key(
+        &self,
+        scope: &str,
+        key: &str,
+        fingerprint: &str,
+        pending_for: std::time::Duration,
+    ) -> Result<Option<crate::IdempotencyRecord>, StoreError> {
+        let now = crate::row::unix_ms(std::time::SystemTime::now());
+        let mut conn = self.writer.acquire().await?;
+        sqlx::query(
+            "DELETE FROM idempotency_keys WHERE scope = ?1 AND key = ?2 AND expires_at <= ?3",
+        )
+        .bind(scope)
+        .bind(key)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+        let claimed = sqlx::query(
+            "INSERT INTO idempotency_keys (scope, key, fingerprint, response, expires_at) \
+             VALUES (?1, ?2, ?3, NULL, ?4) ON CONFLICT (scope, key) DO NOTHING",
+        )
+        .bind(scope)
+        .bind(key)
+        .bind(fingerprint)
+        .bind(now.saturating_add(crate::row::millis(pending_for)))
+        .execute(&mut *conn)
+        .await?;
+        if claimed.rows_affected() == 1 {
+            return Ok(None);
+        }
+        let row: Option<(String, Option<String>)> = sqlx::query_as(
+            "SELECT fingerprint, response FROM idempotency_keys WHERE scope = ?1 AND key = ?2",
+        )
+        .bind(scope)
+        .bind(key)
+        .fetch_optional(&mut *conn)
+        .await?;
+        match row {
+            Some((fingerprint, response)) => {
+                crate::row::idempotency_record(fingerprint, response).map(Some)
+            }
+            // Expired and deleted by another claim between the two statements: that claim
+            // holds the key now.
+            None => Ok(Some(crate::IdempotencyRecord {
+                fingerprint: String::new(),
+                response: None,
+            })),
+        }
+    }
+
+    async fn complete_idempotency_key(
+        &self,
+        scope: &str,
+        key: &str,
+        fingerprint: &str,
+        response: &crate::StoredResponse,
+        keep_for: std::time::Duration,
+    ) -> Result<(), StoreError> {
+        let expires_at = crate::row::unix_ms(std::time::SystemTime::now())
+            .saturating_add(crate::row::millis(keep_for));
+        let mut conn = self.writer.acquire().await?;
+        sqlx::query(
+            "INSERT INTO idempotency_keys (scope, key, fingerprint, response, expires_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (scope, key) DO UPDATE \
+             SET fingerprint = excluded.fingerprint, response = excluded.response, \
+                 expires_at = excluded.expires_at",
+        )
+        .bind(scope)
+        .bind(key)
+        .bind(fingerprint)
+        .bind(crate::row::response_json(response))
+        .bind(expires_at)
+        .execute(&mut *conn)
+        .await?;
+        Ok(())
+    }
+
+    async fn release_idempotency_key(&self, scope: &str, key: &str) -> Result<(), StoreError> {
+        let mut conn = self.writer.acquire().await?;
+        sqlx::query(
+            "DELETE FROM idempotency_keys WHERE scope = ?1 AND key = ?2 AND response IS NULL",
+        )
+        .bind(scope)
+        .bind(key)
+        .execute(&mut *conn)
+        .await?;
+        Ok(())
+    }
+
+    async fn get_idempotency_key(
+        &self,
+        scope: &str,
+        key: &str,
+    ) -> Result<Option<crate::IdempotencyRecord>, StoreError> {
+        let mut conn = self.reader.acquire().await?;
+        let row: Option<(String, Option<String>)> = sqlx::query_as(
+            "SELECT fingerprint, response FROM idempotency_keys \
+             WHERE scope = ?1 AND key = ?2 AND expires_at > ?3",
+        )
+        .bind(scope)
+        .bind(key)
+        .bind(crate::row::unix_ms(std::time::SystemTime::now()))
+        .fetch_optional(&mut *conn)
+        .await?;
+        row.map(|(fingerprint, response)| crate::row::idempotency_record(fingerprint, response))
+            .transpose()
+    }
+
+    async fn purge_idempotency_keys(&self) -> Result<u64, StoreError> {
+        let mut conn = self.writer.acquire().await?;
+        let purged = sqlx::query("DELETE FROM idempotency_keys WHERE expires_at <= ?1")
+            .bind(crate::row::unix_ms(std::time::SystemTime::now()))
+            .execute(&mut *conn)
+            .await?;
+        Ok(purged.rows_affected())
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         let mut conn = self.reader.acquire().await?;
         conn.ping().await?;

@@ -57,6 +57,14 @@ pub struct Metrics {
     routing_snapshot_routes: IntGauge,
     routing_snapshot_age_seconds: Gauge,
     routing_propagation: Histogram,
+    /// Time per Redis command (`command`: what it was for, e.g. `rate_limit`).
+    pub redis_command_duration: HistogramVec,
+    /// Redis commands that failed or timed out, by what they were for.
+    pub redis_errors: IntCounterVec,
+    /// 1 while Redis is configured but unusable (its work done locally meanwhile).
+    pub redis_degraded: IntGauge,
+    /// Work done without Redis while it was unusable, by feature.
+    pub redis_fallbacks: IntCounterVec,
     app_uptime_seconds: Gauge,
 }
 
@@ -280,6 +288,38 @@ impl Metrics {
                     .buckets(PROPAGATION_BUCKETS.to_vec()),
                 )
                 .expect("valid metric"),
+            ),
+            redis_command_duration: register(
+                &r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "redis_command_duration_seconds",
+                        "Time per Redis command, by what it was for.",
+                    )
+                    .buckets(LATENCY_BUCKETS.to_vec()),
+                    &["command"],
+                )
+                .expect("valid metric"),
+            ),
+            redis_errors: counter_vec(
+                "redis_errors_total",
+                "Redis commands that failed or timed out, by what they were for.",
+                &["command"],
+            ),
+            redis_degraded: register(
+                &r,
+                IntGauge::new(
+                    "redis_degraded",
+                    "1 while Redis is configured but unusable; its work is then done without it.",
+                )
+                .expect("valid metric"),
+            ),
+            redis_fallbacks: counter_vec(
+                "redis_fallbacks_total",
+                "Work done without Redis while it was unusable, by feature \
+                 (rate_limit: local buckets, idempotency: the database, lock: none taken, \
+                 fan_out: left to the database and the periodic reload).",
+                &["feature"],
             ),
             app_uptime_seconds: register(
                 &r,

@@ -1,0 +1,464 @@
+//! Redis, shared by every instance of a fleet: fleet-wide rate limits (GCRA in a Lua
+//! script, atomic on the server), idempotency records, a lock so that one instance at a
+//! time does an expensive rebuild, and publish/subscribe for change fan-out.
+//!
+//! Redis is never on the path of an answer's correctness. Every command is bounded by the
+//! configured timeout and guarded by a circuit breaker: when Redis is down or slow, calls
+//! fail fast with [`Unavailable`] and the caller goes on without it (local buckets, the
+//! database, no lock). `redis_degraded` and the readiness probe say so meanwhile.
+
+mod connection;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use redis::{Cmd, FromRedisValue, Script, ScriptInvocation};
+use tm_config::{RedisConfig, RedisNodes};
+use tm_resilience::{
+    BreakerConfig, BreakerState, CircuitBreaker, RateClass, RateDecision, RateLimits, Subject,
+};
+use tm_store::IdempotencyRecord;
+use tm_telemetry::Metrics;
+
+use connection::{Manager, Pool};
+
+/// Prefix of every key this service writes.
+const PREFIX: &str = "tm:";
+
+/// Redis could not do what was asked in time; go on without it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("Redis is unavailable")]
+pub struct Unavailable;
+
+/// The outcome of drawing one request from a shared GCRA budget.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Gcra {
+    pub allowed: bool,
+    /// Requests left in the burst.
+    pub remaining: u32,
+    /// When refused: until one more request is allowed.
+    pub retry_after: Duration,
+    /// Until the budget is whole again.
+    pub reset_after: Duration,
+}
+
+/// A held lock; give it back with [`Redis::unlock`] (it also expires by itself).
+#[derive(Debug)]
+pub struct Lock {
+    key: String,
+    token: String,
+}
+
+/// Figures of the Redis connection pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolFigures {
+    pub size: u32,
+    pub idle: u32,
+    pub in_use: u32,
+    pub waiting: u32,
+    pub max: u32,
+}
+
+/// One request to Redis: a command, or a script (sent by digest, loaded when missing).
+enum Request<'a> {
+    Cmd(&'a Cmd),
+    Script(&'a ScriptInvocation<'a>),
+}
+
+pub struct Redis {
+    pool: Pool,
+    max: u32,
+    timeout: Duration,
+    connect_timeout: Duration,
+    breaker: CircuitBreaker,
+    metrics: Arc<Metrics>,
+    /// Where to subscribe: every node of a cluster delivers every message.
+    subscribe_to: Vec<redis::Client>,
+    cluster: bool,
+    gcra: Script,
+    claim: Script,
+    release: Script,
+    unlock: Script,
+}
+
+/// Draws one request from the budget at `KEYS[1]`: `ARGV[1]` microseconds per request,
+/// bursts of `ARGV[2]`. The theoretical arrival time is kept in microseconds of the
+/// server's clock, so that instances with drifting clocks share one budget.
+const GCRA: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local tolerance = interval * tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local new_tat = tat + interval
+if new_tat - now > tolerance then
+  return {0, 0, new_tat - now - tolerance, tat - now}
+end
+redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1)
+return {1, math.floor((tolerance - (new_tat - now)) / interval), 0, new_tat - now}
+";
+
+/// What is kept at `KEYS[1]`, or nothing after claiming it with `ARGV[1]` for `ARGV[2]` ms.
+const CLAIM: &str = r"
+local kept = redis.call('GET', KEYS[1])
+if kept then return kept end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return false
+";
+
+/// Deletes `KEYS[1]` if it still holds `ARGV[1]`.
+const COMPARE_AND_DELETE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+";
+
+impl Redis {
+    /// A pool for the configured nodes. Nothing is dialled yet: Redis being down at
+    /// start-up makes the service degraded, not unable to start.
+    pub fn new(config: &RedisConfig, metrics: Arc<Metrics>) -> Result<Self, redis::RedisError> {
+        use secrecy::ExposeSecret;
+        let urls: Vec<String> = match &config.nodes {
+            RedisNodes::Single(url) => vec![url.expose_secret().to_owned()],
+            RedisNodes::Cluster(urls) => urls.iter().map(|u| u.expose_secret().to_owned()).collect(),
+        };
+        let manager = Manager::new(
+            &urls,
+            matches!(config.nodes, RedisNodes::Cluster(_)),
+            config.connect_timeout,
+            config.timeout,
+        )?;
+        let max = usize::try_from(config.pool_max).unwrap_or(usize::MAX);
+        let pool = Pool::builder(manager)
+            .max_size(max)
+            .runtime(deadpool::Runtime::Tokio1)
+            .wait_timeout(Some(config.timeout))
+            .create_timeout(Some(config.connect_timeout))
+            .build()
+            .map_err(|e| {
+                redis::RedisError::from((
+                    redis::ErrorKind::Client,
+                    "building the Redis pool",
+                    e.to_string(),
+                ))
+            })?;
+        let subscribe_to = urls
+            .iter()
+            .map(|u| redis::Client::open(u.as_str()))
+            .collect::<Result<_, _>>()?;
+        metrics.redis_degraded.set(0);
+        Ok(Self {
+            pool,
+            max: config.pool_max,
+            timeout: config.timeout,
+            connect_timeout: config.connect_timeout,
+            breaker: CircuitBreaker::new(BreakerConfig {
+                // Only failures open it: the pool's own figures are not a fault.
+                usage_percent: f64::INFINITY,
+                max_waiting: u32::MAX,
+                pressure_for: Duration::MAX,
+                failures: 3,
+                open_for: Duration::from_secs(1),
+            })
+            .named("redis"),
+            metrics,
+            subscribe_to,
+            cluster: matches!(config.nodes, RedisNodes::Cluster(_)),
+            gcra: Script::new(GCRA),
+            claim: Script::new(CLAIM),
+            release: Script::new(COMPARE_AND_DELETE),
+            unlock: Script::new(COMPARE_AND_DELETE),
+        })
+    }
+
+    /// `"single"` or `"cluster"`.
+    pub fn mode(&self) -> &'static str {
+        if self.cluster {
+            "cluster"
+        } else {
+            "single"
+        }
+    }
+
+    /// Whether calls are being refused without trying (Redis failed recently).
+    pub fn degraded(&self) -> bool {
+        self.breaker.state() != BreakerState::Closed
+    }
+
+    pub fn breaker_state(&self) -> BreakerState {
+        self.breaker.state()
+    }
+
+    pub fn pool_figures(&self) -> PoolFigures {
+        let status = self.pool.status();
+        let n = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
+        PoolFigures {
+            size: n(status.size),
+            idle: n(status.available),
+            in_use: n(status.size.saturating_sub(status.available)),
+            waiting: n(status.waiting),
+            max: self.max,
+        }
+    }
+
+    /// Sends one request within the timeout, through the breaker, with its metrics.
+    async fn run<T: FromRedisValue>(
+        &self,
+        command: &'static str,
+        request: Request<'_>,
+    ) -> Result<T, Unavailable> {
+        let Some(ticket) = self.breaker.admit() else {
+            self.note_state();
+            return Err(Unavailable);
+        };
+        let started = Instant::now();
+        let outcome = tokio::time::timeout(self.timeout, async {
+            let mut conn = self.pool.get().await.map_err(|e| e.to_string())?;
+            let result = match request {
+                Request::Cmd(cmd) => cmd.query_async(&mut *conn).await,
+                Request::Script(invocation) => invocation.invoke_async(&mut *conn).await,
+            };
+            if let Err(e) = &result {
+                if e.is_unrecoverable_error() || e.is_connection_dropped() || e.is_io_error() {
+                    // A broken connection is not given back to the pool.
+                    drop(deadpool::managed::Object::take(conn));
+                }
+            }
+            result.map_err(|e| e.to_string())
+        })
+        .await;
+        self.metrics
+            .redis_command_duration
+            .with_label_values(&[command])
+            .observe(started.elapsed().as_secs_f64());
+        let failure = match outcome {
+            Ok(Ok(value)) => {
+                ticket.succeeded();
+                self.note_state();
+                return Ok(value);
+            }
+            Ok(Err(error)) => error,
+            Err(_) => format!("no answer within {} ms", self.timeout.as_millis()),
+        };
+        ticket.failed();
+        self.metrics.redis_errors.with_label_values(&[command]).inc();
+        tracing::debug!(command, error = %failure, "Redis command failed");
+        self.note_state();
+        Err(Unavailable)
+    }
+
+    fn note_state(&self) {
+        let state = self.breaker.state();
+        self.metrics.set_breaker("redis", state as i64);
+        self.metrics
+            .redis_degraded
+            .set(i64::from(state != BreakerState::Closed));
+    }
+
+    /// A round trip, for the readiness probe and to close the breaker after an outage.
+    pub async fn ping(&self) -> Result<Duration, Unavailable> {
+        let started = Instant::now();
+        self.run::<String>("ping", Request::Cmd(&redis::cmd("PING")))
+            .await?;
+        Ok(started.elapsed())
+    }
+
+    /// Draws one request from the shared budget `bucket` (`per_request` apart, bursts of
+    /// `burst`).
+    pub async fn gcra(
+        &self,
+        bucket: &str,
+        per_request: Duration,
+        burst: u32,
+    ) -> Result<Gcra, Unavailable> {
+        let micros = u64::try_from(per_request.as_micros())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let mut invocation = self.gcra.prepare_invoke();
+        invocation
+            .key(format!("{PREFIX}rate:{bucket}"))
+            .arg(micros)
+            .arg(burst);
+        let (allowed, remaining, retry_us, reset_us): (i64, i64, i64, i64) = self
+            .run("rate_limit", Request::Script(&invocation))
+            .await?;
+        let us = |v: i64| Duration::from_micros(u64::try_from(v).unwrap_or(0));
+        Ok(Gcra {
+            allowed: allowed == 1,
+            remaining: u32::try_from(remaining).unwrap_or(0),
+            retry_after: us(retry_us),
+            reset_after: us(reset_us),
+        })
+    }
+
+    /// Draws one request of `class` from `subject`'s fleet-wide budget; `None` when the
+    /// subject is exempt.
+    pub async fn rate_limit(
+        &self,
+        limits: &RateLimits,
+        class: RateClass,
+        subject: Subject,
+    ) -> Result<Option<RateDecision>, Unavailable> {
+        if limits.exempt(&subject) {
+            return Ok(None);
+        }
+        let quota = limits.quota(class);
+        let per_request = quota.period / quota.count.get();
+        let who = match subject {
+            Subject::Key(id) => format!("key:{id}"),
+            Subject::BootstrapKey => "bootstrap".to_owned(),
+            Subject::Address(ip) => format!("ip:{ip}"),
+        };
+        let outcome = self
+            .gcra(
+                &format!("{}:{who}", class.as_str()),
+                per_request,
+                quota.count.get(),
+            )
+            .await?;
+        Ok(Some(RateDecision {
+            allowed: outcome.allowed,
+            limit: quota.count.get(),
+            remaining: outcome.remaining,
+            reset_after: outcome.reset_after,
+            retry_after: outcome.retry_after,
+        }))
+    }
+
+    fn idempotency_key(scope: &str, key: &str) -> String {
+        format!("{PREFIX}idempotency:{scope}:{key}")
+    }
+
+    /// Claims `key` for a request with `fingerprint` (held `pending_for`): `None` if
+    /// claimed, else what is kept under it.
+    pub async fn claim_idempotency_key(
+        &self,
+        scope: &str,
+        key: &str,
+        fingerprint: &str,
+        pending_for: Duration,
+    ) -> Result<Option<IdempotencyRecord>, Unavailable> {
+        let pending = pending_record(fingerprint);
+        let mut invocation = self.claim.prepare_invoke();
+        invocation
+            .key(Self::idempotency_key(scope, key))
+            .arg(&pending)
+            .arg(millis(pending_for));
+        let kept: Option<String> = self
+            .run("idempotency", Request::Script(&invocation))
+            .await?;
+        Ok(kept.and_then(|json| serde_json::from_str(&json).ok()))
+    }
+
+    /// Keeps the answer under a claimed key for `keep_for`.
+    pub async fn complete_idempotency_key(
+        &self,
+        scope: &str,
+        key: &str,
+        record: &IdempotencyRecord,
+        keep_for: Duration,
+    ) -> Result<(), Unavailable> {
+        let json = serde_json::to_string(record).expect("a record always serializes");
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(Self::idempotency_key(scope, key))
+            .arg(json)
+            .arg("PX")
+            .arg(millis(keep_for));
+        self.run::<()>("idempotency", Request::Cmd(&cmd)).await
+    }
+
+    /// Gives up a pending claim made with `fingerprint`.
+    pub async fn release_idempotency_key(
+        &self,
+        scope: &str,
+        key: &str,
+        fingerprint: &str,
+    ) -> Result<(), Unavailable> {
+        let mut invocation = self.release.prepare_invoke();
+        invocation
+            .key(Self::idempotency_key(scope, key))
+            .arg(pending_record(fingerprint));
+        self.run::<i64>("idempotency", Request::Script(&invocation))
+            .await
+            .map(drop)
+    }
+
+    /// Takes the fleet-wide lock `name` for at most `ttl`; `None` if another holds it.
+    pub async fn try_lock(&self, name: &str, ttl: Duration) -> Result<Option<Lock>, Unavailable> {
+        let lock = Lock {
+            key: format!("{PREFIX}lock:{name}"),
+            token: uuid::Uuid::now_v7().to_string(),
+        };
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(&lock.key)
+            .arg(&lock.token)
+            .arg("NX")
+            .arg("PX")
+            .arg(millis(ttl).max(1));
+        let taken: Option<String> = self.run("lock", Request::Cmd(&cmd)).await?;
+        Ok(taken.map(|_| lock))
+    }
+
+    /// Gives `lock` back, if it is still ours.
+    pub async fn unlock(&self, lock: Lock) -> Result<(), Unavailable> {
+        let mut invocation = self.unlock.prepare_invoke();
+        invocation.key(&lock.key).arg(&lock.token);
+        self.run::<i64>("lock", Request::Script(&invocation))
+            .await
+            .map(drop)
+    }
+
+    /// Publishes `message` to every subscriber of `channel` across the fleet.
+    pub async fn publish(&self, channel: &str, message: &str) -> Result<(), Unavailable> {
+        let mut cmd = redis::cmd("PUBLISH");
+        cmd.arg(format!("{PREFIX}{channel}")).arg(message);
+        self.run::<i64>("publish", Request::Cmd(&cmd))
+            .await
+            .map(drop)
+    }
+
+    /// The messages published to `channel`, from the first node that answers; the
+    /// stream ends when that node's connection does.
+    pub async fn subscribe(
+        &self,
+        channel: &str,
+    ) -> Result<futures::stream::BoxStream<'static, String>, Unavailable> {
+        use futures::StreamExt;
+        let pubsub = self.pubsub(channel).await?;
+        Ok(pubsub
+            .into_on_message()
+            .filter_map(|message| async move { message.get_payload::<String>().ok() })
+            .boxed())
+    }
+
+    async fn pubsub(&self, channel: &str) -> Result<redis::aio::PubSub, Unavailable> {
+        for client in &self.subscribe_to {
+            let attempt = tokio::time::timeout(self.connect_timeout, async {
+                let mut pubsub = client.get_async_pubsub().await?;
+                pubsub.subscribe(format!("{PREFIX}{channel}")).await?;
+                Ok::<_, redis::RedisError>(pubsub)
+            })
+            .await;
+            match attempt {
+                Ok(Ok(pubsub)) => return Ok(pubsub),
+                Ok(Err(e)) => tracing::debug!(error = %e, "subscribing on a Redis node failed"),
+                Err(_) => tracing::debug!("subscribing on a Redis node timed out"),
+            }
+        }
+        Err(Unavailable)
+    }
+}
+
+fn pending_record(fingerprint: &str) -> String {
+    serde_json::to_string(&IdempotencyRecord {
+        fingerprint: fingerprint.to_owned(),
+        response: None,
+    })
+    .expect("a record always serializes")
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
