@@ -4,6 +4,10 @@
 # PostgreSQL is installed from Debian's packages when missing, started as a throwaway
 # cluster (unprivileged user, 127.0.0.1, random port, temporary directory) and stopped
 # again on exit. Set TM_TEST_DATABASE_URL to use a server of your own instead.
+#
+# Redis comes from Debian's redis-tools package (binaries only, no service); the Redis
+# tests start the servers they need with it — one server, or a six-node cluster (three
+# masters, three replicas) — on loopback ports, and stop them by PID.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -52,6 +56,21 @@ provide_schemathesis() {
     TM_TEST_SCHEMATHESIS="$venv/bin/schemathesis"
 }
 
+# redis-tools ships the server binary as redis-check-rdb, which serves when called by
+# the name redis-server.
+provide_redis() {
+    if ! command -v redis-check-rdb >/dev/null || ! command -v redis-cli >/dev/null; then
+        log "installing redis-tools from Debian's packages"
+        as_root apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq redis-tools >/dev/null
+    fi
+    local dir="$PWD/target/tools/redis"
+    mkdir -p "$dir"
+    ln -sf "$(command -v redis-check-rdb)" "$dir/redis-server"
+    ln -sf "$(command -v redis-cli)" "$dir/redis-cli"
+    TM_TEST_REDIS_SERVER="$dir/redis-server"
+}
+
 OUTPUT=$(mktemp "${TMPDIR:-/tmp}/tm-test-output.XXXXXX")
 cleanup() { stop_postgres; rm -f "$OUTPUT"; }
 trap cleanup EXIT
@@ -64,7 +83,8 @@ summary() {
 
 provide_promtool
 provide_schemathesis
-export TM_TEST_PROMTOOL TM_TEST_SCHEMATHESIS
+provide_redis
+export TM_TEST_PROMTOOL TM_TEST_SCHEMATHESIS TM_TEST_REDIS_SERVER
 
 log "tests on SQLite"
 cargo test --workspace --locked 2>&1 | tee -a "$OUTPUT"

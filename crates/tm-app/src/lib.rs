@@ -158,9 +158,11 @@ impl Application {
             keys.clone(),
             metrics,
             limiter,
-            redis.clone(),
             config.http,
-            read_your_writes,
+            tm_http::Fleet {
+                redis: redis.clone(),
+                read_your_writes,
+            },
         );
         Ok(Self {
             listener,
@@ -347,7 +349,6 @@ async fn follow_changes(
     }
 }
 
-
 /// How long one instance may hold the rebuild lock; a rebuild taking longer (or an
 /// instance dying in one) lets the next instance start its own.
 const REBUILD_LOCK_TTL: Duration = Duration::from_secs(300);
@@ -369,7 +370,9 @@ async fn rebuild(routing: &RoutingTable, redis: Option<&tm_redis::Redis>, metric
                     tokio::time::sleep(Duration::from_millis(250)).await;
                 }
                 Ok(None) => {
-                    tracing::warn!("another instance held the rebuild lock too long; rebuilding anyway");
+                    tracing::warn!(
+                        "another instance held the rebuild lock too long; rebuilding anyway"
+                    );
                     break;
                 }
                 Err(tm_redis::Unavailable) => {

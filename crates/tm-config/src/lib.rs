@@ -574,10 +574,9 @@ impl Config {
             None => lines.push("redis_url = (unset)".into()),
             Some(redis) => {
                 match &redis.nodes {
-                    RedisNodes::Single(url) => lines.push(format!(
-                        "redis_url = {:?}",
-                        redact_url(url.expose_secret())
-                    )),
+                    RedisNodes::Single(url) => {
+                        lines.push(format!("redis_url = {:?}", redact_url(url.expose_secret())))
+                    }
                     RedisNodes::Cluster(urls) => lines.push(format!(
                         "redis_cluster_urls = {:?}",
                         urls.iter()
@@ -1351,7 +1350,10 @@ mod tests {
             ..RawConfig::default()
         };
         let web = Config::try_from(raw("web")).expect("valid");
-        assert_eq!((web.process_type, web.pool.max_connections), (ProcessType::Web, 10));
+        assert_eq!(
+            (web.process_type, web.pool.max_connections),
+            (ProcessType::Web, 10)
+        );
         let worker = Config::try_from(raw("worker")).expect("valid");
         assert_eq!(
             (worker.process_type, worker.pool.max_connections),

@@ -117,10 +117,13 @@ impl AppState {
         keys: Arc<KeyRing>,
         metrics: Arc<Metrics>,
         limiter: Arc<dyn RateLimiter>,
-        redis: Option<Arc<tm_redis::Redis>>,
         config: HttpConfig,
-        read_your_writes: Option<std::time::Duration>,
+        fleet: Fleet,
     ) -> Self {
+        let Fleet {
+            redis,
+            read_your_writes,
+        } = fleet;
         let cache_control = HeaderValue::try_from(format!(
             "private, max-age={}, stale-while-revalidate={}",
             config.resolve_max_age.as_secs(),
@@ -157,6 +160,15 @@ impl AppState {
             replicas: std::sync::RwLock::default(),
         }))
     }
+}
+
+/// What an instance shares with the rest of its fleet.
+#[derive(Default)]
+pub struct Fleet {
+    /// Redis, when configured.
+    pub redis: Option<Arc<tm_redis::Redis>>,
+    /// With read replicas: how long a caller that wrote reads from the primary.
+    pub read_your_writes: Option<std::time::Duration>,
 }
 
 /// The API v1 routes and their methods; also what the metrics declare up front.

@@ -43,6 +43,8 @@ impl ConnectionLike for Conn {
     }
 }
 
+/// Made once per pool, so its size does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Nodes {
     Single(redis::Client),
     Cluster(ClusterClient),

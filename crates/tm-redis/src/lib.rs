@@ -122,7 +122,9 @@ impl Redis {
         use secrecy::ExposeSecret;
         let urls: Vec<String> = match &config.nodes {
             RedisNodes::Single(url) => vec![url.expose_secret().to_owned()],
-            RedisNodes::Cluster(urls) => urls.iter().map(|u| u.expose_secret().to_owned()).collect(),
+            RedisNodes::Cluster(urls) => {
+                urls.iter().map(|u| u.expose_secret().to_owned()).collect()
+            }
         };
         let manager = Manager::new(
             &urls,
@@ -243,7 +245,10 @@ impl Redis {
             Err(_) => format!("no answer within {} ms", self.timeout.as_millis()),
         };
         ticket.failed();
-        self.metrics.redis_errors.with_label_values(&[command]).inc();
+        self.metrics
+            .redis_errors
+            .with_label_values(&[command])
+            .inc();
         tracing::debug!(command, error = %failure, "Redis command failed");
         self.note_state();
         Err(Unavailable)
@@ -281,9 +286,8 @@ impl Redis {
             .key(format!("{PREFIX}rate:{bucket}"))
             .arg(micros)
             .arg(burst);
-        let (allowed, remaining, retry_us, reset_us): (i64, i64, i64, i64) = self
-            .run("rate_limit", Request::Script(&invocation))
-            .await?;
+        let (allowed, remaining, retry_us, reset_us): (i64, i64, i64, i64) =
+            self.run("rate_limit", Request::Script(&invocation)).await?;
         let us = |v: i64| Duration::from_micros(u64::try_from(v).unwrap_or(0));
         Ok(Gcra {
             allowed: allowed == 1,

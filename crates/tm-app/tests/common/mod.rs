@@ -5,6 +5,8 @@
 
 #![allow(dead_code)] // each test file uses its own part of this module
 
+pub mod redis;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -213,4 +215,123 @@ pub fn free_port() -> u16 {
         .local_addr()
         .expect("addr")
         .port()
+}
+
+/// One running instance of the registry, stopped when dropped.
+pub struct Instance {
+    pub base: String,
+    pub http: reqwest::Client,
+    shutdown: tokio_util::sync::CancellationToken,
+    _data: tempfile::TempDir,
+}
+
+impl Instance {
+    /// Starts an instance on `raw` (listen address and data directory are its own).
+    pub async fn start(mut raw: tm_config::RawConfig) -> Instance {
+        let data = tempfile::tempdir().expect("tempdir");
+        raw.listen = "127.0.0.1:0".into();
+        raw.data_dir = data.path().to_path_buf();
+        let config = tm_config::Config::try_from(raw).expect("config");
+        let app = tm_app::Application::build(config).await.expect("starts");
+        let base = format!("http://{}", app.local_addr());
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(app.run_until(shutdown.clone()));
+        Instance {
+            base,
+            http: reqwest::Client::new(),
+            shutdown,
+            _data: data,
+        }
+    }
+
+    /// Sends a request with `key`; status, headers and JSON body (null if none).
+    pub async fn send(
+        &self,
+        key: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+        headers: &[(&str, &str)],
+    ) -> (
+        reqwest::StatusCode,
+        reqwest::header::HeaderMap,
+        serde_json::Value,
+    ) {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(key);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let reply = request.send().await.expect("request");
+        let status = reply.status();
+        let headers = reply.headers().clone();
+        (
+            status,
+            headers,
+            reply.json().await.unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    /// The value of one series in `/metrics` (0 when absent).
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text");
+        text.lines()
+            .find_map(|line| {
+                line.strip_prefix(series)?
+                    .strip_prefix(' ')?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0.0)
+    }
+
+    /// `/health/ready`: status code and body.
+    pub async fn ready(&self) -> (reqwest::StatusCode, serde_json::Value) {
+        let reply = self
+            .http
+            .get(format!("{}/health/ready", self.base))
+            .send()
+            .await
+            .expect("ready");
+        let status = reply.status();
+        (status, reply.json().await.expect("json"))
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Polls `check` until it holds, for at most `within`; how long it took.
+pub async fn eventually<F, Fut>(
+    within: std::time::Duration,
+    what: &str,
+    mut check: F,
+) -> std::time::Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = std::time::Instant::now();
+    while !check().await {
+        assert!(started.elapsed() < within, "{what}: not within {within:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    started.elapsed()
 }

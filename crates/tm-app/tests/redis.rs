@@ -1,0 +1,273 @@
+//! Redis: fleet-wide rate limits, idempotency keys across instances, and the service
+//! going on while Redis is gone or failing over — on a Redis server and a six-node
+//! Redis Cluster of the test's own (see `common::redis`).
+//!
+//! Runs when `TM_TEST_REDIS_SERVER` names a `redis-server` binary (the test command
+//! sets it).
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use tm_config::RawConfig;
+
+use common::redis::{RedisCluster, RedisServer};
+use common::{eventually, Instance};
+
+const ADMIN: &str = "redis-test-admin-key-0123456789abcdefgh";
+
+fn config(redis_url: Option<String>, cluster_urls: Option<String>) -> RawConfig {
+    RawConfig {
+        redis_url,
+        redis_cluster_urls: cluster_urls,
+        bootstrap_admin_key: Some(ADMIN.into()),
+        pool_sample_interval: Duration::from_millis(100),
+        ..RawConfig::default()
+    }
+}
+
+fn route(service: &str) -> Value {
+    json!({"tenant": "acme", "service": service, "env": "prod", "version": "v1",
+           "url": "http://checkout.internal"})
+}
+
+async fn create(
+    instance: &Instance,
+    service: &str,
+    key: &str,
+) -> (StatusCode, reqwest::header::HeaderMap, Value) {
+    instance
+        .send(
+            ADMIN,
+            Method::POST,
+            "/api/v1/routes",
+            Some(route(service)),
+            &[("Idempotency-Key", key)],
+        )
+        .await
+}
+
+async fn fallbacks(instance: &Instance, feature: &str) -> f64 {
+    instance
+        .metric(&format!("redis_fallbacks_total{{feature=\"{feature}\"}}"))
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limit_holds_across_three_instances() {
+    let Some(cluster) = RedisCluster::start() else {
+        return;
+    };
+    let raw = RawConfig {
+        rate_limit_read: "30/min".into(),
+        ..config(None, Some(cluster.urls()))
+    };
+    let instances = [
+        Instance::start(raw.clone()).await,
+        Instance::start(raw.clone()).await,
+        Instance::start(raw).await,
+    ];
+    let mut allowed = 0;
+    let mut refused = 0;
+    for i in 0..90 {
+        let (status, headers, _) = instances[i % 3]
+            .send(ADMIN, Method::GET, "/api/v1/routes", None, &[])
+            .await;
+        match status {
+            StatusCode::OK => allowed += 1,
+            StatusCode::TOO_MANY_REQUESTS => {
+                refused += 1;
+                assert!(headers.contains_key("retry-after"));
+                assert_eq!(headers["x-rate-limit-limit"], "30");
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    // The burst of 30, plus at most what refills (one per 2 s) while the requests run.
+    // Budgets of each instance's own would have let all 90 through.
+    assert!(
+        (30..=32).contains(&allowed),
+        "{allowed} of 90 allowed, {refused} refused"
+    );
+    for instance in &instances {
+        assert_eq!(fallbacks(instance, "rate_limit").await, 0.0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_write_gets_the_first_answer_from_any_instance() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let a = Instance::start(config(Some(redis.url()), None)).await;
+    let b = Instance::start(config(Some(redis.url()), None)).await;
+
+    let (status, headers, first) = create(&a, "checkout", "order-7-create").await;
+    assert_eq!(status, StatusCode::CREATED, "{first}");
+    assert!(!headers.contains_key("idempotent-replayed"));
+    // The same request again, to the other instance: the first answer, not a new route.
+    let (status, headers, again) = create(&b, "checkout", "order-7-create").await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(headers["idempotent-replayed"], "true");
+    assert_eq!(again, first);
+    assert_eq!(
+        headers["location"],
+        format!("/api/v1/routes/{}", first["id"].as_str().expect("id"))
+    );
+    let (_, _, listed) = b
+        .send(
+            ADMIN,
+            Method::GET,
+            "/api/v1/routes?service=checkout",
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(
+        listed["items"].as_array().map(Vec::len),
+        Some(0),
+        "b never wrote"
+    );
+    // The same key with another request: 422, naming the header.
+    let (status, _, problem) = create(&b, "payments", "order-7-create").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{problem}");
+    assert_eq!(problem["errors"][0]["field"], "Idempotency-Key");
+    // Kept in Redis, not in the database.
+    let kept = redis
+        .cli(&["--scan", "--pattern", "tm:idempotency:*"])
+        .expect("scan");
+    assert_eq!(kept.lines().count(), 1, "{kept}");
+    assert_eq!(fallbacks(&a, "idempotency").await, 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_redis_requests_go_on_degraded_and_recover() {
+    let Some(mut redis) = RedisServer::start() else {
+        return;
+    };
+    let instance = Instance::start(config(Some(redis.url()), None)).await;
+    let (status, ready) = instance.ready().await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(ready["status"], "ready", "{ready}");
+    assert_eq!(ready["checks"]["redis"]["status"], "healthy");
+    assert_eq!(ready["checks"]["redis"]["pool"]["max"], 16);
+
+    redis.kill();
+    // Writes, repeats and rate-limited reads go on without Redis, and fast.
+    let started = std::time::Instant::now();
+    let (status, _, first) = create(&instance, "checkout", "during-outage").await;
+    assert_eq!(status, StatusCode::CREATED, "{first}");
+    let (status, headers, again) = create(&instance, "checkout", "during-outage").await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(headers["idempotent-replayed"], "true");
+    assert_eq!(again, first);
+    for _ in 0..10 {
+        let (status, _, _) = instance
+            .send(ADMIN, Method::GET, "/api/v1/routes", None, &[])
+            .await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
+    let (status, ready) = instance.ready().await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "Redis down is no reason to leave the load balancer"
+    );
+    assert_eq!(ready["status"], "degraded", "{ready}");
+    assert_eq!(ready["checks"]["redis"]["status"], "degraded");
+    assert_eq!(instance.metric("redis_degraded").await, 1.0);
+    assert!(fallbacks(&instance, "idempotency").await >= 1.0);
+    assert!(fallbacks(&instance, "rate_limit").await >= 1.0);
+    assert!(
+        instance
+            .metric("redis_errors_total{command=\"idempotency\"}")
+            .await
+            >= 1.0
+    );
+
+    redis.restart();
+    eventually(Duration::from_secs(10), "ready again", || async {
+        instance.ready().await.1["status"] == "ready"
+    })
+    .await;
+    assert_eq!(instance.metric("redis_degraded").await, 0.0);
+    // The answer kept in the database during the outage still answers the repeat.
+    let (status, headers, again) = create(&instance, "checkout", "during-outage").await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(headers["idempotent-replayed"], "true");
+    assert_eq!(again, first);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_rides_out_a_cluster_master_failing_over() {
+    let Some(mut cluster) = RedisCluster::start() else {
+        return;
+    };
+    let instance = Arc::new(Instance::start(config(None, Some(cluster.urls()))).await);
+    let (status, _, _) = create(&instance, "warm-up", "warm-up").await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(fallbacks(&instance, "idempotency").await, 0.0);
+
+    // Load throughout: reads (a shared rate limit each) and idempotent writes.
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = {
+        let (instance, stop) = (instance.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let (read, _, _) = instance
+                    .send(ADMIN, Method::GET, "/api/v1/routes?limit=1", None, &[])
+                    .await;
+                let (write, _, _) =
+                    create(&instance, &format!("svc-{n}"), &format!("load-{n}")).await;
+                statuses.extend([read, write]);
+            }
+            statuses
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let killed = cluster.kill_master_of("tm:rate:read:bootstrap");
+    cluster.wait_until_ok(Duration::from_secs(30));
+    // Answers flow through Redis again: a stretch of requests with no fallback.
+    let took = eventually(Duration::from_secs(20), "Redis in use again", || async {
+        let before =
+            fallbacks(&instance, "rate_limit").await + fallbacks(&instance, "idempotency").await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let after =
+            fallbacks(&instance, "rate_limit").await + fallbacks(&instance, "idempotency").await;
+        before == after && instance.ready().await.1["checks"]["redis"]["status"] == "healthy"
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    let statuses = load.await.expect("load");
+    let failed: Vec<_> = statuses
+        .iter()
+        .filter(|s| !matches!(**s, StatusCode::OK | StatusCode::CREATED))
+        .collect();
+    assert!(statuses.len() > 20, "{} requests", statuses.len());
+    assert!(
+        failed.is_empty(),
+        "{} of {} failed: {failed:?}",
+        failed.len(),
+        statuses.len()
+    );
+    eprintln!(
+        "master on port {killed} killed; {} requests answered, Redis in use again {took:?} after the cluster was ok",
+        statuses.len()
+    );
+    // Repeats replay after the failover too.
+    let (status, headers, _) = create(&instance, "warm-up", "warm-up").await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(headers["idempotent-replayed"], "true");
+}
