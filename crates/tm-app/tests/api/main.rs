@@ -7,6 +7,7 @@ mod concurrency;
 mod constraints;
 mod health;
 mod helpers;
+mod idempotency;
 mod keys;
 mod observability;
 mod propagation;

@@ -1,0 +1,172 @@
+//! `Idempotency-Key` on writes, kept in the database (no Redis configured).
+
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+use crate::helpers::{route, spawn_app, Reply, TestApp};
+
+async fn send(
+    app: &TestApp,
+    method: Method,
+    path: &str,
+    body: serde_json::Value,
+    key: &str,
+) -> Reply {
+    Reply::from(
+        app.client
+            .request(method, app.url(path))
+            .header("Idempotency-Key", key)
+            .json(&body)
+            .send()
+            .await
+            .expect("request sent"),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_repeat_gets_the_first_answer_and_writes_nothing() {
+    let app = spawn_app().await;
+    let body = route("acme", "checkout", "prod", "v1", "http://a.internal");
+    let first = send(
+        &app,
+        Method::POST,
+        "/api/v1/routes",
+        body.clone(),
+        "create-1",
+    )
+    .await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    assert!(first.headers.get("idempotent-replayed").is_none());
+    let queries_before = app.metric_value("db_queries_total").await;
+    let again = send(
+        &app,
+        Method::POST,
+        "/api/v1/routes",
+        body.clone(),
+        "create-1",
+    )
+    .await;
+    assert_eq!(again.status, StatusCode::CREATED);
+    assert_eq!(again.headers["idempotent-replayed"], "true");
+    assert_eq!(again.body, first.body);
+    assert_eq!(again.headers["location"], first.headers["location"]);
+    assert_eq!(again.headers["etag"], first.headers["etag"]);
+    assert!(
+        app.metric_value("db_queries_total").await > queries_before,
+        "looked up in the database"
+    );
+    let listed = app.get("/api/v1/routes?service=checkout").await.json();
+    assert_eq!(listed["items"].as_array().map(Vec::len), Some(1));
+
+    // Without the key, the same body is a new write (a conflict here).
+    let plain = app.create_route(body).await;
+    assert_eq!(plain.status, StatusCode::CONFLICT);
+}
+
+#[tokio::test]
+async fn the_same_key_with_another_request_is_422() {
+    let app = spawn_app().await;
+    let first = send(
+        &app,
+        Method::POST,
+        "/api/v1/routes",
+        route("acme", "checkout", "prod", "v1", "http://a.internal"),
+        "reused",
+    )
+    .await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    let other = send(
+        &app,
+        Method::POST,
+        "/api/v1/routes",
+        route("acme", "checkout", "prod", "v2", "http://a.internal"),
+        "reused",
+    )
+    .await;
+    assert_eq!(other.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(other.headers["content-type"], "application/problem+json");
+    let problem = other.json();
+    assert_eq!(problem["errors"][0]["field"], "Idempotency-Key");
+    // Another path with the same key is another request too.
+    let id = first.json()["id"].as_str().expect("id").to_owned();
+    let patch = send(
+        &app,
+        Method::PATCH,
+        &format!("/api/v1/routes/{id}"),
+        json!({"weight": 10}),
+        "reused",
+    )
+    .await;
+    assert_eq!(patch.status, StatusCode::UNPROCESSABLE_ENTITY);
+    // Nothing was written by the refused requests.
+    let listed = app.get("/api/v1/routes?service=checkout").await.json();
+    assert_eq!(listed["items"].as_array().map(Vec::len), Some(1));
+    assert_eq!(listed["items"][0]["weight"], first.json()["weight"]);
+}
+
+#[tokio::test]
+async fn errors_worth_retrying_are_not_kept_and_bad_keys_are_refused() {
+    let app = spawn_app().await;
+    // A 4xx answer about the request itself is kept: the repeat gets it again.
+    let invalid = json!({"tenant": "acme", "service": "Bad Name", "env": "prod", "version": "v1", "url": "http://a"});
+    let first = send(
+        &app,
+        Method::POST,
+        "/api/v1/routes",
+        invalid.clone(),
+        "bad-body",
+    )
+    .await;
+    assert_eq!(first.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let again = send(&app, Method::POST, "/api/v1/routes", invalid, "bad-body").await;
+    assert_eq!(again.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(again.headers["idempotent-replayed"], "true");
+
+    // A 401 is not kept: with a valid key afterwards, the write happens.
+    let body = route("acme", "checkout", "prod", "v1", "http://a.internal");
+    let anonymous = Reply::from(
+        app.anonymous
+            .post(app.url("/api/v1/routes"))
+            .header("Idempotency-Key", "after-401")
+            .json(&body)
+            .send()
+            .await
+            .expect("sent"),
+    )
+    .await;
+    assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
+    let created = send(&app, Method::POST, "/api/v1/routes", body, "after-401").await;
+    assert_eq!(created.status, StatusCode::CREATED);
+    assert!(created.headers.get("idempotent-replayed").is_none());
+
+    // Keys must be 1–255 visible ASCII characters.
+    let long = "k".repeat(256);
+    for bad in ["with space", long.as_str()] {
+        let refused = send(
+            &app,
+            Method::POST,
+            "/api/v1/routes",
+            route("acme", "other", "prod", "v1", "http://a.internal"),
+            bad,
+        )
+        .await;
+        assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{bad}");
+    }
+    // Creating an API key cannot be replayed: its secret is never kept.
+    let key = send(
+        &app,
+        Method::POST,
+        "/api/v1/keys",
+        json!({"name": "ci", "role": "reader", "tenant": "acme"}),
+        "new-key",
+    )
+    .await;
+    assert_eq!(key.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let keys = app.get("/api/v1/keys").await.json();
+    assert!(keys["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .all(|k| k["name"] != "ci"));
+}
