@@ -1,0 +1,195 @@
+//! A fleet: three instances on one PostgreSQL primary with a streaming replica, and one
+//! Redis. Writes go to every instance in turn and each write is looked for on all
+//! three; one rate limit holds for the fleet; a revoked key is refused everywhere.
+//!
+//! Runs when `TM_TEST_PG_BINDIR` and `TM_TEST_REDIS_SERVER` name the binaries (the test
+//! command sets both).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+use tm_config::RawConfig;
+
+use common::redis::RedisServer;
+use common::{eventually, Cluster, Instance};
+
+const ADMIN: &str = "fleet-test-admin-key-0123456789abcdefghij";
+/// The propagation bound: how often each instance reconciles with the change feed.
+const BOUND: Duration = Duration::from_secs(1);
+
+/// Polls every instance until resolving `version` with `key` answers `expected`; the
+/// longest wait since `written`. Fails if any instance is still stale past the bound.
+async fn seen_everywhere(
+    instances: &[Instance],
+    written: Instant,
+    (key, version, expected): (&str, &str, StatusCode),
+) -> Duration {
+    let mut longest = Duration::ZERO;
+    for instance in instances {
+        while resolve(instance, key, version).await != expected {
+            assert!(
+                written.elapsed() <= BOUND,
+                "{version} ({expected} expected): {} still stale {:?} after the write",
+                instance.base,
+                written.elapsed()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        longest = longest.max(written.elapsed());
+    }
+    longest
+}
+
+async fn resolve(instance: &Instance, key: &str, version: &str) -> StatusCode {
+    instance
+        .send(
+            key,
+            Method::GET,
+            &format!(
+                "/api/v1/routes/resolve?tenant=acme&service=checkout&env=prod&version={version}"
+            ),
+            None,
+            &[],
+        )
+        .await
+        .0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_agree_share_limits_and_revoke_together() {
+    let Some(primary) = Cluster::start() else {
+        return;
+    };
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let replica = Cluster::replica_of(&primary);
+    let raw = RawConfig {
+        database_url: Some(primary.url()),
+        database_replica_urls: Some(replica.url()),
+        redis_url: Some(redis.url()),
+        bootstrap_admin_key: Some(ADMIN.into()),
+        snapshot_catch_up_interval: BOUND,
+        rate_limit_read: "40/min".into(),
+        pool_sample_interval: Duration::from_millis(100),
+        ..RawConfig::default()
+    };
+    let fleet = [
+        Instance::start(raw.clone()).await,
+        Instance::start(raw.clone()).await,
+        Instance::start(raw).await,
+    ];
+    for instance in &fleet {
+        let (status, ready) = instance.ready().await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(ready["status"], "ready", "{ready}");
+        assert_eq!(
+            ready["checks"]["database"]["replicas"][0]["in_rotation"],
+            true
+        );
+    }
+
+    // Writes spread over the instances; each is looked for on all three.
+    let mut lags = Vec::new();
+    for i in 0..30 {
+        let writer = &fleet[i % fleet.len()];
+        let version = format!("v{i}");
+        let (status, _, route) = writer
+            .send(
+                ADMIN,
+                Method::POST,
+                "/api/v1/routes",
+                Some(json!({"tenant": "acme", "service": "checkout", "env": "prod",
+                    "version": version, "url": format!("http://{version}.internal"), "active": true})),
+                &[],
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{route}");
+        let written = Instant::now();
+        lags.push(seen_everywhere(&fleet, written, (ADMIN, &version, StatusCode::OK)).await);
+        if i > 0 {
+            let previous = format!("v{}", i - 1);
+            let (status, _, _) = fleet[(i + 1) % fleet.len()]
+                .send(
+                    ADMIN,
+                    Method::POST,
+                    "/api/v1/routes/deactivate",
+                    Some(json!({"tenant": "acme", "service": "checkout", "env": "prod", "version": previous})),
+                    &[],
+                )
+                .await;
+            assert_eq!(status, StatusCode::OK);
+            let written = Instant::now();
+            lags.push(
+                seen_everywhere(&fleet, written, (ADMIN, &previous, StatusCode::NOT_FOUND)).await,
+            );
+        }
+    }
+    lags.sort();
+    eprintln!(
+        "{} writes seen on all three instances: median {:?}, slowest {:?}",
+        lags.len(),
+        lags[lags.len() / 2],
+        lags[lags.len() - 1]
+    );
+
+    // A new key works everywhere at once; one read budget for the whole fleet.
+    let (status, _, created) = fleet[0]
+        .send(
+            ADMIN,
+            Method::POST,
+            "/api/v1/keys",
+            Some(json!({"name": "dashboard", "role": "reader", "tenant": "acme"})),
+            &[],
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let reader = created["key"].as_str().expect("secret").to_owned();
+    let reader_id = created["id"].as_str().expect("id").to_owned();
+    let written = Instant::now();
+    seen_everywhere(&fleet, written, (&reader, "v29", StatusCode::OK)).await;
+    let mut allowed = 0;
+    for i in 0..90 {
+        let (status, _, _) = fleet[i % 3]
+            .send(&reader, Method::GET, "/api/v1/routes?limit=1", None, &[])
+            .await;
+        match status {
+            StatusCode::OK => allowed += 1,
+            StatusCode::TOO_MANY_REQUESTS => {}
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert!(
+        (40..=42).contains(&allowed),
+        "{allowed} of 90 reads allowed with a fleet-wide limit of 40/min"
+    );
+
+    // Revoked on one instance: refused by all within a second.
+    let (status, _, _) = fleet[1]
+        .send(
+            ADMIN,
+            Method::DELETE,
+            &format!("/api/v1/keys/{reader_id}"),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let revoked = Instant::now();
+    for instance in &fleet {
+        let took = eventually(Duration::from_secs(1), "revocation", || async {
+            resolve(instance, &reader, "v29").await == StatusCode::UNAUTHORIZED
+        })
+        .await;
+        assert!(revoked.elapsed() <= Duration::from_secs(1), "{took:?}");
+    }
+    eprintln!(
+        "revocation refused everywhere after {:?}",
+        revoked.elapsed()
+    );
+    drop(fleet);
+    drop(replica);
+}
