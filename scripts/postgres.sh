@@ -1,7 +1,9 @@
 # Throwaway PostgreSQL clusters for the test and benchmark scripts (sourced, not run).
 #
-#   start_postgres [server option...]   # sets PG_URL, PG_BIN, PG_RUN; e.g. -c fsync=off
+#   start_postgres [server option...]   # sets PG_URL, PG_PORT, PG_BIN, PG_RUN; e.g. -c fsync=off
 #   stop_postgres
+#   start_pgbouncer                     # sets PGB_URL: transaction pooling in front of it
+#   stop_pgbouncer
 #
 # PostgreSQL is installed from Debian's packages when missing. The cluster runs as an
 # unprivileged user on 127.0.0.1, on a free port, in a temporary directory.
@@ -60,6 +62,63 @@ start_postgres() {
     "${PG_RUN[@]}" "$PG_BIN/initdb" -D "$PG_DIR/data" -U postgres -A trust -E UTF8 --no-sync >/dev/null
     "${PG_RUN[@]}" "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/server.log" -w start \
         -o "-c listen_addresses=127.0.0.1 -p $port -k $PG_DIR -c max_connections=300 $*" >/dev/null
+    PG_PORT=$port
     PG_URL="postgres://postgres@127.0.0.1:$port/postgres"
     printf '==> %s\n' "PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}') on 127.0.0.1:$port" >&2
+}
+
+# PgBouncer from Debian's package, in transaction pooling mode, in front of the cluster
+# that start_postgres started. What the service needs of it (see the README):
+# server_reset_query = DEALLOCATE ALL with server_reset_query_always = 1 (a statement
+# name from one client must not meet another's), and extra_float_digits ignored.
+PGB_DIR=""
+start_pgbouncer() {
+    if [ ! -x /usr/sbin/pgbouncer ]; then
+        printf '==> %s\n' "installing PgBouncer from Debian's packages" >&2
+        as_root apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq pgbouncer >/dev/null
+    fi
+    PGB_DIR=$(mktemp -d "${TMPDIR:-/tmp}/tm-pgbouncer.XXXXXX")
+    local port
+    port=$(free_port)
+    cat >"$PGB_DIR/pgbouncer.ini" <<EOF
+[databases]
+* = host=127.0.0.1 port=$PG_PORT
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $port
+unix_socket_dir =
+auth_type = trust
+auth_file = $PGB_DIR/userlist.txt
+pool_mode = transaction
+max_client_conn = 2000
+default_pool_size = 60
+server_reset_query = DEALLOCATE ALL
+server_reset_query_always = 1
+ignore_startup_parameters = extra_float_digits
+logfile = $PGB_DIR/pgbouncer.log
+pidfile = $PGB_DIR/pgbouncer.pid
+EOF
+    echo '"postgres" ""' >"$PGB_DIR/userlist.txt"
+    if [ "$(id -u)" -eq 0 ]; then chown -R postgres "$PGB_DIR"; fi
+    "${PG_RUN[@]}" /usr/sbin/pgbouncer -d -q "$PGB_DIR/pgbouncer.ini"
+    for _ in $(seq 1 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
+        sleep 0.1
+    done
+    PGB_URL="postgres://postgres@127.0.0.1:$port/postgres"
+    printf '==> %s\n' "PgBouncer $(/usr/sbin/pgbouncer --version | awk 'NR==1 {print $2}') (transaction pooling) on 127.0.0.1:$port" >&2
+}
+
+stop_pgbouncer() {
+    if [ -n "$PGB_DIR" ] && [ -f "$PGB_DIR/pgbouncer.pid" ]; then
+        local pid
+        pid=$(cat "$PGB_DIR/pgbouncer.pid")
+        printf '==> %s\n' "stopping PgBouncer (pid $pid)" >&2
+        kill "$pid" 2>/dev/null || true
+        for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    fi
+    [ -n "$PGB_DIR" ] && rm -rf "$PGB_DIR"
+    PGB_DIR=""
 }

@@ -72,7 +72,7 @@ provide_redis() {
 }
 
 OUTPUT=$(mktemp "${TMPDIR:-/tmp}/tm-test-output.XXXXXX")
-cleanup() { stop_postgres; rm -f "$OUTPUT"; }
+cleanup() { stop_pgbouncer; stop_postgres; rm -f "$OUTPUT"; }
 trap cleanup EXIT
 
 # Adds up cargo's "test result:" lines from both runs into one closing line.
@@ -89,9 +89,22 @@ export TM_TEST_PROMTOOL TM_TEST_SCHEMATHESIS TM_TEST_REDIS_SERVER
 log "tests on SQLite"
 cargo test --workspace --locked 2>&1 | tee -a "$OUTPUT"
 
+OWN_POSTGRES=""
 if [ -z "${TM_TEST_DATABASE_URL:-}" ]; then
     start_test_postgres
+    OWN_POSTGRES=1
 fi
 log "tests on PostgreSQL"
 TM_TEST_DATABASE_URL="$TM_TEST_DATABASE_URL" cargo test --locked -p tm-app -p tm-store 2>&1 | tee -a "$OUTPUT"
+
+# The API suite again, with the service behind PgBouncer in transaction pooling mode
+# (TM_DB_TRANSACTION_POOLING, LISTEN and migrations on the direct URL).
+if [ -n "$OWN_POSTGRES" ]; then
+    start_pgbouncer
+    log "API tests on PostgreSQL through PgBouncer (transaction pooling)"
+    TM_TEST_DATABASE_URL="$PGB_URL" TM_TEST_DATABASE_DIRECT_URL="$PG_URL" \
+        cargo test --locked -p tm-app --test api 2>&1 | tee -a "$OUTPUT"
+else
+    log "PgBouncer run skipped: it fronts the suite's own PostgreSQL (TM_TEST_DATABASE_URL is set)"
+fi
 summary

@@ -46,6 +46,10 @@ pub struct RawConfig {
     #[serde(with = "humantime_serde")]
     pub db_idle_in_transaction_timeout: Duration,
     pub db_statement_cache: bool,
+    /// `TM_DATABASE_URL` points at a transaction-pooling PgBouncer.
+    pub db_transaction_pooling: bool,
+    /// PostgreSQL directly (not through PgBouncer), for `LISTEN` and migrations.
+    pub database_direct_url: Option<String>,
     /// Read replicas, comma-separated PostgreSQL URLs.
     pub database_replica_urls: Option<String>,
     /// Replication lag beyond which a replica leaves the rotation.
@@ -152,6 +156,8 @@ impl Default for RawConfig {
             db_statement_timeout: Duration::from_secs(3),
             db_idle_in_transaction_timeout: Duration::from_secs(5),
             db_statement_cache: true,
+            db_transaction_pooling: false,
+            database_direct_url: None,
             database_replica_urls: None,
             replica_max_lag: Duration::from_secs(5),
             sqlite_synchronous: "full".into(),
@@ -218,6 +224,8 @@ const ENV_KEYS: &[&str] = &[
     "db_statement_timeout",
     "db_idle_in_transaction_timeout",
     "db_statement_cache",
+    "db_transaction_pooling",
+    "database_direct_url",
     "database_replica_urls",
     "replica_max_lag",
     "sqlite_synchronous",
@@ -303,6 +311,12 @@ pub enum StorageConfig {
         idle_in_transaction_timeout: Duration,
         /// Server-side prepared statement cache; off behind PgBouncer in transaction mode.
         statement_cache: bool,
+        /// `url` is a transaction-pooling proxy (PgBouncer, `pool_mode = transaction`):
+        /// every connection is lent inside one transaction, settings travel as `SET LOCAL`.
+        transaction_pooling: bool,
+        /// PostgreSQL itself, for what needs a session: `LISTEN` and migrations (their
+        /// advisory lock). Defaults to `url`; required with `transaction_pooling`.
+        direct_url: Option<SecretString>,
         /// Read replicas for reads that may lag (each gets a pool like the primary's).
         replicas: Vec<SecretString>,
         /// Replication lag beyond which a replica serves no reads.
@@ -538,6 +552,8 @@ impl Config {
                 statement_timeout,
                 idle_in_transaction_timeout,
                 statement_cache,
+                transaction_pooling,
+                direct_url,
                 replicas,
                 replica_max_lag,
             } => {
@@ -554,6 +570,16 @@ impl Config {
                     humantime::format_duration(*idle_in_transaction_timeout)
                 ));
                 lines.push(format!("db_statement_cache = {statement_cache}"));
+                lines.push(format!("db_transaction_pooling = {transaction_pooling}"));
+                lines.push(format!(
+                    "database_direct_url = {}",
+                    direct_url
+                        .as_ref()
+                        .map_or("(unset)".to_owned(), |u| format!(
+                            "{:?}",
+                            redact_url(u.expose_secret())
+                        ))
+                ));
                 lines.push(format!(
                     "database_replica_urls = {:?}",
                     replicas
@@ -815,6 +841,34 @@ impl TryFrom<RawConfig> for Config {
                 format!("at most {MAX_REPLICAS} replicas"),
             );
         }
+        let postgres_url = |url: &str| {
+            (url.starts_with("postgres://") || url.starts_with("postgresql://"))
+                && url::Url::parse(url).is_ok_and(|p| p.host_str().is_some_and(|h| !h.is_empty()))
+        };
+        let direct_url = match raw.database_direct_url.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(url) if postgres_url(url) => Some(SecretString::from(url.to_owned())),
+            Some(url) => {
+                fail(
+                    "database_direct_url",
+                    format!("{} is not a valid PostgreSQL URL", redact_url(url)),
+                );
+                None
+            }
+        };
+        if (raw.db_transaction_pooling || direct_url.is_some()) && !primary_is_postgres {
+            fail(
+                "db_transaction_pooling",
+                "transaction pooling and a direct URL need a PostgreSQL TM_DATABASE_URL".into(),
+            );
+        } else if raw.db_transaction_pooling && direct_url.is_none() {
+            fail(
+                "database_direct_url",
+                "required with TM_DB_TRANSACTION_POOLING: LISTEN and migrations need a session, \
+                 which a transaction-pooling proxy does not keep"
+                    .into(),
+            );
+        }
         let storage = match raw.database_url.as_deref() {
             None | Some("") => synchronous.map(|synchronous| StorageConfig::Sqlite {
                 path: raw.data_dir.join("traffic-manager.db"),
@@ -844,7 +898,9 @@ impl TryFrom<RawConfig> for Config {
                             url: SecretString::from(url.to_owned()),
                             statement_timeout: raw.db_statement_timeout,
                             idle_in_transaction_timeout: raw.db_idle_in_transaction_timeout,
-                            statement_cache: raw.db_statement_cache,
+                            statement_cache: raw.db_statement_cache && !raw.db_transaction_pooling,
+                            transaction_pooling: raw.db_transaction_pooling,
+                            direct_url: direct_url.clone(),
                             replicas: replicas.clone(),
                             replica_max_lag: raw.replica_max_lag,
                         })
@@ -1339,6 +1395,35 @@ mod tests {
             let err = Config::try_from(raw).expect_err("invalid");
             assert_eq!(err.0[0].setting, setting);
         }
+    }
+
+    #[test]
+    fn transaction_pooling_needs_a_direct_url_and_turns_the_statement_cache_off() {
+        let pooled = |direct: Option<&str>| RawConfig {
+            database_url: Some("postgres://tm@127.0.0.1:6432/tm".into()),
+            db_transaction_pooling: true,
+            database_direct_url: direct.map(str::to_owned),
+            ..RawConfig::default()
+        };
+        let err = Config::try_from(pooled(None)).expect_err("invalid");
+        assert_eq!(err.0[0].setting, "TM_DATABASE_DIRECT_URL");
+        let config =
+            Config::try_from(pooled(Some("postgres://tm@127.0.0.1:5432/tm"))).expect("valid");
+        assert!(matches!(
+            config.storage,
+            StorageConfig::Postgres {
+                transaction_pooling: true,
+                statement_cache: false,
+                direct_url: Some(_),
+                ..
+            }
+        ));
+        let on_sqlite = RawConfig {
+            db_transaction_pooling: true,
+            ..RawConfig::default()
+        };
+        let err = Config::try_from(on_sqlite).expect_err("invalid");
+        assert_eq!(err.0[0].setting, "TM_DB_TRANSACTION_POOLING");
     }
 
     #[test]

@@ -47,9 +47,54 @@ impl Default for StoreCounters {
 
 /// A pool that knows how many are waiting on it, and counts what it hands out.
 #[derive(Debug)]
+/// A connection lent by a [`CountedPool`]. Behind a transaction-pooling proxy
+/// (PgBouncer with `pool_mode = transaction`), the proxy may hand each statement outside
+/// a transaction to another server connection, and sqlx sends a statement's parse and
+/// its execution as two exchanges: so there, every lease is one transaction, opened with
+/// the session's settings (`SET LOCAL`, as startup options cannot pass the proxy).
+/// Transactions begun on a lease nest as savepoints; [`Lease::finish`] commits. A lease
+/// dropped unfinished rolls back, which is what reads and failed writes want.
+pub(crate) enum Lease<DB: Database> {
+    Session(PoolConnection<DB>),
+    Pinned(sqlx::Transaction<'static, DB>),
+}
+
+impl<DB: Database> std::ops::Deref for Lease<DB> {
+    type Target = DB::Connection;
+
+    fn deref(&self) -> &DB::Connection {
+        match self {
+            Lease::Session(conn) => conn,
+            Lease::Pinned(tx) => tx,
+        }
+    }
+}
+
+impl<DB: Database> std::ops::DerefMut for Lease<DB> {
+    fn deref_mut(&mut self) -> &mut DB::Connection {
+        match self {
+            Lease::Session(conn) => conn,
+            Lease::Pinned(tx) => tx,
+        }
+    }
+}
+
+impl<DB: Database> Lease<DB> {
+    /// Makes what was written on this lease durable: a no-op for a session connection
+    /// (its statements commit as they run), the commit of a pinned lease.
+    pub(crate) async fn finish(self) -> Result<(), StoreError> {
+        match self {
+            Lease::Session(_) => Ok(()),
+            Lease::Pinned(tx) => tx.commit().await.map_err(StoreError::from),
+        }
+    }
+}
+
 pub(crate) struct CountedPool<DB: Database> {
     pub(crate) name: &'static str,
     pub(crate) pool: Pool<DB>,
+    /// Behind a transaction-pooling proxy: what opens each lease's transaction.
+    pin: Option<std::sync::Arc<str>>,
     waiting: AtomicU32,
     counters: StoreCounters,
 }
@@ -59,12 +104,19 @@ impl<DB: Database> CountedPool<DB> {
         Self {
             name,
             pool,
+            pin: None,
             waiting: AtomicU32::new(0),
             counters,
         }
     }
 
-    pub(crate) async fn acquire(&self) -> Result<PoolConnection<DB>, StoreError> {
+    /// Lends every connection inside a transaction opened with `begin` (see [`Lease`]).
+    pub(crate) fn pinned(mut self, begin: Option<std::sync::Arc<str>>) -> Self {
+        self.pin = begin;
+        self
+    }
+
+    pub(crate) async fn acquire(&self) -> Result<Lease<DB>, StoreError> {
         struct Waiting<'a>(&'a AtomicU32);
         impl Drop for Waiting<'_> {
             fn drop(&mut self) {
@@ -74,7 +126,14 @@ impl<DB: Database> CountedPool<DB> {
         self.waiting.fetch_add(1, Ordering::Relaxed);
         // Decremented on every exit, including when the caller's future is dropped.
         let _waiting = Waiting(&self.waiting);
-        match self.pool.acquire().await {
+        let acquired = match &self.pin {
+            None => self.pool.acquire().await.map(Lease::Session),
+            Some(begin) => {
+                let begin: std::borrow::Cow<'static, str> = begin.to_string().into();
+                self.pool.begin_with(begin).await.map(Lease::Pinned)
+            }
+        };
+        match acquired {
             Ok(conn) => {
                 self.counters.queries.inc();
                 Ok(conn)

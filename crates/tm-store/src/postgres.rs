@@ -16,6 +16,7 @@ use tm_domain::{now, GroupKey, KeyId, NewRoute, Route, RouteId, RouteKey, RouteP
 use crate::pool::{CountedPool, StoreCounters};
 use crate::row::{audit_json, keys, routes, AuditRow, KeyRow, RouteRow};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::{
@@ -133,6 +134,8 @@ impl PostgresStore {
             statement_timeout,
             idle_in_transaction_timeout,
             statement_cache,
+            transaction_pooling,
+            direct_url,
             replicas,
             replica_max_lag,
         } = storage
@@ -140,27 +143,59 @@ impl PostgresStore {
             panic!("PostgresStore::connect needs a PostgreSQL storage configuration");
         };
         // Every connection, to the primary or a replica, carries the same time-outs.
+        let instance = uuid::Uuid::now_v7().simple().to_string();
+        let timeouts = [
+            (
+                "statement_timeout",
+                format!("{}ms", statement_timeout.as_millis()),
+            ),
+            (
+                "idle_in_transaction_session_timeout",
+                format!("{}ms", idle_in_transaction_timeout.as_millis()),
+            ),
+        ];
+        // A session of its own: settings as startup options.
         let session = |url: &SecretString| -> Result<PgConnectOptions, StoreError> {
             let options = PgConnectOptions::from_str(url.expose_secret())?
                 .application_name("traffic-manager")
-                .options([
-                    (
-                        "statement_timeout",
-                        format!("{}ms", statement_timeout.as_millis()),
-                    ),
-                    (
-                        "idle_in_transaction_session_timeout",
-                        format!("{}ms", idle_in_transaction_timeout.as_millis()),
-                    ),
-                ]);
+                .options(timeouts.clone());
             Ok(if *statement_cache {
                 options
             } else {
                 options.statement_cache_capacity(0)
             })
         };
-        let instance = uuid::Uuid::now_v7().simple().to_string();
-        let options = session(url)?.options([("traffic_manager.instance", &instance)]);
+        // Connect options and, behind a transaction-pooling proxy, the statement that
+        // opens each lease's transaction with the settings (see `Lease`).
+        let lent = |url: &SecretString,
+                    tagged: bool|
+         -> Result<(PgConnectOptions, Option<Arc<str>>), StoreError> {
+            if !*transaction_pooling {
+                let options = session(url)?;
+                return Ok((
+                    if tagged {
+                        options.options([("traffic_manager.instance", &instance)])
+                    } else {
+                        options
+                    },
+                    None,
+                ));
+            }
+            let (stripped, from_url) = split_startup_options(url.expose_secret())?;
+            let options = PgConnectOptions::from_str(&stripped)?
+                .application_name("traffic-manager")
+                .statement_cache_capacity(0);
+            let mut settings: Vec<(String, String)> = timeouts
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), v.clone()))
+                .chain(from_url)
+                .collect();
+            if tagged {
+                settings.push(("traffic_manager.instance".into(), instance.clone()));
+            }
+            Ok((options, Some(begin_with_settings(&settings).into())))
+        };
+        let (options, pin) = lent(url, true)?;
         let critical = PgPoolOptions::new()
             .max_connections(pool.critical_connections)
             .min_connections(1)
@@ -177,17 +212,27 @@ impl PostgresStore {
             .max_lifetime(pool.max_lifetime)
             .connect_with(options.clone())
             .await?;
-        sqlx::migrate!("./migrations/postgres")
-            .run(&primary)
-            .await?;
+        // Migrations and LISTEN need a session: PostgreSQL itself, not a pooling proxy.
+        let direct = session(direct_url.as_ref().unwrap_or(url))?
+            .options([("traffic_manager.instance", &instance)]);
+        {
+            let migrator = PgPoolOptions::new()
+                .max_connections(1)
+                .acquire_timeout(pool.acquire_timeout)
+                .connect_with(direct.clone())
+                .await?;
+            let migrated = sqlx::migrate!("./migrations/postgres").run(&migrator).await;
+            migrator.close().await;
+            migrated?;
+        }
         let listen = PgPoolOptions::new()
             .max_connections(1)
             .min_connections(0)
             .acquire_timeout(pool.acquire_timeout)
-            .connect_lazy_with(options.clone());
+            .connect_lazy_with(direct);
         let mut replica_pools = Vec::with_capacity(replicas.len());
         for (url, name) in replicas.iter().zip(REPLICA_POOLS) {
-            let options = session(url)?;
+            let (options, pin) = lent(url, false)?;
             // Lazy: a replica that is down at start-up leaves the rotation, not the process.
             let pool = PgPoolOptions::new()
                 .max_connections(pool.max_connections)
@@ -197,7 +242,7 @@ impl PostgresStore {
                 .max_lifetime(pool.max_lifetime)
                 .connect_lazy_with(options);
             replica_pools.push(Replica {
-                pool: CountedPool::new(name, pool, counters.clone()),
+                pool: CountedPool::new(name, pool, counters.clone()).pinned(pin),
                 in_rotation: AtomicBool::new(false),
             });
         }
@@ -207,8 +252,8 @@ impl PostgresStore {
             replica_max_lag: *replica_max_lag,
             next_replica: AtomicUsize::new(0),
             listen,
-            primary: CountedPool::new("primary", primary, counters.clone()),
-            critical: CountedPool::new("critical", critical, counters),
+            primary: CountedPool::new("primary", primary, counters.clone()).pinned(pin.clone()),
+            critical: CountedPool::new("critical", critical, counters).pinned(pin),
         })
     }
 }
@@ -349,6 +394,7 @@ impl Store for PostgresStore {
         )
         .await?;
         tx.commit().await?;
+        conn.finish().await?;
         Ok(route)
     }
 
@@ -396,6 +442,7 @@ impl Store for PostgresStore {
             audit.build().execute(&mut *tx).await?;
         }
         tx.commit().await?;
+        conn.finish().await?;
         Ok(())
     }
 
@@ -419,6 +466,7 @@ impl Store for PostgresStore {
         };
         audit(&mut tx, actor, action, next.id, Some(&current), Some(&next)).await?;
         tx.commit().await?;
+        conn.finish().await?;
         Ok(next)
     }
 
@@ -448,6 +496,7 @@ impl Store for PostgresStore {
         )
         .await?;
         tx.commit().await?;
+        conn.finish().await?;
         Ok(next)
     }
 
@@ -476,6 +525,7 @@ impl Store for PostgresStore {
         )
         .await?;
         tx.commit().await?;
+        conn.finish().await?;
         Ok(current)
     }
 
@@ -634,7 +684,8 @@ impl Store for PostgresStore {
 
     async fn create_key(&self, record: &KeyRecord) -> Result<(), StoreError> {
         let mut conn = self.primary.acquire().await?;
-        insert_key(&mut conn, record).await
+        insert_key(&mut conn, record).await?;
+        conn.finish().await
     }
 
     async fn create_first_key(&self, record: &KeyRecord) -> Result<bool, StoreError> {
@@ -659,6 +710,7 @@ impl Store for PostgresStore {
         }
         insert_key(&mut tx, record).await?;
         tx.commit().await?;
+        conn.finish().await?;
         Ok(true)
     }
 
@@ -695,7 +747,7 @@ impl Store for PostgresStore {
         if revoked.rows_affected() == 0 {
             return Err(StoreError::NotFound);
         }
-        Ok(())
+        conn.finish().await
     }
 
     async fn active_keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
@@ -736,6 +788,7 @@ impl Store for PostgresStore {
         .execute(&mut *conn)
         .await?;
         if claimed.rows_affected() == 1 {
+            conn.finish().await?;
             return Ok(None);
         }
         let row: Option<(String, Option<String>)> = sqlx::query_as(
@@ -782,7 +835,7 @@ impl Store for PostgresStore {
         .bind(expires_at)
         .execute(&mut *conn)
         .await?;
-        Ok(())
+        conn.finish().await
     }
 
     async fn release_idempotency_key(&self, scope: &str, key: &str) -> Result<(), StoreError> {
@@ -794,7 +847,7 @@ impl Store for PostgresStore {
         .bind(key)
         .execute(&mut *conn)
         .await?;
-        Ok(())
+        conn.finish().await
     }
 
     async fn get_idempotency_key(
@@ -822,6 +875,7 @@ impl Store for PostgresStore {
             .bind(crate::row::unix_ms(std::time::SystemTime::now()))
             .execute(&mut *conn)
             .await?;
+        conn.finish().await?;
         Ok(purged.rows_affected())
     }
 
@@ -877,5 +931,73 @@ impl Store for PostgresStore {
 
     fn as_any(&self) -> &dyn std::any::Any {
         self
+    }
+}
+
+/// `url` without its `options` parameter, and the `-c name=value` settings that were in
+/// it (a pooling proxy refuses startup options; they are applied per transaction).
+fn split_startup_options(url: &str) -> Result<(String, Vec<(String, String)>), StoreError> {
+    let bad = |why: &str| StoreError::Corrupt(format!("database URL: {why}"));
+    let mut parsed = url::Url::parse(url).map_err(|_| bad("not a URL"))?;
+    let mut settings = Vec::new();
+    let mut kept = Vec::new();
+    for (key, value) in parsed.query_pairs() {
+        if key != "options" {
+            kept.push((key.into_owned(), value.into_owned()));
+            continue;
+        }
+        let mut words = value.split_whitespace();
+        while let Some(word) = words.next() {
+            let setting = match word.strip_prefix("-c") {
+                Some("") => words.next().unwrap_or_default(),
+                Some(inline) => inline,
+                None => return Err(bad("options may only hold -c name=value settings")),
+            };
+            let (name, value) = setting
+                .split_once('=')
+                .ok_or_else(|| bad("an option without a value"))?;
+            settings.push((name.to_owned(), value.to_owned()));
+        }
+    }
+    parsed.set_query(None);
+    if !kept.is_empty() {
+        parsed.query_pairs_mut().extend_pairs(kept);
+    }
+    Ok((parsed.to_string(), settings))
+}
+
+/// `BEGIN` and the settings for the rest of the transaction, as one round trip.
+fn begin_with_settings(settings: &[(String, String)]) -> String {
+    let quote = |s: &str| format!("'{}'", s.replace('\'', "''"));
+    let calls: Vec<String> = settings
+        .iter()
+        .map(|(name, value)| format!("set_config({}, {}, true)", quote(name), quote(value)))
+        .collect();
+    format!("BEGIN; SELECT {}", calls.join(", "))
+}
+
+#[cfg(test)]
+mod pooling_tests {
+    use super::*;
+
+    #[test]
+    fn startup_options_become_transaction_settings() {
+        let (url, settings) = split_startup_options(
+            "postgres://u:p@127.0.0.1:6432/db?sslmode=disable&options=-c%20search_path%3Dtest_1%20-cwork_mem%3D4MB",
+        )
+        .expect("valid");
+        assert_eq!(url, "postgres://u:p@127.0.0.1:6432/db?sslmode=disable");
+        assert_eq!(
+            settings,
+            [
+                ("search_path".to_owned(), "test_1".to_owned()),
+                ("work_mem".to_owned(), "4MB".to_owned())
+            ]
+        );
+        assert!(split_startup_options("postgres://h/db?options=--search_path%3Dx").is_err());
+        assert_eq!(
+            begin_with_settings(&[("search_path".into(), "it's".into())]),
+            "BEGIN; SELECT set_config('search_path', 'it''s', true)"
+        );
     }
 }

@@ -41,6 +41,8 @@ async fn every_connection_carries_the_statement_and_idle_transaction_timeouts() 
         statement_timeout: Duration::from_millis(250),
         idle_in_transaction_timeout: Duration::from_millis(1500),
         statement_cache: false,
+        transaction_pooling: false,
+        direct_url: None,
         replicas: Vec::new(),
         replica_max_lag: Duration::from_secs(5),
     };

@@ -58,7 +58,12 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut RawConfig)) -> TestApp {
     let schema = match std::env::var("TM_TEST_DATABASE_URL") {
         Ok(url) => {
             let schema = PgSchema::create(&url).await;
-            raw.database_url = Some(schema.url.clone());
+            raw.database_url = Some(schema.app_url.clone());
+            if schema.app_url != schema.url {
+                // Through a transaction-pooling PgBouncer; the direct URL for the rest.
+                raw.db_transaction_pooling = true;
+                raw.database_direct_url = Some(schema.url.clone());
+            }
             Some(schema)
         }
         Err(_) => None,
@@ -261,6 +266,17 @@ impl TestApp {
         self.schema.as_ref().map(|s| s.url.clone())
     }
 
+    /// Points `raw` at this app's database (PostgreSQL only), the way this app reaches it.
+    pub fn share_database(&self, raw: &mut RawConfig) {
+        if let Some(schema) = &self.schema {
+            raw.database_url = Some(schema.app_url.clone());
+            if schema.app_url != schema.url {
+                raw.db_transaction_pooling = true;
+                raw.database_direct_url = Some(schema.url.clone());
+            }
+        }
+    }
+
     /// A connection of the test's own to its PostgreSQL schema; `None` on SQLite.
     pub async fn pg_connection(&self) -> Option<sqlx::PgConnection> {
         let schema = self.schema.as_ref()?;
@@ -397,11 +413,17 @@ impl Reply {
 struct PgSchema {
     admin_url: String,
     name: String,
+    /// PostgreSQL itself, in this schema: for the test's own connections.
     url: String,
+    /// What the application is given: `url`, or the same through PgBouncer when
+    /// `TM_TEST_DATABASE_DIRECT_URL` says that `TM_TEST_DATABASE_URL` is a PgBouncer.
+    app_url: String,
 }
 
 impl PgSchema {
-    async fn create(admin_url: &str) -> Self {
+    async fn create(pooled_url: &str) -> Self {
+        let direct = std::env::var("TM_TEST_DATABASE_DIRECT_URL").ok();
+        let admin_url = direct.as_deref().unwrap_or(pooled_url);
         let name = format!("test_{}", uuid::Uuid::now_v7().simple());
         let mut conn = sqlx::PgConnection::connect(admin_url)
             .await
@@ -411,12 +433,15 @@ impl PgSchema {
             .await
             .expect("create schema");
         let _ = conn.close().await;
-        let separator = if admin_url.contains('?') { '&' } else { '?' };
-        let url = format!("{admin_url}{separator}options=-c%20search_path%3D{name}");
+        let in_schema = |url: &str| {
+            let separator = if url.contains('?') { '&' } else { '?' };
+            format!("{url}{separator}options=-c%20search_path%3D{name}")
+        };
         Self {
             admin_url: admin_url.to_owned(),
+            url: in_schema(admin_url),
+            app_url: in_schema(pooled_url),
             name,
-            url,
         }
     }
 
