@@ -72,6 +72,8 @@ pub struct Application {
     routing: Arc<RoutingTable>,
     keys: Arc<KeyRing>,
     redis: Option<Arc<tm_redis::Redis>>,
+    /// Change notifications, listened to before the first request is served.
+    subscription: Option<ChangeSubscription>,
     reload_interval: Duration,
     catch_up_interval: Duration,
     sample_interval: Duration,
@@ -117,6 +119,8 @@ impl Application {
             routes = routing.snapshot().route_count(),
             "routing snapshot loaded"
         );
+        // Listening before serving: a change committed once this returns is notified.
+        let subscription = subscribe(store.as_ref()).await;
         let addr = config.http.listen;
         let listener = TcpListener::bind(addr)
             .await
@@ -172,6 +176,7 @@ impl Application {
             routing,
             keys,
             redis,
+            subscription,
             reload_interval: config.snapshot_reload_interval,
             catch_up_interval: config.snapshot_catch_up_interval,
             sample_interval: config.metrics.pool_sample_interval,
@@ -197,6 +202,8 @@ impl Application {
             self.routing.clone(),
             self.keys.clone(),
             self.redis.clone(),
+            self.subscription,
+            self.state.guard.clone(),
             self.state.metrics.clone(),
             (self.catch_up_interval, self.reload_interval),
             workers.clone(),
@@ -263,6 +270,8 @@ async fn follow_changes(
     routing: Arc<RoutingTable>,
     keys: Arc<KeyRing>,
     redis: Option<Arc<tm_redis::Redis>>,
+    mut subscription: Option<ChangeSubscription>,
+    guard: Arc<tm_http::Guard>,
     metrics: Arc<Metrics>,
     (catch_up_every, reload_every): (Duration, Duration),
     stop: CancellationToken,
@@ -273,7 +282,9 @@ async fn follow_changes(
         tick
     };
     let (mut catch_up, mut reload) = (ticker(catch_up_every), ticker(reload_every));
-    let mut subscription = subscribe(store.as_ref()).await;
+    if subscription.is_none() {
+        subscription = subscribe(store.as_ref()).await;
+    }
     let mut fan_out = subscribe_redis(redis.as_deref()).await;
     // Whatever committed before the subscription was listening is in the feed: catch
     // up once at the start, as after every new subscription.
@@ -288,6 +299,8 @@ async fn follow_changes(
     loop {
         if !changed.services.is_empty() {
             let (services, made_at): (Vec<_>, Vec<_>) = changed.services.into_iter().unzip();
+            // Cached list and get answers may predate the change.
+            guard.forget_cached_reads();
             match routing.refresh_services(&services).await {
                 Ok(()) => observe(&made_at),
                 Err(err) => {
@@ -301,6 +314,7 @@ async fn follow_changes(
             match routing.catch_up().await {
                 Ok(services) => {
                     if services > 0 {
+                        guard.forget_cached_reads();
                         tracing::debug!(services, "routing snapshot caught up");
                     }
                 }

@@ -271,3 +271,86 @@ async fn the_service_rides_out_a_cluster_master_failing_over() {
     assert_eq!(status, StatusCode::CREATED);
     assert_eq!(headers["idempotent-replayed"], "true");
 }
+
+fn client_of(url: String) -> tm_redis::Redis {
+    let config = tm_config::Config::try_from(config(Some(url), None)).expect("config");
+    tm_redis::Redis::new(
+        config.redis.as_ref().expect("redis configured"),
+        Arc::new(tm_telemetry::Metrics::new(10, "test")),
+    )
+    .expect("client")
+}
+
+#[tokio::test]
+async fn the_rebuild_lock_has_one_holder_and_expires() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let (a, b) = (client_of(redis.url()), client_of(redis.url()));
+    let held = a
+        .try_lock("rebuild", Duration::from_secs(30))
+        .await
+        .expect("redis up")
+        .expect("free");
+    assert!(b
+        .try_lock("rebuild", Duration::from_secs(30))
+        .await
+        .expect("redis up")
+        .is_none());
+    a.unlock(held).await.expect("redis up");
+    let taken = b
+        .try_lock("rebuild", Duration::from_millis(200))
+        .await
+        .expect("redis up")
+        .expect("free again");
+    // A holder that never gives it back (it died) loses it when it expires.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after_expiry = a
+        .try_lock("rebuild", Duration::from_secs(30))
+        .await
+        .expect("redis up")
+        .expect("expired");
+    // The late unlock of the expired holder does not release the new holder's lock.
+    b.unlock(taken).await.expect("redis up");
+    assert!(b
+        .try_lock("rebuild", Duration::from_secs(30))
+        .await
+        .expect("redis up")
+        .is_none());
+    a.unlock(after_expiry).await.expect("redis up");
+}
+
+#[tokio::test]
+async fn the_shared_budget_is_gcra() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let (a, b) = (client_of(redis.url()), client_of(redis.url()));
+    let per_request = Duration::from_secs(20);
+    let mut remaining = Vec::new();
+    for client in [&a, &b, &a] {
+        let drawn = client
+            .gcra("test:key", per_request, 3)
+            .await
+            .expect("redis up");
+        assert!(drawn.allowed);
+        remaining.push(drawn.remaining);
+    }
+    assert_eq!(remaining, [2, 1, 0]);
+    let refused = b.gcra("test:key", per_request, 3).await.expect("redis up");
+    assert!(!refused.allowed);
+    assert!(
+        refused.retry_after > Duration::from_secs(19) && refused.retry_after <= per_request,
+        "{:?}",
+        refused.retry_after
+    );
+    assert!(refused.reset_after > Duration::from_secs(59));
+    // Another bucket is whole.
+    assert_eq!(
+        a.gcra("test:other", per_request, 3)
+            .await
+            .expect("redis up")
+            .remaining,
+        2
+    );
+}

@@ -122,6 +122,12 @@ impl Guard {
         }
     }
 
+    /// Makes every cached read stale (kept only as a fallback while the database is
+    /// unusable): for changes made by other instances, which this one hears about.
+    pub fn forget_cached_reads(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
     pub fn breaker_state(&self) -> BreakerState {
         self.breaker.state()
     }
