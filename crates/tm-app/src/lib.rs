@@ -198,13 +198,15 @@ impl Application {
     pub async fn run_until(self, shutdown: CancellationToken) -> Result<(), RunError> {
         let workers = CancellationToken::new();
         let mut reloader: JoinHandle<()> = tokio::spawn(follow_changes(
-            self.store.clone(),
-            self.routing.clone(),
-            self.keys.clone(),
-            self.redis.clone(),
+            Followed {
+                store: self.store.clone(),
+                routing: self.routing.clone(),
+                keys: self.keys.clone(),
+                redis: self.redis.clone(),
+                guard: self.state.guard.clone(),
+                metrics: self.state.metrics.clone(),
+            },
             self.subscription,
-            self.state.guard.clone(),
-            self.state.metrics.clone(),
             (self.catch_up_interval, self.reload_interval),
             workers.clone(),
         ));
@@ -258,6 +260,17 @@ impl Application {
     }
 }
 
+/// What [`follow_changes`] keeps in step, and with what.
+struct Followed {
+    store: Arc<dyn Store>,
+    routing: Arc<RoutingTable>,
+    keys: Arc<KeyRing>,
+    redis: Option<Arc<tm_redis::Redis>>,
+    /// Whose cached reads changes made elsewhere make stale.
+    guard: Arc<tm_http::Guard>,
+    metrics: Arc<Metrics>,
+}
+
 /// Keeps the snapshot and the keys in step with the store. Where the store sends change
 /// notifications (PostgreSQL), each one triggers a catch-up at once. Every `catch_up`
 /// regardless, the snapshot applies the changes recorded since its last look (made by
@@ -266,16 +279,19 @@ impl Application {
 /// a safety net for changes made to the database directly; with Redis, one instance of
 /// the fleet at a time. Key changes published on Redis reload the keys at once.
 async fn follow_changes(
-    store: Arc<dyn Store>,
-    routing: Arc<RoutingTable>,
-    keys: Arc<KeyRing>,
-    redis: Option<Arc<tm_redis::Redis>>,
+    followed: Followed,
     mut subscription: Option<ChangeSubscription>,
-    guard: Arc<tm_http::Guard>,
-    metrics: Arc<Metrics>,
     (catch_up_every, reload_every): (Duration, Duration),
     stop: CancellationToken,
 ) {
+    let Followed {
+        store,
+        routing,
+        keys,
+        redis,
+        guard,
+        metrics,
+    } = followed;
     let ticker = |every: Duration| {
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
