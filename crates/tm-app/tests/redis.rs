@@ -208,6 +208,52 @@ async fn without_redis_requests_go_on_degraded_and_recover() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_redis_costs_a_request_at_most_its_timeout() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let instance = Instance::start(RawConfig {
+        redis_timeout: Duration::from_millis(100),
+        ..config(Some(redis.url()), None)
+    })
+    .await;
+    let (status, _, _) = create(&instance, "warm-up", "warm-up").await;
+    assert_eq!(status, StatusCode::CREATED);
+
+    redis.signal("STOP");
+    let started = std::time::Instant::now();
+    let mut slowest = Duration::ZERO;
+    for n in 0..30 {
+        let sent = std::time::Instant::now();
+        let (status, _, _) = instance
+            .send(ADMIN, Method::GET, "/api/v1/routes", None, &[])
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        let (status, _, _) =
+            create(&instance, &format!("frozen-{n}"), &format!("frozen-{n}")).await;
+        assert_eq!(status, StatusCode::CREATED);
+        slowest = slowest.max(sent.elapsed());
+    }
+    // A request waits for Redis at most once per command it needs (rate limit, claim,
+    // answer); after three failures the breaker answers for Redis at once.
+    assert!(slowest < Duration::from_millis(600), "slowest {slowest:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "60 requests took {:?}",
+        started.elapsed()
+    );
+    let (status, ready) = instance.ready().await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(ready["status"], "degraded", "{ready}");
+
+    redis.signal("CONT");
+    eventually(Duration::from_secs(10), "ready again", || async {
+        instance.ready().await.1["status"] == "ready"
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_service_rides_out_a_cluster_master_failing_over() {
     let Some(mut cluster) = RedisCluster::start() else {
         return;
