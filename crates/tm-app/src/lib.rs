@@ -301,6 +301,7 @@ async fn follow_changes(
     if subscription.is_none() {
         subscription = subscribe(store.as_ref()).await;
     }
+    let mut rebuilding: Option<JoinHandle<()>> = None;
     let mut fan_out = subscribe_redis(redis.as_deref()).await;
     // Whatever committed before the subscription was listening is in the feed: catch
     // up once at the start, as after every new subscription.
@@ -344,7 +345,12 @@ async fn follow_changes(
             }
         }
         changed = tokio::select! {
-            _ = stop.cancelled() => return,
+            _ = stop.cancelled() => {
+                if let Some(rebuild) = rebuilding.take() {
+                    rebuild.abort();
+                }
+                return;
+            }
             _ = catch_up.tick() => {
                 if subscription.is_none() {
                     subscription = subscribe(store.as_ref()).await;
@@ -355,7 +361,15 @@ async fn follow_changes(
                 Changed::all()
             }
             _ = reload.tick() => {
-                rebuild(&routing, redis.as_deref(), &metrics).await;
+                // In a task of its own: waiting its turn, or a long rebuild, must not
+                // hold up notifications and catch-ups. One at a time.
+                if rebuilding.as_ref().is_none_or(JoinHandle::is_finished) {
+                    rebuilding = Some(tokio::spawn(rebuild(
+                        routing.clone(),
+                        redis.clone(),
+                        metrics.clone(),
+                    )));
+                }
                 Changed::default()
             }
             message = next_message(&mut fan_out) => match message {
@@ -386,9 +400,13 @@ const REBUILD_LOCK_TTL: Duration = Duration::from_secs(300);
 /// Rebuilds the snapshot from scratch. With Redis, instances take turns: a full read of
 /// every route is the most expensive query there is, and a fleet doing it at once would
 /// load the database N-fold. Without Redis (or while it is unusable), no turns.
-async fn rebuild(routing: &RoutingTable, redis: Option<&tm_redis::Redis>, metrics: &Metrics) {
+async fn rebuild(
+    routing: Arc<RoutingTable>,
+    redis: Option<Arc<tm_redis::Redis>>,
+    metrics: Arc<Metrics>,
+) {
     let mut lock = None;
-    if let Some(redis) = redis {
+    if let Some(redis) = &redis {
         let deadline = tokio::time::Instant::now() + REBUILD_LOCK_TTL;
         loop {
             match redis.try_lock("snapshot-rebuild", REBUILD_LOCK_TTL).await {
@@ -417,7 +435,7 @@ async fn rebuild(routing: &RoutingTable, redis: Option<&tm_redis::Redis>, metric
         Err(err) => tracing::warn!(error = %err,
             "routing snapshot reload failed; serving the previous one"),
     }
-    if let (Some(redis), Some(lock)) = (redis, lock) {
+    if let (Some(redis), Some(lock)) = (&redis, lock) {
         let _ = redis.unlock(lock).await;
     }
 }
@@ -426,7 +444,9 @@ async fn rebuild(routing: &RoutingTable, redis: Option<&tm_redis::Redis>, metric
 async fn subscribe_redis(
     redis: Option<&tm_redis::Redis>,
 ) -> Option<futures::stream::BoxStream<'static, String>> {
-    redis?.subscribe(KEYS_CHANNEL).await.ok()
+    // Not while Redis is known to be unusable: each node would be tried in turn.
+    let redis = redis.filter(|r| !r.degraded())?;
+    redis.subscribe(KEYS_CHANNEL).await.ok()
 }
 
 /// The next message published; never, without a subscription; `None` when it ended.

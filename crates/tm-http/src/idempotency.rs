@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, IF_MATCH};
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -26,13 +26,21 @@ pub static IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent
 
 /// How long an answer is kept for repeats.
 const KEEP_FOR: Duration = Duration::from_secs(24 * 3600);
-/// How long a claim holds while its request is answered; a process that dies meanwhile
-/// frees the key after this.
+/// How long a claim holds at least while its request is answered; a process that dies
+/// meanwhile frees the key after this. Longer when the write time-outs are.
 const PENDING_FOR: Duration = Duration::from_secs(60);
+
+/// A claim outlives any request it covers: its waits for capacity and its time-out.
+fn pending_for(state: &AppState) -> Duration {
+    let guards = &state.config.guards;
+    PENDING_FOR.max((guards.bulkhead_wait + guards.timeout_write) * 2)
+}
 /// The headers of an answer that are kept and replayed.
 const KEPT_HEADERS: &[&str] = &["content-type", "etag", "location"];
 /// Largest answer kept.
 const MAX_KEPT_BODY: usize = 1024 * 1024;
+/// Bound on looking for a record kept in the database after claiming in Redis.
+const DATABASE_LOOKUP: Duration = Duration::from_millis(500);
 
 /// Where a claim was made, so the answer is kept in the same place.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -143,20 +151,22 @@ pub async fn idempotency(State(state): State<AppState>, request: Request, next: 
     Response::from_parts(parts, Body::from(body))
 }
 
-/// Hex SHA-256 of method, path with query, content type and body.
+/// Hex SHA-256 of method, path with query, content type, precondition and body.
 fn fingerprint(parts: &axum::http::request::Parts, body: &Bytes) -> String {
     let mut digest = Sha256::new();
     digest.update(parts.method.as_str());
     digest.update(b"\n");
     digest.update(parts.uri.path_and_query().map_or("", |p| p.as_str()));
     digest.update(b"\n");
-    digest.update(
-        parts
-            .headers
-            .get(CONTENT_TYPE)
-            .map_or(&b""[..], HeaderValue::as_bytes),
-    );
-    digest.update(b"\n");
+    for name in [CONTENT_TYPE, IF_MATCH] {
+        digest.update(
+            parts
+                .headers
+                .get(name)
+                .map_or(&b""[..], HeaderValue::as_bytes),
+        );
+        digest.update(b"\n");
+    }
     digest.update(body);
     digest
         .finalize()
@@ -202,15 +212,21 @@ async fn claim(
 ) -> Result<(Backend, Option<IdempotencyRecord>), ApiError> {
     if let Some(redis) = &state.redis {
         match redis
-            .claim_idempotency_key(scope, key, fingerprint, PENDING_FOR)
+            .claim_idempotency_key(scope, key, fingerprint, pending_for(state))
             .await
         {
             Ok(Some(kept)) => return Ok((Backend::Redis, Some(kept))),
             Ok(None) => {
-                // An answer kept in the database while Redis was unusable still counts.
-                let in_database = bounded(state, state.store.get_idempotency_key(scope, key)).await;
+                // What was kept in the database while Redis was unusable still counts:
+                // an answer, another request's key, a request still being answered.
+                // Looked up briefly: past that, the Redis claim stands.
+                let in_database = tokio::time::timeout(
+                    DATABASE_LOOKUP,
+                    state.store.get_idempotency_key(scope, key),
+                )
+                .await;
                 return match in_database {
-                    Ok(Some(kept)) if kept.response.is_some() => {
+                    Ok(Ok(Some(kept))) => {
                         let _ = redis.release_idempotency_key(scope, key, fingerprint).await;
                         Ok((Backend::Database, Some(kept)))
                     }
@@ -230,7 +246,7 @@ async fn claim(
         state,
         state
             .store
-            .claim_idempotency_key(scope, key, fingerprint, PENDING_FOR),
+            .claim_idempotency_key(scope, key, fingerprint, pending_for(state)),
     )
     .await?;
     Ok((Backend::Database, kept))

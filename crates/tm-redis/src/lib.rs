@@ -136,7 +136,7 @@ impl Redis {
         let pool = Pool::builder(manager)
             .max_size(max)
             .runtime(deadpool::Runtime::Tokio1)
-            .wait_timeout(Some(config.timeout))
+            .wait_timeout(Some(config.connect_timeout))
             .create_timeout(Some(config.connect_timeout))
             .build()
             .map_err(|e| {
@@ -216,21 +216,15 @@ impl Redis {
             return Err(Unavailable);
         };
         let started = Instant::now();
-        let outcome = tokio::time::timeout(self.timeout, async {
-            let mut conn = self.pool.get().await.map_err(|e| e.to_string())?;
-            let result = match request {
-                Request::Cmd(cmd) => cmd.query_async(&mut *conn).await,
-                Request::Script(invocation) => invocation.invoke_async(&mut *conn).await,
-            };
-            if let Err(e) = &result {
-                if e.is_unrecoverable_error() || e.is_connection_dropped() || e.is_io_error() {
-                    // A broken connection is not given back to the pool.
-                    drop(deadpool::managed::Object::take(conn));
-                }
-            }
-            result.map_err(|e| e.to_string())
-        })
-        .await;
+        // Opening a connection (a cluster's: its slot map too) has its own bound.
+        let outcome = match tokio::time::timeout(self.connect_timeout, self.pool.get()).await {
+            Err(_) => Ok(Err(format!(
+                "no connection within {} ms",
+                self.connect_timeout.as_millis()
+            ))),
+            Ok(Err(e)) => Ok(Err(e.to_string())),
+            Ok(Ok(conn)) => tokio::time::timeout(self.timeout, self.send(conn, request)).await,
+        };
         self.metrics
             .redis_command_duration
             .with_label_values(&[command])
@@ -252,6 +246,29 @@ impl Redis {
         tracing::debug!(command, error = %failure, "Redis command failed");
         self.note_state();
         Err(Unavailable)
+    }
+
+    /// One request on `conn`; a connection that broke is not given back to the pool.
+    async fn send<T: FromRedisValue>(
+        &self,
+        mut conn: deadpool::managed::Object<Manager>,
+        request: Request<'_>,
+    ) -> Result<T, String> {
+        let result = match request {
+            Request::Cmd(cmd) => cmd.query_async(&mut *conn).await,
+            Request::Script(invocation) => invocation.invoke_async(&mut *conn).await,
+        };
+        if let Err(e) = &result {
+            // A time-out leaves a multiplexed connection usable (the late answer is
+            // dropped); a frozen server is the breaker's business, not a reason to dial
+            // again and wait on the handshake.
+            if !e.is_timeout()
+                && (e.is_unrecoverable_error() || e.is_connection_dropped() || e.is_io_error())
+            {
+                drop(deadpool::managed::Object::take(conn));
+            }
+        }
+        result.map_err(|e| e.to_string())
     }
 
     fn note_state(&self) {
@@ -353,7 +370,17 @@ impl Redis {
         let kept: Option<String> = self
             .run("idempotency", Request::Script(&invocation))
             .await?;
-        Ok(kept.and_then(|json| serde_json::from_str(&json).ok()))
+        Ok(kept.map(|json| {
+            serde_json::from_str(&json).unwrap_or_else(|error| {
+                // Never write twice: a record that cannot be read holds the key as if
+                // its request were still being answered, until it expires.
+                tracing::warn!(%error, "unreadable idempotency record in Redis");
+                IdempotencyRecord {
+                    fingerprint: fingerprint.to_owned(),
+                    response: None,
+                }
+            })
+        }))
     }
 
     /// Keeps the answer under a claimed key for `keep_for`.

@@ -805,7 +805,7 @@ impl Store for PostgresStore {
             // Expired and deleted by another claim between the two statements: that claim
             // holds the key now.
             None => Ok(Some(crate::IdempotencyRecord {
-                fingerprint: String::new(),
+                fingerprint: fingerprint.to_owned(),
                 response: None,
             })),
         }

@@ -595,7 +595,7 @@ impl Store for SqliteStore {
             // Expired and deleted by another claim between the two statements: that claim
             // holds the key now.
             None => Ok(Some(crate::IdempotencyRecord {
-                fingerprint: String::new(),
+                fingerprint: fingerprint.to_owned(),
                 response: None,
             })),
         }
