@@ -9,7 +9,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::Cluster;
+use common::{eventually, Cluster};
 
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -110,23 +110,6 @@ impl App {
             .unwrap_or_default()
             .to_owned()
     }
-}
-
-/// Polls `check` until it holds or `within` passes; returns how long it took.
-async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F) -> Duration
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let started = Instant::now();
-    while !check().await {
-        assert!(
-            started.elapsed() < within,
-            "{what} did not happen within {within:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    started.elapsed()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -15,22 +15,9 @@ use tm_app::Application;
 use tm_config::{Config, RawConfig};
 use tokio_util::sync::CancellationToken;
 
-use common::Cluster;
+use common::{eventually, Cluster};
 
 const ADMIN: &str = "replica-test-admin-key-0123456789abcdef";
-
-/// Polls `check` until it holds, for at most `within`.
-async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let started = Instant::now();
-    while !check().await {
-        assert!(started.elapsed() < within, "{what}: not within {within:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 struct Client {
     base: String,
