@@ -170,3 +170,40 @@ async fn errors_worth_retrying_are_not_kept_and_bad_keys_are_refused() {
         .iter()
         .all(|k| k["name"] != "ci"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_repeats_write_once() {
+    let app = spawn_app().await;
+    let body = route("acme", "checkout", "prod", "v1", "http://a.internal");
+    let replies = futures::future::join_all(
+        (0..8).map(|_| send(&app, Method::POST, "/api/v1/routes", body.clone(), "burst")),
+    )
+    .await;
+    let created: Vec<&Reply> = replies
+        .iter()
+        .filter(|r| r.status == StatusCode::CREATED)
+        .collect();
+    assert!(!created.is_empty());
+    for reply in &replies {
+        // Each repeat either got the first answer or was told it is still being made.
+        assert!(
+            reply.status == StatusCode::CREATED || reply.status == StatusCode::CONFLICT,
+            "{}",
+            reply.status
+        );
+        if reply.status == StatusCode::CONFLICT {
+            assert_eq!(
+                reply.json()["type"],
+                "urn:traffic-manager:problem:idempotency-key-in-use"
+            );
+            assert!(reply.headers.contains_key("retry-after"));
+        }
+    }
+    let first = &created[0].body;
+    assert!(
+        created.iter().all(|r| &r.body == first),
+        "one answer for all"
+    );
+    let listed = app.get("/api/v1/routes?service=checkout").await.json();
+    assert_eq!(listed["items"].as_array().map(Vec::len), Some(1));
+}
