@@ -62,6 +62,7 @@ pub fn with_cors<S: Clone + Send + Sync + 'static>(
                 HeaderName::from_static("x-request-id"),
                 HeaderName::from_static("x-correlation-id"),
                 HeaderName::from_static("traceparent"),
+                HeaderName::from_static("idempotency-key"),
             ])
             .expose_headers([
                 header::ETAG,
@@ -69,6 +70,7 @@ pub fn with_cors<S: Clone + Send + Sync + 'static>(
                 header::RETRY_AFTER,
                 HeaderName::from_static("x-request-id"),
                 HeaderName::from_static("x-correlation-id"),
+                HeaderName::from_static("idempotent-replayed"),
             ])
             .max_age(std::time::Duration::from_secs(600)),
     )
