@@ -178,6 +178,20 @@ pub enum Problems {
     Unavailable(ProblemDoc),
 }
 
+/// What a write sent with `Idempotency-Key` may answer besides its own answers (a
+/// repeat gets the first answer again, with `Idempotent-Replayed: true`).
+#[derive(utoipa::IntoResponses)]
+#[expect(dead_code, reason = "only documents responses")]
+pub enum IdempotencyProblems {
+    /// The first request with this `Idempotency-Key` is still being answered.
+    #[response(
+        status = 409,
+        content_type = "application/problem+json",
+        headers(("Retry-After" = u32, description = "Seconds to wait"))
+    )]
+    InUse(ProblemDoc),
+}
+
 /// Errors only requests with a body may answer.
 #[derive(utoipa::IntoResponses)]
 #[expect(dead_code, reason = "only documents responses")]

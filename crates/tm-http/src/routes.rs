@@ -208,12 +208,15 @@ fn route_etag(route: &Route) -> HeaderValue {
     post,
     path = "/api/v1/routes",
     tag = "routes",
+    params(
+        ("Idempotency-Key" = Option<String>, Header, description = "1–255 visible ASCII characters: a repeat of this request with the same key within 24 hours gets the first answer; the same key with another request answers 422"),
+    ),
     request_body = CreateBody,
     responses(
         (status = 201, description = "Created", body = Route,
             headers(("Location" = String), ("ETag" = String, description = "`\"<revision>\"`"))),
-        (status = 409, description = "A route with this key exists", body = crate::openapi::ProblemDoc,
-            content_type = "application/problem+json"),
+        (status = 409, description = "A route with this key exists, or the first request with this Idempotency-Key is still being answered",
+            body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
         crate::openapi::Problems,
         crate::openapi::BodyProblems,
     ),
@@ -250,10 +253,14 @@ pub async fn create(
     post,
     path = "/api/v1/routes/activate",
     tag = "routes",
+    params(
+        ("Idempotency-Key" = Option<String>, Header, description = "1–255 visible ASCII characters: a repeat of this request with the same key within 24 hours gets the first answer; the same key with another request answers 422"),
+    ),
     request_body = KeyBody,
     responses(
         (status = 200, description = "The route, active", body = Route, headers(("ETag" = String))),
         crate::openapi::Problems,
+        crate::openapi::IdempotencyProblems,
         crate::openapi::BodyProblems,
     ),
 )]
@@ -270,10 +277,14 @@ pub async fn activate(
     post,
     path = "/api/v1/routes/deactivate",
     tag = "routes",
+    params(
+        ("Idempotency-Key" = Option<String>, Header, description = "1–255 visible ASCII characters: a repeat of this request with the same key within 24 hours gets the first answer; the same key with another request answers 422"),
+    ),
     request_body = KeyBody,
     responses(
         (status = 200, description = "The route, inactive", body = Route, headers(("ETag" = String))),
         crate::openapi::Problems,
+        crate::openapi::IdempotencyProblems,
         crate::openapi::BodyProblems,
     ),
 )]
@@ -467,6 +478,7 @@ pub async fn get(
     params(
         ("id" = String, Path, format = "uuid", description = "Route id"),
         ("If-Match" = Option<String>, Header, description = "`\"<revision>\"` or `*`"),
+        ("Idempotency-Key" = Option<String>, Header, description = "1–255 visible ASCII characters: a repeat of this request with the same key within 24 hours gets the first answer; the same key with another request answers 422"),
     ),
     request_body = PatchBody,
     responses(
@@ -474,6 +486,7 @@ pub async fn get(
         (status = 412, description = "`If-Match` names another revision", body = crate::openapi::ProblemDoc,
             content_type = "application/problem+json"),
         crate::openapi::Problems,
+        crate::openapi::IdempotencyProblems,
         crate::openapi::BodyProblems,
     ),
 )]
@@ -511,12 +524,14 @@ pub async fn patch(
     params(
         ("id" = String, Path, format = "uuid", description = "Route id"),
         ("If-Match" = Option<String>, Header, description = "`\"<revision>\"` or `*`"),
+        ("Idempotency-Key" = Option<String>, Header, description = "1–255 visible ASCII characters: a repeat of this request with the same key within 24 hours gets the first answer; the same key with another request answers 422"),
     ),
     responses(
         (status = 204, description = "Deleted"),
         (status = 412, description = "`If-Match` names another revision", body = crate::openapi::ProblemDoc,
             content_type = "application/problem+json"),
         crate::openapi::Problems,
+        crate::openapi::IdempotencyProblems,
     ),
 )]
 pub async fn delete(
