@@ -20,13 +20,6 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-mod redis_error {
-    /// Redis's own error, carried as text (the client crate stays an implementation detail).
-    #[derive(Debug, thiserror::Error)]
-    #[error("{0}")]
-    pub struct RedisError(pub String);
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("opening the {backend} store")]
@@ -46,7 +39,7 @@ pub enum StartError {
         source: std::io::Error,
     },
     #[error("configuring Redis")]
-    Redis(#[source] redis_error::RedisError),
+    Redis(#[source] tm_redis::RedisError),
     #[error("binding {addr}")]
     Bind {
         addr: SocketAddr,
@@ -136,7 +129,7 @@ impl Application {
             .map(|redis| {
                 tm_redis::Redis::new(redis, metrics.clone())
                     .map(Arc::new)
-                    .map_err(|e| StartError::Redis(redis_error::RedisError(e.to_string())))
+                    .map_err(StartError::Redis)
             })
             .transpose()?;
         if let Some(redis) = &redis {
@@ -424,7 +417,7 @@ async fn rebuild(
                     break;
                 }
                 Err(tm_redis::Unavailable) => {
-                    metrics.redis_fallbacks.with_label_values(&["lock"]).inc();
+                    metrics.observe_redis_fallback("lock");
                     break;
                 }
             }

@@ -223,11 +223,7 @@ async fn check_rate(
             {
                 Ok(decision) => Some(decision),
                 Err(tm_redis::Unavailable) => {
-                    state
-                        .metrics
-                        .redis_fallbacks
-                        .with_label_values(&["rate_limit"])
-                        .inc();
+                    state.metrics.observe_redis_fallback("rate_limit");
                     None
                 }
             }

@@ -49,13 +49,8 @@ enum Backend {
     Database,
 }
 
+/// The layer of the write routes (the router puts it on those alone).
 pub async fn idempotency(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    if !matches!(
-        *request.method(),
-        Method::POST | Method::PATCH | Method::PUT | Method::DELETE
-    ) {
-        return next.run(request).await;
-    }
     let Some(raw_key) = request.headers().get(&IDEMPOTENCY_KEY) else {
         return next.run(request).await;
     };
@@ -234,11 +229,7 @@ async fn claim(
                 };
             }
             Err(tm_redis::Unavailable) => {
-                state
-                    .metrics
-                    .redis_fallbacks
-                    .with_label_values(&["idempotency"])
-                    .inc();
+                state.metrics.observe_redis_fallback("idempotency");
             }
         }
     }
@@ -273,11 +264,7 @@ async fn keep(
             {
                 return;
             }
-            state
-                .metrics
-                .redis_fallbacks
-                .with_label_values(&["idempotency"])
-                .inc();
+            state.metrics.observe_redis_fallback("idempotency");
         }
     }
     let kept = bounded(

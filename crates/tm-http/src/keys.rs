@@ -209,11 +209,7 @@ pub async fn revoke(
 async fn announce_key_change(state: &AppState) {
     if let Some(redis) = &state.redis {
         if redis.publish(KEYS_CHANNEL, "changed").await.is_err() {
-            state
-                .metrics
-                .redis_fallbacks
-                .with_label_values(&["fan_out"])
-                .inc();
+            state.metrics.observe_redis_fallback("fan_out");
         }
     }
 }

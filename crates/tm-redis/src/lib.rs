@@ -22,6 +22,9 @@ use tm_telemetry::Metrics;
 
 use connection::{Manager, Pool};
 
+/// What can stop [`Redis::new`]: the client's own error.
+pub use redis::RedisError;
+
 /// Prefix of every key this service writes.
 const PREFIX: &str = "tm:";
 
@@ -67,7 +70,6 @@ enum Request<'a> {
 
 pub struct Redis {
     pool: Pool,
-    max: u32,
     timeout: Duration,
     connect_timeout: Duration,
     breaker: CircuitBreaker,
@@ -77,8 +79,8 @@ pub struct Redis {
     cluster: bool,
     gcra: Script,
     claim: Script,
-    release: Script,
-    unlock: Script,
+    /// Releases an idempotency claim or a lock, if still the caller's.
+    compare_and_delete: Script,
 }
 
 /// Draws one request from the budget at `KEYS[1]`: `ARGV[1]` microseconds per request,
@@ -153,7 +155,6 @@ impl Redis {
         metrics.redis_degraded.set(0);
         Ok(Self {
             pool,
-            max: config.pool_max,
             timeout: config.timeout,
             connect_timeout: config.connect_timeout,
             breaker: CircuitBreaker::new(BreakerConfig {
@@ -170,8 +171,7 @@ impl Redis {
             cluster: matches!(config.nodes, RedisNodes::Cluster(_)),
             gcra: Script::new(GCRA),
             claim: Script::new(CLAIM),
-            release: Script::new(COMPARE_AND_DELETE),
-            unlock: Script::new(COMPARE_AND_DELETE),
+            compare_and_delete: Script::new(COMPARE_AND_DELETE),
         })
     }
 
@@ -201,7 +201,7 @@ impl Redis {
             idle: n(status.available),
             in_use: n(status.size.saturating_sub(status.available)),
             waiting: n(status.waiting),
-            max: self.max,
+            max: n(status.max_size),
         }
     }
 
@@ -407,7 +407,7 @@ impl Redis {
         key: &str,
         fingerprint: &str,
     ) -> Result<(), Unavailable> {
-        let mut invocation = self.release.prepare_invoke();
+        let mut invocation = self.compare_and_delete.prepare_invoke();
         invocation
             .key(Self::idempotency_key(scope, key))
             .arg(pending_record(fingerprint));
@@ -434,7 +434,7 @@ impl Redis {
 
     /// Gives `lock` back, if it is still ours.
     pub async fn unlock(&self, lock: Lock) -> Result<(), Unavailable> {
-        let mut invocation = self.unlock.prepare_invoke();
+        let mut invocation = self.compare_and_delete.prepare_invoke();
         invocation.key(&lock.key).arg(&lock.token);
         self.run::<i64>("lock", Request::Script(&invocation))
             .await

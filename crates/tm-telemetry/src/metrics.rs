@@ -64,7 +64,7 @@ pub struct Metrics {
     /// 1 while Redis is configured but unusable (its work done locally meanwhile).
     pub redis_degraded: IntGauge,
     /// Work done without Redis while it was unusable, by feature.
-    pub redis_fallbacks: IntCounterVec,
+    redis_fallbacks: IntCounterVec,
     app_uptime_seconds: Gauge,
 }
 
@@ -452,6 +452,12 @@ impl Metrics {
         self.db_replica_lag
             .with_label_values(&[replica])
             .set(seconds);
+    }
+
+    /// Counts one piece of work done without Redis (`feature`: `rate_limit`,
+    /// `idempotency`, `lock`, `fan_out`).
+    pub fn observe_redis_fallback(&self, feature: &str) {
+        self.redis_fallbacks.with_label_values(&[feature]).inc();
     }
 
     /// Records how long a change took to reach this instance's snapshot.
