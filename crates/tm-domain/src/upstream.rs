@@ -206,6 +206,9 @@ mod tests {
             port in proptest::option::of(1u16..),
             path in "(/[a-zA-Z0-9._~-]{0,12}){0,4}",
         ) {
+            // A label starting with `xn--` is an IDNA (punycode) label and must decode as
+            // one: not valid by construction, so this generator leaves those out.
+            prop_assume!(!host.split('.').any(|label| label.starts_with("xn--")));
             let port = port.map(|p| format!(":{p}")).unwrap_or_default();
             let raw = format!("{scheme}://{host}{port}{path}");
             let url = UpstreamUrl::parse(&raw).expect("valid by construction");
