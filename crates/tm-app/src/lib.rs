@@ -2,6 +2,8 @@
 //! open the store and migrate, load the routing snapshot, bind the listener — and
 //! [`Application::run_until`] only serves, until the given token is cancelled.
 
+mod bootstrap;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -71,6 +73,8 @@ pub struct Application {
     catch_up_interval: Duration,
     sample_interval: Duration,
     shutdown_grace: Duration,
+    /// The admin key made on this start, the store having had none.
+    bootstrap_key: Option<ApiKey>,
 }
 
 impl Application {
@@ -94,8 +98,9 @@ impl Application {
             .bootstrap_admin_key
             .as_ref()
             .map(|k| k.expose_secret().to_owned());
+        let mut bootstrap_key = None;
         if configured_admin.is_none() {
-            bootstrap_admin_key(store.as_ref(), &config.data_dir).await?;
+            bootstrap_key = bootstrap::admin_key(store.as_ref(), &config.data_dir).await?;
         }
         let keys = Arc::new(
             KeyRing::load(store.clone(), configured_admin.as_deref())
@@ -174,6 +179,7 @@ impl Application {
             catch_up_interval: config.snapshot_catch_up_interval,
             sample_interval: config.metrics.pool_sample_interval,
             shutdown_grace,
+            bootstrap_key,
         })
     }
 
@@ -184,6 +190,13 @@ impl Application {
 
     pub fn store(&self) -> Arc<dyn Store> {
         self.store.clone()
+    }
+
+    /// The admin key this start made, the store having had none: for the caller to show
+    /// once (it is also in `<data_dir>/bootstrap-admin.key`). `None` when a key existed
+    /// already or one is configured.
+    pub fn bootstrap_key(&self) -> Option<&ApiKey> {
+        self.bootstrap_key.as_ref()
     }
 
     /// Serves until `shutdown` is cancelled, then stops accepting, gives in-flight
@@ -522,47 +535,4 @@ pub async fn create_key(
     let stored = store.create_key(&record).await.map_err(StartError::Keys);
     store.close().await;
     stored.map(|()| (key, record))
-}
-
-/// On a store that never had a key, makes an admin key, prints it once on stdout and
-/// writes it to `<data_dir>/bootstrap-admin.key` (mode 0600). Only one instance of a
-/// fleet wins; the others find a key already made and do nothing.
-async fn bootstrap_admin_key(
-    store: &dyn Store,
-    data_dir: &std::path::Path,
-) -> Result<(), StartError> {
-    let key = ApiKey::new(KeyId::generate(), rand::random());
-    let record = KeyRecord::new(&key, "bootstrap admin".to_owned(), Grant::Admin);
-    if !store
-        .create_first_key(&record)
-        .await
-        .map_err(StartError::Keys)?
-    {
-        return Ok(());
-    }
-    let path = data_dir.join("bootstrap-admin.key");
-    write_secret_file(&path, &key.expose()).map_err(|source| StartError::BootstrapFile {
-        path: path.clone(),
-        source,
-    })?;
-    println!("bootstrap admin key: {}", key.expose());
-    tracing::info!(key.id = %record.id, path = %path.display(), "bootstrap admin key created");
-    Ok(())
-}
-
-/// Writes `contents` to a new file readable by its owner only.
-fn write_secret_file(path: &std::path::Path, contents: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(path)?;
-    #[cfg(unix)]
-    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
-    writeln!(file, "{contents}")?;
-    file.sync_all()
 }
