@@ -217,8 +217,9 @@ fn store_counters(metrics: &Metrics) -> StoreCounters {
     }
 }
 
-/// The Redis client. Redis not answering is no reason not to start: the application
-/// starts degraded, and the metrics sampler's probe lets it back in when it answers.
+/// Makes the Redis client and asks Redis once whether it answers. Not answering is no
+/// reason not to start: the application starts degraded, and the metrics sampler's
+/// probe lets Redis back in once it answers.
 async fn connect_redis(
     config: &tm_config::RedisConfig,
     metrics: &Arc<Metrics>,
