@@ -1,25 +1,29 @@
 //! The composition root. [`Application::build`] does every fallible step of start-up —
 //! open the store and migrate, load the routing snapshot, bind the listener — and
-//! [`Application::run_until`] only serves, until the given token is cancelled.
+//! starts the background workers; [`Application::run_until`] only serves, until the
+//! given token is cancelled, then stops the workers.
+
+mod bootstrap;
+mod workers;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use secrecy::ExposeSecret;
 use tm_config::Config;
 use tm_domain::{ApiKey, Grant, KeyId};
-use tm_http::{AppState, KEYS_CHANNEL};
+use tm_http::AppState;
 use tm_resilience::LocalRateLimiter;
-use tm_store::{
-    ChangeSubscription, Changed, KeyRecord, KeyRing, RoutingTable, Store, StoreCounters, StoreError,
-};
+use tm_store::{KeyRecord, KeyRing, RoutingTable, Store, StoreCounters, StoreError};
 use tm_telemetry::Metrics;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use workers::{Follow, Purge, Rebuild, Sample, Workers};
+
+/// What stops [`Application::build`] (and [`create_key`]), naming the step that failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("opening the {backend} store")]
@@ -48,10 +52,12 @@ pub enum StartError {
     },
 }
 
+/// Why [`Application::run_until`] stopped, when it was not asked to.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error("serving HTTP")]
     Serve(#[source] std::io::Error),
+    /// The HTTP server or a background worker, named, ended on its own or panicked.
     #[error("background task {0} stopped unexpectedly")]
     TaskDied(&'static str),
 }
@@ -61,19 +67,17 @@ pub struct Application {
     listener: TcpListener,
     local_addr: SocketAddr,
     state: AppState,
-    store: Arc<dyn Store>,
-    routing: Arc<RoutingTable>,
-    keys: Arc<KeyRing>,
-    redis: Option<Arc<tm_redis::Redis>>,
-    /// Change notifications, listened to before the first request is served.
-    subscription: Option<ChangeSubscription>,
-    reload_interval: Duration,
-    catch_up_interval: Duration,
-    sample_interval: Duration,
+    /// The background workers, running since `build`.
+    workers: Workers,
+    /// The admin key made on this start, the store having had none.
+    bootstrap_key: Option<ApiKey>,
     shutdown_grace: Duration,
 }
 
 impl Application {
+    /// Opens the store (migrating it), makes the bootstrap admin key on a store that
+    /// never had one (see [`Application::bootstrap_key`]), loads the keys and the routing
+    /// snapshot, binds the listener and starts the background workers.
     pub async fn build(config: Config) -> Result<Self, StartError> {
         let backend = config.storage.backend();
         if config.http.cors == tm_config::CorsOrigins::Any {
@@ -83,60 +87,27 @@ impl Application {
             config.metrics.max_tenants,
             env!("CARGO_PKG_VERSION"),
         ));
-        let counters = StoreCounters {
-            queries: metrics.db_queries.clone(),
-            connection_errors: metrics.db_connection_errors.clone(),
-        };
-        let store = tm_store::connect(&config, counters)
+        let store = tm_store::connect(&config, store_counters(&metrics))
             .await
             .map_err(|source| StartError::Store { backend, source })?;
         let configured_admin = config
             .bootstrap_admin_key
             .as_ref()
             .map(|k| k.expose_secret().to_owned());
+        let mut bootstrap_key = None;
         if configured_admin.is_none() {
-            bootstrap_admin_key(store.as_ref(), &config.data_dir).await?;
+            bootstrap_key = bootstrap::admin_key(store.as_ref(), &config.data_dir).await?;
         }
-        let keys = Arc::new(
-            KeyRing::load(store.clone(), configured_admin.as_deref())
-                .await
-                .map_err(StartError::Keys)?,
-        );
-        let routing = Arc::new(
-            RoutingTable::load(store.clone())
-                .await
-                .map_err(StartError::Snapshot)?,
-        );
-        tracing::info!(
-            backend,
-            routes = routing.snapshot().route_count(),
-            "routing snapshot loaded"
-        );
+        let (keys, routing) = load(&store, configured_admin.as_deref(), backend).await?;
         // Listening before serving: a change committed once this returns is notified.
-        let subscription = subscribe(store.as_ref()).await;
-        let addr = config.http.listen;
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| StartError::Bind { addr, source })?;
-        let local_addr = listener
-            .local_addr()
-            .map_err(|source| StartError::Bind { addr, source })?;
+        let subscription = workers::subscribe(store.as_ref()).await;
+        let (listener, local_addr) = bind(config.http.listen).await?;
         let shutdown_grace = config.http.shutdown_grace;
         let limiter = Arc::new(LocalRateLimiter::new(config.http.rate_limits.clone()));
-        let redis = config
-            .redis
-            .as_ref()
-            .map(|redis| {
-                tm_redis::Redis::new(redis, metrics.clone())
-                    .map(Arc::new)
-                    .map_err(StartError::Redis)
-            })
-            .transpose()?;
-        if let Some(redis) = &redis {
-            if redis.ping().await.is_err() {
-                tracing::warn!("Redis does not answer; starting degraded (local rate limits, idempotency records in the database)");
-            }
-        }
+        let redis = match &config.redis {
+            Some(redis) => Some(connect_redis(redis, &metrics).await?),
+            None => None,
+        };
         // With replicas, a caller that wrote reads from the primary for the lag bound plus
         // one lag check: any replica still in the rotation then has its write.
         let read_your_writes = match &config.storage {
@@ -150,29 +121,33 @@ impl Application {
             _ => None,
         };
         let state = AppState::new(
-            store.clone(),
-            routing.clone(),
-            keys.clone(),
+            store,
+            routing,
+            keys,
             metrics,
             limiter,
             config.http,
             tm_http::Fleet {
-                redis: redis.clone(),
+                redis,
                 read_your_writes,
             },
         );
+        // Every background worker, each on a task of its own.
+        let mut workers = Workers::new();
+        workers.spawn(Follow::new(
+            &state,
+            subscription,
+            config.snapshot_catch_up_interval,
+        ));
+        workers.spawn(Rebuild::new(&state, config.snapshot_reload_interval));
+        workers.spawn(Sample::new(&state, config.metrics.pool_sample_interval));
+        workers.spawn(Purge::new(&state));
         Ok(Self {
             listener,
             local_addr,
             state,
-            store,
-            routing,
-            keys,
-            redis,
-            subscription,
-            reload_interval: config.snapshot_reload_interval,
-            catch_up_interval: config.snapshot_catch_up_interval,
-            sample_interval: config.metrics.pool_sample_interval,
+            workers,
+            bootstrap_key,
             shutdown_grace,
         })
     }
@@ -182,60 +157,40 @@ impl Application {
         self.local_addr
     }
 
+    /// The store the application reads and writes.
     pub fn store(&self) -> Arc<dyn Store> {
-        self.store.clone()
+        self.state.store.clone()
+    }
+
+    /// The admin key this start made, the store having had none: for the caller to show
+    /// once (it is also in `<data_dir>/bootstrap-admin.key`). `None` when a key existed
+    /// already or one is configured.
+    pub fn bootstrap_key(&self) -> Option<&ApiKey> {
+        self.bootstrap_key.as_ref()
     }
 
     /// Serves until `shutdown` is cancelled, then stops accepting, gives in-flight
     /// requests up to the configured grace period, stops the workers and closes the pools.
+    /// A worker that stops on its own stops the application with
+    /// [`RunError::TaskDied`] naming it.
     pub async fn run_until(self, shutdown: CancellationToken) -> Result<(), RunError> {
-        let workers = CancellationToken::new();
-        let mut reloader: JoinHandle<()> = tokio::spawn(follow_changes(
-            Followed {
-                store: self.store.clone(),
-                routing: self.routing.clone(),
-                keys: self.keys.clone(),
-                redis: self.redis.clone(),
-                guard: self.state.guard.clone(),
-                metrics: self.state.metrics.clone(),
-            },
-            self.subscription,
-            (self.catch_up_interval, self.reload_interval),
-            workers.clone(),
-        ));
-        let mut sampler: JoinHandle<()> = tokio::spawn(sample_periodically(
-            self.state.clone(),
-            self.sample_interval,
-            workers.clone(),
-        ));
-
-        let app = tm_http::router(self.state);
-        let graceful = shutdown.clone();
-        let mut server = tokio::spawn(async move {
-            axum::serve(
-                self.listener,
-                app.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(async move { graceful.cancelled().await })
-            .await
-        });
-
+        let Self {
+            listener,
+            state,
+            mut workers,
+            shutdown_grace,
+            ..
+        } = self;
+        let store = state.store.clone();
+        let mut server = serve(listener, state, shutdown.clone());
         let outcome = tokio::select! {
-            served = &mut server => match served {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(RunError::Serve(e)),
-                Err(_) => Err(RunError::TaskDied("http server")),
-            },
-            _ = &mut reloader => Err(RunError::TaskDied("snapshot reloader")),
-            _ = &mut sampler => Err(RunError::TaskDied("metrics sampler")),
+            served = &mut server => server_outcome(served),
+            name = workers.first_stopped() => Err(RunError::TaskDied(name)),
             _ = shutdown.cancelled() => {
-                match tokio::time::timeout(self.shutdown_grace, &mut server).await {
-                    Ok(Ok(Ok(()))) => Ok(()),
-                    Ok(Ok(Err(e))) => Err(RunError::Serve(e)),
-                    Ok(Err(_)) => Err(RunError::TaskDied("http server")),
+                match tokio::time::timeout(shutdown_grace, &mut server).await {
+                    Ok(served) => server_outcome(served),
                     Err(_) => {
-                        tracing::warn!(grace = ?self.shutdown_grace, "in-flight requests outlived the shutdown grace period; dropping them");
-                        server.abort();
+                        tracing::warn!(grace = ?shutdown_grace, "in-flight requests outlived the shutdown grace period; dropping them");
                         Ok(())
                     }
                 }
@@ -244,265 +199,96 @@ impl Application {
         if let Err(err) = &outcome {
             tracing::error!(error = %err, "stopping");
         }
-        workers.cancel();
-        let _ = reloader.await;
-        let _ = sampler.await;
-        self.store.close().await;
+        // Whether the server ended, outlived its grace or outlived a worker, nothing of
+        // it runs on once the pools are closed.
+        server.abort();
+        workers.stop().await;
+        store.close().await;
         tracing::info!("stopped");
         outcome
     }
 }
 
-/// What [`follow_changes`] keeps in step, and with what.
-struct Followed {
-    store: Arc<dyn Store>,
-    routing: Arc<RoutingTable>,
-    keys: Arc<KeyRing>,
-    redis: Option<Arc<tm_redis::Redis>>,
-    /// Whose cached reads changes made elsewhere make stale.
-    guard: Arc<tm_http::Guard>,
-    metrics: Arc<Metrics>,
-}
-
-/// Keeps the snapshot and the keys in step with the store. Where the store sends change
-/// notifications (PostgreSQL), each one triggers a catch-up at once. Every `catch_up`
-/// regardless, the snapshot applies the changes recorded since its last look (made by
-/// this instance or any other) and the keys are re-read: the bound on how long a missed
-/// notification can go unnoticed. Every `reload` the snapshot is rebuilt from scratch,
-/// a safety net for changes made to the database directly; with Redis, one instance of
-/// the fleet at a time. Key changes published on Redis reload the keys at once.
-async fn follow_changes(
-    followed: Followed,
-    mut subscription: Option<ChangeSubscription>,
-    (catch_up_every, reload_every): (Duration, Duration),
-    stop: CancellationToken,
-) {
-    let Followed {
-        store,
-        routing,
-        keys,
-        redis,
-        guard,
-        metrics,
-    } = followed;
-    let ticker = |every: Duration| {
-        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tick
-    };
-    let (mut catch_up, mut reload) = (ticker(catch_up_every), ticker(reload_every));
-    if subscription.is_none() {
-        subscription = subscribe(store.as_ref()).await;
-    }
-    let mut rebuilding: Option<JoinHandle<()>> = None;
-    let mut fan_out = subscribe_redis(redis.as_deref()).await;
-    // Whatever committed before the subscription was listening is in the feed: catch
-    // up once at the start, as after every new subscription.
-    let mut changed = Changed::all();
-    let observe = |made_at: &[DateTime<Utc>]| {
-        let now = tm_domain::now();
-        for made_at in made_at {
-            let seconds = (now - *made_at).num_microseconds().unwrap_or(0) as f64 / 1e6;
-            metrics.observe_propagation(seconds);
-        }
-    };
-    loop {
-        if !changed.services.is_empty() {
-            let (services, made_at): (Vec<_>, Vec<_>) = changed.services.into_iter().unzip();
-            // Cached list and get answers may predate the change.
-            guard.forget_cached_reads();
-            match routing.refresh_services(&services).await {
-                Ok(()) => observe(&made_at),
-                Err(err) => {
-                    tracing::warn!(error = %err,
-                        "re-reading services changed elsewhere failed; catching up from the feed");
-                    changed.feed = true;
-                }
-            }
-        }
-        if changed.feed {
-            match routing.catch_up().await {
-                Ok(services) => {
-                    if services > 0 {
-                        guard.forget_cached_reads();
-                        tracing::debug!(services, "routing snapshot caught up");
-                    }
-                }
-                Err(err) => tracing::warn!(error = %err,
-                    "reading the change feed failed; serving the snapshot as it is"),
-            }
-        }
-        if changed.keys {
-            if let Err(err) = keys.reload().await {
-                tracing::warn!(error = %err, "API key reload failed; using the keys already loaded");
-            }
-        }
-        changed = tokio::select! {
-            _ = stop.cancelled() => {
-                if let Some(rebuild) = rebuilding.take() {
-                    rebuild.abort();
-                }
-                return;
-            }
-            _ = catch_up.tick() => {
-                if subscription.is_none() {
-                    subscription = subscribe(store.as_ref()).await;
-                }
-                if fan_out.is_none() {
-                    fan_out = subscribe_redis(redis.as_deref()).await;
-                }
-                Changed::all()
-            }
-            _ = reload.tick() => {
-                // In a task of its own: waiting its turn, or a long rebuild, must not
-                // hold up notifications and catch-ups. One at a time.
-                if rebuilding.as_ref().is_none_or(JoinHandle::is_finished) {
-                    rebuilding = Some(tokio::spawn(rebuild(
-                        routing.clone(),
-                        redis.clone(),
-                        metrics.clone(),
-                    )));
-                }
-                Changed::default()
-            }
-            message = next_message(&mut fan_out) => match message {
-                Some(_) => Changed { keys: true, ..Changed::default() },
-                None => {
-                    tracing::warn!("lost the Redis subscription; keys are re-read on the catch-up period");
-                    fan_out = None;
-                    Changed::default()
-                }
-            },
-            notified = next_notification(&mut subscription) => match notified {
-                Ok(changed) => changed,
-                Err(err) => {
-                    tracing::warn!(error = %err,
-                        "lost the change notifications; following the change feed on its period");
-                    subscription = None;
-                    Changed::all()
-                }
-            },
-        };
+/// The [`StoreCounters`] that count into `metrics`.
+fn store_counters(metrics: &Metrics) -> StoreCounters {
+    StoreCounters {
+        queries: metrics.db_queries.clone(),
+        connection_errors: metrics.db_connection_errors.clone(),
     }
 }
 
-/// How long one instance may hold the rebuild lock; a rebuild taking longer (or an
-/// instance dying in one) lets the next instance start its own.
-const REBUILD_LOCK_TTL: Duration = Duration::from_secs(300);
-
-/// Rebuilds the snapshot from scratch. With Redis, instances take turns: a full read of
-/// every route is the most expensive query there is, and a fleet doing it at once would
-/// load the database N-fold. Without Redis (or while it is unusable), no turns.
-async fn rebuild(
-    routing: Arc<RoutingTable>,
-    redis: Option<Arc<tm_redis::Redis>>,
-    metrics: Arc<Metrics>,
-) {
-    let mut lock = None;
-    if let Some(redis) = &redis {
-        let deadline = tokio::time::Instant::now() + REBUILD_LOCK_TTL;
-        loop {
-            match redis.try_lock("snapshot-rebuild", REBUILD_LOCK_TTL).await {
-                Ok(Some(held)) => {
-                    lock = Some(held);
-                    break;
-                }
-                Ok(None) if tokio::time::Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(250)).await;
-                }
-                Ok(None) => {
-                    tracing::warn!(
-                        "another instance held the rebuild lock too long; rebuilding anyway"
-                    );
-                    break;
-                }
-                Err(tm_redis::Unavailable) => {
-                    metrics.observe_redis_fallback("lock");
-                    break;
-                }
-            }
-        }
+/// Makes the Redis client and asks Redis once whether it answers. Not answering is no
+/// reason not to start: the application starts degraded, and the metrics sampler's
+/// probe lets Redis back in once it answers.
+async fn connect_redis(
+    config: &tm_config::RedisConfig,
+    metrics: &Arc<Metrics>,
+) -> Result<Arc<tm_redis::Redis>, StartError> {
+    let redis = tm_redis::Redis::new(config, metrics.clone()).map_err(StartError::Redis)?;
+    if redis.ping().await.is_err() {
+        tracing::warn!("Redis does not answer; starting degraded (local rate limits, idempotency records in the database)");
     }
-    match routing.reload().await {
-        Ok(routes) => tracing::info!(routes, "routing snapshot reloaded"),
-        Err(err) => tracing::warn!(error = %err,
-            "routing snapshot reload failed; serving the previous one"),
-    }
-    if let (Some(redis), Some(lock)) = (&redis, lock) {
-        let _ = redis.unlock(lock).await;
-    }
+    Ok(Arc::new(redis))
 }
 
-/// A subscription to key changes published on Redis, if configured and reachable.
-async fn subscribe_redis(
-    redis: Option<&tm_redis::Redis>,
-) -> Option<futures::stream::BoxStream<'static, String>> {
-    // Not while Redis is known to be unusable: each node would be tried in turn.
-    let redis = redis.filter(|r| !r.degraded())?;
-    redis.subscribe(KEYS_CHANNEL).await.ok()
+/// Loads the API keys (with `configured_admin` among them, if any) and the routing
+/// snapshot from `store`.
+async fn load(
+    store: &Arc<dyn Store>,
+    configured_admin: Option<&str>,
+    backend: &'static str,
+) -> Result<(Arc<KeyRing>, Arc<RoutingTable>), StartError> {
+    let keys = KeyRing::load(store.clone(), configured_admin)
+        .await
+        .map_err(StartError::Keys)?;
+    let routing = RoutingTable::load(store.clone())
+        .await
+        .map_err(StartError::Snapshot)?;
+    tracing::info!(
+        backend,
+        routes = routing.snapshot().route_count(),
+        "routing snapshot loaded"
+    );
+    Ok((Arc::new(keys), Arc::new(routing)))
 }
 
-/// The next message published; never, without a subscription; `None` when it ended.
-async fn next_message(
-    subscription: &mut Option<futures::stream::BoxStream<'static, String>>,
-) -> Option<String> {
-    use futures::StreamExt;
-    match subscription {
-        Some(stream) => stream.next().await,
-        None => std::future::pending().await,
-    }
+/// Binds the listener; returns it with the address actually bound.
+async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })?;
+    let local_addr = listener
+        .local_addr()
+        .map_err(|source| StartError::Bind { addr, source })?;
+    Ok((listener, local_addr))
 }
 
-/// A subscription to change notifications, if the store sends them and one can be made
-/// now (if not, the next periodic catch-up tries again).
-async fn subscribe(store: &dyn Store) -> Option<ChangeSubscription> {
-    match store.subscribe().await {
-        Ok(subscription) => subscription,
-        Err(err) => {
-            tracing::warn!(error = %err, "cannot listen for change notifications now");
-            None
-        }
-    }
+/// Serves the API on `listener`, on a task of its own, until `shutdown` is cancelled
+/// and the requests in flight are answered.
+fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: CancellationToken,
+) -> JoinHandle<std::io::Result<()>> {
+    let app = tm_http::router(state);
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+    })
 }
 
-/// The next notification; never, without a subscription.
-async fn next_notification(
-    subscription: &mut Option<ChangeSubscription>,
-) -> Result<Changed, StoreError> {
-    match subscription {
-        Some(subscription) => subscription.next().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Samples pool figures and snapshot size into the metrics on a fixed period.
-async fn sample_periodically(state: AppState, every: Duration, stop: CancellationToken) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut purge = tokio::time::interval(Duration::from_secs(600));
-    purge.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {
-                state.check_replicas().await;
-                if let Some(redis) = &state.redis {
-                    if redis.degraded() {
-                        // The probe that lets the breaker close when Redis is back.
-                        let _ = redis.ping().await;
-                    }
-                }
-                tm_http::sample_metrics(&state);
-                state.limiter.forget_idle();
-            }
-            _ = purge.tick() => {
-                match state.store.purge_idempotency_keys().await {
-                    Ok(0) => {}
-                    Ok(purged) => tracing::debug!(purged, "expired idempotency records deleted"),
-                    Err(err) => tracing::warn!(error = %err, "deleting expired idempotency records failed"),
-                }
-            }
-        }
+/// What the end of the server task means for the application.
+fn server_outcome(
+    served: Result<std::io::Result<()>, tokio::task::JoinError>,
+) -> Result<(), RunError> {
+    match served {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(RunError::Serve(e)),
+        Err(_) => Err(RunError::TaskDied("http server")),
     }
 }
 
@@ -522,47 +308,4 @@ pub async fn create_key(
     let stored = store.create_key(&record).await.map_err(StartError::Keys);
     store.close().await;
     stored.map(|()| (key, record))
-}
-
-/// On a store that never had a key, makes an admin key, prints it once on stdout and
-/// writes it to `<data_dir>/bootstrap-admin.key` (mode 0600). Only one instance of a
-/// fleet wins; the others find a key already made and do nothing.
-async fn bootstrap_admin_key(
-    store: &dyn Store,
-    data_dir: &std::path::Path,
-) -> Result<(), StartError> {
-    let key = ApiKey::new(KeyId::generate(), rand::random());
-    let record = KeyRecord::new(&key, "bootstrap admin".to_owned(), Grant::Admin);
-    if !store
-        .create_first_key(&record)
-        .await
-        .map_err(StartError::Keys)?
-    {
-        return Ok(());
-    }
-    let path = data_dir.join("bootstrap-admin.key");
-    write_secret_file(&path, &key.expose()).map_err(|source| StartError::BootstrapFile {
-        path: path.clone(),
-        source,
-    })?;
-    println!("bootstrap admin key: {}", key.expose());
-    tracing::info!(key.id = %record.id, path = %path.display(), "bootstrap admin key created");
-    Ok(())
-}
-
-/// Writes `contents` to a new file readable by its owner only.
-fn write_secret_file(path: &std::path::Path, contents: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(path)?;
-    #[cfg(unix)]
-    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
-    writeln!(file, "{contents}")?;
-    file.sync_all()
 }

@@ -115,6 +115,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let app = tm_app::Application::build(config)
         .await
         .context("starting up")?;
+    if let Some(key) = app.bootstrap_key() {
+        println!("bootstrap admin key: {}", key.expose());
+    }
     tracing::info!(addr = %app.local_addr(), "listening on http://{}", app.local_addr());
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));

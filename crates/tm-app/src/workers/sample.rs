@@ -1,0 +1,54 @@
+//! The periodic sample of pool figures, replica lag and snapshot size into the metrics
+//! and the health probes.
+
+use std::time::Duration;
+
+use tm_http::AppState;
+use tokio_util::sync::CancellationToken;
+
+use super::Worker;
+
+/// Every period: checks the read replicas, probes Redis while it is marked unusable,
+/// samples the metrics and forgets idle rate-limit buckets.
+pub(crate) struct Sample {
+    state: AppState,
+    every: Duration,
+}
+
+impl Sample {
+    pub(crate) fn new(state: &AppState, every: Duration) -> Self {
+        Self {
+            state: state.clone(),
+            every,
+        }
+    }
+
+    async fn sample(&self) {
+        let state = &self.state;
+        state.check_replicas().await;
+        if let Some(redis) = &state.redis {
+            if redis.degraded() {
+                // The probe that lets the breaker close when Redis is back.
+                let _ = redis.ping().await;
+            }
+        }
+        tm_http::sample_metrics(state);
+        state.limiter.forget_idle();
+    }
+}
+
+impl Worker for Sample {
+    const NAME: &'static str = "metrics sampler";
+
+    async fn run(self, shutdown: CancellationToken) {
+        // The first sample at once, then one every period.
+        let mut tick = tokio::time::interval(self.every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => self.sample().await,
+            }
+        }
+    }
+}
