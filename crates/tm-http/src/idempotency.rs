@@ -122,9 +122,9 @@ pub async fn idempotency(State(state): State<AppState>, request: Request, next: 
     let (parts, body) = response.into_parts();
     let body = match axum::body::to_bytes(body, MAX_KEPT_BODY).await {
         Ok(body) => body,
-        Err(_) => {
+        Err(err) => {
             release(&state, backend, scope, &key, &fingerprint).await;
-            return ApiError::Internal("an answer too large to keep".into()).into_response();
+            return ApiError::internal("keeping an answer too large to keep", err).into_response();
         }
     };
     if let Ok(text) = std::str::from_utf8(&body) {
