@@ -242,57 +242,18 @@ impl Guard {
         let outcome = cache
             .flights
             .run(key.clone(), || async {
-                self.observe_pools();
-                let Some(ticket) = self.breaker.admit() else {
-                    return Err(ReadFailure::Unavailable(
-                        "the database circuit breaker is open",
-                    ));
-                };
-                let Ok(_slot) = self.reads.enter().await else {
-                    ticket.neutral();
-                    return Err(ReadFailure::Unavailable(
-                        "too many reads are waiting for the database",
-                    ));
-                };
-                let attempt = || async {
-                    match tokio::time::timeout(self.read_timeout, load()).await {
-                        Ok(result) => result.map_err(Some),
-                        Err(_) => Err(None), // timed out
-                    }
-                };
-                let transient =
-                    |e: &Option<StoreError>| matches!(e, None | Some(StoreError::Unavailable(_)));
-                match retry(self.retry, transient, attempt).await {
-                    Ok(value) => {
-                        ticket.succeeded();
-                        // Cached before the flight ends, so that no request arriving
-                        // between the two finds neither and queries again.
-                        cache.entries.insert(
-                            key.clone(),
-                            Arc::new(Cached {
-                                value: value.clone(),
-                                fetched: Instant::now(),
-                                generation,
-                            }),
-                        );
-                        Ok(value)
-                    }
-                    Err(None) => {
-                        ticket.failed();
-                        Err(ReadFailure::Unavailable(
-                            "the database did not answer in time",
-                        ))
-                    }
-                    Err(Some(StoreError::Unavailable(err))) => {
-                        ticket.failed();
-                        tracing::warn!(error = %err, "database read failed");
-                        Err(ReadFailure::Unavailable("the database is unavailable"))
-                    }
-                    Err(Some(other)) => {
-                        ticket.neutral();
-                        Err(ReadFailure::Internal(Arc::new(other)))
-                    }
-                }
+                let value = self.fetch(&load).await?;
+                // Cached before the flight ends, so that no request arriving between the
+                // two finds neither and queries again.
+                cache.entries.insert(
+                    key.clone(),
+                    Arc::new(Cached {
+                        value: value.clone(),
+                        fetched: Instant::now(),
+                        generation,
+                    }),
+                );
+                Ok(value)
             })
             .await;
         self.metrics
@@ -308,6 +269,56 @@ impl Guard {
             }
             Err(ReadFailure::Internal(err)) => {
                 Err(ApiError::internal("reading from the database", err))
+            }
+        }
+    }
+
+    /// One read from the database, if the breaker and the read bulkhead let it through:
+    /// within the read time-out, retried while the failure is transient.
+    async fn fetch<V, F, Fut>(&self, load: &F) -> Result<V, ReadFailure>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<V, StoreError>>,
+    {
+        self.observe_pools();
+        let Some(ticket) = self.breaker.admit() else {
+            return Err(ReadFailure::Unavailable(
+                "the database circuit breaker is open",
+            ));
+        };
+        let Ok(_slot) = self.reads.enter().await else {
+            ticket.neutral();
+            return Err(ReadFailure::Unavailable(
+                "too many reads are waiting for the database",
+            ));
+        };
+        let attempt = || async {
+            match tokio::time::timeout(self.read_timeout, load()).await {
+                Ok(result) => result.map_err(Some),
+                Err(_) => Err(None), // timed out
+            }
+        };
+        let transient =
+            |e: &Option<StoreError>| matches!(e, None | Some(StoreError::Unavailable(_)));
+        match retry(self.retry, transient, attempt).await {
+            Ok(value) => {
+                ticket.succeeded();
+                Ok(value)
+            }
+            Err(None) => {
+                ticket.failed();
+                Err(ReadFailure::Unavailable(
+                    "the database did not answer in time",
+                ))
+            }
+            Err(Some(StoreError::Unavailable(err))) => {
+                ticket.failed();
+                tracing::warn!(error = %err, "database read failed");
+                Err(ReadFailure::Unavailable("the database is unavailable"))
+            }
+            Err(Some(other)) => {
+                ticket.neutral();
+                Err(ReadFailure::Internal(Arc::new(other)))
             }
         }
     }
