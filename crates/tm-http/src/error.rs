@@ -1,6 +1,9 @@
 //! `ApiError`: every way a request can fail, and the one place that turns it into an
 //! RFC 9457 `application/problem+json` response.
 
+use std::borrow::Cow;
+use std::sync::Arc;
+
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -43,12 +46,35 @@ pub enum ApiError {
     /// Refused to protect the database: breaker open, bulkhead full, time-out, shedding.
     #[error("unavailable: {0}")]
     Unavailable(&'static str),
-    /// A server fault already logged where it happened.
-    #[error("internal error: {0}")]
-    Internal(String),
+    /// A server fault: what was being done, and the error behind it (logged with its
+    /// `source()` chain by the logging middleware, never shown to the client).
+    #[error("internal error: {context}")]
+    Internal {
+        context: &'static str,
+        #[source]
+        source: Arc<dyn std::error::Error + Send + Sync>,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
+
+impl ApiError {
+    /// A server fault while doing `context`, caused by `source`.
+    pub fn internal(
+        context: &'static str,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        ApiError::Internal {
+            context,
+            source: Arc::new(source),
+        }
+    }
+}
+
+/// The error behind a 5xx answer, carried in the response's extensions to the logging
+/// middleware, which logs it once, inside the request's span.
+#[derive(Clone, Debug)]
+pub struct ServerFault(pub Arc<ApiError>);
 
 impl From<DomainError> for ApiError {
     fn from(err: DomainError) -> Self {
@@ -68,7 +94,7 @@ struct Problem<'a> {
     kind: String,
     title: &'a str,
     status: u16,
-    detail: String,
+    detail: Cow<'static, str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     errors: Option<&'a [FieldError]>,
 }
@@ -76,10 +102,11 @@ struct Problem<'a> {
 /// Problem types are URNs under this prefix, e.g. `urn:traffic-manager:problem:route-exists`.
 pub const PROBLEM_TYPE_PREFIX: &str = "urn:traffic-manager:problem:";
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+impl ApiError {
+    /// Status, problem type (slug), title and detail: the table every answer is made from.
+    fn problem(&self) -> (StatusCode, &'static str, &'static str, Cow<'static, str>) {
         use StatusCode as S;
-        let (status, slug, title, detail): (StatusCode, &str, &str, String) = match &self {
+        match self {
             ApiError::Invalid(_) => (
                 S::UNPROCESSABLE_ENTITY,
                 "invalid-fields",
@@ -90,7 +117,7 @@ impl IntoResponse for ApiError {
                 S::BAD_REQUEST,
                 "malformed-request",
                 "Malformed request",
-                why.clone(),
+                why.clone().into(),
             ),
             ApiError::UnsupportedMediaType => (
                 S::UNSUPPORTED_MEDIA_TYPE,
@@ -126,9 +153,9 @@ impl IntoResponse for ApiError {
                 S::UNAUTHORIZED,
                 "unauthorized",
                 "Unauthorized",
-                (*why).to_owned(),
+                (*why).into(),
             ),
-            ApiError::Forbidden(why) => (S::FORBIDDEN, "forbidden", "Forbidden", why.clone()),
+            ApiError::Forbidden(why) => (S::FORBIDDEN, "forbidden", "Forbidden", why.clone().into()),
             ApiError::RateLimited { .. } => (
                 S::TOO_MANY_REQUESTS,
                 "rate-limited",
@@ -164,15 +191,16 @@ impl IntoResponse for ApiError {
                 format!(
                     "The route is at revision {}; If-Match names another.",
                     current.revision
-                ),
+                )
+                .into(),
             ),
             ApiError::Unavailable(why) => (
                 S::SERVICE_UNAVAILABLE,
                 "unavailable",
                 "Service unavailable",
-                format!("{why}; retry later."),
+                format!("{why}; retry later.").into(),
             ),
-            ApiError::Internal(_) => (
+            ApiError::Internal { .. } => (
                 S::INTERNAL_SERVER_ERROR,
                 "internal",
                 "Internal error",
@@ -190,13 +218,14 @@ impl IntoResponse for ApiError {
                 "Internal error",
                 "The request could not be completed.".into(),
             ),
-        };
-        if status == S::SERVICE_UNAVAILABLE {
-            // Refusing to protect the database is the design working, not a fault.
-            tracing::warn!(error = %self, "request refused");
-        } else if status.is_server_error() {
-            tracing::error!(error = %self, source = ?std::error::Error::source(&self), "request failed");
         }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        use StatusCode as S;
+        let (status, slug, title, detail) = self.problem();
         let reused;
         let errors = match &self {
             ApiError::Invalid(fields) => Some(fields.0.as_slice()),
@@ -236,6 +265,35 @@ impl IntoResponse for ApiError {
         if let ApiError::IdempotencyKeyInUse = &self {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(1));
         }
+        if status.is_server_error() {
+            response
+                .extensions_mut()
+                .insert(ServerFault(Arc::new(self)));
+        }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_faults_ride_to_the_logging_middleware_and_client_errors_do_not() {
+        let io = std::io::Error::other("disk on fire");
+        let internal = ApiError::internal("keeping an answer", io).into_response();
+        assert_eq!(internal.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let fault = internal
+            .extensions()
+            .get::<ServerFault>()
+            .expect("a 500 carries its error");
+        let source = std::error::Error::source(fault.0.as_ref()).expect("the cause is kept");
+        assert_eq!(source.to_string(), "disk on fire");
+
+        let refused = ApiError::Unavailable("the breaker is open").into_response();
+        assert!(refused.extensions().get::<ServerFault>().is_some());
+
+        let not_found = ApiError::NotFound.into_response();
+        assert!(not_found.extensions().get::<ServerFault>().is_none());
     }
 }

@@ -23,19 +23,8 @@ use tm_telemetry::Metrics;
 
 use crate::ApiError;
 
-/// A cacheable read.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum ReadKey {
-    Route(RouteId, ReadFrom),
-    /// A listing: filter and page, in a canonical text form.
-    List(String, ReadFrom),
-}
-
-#[derive(Clone, Debug)]
-pub enum ReadValue {
-    Route(Option<Route>),
-    List(Vec<Route>),
-}
+/// A listing as cached: filter and page in a canonical text form, and where it was read.
+type ListKey = (String, ReadFrom);
 
 /// Whether an answer is current or the last known data.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,8 +35,8 @@ pub enum Freshness {
 }
 
 #[derive(Debug)]
-struct Cached {
-    value: ReadValue,
+struct Cached<V> {
+    value: V,
     fetched: Instant,
     generation: u64,
 }
@@ -57,7 +46,26 @@ struct Cached {
 enum ReadFailure {
     /// The breaker is open, a bulkhead is full or the database did not answer.
     Unavailable(&'static str),
-    Internal(String),
+    Internal(Arc<StoreError>),
+}
+
+/// The cached answers of one kind of read, and the reads of that kind in flight.
+struct ReadCache<K, V> {
+    entries: moka::sync::Cache<K, Arc<Cached<V>>>,
+    flights: Singleflight<K, Result<V, ReadFailure>>,
+}
+
+impl<K, V> ReadCache<K, V>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    fn new(capacity: u64) -> Self {
+        Self {
+            entries: moka::sync::Cache::new(capacity),
+            flights: Singleflight::default(),
+        }
+    }
 }
 
 /// Critical writes keep the rollback path open when everything else is refused.
@@ -77,11 +85,13 @@ pub struct Guard {
     read_timeout: Duration,
     write_timeout: Duration,
     retry: RetryPolicy,
-    cache: moka::sync::Cache<ReadKey, Arc<Cached>>,
+    /// Single routes, each kind of read with a cache of its own (up to
+    /// `read_cache_entries` answers each).
+    routes: ReadCache<(RouteId, ReadFrom), Option<Route>>,
+    lists: ReadCache<ListKey, Vec<Route>>,
     cache_ttl: Duration,
     /// Bumped by every write: cached reads of an older generation are no longer fresh.
     generation: AtomicU64,
-    flights: Singleflight<ReadKey, Result<ReadValue, ReadFailure>>,
 }
 
 impl Guard {
@@ -115,10 +125,10 @@ impl Guard {
                 base: Duration::from_millis(25),
                 max: Duration::from_millis(250),
             },
-            cache: moka::sync::Cache::new(config.read_cache_entries),
+            routes: ReadCache::new(config.read_cache_entries),
+            lists: ReadCache::new(config.read_cache_entries),
             cache_ttl: config.read_cache_ttl,
             generation: AtomicU64::new(0),
-            flights: Singleflight::default(),
         }
     }
 
@@ -175,15 +185,10 @@ impl Guard {
         from: ReadFrom,
     ) -> Result<(Option<Route>, Freshness), ApiError> {
         let store = &self.store;
-        let (value, freshness) = self
-            .read(ReadKey::Route(id, from), move || async move {
-                store.get_route(id, from).await.map(ReadValue::Route)
-            })
-            .await?;
-        match value {
-            ReadValue::Route(route) => Ok((route, freshness)),
-            ReadValue::List(_) => Err(ApiError::Internal("cache entry of the wrong kind".into())),
-        }
+        self.read(&self.routes, (id, from), move || async move {
+            store.get_route(id, from).await
+        })
+        .await
     }
 
     pub async fn list_routes(
@@ -192,7 +197,7 @@ impl Guard {
         page: Page,
         from: ReadFrom,
     ) -> Result<(Vec<Route>, Freshness), ApiError> {
-        let key = ReadKey::List(
+        let key = (
             format!(
                 "{:?}|{:?}|{:?}|{:?}|{:?}|{}",
                 filter.tenant.as_ref().map(|t| t.as_str()),
@@ -205,27 +210,26 @@ impl Guard {
             from,
         );
         let (store, filter) = (&self.store, &filter);
-        let (value, freshness) = self
-            .read(key, move || async move {
-                store
-                    .list_routes(filter, page, from)
-                    .await
-                    .map(ReadValue::List)
-            })
-            .await?;
-        match value {
-            ReadValue::List(routes) => Ok((routes, freshness)),
-            ReadValue::Route(_) => Err(ApiError::Internal("cache entry of the wrong kind".into())),
-        }
+        self.read(&self.lists, key, move || async move {
+            store.list_routes(filter, page, from).await
+        })
+        .await
     }
 
-    async fn read<F, Fut>(&self, key: ReadKey, load: F) -> Result<(ReadValue, Freshness), ApiError>
+    async fn read<K, V, F, Fut>(
+        &self,
+        cache: &ReadCache<K, V>,
+        key: K,
+        load: F,
+    ) -> Result<(V, Freshness), ApiError>
     where
+        K: Hash + Eq + Clone + Send + Sync + 'static,
+        V: Clone + Send + Sync + 'static,
         F: Fn() -> Fut,
-        Fut: Future<Output = Result<ReadValue, StoreError>>,
+        Fut: Future<Output = Result<V, StoreError>>,
     {
         let generation = self.generation.load(Ordering::Acquire);
-        let cached = self.cache.get(&key);
+        let cached = cache.entries.get(&key);
         if let Some(entry) = cached
             .as_ref()
             .filter(|e| e.generation == generation && e.fetched.elapsed() < self.cache_ttl)
@@ -235,54 +239,21 @@ impl Guard {
         }
         self.metrics.cache_misses.inc();
 
-        let outcome = self
+        let outcome = cache
             .flights
             .run(key.clone(), || async {
-                self.observe_pools();
-                let Some(ticket) = self.breaker.admit() else {
-                    return Err(ReadFailure::Unavailable("the database circuit breaker is open"));
-                };
-                let Ok(_slot) = self.reads.enter().await else {
-                    ticket.neutral();
-                    return Err(ReadFailure::Unavailable("too many reads are waiting for the database"));
-                };
-                let attempt = || async {
-                    match tokio::time::timeout(self.read_timeout, load()).await {
-                        Ok(result) => result.map_err(Some),
-                        Err(_) => Err(None), // timed out
-                    }
-                };
-                let transient = |e: &Option<StoreError>| matches!(e, None | Some(StoreError::Unavailable(_)));
-                match retry(self.retry, transient, attempt).await {
-                    Ok(value) => {
-                        ticket.succeeded();
-                        // Cached before the flight ends, so that no request arriving
-                        // between the two finds neither and queries again.
-                        self.cache.insert(
-                            key.clone(),
-                            Arc::new(Cached {
-                                value: value.clone(),
-                                fetched: Instant::now(),
-                                generation,
-                            }),
-                        );
-                        Ok(value)
-                    }
-                    Err(None) => {
-                        ticket.failed();
-                        Err(ReadFailure::Unavailable("the database did not answer in time"))
-                    }
-                    Err(Some(StoreError::Unavailable(err))) => {
-                        ticket.failed();
-                        tracing::warn!(error = %err, "database read failed");
-                        Err(ReadFailure::Unavailable("the database is unavailable"))
-                    }
-                    Err(Some(other)) => {
-                        ticket.neutral();
-                        tracing::error!(error = %other, source = ?std::error::Error::source(&other), "database read failed");
-                        Err(ReadFailure::Internal(other.to_string()))
-                    }
-                }
+                let value = self.fetch(&load).await?;
+                // Cached before the flight ends, so that no request arriving between the
+                // two finds neither and queries again.
+                cache.entries.insert(
+                    key.clone(),
+                    Arc::new(Cached {
+                        value: value.clone(),
+                        fetched: Instant::now(),
+                        generation,
+                    }),
+                );
+                Ok(value)
             })
             .await;
         self.metrics
@@ -290,11 +261,65 @@ impl Guard {
 
         match outcome {
             Ok(value) => Ok((value, Freshness::Fresh)),
-            Err(ReadFailure::Unavailable(why)) => match cached.or_else(|| self.cache.get(&key)) {
-                Some(last) => Ok((last.value.clone(), Freshness::Stale)),
-                None => Err(ApiError::Unavailable(why)),
-            },
-            Err(ReadFailure::Internal(why)) => Err(ApiError::Internal(why)),
+            Err(ReadFailure::Unavailable(why)) => {
+                match cached.or_else(|| cache.entries.get(&key)) {
+                    Some(last) => Ok((last.value.clone(), Freshness::Stale)),
+                    None => Err(ApiError::Unavailable(why)),
+                }
+            }
+            Err(ReadFailure::Internal(err)) => {
+                Err(ApiError::internal("reading from the database", err))
+            }
+        }
+    }
+
+    /// One read from the database, if the breaker and the read bulkhead let it through:
+    /// within the read time-out, retried while the failure is transient.
+    async fn fetch<V, F, Fut>(&self, load: &F) -> Result<V, ReadFailure>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<V, StoreError>>,
+    {
+        self.observe_pools();
+        let Some(ticket) = self.breaker.admit() else {
+            return Err(ReadFailure::Unavailable(
+                "the database circuit breaker is open",
+            ));
+        };
+        let Ok(_slot) = self.reads.enter().await else {
+            ticket.neutral();
+            return Err(ReadFailure::Unavailable(
+                "too many reads are waiting for the database",
+            ));
+        };
+        let attempt = || async {
+            match tokio::time::timeout(self.read_timeout, load()).await {
+                Ok(result) => result.map_err(Some),
+                Err(_) => Err(None), // timed out
+            }
+        };
+        let transient =
+            |e: &Option<StoreError>| matches!(e, None | Some(StoreError::Unavailable(_)));
+        match retry(self.retry, transient, attempt).await {
+            Ok(value) => {
+                ticket.succeeded();
+                Ok(value)
+            }
+            Err(None) => {
+                ticket.failed();
+                Err(ReadFailure::Unavailable(
+                    "the database did not answer in time",
+                ))
+            }
+            Err(Some(StoreError::Unavailable(err))) => {
+                ticket.failed();
+                tracing::warn!(error = %err, "database read failed");
+                Err(ReadFailure::Unavailable("the database is unavailable"))
+            }
+            Err(Some(other)) => {
+                ticket.neutral();
+                Err(ReadFailure::Internal(Arc::new(other)))
+            }
         }
     }
 

@@ -51,19 +51,10 @@ enum Backend {
 
 /// The layer of the write routes (the router puts it on those alone).
 pub async fn idempotency(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let Some(raw_key) = request.headers().get(&IDEMPOTENCY_KEY) else {
-        return next.run(request).await;
-    };
-    let Some(key) = raw_key
-        .to_str()
-        .ok()
-        .filter(|k| (1..=255).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic()))
-        .map(str::to_owned)
-    else {
-        return ApiError::Malformed(
-            "Idempotency-Key must be 1 to 255 visible ASCII characters".into(),
-        )
-        .into_response();
+    let key = match idempotency_key(&request) {
+        Ok(Some(key)) => key,
+        Ok(None) => return next.run(request).await,
+        Err(refusal) => return refusal.into_response(),
     };
     // Only a caller with a live key has records; anyone else gets the handler's 401.
     let presented = request
@@ -92,39 +83,74 @@ pub async fn idempotency(State(state): State<AppState>, request: Request, next: 
     let Ok(body) = axum::body::to_bytes(body, state.config.body_limit_bytes).await else {
         return ApiError::PayloadTooLarge.into_response();
     };
-    let fingerprint = fingerprint(&parts, &body);
-    let scope = principal.actor();
-    let scope = scope.as_str();
-
-    let (backend, kept) = match claim(&state, scope, &key, &fingerprint).await {
+    let claim = Claim {
+        scope: principal.actor().as_str().to_owned(),
+        fingerprint: fingerprint(&parts, &body),
+        key,
+    };
+    let (backend, kept) = match claim_key(&state, &claim).await {
         Ok(claimed) => claimed,
         Err(refusal) => return refusal.into_response(),
     };
-    if let Some(record) = kept {
-        return if record.fingerprint != fingerprint {
+    match kept {
+        Some(record) if record.fingerprint != claim.fingerprint => {
             ApiError::IdempotencyKeyReused.into_response()
-        } else if let Some(response) = record.response {
-            replay(response)
-        } else {
-            ApiError::IdempotencyKeyInUse.into_response()
-        };
+        }
+        Some(record) => match record.response {
+            Some(response) => replay(response),
+            None => ApiError::IdempotencyKeyInUse.into_response(),
+        },
+        None => {
+            let request = Request::from_parts(parts, Body::from(body));
+            answer_and_keep(&state, backend, &claim, next.run(request).await).await
+        }
     }
+}
 
-    let response = next.run(Request::from_parts(parts, Body::from(body))).await;
+/// The request's `Idempotency-Key`, if it has one: 1–255 visible ASCII characters.
+fn idempotency_key(request: &Request) -> Result<Option<String>, ApiError> {
+    let Some(raw) = request.headers().get(&IDEMPOTENCY_KEY) else {
+        return Ok(None);
+    };
+    raw.to_str()
+        .ok()
+        .filter(|k| (1..=255).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic()))
+        .map(|k| Some(k.to_owned()))
+        .ok_or_else(|| {
+            ApiError::Malformed("Idempotency-Key must be 1 to 255 visible ASCII characters".into())
+        })
+}
+
+/// A key claimed for one request of one caller.
+struct Claim {
+    /// The caller (the key that wrote): records are per caller.
+    scope: String,
+    key: String,
+    fingerprint: String,
+}
+
+/// Keeps `response` under the claimed key, unless it is worth retrying (then the claim
+/// is given up so that a retry runs again), and passes it on.
+async fn answer_and_keep(
+    state: &AppState,
+    backend: Backend,
+    claim: &Claim,
+    response: Response,
+) -> Response {
     let status = response.status();
     let worth_retrying = status.is_server_error()
         || status == StatusCode::TOO_MANY_REQUESTS
         || status == StatusCode::UNAUTHORIZED;
     if worth_retrying {
-        release(&state, backend, scope, &key, &fingerprint).await;
+        release(state, backend, claim).await;
         return response;
     }
     let (parts, body) = response.into_parts();
     let body = match axum::body::to_bytes(body, MAX_KEPT_BODY).await {
         Ok(body) => body,
-        Err(_) => {
-            release(&state, backend, scope, &key, &fingerprint).await;
-            return ApiError::Internal("an answer too large to keep".into()).into_response();
+        Err(err) => {
+            release(state, backend, claim).await;
+            return ApiError::internal("keeping an answer too large to keep", err).into_response();
         }
     };
     if let Ok(text) = std::str::from_utf8(&body) {
@@ -139,9 +165,9 @@ pub async fn idempotency(State(state): State<AppState>, request: Request, next: 
                 .collect(),
             body: text.to_owned(),
         };
-        keep(&state, backend, scope, &key, &fingerprint, kept).await;
+        keep(state, backend, claim, kept).await;
     } else {
-        release(&state, backend, scope, &key, &fingerprint).await;
+        release(state, backend, claim).await;
     }
     Response::from_parts(parts, Body::from(body))
 }
@@ -199,12 +225,15 @@ async fn bounded<T>(
 
 /// Claims the key, in Redis if usable, else in the database; `Some` is what is kept
 /// under it already.
-async fn claim(
+async fn claim_key(
     state: &AppState,
-    scope: &str,
-    key: &str,
-    fingerprint: &str,
+    claim: &Claim,
 ) -> Result<(Backend, Option<IdempotencyRecord>), ApiError> {
+    let Claim {
+        scope,
+        key,
+        fingerprint,
+    } = claim;
     if let Some(redis) = &state.redis {
         match redis
             .claim_idempotency_key(scope, key, fingerprint, pending_for(state))
@@ -243,14 +272,12 @@ async fn claim(
     Ok((Backend::Database, kept))
 }
 
-async fn keep(
-    state: &AppState,
-    backend: Backend,
-    scope: &str,
-    key: &str,
-    fingerprint: &str,
-    response: StoredResponse,
-) {
+async fn keep(state: &AppState, backend: Backend, claim: &Claim, response: StoredResponse) {
+    let Claim {
+        scope,
+        key,
+        fingerprint,
+    } = claim;
     if backend == Backend::Redis {
         if let Some(redis) = &state.redis {
             let record = IdempotencyRecord {
@@ -280,7 +307,12 @@ async fn keep(
     }
 }
 
-async fn release(state: &AppState, backend: Backend, scope: &str, key: &str, fingerprint: &str) {
+async fn release(state: &AppState, backend: Backend, claim: &Claim) {
+    let Claim {
+        scope,
+        key,
+        fingerprint,
+    } = claim;
     match (backend, &state.redis) {
         (Backend::Redis, Some(redis)) => {
             let _ = redis.release_idempotency_key(scope, key, fingerprint).await;

@@ -170,7 +170,7 @@ pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Respo
     tag = "keys",
     params(
         ("id" = String, Path, format = "uuid", description = "Key id"),
-        ("Idempotency-Key" = Option<String>, Header, description = "1–255 visible ASCII characters: a repeat of this request with the same key within 24 hours gets the first answer; the same key with another request answers 422"),
+        crate::openapi::IdempotencyKey,
     ),
     responses(
         (status = 204, description = "Revoked"),

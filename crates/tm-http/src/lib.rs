@@ -20,9 +20,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::DefaultBodyLimit;
-use axum::http::HeaderValue;
+use axum::handler::Handler;
+use axum::http::{HeaderValue, Method};
 use axum::middleware;
-use axum::routing::{delete, get, patch, post};
+use axum::routing::{get, on, MethodFilter, MethodRouter};
 use axum::Router;
 use tm_config::HttpConfig;
 use tm_resilience::RateLimiter;
@@ -171,60 +172,82 @@ pub struct Fleet {
     pub read_your_writes: Option<std::time::Duration>,
 }
 
-/// The API v1 routes and their methods; also what the metrics declare up front.
-const API_ROUTES: &[(&str, &[&str])] = &[
-    ("/routes", &["GET", "POST"]),
-    ("/routes/resolve", &["GET"]),
-    ("/routes/activate", &["POST"]),
-    ("/routes/deactivate", &["POST"]),
-    ("/routes/{id}", &["GET", "PATCH", "DELETE"]),
-    ("/keys", &["GET", "POST"]),
-    ("/keys/{id}", &["DELETE"]),
-];
+/// Whether an operation honours `Idempotency-Key`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Idempotency {
+    Honoured,
+    Ignored,
+}
+
+/// One operation of API v1: its path under `/api/v1`, its method, and its handler.
+struct Operation {
+    path: &'static str,
+    method: Method,
+    idempotency: Idempotency,
+    handler: MethodRouter<AppState>,
+}
+
+fn operation<H, T>(
+    path: &'static str,
+    method: Method,
+    idempotency: Idempotency,
+    handler: H,
+) -> Operation
+where
+    H: Handler<T, AppState>,
+    T: 'static,
+{
+    let filter = MethodFilter::try_from(method.clone()).expect("a standard method");
+    Operation {
+        path,
+        method,
+        idempotency,
+        handler: on(filter, handler),
+    }
+}
+
+/// API v1: the one list the router and the metrics' declared endpoints are made from.
+fn api_operations() -> Vec<Operation> {
+    use Idempotency::{Honoured, Ignored};
+    vec![
+        operation("/routes", Method::GET, Ignored, routes::list),
+        operation("/routes", Method::POST, Honoured, routes::create),
+        operation("/routes/resolve", Method::GET, Ignored, resolve::resolve),
+        operation("/routes/activate", Method::POST, Honoured, routes::activate),
+        operation(
+            "/routes/deactivate",
+            Method::POST,
+            Honoured,
+            routes::deactivate,
+        ),
+        operation("/routes/{id}", Method::GET, Ignored, routes::get),
+        operation("/routes/{id}", Method::PATCH, Honoured, routes::patch),
+        operation("/routes/{id}", Method::DELETE, Honoured, routes::delete),
+        operation("/keys", Method::GET, Ignored, keys::list),
+        operation("/keys", Method::POST, Honoured, keys::create),
+        operation("/keys/{id}", Method::DELETE, Honoured, keys::revoke),
+    ]
+}
 
 /// The whole HTTP surface: API v1, health probes and metrics.
 pub fn router(state: AppState) -> Router {
     for class in tm_resilience::RateClass::ALL {
         state.metrics.declare_rate_class(class.as_str());
     }
-    for (path, methods) in API_ROUTES {
-        for method in *methods {
-            state
-                .metrics
-                .declare_endpoint(method, &format!("/api/v1{path}"));
-        }
-    }
-    // Full paths rather than a nested router: nesting rewrites every request's URI.
-    let v1 = |path: &str| format!("/api/v1{path}");
     // Writes honour Idempotency-Key; reads (resolve above all) do not pay for it.
     let idempotent = || middleware::from_fn_with_state(state.clone(), idempotency::idempotency);
-    let api = Router::new()
-        .route(
-            &v1("/routes"),
-            post(routes::create).layer(idempotent()).get(routes::list),
-        )
-        .route(&v1("/routes/resolve"), get(resolve::resolve))
-        .route(
-            &v1("/routes/activate"),
-            post(routes::activate).layer(idempotent()),
-        )
-        .route(
-            &v1("/routes/deactivate"),
-            post(routes::deactivate).layer(idempotent()),
-        )
-        .route(
-            &v1("/routes/{id}"),
-            patch(routes::patch)
-                .delete(routes::delete)
-                .layer(idempotent())
-                .get(routes::get),
-        )
-        .route(
-            &v1("/keys"),
-            post(keys::create).layer(idempotent()).get(keys::list),
-        )
-        .route(&v1("/keys/{id}"), delete(keys::revoke).layer(idempotent()))
-        .layer(middleware::from_fn_with_state(state.clone(), shed));
+    let mut api = Router::new();
+    for op in api_operations() {
+        // Full paths rather than a nested router: nesting rewrites every request's URI.
+        let path = format!("/api/v1{}", op.path);
+        state.metrics.declare_endpoint(op.method.as_str(), &path);
+        let handler = match op.idempotency {
+            Idempotency::Honoured => op.handler.layer(idempotent()),
+            Idempotency::Ignored => op.handler,
+        };
+        api = api.route(&path, handler);
+    }
+    let api = api.layer(middleware::from_fn_with_state(state.clone(), shed));
     let config = state.config.clone();
     let router = Router::new()
         .merge(api)

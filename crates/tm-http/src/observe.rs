@@ -12,7 +12,8 @@ use axum::response::Response;
 use tm_resilience::RateDecision;
 use tracing::Instrument;
 
-use crate::AppState;
+use crate::error::ServerFault;
+use crate::{ApiError, AppState};
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub static X_CORRELATION_ID: HeaderName = HeaderName::from_static("x-correlation-id");
@@ -164,7 +165,11 @@ pub async fn observe(State(state): State<AppState>, mut request: Request, next: 
     if let Some(tenant) = context.tenant() {
         state.metrics.observe_tenant(tenant);
     }
+    let fault = response.extensions_mut().remove::<ServerFault>();
     span.in_scope(|| {
+        if let Some(ServerFault(fault)) = fault {
+            log_fault(status, &fault);
+        }
         tracing::info!(
             status,
             latency_ms = elapsed.as_secs_f64() * 1000.0,
@@ -183,9 +188,44 @@ pub async fn observe(State(state): State<AppState>, mut request: Request, next: 
     response
 }
 
+/// Logs the error behind a 5xx answer once, with its whole `source()` chain.
+fn log_fault(status: u16, fault: &ApiError) {
+    if status == 503 {
+        // Refusing to protect the database is the design working, not a fault.
+        tracing::warn!(error = %ErrorChain(fault), "request refused");
+    } else {
+        tracing::error!(error = %ErrorChain(fault), "request failed");
+    }
+}
+
+/// An error and its sources, as `outer: inner: innermost`.
+struct ErrorChain<'a>(&'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(err) = source {
+            write!(f, ": {err}")?;
+            source = err.source();
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_error_chain_names_every_cause() {
+        let inner = std::io::Error::other("connection reset");
+        let outer = ApiError::internal("reading from the database", inner);
+        assert_eq!(
+            ErrorChain(&outer).to_string(),
+            "internal error: reading from the database: connection reset"
+        );
+    }
 
     #[test]
     fn only_sane_ids_are_kept() {

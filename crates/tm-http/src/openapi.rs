@@ -178,6 +178,16 @@ pub enum Problems {
     Unavailable(ProblemDoc),
 }
 
+/// The `Idempotency-Key` header of the writes that honour it.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[expect(dead_code, reason = "only documents a parameter")]
+pub struct IdempotencyKey {
+    /// 1–255 visible ASCII characters: a repeat of this request with the same key within 24 hours gets the first answer; the same key with another request answers 422
+    #[param(rename = "Idempotency-Key")]
+    key: Option<String>,
+}
+
 /// What a write sent with `Idempotency-Key` may answer besides its own answers (a
 /// repeat gets the first answer again, with `Idempotent-Replayed: true`).
 #[derive(utoipa::IntoResponses)]

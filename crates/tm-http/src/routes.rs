@@ -208,9 +208,7 @@ fn route_etag(route: &Route) -> HeaderValue {
     post,
     path = "/api/v1/routes",
     tag = "routes",
-    params(
-        ("Idempotency-Key" = Option<String>, Header, description = "1–255 visible ASCII characters: a repeat of this request with the same key within 24 hours gets the first answer; the same key with another request answers 422"),
-    ),
+    params(crate::openapi::IdempotencyKey),
     request_body = CreateBody,
     responses(
         (status = 201, description = "Created", body = Route,
@@ -253,9 +251,7 @@ pub async fn create(
     post,
     path = "/api/v1/routes/activate",
     tag = "routes",
-    params(
-        ("Idempotency-Key" = Option<String>, Header, description = "1–255 visible ASCII characters: a repeat of this request with the same key within 24 hours gets the first answer; the same key with another request answers 422"),
-    ),
+    params(crate::openapi::IdempotencyKey),
     request_body = KeyBody,
     responses(
         (status = 200, description = "The route, active", body = Route, headers(("ETag" = String))),
@@ -277,9 +273,7 @@ pub async fn activate(
     post,
     path = "/api/v1/routes/deactivate",
     tag = "routes",
-    params(
-        ("Idempotency-Key" = Option<String>, Header, description = "1–255 visible ASCII characters: a repeat of this request with the same key within 24 hours gets the first answer; the same key with another request answers 422"),
-    ),
+    params(crate::openapi::IdempotencyKey),
     request_body = KeyBody,
     responses(
         (status = 200, description = "The route, inactive", body = Route, headers(("ETag" = String))),
@@ -478,7 +472,7 @@ pub async fn get(
     params(
         ("id" = String, Path, format = "uuid", description = "Route id"),
         ("If-Match" = Option<String>, Header, description = "`\"<revision>\"` or `*`"),
-        ("Idempotency-Key" = Option<String>, Header, description = "1–255 visible ASCII characters: a repeat of this request with the same key within 24 hours gets the first answer; the same key with another request answers 422"),
+        crate::openapi::IdempotencyKey,
     ),
     request_body = PatchBody,
     responses(
@@ -524,7 +518,7 @@ pub async fn patch(
     params(
         ("id" = String, Path, format = "uuid", description = "Route id"),
         ("If-Match" = Option<String>, Header, description = "`\"<revision>\"` or `*`"),
-        ("Idempotency-Key" = Option<String>, Header, description = "1–255 visible ASCII characters: a repeat of this request with the same key within 24 hours gets the first answer; the same key with another request answers 422"),
+        crate::openapi::IdempotencyKey,
     ),
     responses(
         (status = 204, description = "Deleted"),

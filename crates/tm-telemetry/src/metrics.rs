@@ -131,215 +131,184 @@ pub struct PoolFigures<'a> {
     pub max: u32,
 }
 
-fn register<C: prometheus::core::Collector + Clone + 'static>(
-    registry: &Registry,
-    collector: C,
-) -> C {
-    registry
-        .register(Box::new(collector.clone()))
-        .expect("metric names are unique and valid");
-    collector
+/// Creates metrics and registers each in one registry: one call per metric.
+struct Registrar<'a>(&'a Registry);
+
+impl Registrar<'_> {
+    fn add<C: prometheus::core::Collector + Clone + 'static>(&self, collector: C) -> C {
+        self.0
+            .register(Box::new(collector.clone()))
+            .expect("metric names are unique and valid");
+        collector
+    }
+
+    fn counter(&self, name: &str, help: &str) -> IntCounter {
+        self.add(IntCounter::new(name, help).expect("valid metric"))
+    }
+
+    fn counter_vec(&self, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+        self.add(IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"))
+    }
+
+    fn int_gauge(&self, name: &str, help: &str) -> IntGauge {
+        self.add(IntGauge::new(name, help).expect("valid metric"))
+    }
+
+    fn int_gauge_vec(&self, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+        self.add(IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"))
+    }
+
+    fn gauge(&self, name: &str, help: &str) -> Gauge {
+        self.add(Gauge::new(name, help).expect("valid metric"))
+    }
+
+    fn gauge_vec(&self, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
+        self.add(GaugeVec::new(Opts::new(name, help), labels).expect("valid metric"))
+    }
+
+    fn histogram(&self, name: &str, help: &str, buckets: &[f64]) -> Histogram {
+        let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+        self.add(Histogram::with_opts(opts).expect("valid metric"))
+    }
+
+    fn histogram_vec(
+        &self,
+        name: &str,
+        help: &str,
+        buckets: &[f64],
+        labels: &[&str],
+    ) -> HistogramVec {
+        let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+        self.add(HistogramVec::new(opts, labels).expect("valid metric"))
+    }
 }
 
 impl Metrics {
-    /// A registry with every metric of the contract, present from the start.
+    /// A registry with every metric of the contract, present from the start. The body is
+    /// the table of metrics: name, help and labels of each.
     pub fn new(max_tenants: usize, version: &str) -> Self {
-        let r = Registry::new();
-        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
-            register(
-                &r,
-                IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"),
-            )
-        };
-        let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
-            register(
-                &r,
-                IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"),
-            )
-        };
-        let tenant_requests = counter_vec(
+        let registry = Registry::new();
+        let r = Registrar(&registry);
+        let tenant_requests = r.counter_vec(
             "tenant_requests_total",
             "API requests per tenant; tenants beyond the cap are counted as \"other\".",
             &["tenant"],
         );
-        let metrics = Self {
+        r.int_gauge_vec(
+            "build_info",
+            "Build of the running binary; always 1.",
+            &["version"],
+        )
+        .with_label_values(&[version])
+        .set(1);
+        Self {
             other_tenant: tenant_requests.with_label_values(&[OTHER_TENANT]),
             tenant_requests,
-            http_requests: counter_vec(
+            http_requests: r.counter_vec(
                 "http_requests_total",
                 "HTTP requests answered, by method, route template and status.",
                 &["method", "endpoint", "status"],
             ),
-            http_duration: register(
-                &r,
-                HistogramVec::new(
-                    HistogramOpts::new(
-                        "http_request_duration_seconds",
-                        "Time to answer an HTTP request, by method and route template.",
-                    )
-                    .buckets(LATENCY_BUCKETS.to_vec()),
-                    &["method", "endpoint"],
-                )
-                .expect("valid metric"),
+            http_duration: r.histogram_vec(
+                "http_request_duration_seconds",
+                "Time to answer an HTTP request, by method and route template.",
+                LATENCY_BUCKETS,
+                &["method", "endpoint"],
             ),
             request_series: RwLock::default(),
             tenant_series: RwLock::default(),
             max_tenants,
-            db_pool_connections: gauge_vec(
+            db_pool_connections: r.int_gauge_vec(
                 "db_pool_connections",
                 "Open database connections by pool and state (idle, in_use).",
                 &["pool", "state"],
             ),
-            db_pool_max: gauge_vec(
+            db_pool_max: r.int_gauge_vec(
                 "db_pool_max",
                 "Largest size of each database pool.",
                 &["pool"],
             ),
-            db_pool_waiting: gauge_vec(
+            db_pool_waiting: r.int_gauge_vec(
                 "db_pool_waiting",
                 "Tasks waiting for a connection from each database pool.",
                 &["pool"],
             ),
-            db_pool_usage_percent: register(
-                &r,
-                GaugeVec::new(
-                    Opts::new(
-                        "db_pool_usage_percent",
-                        "Connections in use as a percentage of each pool's maximum.",
-                    ),
-                    &["pool"],
-                )
-                .expect("valid metric"),
+            db_pool_usage_percent: r.gauge_vec(
+                "db_pool_usage_percent",
+                "Connections in use as a percentage of each pool's maximum.",
+                &["pool"],
             ),
-            db_replica_lag: register(
-                &r,
-                GaugeVec::new(
-                    Opts::new(
-                        "db_replica_lag_seconds",
-                        "Seconds each read replica is behind the primary; -1 when it cannot be reached.",
-                    ),
-                    &["replica"],
-                )
-                .expect("valid metric"),
+            db_replica_lag: r.gauge_vec(
+                "db_replica_lag_seconds",
+                "Seconds each read replica is behind the primary; -1 when it cannot be reached.",
+                &["replica"],
             ),
-            db_queries: register(
-                &r,
-                IntCounter::new(
-                    "db_queries_total",
-                    "Queries and transactions sent to the database (a transaction counts once).",
-                )
-                .expect("valid metric"),
+            db_queries: r.counter(
+                "db_queries_total",
+                "Queries and transactions sent to the database (a transaction counts once).",
             ),
-            db_connection_errors: register(
-                &r,
-                IntCounter::new(
-                    "db_connection_errors_total",
-                    "Failed attempts to get a working database connection.",
-                )
-                .expect("valid metric"),
+            db_connection_errors: r.counter(
+                "db_connection_errors_total",
+                "Failed attempts to get a working database connection.",
             ),
-            circuit_breaker_state: gauge_vec(
+            circuit_breaker_state: r.int_gauge_vec(
                 "circuit_breaker_state",
                 "State of each circuit breaker: 0 closed, 1 open, 2 half-open.",
                 &["breaker"],
             ),
-            cache_hits: register(
-                &r,
-                IntCounter::new("cache_hits_total", "Reads answered from the read cache.")
-                    .expect("valid metric"),
+            cache_hits: r.counter("cache_hits_total", "Reads answered from the read cache."),
+            cache_misses: r.counter(
+                "cache_misses_total",
+                "Reads that had to go to the database.",
             ),
-            cache_misses: register(
-                &r,
-                IntCounter::new(
-                    "cache_misses_total",
-                    "Reads that had to go to the database.",
-                )
-                .expect("valid metric"),
-            ),
-            rate_limit_hits: counter_vec(
+            rate_limit_hits: r.counter_vec(
                 "rate_limit_hits_total",
                 "Requests refused with 429, by rate-limit class.",
                 &["class"],
             ),
-            routing_snapshot_routes: register(
-                &r,
-                IntGauge::new(
-                    "routing_snapshot_routes",
-                    "Active routes in the in-memory routing snapshot.",
-                )
-                .expect("valid metric"),
+            routing_snapshot_routes: r.int_gauge(
+                "routing_snapshot_routes",
+                "Active routes in the in-memory routing snapshot.",
             ),
-            routing_snapshot_age_seconds: register(
-                &r,
-                Gauge::new(
-                    "routing_snapshot_age_seconds",
-                    "Seconds since the routing snapshot was last known to match the database.",
-                )
-                .expect("valid metric"),
+            routing_snapshot_age_seconds: r.gauge(
+                "routing_snapshot_age_seconds",
+                "Seconds since the routing snapshot was last known to match the database.",
             ),
-            routing_propagation: register(
-                &r,
-                Histogram::with_opts(
-                    HistogramOpts::new(
-                        "routing_propagation_seconds",
-                        "Time from a change being made (by any instance) to its being applied to this \
-                         instance's snapshot through the change feed.",
-                    )
-                    .buckets(PROPAGATION_BUCKETS.to_vec()),
-                )
-                .expect("valid metric"),
+            routing_propagation: r.histogram(
+                "routing_propagation_seconds",
+                "Time from a change being made (by any instance) to its being applied to this \
+                 instance's snapshot through the change feed.",
+                PROPAGATION_BUCKETS,
             ),
-            redis_command_duration: register(
-                &r,
-                HistogramVec::new(
-                    HistogramOpts::new(
-                        "redis_command_duration_seconds",
-                        "Time per Redis command, by what it was for.",
-                    )
-                    .buckets(LATENCY_BUCKETS.to_vec()),
-                    &["command"],
-                )
-                .expect("valid metric"),
+            redis_command_duration: r.histogram_vec(
+                "redis_command_duration_seconds",
+                "Time per Redis command, by what it was for.",
+                LATENCY_BUCKETS,
+                &["command"],
             ),
-            redis_errors: counter_vec(
+            redis_errors: r.counter_vec(
                 "redis_errors_total",
                 "Redis commands that failed or timed out, by what they were for.",
                 &["command"],
             ),
-            redis_degraded: register(
-                &r,
-                IntGauge::new(
-                    "redis_degraded",
-                    "1 while Redis is configured but unusable; its work is then done without it.",
-                )
-                .expect("valid metric"),
+            redis_degraded: r.int_gauge(
+                "redis_degraded",
+                "1 while Redis is configured but unusable; its work is then done without it.",
             ),
-            redis_fallbacks: counter_vec(
+            redis_fallbacks: r.counter_vec(
                 "redis_fallbacks_total",
                 "Work done without Redis while it was unusable, by feature \
                  (rate_limit: local buckets, idempotency: the database, lock: none taken, \
                  fan_out: left to the database and the periodic reload).",
                 &["feature"],
             ),
-            app_uptime_seconds: register(
-                &r,
-                Gauge::new(
-                    "app_uptime_seconds",
-                    "Seconds since the process started serving.",
-                )
-                .expect("valid metric"),
+            app_uptime_seconds: r.gauge(
+                "app_uptime_seconds",
+                "Seconds since the process started serving.",
             ),
             started: Instant::now(),
-            registry: r,
-        };
-        let build_info = gauge_vec_on(
-            &metrics.registry,
-            "build_info",
-            "Build of the running binary; always 1.",
-            &["version"],
-        );
-        build_info.with_label_values(&[version]).set(1);
-        metrics
+            registry,
+        }
     }
 
     /// Creates the zero-valued series of an endpoint, so it is scrapeable before use.
@@ -485,13 +454,6 @@ impl Metrics {
 
 /// Content type of [`Metrics::encode`]'s output.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
-
-fn gauge_vec_on(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
-    register(
-        registry,
-        IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"),
-    )
-}
 
 #[cfg(test)]
 mod tests {
