@@ -46,6 +46,8 @@ impl Default for HttpRaw {
     }
 }
 
+/// Everything the HTTP layer is given: where to listen, request and answer limits,
+/// browser access, the rate limits and the guards on the database path.
 #[derive(Clone, Debug, Serialize)]
 pub struct HttpConfig {
     pub listen: SocketAddr,

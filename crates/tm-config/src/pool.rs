@@ -44,8 +44,10 @@ impl Default for PoolRaw {
     }
 }
 
+/// The database pools of this process.
 #[derive(Clone, Debug, Serialize)]
 pub struct PoolConfig {
+    /// The primary pool's size, for this process's type.
     pub max_connections: u32,
     /// Size of the separate pool that only critical writes use.
     pub critical_connections: u32,

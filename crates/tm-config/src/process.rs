@@ -46,6 +46,8 @@ impl Default for ProcessRaw {
     }
 }
 
+/// The kind of deployment; `dev` logs text, the others JSON, and `prod` refuses a
+/// CORS wildcard.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Profile {
@@ -55,6 +57,7 @@ pub enum Profile {
 }
 
 impl Profile {
+    /// The name, as the setting spells it.
     pub fn as_str(self) -> &'static str {
         match self {
             Profile::Dev => "dev",
@@ -73,6 +76,7 @@ pub enum ProcessType {
 }
 
 impl ProcessType {
+    /// The name, as the setting spells it.
     pub fn as_str(self) -> &'static str {
         match self {
             ProcessType::Web => "web",

@@ -62,6 +62,7 @@ pub enum SqliteSynchronous {
 }
 
 impl SqliteSynchronous {
+    /// The name, as the setting spells it.
     pub fn as_str(self) -> &'static str {
         match self {
             SqliteSynchronous::Full => "full",

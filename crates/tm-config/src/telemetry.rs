@@ -32,6 +32,7 @@ impl Default for TelemetryRaw {
     }
 }
 
+/// How log lines are written on stdout.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -40,6 +41,7 @@ pub enum LogFormat {
 }
 
 impl LogFormat {
+    /// The name, as the setting spells it.
     pub fn as_str(self) -> &'static str {
         match self {
             LogFormat::Text => "text",
@@ -48,6 +50,7 @@ impl LogFormat {
     }
 }
 
+/// Log settings.
 #[derive(Clone, Debug, Serialize)]
 pub struct LogConfig {
     pub format: LogFormat,
