@@ -99,8 +99,9 @@ fn setting_keys() -> &'static [String] {
     &KEYS
 }
 
+/// Whether `key` of the TOML file is a setting (keys there are case-sensitive).
 fn is_setting(key: &str) -> bool {
-    setting_keys().iter().any(|k| k.eq_ignore_ascii_case(key))
+    setting_keys().iter().any(|k| k == key)
 }
 
 /// The items of a comma-separated list, trimmed, empty ones left out.
