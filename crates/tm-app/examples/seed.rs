@@ -43,13 +43,19 @@ fn route(tenant: &str, service: &str, version: &str, weight: u8, url: &str) -> R
 async fn main() -> anyhow::Result<()> {
     let count: usize = arg("--routes").map_or(Ok(1000), |n| n.parse())?;
     let raw = RawConfig {
-        data_dir: arg("--data-dir").map_or_else(|| "./data".into(), Into::into),
-        database_url: arg("--database-url"),
-        sqlite_synchronous: "normal".into(),
+        process: tm_config::ProcessRaw {
+            data_dir: arg("--data-dir").map_or_else(|| "./data".into(), Into::into),
+            ..Default::default()
+        },
+        storage: tm_config::StorageRaw {
+            database_url: arg("--database-url"),
+            sqlite_synchronous: "normal".into(),
+            ..Default::default()
+        },
         ..RawConfig::default()
     };
     let config = Config::try_from(raw)?;
-    let store = tm_store::connect(&config, StoreCounters::default()).await?;
+    let store = tm_store::connect(&config.storage, &config.pool, StoreCounters::default()).await?;
     let started = Instant::now();
 
     let mut routes = vec![

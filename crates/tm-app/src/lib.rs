@@ -87,7 +87,7 @@ impl Application {
             config.metrics.max_tenants,
             env!("CARGO_PKG_VERSION"),
         ));
-        let store = tm_store::connect(&config, store_counters(&metrics))
+        let store = tm_store::connect(&config.storage, &config.pool, store_counters(&metrics))
             .await
             .map_err(|source| StartError::Store { backend, source })?;
         let configured_admin = config
@@ -111,12 +111,8 @@ impl Application {
         // With replicas, a caller that wrote reads from the primary for the lag bound plus
         // one lag check: any replica still in the rotation then has its write.
         let read_your_writes = match &config.storage {
-            tm_config::StorageConfig::Postgres {
-                replicas,
-                replica_max_lag,
-                ..
-            } if !replicas.is_empty() => {
-                Some(*replica_max_lag + config.metrics.pool_sample_interval)
+            tm_config::StorageConfig::Postgres(postgres) if !postgres.replicas.is_empty() => {
+                Some(postgres.replica_max_lag + config.metrics.pool_sample_interval)
             }
             _ => None,
         };
@@ -300,7 +296,7 @@ pub async fn create_key(
     grant: Grant,
 ) -> Result<(ApiKey, KeyRecord), StartError> {
     let backend = config.storage.backend();
-    let store = tm_store::connect(config, StoreCounters::default())
+    let store = tm_store::connect(&config.storage, &config.pool, StoreCounters::default())
         .await
         .map_err(|source| StartError::Store { backend, source })?;
     let key = ApiKey::new(KeyId::generate(), rand::random());

@@ -35,17 +35,32 @@ impl Drop for App {
 async fn start_app(cluster: &Cluster, breaker_open_for: Duration) -> App {
     let data = tempfile::tempdir().expect("tempdir");
     let raw = RawConfig {
-        listen: "127.0.0.1:0".into(),
-        data_dir: data.path().to_path_buf(),
-        database_url: Some(cluster.url()),
-        bootstrap_admin_key: Some(ADMIN.into()),
-        breaker_failures: 2,
-        breaker_open_for,
-        db_acquire_timeout: Duration::from_secs(2),
-        timeout_write: Duration::from_secs(3),
-        timeout_read: Duration::from_secs(1),
-        health_check_timeout: Duration::from_secs(1),
-        snapshot_reload_interval: Duration::from_secs(2),
+        process: tm_config::ProcessRaw {
+            listen: "127.0.0.1:0".into(),
+            data_dir: data.path().to_path_buf(),
+            bootstrap_admin_key: Some(ADMIN.into()),
+            snapshot_reload_interval: Duration::from_secs(2),
+            ..Default::default()
+        },
+        storage: tm_config::StorageRaw {
+            database_url: Some(cluster.url()),
+            ..Default::default()
+        },
+        pool: tm_config::PoolRaw {
+            db_acquire_timeout: Duration::from_secs(2),
+            ..Default::default()
+        },
+        guards: tm_config::GuardConfig {
+            breaker_failures: 2,
+            breaker_open_for,
+            timeout_write: Duration::from_secs(3),
+            timeout_read: Duration::from_secs(1),
+            ..Default::default()
+        },
+        http: tm_config::HttpRaw {
+            health_check_timeout: Duration::from_secs(1),
+            ..Default::default()
+        },
         ..RawConfig::default()
     };
     let app = Application::build(Config::try_from(raw).expect("config"))

@@ -68,16 +68,34 @@ async fn three_instances_agree_share_limits_and_revoke_together() {
     };
     let replica = Cluster::replica_of(&primary);
     let raw = RawConfig {
-        database_url: Some(primary.url()),
-        database_replica_urls: Some(replica.url()),
-        redis_url: Some(redis.url()),
-        bootstrap_admin_key: Some(ADMIN.into()),
-        snapshot_catch_up_interval: BOUND,
-        // Key management: the budget the fleet-wide limit is checked on below.
-        rate_limit_keys: "40/min".into(),
-        // Cached reads outlive the bound unless changes elsewhere drop them.
-        read_cache_ttl: Duration::from_secs(30),
-        pool_sample_interval: Duration::from_millis(100),
+        process: tm_config::ProcessRaw {
+            bootstrap_admin_key: Some(ADMIN.into()),
+            snapshot_catch_up_interval: BOUND,
+            ..Default::default()
+        },
+        storage: tm_config::StorageRaw {
+            database_url: Some(primary.url()),
+            database_replica_urls: Some(replica.url()),
+            ..Default::default()
+        },
+        redis: tm_config::RedisRaw {
+            redis_url: Some(redis.url()),
+            ..Default::default()
+        },
+        telemetry: tm_config::TelemetryRaw {
+            pool_sample_interval: Duration::from_millis(100),
+            ..Default::default()
+        },
+        limits: tm_config::LimitsRaw {
+            // Key management: the budget the fleet-wide limit is checked on below.
+            rate_limit_keys: "40/min".into(),
+            ..Default::default()
+        },
+        guards: tm_config::GuardConfig {
+            // Cached reads outlive the bound unless changes elsewhere drop them.
+            read_cache_ttl: Duration::from_secs(30),
+            ..Default::default()
+        },
         ..RawConfig::default()
     };
     let fleet = [

@@ -40,11 +40,20 @@ async fn mixed_load_stays_within_its_thresholds() {
 
     let data = tempfile::tempdir().expect("tempdir");
     let raw = RawConfig {
-        listen: "127.0.0.1:0".into(),
-        data_dir: data.path().to_path_buf(),
-        database_url: std::env::var("TM_TEST_DATABASE_URL").ok(),
-        bootstrap_admin_key: Some(ADMIN.into()),
-        log_level: "warn".into(),
+        process: tm_config::ProcessRaw {
+            listen: "127.0.0.1:0".into(),
+            data_dir: data.path().to_path_buf(),
+            bootstrap_admin_key: Some(ADMIN.into()),
+            ..Default::default()
+        },
+        storage: tm_config::StorageRaw {
+            database_url: std::env::var("TM_TEST_DATABASE_URL").ok(),
+            ..Default::default()
+        },
+        telemetry: tm_config::TelemetryRaw {
+            log_level: "warn".into(),
+            ..Default::default()
+        },
         ..RawConfig::default()
     };
     let app = Application::build(Config::try_from(raw).expect("config"))

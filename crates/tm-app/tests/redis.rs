@@ -22,10 +22,19 @@ const ADMIN: &str = "redis-test-admin-key-0123456789abcdefgh";
 
 fn config(redis_url: Option<String>, cluster_urls: Option<String>) -> RawConfig {
     RawConfig {
-        redis_url,
-        redis_cluster_urls: cluster_urls,
-        bootstrap_admin_key: Some(ADMIN.into()),
-        pool_sample_interval: Duration::from_millis(100),
+        process: tm_config::ProcessRaw {
+            bootstrap_admin_key: Some(ADMIN.into()),
+            ..Default::default()
+        },
+        redis: tm_config::RedisRaw {
+            redis_url,
+            redis_cluster_urls: cluster_urls,
+            ..Default::default()
+        },
+        telemetry: tm_config::TelemetryRaw {
+            pool_sample_interval: Duration::from_millis(100),
+            ..Default::default()
+        },
         ..RawConfig::default()
     }
 }
@@ -62,10 +71,8 @@ async fn a_rate_limit_holds_across_three_instances() {
     let Some(cluster) = RedisCluster::start() else {
         return;
     };
-    let raw = RawConfig {
-        rate_limit_read: "30/min".into(),
-        ..config(None, Some(cluster.urls()))
-    };
+    let mut raw = config(None, Some(cluster.urls()));
+    raw.limits.rate_limit_read = "30/min".into();
     let instances = [
         Instance::start(raw.clone()).await,
         Instance::start(raw.clone()).await,
@@ -222,11 +229,9 @@ async fn a_frozen_redis_costs_a_request_at_most_its_timeout() {
     let Some(redis) = RedisServer::start() else {
         return;
     };
-    let instance = Instance::start(RawConfig {
-        redis_timeout: Duration::from_millis(100),
-        ..config(Some(redis.url()), None)
-    })
-    .await;
+    let mut raw = config(Some(redis.url()), None);
+    raw.redis.redis_timeout = Duration::from_millis(100);
+    let instance = Instance::start(raw).await;
     let (status, _, _) = create(&instance, "warm-up", "warm-up").await;
     assert_eq!(status, StatusCode::CREATED);
 

@@ -78,14 +78,26 @@ async fn reads_use_the_replica_writers_read_their_writes_and_a_lost_replica_is_l
     let replica = Cluster::replica_of(&primary);
     let data = tempfile::tempdir().expect("tempdir");
     let raw = RawConfig {
-        listen: "127.0.0.1:0".into(),
-        data_dir: data.path().to_path_buf(),
-        database_url: Some(primary.url()),
-        database_replica_urls: Some(replica.url()),
-        replica_max_lag: Duration::from_secs(3),
-        pool_sample_interval: Duration::from_millis(100),
-        read_cache_ttl: Duration::from_millis(1),
-        bootstrap_admin_key: Some(ADMIN.into()),
+        process: tm_config::ProcessRaw {
+            listen: "127.0.0.1:0".into(),
+            data_dir: data.path().to_path_buf(),
+            bootstrap_admin_key: Some(ADMIN.into()),
+            ..Default::default()
+        },
+        storage: tm_config::StorageRaw {
+            database_url: Some(primary.url()),
+            database_replica_urls: Some(replica.url()),
+            replica_max_lag: Duration::from_secs(3),
+            ..Default::default()
+        },
+        telemetry: tm_config::TelemetryRaw {
+            pool_sample_interval: Duration::from_millis(100),
+            ..Default::default()
+        },
+        guards: tm_config::GuardConfig {
+            read_cache_ttl: Duration::from_millis(1),
+            ..Default::default()
+        },
         ..RawConfig::default()
     };
     let app = Application::build(Config::try_from(raw).expect("config"))

@@ -13,9 +13,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use redis::{Cmd, FromRedisValue, Script, ScriptInvocation};
-use tm_config::{RedisConfig, RedisNodes};
+use tm_config::{RateLimits, RedisConfig, RedisNodes};
 use tm_resilience::{
-    BreakerConfig, BreakerState, CircuitBreaker, RateClass, RateDecision, RateLimits, Subject,
+    BreakerConfig, BreakerState, CircuitBreaker, RateClass, RateDecision, Subject,
 };
 use tm_store::IdempotencyRecord;
 use tm_telemetry::Metrics;
@@ -322,10 +322,10 @@ impl Redis {
         class: RateClass,
         subject: Subject,
     ) -> Result<Option<RateDecision>, Unavailable> {
-        if limits.exempt(&subject) {
+        if subject.is_exempt(limits) {
             return Ok(None);
         }
-        let quota = limits.quota(class);
+        let quota = class.quota(limits);
         let per_request = quota.period / quota.count.get();
         let who = match subject {
             Subject::Key(id) => format!("key:{id}"),

@@ -9,9 +9,6 @@ mod singleflight;
 
 pub use breaker::{BreakerConfig, BreakerState, CircuitBreaker, Ticket};
 pub use bulkhead::{Bulkhead, Full, Slot};
-pub use rate_limit::{
-    LocalRateLimiter, Quota, QuotaParseError, RateClass, RateDecision, RateLimiter, RateLimits,
-    Subject,
-};
+pub use rate_limit::{LocalRateLimiter, RateClass, RateDecision, RateLimiter, Subject};
 pub use retry::{retry, RetryPolicy};
 pub use singleflight::Singleflight;

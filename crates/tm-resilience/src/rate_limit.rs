@@ -1,17 +1,15 @@
 //! Rate limits by endpoint class, per API key — or per client address for requests
 //! that fail to authenticate (a brute-force guard). Local limits use governor's GCRA;
-//! [`RateLimiter`] is the seam for a shared store across instances.
+//! [`RateLimiter`] is the seam for a shared store across instances. The quotas are
+//! settings ([`tm_config::RateLimits`]); this module turns them into budgets.
 
-use std::fmt;
 use std::net::IpAddr;
-use std::num::NonZeroU32;
-use std::str::FromStr;
 use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
 use governor::state::keyed::DefaultKeyedStateStore;
-use ipnet::IpNet;
+use tm_config::{Quota, RateLimits};
 use tm_domain::KeyId;
 
 /// Which budget a request draws from.
@@ -53,87 +51,26 @@ pub enum Subject {
     Address(IpAddr),
 }
 
-/// `count` requests per `period`, with bursts of up to `count`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Quota {
-    pub count: NonZeroU32,
-    pub period: Duration,
-}
-
-#[derive(Debug, PartialEq, Eq)]
-pub struct QuotaParseError(String);
-
-impl fmt::Display for QuotaParseError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for QuotaParseError {}
-
-impl FromStr for Quota {
-    type Err = QuotaParseError;
-
-    /// `"100/s"`, `"6000/min"`, `"10000/h"`.
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || {
-            QuotaParseError(format!(
-                "{s:?} is not a rate such as 100/s, 6000/min or 10000/h"
-            ))
-        };
-        let (count, unit) = s.trim().split_once('/').ok_or_else(bad)?;
-        let count: u32 = count.trim().parse().map_err(|_| bad())?;
-        let count = NonZeroU32::new(count).ok_or_else(bad)?;
-        let period = match unit.trim() {
-            "s" | "sec" | "second" => Duration::from_secs(1),
-            "m" | "min" | "minute" => Duration::from_secs(60),
-            "h" | "hour" => Duration::from_secs(3600),
-            _ => return Err(bad()),
-        };
-        Ok(Quota { count, period })
-    }
-}
-
-impl fmt::Display for Quota {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let unit = match self.period.as_secs() {
-            1 => "s",
-            60 => "min",
-            _ => "h",
-        };
-        write!(f, "{}/{unit}", self.count)
-    }
-}
-
-/// The limits of every class, and who is exempt.
-#[derive(Clone, Debug)]
-pub struct RateLimits {
-    pub resolve: Quota,
-    pub read: Quota,
-    pub write: Quota,
-    pub keys: Quota,
-    pub unauthenticated: Quota,
-    pub exempt_keys: Vec<KeyId>,
-    pub exempt_networks: Vec<IpNet>,
-}
-
-impl RateLimits {
-    pub fn quota(&self, class: RateClass) -> Quota {
-        match class {
-            RateClass::Resolve => self.resolve,
-            RateClass::Read => self.read,
-            RateClass::Write => self.write,
-            RateClass::Keys => self.keys,
-            RateClass::Unauthenticated => self.unauthenticated,
+impl RateClass {
+    /// This class's quota in `limits`.
+    pub fn quota(self, limits: &RateLimits) -> Quota {
+        match self {
+            RateClass::Resolve => limits.resolve,
+            RateClass::Read => limits.read,
+            RateClass::Write => limits.write,
+            RateClass::Keys => limits.keys,
+            RateClass::Unauthenticated => limits.unauthenticated,
         }
     }
+}
 
-    /// Whether `subject` is exempt from every limit.
-    pub fn exempt(&self, subject: &Subject) -> bool {
-        match subject {
-            Subject::Key(id) => self.exempt_keys.contains(id),
+impl Subject {
+    /// Whether `limits` exempt this subject from every limit.
+    pub fn is_exempt(&self, limits: &RateLimits) -> bool {
+        match self {
+            Subject::Key(id) => limits.exempt_keys.contains(id),
             Subject::BootstrapKey => false,
-            Subject::Address(ip) => self.exempt_networks.iter().any(|net| net.contains(ip)),
+            Subject::Address(ip) => limits.exempt_networks.iter().any(|net| net.contains(ip)),
         }
     }
 }
@@ -181,7 +118,7 @@ impl LocalRateLimiter {
         let classes = RateClass::ALL
             .into_iter()
             .map(|class| {
-                let quota = limits.quota(class);
+                let quota = class.quota(&limits);
                 let per_request = quota.period / quota.count.get();
                 let gcra = governor::Quota::with_period(per_request.max(Duration::from_nanos(1)))
                     .expect("a positive period")
@@ -203,10 +140,10 @@ impl LocalRateLimiter {
 
 impl RateLimiter for LocalRateLimiter {
     fn check(&self, class: RateClass, subject: Subject) -> Option<RateDecision> {
-        if self.limits.exempt(&subject) {
+        if subject.is_exempt(&self.limits) {
             return None;
         }
-        let quota = self.limits.quota(class);
+        let quota = class.quota(&self.limits);
         let limiter = &self.classes.iter().find(|(c, _)| *c == class)?.1;
         let per_request = quota.period / quota.count.get();
         Some(match limiter.check_key(&subject) {
@@ -244,6 +181,7 @@ impl RateLimiter for LocalRateLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::num::NonZeroU32;
 
     fn limits(count: u32) -> RateLimits {
         let quota = Quota {
@@ -258,24 +196,6 @@ mod tests {
             unauthenticated: quota,
             exempt_keys: Vec::new(),
             exempt_networks: vec!["10.0.0.0/8".parse().expect("cidr")],
-        }
-    }
-
-    #[test]
-    fn quotas_parse_from_text() {
-        assert_eq!(
-            "100/s".parse::<Quota>().expect("valid"),
-            Quota {
-                count: NonZeroU32::new(100).expect("positive"),
-                period: Duration::from_secs(1)
-            }
-        );
-        assert_eq!(
-            "6000/min".parse::<Quota>().expect("valid").to_string(),
-            "6000/min"
-        );
-        for bad in ["", "100", "0/s", "-1/s", "10/day", "x/s", "10/"] {
-            assert!(bad.parse::<Quota>().is_err(), "{bad}");
         }
     }
 

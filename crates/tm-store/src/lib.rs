@@ -17,7 +17,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use tm_config::{Config, StorageConfig};
+use tm_config::{PoolConfig, StorageConfig};
 use tm_domain::{
     EnvName, GroupKey, KeyId, NewRoute, Route, RouteId, RouteKey, RoutePatch, ServiceName, TenantId,
 };
@@ -360,22 +360,26 @@ pub trait Store: Send + Sync + 'static {
 
 /// Opens the configured backend and applies its migrations.
 pub async fn connect(
-    config: &Config,
+    storage: &StorageConfig,
+    pool: &PoolConfig,
     counters: StoreCounters,
 ) -> Result<Arc<dyn Store>, StoreError> {
-    Ok(match &config.storage {
-        StorageConfig::Sqlite { path, synchronous } => {
-            Arc::new(SqliteStore::connect(path, *synchronous, &config.pool, counters).await?)
+    Ok(match storage {
+        StorageConfig::Sqlite(sqlite) => {
+            Arc::new(SqliteStore::connect(sqlite, pool, counters).await?)
         }
-        StorageConfig::Postgres { .. } => {
-            Arc::new(PostgresStore::connect(&config.storage, &config.pool, counters).await?)
+        StorageConfig::Postgres(postgres) => {
+            Arc::new(PostgresStore::connect(postgres, pool, counters).await?)
         }
     })
 }
 
 /// Applies the configured backend's migrations, then closes the connection.
-pub async fn migrate(config: &Config) -> Result<&'static str, StoreError> {
-    let store = connect(config, StoreCounters::default()).await?;
+pub async fn migrate(
+    storage: &StorageConfig,
+    pool: &PoolConfig,
+) -> Result<&'static str, StoreError> {
+    let store = connect(storage, pool, StoreCounters::default()).await?;
     let backend = store.backend();
     store.close().await;
     Ok(backend)

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sqlx::{Connection, PgConnection, Postgres};
-use tm_config::{PoolConfig, StorageConfig};
+use tm_config::{PoolConfig, PostgresConfig};
 use tm_domain::{now, GroupKey, KeyId, NewRoute, Route, RouteId, RouteKey, RoutePatch, TenantId};
 
 use crate::pool::{CountedPool, StoreCounters};
@@ -121,15 +121,12 @@ pub struct PostgresStore {
 
 impl PostgresStore {
     /// Connects to the configured primary and applies migrations.
-    ///
-    /// # Panics
-    /// If `storage` is not [`StorageConfig::Postgres`].
     pub async fn connect(
-        storage: &StorageConfig,
+        config: &PostgresConfig,
         pool: &PoolConfig,
         counters: StoreCounters,
     ) -> Result<Self, StoreError> {
-        let StorageConfig::Postgres {
+        let PostgresConfig {
             url,
             statement_timeout,
             idle_in_transaction_timeout,
@@ -138,10 +135,7 @@ impl PostgresStore {
             direct_url,
             replicas,
             replica_max_lag,
-        } = storage
-        else {
-            panic!("PostgresStore::connect needs a PostgreSQL storage configuration");
-        };
+        } = config;
         // Every connection, to the primary or a replica, carries the same time-outs.
         let instance = uuid::Uuid::now_v7().simple().to_string();
         let timeouts = [

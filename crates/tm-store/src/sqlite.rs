@@ -4,7 +4,6 @@
 //! connection (queueing in-process instead of spinning on `SQLITE_BUSY`), and reads
 //! through a separate read-only pool that WAL lets run beside the writer.
 
-use std::path::Path;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -12,7 +11,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous as Sync,
 };
 use sqlx::{Connection, Sqlite, SqliteConnection};
-use tm_config::{PoolConfig, SqliteSynchronous};
+use tm_config::{PoolConfig, SqliteConfig, SqliteSynchronous};
 use tm_domain::{now, GroupKey, KeyId, NewRoute, Route, RouteId, RouteKey, RoutePatch, TenantId};
 
 use crate::pool::{CountedPool, StoreCounters};
@@ -52,13 +51,13 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) the database at `path` and applies migrations.
+    /// Opens (creating if needed) the configured database file and applies migrations.
     pub async fn connect(
-        path: &Path,
-        synchronous: SqliteSynchronous,
+        config: &SqliteConfig,
         pool: &PoolConfig,
         counters: StoreCounters,
     ) -> Result<Self, StoreError> {
+        let SqliteConfig { path, synchronous } = config;
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
                 .map_err(|e| StoreError::Unavailable(sqlx::Error::Io(e)))?;

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 use sqlx::Connection;
-use tm_config::{PoolConfig, StorageConfig};
+use tm_config::{PoolConfig, PostgresConfig};
 use tm_store::{PostgresStore, Store, StoreError};
 
 fn pool_config() -> PoolConfig {
@@ -34,7 +34,7 @@ async fn every_connection_carries_the_statement_and_idle_transaction_timeouts() 
         .await
         .expect("schema");
     let separator = if admin_url.contains('?') { '&' } else { '?' };
-    let storage = StorageConfig::Postgres {
+    let storage = PostgresConfig {
         url: SecretString::from(format!(
             "{admin_url}{separator}options=-c%20search_path%3D{schema}"
         )),

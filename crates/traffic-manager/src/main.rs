@@ -149,7 +149,7 @@ async fn create_key(
 }
 
 async fn migrate(config: Config) -> anyhow::Result<()> {
-    let backend = tm_store::migrate(&config)
+    let backend = tm_store::migrate(&config.storage, &config.pool)
         .await
         .context("applying migrations")?;
     tracing::info!(backend, "migrations applied");

@@ -49,27 +49,30 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut RawConfig)) -> TestApp {
     tm_telemetry::init_for_tests();
     let data_dir = tempfile::tempdir().expect("temporary directory");
     let mut raw = RawConfig {
-        listen: "127.0.0.1:0".into(),
-        data_dir: data_dir.path().to_path_buf(),
-        // Faster periodic reloads exercise the reloader alongside every test.
-        snapshot_reload_interval: std::time::Duration::from_millis(500),
+        process: tm_config::ProcessRaw {
+            listen: "127.0.0.1:0".into(),
+            data_dir: data_dir.path().to_path_buf(),
+            // Faster periodic reloads exercise the reloader alongside every test.
+            snapshot_reload_interval: std::time::Duration::from_millis(500),
+            ..Default::default()
+        },
         ..RawConfig::default()
     };
     let schema = match std::env::var("TM_TEST_DATABASE_URL") {
         Ok(url) => {
             let schema = PgSchema::create(&url).await;
-            raw.database_url = Some(schema.app_url.clone());
+            raw.storage.database_url = Some(schema.app_url.clone());
             if schema.app_url != schema.url {
                 // Through a transaction-pooling PgBouncer; the direct URL for the rest.
-                raw.db_transaction_pooling = true;
-                raw.database_direct_url = Some(schema.url.clone());
+                raw.storage.db_transaction_pooling = true;
+                raw.storage.database_direct_url = Some(schema.url.clone());
             }
             Some(schema)
         }
         Err(_) => None,
     };
     let admin_key = format!("test-admin-{}", uuid::Uuid::now_v7().simple());
-    raw.bootstrap_admin_key = Some(admin_key.clone());
+    raw.process.bootstrap_admin_key = Some(admin_key.clone());
     configure(&mut raw);
     let config = Config::try_from(raw).expect("valid test configuration");
     let app = Application::build(config)
@@ -269,10 +272,10 @@ impl TestApp {
     /// Points `raw` at this app's database (PostgreSQL only), the way this app reaches it.
     pub fn share_database(&self, raw: &mut RawConfig) {
         if let Some(schema) = &self.schema {
-            raw.database_url = Some(schema.app_url.clone());
+            raw.storage.database_url = Some(schema.app_url.clone());
             if schema.app_url != schema.url {
-                raw.db_transaction_pooling = true;
-                raw.database_direct_url = Some(schema.url.clone());
+                raw.storage.db_transaction_pooling = true;
+                raw.storage.database_direct_url = Some(schema.url.clone());
             }
         }
     }

@@ -158,8 +158,8 @@ async fn the_first_start_on_an_empty_store_makes_one_admin_key() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data_dir = dir.path().to_path_buf();
     let app = spawn_app_with(|raw| {
-        raw.bootstrap_admin_key = None;
-        raw.data_dir = data_dir.clone();
+        raw.process.bootstrap_admin_key = None;
+        raw.process.data_dir = data_dir.clone();
     })
     .await;
     let path = dir.path().join("bootstrap-admin.key");

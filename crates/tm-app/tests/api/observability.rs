@@ -88,7 +88,7 @@ async fn security_headers_are_on_every_response() {
             "not behind TLS"
         );
     }
-    let tls = spawn_app_with(|raw| raw.behind_tls = true).await;
+    let tls = spawn_app_with(|raw| raw.http.behind_tls = true).await;
     let reply = tls.get("/healthz").await;
     assert!(reply
         .header("strict-transport-security")
@@ -99,7 +99,8 @@ async fn security_headers_are_on_every_response() {
 #[tokio::test]
 async fn cors_allows_only_the_configured_origins() {
     let app =
-        spawn_app_with(|raw| raw.cors_origins = Some("https://console.example.com".into())).await;
+        spawn_app_with(|raw| raw.http.cors_origins = Some("https://console.example.com".into()))
+            .await;
     let preflight = |origin: &'static str| {
         let app = &app;
         async move {

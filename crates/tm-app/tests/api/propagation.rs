@@ -43,8 +43,8 @@ async fn changes_and_revocations_reach_another_instance_when_notified() {
     }
     let second = spawn_app_with(|raw| {
         first.share_database(raw);
-        raw.snapshot_catch_up_interval = Duration::from_secs(3600);
-        raw.snapshot_reload_interval = Duration::from_secs(3600);
+        raw.process.snapshot_catch_up_interval = Duration::from_secs(3600);
+        raw.process.snapshot_reload_interval = Duration::from_secs(3600);
     })
     .await;
     let query = [("tenant", "acme"), ("service", "billing"), ("env", "prod")];

@@ -6,7 +6,7 @@ use crate::helpers::*;
 
 #[tokio::test]
 async fn a_keys_write_budget_runs_out_with_429_and_headers() {
-    let app = spawn_app_with(|raw| raw.rate_limit_write = "3/min".into()).await;
+    let app = spawn_app_with(|raw| raw.limits.rate_limit_write = "3/min".into()).await;
     let key = app.create_key("tenant_admin", Some("acme")).await;
     for (i, remaining) in ["2", "1", "0"].into_iter().enumerate() {
         let reply = app
@@ -68,7 +68,7 @@ async fn a_keys_write_budget_runs_out_with_429_and_headers() {
 
 #[tokio::test]
 async fn failed_authentication_is_limited_per_client_address() {
-    let app = spawn_app_with(|raw| raw.rate_limit_unauthenticated = "2/min".into()).await;
+    let app = spawn_app_with(|raw| raw.limits.rate_limit_unauthenticated = "2/min".into()).await;
     for _ in 0..2 {
         app.request_as(Some("wrong"), Method::GET, "/api/v1/routes", None)
             .await
@@ -88,8 +88,8 @@ async fn failed_authentication_is_limited_per_client_address() {
 #[tokio::test]
 async fn exempt_addresses_are_never_limited() {
     let app = spawn_app_with(|raw| {
-        raw.rate_limit_unauthenticated = "1/min".into();
-        raw.rate_limit_exempt = "127.0.0.0/8".into();
+        raw.limits.rate_limit_unauthenticated = "1/min".into();
+        raw.limits.rate_limit_exempt = "127.0.0.0/8".into();
     })
     .await;
     for _ in 0..5 {

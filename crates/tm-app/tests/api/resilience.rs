@@ -34,9 +34,9 @@ async fn hold_pool(app: &TestApp, share: f64) -> Vec<Box<dyn std::any::Any + Sen
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pool_pressure_opens_the_breaker_and_only_the_rollback_path_passes() {
     let app = spawn_app_with(|raw| {
-        raw.breaker_open_for = Duration::from_millis(300);
-        raw.breaker_pressure_for = Duration::ZERO;
-        raw.read_cache_ttl = Duration::from_nanos(1);
+        raw.guards.breaker_open_for = Duration::from_millis(300);
+        raw.guards.breaker_pressure_for = Duration::ZERO;
+        raw.guards.read_cache_ttl = Duration::from_nanos(1);
     })
     .await;
     let created = app
@@ -116,8 +116,8 @@ async fn pool_pressure_opens_the_breaker_and_only_the_rollback_path_passes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consecutive_database_failures_open_the_breaker() {
     let app = spawn_app_with(|raw| {
-        raw.breaker_failures = 2;
-        raw.breaker_open_for = Duration::from_secs(60);
+        raw.guards.breaker_failures = 2;
+        raw.guards.breaker_open_for = Duration::from_secs(60);
     })
     .await;
     app.store.close().await;
@@ -148,7 +148,7 @@ async fn consecutive_database_failures_open_the_breaker() {
 async fn fifty_identical_reads_share_one_query() {
     let app = spawn_app_with(|raw| {
         quiet_background(raw);
-        raw.read_cache_ttl = Duration::from_secs(60);
+        raw.guards.read_cache_ttl = Duration::from_secs(60);
     })
     .await;
     let created = app
@@ -177,7 +177,7 @@ async fn fifty_identical_reads_share_one_query() {
 
 #[tokio::test]
 async fn writes_invalidate_cached_reads() {
-    let app = spawn_app_with(|raw| raw.read_cache_ttl = Duration::from_secs(60)).await;
+    let app = spawn_app_with(|raw| raw.guards.read_cache_ttl = Duration::from_secs(60)).await;
     let created = app
         .create("acme", "billing", "prod", "v1", "http://a")
         .await;
@@ -199,7 +199,7 @@ async fn writes_invalidate_cached_reads() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn beyond_the_in_flight_limit_requests_are_shed_at_once() {
-    let app = spawn_app_with(|raw| raw.max_in_flight = 1).await;
+    let app = spawn_app_with(|raw| raw.guards.max_in_flight = 1).await;
     let held = app.lock_routes().await;
     // This write waits for the lock: it is the one request in flight.
     let stuck = {
@@ -353,6 +353,6 @@ async fn a_route_stored_inactive_needs_no_snapshot_query() {
 
 /// No periodic reloads or catch-ups: the tests that count queries count their own.
 fn quiet_background(raw: &mut tm_config::RawConfig) {
-    raw.snapshot_reload_interval = Duration::from_secs(3600);
-    raw.snapshot_catch_up_interval = Duration::from_secs(3600);
+    raw.process.snapshot_reload_interval = Duration::from_secs(3600);
+    raw.process.snapshot_catch_up_interval = Duration::from_secs(3600);
 }

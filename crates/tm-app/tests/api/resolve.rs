@@ -307,8 +307,8 @@ async fn changes_made_elsewhere_reach_the_snapshot_through_the_change_feed() {
         EnvName, NewRoute, RouteKey, ServiceName, TenantId, UpstreamUrl, Version, Weight,
     };
     let app = spawn_app_with(|raw| {
-        raw.snapshot_catch_up_interval = Duration::from_millis(100);
-        raw.snapshot_reload_interval = Duration::from_secs(3600);
+        raw.process.snapshot_catch_up_interval = Duration::from_millis(100);
+        raw.process.snapshot_reload_interval = Duration::from_secs(3600);
     })
     .await;
     // Another instance, as far as this one can tell: the store written to directly.
@@ -368,8 +368,8 @@ async fn changes_made_elsewhere_reach_the_snapshot_through_the_change_feed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_that_commits_late_is_not_skipped_by_the_change_feed() {
     let app = spawn_app_with(|raw| {
-        raw.snapshot_catch_up_interval = Duration::from_millis(50);
-        raw.snapshot_reload_interval = Duration::from_secs(3600);
+        raw.process.snapshot_catch_up_interval = Duration::from_millis(50);
+        raw.process.snapshot_reload_interval = Duration::from_secs(3600);
     })
     .await;
     // SQLite commits its writes one at a time, in audit-log order: only PostgreSQL can

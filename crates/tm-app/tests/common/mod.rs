@@ -229,8 +229,8 @@ impl Instance {
     /// Starts an instance on `raw` (listen address and data directory are its own).
     pub async fn start(mut raw: tm_config::RawConfig) -> Instance {
         let data = tempfile::tempdir().expect("tempdir");
-        raw.listen = "127.0.0.1:0".into();
-        raw.data_dir = data.path().to_path_buf();
+        raw.process.listen = "127.0.0.1:0".into();
+        raw.process.data_dir = data.path().to_path_buf();
         let config = tm_config::Config::try_from(raw).expect("config");
         let app = tm_app::Application::build(config).await.expect("starts");
         let base = format!("http://{}", app.local_addr());

@@ -1,0 +1,426 @@
+//! The configuration's tests: defaults, layering, every check naming its setting.
+
+use super::*;
+use figment::Jail;
+
+#[test]
+fn defaults_serve_a_laptop() {
+    let config = Config::try_from(RawConfig::default()).expect("defaults are valid");
+    assert_eq!(config.http.listen.to_string(), "127.0.0.1:8080");
+    assert_eq!(config.profile, Profile::Dev);
+    assert_eq!(config.log.format, LogFormat::Text);
+    assert!(matches!(
+        config.storage,
+        StorageConfig::Sqlite(SqliteConfig { ref path, .. }) if path == Path::new("./data/traffic-manager.db")
+    ));
+    assert_eq!(config.http.body_limit_bytes, 65536);
+}
+
+#[test]
+fn environment_overrides_file_overrides_defaults() {
+    Jail::expect_with(|jail| {
+        jail.create_file(
+            "tm.toml",
+            "listen = \"127.0.0.1:9000\"\nlog_level = \"debug\"\ndb_pool_max = 4",
+        )?;
+        jail.set_env("TM_LISTEN", "127.0.0.1:9100");
+        jail.set_env("TM_DB_STATEMENT_TIMEOUT", "750ms");
+        jail.set_env("TM_DATABASE_URL", "postgres://tm:hunter2@127.0.0.1:5432/tm");
+        let config = Config::load(Some(Path::new("tm.toml"))).expect("valid");
+        assert_eq!(config.http.listen.to_string(), "127.0.0.1:9100");
+        assert_eq!(config.log.level, "debug");
+        assert_eq!(config.pool.max_connections, 4);
+        let StorageConfig::Postgres(PostgresConfig {
+            statement_timeout, ..
+        }) = config.storage
+        else {
+            panic!("postgres expected");
+        };
+        assert_eq!(statement_timeout, Duration::from_millis(750));
+        Ok(())
+    });
+}
+
+#[test]
+fn replicas_need_postgresql_and_valid_urls() {
+    let with = |primary: Option<&str>, replicas: &str| {
+        Config::try_from(RawConfig {
+            storage: StorageRaw {
+                database_url: primary.map(str::to_owned),
+                database_replica_urls: Some(replicas.into()),
+                ..Default::default()
+            },
+            ..RawConfig::default()
+        })
+    };
+    let config = with(
+        Some("postgres://u@db1/app"),
+        "postgres://u@db2/app, postgres://u@db3/app",
+    )
+    .expect("valid");
+    assert!(matches!(config.storage,
+        StorageConfig::Postgres(PostgresConfig { ref replicas, .. }) if replicas.len() == 2));
+    for (primary, replicas) in [
+        (None, "postgres://u@db2/app"),
+        (Some("postgres://u@db1/app"), "mysql://db2"),
+        (Some("postgres://u@db1/app"), "postgres://"),
+    ] {
+        let err = with(primary, replicas).expect_err("invalid");
+        assert_eq!(
+            err.0[0].setting, "TM_DATABASE_REPLICA_URLS",
+            "{primary:?} {replicas}"
+        );
+    }
+}
+
+#[test]
+fn redis_is_one_server_or_a_cluster() {
+    let config = Config::try_from(RawConfig {
+        redis: RedisRaw {
+            redis_cluster_urls: Some("redis://127.0.0.1:7000, redis://127.0.0.1:7001".into()),
+            ..Default::default()
+        },
+        ..RawConfig::default()
+    })
+    .expect("valid");
+    let redis = config.redis.expect("configured");
+    assert!(matches!(redis.nodes, RedisNodes::Cluster(ref urls) if urls.len() == 2));
+    assert!(Config::try_from(RawConfig::default())
+        .expect("valid")
+        .redis
+        .is_none());
+    for (raw, setting) in [
+        (
+            RawConfig {
+                redis: RedisRaw {
+                    redis_url: Some("redis://127.0.0.1:6379".into()),
+                    redis_cluster_urls: Some("redis://127.0.0.1:7000".into()),
+                    ..Default::default()
+                },
+                ..RawConfig::default()
+            },
+            "TM_REDIS_CLUSTER_URLS",
+        ),
+        (
+            RawConfig {
+                redis: RedisRaw {
+                    redis_url: Some("http://127.0.0.1:6379".into()),
+                    ..Default::default()
+                },
+                ..RawConfig::default()
+            },
+            "TM_REDIS_URL",
+        ),
+        (
+            RawConfig {
+                redis: RedisRaw {
+                    redis_url: Some("redis://127.0.0.1".into()),
+                    redis_timeout: Duration::ZERO,
+                    ..Default::default()
+                },
+                ..RawConfig::default()
+            },
+            "TM_REDIS_TIMEOUT",
+        ),
+    ] {
+        let err = Config::try_from(raw).expect_err("invalid");
+        assert_eq!(err.0[0].setting, setting);
+    }
+}
+
+#[test]
+fn transaction_pooling_needs_a_direct_url_and_turns_the_statement_cache_off() {
+    let pooled = |direct: Option<&str>| RawConfig {
+        storage: StorageRaw {
+            database_url: Some("postgres://tm@127.0.0.1:6432/tm".into()),
+            db_transaction_pooling: true,
+            database_direct_url: direct.map(str::to_owned),
+            ..Default::default()
+        },
+        ..RawConfig::default()
+    };
+    let err = Config::try_from(pooled(None)).expect_err("invalid");
+    assert_eq!(err.0[0].setting, "TM_DATABASE_DIRECT_URL");
+    let config = Config::try_from(pooled(Some("postgres://tm@127.0.0.1:5432/tm"))).expect("valid");
+    assert!(matches!(
+        config.storage,
+        StorageConfig::Postgres(PostgresConfig {
+            transaction_pooling: true,
+            statement_cache: false,
+            direct_url: Some(_),
+            ..
+        })
+    ));
+    let on_sqlite = RawConfig {
+        storage: StorageRaw {
+            db_transaction_pooling: true,
+            ..Default::default()
+        },
+        ..RawConfig::default()
+    };
+    let err = Config::try_from(on_sqlite).expect_err("invalid");
+    assert_eq!(err.0[0].setting, "TM_DB_TRANSACTION_POOLING");
+}
+
+#[test]
+fn each_process_type_has_its_pool_size() {
+    let raw = |process_type: &str| RawConfig {
+        process: ProcessRaw {
+            process_type: process_type.into(),
+            ..Default::default()
+        },
+        pool: PoolRaw {
+            db_pool_max: 10,
+            db_pool_max_worker: Some(3),
+            ..Default::default()
+        },
+        ..RawConfig::default()
+    };
+    let web = Config::try_from(raw("web")).expect("valid");
+    assert_eq!(
+        (web.process_type, web.pool.max_connections),
+        (ProcessType::Web, 10)
+    );
+    let worker = Config::try_from(raw("worker")).expect("valid");
+    assert_eq!(
+        (worker.process_type, worker.pool.max_connections),
+        (ProcessType::Worker, 3)
+    );
+    let err = Config::try_from(raw("cron")).expect_err("invalid");
+    assert_eq!(err.0[0].setting, "TM_PROCESS_TYPE");
+}
+
+#[test]
+fn every_bad_setting_is_named() {
+    let raw = RawConfig {
+        process: ProcessRaw {
+            profile: "production".into(),
+            listen: "localhost".into(),
+            ..Default::default()
+        },
+        storage: StorageRaw {
+            database_url: Some("mysql://x".into()),
+            ..Default::default()
+        },
+        pool: PoolRaw {
+            db_pool_max: 2,
+            db_pool_min: 5,
+            ..Default::default()
+        },
+        http: HttpRaw {
+            body_limit_bytes: 1,
+            ..Default::default()
+        },
+        ..RawConfig::default()
+    };
+    let err = Config::try_from(raw).expect_err("invalid");
+    let named: Vec<&str> = err.0.iter().map(|e| e.setting.as_str()).collect();
+    assert_eq!(
+        named,
+        [
+            "TM_PROFILE",
+            "TM_LISTEN",
+            "TM_DATABASE_URL",
+            "TM_DB_POOL_MIN",
+            "TM_BODY_LIMIT_BYTES"
+        ]
+    );
+}
+
+#[test]
+fn type_errors_from_the_environment_name_the_variable() {
+    Jail::expect_with(|jail| {
+        jail.set_env("TM_DB_POOL_MAX", "many");
+        let err = Config::load(None).expect_err("invalid");
+        assert_eq!(err.0[0].setting, "TM_DB_POOL_MAX");
+        Ok(())
+    });
+}
+
+#[test]
+fn unknown_keys_in_the_file_are_refused() {
+    Jail::expect_with(|jail| {
+        jail.create_file("tm.toml", "lissten = \"127.0.0.1:1\"")?;
+        assert!(Config::load(Some(Path::new("tm.toml"))).is_err());
+        Ok(())
+    });
+}
+
+#[test]
+fn a_missing_config_file_is_an_error() {
+    let err = Config::load(Some(Path::new("/nonexistent/tm.toml"))).expect_err("missing");
+    assert_eq!(err.0[0].setting, "TM_CONFIG");
+}
+
+#[test]
+fn secrets_are_redacted() {
+    let raw = RawConfig {
+        storage: StorageRaw {
+            database_url: Some("postgres://tm:hunter2@db.internal:5432/tm".into()),
+            ..Default::default()
+        },
+        ..RawConfig::default()
+    };
+    let shown = Config::try_from(raw).expect("valid").redacted();
+    assert!(!shown.contains("hunter2"), "{shown}");
+    assert!(
+        shown.contains("postgres://tm:***@db.internal:5432/tm"),
+        "{shown}"
+    );
+}
+
+#[test]
+fn a_short_bootstrap_key_is_refused() {
+    let raw = RawConfig {
+        process: ProcessRaw {
+            bootstrap_admin_key: Some("too-short".into()),
+            ..Default::default()
+        },
+        ..RawConfig::default()
+    };
+    let err = Config::try_from(raw).expect_err("invalid");
+    assert_eq!(err.0[0].setting, "TM_BOOTSTRAP_ADMIN_KEY");
+    assert!(
+        !err.to_string().contains("too-short"),
+        "the key itself is never echoed"
+    );
+    let raw = RawConfig {
+        process: ProcessRaw {
+            bootstrap_admin_key: Some("k".repeat(32)),
+            ..Default::default()
+        },
+        ..RawConfig::default()
+    };
+    let shown = Config::try_from(raw).expect("valid").redacted();
+    assert!(!shown.contains(&"k".repeat(32)));
+}
+
+#[test]
+fn cors_wildcard_is_refused_in_prod_only() {
+    let raw = |profile: &str| RawConfig {
+        process: ProcessRaw {
+            profile: profile.into(),
+            ..Default::default()
+        },
+        http: HttpRaw {
+            cors_origins: Some("*".into()),
+            ..Default::default()
+        },
+        ..RawConfig::default()
+    };
+    assert_eq!(
+        Config::try_from(raw("dev")).expect("valid").http.cors,
+        CorsOrigins::Any
+    );
+    let err = Config::try_from(raw("prod")).expect_err("refused");
+    assert_eq!(err.0[0].setting, "TM_CORS_ORIGINS");
+}
+
+#[test]
+fn cors_origins_must_be_origins() {
+    let raw = RawConfig {
+        http: HttpRaw {
+            cors_origins: Some("https://console.example.com, http://localhost:3000".into()),
+            ..Default::default()
+        },
+        ..RawConfig::default()
+    };
+    assert_eq!(
+        Config::try_from(raw).expect("valid").http.cors,
+        CorsOrigins::List(vec![
+            "https://console.example.com".into(),
+            "http://localhost:3000".into()
+        ])
+    );
+    for bad in [
+        "console.example.com",
+        "https://x.example/path",
+        "ftp://x.example",
+        "https://x.example/",
+    ] {
+        let raw = RawConfig {
+            http: HttpRaw {
+                cors_origins: Some(bad.into()),
+                ..Default::default()
+            },
+            ..RawConfig::default()
+        };
+        assert!(Config::try_from(raw).is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn rate_limits_are_parsed_and_checked() {
+    let raw = RawConfig {
+        limits: LimitsRaw {
+            rate_limit_write: "10/min".into(),
+            rate_limit_exempt: "127.0.0.1, 10.0.0.0/8".into(),
+            ..Default::default()
+        },
+        ..RawConfig::default()
+    };
+    let config = Config::try_from(raw).expect("valid");
+    assert_eq!(config.http.rate_limits.write.to_string(), "10/min");
+    assert_eq!(config.http.rate_limits.exempt_networks.len(), 2);
+    let raw = RawConfig {
+        limits: LimitsRaw {
+            rate_limit_read: "lots".into(),
+            rate_limit_exempt: "nobody".into(),
+            ..Default::default()
+        },
+        ..RawConfig::default()
+    };
+    let named: Vec<String> = Config::try_from(raw)
+        .expect_err("invalid")
+        .0
+        .into_iter()
+        .map(|e| e.setting)
+        .collect();
+    assert_eq!(named, ["TM_RATE_LIMIT_READ", "TM_RATE_LIMIT_EXEMPT"]);
+}
+
+#[test]
+fn non_dev_profiles_log_json_by_default() {
+    let raw = RawConfig {
+        process: ProcessRaw {
+            profile: "prod".into(),
+            ..Default::default()
+        },
+        ..RawConfig::default()
+    };
+    assert_eq!(
+        Config::try_from(raw).expect("valid").log.format,
+        LogFormat::Json
+    );
+}
+
+#[test]
+fn every_setting_may_come_from_the_environment() {
+    assert_eq!(setting_keys().len(), 61);
+    Jail::expect_with(|jail| {
+        jail.set_env("TM_PROCESS_TYPE", "worker");
+        jail.set_env("TM_DB_POOL_MAX_WORKER", "3");
+        jail.set_env("TM_READ_CACHE_ENTRIES", "7");
+        jail.set_env("TM_RATE_LIMIT_KEYS", "9/min");
+        let config = Config::load(None).expect("valid");
+        assert_eq!(config.pool.max_connections, 3);
+        assert_eq!(config.http.guards.read_cache_entries, 7);
+        assert_eq!(config.http.rate_limits.keys.to_string(), "9/min");
+        Ok(())
+    });
+}
+
+#[test]
+fn an_unknown_key_in_the_file_is_named() {
+    Jail::expect_with(|jail| {
+        jail.create_file(
+            "tm.toml",
+            "listen = \"127.0.0.1:1\"\nlissten = \"127.0.0.1:1\"",
+        )?;
+        let err = Config::load(Some(Path::new("tm.toml"))).expect_err("refused");
+        assert_eq!(err.0.len(), 1);
+        assert_eq!(err.0[0].setting, "TM_LISSTEN");
+        assert!(err.0[0].message.contains("tm.toml"), "{err}");
+        Ok(())
+    });
+}
