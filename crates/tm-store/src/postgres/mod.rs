@@ -20,7 +20,7 @@ use sqlx::{Arguments, Connection, PgConnection, Postgres};
 use tm_domain::GroupKey;
 
 use crate::pool::CountedPool;
-use crate::sql::{Backend, Decoded, ReadVia, Statements, Value};
+use crate::sql::{run_statements, Backend, Own, ReadVia, Statements, Value};
 use crate::{
     changed_groups, ChangeFeed, ChangePosition, ChangeRow, ChangeSubscription, Changes, PoolStats,
     ReadFrom, ReplicaStatus, StoreError, StoreOps,
@@ -56,25 +56,12 @@ impl PostgresStore {
 
 /// `values` as PostgreSQL binds them: ids as `uuid`, weights as `int2`.
 fn arguments(values: Vec<Value<'_>>) -> Result<PgArguments, StoreError> {
-    let mut args = PgArguments::default();
-    for value in values {
-        match value {
-            Value::Text(v) => args.add(v),
-            Value::OptText(v) => args.add(v),
-            Value::String(v) => args.add(v),
-            Value::Bool(v) => args.add(v),
-            Value::OptBool(v) => args.add(v),
-            Value::Int(v) => args.add(v),
-            Value::Time(v) => args.add(v),
-            Value::Id(v) => args.add(v),
-            Value::OptId(v) => args.add(v),
-            Value::Weight(v) => args.add(i16::from(v)),
-            Value::Bytes(v) => args.add(v),
-            Value::Texts(v) => args.add(v),
-        }
-        .map_err(|e| StoreError::Other(sqlx::Error::Encode(e)))?;
-    }
-    Ok(args)
+    crate::sql::arguments::<Postgres>(values, |args, own| match own {
+        Own::Id(v) => args.add(v),
+        Own::OptId(v) => args.add(v),
+        Own::Weight(v) => args.add(i16::from(v)),
+        Own::Texts(v) => args.add(v),
+    })
 }
 
 impl Backend for PostgresStore {
@@ -93,7 +80,7 @@ impl Backend for PostgresStore {
     }
 
     fn active_routes_in(groups: &[GroupKey]) -> (Cow<'static, str>, Vec<Value<'_>>) {
-        let column = |part: fn(&GroupKey) -> &str| Value::Texts(groups.iter().map(part).collect());
+        let column = |part: fn(&GroupKey) -> &str| Value::texts(groups.iter().map(part).collect());
         let values = vec![
             column(|k| k.tenant.as_str()),
             column(|k| k.service.as_str()),
@@ -117,34 +104,7 @@ impl Backend for PostgresStore {
         }
     }
 
-    async fn execute<'a>(
-        conn: &'a mut PgConnection,
-        sql: &'a str,
-        values: Vec<Value<'a>>,
-    ) -> Result<u64, StoreError> {
-        let done = sqlx::query_with(sql, arguments(values)?)
-            .execute(conn)
-            .await?;
-        Ok(done.rows_affected())
-    }
-
-    async fn fetch_optional<'a, R: Decoded>(
-        conn: &'a mut PgConnection,
-        sql: &'a str,
-        values: Vec<Value<'a>>,
-    ) -> Result<Option<R>, StoreError> {
-        let query = sqlx::query_as_with(sql, arguments(values)?);
-        Ok(query.fetch_optional(conn).await?)
-    }
-
-    async fn fetch_all<'a, R: Decoded>(
-        conn: &'a mut PgConnection,
-        sql: &'a str,
-        values: Vec<Value<'a>>,
-    ) -> Result<Vec<R>, StoreError> {
-        let query = sqlx::query_as_with(sql, arguments(values)?);
-        Ok(query.fetch_all(conn).await?)
-    }
+    run_statements!(PgConnection, arguments);
 }
 
 #[async_trait]

@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 
-use super::{Backend, Conn, Value};
+use super::{fetch_optional, Backend, Conn, Value};
 use crate::row::{idempotency_record, millis, response_json, unix_ms};
 use crate::{IdempotencyRecord, IdempotencyStore, ReadFrom, StoreError, StoredResponse};
 
@@ -35,7 +35,7 @@ impl<B: Backend> IdempotencyStore for B {
                 }
                 let kept = vec![Value::Text(scope), Value::Text(key)];
                 let row: Option<(String, Option<String>)> =
-                    B::fetch_optional(conn, &sql.idempotency_get, kept).await?;
+                    fetch_optional::<B, _>(conn, &sql.idempotency_get, kept).await?;
                 match row {
                     Some((fingerprint, response)) => {
                         idempotency_record(fingerprint, response).map(Some)
@@ -97,7 +97,7 @@ impl<B: Backend> IdempotencyStore for B {
             Value::Int(unix_ms(SystemTime::now())),
         ];
         let row: Option<(String, Option<String>)> =
-            B::fetch_optional(&mut conn, &B::sql().idempotency_get_unexpired, values).await?;
+            fetch_optional::<B, _>(&mut conn, &B::sql().idempotency_get_unexpired, values).await?;
         row.map(|(fingerprint, response)| idempotency_record(fingerprint, response))
             .transpose()
     }

@@ -3,13 +3,13 @@
 use async_trait::async_trait;
 use tm_domain::{now, KeyId, TenantId};
 
-use super::{Backend, Conn, Value};
+use super::{fetch_optional, Backend, Conn, Value};
 use crate::row::{keys, KeyRow};
 use crate::{KeyRecord, KeyStore, ReadFrom, StoreError};
 
 async fn insert_key<B: Backend>(conn: &mut Conn<B>, record: &KeyRecord) -> Result<(), StoreError> {
     let values = vec![
-        Value::Id(record.id.as_uuid()),
+        Value::id(record.id.as_uuid()),
         Value::Text(&record.name),
         Value::Text(record.grant.role().as_str()),
         Value::OptText(record.grant.tenant().map(|t| t.as_str())),
@@ -34,12 +34,13 @@ impl<B: Backend> KeyStore for B {
                 // Keys made before the bootstrap row existed (e.g. with the CLI) count too.
                 // Counted first, so that a refusal has written nothing to roll back.
                 let any: Option<(i64,)> =
-                    B::fetch_optional(conn, "SELECT count(*) FROM api_keys", Vec::new()).await?;
+                    fetch_optional::<B, _>(conn, "SELECT count(*) FROM api_keys", Vec::new())
+                        .await?;
                 if any.is_some_and(|(count,)| count > 0) {
                     return Ok(false);
                 }
                 let claim = vec![
-                    Value::Id(record.id.as_uuid()),
+                    Value::id(record.id.as_uuid()),
                     Value::Time(record.created_at),
                 ];
                 if B::execute(conn, &B::sql().claim_bootstrap, claim).await? == 0 {
@@ -53,8 +54,9 @@ impl<B: Backend> KeyStore for B {
 
     async fn get_key(&self, id: KeyId) -> Result<Option<KeyRecord>, StoreError> {
         let mut conn = self.reader(ReadFrom::Primary).0.acquire().await?;
-        let by_id = vec![Value::Id(id.as_uuid())];
-        let row: Option<KeyRow> = B::fetch_optional(&mut conn, &B::sql().get_key, by_id).await?;
+        let by_id = vec![Value::id(id.as_uuid())];
+        let row: Option<KeyRow> =
+            fetch_optional::<B, _>(&mut conn, &B::sql().get_key, by_id).await?;
         row.map(KeyRecord::try_from).transpose()
     }
 
@@ -68,7 +70,7 @@ impl<B: Backend> KeyStore for B {
     async fn revoke_key(&self, id: KeyId) -> Result<(), StoreError> {
         self.writer()
             .write(async |conn: &mut Conn<B>| {
-                let values = vec![Value::Time(now()), Value::Id(id.as_uuid())];
+                let values = vec![Value::Time(now()), Value::id(id.as_uuid())];
                 match B::execute(conn, &B::sql().revoke_key, values).await? {
                     0 => Err(StoreError::NotFound),
                     _ => Ok(()),

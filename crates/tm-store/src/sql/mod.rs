@@ -11,16 +11,16 @@ use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use chrono::{DateTime, Utc};
+use sqlx::error::BoxDynError;
 use sqlx::postgres::PgRow;
 use sqlx::sqlite::SqliteRow;
-use sqlx::FromRow;
+use sqlx::{Arguments, Encode, FromRow, Type};
 use tm_domain::GroupKey;
 
 use crate::pool::CountedPool;
 use crate::{ReadFrom, StoreError};
 
-/// A value bound to a statement, in the registry's terms; each backend stores it in its
-/// own column type (an id as `uuid` or text, a weight as `int2` or integer).
+/// A value bound to a statement, in the registry's terms.
 #[derive(Clone, Debug)]
 pub(crate) enum Value<'a> {
     Text(&'a str),
@@ -31,13 +31,99 @@ pub(crate) enum Value<'a> {
     OptBool(Option<bool>),
     Int(i64),
     Time(DateTime<Utc>),
+    Bytes(&'a [u8]),
+    /// A value each backend stores in a column type of its own.
+    Own(Own<'a>),
+}
+
+/// The values each backend stores in its own way (an id as `uuid` or text, a weight as
+/// `int2` or integer), bound by each backend's own function.
+#[derive(Clone, Debug)]
+pub(crate) enum Own<'a> {
     Id(uuid::Uuid),
     OptId(Option<uuid::Uuid>),
     Weight(u8),
-    Bytes(&'a [u8]),
     /// A column of texts, bound as one array (PostgreSQL only).
     Texts(Vec<&'a str>),
 }
+
+impl<'a> Value<'a> {
+    pub(crate) fn id(id: uuid::Uuid) -> Self {
+        Self::Own(Own::Id(id))
+    }
+
+    pub(crate) fn opt_id(id: Option<uuid::Uuid>) -> Self {
+        Self::Own(Own::OptId(id))
+    }
+
+    pub(crate) fn weight(weight: u8) -> Self {
+        Self::Own(Own::Weight(weight))
+    }
+
+    pub(crate) fn texts(texts: Vec<&'a str>) -> Self {
+        Self::Own(Own::Texts(texts))
+    }
+}
+
+/// The arguments of `DB` holding `values`, those of its own types bound by `own`.
+pub(crate) fn arguments<'q, DB: sqlx::Database>(
+    values: Vec<Value<'q>>,
+    own: fn(&mut DB::Arguments<'q>, Own<'q>) -> Result<(), BoxDynError>,
+) -> Result<DB::Arguments<'q>, StoreError>
+where
+    &'q str: Encode<'q, DB> + Type<DB>,
+    Option<&'q str>: Encode<'q, DB> + Type<DB>,
+    Option<String>: Encode<'q, DB> + Type<DB>,
+    bool: Encode<'q, DB> + Type<DB>,
+    Option<bool>: Encode<'q, DB> + Type<DB>,
+    i64: Encode<'q, DB> + Type<DB>,
+    DateTime<Utc>: Encode<'q, DB> + Type<DB>,
+    &'q [u8]: Encode<'q, DB> + Type<DB>,
+{
+    let mut args = DB::Arguments::default();
+    for value in values {
+        match value {
+            Value::Text(v) => args.add(v),
+            Value::OptText(v) => args.add(v),
+            Value::String(v) => args.add(v),
+            Value::Bool(v) => args.add(v),
+            Value::OptBool(v) => args.add(v),
+            Value::Int(v) => args.add(v),
+            Value::Time(v) => args.add(v),
+            Value::Bytes(v) => args.add(v),
+            Value::Own(v) => own(&mut args, v),
+        }
+        .map_err(|e| StoreError::Other(sqlx::Error::Encode(e)))?;
+    }
+    Ok(args)
+}
+
+/// The methods of [`Backend`] that run statements: the same code on each driver's own
+/// connection type, binding with that backend's `arguments`.
+macro_rules! run_statements {
+    ($connection:ty, $arguments:path) => {
+        async fn execute<'a>(
+            conn: &'a mut $connection,
+            sql: &'a str,
+            values: Vec<$crate::sql::Value<'a>>,
+        ) -> Result<u64, $crate::StoreError> {
+            let done = sqlx::query_with(sql, $arguments(values)?)
+                .execute(conn)
+                .await?;
+            Ok(done.rows_affected())
+        }
+
+        async fn fetch_all<'a, R: $crate::sql::Decoded>(
+            conn: &'a mut $connection,
+            sql: &'a str,
+            values: Vec<$crate::sql::Value<'a>>,
+        ) -> Result<Vec<R>, $crate::StoreError> {
+            let query = sqlx::query_as_with(sql, $arguments(values)?);
+            Ok(query.fetch_all(conn).await?)
+        }
+    };
+}
+pub(crate) use run_statements;
 
 /// A row type both backends can read.
 pub(crate) trait Decoded:
@@ -119,19 +205,22 @@ pub(crate) trait Backend: Send + Sync + 'static {
         values: Vec<Value<'a>>,
     ) -> impl Future<Output = Result<u64, StoreError>> + Send + 'a;
 
-    /// The first row `sql` returns, if any.
-    fn fetch_optional<'a, R: Decoded>(
-        conn: &'a mut Conn<Self>,
-        sql: &'a str,
-        values: Vec<Value<'a>>,
-    ) -> impl Future<Output = Result<Option<R>, StoreError>> + Send + 'a;
-
     /// Every row `sql` returns.
     fn fetch_all<'a, R: Decoded>(
         conn: &'a mut Conn<Self>,
         sql: &'a str,
         values: Vec<Value<'a>>,
     ) -> impl Future<Output = Result<Vec<R>, StoreError>> + Send + 'a;
+}
+
+/// The row `sql` returns, if any: for statements that select by a unique key.
+pub(crate) async fn fetch_optional<B: Backend, R: Decoded>(
+    conn: &mut Conn<B>,
+    sql: &str,
+    values: Vec<Value<'_>>,
+) -> Result<Option<R>, StoreError> {
+    let rows: Vec<R> = B::fetch_all(conn, sql, values).await?;
+    Ok(rows.into_iter().next())
 }
 
 /// `INSERT` of `rows` (each a row of values for `columns`) in `B`'s dialect, ending with

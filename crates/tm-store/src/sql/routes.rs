@@ -4,7 +4,7 @@
 use async_trait::async_trait;
 use tm_domain::{now, GroupKey, NewRoute, Route, RouteId, RouteKey, RoutePatch, TenantId};
 
-use super::{conflict_or, insert_sql, Backend, Conn, Value};
+use super::{conflict_or, fetch_optional, insert_sql, Backend, Conn, Value};
 use crate::row::{audit_json, routes, AuditRow, RouteRow};
 use crate::{
     check_access, Actor, AuditAction, AuditEntry, ExpectedRevisions, Page, ReadFrom, RouteFilter,
@@ -35,14 +35,14 @@ const AUDIT_JSON: [&str; 2] = ["before", "after"];
 
 fn route_values(r: &Route) -> Vec<Value<'_>> {
     vec![
-        Value::Id(r.id.as_uuid()),
+        Value::id(r.id.as_uuid()),
         Value::Text(r.tenant.as_str()),
         Value::Text(r.service.as_str()),
         Value::Text(r.env.as_str()),
         Value::Text(r.version.as_str()),
         Value::Text(r.url.as_str()),
         Value::Bool(r.active),
-        Value::Weight(r.weight.get()),
+        Value::weight(r.weight.get()),
         Value::Int(r.revision),
         Value::Time(r.created_at),
         Value::Time(r.updated_at),
@@ -73,7 +73,7 @@ impl<'a> Audit<'a> {
             Value::Time(at),
             Value::Text(self.actor.as_str()),
             Value::Text(self.action.as_str()),
-            Value::Id(self.id.as_uuid()),
+            Value::id(self.id.as_uuid()),
             Value::String(audit_json(self.before)),
             Value::String(audit_json(self.after)),
         ]
@@ -92,7 +92,7 @@ async fn route<B: Backend>(
     sql: &str,
     values: Vec<Value<'_>>,
 ) -> Result<Route, StoreError> {
-    let row: Option<RouteRow> = B::fetch_optional(conn, sql, values).await?;
+    let row: Option<RouteRow> = fetch_optional::<B, _>(conn, sql, values).await?;
     row.ok_or(StoreError::NotFound)?.try_into()
 }
 
@@ -108,10 +108,10 @@ async fn update<B: Backend>(
     let values = vec![
         Value::Text(next.url.as_str()),
         Value::Bool(next.active),
-        Value::Weight(next.weight.get()),
+        Value::weight(next.weight.get()),
         Value::Int(next.revision),
         Value::Time(next.updated_at),
-        Value::Id(current.id.as_uuid()),
+        Value::id(current.id.as_uuid()),
         Value::Int(current.revision),
     ];
     B::execute(conn, &B::sql().update_route, values).await?;
@@ -232,7 +232,7 @@ impl<B: Backend> RouteStore for B {
     ) -> Result<Route, StoreError> {
         self.writer()
             .transaction(async |conn: &mut Conn<B>| {
-                let by_id = vec![Value::Id(id.as_uuid())];
+                let by_id = vec![Value::id(id.as_uuid())];
                 let current = route::<B>(conn, &B::sql().lock_route_by_id, by_id).await?;
                 check_access(&current, scope, expected)?;
                 let Some(next) = current.with_patch(patch, now()) else {
@@ -253,7 +253,7 @@ impl<B: Backend> RouteStore for B {
     ) -> Result<Route, StoreError> {
         self.writer()
             .transaction(async |conn: &mut Conn<B>| {
-                let by_id = || vec![Value::Id(id.as_uuid())];
+                let by_id = || vec![Value::id(id.as_uuid())];
                 let current = route::<B>(conn, &B::sql().lock_route_by_id, by_id()).await?;
                 check_access(&current, scope, expected)?;
                 B::execute(conn, &B::sql().delete_route, by_id()).await?;
@@ -275,8 +275,8 @@ impl<B: Backend> RouteStore for B {
         let row: Option<RouteRow> = via.track(
             async {
                 let mut conn = pool.acquire().await?;
-                let by_id = vec![Value::Id(id.as_uuid())];
-                B::fetch_optional(&mut conn, &B::sql().route_by_id, by_id).await
+                let by_id = vec![Value::id(id.as_uuid())];
+                fetch_optional::<B, _>(&mut conn, &B::sql().route_by_id, by_id).await
             }
             .await,
         )?;
@@ -294,7 +294,7 @@ impl<B: Backend> RouteStore for B {
             Value::OptText(filter.service.as_ref().map(|s| s.as_str())),
             Value::OptText(filter.env.as_ref().map(|e| e.as_str())),
             Value::OptBool(filter.active),
-            Value::OptId(page.after.map(|id| id.as_uuid())),
+            Value::opt_id(page.after.map(|id| id.as_uuid())),
             Value::Int(i64::from(page.limit)),
         ];
         let (pool, via) = self.reader(from);
@@ -339,7 +339,7 @@ impl<B: Backend> RouteStore for B {
 
     async fn audit_log(&self, route_id: RouteId) -> Result<Vec<AuditEntry>, StoreError> {
         let mut conn = self.reader(ReadFrom::Primary).0.acquire().await?;
-        let by_id = vec![Value::Id(route_id.as_uuid())];
+        let by_id = vec![Value::id(route_id.as_uuid())];
         let rows: Vec<AuditRow> = B::fetch_all(&mut conn, &B::sql().audit_log, by_id).await?;
         rows.into_iter().map(AuditEntry::try_from).collect()
     }

@@ -20,7 +20,7 @@ use tm_config::{PoolConfig, SqliteSynchronous};
 use tm_domain::GroupKey;
 
 use crate::pool::{CountedPool, StoreCounters};
-use crate::sql::{Backend, Decoded, ReadVia, Statements, Value};
+use crate::sql::{run_statements, Backend, Own, ReadVia, Statements, Value};
 use crate::{
     changed_groups, ChangeFeed, ChangePosition, ChangeRow, Changes, PoolStats, ReadFrom,
     StoreError, StoreOps,
@@ -108,25 +108,12 @@ impl SqliteStore {
 
 /// `values` as SQLite binds them: ids as text, weights as integers.
 fn arguments(values: Vec<Value<'_>>) -> Result<SqliteArguments<'_>, StoreError> {
-    let mut args = SqliteArguments::default();
-    for value in values {
-        match value {
-            Value::Text(v) => args.add(v),
-            Value::OptText(v) => args.add(v),
-            Value::String(v) => args.add(v),
-            Value::Bool(v) => args.add(v),
-            Value::OptBool(v) => args.add(v),
-            Value::Int(v) => args.add(v),
-            Value::Time(v) => args.add(v),
-            Value::Id(v) => args.add(v.to_string()),
-            Value::OptId(v) => args.add(v.map(|id| id.to_string())),
-            Value::Weight(v) => args.add(i64::from(v)),
-            Value::Bytes(v) => args.add(v),
-            Value::Texts(_) => Err("SQLite binds no arrays".into()),
-        }
-        .map_err(|e| StoreError::Other(sqlx::Error::Encode(e)))?;
-    }
-    Ok(args)
+    crate::sql::arguments::<Sqlite>(values, |args, own| match own {
+        Own::Id(v) => args.add(v.to_string()),
+        Own::OptId(v) => args.add(v.map(|id| id.to_string())),
+        Own::Weight(v) => args.add(i64::from(v)),
+        Own::Texts(_) => Err("SQLite binds no arrays".into()),
+    })
 }
 
 impl Backend for SqliteStore {
@@ -171,34 +158,7 @@ impl Backend for SqliteStore {
         (&self.reader, ReadVia(None))
     }
 
-    async fn execute<'a>(
-        conn: &'a mut SqliteConnection,
-        sql: &'a str,
-        values: Vec<Value<'a>>,
-    ) -> Result<u64, StoreError> {
-        let done = sqlx::query_with(sql, arguments(values)?)
-            .execute(conn)
-            .await?;
-        Ok(done.rows_affected())
-    }
-
-    async fn fetch_optional<'a, R: Decoded>(
-        conn: &'a mut SqliteConnection,
-        sql: &'a str,
-        values: Vec<Value<'a>>,
-    ) -> Result<Option<R>, StoreError> {
-        let query = sqlx::query_as_with(sql, arguments(values)?);
-        Ok(query.fetch_optional(conn).await?)
-    }
-
-    async fn fetch_all<'a, R: Decoded>(
-        conn: &'a mut SqliteConnection,
-        sql: &'a str,
-        values: Vec<Value<'a>>,
-    ) -> Result<Vec<R>, StoreError> {
-        let query = sqlx::query_as_with(sql, arguments(values)?);
-        Ok(query.fetch_all(conn).await?)
-    }
+    run_statements!(SqliteConnection, arguments);
 }
 
 #[async_trait]
