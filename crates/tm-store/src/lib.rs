@@ -1,7 +1,10 @@
-//! Persistence: the [`Store`] trait, its SQLite and PostgreSQL backends, and the
-//! [`RoutingTable`] that keeps the in-memory snapshot in step with what is stored.
+//! Persistence: the [`Store`] traits (one per concern), their SQLite and PostgreSQL
+//! backends, and the [`RoutingTable`] that keeps the in-memory snapshot in step with
+//! what is stored.
 //!
-//! Every write stores the route and its audit row in one transaction.
+//! Every write stores the route and its audit row in one transaction, and commits when
+//! it succeeds: writes go through the pool's `write` or `transaction`, never a hand-made
+//! commit.
 
 mod error;
 mod keys;
@@ -10,17 +13,16 @@ mod pool;
 mod postgres;
 mod routing;
 mod row;
+mod sql;
 mod sqlite;
+mod traits;
 
 use std::sync::Arc;
 
-use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tm_config::{PoolConfig, StorageConfig};
-use tm_domain::{
-    EnvName, GroupKey, KeyId, NewRoute, Route, RouteId, RouteKey, RoutePatch, ServiceName, TenantId,
-};
+use tm_domain::{EnvName, GroupKey, Route, RouteId, ServiceName, TenantId};
 
 pub use error::StoreError;
 pub use keys::{KeyRecord, KeyRing, KeyView, Principal};
@@ -29,6 +31,7 @@ pub use pool::{PoolStats, StoreCounters};
 pub use postgres::PostgresStore;
 pub use routing::RoutingTable;
 pub use sqlite::SqliteStore;
+pub use traits::{ChangeFeed, IdempotencyStore, KeyStore, RouteStore, Store, StoreOps};
 
 /// Who made a change, as recorded in the audit log.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -203,160 +206,6 @@ pub struct Page {
 /// Which revisions a conditional write accepts (from `If-Match`); the write fails with
 /// [`StoreError::StaleRevision`] when the stored revision is not among them.
 pub type ExpectedRevisions<'a> = Option<&'a [i64]>;
-
-/// The registry's storage. Implementations keep a route and its audit row in one
-/// transaction, and report conflicts and outages as [`StoreError`] variants.
-#[async_trait]
-pub trait Store: Send + Sync + 'static {
-    /// `"sqlite"` or `"postgres"`.
-    fn backend(&self) -> &'static str;
-
-    /// Creates a route; [`StoreError::Conflict`] if its key exists.
-    async fn create_route(&self, new: NewRoute, actor: &Actor) -> Result<Route, StoreError>;
-
-    /// Stores many new routes at once (a bulk import), each with its audit row: all of
-    /// them or none. A key that exists already fails the whole batch with
-    /// [`StoreError::Conflict`].
-    async fn import_routes(&self, routes: &[Route], actor: &Actor) -> Result<(), StoreError>;
-
-    /// Switches a route on or off. Setting the state it already has changes nothing.
-    async fn set_active(
-        &self,
-        key: &RouteKey,
-        active: bool,
-        actor: &Actor,
-    ) -> Result<Route, StoreError>;
-
-    /// Changes url and/or weight. A patch that changes nothing leaves the route as it is.
-    /// With a `scope`, a route of another tenant is [`StoreError::NotFound`].
-    async fn update_route(
-        &self,
-        id: RouteId,
-        scope: Option<&TenantId>,
-        patch: &RoutePatch,
-        expected: ExpectedRevisions<'_>,
-        actor: &Actor,
-    ) -> Result<Route, StoreError>;
-
-    /// Deletes a route and returns it as it was. With a `scope`, a route of another
-    /// tenant is [`StoreError::NotFound`].
-    async fn delete_route(
-        &self,
-        id: RouteId,
-        scope: Option<&TenantId>,
-        expected: ExpectedRevisions<'_>,
-        actor: &Actor,
-    ) -> Result<Route, StoreError>;
-
-    async fn get_route(&self, id: RouteId, from: ReadFrom) -> Result<Option<Route>, StoreError>;
-
-    async fn list_routes(
-        &self,
-        filter: &RouteFilter,
-        page: Page,
-        from: ReadFrom,
-    ) -> Result<Vec<Route>, StoreError>;
-
-    /// The active routes of the given `(tenant, service, env)` groups.
-    async fn active_routes_in_groups(&self, keys: &[GroupKey]) -> Result<Vec<Route>, StoreError>;
-
-    /// Up to `limit` active routes in natural-key order, starting after `after` (from
-    /// the first when `None`): what a routing snapshot is built from, one short query
-    /// at a time, so that a full load of millions of routes neither holds them all at
-    /// once nor runs one statement past its time-out.
-    async fn active_routes_page(
-        &self,
-        after: Option<&RouteKey>,
-        limit: u32,
-    ) -> Result<Vec<Route>, StoreError>;
-
-    /// Where the change feed stands: every change before this position is visible to
-    /// any read that starts after this call.
-    async fn change_position(&self) -> Result<ChangePosition, StoreError>;
-
-    /// The services changed after `from`, oldest change first, reading at most `limit`
-    /// changes.
-    async fn changes_after(&self, from: ChangePosition, limit: u32) -> Result<Changes, StoreError>;
-
-    /// Measures each read replica's lag and takes it out of (or back into) the rotation.
-    /// Stores without replicas have nothing to check.
-    async fn check_replicas(&self) -> Vec<ReplicaStatus> {
-        Vec::new()
-    }
-
-    /// Notifications of changes committed by any instance, where the backend sends
-    /// them (PostgreSQL); `None` where it does not.
-    async fn subscribe(&self) -> Result<Option<ChangeSubscription>, StoreError> {
-        Ok(None)
-    }
-
-    /// The audit trail of one route, oldest first.
-    async fn audit_log(&self, route_id: RouteId) -> Result<Vec<AuditEntry>, StoreError>;
-
-    /// Stores a new key.
-    async fn create_key(&self, record: &KeyRecord) -> Result<(), StoreError>;
-
-    /// Stores `record` only if no key was ever stored before; says whether it did. This
-    /// is how the first admin key is made exactly once, however many instances start.
-    async fn create_first_key(&self, record: &KeyRecord) -> Result<bool, StoreError>;
-
-    /// A live (not revoked) key.
-    async fn get_key(&self, id: KeyId) -> Result<Option<KeyRecord>, StoreError>;
-
-    /// Live keys, of one tenant or of all (admin keys included only for all).
-    async fn list_keys(&self, tenant: Option<&TenantId>) -> Result<Vec<KeyRecord>, StoreError>;
-
-    /// Revokes a live key; [`StoreError::NotFound`] if there is none.
-    async fn revoke_key(&self, id: KeyId) -> Result<(), StoreError>;
-
-    /// Every live key: what the key ring is loaded from.
-    async fn active_keys(&self) -> Result<Vec<KeyRecord>, StoreError>;
-
-    /// Claims `key` within `scope` for a request with `fingerprint`: `None` if claimed
-    /// (held as pending for `pending_for`), else what is already kept under it.
-    async fn claim_idempotency_key(
-        &self,
-        scope: &str,
-        key: &str,
-        fingerprint: &str,
-        pending_for: std::time::Duration,
-    ) -> Result<Option<IdempotencyRecord>, StoreError>;
-
-    /// Keeps the answer to a claimed key for `keep_for`.
-    async fn complete_idempotency_key(
-        &self,
-        scope: &str,
-        key: &str,
-        fingerprint: &str,
-        response: &StoredResponse,
-        keep_for: std::time::Duration,
-    ) -> Result<(), StoreError>;
-
-    /// Gives up a pending claim (the request failed in a way worth retrying).
-    async fn release_idempotency_key(&self, scope: &str, key: &str) -> Result<(), StoreError>;
-
-    /// What is kept under `key`, if anything unexpired.
-    async fn get_idempotency_key(
-        &self,
-        scope: &str,
-        key: &str,
-    ) -> Result<Option<IdempotencyRecord>, StoreError>;
-
-    /// Deletes expired idempotency records; how many.
-    async fn purge_idempotency_keys(&self) -> Result<u64, StoreError>;
-
-    /// A round trip to the database.
-    async fn ping(&self) -> Result<(), StoreError>;
-
-    /// Connection figures of each pool.
-    fn pool_stats(&self) -> Vec<PoolStats>;
-
-    /// Closes every pool, waiting for connections in use to be returned.
-    async fn close(&self);
-
-    /// The concrete store, for tools and tests that need its pools.
-    fn as_any(&self) -> &dyn std::any::Any;
-}
 
 /// Opens the configured backend and applies its migrations.
 pub async fn connect(

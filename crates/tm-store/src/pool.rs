@@ -1,12 +1,15 @@
-//! Pool figures, including the number of tasks waiting for a connection, which sqlx does
-//! not report: every acquire goes through [`WaitCounter::acquire`], which counts it.
+//! Pools that count what they lend, and the only place writes commit: every acquire
+//! goes through [`CountedPool::acquire`], which counts it and the tasks waiting for a
+//! connection (sqlx does not report those), and every write goes through
+//! [`CountedPool::write`] or [`CountedPool::transaction`], which commit when the work
+//! returns `Ok`.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use prometheus::IntCounter;
 use serde::Serialize;
 use sqlx::pool::PoolConnection;
-use sqlx::{Database, Pool};
+use sqlx::{Connection, Database, Pool};
 
 use crate::StoreError;
 
@@ -45,15 +48,14 @@ impl Default for StoreCounters {
     }
 }
 
-/// A pool that knows how many are waiting on it, and counts what it hands out.
-#[derive(Debug)]
 /// A connection lent by a [`CountedPool`]. Behind a transaction-pooling proxy
 /// (PgBouncer with `pool_mode = transaction`), the proxy may hand each statement outside
 /// a transaction to another server connection, and sqlx sends a statement's parse and
 /// its execution as two exchanges: so there, every lease is one transaction, opened with
 /// the session's settings (`SET LOCAL`, as startup options cannot pass the proxy).
-/// Transactions begun on a lease nest as savepoints; [`Lease::finish`] commits. A lease
-/// dropped unfinished rolls back, which is what reads and failed writes want.
+/// Transactions begun on a lease nest as savepoints. A lease dropped without
+/// [`Lease::finish`] rolls back, which is what reads and failed writes want; writes
+/// finish through [`CountedPool::write`], never by hand.
 pub(crate) enum Lease<DB: Database> {
     Session(PoolConnection<DB>),
     Pinned(sqlx::Transaction<'static, DB>),
@@ -82,7 +84,7 @@ impl<DB: Database> std::ops::DerefMut for Lease<DB> {
 impl<DB: Database> Lease<DB> {
     /// Makes what was written on this lease durable: a no-op for a session connection
     /// (its statements commit as they run), the commit of a pinned lease.
-    pub(crate) async fn finish(self) -> Result<(), StoreError> {
+    async fn finish(self) -> Result<(), StoreError> {
         match self {
             Lease::Session(_) => Ok(()),
             Lease::Pinned(tx) => tx.commit().await.map_err(StoreError::from),
@@ -90,11 +92,15 @@ impl<DB: Database> Lease<DB> {
     }
 }
 
+/// A pool that knows how many are waiting on it, and counts what it hands out.
 pub(crate) struct CountedPool<DB: Database> {
     pub(crate) name: &'static str,
     pub(crate) pool: Pool<DB>,
     /// Behind a transaction-pooling proxy: what opens each lease's transaction.
     pin: Option<std::sync::Arc<str>>,
+    /// What opens a transaction of [`Self::transaction`]; `None`: the driver's own
+    /// `BEGIN` (a savepoint on a pinned lease).
+    begin: Option<&'static str>,
     waiting: AtomicU32,
     counters: StoreCounters,
 }
@@ -105,6 +111,7 @@ impl<DB: Database> CountedPool<DB> {
             name,
             pool,
             pin: None,
+            begin: None,
             waiting: AtomicU32::new(0),
             counters,
         }
@@ -116,6 +123,15 @@ impl<DB: Database> CountedPool<DB> {
         self
     }
 
+    /// Opens the transactions of [`Self::transaction`] with `statement` (SQLite's
+    /// `BEGIN IMMEDIATE`, which takes the write lock before the first read).
+    pub(crate) fn transactions_begin_with(mut self, statement: &'static str) -> Self {
+        self.begin = Some(statement);
+        self
+    }
+
+    /// A connection for reading. Dropping it rolls back whatever it did (a pinned
+    /// lease's transaction), so it must not be used for writes: see [`Self::write`].
     pub(crate) async fn acquire(&self) -> Result<Lease<DB>, StoreError> {
         struct Waiting<'a>(&'a AtomicU32);
         impl Drop for Waiting<'_> {
@@ -143,6 +159,36 @@ impl<DB: Database> CountedPool<DB> {
                 Err(err.into())
             }
         }
+    }
+
+    /// Runs `work` on a lease and makes what it wrote durable when it returns `Ok`; when
+    /// it fails, what it wrote on a pinned lease is rolled back.
+    pub(crate) async fn write<T>(
+        &self,
+        work: impl AsyncFnOnce(&mut DB::Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut lease = self.acquire().await?;
+        let value = work(&mut lease).await?;
+        lease.finish().await?;
+        Ok(value)
+    }
+
+    /// Runs `work` in one transaction, committed (with its lease) when `work` returns
+    /// `Ok` and rolled back when it fails.
+    pub(crate) async fn transaction<T>(
+        &self,
+        work: impl AsyncFnOnce(&mut DB::Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.write(async move |conn: &mut DB::Connection| {
+            let mut tx = match self.begin {
+                None => conn.begin().await?,
+                Some(statement) => conn.begin_with(statement).await?,
+            };
+            let value = work(&mut tx).await?;
+            tx.commit().await?;
+            Ok(value)
+        })
+        .await
     }
 
     pub(crate) fn stats(&self) -> PoolStats {

@@ -6,7 +6,7 @@ use std::time::Duration;
 use secrecy::SecretString;
 use sqlx::Connection;
 use tm_config::{PoolConfig, PostgresConfig};
-use tm_store::{PostgresStore, Store, StoreError};
+use tm_store::{PostgresStore, StoreError, StoreOps};
 
 fn pool_config() -> PoolConfig {
     PoolConfig {

@@ -1,0 +1,90 @@
+//! The statements in PostgreSQL's dialect: `$n` placeholders, ids as `uuid` (read back
+//! as text), JSON as `jsonb`, and `FOR UPDATE` where a write reads the row it changes.
+
+use std::sync::LazyLock;
+
+use crate::sql::Statements;
+
+/// Every column of `routes`, as the shared row type reads it.
+const ROUTE_COLUMNS: &str =
+    "id::text AS id, tenant, service, env, version, url, active, weight::int8 AS weight, \
+     revision, created_at, updated_at";
+
+const KEY_COLUMNS: &str = "id::text AS id, name, role, tenant, secret_hash, created_at";
+
+/// The active routes of the groups bound as three arrays (tenants, services, envs).
+pub(super) static ACTIVE_IN_GROUPS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {ROUTE_COLUMNS} FROM routes WHERE active AND (tenant, service, env) IN \
+         (SELECT * FROM unnest($1::text[], $2::text[], $3::text[]))"
+    )
+});
+
+pub(super) static STATEMENTS: LazyLock<Statements> = LazyLock::new(|| Statements {
+    lock_route_by_key: format!(
+        "SELECT {ROUTE_COLUMNS} FROM routes \
+         WHERE tenant = $1 AND service = $2 AND env = $3 AND version = $4 FOR UPDATE"
+    ),
+    lock_route_by_id: format!("SELECT {ROUTE_COLUMNS} FROM routes WHERE id = $1 FOR UPDATE"),
+    route_by_id: format!("SELECT {ROUTE_COLUMNS} FROM routes WHERE id = $1"),
+    update_route: "UPDATE routes SET url = $1, active = $2, weight = $3, revision = $4, \
+                   updated_at = $5 WHERE id = $6 AND revision = $7"
+        .into(),
+    delete_route: "DELETE FROM routes WHERE id = $1".into(),
+    list_routes: format!(
+        "SELECT {ROUTE_COLUMNS} FROM routes \
+         WHERE ($1::text IS NULL OR tenant = $1) AND ($2::text IS NULL OR service = $2) \
+           AND ($3::text IS NULL OR env = $3) AND ($4::bool IS NULL OR active = $4) \
+           AND ($5::uuid IS NULL OR id > $5) \
+         ORDER BY id LIMIT $6"
+    ),
+    active_routes_first: format!(
+        "SELECT {ROUTE_COLUMNS} FROM routes WHERE active \
+         ORDER BY tenant, service, env, version LIMIT $1"
+    ),
+    active_routes_after: format!(
+        "SELECT {ROUTE_COLUMNS} FROM routes WHERE active \
+         AND (tenant, service, env, version) > ($1, $2, $3, $4) \
+         ORDER BY tenant, service, env, version LIMIT $5"
+    ),
+    audit_log: "SELECT id, at, actor, action, route_id::text AS route_id, \
+                before::text AS before, after::text AS after \
+                FROM audit_log WHERE route_id = $1 ORDER BY id"
+        .into(),
+    claim_bootstrap: "INSERT INTO bootstrap (id, key_id, created_at) VALUES (1, $1, $2) \
+                      ON CONFLICT (id) DO NOTHING"
+        .into(),
+    insert_key: "INSERT INTO api_keys (id, name, role, tenant, secret_hash, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6)"
+        .into(),
+    get_key: format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE id = $1 AND revoked_at IS NULL"),
+    list_keys: format!(
+        "SELECT {KEY_COLUMNS} FROM api_keys \
+         WHERE revoked_at IS NULL AND ($1::text IS NULL OR tenant = $1) ORDER BY id"
+    ),
+    revoke_key: "UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL".into(),
+    active_keys: format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE revoked_at IS NULL"),
+    idempotency_delete_expired:
+        "DELETE FROM idempotency_keys WHERE scope = $1 AND key = $2 AND expires_at <= $3".into(),
+    idempotency_claim: "INSERT INTO idempotency_keys (scope, key, fingerprint, response, \
+                        expires_at) VALUES ($1, $2, $3, NULL, $4) \
+                        ON CONFLICT (scope, key) DO NOTHING"
+        .into(),
+    idempotency_get: "SELECT fingerprint, response FROM idempotency_keys \
+                      WHERE scope = $1 AND key = $2"
+        .into(),
+    idempotency_complete: "INSERT INTO idempotency_keys (scope, key, fingerprint, response, \
+                           expires_at) VALUES ($1, $2, $3, $4, $5) \
+                           ON CONFLICT (scope, key) DO UPDATE \
+                           SET fingerprint = excluded.fingerprint, \
+                               response = excluded.response, \
+                               expires_at = excluded.expires_at"
+        .into(),
+    idempotency_release: "DELETE FROM idempotency_keys \
+                          WHERE scope = $1 AND key = $2 AND response IS NULL"
+        .into(),
+    idempotency_get_unexpired: "SELECT fingerprint, response FROM idempotency_keys \
+                                WHERE scope = $1 AND key = $2 AND expires_at > $3"
+        .into(),
+    idempotency_purge: "DELETE FROM idempotency_keys WHERE expires_at <= $1".into(),
+});

@@ -1,0 +1,113 @@
+//! Idempotency records: claimed as pending, completed with the answer, released, purged
+//! once expired. Times are Unix milliseconds.
+
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+
+use super::{fetch_optional, Backend, Conn, Value};
+use crate::row::{idempotency_record, millis, response_json, unix_ms};
+use crate::{IdempotencyRecord, IdempotencyStore, ReadFrom, StoreError, StoredResponse};
+
+#[async_trait]
+impl<B: Backend> IdempotencyStore for B {
+    async fn claim_idempotency_key(
+        &self,
+        scope: &str,
+        key: &str,
+        fingerprint: &str,
+        pending_for: Duration,
+    ) -> Result<Option<IdempotencyRecord>, StoreError> {
+        let now = unix_ms(SystemTime::now());
+        let sql = B::sql();
+        self.writer()
+            .write(async |conn: &mut Conn<B>| {
+                let expired = vec![Value::Text(scope), Value::Text(key), Value::Int(now)];
+                B::execute(conn, &sql.idempotency_delete_expired, expired).await?;
+                let pending = vec![
+                    Value::Text(scope),
+                    Value::Text(key),
+                    Value::Text(fingerprint),
+                    Value::Int(now.saturating_add(millis(pending_for))),
+                ];
+                if B::execute(conn, &sql.idempotency_claim, pending).await? == 1 {
+                    return Ok(None);
+                }
+                let kept = vec![Value::Text(scope), Value::Text(key)];
+                let row: Option<(String, Option<String>)> =
+                    fetch_optional::<B, _>(conn, &sql.idempotency_get, kept).await?;
+                match row {
+                    Some((fingerprint, response)) => {
+                        idempotency_record(fingerprint, response).map(Some)
+                    }
+                    // Expired and deleted by another claim between the two statements:
+                    // that claim holds the key now.
+                    None => Ok(Some(IdempotencyRecord {
+                        fingerprint: fingerprint.to_owned(),
+                        response: None,
+                    })),
+                }
+            })
+            .await
+    }
+
+    async fn complete_idempotency_key(
+        &self,
+        scope: &str,
+        key: &str,
+        fingerprint: &str,
+        response: &StoredResponse,
+        keep_for: Duration,
+    ) -> Result<(), StoreError> {
+        let expires_at = unix_ms(SystemTime::now()).saturating_add(millis(keep_for));
+        let values = vec![
+            Value::Text(scope),
+            Value::Text(key),
+            Value::Text(fingerprint),
+            Value::String(Some(response_json(response))),
+            Value::Int(expires_at),
+        ];
+        self.writer()
+            .write(async |conn: &mut Conn<B>| {
+                B::execute(conn, &B::sql().idempotency_complete, values).await?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn release_idempotency_key(&self, scope: &str, key: &str) -> Result<(), StoreError> {
+        self.writer()
+            .write(async |conn: &mut Conn<B>| {
+                let pending = vec![Value::Text(scope), Value::Text(key)];
+                B::execute(conn, &B::sql().idempotency_release, pending).await?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn get_idempotency_key(
+        &self,
+        scope: &str,
+        key: &str,
+    ) -> Result<Option<IdempotencyRecord>, StoreError> {
+        let mut conn = self.reader(ReadFrom::Primary).0.acquire().await?;
+        let values = vec![
+            Value::Text(scope),
+            Value::Text(key),
+            Value::Int(unix_ms(SystemTime::now())),
+        ];
+        let row: Option<(String, Option<String>)> =
+            fetch_optional::<B, _>(&mut conn, &B::sql().idempotency_get_unexpired, values).await?;
+        row.map(|(fingerprint, response)| idempotency_record(fingerprint, response))
+            .transpose()
+    }
+
+    async fn purge_idempotency_keys(&self) -> Result<u64, StoreError> {
+        self.writer()
+            .write(async |conn: &mut Conn<B>| {
+                let now = vec![Value::Int(unix_ms(SystemTime::now()))];
+                B::execute(conn, &B::sql().idempotency_purge, now).await
+            })
+            .await
+    }
+}

@@ -1,0 +1,221 @@
+//! The embedded backend: one SQLite file in WAL mode.
+//!
+//! SQLite allows one writer at a time, so writes go through a pool of exactly one
+//! connection (queueing in-process instead of spinning on `SQLITE_BUSY`), and reads
+//! through a separate read-only pool that WAL lets run beside the writer.
+
+mod statements;
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::sqlite::{
+    SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions,
+    SqliteSynchronous as Sync,
+};
+use sqlx::{Arguments, Connection, Sqlite, SqliteConnection};
+use tm_config::{PoolConfig, SqliteConfig, SqliteSynchronous};
+use tm_domain::GroupKey;
+
+use crate::pool::{CountedPool, StoreCounters};
+use crate::sql::{run_statements, Backend, Own, ReadVia, Statements, Value};
+use crate::{
+    changed_groups, ChangeFeed, ChangePosition, ChangeRow, Changes, PoolStats, ReadFrom,
+    StoreError, StoreOps,
+};
+
+/// Groups read by one statement (three bound values each, well under SQLite's limit).
+const GROUPS_PER_QUERY: usize = 200;
+
+/// How long a statement waits for a lock held by another process (e.g. `migrate`).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What opens a write transaction: it takes the write lock at once, so that a
+/// transaction that reads before it writes cannot fail to upgrade its lock.
+const BEGIN: &str = "BEGIN IMMEDIATE";
+
+/// The SQLite store.
+pub struct SqliteStore {
+    writer: CountedPool<Sqlite>,
+    /// A second writer connection for critical writes, so the rollback path does not
+    /// queue behind ordinary writes (SQLite's own lock still orders the two).
+    critical: CountedPool<Sqlite>,
+    reader: CountedPool<Sqlite>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the configured database file and applies migrations.
+    pub async fn connect(
+        config: &SqliteConfig,
+        pool: &PoolConfig,
+        counters: StoreCounters,
+    ) -> Result<Self, StoreError> {
+        let SqliteConfig { path, synchronous } = config;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::Unavailable(sqlx::Error::Io(e)))?;
+        }
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(match *synchronous {
+                SqliteSynchronous::Full => Sync::Full,
+                SqliteSynchronous::Normal => Sync::Normal,
+            })
+            .busy_timeout(BUSY_TIMEOUT)
+            .foreign_keys(true);
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .acquire_timeout(pool.acquire_timeout)
+            .connect_with(options.clone())
+            .await?;
+        sqlx::migrate!("./migrations/sqlite").run(&writer).await?;
+        let critical = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .acquire_timeout(pool.acquire_timeout)
+            .connect_with(options.clone())
+            .await?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(pool.max_connections)
+            .min_connections(pool.min_connections)
+            .acquire_timeout(pool.acquire_timeout)
+            .idle_timeout(pool.idle_timeout)
+            .max_lifetime(pool.max_lifetime)
+            .connect_with(options.read_only(true))
+            .await?;
+        Ok(Self {
+            writer: CountedPool::new("writer", writer, counters.clone())
+                .transactions_begin_with(BEGIN),
+            critical: CountedPool::new("critical", critical, counters.clone())
+                .transactions_begin_with(BEGIN),
+            reader: CountedPool::new("reader", reader, counters),
+        })
+    }
+}
+
+#[cfg(feature = "test-support")]
+impl SqliteStore {
+    /// The writer and reader pools (not the critical one), for tests.
+    pub fn pools(&self) -> (&sqlx::SqlitePool, &sqlx::SqlitePool) {
+        (&self.writer.pool, &self.reader.pool)
+    }
+}
+
+/// `values` as SQLite binds them: ids as text, weights as integers.
+fn arguments(values: Vec<Value<'_>>) -> Result<SqliteArguments<'_>, StoreError> {
+    crate::sql::arguments::<Sqlite>(values, |args, own| match own {
+        Own::Id(v) => args.add(v.to_string()),
+        Own::OptId(v) => args.add(v.map(|id| id.to_string())),
+        Own::Weight(v) => args.add(i64::from(v)),
+        Own::Texts(_) => Err("SQLite binds no arrays".into()),
+    })
+}
+
+impl Backend for SqliteStore {
+    type Db = Sqlite;
+
+    const JSON_CAST: &'static str = "";
+
+    const GROUPS_PER_QUERY: usize = GROUPS_PER_QUERY;
+
+    fn sql() -> &'static Statements {
+        &statements::STATEMENTS
+    }
+
+    fn placeholder(n: usize) -> String {
+        format!("?{n}")
+    }
+
+    fn active_routes_in(groups: &[GroupKey]) -> (Cow<'static, str>, Vec<Value<'_>>) {
+        let tuples = vec!["(?, ?, ?)"; groups.len()].join(", ");
+        let sql = format!(
+            "SELECT {} FROM routes WHERE active = 1 AND (tenant, service, env) IN ({tuples})",
+            statements::ROUTE_COLUMNS
+        );
+        let values = groups
+            .iter()
+            .flat_map(|k| [k.tenant.as_str(), k.service.as_str(), k.env.as_str()])
+            .map(Value::Text)
+            .collect();
+        (Cow::Owned(sql), values)
+    }
+
+    fn writer(&self) -> &CountedPool<Sqlite> {
+        &self.writer
+    }
+
+    fn critical(&self) -> &CountedPool<Sqlite> {
+        &self.critical
+    }
+
+    /// Every read goes to the reader pool: there are no replicas.
+    fn reader(&self, _from: ReadFrom) -> (&CountedPool<Sqlite>, ReadVia<'_>) {
+        (&self.reader, ReadVia(None))
+    }
+
+    run_statements!(SqliteConnection, arguments);
+}
+
+#[async_trait]
+impl ChangeFeed for SqliteStore {
+    async fn change_position(&self) -> Result<ChangePosition, StoreError> {
+        let mut conn = self.reader.acquire().await?;
+        // Writes are serialized, so audit ids commit in order: the newest id is the position.
+        let id: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) FROM audit_log")
+            .fetch_one(&mut *conn)
+            .await?;
+        Ok(ChangePosition { txid: 0, id })
+    }
+
+    async fn changes_after(&self, from: ChangePosition, limit: u32) -> Result<Changes, StoreError> {
+        let mut conn = self.reader.acquire().await?;
+        let rows: Vec<ChangeRow> = sqlx::query_as(
+            "SELECT 0 AS txid, id, \
+                    json_extract(COALESCE(after, before), '$.tenant') AS tenant, \
+                    json_extract(COALESCE(after, before), '$.service') AS service, \
+                    json_extract(COALESCE(after, before), '$.env') AS env \
+             FROM audit_log WHERE id > ?1 ORDER BY id LIMIT ?2",
+        )
+        .bind(from.id)
+        .bind(i64::from(limit))
+        .fetch_all(&mut *conn)
+        .await?;
+        Ok(changed_groups(rows, from, limit))
+    }
+}
+
+#[async_trait]
+impl StoreOps for SqliteStore {
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let mut conn = self.reader.acquire().await?;
+        conn.ping().await?;
+        Ok(())
+    }
+
+    fn pool_stats(&self) -> Vec<PoolStats> {
+        vec![
+            self.writer.stats(),
+            self.reader.stats(),
+            self.critical.stats(),
+        ]
+    }
+
+    async fn close(&self) {
+        self.reader.pool.close().await;
+        self.writer.pool.close().await;
+        self.critical.pool.close().await;
+    }
+
+    #[cfg(feature = "test-support")]
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}

@@ -1,0 +1,84 @@
+//! The statements in SQLite's dialect: `?n` placeholders, ids and JSON as text, and no
+//! row locks (`BEGIN IMMEDIATE` holds the whole database's write lock instead).
+
+use std::sync::LazyLock;
+
+use crate::sql::Statements;
+
+/// Every column of `routes`, as the shared row type reads it.
+pub(super) const ROUTE_COLUMNS: &str =
+    "id, tenant, service, env, version, url, active, weight, revision, created_at, updated_at";
+
+const KEY_COLUMNS: &str = "id, name, role, tenant, secret_hash, created_at";
+
+pub(super) static STATEMENTS: LazyLock<Statements> = LazyLock::new(|| {
+    let route_by_id = format!("SELECT {ROUTE_COLUMNS} FROM routes WHERE id = ?1");
+    Statements {
+        lock_route_by_key: format!(
+            "SELECT {ROUTE_COLUMNS} FROM routes \
+             WHERE tenant = ?1 AND service = ?2 AND env = ?3 AND version = ?4"
+        ),
+        lock_route_by_id: route_by_id.clone(),
+        route_by_id,
+        update_route: "UPDATE routes SET url = ?1, active = ?2, weight = ?3, revision = ?4, \
+                       updated_at = ?5 WHERE id = ?6 AND revision = ?7"
+            .into(),
+        delete_route: "DELETE FROM routes WHERE id = ?1".into(),
+        list_routes: format!(
+            "SELECT {ROUTE_COLUMNS} FROM routes \
+             WHERE (?1 IS NULL OR tenant = ?1) AND (?2 IS NULL OR service = ?2) \
+               AND (?3 IS NULL OR env = ?3) \
+               AND (?4 IS NULL OR active = ?4) AND (?5 IS NULL OR id > ?5) \
+             ORDER BY id LIMIT ?6"
+        ),
+        active_routes_first: format!(
+            "SELECT {ROUTE_COLUMNS} FROM routes WHERE active = 1 \
+             ORDER BY tenant, service, env, version LIMIT ?1"
+        ),
+        active_routes_after: format!(
+            "SELECT {ROUTE_COLUMNS} FROM routes WHERE active = 1 \
+             AND (tenant, service, env, version) > (?1, ?2, ?3, ?4) \
+             ORDER BY tenant, service, env, version LIMIT ?5"
+        ),
+        audit_log: "SELECT id, at, actor, action, route_id, before, after \
+                    FROM audit_log WHERE route_id = ?1 ORDER BY id"
+            .into(),
+        claim_bootstrap: "INSERT INTO bootstrap (id, key_id, created_at) VALUES (1, ?1, ?2) \
+                          ON CONFLICT (id) DO NOTHING"
+            .into(),
+        insert_key: "INSERT INTO api_keys (id, name, role, tenant, secret_hash, created_at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
+            .into(),
+        get_key: format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE id = ?1 AND revoked_at IS NULL"),
+        list_keys: format!(
+            "SELECT {KEY_COLUMNS} FROM api_keys \
+             WHERE revoked_at IS NULL AND (?1 IS NULL OR tenant = ?1) ORDER BY id"
+        ),
+        revoke_key: "UPDATE api_keys SET revoked_at = ?1 WHERE id = ?2 AND revoked_at IS NULL"
+            .into(),
+        active_keys: format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE revoked_at IS NULL"),
+        idempotency_delete_expired:
+            "DELETE FROM idempotency_keys WHERE scope = ?1 AND key = ?2 AND expires_at <= ?3".into(),
+        idempotency_claim: "INSERT INTO idempotency_keys (scope, key, fingerprint, response, \
+                            expires_at) VALUES (?1, ?2, ?3, NULL, ?4) \
+                            ON CONFLICT (scope, key) DO NOTHING"
+            .into(),
+        idempotency_get: "SELECT fingerprint, response FROM idempotency_keys \
+                          WHERE scope = ?1 AND key = ?2"
+            .into(),
+        idempotency_complete: "INSERT INTO idempotency_keys (scope, key, fingerprint, \
+                               response, expires_at) VALUES (?1, ?2, ?3, ?4, ?5) \
+                               ON CONFLICT (scope, key) DO UPDATE \
+                               SET fingerprint = excluded.fingerprint, \
+                                   response = excluded.response, \
+                                   expires_at = excluded.expires_at"
+            .into(),
+        idempotency_release: "DELETE FROM idempotency_keys \
+                              WHERE scope = ?1 AND key = ?2 AND response IS NULL"
+            .into(),
+        idempotency_get_unexpired: "SELECT fingerprint, response FROM idempotency_keys \
+                                    WHERE scope = ?1 AND key = ?2 AND expires_at > ?3"
+            .into(),
+        idempotency_purge: "DELETE FROM idempotency_keys WHERE expires_at <= ?1".into(),
+    }
+});
