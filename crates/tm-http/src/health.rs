@@ -55,7 +55,7 @@ async fn redis_check(redis: &tm_redis::Redis) -> (bool, Value) {
             },
             "latency_ms": ping.map_or(Value::Null, |d| json!((d.as_secs_f64() * 10_000.0).round() / 10.0)),
             "circuit_breaker": redis.breaker_state().as_str(),
-            "pool": {"size": pool.size, "idle": pool.idle, "in_use": pool.in_use, "waiting": pool.waiting, "max": pool.max},
+            "pool": pool,
         }),
     )
 }
@@ -80,12 +80,7 @@ async fn checks(state: &AppState) -> (Readiness, Value) {
         .store
         .pool_stats()
         .into_iter()
-        .map(|p| {
-            (
-                p.pool.to_owned(),
-                json!({"size": p.size, "idle": p.idle, "in_use": p.in_use, "waiting": p.waiting, "max": p.max}),
-            )
-        })
+        .map(|p| (p.pool.to_owned(), json!(p)))
         .collect();
     let database = json!({
         "status": if healthy { "healthy" } else { "unhealthy" },
@@ -170,23 +165,10 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
 pub fn sample(state: &AppState) {
     let metrics = &state.metrics;
     for pool in state.store.pool_stats() {
-        metrics.set_pool(tm_telemetry::PoolFigures {
-            pool: pool.pool,
-            idle: pool.idle,
-            in_use: pool.in_use,
-            waiting: pool.waiting,
-            max: pool.max,
-        });
+        metrics.set_pool(&pool);
     }
     if let Some(redis) = &state.redis {
-        let pool = redis.pool_figures();
-        metrics.set_pool(tm_telemetry::PoolFigures {
-            pool: "redis",
-            idle: pool.idle,
-            in_use: pool.in_use,
-            waiting: pool.waiting,
-            max: pool.max,
-        });
+        metrics.set_pool(&redis.pool_figures());
     }
     state.guard.observe_pools();
     metrics.set_snapshot(

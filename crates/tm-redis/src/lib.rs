@@ -52,16 +52,6 @@ pub struct Lock {
     token: String,
 }
 
-/// Figures of the Redis connection pool.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PoolFigures {
-    pub size: u32,
-    pub idle: u32,
-    pub in_use: u32,
-    pub waiting: u32,
-    pub max: u32,
-}
-
 /// One request to Redis: a command, or a script (sent by digest, loaded when missing).
 enum Request<'a> {
     Cmd(&'a Cmd),
@@ -193,10 +183,12 @@ impl Redis {
         self.breaker.state()
     }
 
-    pub fn pool_figures(&self) -> PoolFigures {
+    /// The figures of the Redis connection pool, named `redis`.
+    pub fn pool_figures(&self) -> tm_telemetry::PoolFigures {
         let status = self.pool.status();
         let n = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
-        PoolFigures {
+        tm_telemetry::PoolFigures {
+            pool: "redis",
             size: n(status.size),
             idle: n(status.available),
             in_use: n(status.size.saturating_sub(status.available)),

@@ -27,7 +27,7 @@ use tm_domain::{EnvName, GroupKey, Route, RouteId, ServiceName, TenantId};
 pub use error::StoreError;
 pub use keys::{KeyRecord, KeyRing, KeyView, Principal};
 pub use notify::{ChangeSubscription, Changed};
-pub use pool::{PoolStats, StoreCounters};
+pub use pool::StoreCounters;
 pub use postgres::PostgresStore;
 pub use routing::RoutingTable;
 pub use sqlite::SqliteStore;

@@ -7,25 +7,12 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use prometheus::IntCounter;
-use serde::Serialize;
 use sqlx::pool::PoolConnection;
 use sqlx::{Connection, Database, Pool};
 
-use crate::StoreError;
+use tm_telemetry::PoolFigures;
 
-/// A snapshot of one pool's connections.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct PoolStats {
-    /// `primary` and `critical` on PostgreSQL; `writer`, `reader` and `critical` on SQLite.
-    pub pool: &'static str,
-    /// Connections open now, idle or in use.
-    pub size: u32,
-    pub idle: u32,
-    pub in_use: u32,
-    /// Tasks waiting for a connection right now.
-    pub waiting: u32,
-    pub max: u32,
-}
+use crate::StoreError;
 
 /// Counters a store increments; the application registers them for `/metrics`.
 #[derive(Clone, Debug)]
@@ -191,12 +178,12 @@ impl<DB: Database> CountedPool<DB> {
         .await
     }
 
-    pub(crate) fn stats(&self) -> PoolStats {
+    pub(crate) fn stats(&self) -> PoolFigures {
         let size = self.pool.size();
         let idle = u32::try_from(self.pool.num_idle())
             .unwrap_or(u32::MAX)
             .min(size);
-        PoolStats {
+        PoolFigures {
             pool: self.name,
             size,
             idle,

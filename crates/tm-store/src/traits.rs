@@ -9,8 +9,8 @@ use tm_domain::{GroupKey, KeyId, NewRoute, Route, RouteId, RouteKey, RoutePatch,
 
 use crate::{
     Actor, AuditEntry, ChangePosition, ChangeSubscription, Changes, ExpectedRevisions,
-    IdempotencyRecord, KeyRecord, Page, PoolStats, ReadFrom, ReplicaStatus, RouteFilter,
-    StoreError, StoredResponse,
+    IdempotencyRecord, KeyRecord, Page, ReadFrom, ReplicaStatus, RouteFilter, StoreError,
+    StoredResponse,
 };
 
 /// Routes and their audit log.
@@ -169,7 +169,7 @@ pub trait StoreOps: Send + Sync + 'static {
     async fn ping(&self) -> Result<(), StoreError>;
 
     /// Connection figures of each pool.
-    fn pool_stats(&self) -> Vec<PoolStats>;
+    fn pool_stats(&self) -> Vec<tm_telemetry::PoolFigures>;
 
     /// Measures each read replica's lag and takes it out of (or back into) the rotation.
     /// Stores without replicas have nothing to check.

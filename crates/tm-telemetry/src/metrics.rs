@@ -121,12 +121,19 @@ fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Figures of one connection pool.
-#[derive(Clone, Copy, Debug)]
-pub struct PoolFigures<'a> {
-    pub pool: &'a str,
+/// Figures of one connection pool (a database pool, or Redis's): what `/metrics` and the
+/// health probes show of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct PoolFigures {
+    /// Its name, e.g. `primary`, `critical`, `replica1`, `writer`, `reader`, `redis`; the
+    /// health probes key pools by it rather than repeat it.
+    #[serde(skip)]
+    pub pool: &'static str,
+    /// Connections open now, idle or in use.
+    pub size: u32,
     pub idle: u32,
     pub in_use: u32,
+    /// Tasks waiting for a connection right now.
     pub waiting: u32,
     pub max: u32,
 }
@@ -393,7 +400,7 @@ impl Metrics {
         self.rate_limit_hits.with_label_values(&[class]);
     }
 
-    pub fn set_pool(&self, figures: PoolFigures<'_>) {
+    pub fn set_pool(&self, figures: &PoolFigures) {
         let pool = figures.pool;
         self.db_pool_connections
             .with_label_values(&[pool, "idle"])
@@ -465,8 +472,9 @@ mod tests {
         metrics.declare_endpoint("GET", "/healthz");
         metrics.set_breaker("database", 0);
         metrics.declare_rate_class("read");
-        metrics.set_pool(PoolFigures {
+        metrics.set_pool(&PoolFigures {
             pool: "primary",
+            size: 1,
             idle: 1,
             in_use: 0,
             waiting: 0,

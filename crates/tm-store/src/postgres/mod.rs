@@ -22,8 +22,8 @@ use tm_domain::GroupKey;
 use crate::pool::CountedPool;
 use crate::sql::{run_statements, Backend, Own, ReadVia, Statements, Value};
 use crate::{
-    changed_groups, ChangeFeed, ChangePosition, ChangeRow, ChangeSubscription, Changes, PoolStats,
-    ReadFrom, ReplicaStatus, StoreError, StoreOps,
+    changed_groups, ChangeFeed, ChangePosition, ChangeRow, ChangeSubscription, Changes, ReadFrom,
+    ReplicaStatus, StoreError, StoreOps,
 };
 use replicas::Replica;
 
@@ -172,7 +172,7 @@ impl StoreOps for PostgresStore {
         Ok(())
     }
 
-    fn pool_stats(&self) -> Vec<PoolStats> {
+    fn pool_stats(&self) -> Vec<tm_telemetry::PoolFigures> {
         let mut stats = vec![self.primary.stats(), self.critical.stats()];
         stats.extend(self.replicas.iter().map(|r| r.pool.stats()));
         stats

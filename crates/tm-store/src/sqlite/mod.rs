@@ -21,8 +21,7 @@ use tm_domain::GroupKey;
 use crate::pool::{CountedPool, StoreCounters};
 use crate::sql::{run_statements, Backend, Own, ReadVia, Statements, Value};
 use crate::{
-    changed_groups, ChangeFeed, ChangePosition, ChangeRow, Changes, PoolStats, ReadFrom,
-    StoreError, StoreOps,
+    changed_groups, ChangeFeed, ChangePosition, ChangeRow, Changes, ReadFrom, StoreError, StoreOps,
 };
 
 /// Groups read by one statement (three bound values each, well under SQLite's limit).
@@ -200,7 +199,7 @@ impl StoreOps for SqliteStore {
         Ok(())
     }
 
-    fn pool_stats(&self) -> Vec<PoolStats> {
+    fn pool_stats(&self) -> Vec<tm_telemetry::PoolFigures> {
         vec![
             self.writer.stats(),
             self.reader.stats(),
