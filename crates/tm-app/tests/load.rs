@@ -13,8 +13,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::json;
-use tm_app::Application;
-use tm_config::{Config, RawConfig};
+use tm_testing::TestApp;
 use tokio_util::sync::CancellationToken;
 
 const ADMIN: &str = "load-test-admin-key-0123456789abcdef";
@@ -38,41 +37,12 @@ async fn mixed_load_stays_within_its_thresholds() {
     let rate: u64 = env("TM_LOAD_RATE", 400);
     let workers: u64 = 16;
 
-    let data = tempfile::tempdir().expect("tempdir");
-    let raw = RawConfig {
-        process: tm_config::ProcessRaw {
-            listen: "127.0.0.1:0".into(),
-            data_dir: data.path().to_path_buf(),
-            bootstrap_admin_key: Some(ADMIN.into()),
-            ..Default::default()
-        },
-        storage: tm_config::StorageRaw {
-            database_url: std::env::var("TM_TEST_DATABASE_URL").ok(),
-            ..Default::default()
-        },
-        telemetry: tm_config::TelemetryRaw {
-            log_level: "warn".into(),
-            ..Default::default()
-        },
-        ..RawConfig::default()
-    };
-    let app = Application::build(Config::try_from(raw).expect("config"))
-        .await
-        .expect("starts");
-    let base = format!("http://{}", app.local_addr());
-    let store = app.store();
-    let shutdown = CancellationToken::new();
-    tokio::spawn(app.run_until(shutdown.clone()));
-    let mut auth = reqwest::header::HeaderMap::new();
-    auth.insert(
-        "authorization",
-        format!("Bearer {ADMIN}").parse().expect("header"),
-    );
-    let client = reqwest::Client::builder()
-        .default_headers(auth)
-        .timeout(Duration::from_secs(5))
-        .build()
-        .expect("client");
+    let app = TestApp::builder()
+        .admin_key(ADMIN)
+        .client_timeout(Duration::from_secs(5))
+        .spawn()
+        .await;
+    let (client, base, store) = (app.client.clone(), app.url(""), app.store.clone());
     for (version, weight) in [("v1", 90), ("v2", 10)] {
         let body = json!({"tenant":"acme","service":"billing","env":"prod","version":version,
                           "url":format!("http://{version}.internal"),"active":true,"weight":weight});
@@ -87,15 +57,17 @@ async fn mixed_load_stays_within_its_thresholds() {
 
     // Pool usage, sampled throughout.
     let peak_usage = Arc::new(AtomicU64::new(0));
+    let sampling = CancellationToken::new();
     let sampler = {
         let (store, peak) = (store.clone(), peak_usage.clone());
-        let stop = shutdown.clone();
+        let stop = sampling.clone();
         tokio::spawn(async move {
             while !stop.is_cancelled() {
                 for pool in store.pool_stats().iter().filter(|p| p.pool != "critical") {
                     let usage = u64::from(pool.in_use) * 100 / u64::from(pool.max.max(1));
                     peak.fetch_max(usage, Ordering::Relaxed);
                 }
+                // A sampling period, not a wait for anything.
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         })
@@ -111,7 +83,7 @@ async fn mixed_load_stays_within_its_thresholds() {
         let (client, base) = (client.clone(), base.clone());
         let (resolve, writes) = (resolve.clone(), writes.clone());
         handles.push(tokio::spawn(async move {
-            // Workers join one by one over the ramp-up.
+            // Workers join one by one over the ramp-up: time is what is tested.
             tokio::time::sleep(ramp.mul_f64(worker as f64 / workers as f64)).await;
             let mut tick = tokio::time::interval(Duration::from_secs_f64(workers as f64 / rate as f64));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -151,8 +123,9 @@ async fn mixed_load_stays_within_its_thresholds() {
     for handle in handles {
         latencies.extend(handle.await.expect("worker"));
     }
-    shutdown.cancel();
+    sampling.cancel();
     let _ = sampler.await;
+    app.stop().await.expect("clean shutdown");
     latencies.sort();
     let p99 = latencies[latencies.len() * 99 / 100];
     let total = resolve.requests.load(Ordering::Relaxed) + writes.requests.load(Ordering::Relaxed);

@@ -1,42 +1,25 @@
 //! Redis: fleet-wide rate limits, idempotency keys across instances, and the service
 //! going on while Redis is gone or failing over — on a Redis server and a six-node
-//! Redis Cluster of the test's own (see `common::redis`).
+//! Redis Cluster of the test's own (see `tm_testing::RedisCluster`).
 //!
 //! Runs when `TM_TEST_REDIS_SERVER` names a `redis-server` binary (the test command
 //! sets it).
 
-mod common;
-
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use tm_config::RawConfig;
-
-use common::redis::{RedisCluster, RedisServer};
-use common::{eventually, Instance};
+use tm_testing::{eventually, RedisCluster, RedisServer, TestApp, TestAppBuilder};
 
 const ADMIN: &str = "redis-test-admin-key-0123456789abcdefgh";
 
-fn config(redis_url: Option<String>, cluster_urls: Option<String>) -> RawConfig {
-    RawConfig {
-        process: tm_config::ProcessRaw {
-            bootstrap_admin_key: Some(ADMIN.into()),
-            ..Default::default()
-        },
-        redis: tm_config::RedisRaw {
-            redis_url,
-            redis_cluster_urls: cluster_urls,
-            ..Default::default()
-        },
-        telemetry: tm_config::TelemetryRaw {
-            pool_sample_interval: Duration::from_millis(100),
-            ..Default::default()
-        },
-        ..RawConfig::default()
-    }
+/// An instance as these tests start it; Redis is added by each.
+fn instance_builder() -> TestAppBuilder {
+    TestApp::builder()
+        .admin_key(ADMIN)
+        .configure(|raw| raw.telemetry.pool_sample_interval = Duration::from_millis(100))
 }
 
 fn route(service: &str) -> Value {
@@ -45,7 +28,7 @@ fn route(service: &str) -> Value {
 }
 
 async fn create(
-    instance: &Instance,
+    instance: &TestApp,
     service: &str,
     key: &str,
 ) -> (StatusCode, reqwest::header::HeaderMap, Value) {
@@ -60,9 +43,9 @@ async fn create(
         .await
 }
 
-async fn fallbacks(instance: &Instance, feature: &str) -> f64 {
+async fn fallbacks(instance: &TestApp, feature: &str) -> f64 {
     instance
-        .metric(&format!("redis_fallbacks_total{{feature=\"{feature}\"}}"))
+        .metric_or_zero(&format!("redis_fallbacks_total{{feature=\"{feature}\"}}"))
         .await
 }
 
@@ -71,12 +54,13 @@ async fn a_rate_limit_holds_across_three_instances() {
     let Some(cluster) = RedisCluster::start() else {
         return;
     };
-    let mut raw = config(None, Some(cluster.urls()));
-    raw.limits.rate_limit_read = "30/min".into();
+    let instance = instance_builder()
+        .redis_cluster(&cluster)
+        .configure(|raw| raw.limits.rate_limit_read = "30/min".into());
     let instances = [
-        Instance::start(raw.clone()).await,
-        Instance::start(raw.clone()).await,
-        Instance::start(raw).await,
+        instance.spawn().await,
+        instance.spawn().await,
+        instance.spawn().await,
     ];
     let mut allowed = 0;
     let mut refused = 0;
@@ -110,8 +94,8 @@ async fn a_repeated_write_gets_the_first_answer_from_any_instance() {
     let Some(cluster) = RedisCluster::start() else {
         return;
     };
-    let a = Instance::start(config(None, Some(cluster.urls()))).await;
-    let b = Instance::start(config(None, Some(cluster.urls()))).await;
+    let a = instance_builder().redis_cluster(&cluster).spawn().await;
+    let b = instance_builder().redis_cluster(&cluster).spawn().await;
 
     let (status, headers, first) = create(&a, "checkout", "order-7-create").await;
     assert_eq!(status, StatusCode::CREATED, "{first}");
@@ -166,7 +150,7 @@ async fn without_redis_requests_go_on_degraded_and_recover() {
     let Some(mut redis) = RedisServer::start() else {
         return;
     };
-    let instance = Instance::start(config(Some(redis.url()), None)).await;
+    let instance = instance_builder().redis(&redis).spawn().await;
     let (status, ready) = instance.ready().await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(ready["status"], "ready", "{ready}");
@@ -201,12 +185,12 @@ async fn without_redis_requests_go_on_degraded_and_recover() {
     );
     assert_eq!(ready["status"], "degraded", "{ready}");
     assert_eq!(ready["checks"]["redis"]["status"], "degraded");
-    assert_eq!(instance.metric("redis_degraded").await, 1.0);
+    assert_eq!(instance.metric_or_zero("redis_degraded").await, 1.0);
     assert!(fallbacks(&instance, "idempotency").await >= 1.0);
     assert!(fallbacks(&instance, "rate_limit").await >= 1.0);
     assert!(
         instance
-            .metric("redis_errors_total{command=\"idempotency\"}")
+            .metric_or_zero("redis_errors_total{command=\"idempotency\"}")
             .await
             >= 1.0
     );
@@ -216,7 +200,7 @@ async fn without_redis_requests_go_on_degraded_and_recover() {
         instance.ready().await.1["status"] == "ready"
     })
     .await;
-    assert_eq!(instance.metric("redis_degraded").await, 0.0);
+    assert_eq!(instance.metric_or_zero("redis_degraded").await, 0.0);
     // The answer kept in the database during the outage still answers the repeat.
     let (status, headers, again) = create(&instance, "checkout", "during-outage").await;
     assert_eq!(status, StatusCode::CREATED);
@@ -229,9 +213,11 @@ async fn a_frozen_redis_costs_a_request_at_most_its_timeout() {
     let Some(redis) = RedisServer::start() else {
         return;
     };
-    let mut raw = config(Some(redis.url()), None);
-    raw.redis.redis_timeout = Duration::from_millis(100);
-    let instance = Instance::start(raw).await;
+    let instance = instance_builder()
+        .redis(&redis)
+        .configure(|raw| raw.redis.redis_timeout = Duration::from_millis(100))
+        .spawn()
+        .await;
     let (status, _, _) = create(&instance, "warm-up", "warm-up").await;
     assert_eq!(status, StatusCode::CREATED);
 
@@ -273,20 +259,22 @@ async fn the_service_rides_out_a_cluster_master_failing_over() {
     let Some(mut cluster) = RedisCluster::start() else {
         return;
     };
-    let instance = Arc::new(Instance::start(config(None, Some(cluster.urls()))).await);
+    let instance = Arc::new(instance_builder().redis_cluster(&cluster).spawn().await);
     let (status, _, _) = create(&instance, "warm-up", "warm-up").await;
     assert_eq!(status, StatusCode::CREATED);
     assert_eq!(fallbacks(&instance, "idempotency").await, 0.0);
 
     // Load throughout: reads (a shared rate limit each) and idempotent writes.
     let stop = Arc::new(AtomicBool::new(false));
+    let rounds = Arc::new(AtomicUsize::new(0));
     let load = {
-        let (instance, stop) = (instance.clone(), stop.clone());
+        let (instance, stop, rounds) = (instance.clone(), stop.clone(), rounds.clone());
         tokio::spawn(async move {
             let mut statuses = Vec::new();
             let mut n = 0;
             while !stop.load(Ordering::Relaxed) {
                 n += 1;
+                rounds.store(n, Ordering::Relaxed);
                 let (read, _, _) = instance
                     .send(ADMIN, Method::GET, "/api/v1/routes?limit=1", None, &[])
                     .await;
@@ -297,13 +285,17 @@ async fn the_service_rides_out_a_cluster_master_failing_over() {
             statuses
         })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    eventually(Duration::from_secs(10), "the load under way", || async {
+        rounds.load(Ordering::Relaxed) >= 5
+    })
+    .await;
     let killed = cluster.kill_master_of("tm:rate:read:bootstrap");
     cluster.wait_until_ok(Duration::from_secs(30));
     // Answers flow through Redis again: a stretch of requests with no fallback.
     let took = eventually(Duration::from_secs(20), "Redis in use again", || async {
         let before =
             fallbacks(&instance, "rate_limit").await + fallbacks(&instance, "idempotency").await;
+        // Time is what is tested: half a second of load with no fallback.
         tokio::time::sleep(Duration::from_millis(500)).await;
         let after =
             fallbacks(&instance, "rate_limit").await + fallbacks(&instance, "idempotency").await;
@@ -333,8 +325,9 @@ async fn the_service_rides_out_a_cluster_master_failing_over() {
     assert_eq!(headers["idempotent-replayed"], "true");
 }
 
-fn client_of(url: String) -> tm_redis::Redis {
-    let config = tm_config::Config::try_from(config(Some(url), None)).expect("config");
+fn client_of(redis: &RedisServer) -> tm_redis::Redis {
+    let data = tempfile::tempdir().expect("tempdir");
+    let config = instance_builder().redis(redis).config(data.path());
     tm_redis::Redis::new(
         config.redis.as_ref().expect("redis configured"),
         Arc::new(tm_telemetry::Metrics::new(10, "test")),
@@ -347,7 +340,7 @@ async fn the_rebuild_lock_has_one_holder_and_expires() {
     let Some(redis) = RedisServer::start() else {
         return;
     };
-    let (a, b) = (client_of(redis.url()), client_of(redis.url()));
+    let (a, b) = (client_of(&redis), client_of(&redis));
     let held = a
         .try_lock("rebuild", Duration::from_secs(30))
         .await
@@ -364,7 +357,8 @@ async fn the_rebuild_lock_has_one_holder_and_expires() {
         .await
         .expect("redis up")
         .expect("free again");
-    // A holder that never gives it back (it died) loses it when it expires.
+    // A holder that never gives it back (it died) loses it when it expires. Time is
+    // what is tested: Redis expires the key by its own clock.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let after_expiry = a
         .try_lock("rebuild", Duration::from_secs(30))
@@ -386,7 +380,7 @@ async fn the_shared_budget_is_gcra() {
     let Some(redis) = RedisServer::start() else {
         return;
     };
-    let (a, b) = (client_of(redis.url()), client_of(redis.url()));
+    let (a, b) = (client_of(&redis), client_of(&redis));
     let per_request = Duration::from_secs(20);
     let mut remaining = Vec::new();
     for client in [&a, &b, &a] {

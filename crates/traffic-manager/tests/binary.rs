@@ -168,6 +168,7 @@ async fn one_worker_thread_runs_everything_on_one_event_loop() {
         .await
         .expect("create");
     assert_eq!(created.status(), reqwest::StatusCode::CREATED);
+    // Time is what is tested: a few reloads and catch-ups run on the one worker first.
     tokio::time::sleep(Duration::from_millis(300)).await;
     for _ in 0..20 {
         let resolved = client

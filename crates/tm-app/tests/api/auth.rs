@@ -3,7 +3,7 @@
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::helpers::*;
+use tm_testing::*;
 
 /// Every `/api/v1` endpoint, with a path that would otherwise succeed.
 fn endpoints(route_id: &str, key_id: &str) -> Vec<(Method, String, Option<Value>)> {

@@ -7,7 +7,7 @@
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::helpers::*;
+use tm_testing::*;
 
 const JSON: Option<&str> = Some("application/json");
 

@@ -3,7 +3,7 @@
 use futures::future::join_all;
 use reqwest::StatusCode;
 
-use crate::helpers::*;
+use tm_testing::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_creates_of_one_route_yield_one_201_and_the_rest_409() {

@@ -1,6 +1,6 @@
 //! The database itself refuses rows the domain would refuse, whoever writes them.
 
-use crate::helpers::*;
+use tm_testing::*;
 
 fn insert(id: &str, tenant: &str, version: &str, url: &str, weight: i32) -> String {
     let (active, at) = if backend() == "postgres" {

@@ -2,7 +2,7 @@
 
 use reqwest::StatusCode;
 
-use crate::helpers::*;
+use tm_testing::*;
 
 #[tokio::test]
 async fn healthz_and_liveness_answer_ok() {

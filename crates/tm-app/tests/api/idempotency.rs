@@ -3,7 +3,7 @@
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
-use crate::helpers::{route, spawn_app, Reply, TestApp};
+use tm_testing::{route, spawn_app, Reply, TestApp};
 
 async fn send(
     app: &TestApp,

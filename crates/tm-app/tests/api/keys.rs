@@ -3,7 +3,7 @@
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
-use crate::helpers::*;
+use tm_testing::*;
 
 #[tokio::test]
 async fn a_created_key_is_shown_once_and_listed_without_its_secret() {

@@ -6,7 +6,6 @@ mod bad_input;
 mod concurrency;
 mod constraints;
 mod health;
-mod helpers;
 mod idempotency;
 mod keys;
 mod observability;

@@ -2,7 +2,7 @@
 
 use reqwest::{Method, StatusCode};
 
-use crate::helpers::*;
+use tm_testing::*;
 
 #[tokio::test]
 async fn every_response_carries_a_request_id_and_a_correlation_id() {
@@ -200,15 +200,21 @@ async fn metrics_are_scrapeable_from_the_start_and_count_by_route_template() {
     let text = String::from_utf8(app.get("/metrics").await.body).expect("utf-8");
     let by_template =
         r#"http_requests_total{endpoint="/api/v1/routes/{id}",method="GET",status="200"}"#;
-    assert_eq!(metric(&text, by_template), Some(3.0), "{text}");
+    assert_eq!(metric_value(&text, by_template), Some(3.0), "{text}");
     assert!(!text.contains(id), "raw paths never become labels");
-    assert!(metric(&text, r#"tenant_requests_total{tenant="acme"}"#).is_some_and(|n| n >= 2.0));
-    assert!(metric(&text, "db_queries_total").is_some_and(|n| n > 0.0));
-    assert_eq!(metric(&text, "routing_snapshot_routes"), Some(1.0));
+    assert!(
+        metric_value(&text, r#"tenant_requests_total{tenant="acme"}"#).is_some_and(|n| n >= 2.0)
+    );
+    assert!(metric_value(&text, "db_queries_total").is_some_and(|n| n > 0.0));
+    assert_eq!(metric_value(&text, "routing_snapshot_routes"), Some(1.0));
     let pools = app.store.pool_stats();
     for pool in pools {
         let max = format!("db_pool_max{{pool=\"{}\"}}", pool.pool);
-        assert_eq!(metric(&text, &max), Some(f64::from(pool.max)), "{max}");
+        assert_eq!(
+            metric_value(&text, &max),
+            Some(f64::from(pool.max)),
+            "{max}"
+        );
     }
 }
 

@@ -1,31 +1,17 @@
 //! Two instances on one PostgreSQL database: a change made through one reaches the
 //! other through change notifications, well before the periodic catch-up would.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
-use crate::helpers::*;
+use tm_testing::*;
 
 /// How long a change may take to reach the other instance here (generous: the suite
 /// runs many tests at once): far below the periodic catch-up, which the second
 /// instance runs only once an hour.
 const NOTIFIED_WITHIN: Duration = Duration::from_secs(5);
-
-/// Polls `check` until it holds, for at most `within`; returns how long it took.
-async fn until<F, Fut>(within: Duration, what: &str, mut check: F) -> Duration
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let started = Instant::now();
-    while !check().await {
-        assert!(started.elapsed() < within, "{what}: not within {within:?}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    started.elapsed()
-}
 
 /// What `app` answers `key` for a listing of acme's routes.
 async fn listing_as(app: &TestApp, key: &str) -> StatusCode {
@@ -41,12 +27,13 @@ async fn changes_and_revocations_reach_another_instance_when_notified() {
     if first.database_url().is_none() {
         return;
     }
-    let second = spawn_app_with(|raw| {
-        first.share_database(raw);
-        raw.process.snapshot_catch_up_interval = Duration::from_secs(3600);
-        raw.process.snapshot_reload_interval = Duration::from_secs(3600);
-    })
-    .await;
+    let second = TestApp::builder()
+        .same_database_as(&first)
+        .spawn_with(|raw| {
+            raw.process.snapshot_catch_up_interval = Duration::from_secs(3600);
+            raw.process.snapshot_reload_interval = Duration::from_secs(3600);
+        })
+        .await;
     let query = [("tenant", "acme"), ("service", "billing"), ("env", "prod")];
 
     first
@@ -56,7 +43,7 @@ async fn changes_and_revocations_reach_another_instance_when_notified() {
         )
         .await
         .assert_status(StatusCode::CREATED);
-    let took = until(
+    let took = eventually(
         NOTIFIED_WITHIN,
         "activation seen by the second instance",
         || async { second.resolve(&query).await.status == StatusCode::OK },
@@ -68,7 +55,7 @@ async fn changes_and_revocations_reach_another_instance_when_notified() {
         .deactivate("acme", "billing", "prod", "v1")
         .await
         .assert_status(StatusCode::OK);
-    until(
+    eventually(
         NOTIFIED_WITHIN,
         "deactivation seen by the second instance",
         || async { second.resolve(&query).await.status == StatusCode::NOT_FOUND },
@@ -76,7 +63,7 @@ async fn changes_and_revocations_reach_another_instance_when_notified() {
     .await;
 
     let reader = first.create_key("reader", Some("acme")).await;
-    until(
+    eventually(
         NOTIFIED_WITHIN,
         "new key accepted by the second instance",
         || async { listing_as(&second, &reader).await == StatusCode::OK },
@@ -96,7 +83,7 @@ async fn changes_and_revocations_reach_another_instance_when_notified() {
         .request(Method::DELETE, &format!("/api/v1/keys/{id}"), None)
         .await
         .assert_status(StatusCode::NO_CONTENT);
-    until(
+    eventually(
         NOTIFIED_WITHIN,
         "revoked key refused by the second instance",
         || async { listing_as(&second, &reader).await == StatusCode::UNAUTHORIZED },

@@ -2,7 +2,7 @@
 
 use reqwest::{Method, StatusCode};
 
-use crate::helpers::*;
+use tm_testing::*;
 
 #[tokio::test]
 async fn a_keys_write_budget_runs_out_with_429_and_headers() {

@@ -5,7 +5,7 @@ use std::time::Duration;
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
-use crate::helpers::*;
+use tm_testing::*;
 
 const SVC: [(&str, &str); 3] = [("tenant", "acme"), ("service", "billing"), ("env", "prod")];
 
@@ -284,21 +284,14 @@ async fn a_full_load_reads_every_page_and_keeps_groups_split_across_pages_whole(
 
 /// Polls resolve until it answers `expected`, for at most `within`.
 async fn resolve_until(app: &TestApp, service: &str, expected: StatusCode, within: Duration) {
-    let deadline = std::time::Instant::now() + within;
-    loop {
-        let status = app
-            .resolve(&[("tenant", "acme"), ("service", service), ("env", "prod")])
+    let what = format!("{service} resolving to {expected}");
+    eventually(within, &what, || async {
+        app.resolve(&[("tenant", "acme"), ("service", service), ("env", "prod")])
             .await
-            .status;
-        if status == expected {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{service}: still {status}, not {expected}, after {within:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+            .status
+            == expected
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -400,7 +393,15 @@ async fn a_change_that_commits_late_is_not_skipped_by_the_change_feed() {
         "version": "v1", "url": "http://early.internal", "active": true}))
         .await
         .assert_status(StatusCode::CREATED);
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Every read of the feed takes a connection, and little else runs here (reloads
+    // are hourly): eight connections more is several reads of the feed.
+    let queries = app.metric_value("db_queries_total").await;
+    eventually(
+        Duration::from_secs(10),
+        "the feed read several times",
+        || async { app.metric_value("db_queries_total").await >= queries + 8.0 },
+    )
+    .await;
     resolve_until(&app, "late", StatusCode::NOT_FOUND, Duration::ZERO).await;
 
     sqlx::raw_sql("COMMIT")

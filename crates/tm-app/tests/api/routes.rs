@@ -3,7 +3,7 @@
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::helpers::*;
+use tm_testing::*;
 
 #[tokio::test]
 async fn create_answers_201_with_the_route_location_and_etag() {

@@ -4,13 +4,14 @@
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use super::free_port;
+use crate::{eventually_blocking, free_port};
 
 /// One `redis-server`, in a temporary directory, persisting nothing.
 pub struct RedisServer {
     child: Option<Child>,
+    /// The loopback port it listens on.
     pub port: u16,
     dir: tempfile::TempDir,
     args: Vec<String>,
@@ -27,6 +28,7 @@ fn cli() -> PathBuf {
 }
 
 impl RedisServer {
+    /// Starts a server; `None` when `TM_TEST_REDIS_SERVER` is not set.
     pub fn start() -> Option<RedisServer> {
         Self::start_with(&[])
     }
@@ -55,17 +57,13 @@ impl RedisServer {
             .spawn()
             .expect("redis-server starts");
         self.child = Some(child);
-        let started = Instant::now();
-        while self.cli(&["PING"]).as_deref() != Some("PONG") {
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "redis-server on port {} did not start",
-                self.port
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let what = format!("redis-server on port {} answering PING", self.port);
+        eventually_blocking(Duration::from_secs(10), &what, || {
+            self.cli(&["PING"]).as_deref() == Some("PONG")
+        });
     }
 
+    /// `redis://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
@@ -107,7 +105,7 @@ impl RedisServer {
             .success());
     }
 
-    pub fn pid(&self) -> Option<u32> {
+    fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }
 }
@@ -120,10 +118,13 @@ impl Drop for RedisServer {
 
 /// Six nodes: three masters with a replica each, failing over after one second.
 pub struct RedisCluster {
+    /// Every node, masters and replicas, in start order.
     pub nodes: Vec<RedisServer>,
 }
 
 impl RedisCluster {
+    /// Starts six nodes and makes them a cluster; `None` when `TM_TEST_REDIS_SERVER` is
+    /// not set.
     pub fn start() -> Option<RedisCluster> {
         server_binary()?;
         let nodes: Vec<RedisServer> = (0..6)
@@ -159,47 +160,33 @@ impl RedisCluster {
         cluster.wait_until_ok(Duration::from_secs(30));
         // Replicas attach after the slots are assigned; one still syncing cannot take
         // over from its master.
-        let started = Instant::now();
-        while cluster
-            .nodes
-            .iter()
-            .filter(|n| {
-                n.cli(&["ROLE"])
-                    .is_some_and(|r| r.lines().next() == Some("slave"))
-            })
-            .filter(|n| {
-                n.cli(&["INFO", "replication"])
-                    .is_some_and(|info| info.contains("master_link_status:up"))
-            })
-            .count()
-            < 3
-        {
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "the replicas did not sync"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        eventually_blocking(Duration::from_secs(30), "the replicas in sync", || {
+            cluster
+                .nodes
+                .iter()
+                .filter(|n| {
+                    n.cli(&["ROLE"])
+                        .is_some_and(|r| r.lines().next() == Some("slave"))
+                })
+                .filter(|n| {
+                    n.cli(&["INFO", "replication"])
+                        .is_some_and(|info| info.contains("master_link_status:up"))
+                })
+                .count()
+                >= 3
+        });
         Some(cluster)
     }
 
     /// Every live node says the cluster is ok and knows three masters.
     pub fn wait_until_ok(&self, within: Duration) {
-        let started = Instant::now();
-        loop {
+        eventually_blocking(within, "the Redis cluster ok", || {
             let ok = self.nodes.iter().filter(|n| n.child.is_some()).all(|n| {
                 n.cli(&["CLUSTER", "INFO"])
                     .is_some_and(|info| info.contains("cluster_state:ok"))
             });
-            if ok && self.masters().len() == 3 {
-                return;
-            }
-            assert!(
-                started.elapsed() < within,
-                "the Redis cluster was not ok within {within:?}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+            ok && self.masters().len() == 3
+        });
     }
 
     /// Ports of the live masters that serve slots.

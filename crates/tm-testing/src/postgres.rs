@@ -1,25 +1,24 @@
-//! PostgreSQL clusters of a test's own, for the tests that stop, freeze or replicate
-//! a database. They run when `TM_TEST_PG_BINDIR` names PostgreSQL's binaries (the test
-//! command sets it, and `TM_TEST_PG_USER` when clusters must run as another user than
-//! root).
-
-#![allow(dead_code)] // each test file uses its own part of this module
-
-pub mod redis;
+//! PostgreSQL clusters of a test's own, for the tests that stop, freeze or replicate a
+//! database: `initdb` (or `pg_basebackup`) into a temporary directory, a free loopback
+//! port, stopped and removed on drop. They need `TM_TEST_PG_BINDIR` (and `TM_TEST_PG_USER`
+//! when the tests run as root).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::free_port;
+
 /// A throwaway cluster, stopped and removed on drop.
-pub struct Cluster {
+pub struct PgCluster {
     bindir: PathBuf,
     user: Option<String>,
     dir: tempfile::TempDir,
     port: u16,
 }
 
-impl Cluster {
-    pub fn start() -> Option<Cluster> {
+impl PgCluster {
+    /// A new cluster, started; `None` when `TM_TEST_PG_BINDIR` is not set.
+    pub fn start() -> Option<PgCluster> {
         let cluster = Self::empty()?;
         assert!(cluster
             .pg(
@@ -40,7 +39,7 @@ impl Cluster {
     }
 
     /// A streaming replica of `primary`, copied with `pg_basebackup` and started.
-    pub fn replica_of(primary: &Cluster) -> Cluster {
+    pub fn replica_of(primary: &PgCluster) -> PgCluster {
         let replica = Self::empty().expect("the primary's binaries");
         let port = primary.port.to_string();
         assert!(replica
@@ -67,7 +66,7 @@ impl Cluster {
     }
 
     /// A directory and a port for a cluster, nothing in them yet.
-    fn empty() -> Option<Cluster> {
+    fn empty() -> Option<PgCluster> {
         let bindir = PathBuf::from(std::env::var_os("TM_TEST_PG_BINDIR")?);
         let user = std::env::var("TM_TEST_PG_USER")
             .ok()
@@ -81,7 +80,7 @@ impl Cluster {
                 .expect("chown")
                 .success());
         }
-        Some(Cluster {
+        Some(PgCluster {
             bindir,
             user,
             dir,
@@ -115,11 +114,11 @@ impl Cluster {
         .success()
     }
 
-    pub fn data(&self) -> String {
+    fn data(&self) -> String {
         self.dir.path().join("data").display().to_string()
     }
 
-    pub fn pg(&self, tool: &str, args: &[&str]) -> std::process::ExitStatus {
+    fn pg(&self, tool: &str, args: &[&str]) -> std::process::ExitStatus {
         let program = self.bindir.join(tool);
         let mut cmd = match &self.user {
             Some(user) => {
@@ -135,6 +134,7 @@ impl Cluster {
             .expect("pg tool runs")
     }
 
+    /// Starts the server (again, after [`stop`](Self::stop) or [`kill`](Self::kill)).
     pub fn start_server(&self) {
         let options = format!(
             "-c listen_addresses=127.0.0.1 -p {} -k {} -c fsync=off",
@@ -159,6 +159,7 @@ impl Cluster {
             .success());
     }
 
+    /// Stops the server without a clean shutdown (immediate mode), as a crash would.
     pub fn kill(&self) {
         assert!(self
             .pg(
@@ -169,7 +170,7 @@ impl Cluster {
     }
 
     /// The postmaster and every process it started.
-    pub fn pids(&self) -> Vec<String> {
+    fn pids(&self) -> Vec<String> {
         // A stopped cluster has no pid file and no processes.
         let Ok(pidfile) = std::fs::read_to_string(Path::new(&self.data()).join("postmaster.pid"))
         else {
@@ -188,6 +189,7 @@ impl Cluster {
         pids
     }
 
+    /// Sends `signal` (e.g. `STOP`, `CONT`) to the postmaster and all its processes.
     pub fn signal(&self, signal: &str) {
         for pid in self.pids() {
             let _ = Command::new("kill")
@@ -197,141 +199,15 @@ impl Cluster {
         }
     }
 
+    /// The superuser's URL of the `postgres` database.
     pub fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }
 }
 
-impl Drop for Cluster {
+impl Drop for PgCluster {
     fn drop(&mut self) {
         self.signal("CONT");
         let _ = self.pg("pg_ctl", &["-D", &self.data(), "-m", "immediate", "stop"]);
     }
-}
-
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
-/// One running instance of the registry, stopped when dropped.
-pub struct Instance {
-    pub base: String,
-    pub http: reqwest::Client,
-    shutdown: tokio_util::sync::CancellationToken,
-    _data: tempfile::TempDir,
-}
-
-impl Instance {
-    /// Starts an instance on `raw` (listen address and data directory are its own).
-    pub async fn start(mut raw: tm_config::RawConfig) -> Instance {
-        let data = tempfile::tempdir().expect("tempdir");
-        raw.process.listen = "127.0.0.1:0".into();
-        raw.process.data_dir = data.path().to_path_buf();
-        let config = tm_config::Config::try_from(raw).expect("config");
-        let app = tm_app::Application::build(config).await.expect("starts");
-        let base = format!("http://{}", app.local_addr());
-        let shutdown = tokio_util::sync::CancellationToken::new();
-        tokio::spawn(app.run_until(shutdown.clone()));
-        Instance {
-            base,
-            http: reqwest::Client::new(),
-            shutdown,
-            _data: data,
-        }
-    }
-
-    /// Sends a request with `key`; status, headers and JSON body (null if none).
-    pub async fn send(
-        &self,
-        key: &str,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<serde_json::Value>,
-        headers: &[(&str, &str)],
-    ) -> (
-        reqwest::StatusCode,
-        reqwest::header::HeaderMap,
-        serde_json::Value,
-    ) {
-        let mut request = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(key);
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let reply = request.send().await.expect("request");
-        let status = reply.status();
-        let headers = reply.headers().clone();
-        (
-            status,
-            headers,
-            reply.json().await.unwrap_or(serde_json::Value::Null),
-        )
-    }
-
-    /// The value of one series in `/metrics` (0 when absent).
-    pub async fn metric(&self, series: &str) -> f64 {
-        let text = self
-            .http
-            .get(format!("{}/metrics", self.base))
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("text");
-        text.lines()
-            .find_map(|line| {
-                line.strip_prefix(series)?
-                    .strip_prefix(' ')?
-                    .trim()
-                    .parse()
-                    .ok()
-            })
-            .unwrap_or(0.0)
-    }
-
-    /// `/health/ready`: status code and body.
-    pub async fn ready(&self) -> (reqwest::StatusCode, serde_json::Value) {
-        let reply = self
-            .http
-            .get(format!("{}/health/ready", self.base))
-            .send()
-            .await
-            .expect("ready");
-        let status = reply.status();
-        (status, reply.json().await.expect("json"))
-    }
-}
-
-impl Drop for Instance {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
-}
-
-/// Polls `check` until it holds, for at most `within`; how long it took.
-pub async fn eventually<F, Fut>(
-    within: std::time::Duration,
-    what: &str,
-    mut check: F,
-) -> std::time::Duration
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let started = std::time::Instant::now();
-    while !check().await {
-        assert!(started.elapsed() < within, "{what}: not within {within:?}");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    started.elapsed()
 }

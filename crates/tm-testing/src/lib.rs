@@ -1,0 +1,45 @@
+//! The test harness shared by every test binary: [`TestApp`] starts the real application
+//! on a random port over a database of its own and stops it again; the servers a test
+//! may need of its own ([`PgCluster`], [`RedisServer`], [`RedisCluster`]) start and stop
+//! with it; one Prometheus parser ([`metric_value`]) and one waiter ([`eventually`]).
+//!
+//! A library rather than a module each test binary includes: every public item here is
+//! used by some binary, none by all, and only a library's public items are never
+//! reported as dead code.
+//!
+//! Environment, as the test command sets it:
+//! - `TM_TEST_DATABASE_URL`: a PostgreSQL server; each application gets a schema of its
+//!   own there, dropped with it. Unset: SQLite, a temporary file per application.
+//! - `TM_TEST_DATABASE_DIRECT_URL`: set when `TM_TEST_DATABASE_URL` is a PgBouncer in
+//!   transaction pooling mode; the server itself, for migrations, `LISTEN` and the
+//!   test's own connections.
+//! - `TM_TEST_PG_BINDIR`, `TM_TEST_PG_USER`: PostgreSQL's binaries, and the user to run
+//!   clusters as when the tests run as root; the tests needing clusters of their own
+//!   return early without them.
+//! - `TM_TEST_REDIS_SERVER`: a `redis-server` binary, `redis-cli` beside it; likewise.
+
+mod app;
+mod client;
+mod config;
+mod database;
+mod metrics;
+mod postgres;
+mod redis;
+mod wait;
+
+pub use app::{spawn_app, spawn_app_with, TestApp, TestAppBuilder};
+pub use client::{route, Reply};
+pub use database::backend;
+pub use metrics::metric_value;
+pub use postgres::PgCluster;
+pub use redis::{RedisCluster, RedisServer};
+pub use wait::{eventually, eventually_blocking};
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
