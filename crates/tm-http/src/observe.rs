@@ -227,6 +227,56 @@ mod tests {
         );
     }
 
+    /// What a subscriber writes, kept for the test to read.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn logged(status: u16, fault: &ApiError) -> String {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || log_fault(status, fault));
+        let bytes = captured.0.lock().expect("not poisoned").clone();
+        String::from_utf8(bytes).expect("text")
+    }
+
+    #[test]
+    fn a_fault_is_logged_once_with_its_causes_and_a_refusal_as_a_warning() {
+        let failed = ApiError::internal(
+            "reading from the database",
+            std::io::Error::other("disk on fire"),
+        );
+        let line = logged(500, &failed);
+        assert_eq!(line.lines().count(), 1, "{line}");
+        assert!(line.contains("ERROR"), "{line}");
+        assert!(line.contains("request failed"), "{line}");
+        assert!(
+            line.contains("reading from the database: disk on fire"),
+            "{line}"
+        );
+
+        let refused = logged(503, &ApiError::Unavailable("the breaker is open"));
+        assert!(refused.contains("WARN"), "{refused}");
+        assert!(refused.contains("request refused"), "{refused}");
+    }
+
     #[test]
     fn only_sane_ids_are_kept() {
         for ok in ["a", "req-1.2_3", &"x".repeat(128), "ABC-def"] {
