@@ -5,6 +5,11 @@
 //! Runs when `TM_TEST_PG_BINDIR` and `TM_TEST_REDIS_SERVER` name the binaries (the test
 //! command sets both).
 
+#![allow(
+    clippy::too_many_lines,
+    reason = "a test (or a table of cases) reads top to bottom as one scenario"
+)]
+
 use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};

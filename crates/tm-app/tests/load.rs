@@ -7,6 +7,11 @@
 //! The test command runs a short version. Thresholds: error rate < 0.1%, resolve p99 <
 //! 5 ms, database pool usage < 85% throughout.
 
+#![allow(
+    clippy::too_many_lines,
+    reason = "a test (or a table of cases) reads top to bottom as one scenario"
+)]
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -104,6 +104,10 @@ pub const PROBLEM_TYPE_PREFIX: &str = "urn:traffic-manager:problem:";
 
 impl ApiError {
     /// Status, problem type (slug), title and detail: the table every answer is made from.
+    #[expect(
+        clippy::too_many_lines,
+        reason = "a table: one arm per kind of problem"
+    )]
     fn problem(&self) -> (StatusCode, &'static str, &'static str, Cow<'static, str>) {
         use StatusCode as S;
         match self {

@@ -1,6 +1,11 @@
 //! API tests: each starts the real application over HTTP on a fresh database. The same
 //! suite runs on SQLite and, with `TM_TEST_DATABASE_URL` set, on PostgreSQL.
 
+#![allow(
+    clippy::too_many_lines,
+    reason = "a test (or a table of cases) reads top to bottom as one scenario"
+)]
+
 mod auth;
 mod bad_input;
 mod concurrency;
