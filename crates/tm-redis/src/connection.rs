@@ -43,8 +43,11 @@ impl ConnectionLike for Conn {
     }
 }
 
-/// Made once per pool, so its size does not matter.
-#[allow(clippy::large_enum_variant)]
+/// Where the pool connects: one server or a cluster.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "made once per pool, so its size does not matter"
+)]
 enum Nodes {
     Single(redis::Client),
     Cluster(ClusterClient),
