@@ -3,25 +3,22 @@
 use std::path::Path;
 
 use tm_domain::{ApiKey, Grant, KeyId};
-use tm_store::{KeyRecord, Store};
+use tm_store::{KeyRecord, KeyRing};
 
 use crate::StartError;
 
-/// On a store that never had a key, makes an admin key and writes it to
-/// `<data_dir>/bootstrap-admin.key` (mode 0600); returns it so that the caller can show
-/// it once. Only one instance of a fleet wins; the others find a key already made and
-/// return `None`.
+/// On a store that never had a key, makes an admin key (usable at once through `keys`)
+/// and writes it to `<data_dir>/bootstrap-admin.key` (mode 0600); returns it so that the
+/// caller can show it once. Only one instance of a fleet wins; the others find a key
+/// already made and return `None`.
 pub(crate) async fn admin_key(
-    store: &dyn Store,
+    keys: &KeyRing,
     data_dir: &Path,
 ) -> Result<Option<ApiKey>, StartError> {
     let key = ApiKey::new(KeyId::generate(), rand::random());
     let record = KeyRecord::new(&key, "bootstrap admin".to_owned(), Grant::Admin);
-    if !store
-        .create_first_key(&record)
-        .await
-        .map_err(StartError::Keys)?
-    {
+    let id = record.id;
+    if !keys.create_first(record).await.map_err(StartError::Keys)? {
         return Ok(None);
     }
     let path = data_dir.join("bootstrap-admin.key");
@@ -29,7 +26,7 @@ pub(crate) async fn admin_key(
         path: path.clone(),
         source,
     })?;
-    tracing::info!(key.id = %record.id, path = %path.display(), "bootstrap admin key created");
+    tracing::info!(key.id = %id, path = %path.display(), "bootstrap admin key created");
     Ok(Some(key))
 }
 

@@ -75,9 +75,9 @@ pub struct Application {
 }
 
 impl Application {
-    /// Opens the store (migrating it), makes the bootstrap admin key on a store that
-    /// never had one (see [`Application::bootstrap_key`]), loads the keys and the routing
-    /// snapshot, binds the listener and starts the background workers.
+    /// Opens the store (migrating it), loads the keys and the routing snapshot, binds the
+    /// listener, makes the bootstrap admin key on a store that never had one (see
+    /// [`Application::bootstrap_key`]) and starts the background workers.
     pub async fn build(config: Config) -> Result<Self, StartError> {
         let backend = config.storage.backend();
         if config.http.cors == tm_config::CorsOrigins::Any {
@@ -94,10 +94,6 @@ impl Application {
             .bootstrap_admin_key
             .as_ref()
             .map(|k| k.expose_secret().to_owned());
-        let mut bootstrap_key = None;
-        if configured_admin.is_none() {
-            bootstrap_key = bootstrap::admin_key(store.as_ref(), &config.data_dir).await?;
-        }
         let (keys, routing) = load(&store, configured_admin.as_deref(), backend).await?;
         // Listening before serving: a change committed once this returns is notified.
         let subscription = workers::subscribe(store.as_ref()).await;
@@ -107,6 +103,11 @@ impl Application {
         let redis = match &config.redis {
             Some(redis) => Some(connect_redis(redis, &metrics).await?),
             None => None,
+        };
+        // Last of the steps that can fail, so that a key made here is always shown.
+        let bootstrap_key = match configured_admin {
+            Some(_) => None,
+            None => bootstrap::admin_key(&keys, &config.data_dir).await?,
         };
         // With replicas, a caller that wrote reads from the primary for the lag bound plus
         // one lag check: any replica still in the rotation then has its write.

@@ -85,8 +85,8 @@ pub struct Guard {
     read_timeout: Duration,
     write_timeout: Duration,
     retry: RetryPolicy,
-    /// Single routes, each kind of read with a cache of its own (up to
-    /// `read_cache_entries` answers each).
+    /// Single routes and listings, each kind of read with a cache of its own; the two
+    /// share `read_cache_entries`, half each.
     routes: ReadCache<(RouteId, ReadFrom), Option<Route>>,
     lists: ReadCache<ListKey, Vec<Route>>,
     cache_ttl: Duration,
@@ -125,8 +125,9 @@ impl Guard {
                 base: Duration::from_millis(25),
                 max: Duration::from_millis(250),
             },
-            routes: ReadCache::new(config.read_cache_entries),
-            lists: ReadCache::new(config.read_cache_entries),
+            // TM_READ_CACHE_ENTRIES bounds both kinds together, half each.
+            routes: ReadCache::new(config.read_cache_entries.div_ceil(2)),
+            lists: ReadCache::new(config.read_cache_entries / 2),
             cache_ttl: config.read_cache_ttl,
             generation: AtomicU64::new(0),
         }

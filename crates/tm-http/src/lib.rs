@@ -210,8 +210,9 @@ where
 fn api_operations() -> Vec<Operation> {
     use Idempotency::{Honoured, Ignored};
     vec![
-        operation("/routes", Method::GET, Ignored, routes::list),
+        // Per path, in the order of the `Allow` header a 405 answers with.
         operation("/routes", Method::POST, Honoured, routes::create),
+        operation("/routes", Method::GET, Ignored, routes::list),
         operation("/routes/resolve", Method::GET, Ignored, resolve::resolve),
         operation("/routes/activate", Method::POST, Honoured, routes::activate),
         operation(
@@ -220,11 +221,11 @@ fn api_operations() -> Vec<Operation> {
             Honoured,
             routes::deactivate,
         ),
-        operation("/routes/{id}", Method::GET, Ignored, routes::get),
         operation("/routes/{id}", Method::PATCH, Honoured, routes::patch),
         operation("/routes/{id}", Method::DELETE, Honoured, routes::delete),
-        operation("/keys", Method::GET, Ignored, keys::list),
+        operation("/routes/{id}", Method::GET, Ignored, routes::get),
         operation("/keys", Method::POST, Honoured, keys::create),
+        operation("/keys", Method::GET, Ignored, keys::list),
         operation("/keys/{id}", Method::DELETE, Honoured, keys::revoke),
     ]
 }

@@ -138,12 +138,29 @@ impl KeyRing {
     pub async fn create(&self, record: KeyRecord) -> Result<(), StoreError> {
         let _serial = self.changes.lock().await;
         self.store.create_key(&record).await?;
+        self.admit(record);
+        Ok(())
+    }
+
+    /// Stores `record` only if the store never had a key (see
+    /// [`KeyStore::create_first_key`](crate::KeyStore::create_first_key)) and, if it did,
+    /// makes it usable on this instance at once; says whether it did.
+    pub async fn create_first(&self, record: KeyRecord) -> Result<bool, StoreError> {
+        let _serial = self.changes.lock().await;
+        let created = self.store.create_first_key(&record).await?;
+        if created {
+            self.admit(record);
+        }
+        Ok(created)
+    }
+
+    fn admit(&self, record: KeyRecord) {
+        let record = Arc::new(record);
         self.keys.rcu(|keys| {
             let mut keys = HashMap::clone(keys);
-            keys.insert(record.id, Arc::new(record.clone()));
+            keys.insert(record.id, record.clone());
             keys
         });
-        Ok(())
     }
 
     /// Revokes a key in the store and stops it on this instance at once.

@@ -63,6 +63,80 @@ async fn serve_with(data_dir: &Path, settings: &[(&str, &str)]) -> (Child, Strin
     (child, addr)
 }
 
+/// Starts `serve` without a configured admin key, collecting stdout until it listens:
+/// the address and every line printed before it.
+async fn serve_unconfigured(data_dir: &Path) -> (Child, String, Vec<String>) {
+    let mut child = command(data_dir)
+        .env_remove("TM_BOOTSTRAP_ADMIN_KEY")
+        .arg("serve")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("binary starts");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut printed = Vec::new();
+    let addr = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.expect("read stdout") {
+            let addr = serde_json::from_str::<Value>(&line)
+                .ok()
+                .and_then(|entry| entry["addr"].as_str().map(str::to_owned));
+            printed.push(line);
+            if let Some(addr) = addr {
+                return addr;
+            }
+        }
+        panic!("the server exited before listening");
+    })
+    .await
+    .expect("server listening within 30 s");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, addr, printed)
+}
+
+#[tokio::test]
+async fn the_first_start_prints_the_bootstrap_key_once_and_keeps_it_in_a_private_file() {
+    use std::os::unix::fs::PermissionsExt;
+    const PREFIX: &str = "bootstrap admin key: ";
+    let dir = tempfile::tempdir().expect("tempdir");
+
+    let (mut child, addr, printed) = serve_unconfigured(dir.path()).await;
+    let shown: Vec<&str> = printed
+        .iter()
+        .filter_map(|line| line.strip_prefix(PREFIX))
+        .collect();
+    assert_eq!(shown.len(), 1, "printed once: {printed:?}");
+    let key = shown[0].trim();
+    let file = dir.path().join("bootstrap-admin.key");
+    assert_eq!(
+        std::fs::read_to_string(&file).expect("key file").trim(),
+        key
+    );
+    let mode = std::fs::metadata(&file)
+        .expect("metadata")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "mode {mode:o}");
+    let listed = reqwest::Client::new()
+        .get(format!("http://{addr}/api/v1/keys"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .expect("list keys");
+    assert_eq!(
+        listed.status(),
+        reqwest::StatusCode::OK,
+        "the key is an admin key"
+    );
+    child.kill().await.expect("stopped");
+
+    let (mut again, _, printed) = serve_unconfigured(dir.path()).await;
+    assert!(
+        !printed.iter().any(|line| line.contains(PREFIX.trim_end())),
+        "a second start prints no key: {printed:?}"
+    );
+    again.kill().await.expect("stopped");
+}
+
 fn body(version: usize) -> Value {
     json!({"tenant": "acme", "service": "billing", "env": "prod", "version": format!("v{version}"), "url": "http://a"})
 }

@@ -89,14 +89,19 @@ impl Worker for Rebuild {
                 _ = shutdown.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            // Stopping drops a rebuild under way; a lock it held expires with its TTL.
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                () = self.rebuild() => {}
+            let rebuild = self.rebuild();
+            tokio::pin!(rebuild);
+            loop {
+                tokio::select! {
+                    // Stopping drops a rebuild under way; a lock it held expires with
+                    // its TTL.
+                    _ = shutdown.cancelled() => return,
+                    () = &mut rebuild => break,
+                    // One at a time, on a fixed schedule: the periods that pass while a
+                    // rebuild runs (or waits its turn) start none of their own.
+                    _ = tick.tick() => {}
+                }
             }
-            // One at a time: periods that passed while this one ran (or waited its
-            // turn) start none of their own.
-            tick.reset();
         }
     }
 }

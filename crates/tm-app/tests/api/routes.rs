@@ -463,3 +463,24 @@ async fn a_bulk_import_stores_every_route_with_its_audit_row_or_none() {
     assert!(matches!(err, tm_store::StoreError::Conflict), "{err:?}");
     assert_eq!(app.all_routes().await.len(), 2500);
 }
+
+#[tokio::test]
+async fn a_method_a_resource_lacks_is_405_naming_the_methods_it_has() {
+    let app = spawn_app().await;
+    let id = "0190a0b0-0000-7000-8000-000000000000";
+    for (path, allowed) in [
+        ("/api/v1/routes".to_owned(), "POST,GET,HEAD"),
+        (format!("/api/v1/routes/{id}"), "PATCH,DELETE,GET,HEAD"),
+        ("/api/v1/routes/resolve".to_owned(), "GET,HEAD"),
+        ("/api/v1/keys".to_owned(), "POST,GET,HEAD"),
+        (format!("/api/v1/keys/{id}"), "DELETE"),
+    ] {
+        let reply = app.request(Method::PUT, &path, None).await;
+        reply.assert_status(StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(
+            reply.headers.get("allow").and_then(|v| v.to_str().ok()),
+            Some(allowed),
+            "{path}"
+        );
+    }
+}
