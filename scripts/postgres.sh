@@ -35,10 +35,12 @@ stop_postgres() {
     PG_DIR=""
 }
 
+# A port nothing listens on, below Linux's ephemeral range (32768 and up by default), so
+# that no outgoing connection of the tests can be holding it when the server binds it.
 free_port() {
     local port
     for _ in $(seq 1 50); do
-        port=$(( (RANDOM % 20000) + 30000 ))
+        port=$(( (RANDOM % 12000) + 20000 ))
         if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
             echo "$port"
             return
@@ -57,11 +59,20 @@ start_postgres() {
         chown postgres "$PG_DIR"
         PG_RUN=(runuser -u postgres --)
     fi
-    local port
-    port=$(free_port)
     "${PG_RUN[@]}" "$PG_BIN/initdb" -D "$PG_DIR/data" -U postgres -A trust -E UTF8 --no-sync >/dev/null
-    "${PG_RUN[@]}" "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/server.log" -w start \
-        -o "-c listen_addresses=127.0.0.1 -p $port -k $PG_DIR -c max_connections=300 $*" >/dev/null
+    # A port taken between the choice and the bind fails the start: another port is tried.
+    local port attempt
+    for attempt in 1 2 3; do
+        port=$(free_port)
+        "${PG_RUN[@]}" "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/server.log" -w start \
+            -o "-c listen_addresses=127.0.0.1 -p $port -k $PG_DIR -c max_connections=300 $*" >/dev/null && break
+        if [ "$attempt" -eq 3 ]; then
+            printf '==> %s
+' "PostgreSQL did not start; its log:" >&2
+            cat "$PG_DIR/server.log" >&2
+            return 1
+        fi
+    done
     PG_PORT=$port
     PG_URL="postgres://postgres@127.0.0.1:$port/postgres"
     printf '==> %s\n' "PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}') on 127.0.0.1:$port" >&2
@@ -79,8 +90,25 @@ start_pgbouncer() {
         DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq pgbouncer >/dev/null
     fi
     PGB_DIR=$(mktemp -d "${TMPDIR:-/tmp}/tm-pgbouncer.XXXXXX")
-    local port
-    port=$(free_port)
+    local port attempt
+    # A port taken between the choice and the bind stops PgBouncer: another port is tried.
+    for attempt in 1 2 3; do
+        port=$(free_port)
+        launch_pgbouncer "$port" && break
+        if [ "$attempt" -eq 3 ]; then
+            printf '==> %s\n' "PgBouncer did not start; its log:" >&2
+            cat "$PGB_DIR/pgbouncer.log" >&2 2>/dev/null
+            return 1
+        fi
+    done
+    PGB_URL="postgres://postgres@127.0.0.1:$port/postgres"
+    printf '==> %s\n' "PgBouncer $(/usr/sbin/pgbouncer --version | awk 'NR==1 {print $2}') (transaction pooling) on 127.0.0.1:$port" >&2
+}
+
+# Starts PgBouncer on port $1 in $PGB_DIR; succeeds once it runs and accepts connections.
+launch_pgbouncer() {
+    local port=$1
+    rm -f "$PGB_DIR/pgbouncer.log"
     cat >"$PGB_DIR/pgbouncer.ini" <<EOF
 [databases]
 * = host=127.0.0.1 port=$PG_PORT
@@ -102,13 +130,17 @@ pidfile = $PGB_DIR/pgbouncer.pid
 EOF
     echo '"postgres" ""' >"$PGB_DIR/userlist.txt"
     if [ "$(id -u)" -eq 0 ]; then chown -R postgres "$PGB_DIR"; fi
-    "${PG_RUN[@]}" /usr/sbin/pgbouncer -d -q "$PGB_DIR/pgbouncer.ini"
+    "${PG_RUN[@]}" /usr/sbin/pgbouncer -d -q "$PGB_DIR/pgbouncer.ini" || return 1
     for _ in $(seq 1 100); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
+        if [ -f "$PGB_DIR/pgbouncer.pid" ] && kill -0 "$(cat "$PGB_DIR/pgbouncer.pid")" 2>/dev/null &&
+            (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            return 0
+        fi
+        # It forks before it binds: a port found taken ends it with a FATAL line.
+        grep -q FATAL "$PGB_DIR/pgbouncer.log" 2>/dev/null && return 1
         sleep 0.1
     done
-    PGB_URL="postgres://postgres@127.0.0.1:$port/postgres"
-    printf '==> %s\n' "PgBouncer $(/usr/sbin/pgbouncer --version | awk 'NR==1 {print $2}') (transaction pooling) on 127.0.0.1:$port" >&2
+    return 1
 }
 
 stop_pgbouncer() {
