@@ -39,35 +39,22 @@ async fn serve_with(data_dir: &Path, settings: &[(&str, &str)]) -> (Child, Strin
     for (key, value) in settings {
         cmd.env(key, value);
     }
-    let mut child = cmd
-        .arg("serve")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("binary starts");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let addr = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = lines.next_line().await.expect("read stdout") {
-            if let Ok(entry) = serde_json::from_str::<Value>(&line) {
-                if let Some(addr) = entry["addr"].as_str() {
-                    return addr.to_owned();
-                }
-            }
-        }
-        panic!("the server exited before listening");
-    })
-    .await
-    .expect("server listening within 30 s");
-    // Keep draining stdout so the server never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let (child, addr, _) = start_serving(cmd).await;
     (child, addr)
 }
 
-/// Starts `serve` without a configured admin key, collecting stdout until it listens:
-/// the address and every line printed before it.
+/// Starts `serve` without a configured admin key; also returns what it printed before
+/// it listened.
 async fn serve_unconfigured(data_dir: &Path) -> (Child, String, Vec<String>) {
-    let mut child = command(data_dir)
-        .env_remove("TM_BOOTSTRAP_ADMIN_KEY")
+    let mut cmd = command(data_dir);
+    cmd.env_remove("TM_BOOTSTRAP_ADMIN_KEY");
+    start_serving(cmd).await
+}
+
+/// Runs `cmd serve` and waits for its "listening" log line: the child, its address and
+/// every line printed until then.
+async fn start_serving(mut cmd: Command) -> (Child, String, Vec<String>) {
+    let mut child = cmd
         .arg("serve")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -89,6 +76,7 @@ async fn serve_unconfigured(data_dir: &Path) -> (Child, String, Vec<String>) {
     })
     .await
     .expect("server listening within 30 s");
+    // Keep draining stdout so the server never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     (child, addr, printed)
 }
