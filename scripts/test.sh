@@ -89,6 +89,11 @@ export TM_TEST_PROMTOOL TM_TEST_SCHEMATHESIS TM_TEST_REDIS_SERVER
 log "tests on SQLite"
 cargo test --workspace --locked 2>&1 | tee -a "$OUTPUT"
 
+# The API contract suite again, with resolves answered by the router rather than the
+# fast path ahead of it (TM_RESOLVE_FAST_PATH=false): both must keep the contract.
+log "API tests on SQLite, resolve through the router"
+TM_TEST_RESOLVE_FAST_PATH=false cargo test --locked -p tm-app --test api 2>&1 | tee -a "$OUTPUT"
+
 OWN_POSTGRES=""
 if [ -z "${TM_TEST_DATABASE_URL:-}" ]; then
     start_test_postgres

@@ -267,11 +267,13 @@ fn serve(
     state: AppState,
     shutdown: CancellationToken,
 ) -> JoinHandle<std::io::Result<()>> {
-    let app = tm_http::router(state);
+    let app = tm_http::api(state);
     tokio::spawn(async move {
         axum::serve(
             listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
+            axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<
+                SocketAddr,
+            >(app),
         )
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await

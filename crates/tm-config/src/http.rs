@@ -12,6 +12,7 @@ use crate::guards::GuardConfig;
 use crate::limits::RateLimits;
 use crate::process::{Process, Profile};
 use crate::render::Lines;
+use crate::telemetry::AccessLogConfig;
 
 /// The HTTP settings as read.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -30,6 +31,9 @@ pub struct HttpRaw {
     pub cors_origins: Option<String>,
     /// Set when a TLS-terminating proxy is in front: adds `Strict-Transport-Security`.
     pub behind_tls: bool,
+    /// Plain resolves answered ahead of the router (same policy, less work); off, the
+    /// router answers them too.
+    pub resolve_fast_path: bool,
 }
 
 impl Default for HttpRaw {
@@ -42,6 +46,7 @@ impl Default for HttpRaw {
             shutdown_grace: Duration::from_secs(10),
             cors_origins: None,
             behind_tls: false,
+            resolve_fast_path: true,
         }
     }
 }
@@ -62,9 +67,13 @@ pub struct HttpConfig {
     pub shutdown_grace: Duration,
     pub cors: CorsOrigins,
     pub behind_tls: bool,
+    pub resolve_fast_path: bool,
     #[serde(skip)]
     pub rate_limits: RateLimits,
     pub guards: GuardConfig,
+    /// Which answers get an access-log line (from the telemetry section).
+    #[serde(skip)]
+    pub access_log: AccessLogConfig,
 }
 
 /// Which browser origins may call the API.
@@ -90,6 +99,7 @@ impl HttpRaw {
         process: &Process,
         rate_limits: Option<RateLimits>,
         guards: GuardConfig,
+        access_log: AccessLogConfig,
         problems: &mut Problems,
     ) -> Option<HttpConfig> {
         if !(MIN_BODY..=MAX_BODY).contains(&self.body_limit_bytes) {
@@ -109,8 +119,10 @@ impl HttpRaw {
             shutdown_grace: self.shutdown_grace,
             cors,
             behind_tls: self.behind_tls,
+            resolve_fast_path: self.resolve_fast_path,
             rate_limits: rate_limits?,
             guards,
+            access_log,
         })
     }
 
@@ -179,6 +191,7 @@ impl HttpConfig {
             CorsOrigins::List(list) => out.quoted("cors_origins", list.join(",")),
         }
         out.plain("behind_tls", self.behind_tls);
+        out.plain("resolve_fast_path", self.resolve_fast_path);
         self.rate_limits.render(out);
     }
 }

@@ -38,7 +38,7 @@ pub use redis::{RedisConfig, RedisNodes, RedisRaw};
 pub use storage::{
     PostgresConfig, SqliteConfig, SqliteSynchronous, StorageConfig, StorageRaw, MAX_REPLICAS,
 };
-pub use telemetry::{LogConfig, LogFormat, MetricsConfig, TelemetryRaw};
+pub use telemetry::{AccessLogConfig, LogConfig, LogFormat, MetricsConfig, TelemetryRaw};
 pub use urls::redact_url;
 
 use error::Problems;
@@ -146,7 +146,7 @@ impl Config {
         self.storage.render(&mut out);
         self.pool.render(&mut out);
         redis::render(self.redis.as_ref(), &mut out);
-        telemetry::render(&self.log, &self.metrics, &mut out);
+        telemetry::render(&self.log, &self.http.access_log, &self.metrics, &mut out);
         self.http.render(&mut out);
         out.finish()
     }
@@ -222,11 +222,12 @@ impl TryFrom<RawConfig> for Config {
         let redis = raw.redis.check(&mut problems);
         let log = raw.telemetry.log(process.profile, &mut problems);
         let metrics = raw.telemetry.metrics(&mut problems);
+        let access_log = raw.telemetry.access_log(&mut problems);
         let rate_limits = raw.limits.check(&mut problems);
         raw.guards.check(&mut problems);
         let http = raw
             .http
-            .check(&process, rate_limits, raw.guards, &mut problems);
+            .check(&process, rate_limits, raw.guards, access_log, &mut problems);
         let config = match (process.profile, storage, log, http) {
             (Some(profile), Some(storage), Some(log), Some(http)) => Some(Config {
                 profile,

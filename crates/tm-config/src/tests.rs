@@ -396,8 +396,10 @@ fn non_dev_profiles_log_json_by_default() {
 
 #[test]
 fn every_setting_may_come_from_the_environment() {
-    assert_eq!(setting_keys().len(), 61);
+    assert_eq!(setting_keys().len(), 65);
     Jail::expect_with(|jail| {
+        jail.set_env("TM_ACCESS_LOG_RESOLVE_SAMPLE", "0");
+        jail.set_env("TM_RESOLVE_FAST_PATH", "false");
         jail.set_env("TM_PROCESS_TYPE", "worker");
         jail.set_env("TM_DB_POOL_MAX_WORKER", "3");
         jail.set_env("TM_READ_CACHE_ENTRIES", "7");
@@ -406,6 +408,8 @@ fn every_setting_may_come_from_the_environment() {
         assert_eq!(config.pool.max_connections, 3);
         assert_eq!(config.http.guards.read_cache_entries, 7);
         assert_eq!(config.http.rate_limits.keys.to_string(), "9/min");
+        assert_eq!(config.http.access_log.resolve_sample, 0);
+        assert!(!config.http.resolve_fast_path);
         Ok(())
     });
 }

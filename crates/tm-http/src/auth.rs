@@ -10,9 +10,9 @@ use std::net::SocketAddr;
 use axum::extract::{ConnectInfo, FromRequestParts, MatchedPath};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
-use axum::http::Method;
+use axum::http::{HeaderMap, Method};
 use tm_domain::{Grant, Role, TenantId};
-use tm_resilience::{RateClass, Subject};
+use tm_resilience::{RateClass, RateDecision, Subject};
 use tm_store::{Actor, Principal};
 
 use crate::observe::RequestContext;
@@ -65,8 +65,7 @@ impl Caller {
 
     /// Notes the tenant this request acts on, for its log line and the tenant metric.
     fn acting_on(&self, tenant: &TenantId) {
-        self.context.set_tenant(tenant.as_str());
-        tracing::Span::current().record("tenant", tracing::field::display(tenant));
+        self.context.set_tenant(tenant);
     }
 
     fn require(&self, action: Action) -> Result<(), ApiError> {
@@ -123,6 +122,35 @@ impl Caller {
     }
 }
 
+impl Caller {
+    /// `principal` as the caller of a request of `class`, once its budget allows it.
+    async fn admit(
+        state: &AppState,
+        principal: Principal,
+        context: RequestContext,
+        class: RateClass,
+    ) -> Result<Self, ApiError> {
+        context.authenticated(&principal);
+        check_rate(state, &context, class, subject_of(&principal)).await?;
+        Ok(Caller { principal, context })
+    }
+
+    /// `principal` as the caller of a resolve, once its budget allows it. Resolve's
+    /// budget never leaves memory, so this does not wait: the fast path's way in.
+    pub(crate) fn admit_resolve(
+        state: &AppState,
+        principal: Principal,
+        context: RequestContext,
+    ) -> Result<Self, ApiError> {
+        context.authenticated(&principal);
+        let decision = state
+            .limiter
+            .check(RateClass::Resolve, subject_of(&principal));
+        settle(state, &context, RateClass::Resolve, decision)?;
+        Ok(Caller { principal, context })
+    }
+}
+
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
@@ -135,7 +163,7 @@ impl FromRequestParts<AppState> for Caller {
             .get::<RequestContext>()
             .cloned()
             .unwrap_or_default();
-        let principal = match authenticate(parts, state) {
+        let principal = match authenticate(&parts.headers, state) {
             Ok(principal) => principal,
             Err(refusal) => {
                 // Failed authentications draw from the client address's budget, so that
@@ -156,20 +184,23 @@ impl FromRequestParts<AppState> for Caller {
                 return Err(refusal);
             }
         };
-        tracing::Span::current().record("key_id", principal.actor().as_str());
-        let subject = principal.key_id.map_or(Subject::BootstrapKey, Subject::Key);
-        check_rate(state, &context, class_of(parts), subject).await?;
-        Ok(Caller { principal, context })
+        match class_of(parts) {
+            RateClass::Resolve => Caller::admit_resolve(state, principal, context),
+            class => Caller::admit(state, principal, context, class).await,
+        }
     }
 }
 
-fn authenticate(parts: &Parts, state: &AppState) -> Result<Principal, ApiError> {
-    let header = parts
-        .headers
-        .get(AUTHORIZATION)
-        .ok_or(ApiError::Unauthorized(
-            "an Authorization: Bearer <key> header is required",
-        ))?;
+/// The budget a key draws from.
+fn subject_of(principal: &Principal) -> Subject {
+    principal.key_id.map_or(Subject::BootstrapKey, Subject::Key)
+}
+
+/// The principal of the bearer key in `headers`; 401 without one that is live.
+pub(crate) fn authenticate(headers: &HeaderMap, state: &AppState) -> Result<Principal, ApiError> {
+    let header = headers.get(AUTHORIZATION).ok_or(ApiError::Unauthorized(
+        "an Authorization: Bearer <key> header is required",
+    ))?;
     let presented = header
         .to_str()
         .ok()
@@ -193,7 +224,7 @@ fn class_of(parts: &Parts) -> RateClass {
         .extensions
         .get::<MatchedPath>()
         .map_or("", MatchedPath::as_str);
-    if path == "/api/v1/routes/resolve" {
+    if path == crate::fast::RESOLVE_PATH {
         RateClass::Resolve
     } else if path.starts_with("/api/v1/keys") {
         RateClass::Keys
@@ -234,6 +265,17 @@ async fn check_rate(
         Some(decision) => decision,
         None => state.limiter.check(class, subject),
     };
+    settle(state, context, class, decision)
+}
+
+/// What a budget's decision means for the request: 429 when refused; either way the
+/// answer carries the budget's headers.
+fn settle(
+    state: &AppState,
+    context: &RequestContext,
+    class: RateClass,
+    decision: Option<RateDecision>,
+) -> Result<(), ApiError> {
     let Some(decision) = decision else {
         return Ok(());
     };

@@ -187,31 +187,6 @@ fn revision_of_tag(tag: &str) -> Option<i64> {
     inner.parse().ok()
 }
 
-/// The `If-None-Match` header values of a request, taken without copying the others.
-pub struct IfNoneMatch(Vec<HeaderValue>);
-
-impl<S: Send + Sync> FromRequestParts<S> for IfNoneMatch {
-    type Rejection = std::convert::Infallible;
-
-    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        Ok(IfNoneMatch(
-            parts
-                .headers
-                .get_all(header::IF_NONE_MATCH)
-                .iter()
-                .cloned()
-                .collect(),
-        ))
-    }
-}
-
-impl IfNoneMatch {
-    /// Whether any tag matches `etag` (weak comparison, as RFC 9110 asks).
-    pub fn matches(&self, etag: &str) -> bool {
-        self.0.iter().any(|value| tag_list_matches(value, etag))
-    }
-}
-
 /// Whether an `If-None-Match` header matches `etag` (weak comparison, as RFC 9110 asks).
 pub fn if_none_match(headers: &HeaderMap, etag: &str) -> bool {
     headers

@@ -6,6 +6,7 @@
 mod auth;
 mod error;
 mod extract;
+pub mod fast;
 mod guard;
 mod health;
 mod idempotency;
@@ -65,6 +66,10 @@ pub struct Shared {
     pub started_at: Instant,
     /// `Cache-Control` of resolve answers, built once from the configuration.
     cache_control: HeaderValue,
+    /// Which answers are logged.
+    access_log: observe::AccessLog,
+    /// What CORS adds to an answer to a request without `Origin`.
+    cors_without_origin: axum::http::HeaderMap,
     /// Callers (by key) that wrote recently: their reads go to the primary, so that they
     /// see their own writes (present only with read replicas).
     recent_writers: Option<moka::sync::Cache<String, ()>>,
@@ -149,6 +154,8 @@ impl AppState {
                 usize::try_from(config.guards.max_in_flight).unwrap_or(usize::MAX),
                 std::time::Duration::ZERO,
             ),
+            access_log: observe::AccessLog::new(config.access_log),
+            cors_without_origin: security::cors_headers_without_origin(&config.cors),
             config,
             started_at: Instant::now(),
             cache_control,
@@ -228,6 +235,12 @@ fn api_operations() -> Vec<Operation> {
         operation("/keys", Method::GET, Ignored, keys::list),
         operation("/keys/{id}", Method::DELETE, Honoured, keys::revoke),
     ]
+}
+
+/// The whole HTTP surface, as every connection is served: the resolve fast path ahead of
+/// [`router`].
+pub fn api(state: AppState) -> fast::Api {
+    fast::Api::new(state.clone(), router(state))
 }
 
 /// The whole HTTP surface: API v1, health probes and metrics.

@@ -1,18 +1,24 @@
-//! Request identity and observation: one middleware that gives every request its
-//! `X-Request-ID`, `X-Correlation-ID` and trace id, runs it inside one span, counts it in
-//! the metrics and logs one line when it is answered.
+//! Request identity and observation: every request gets its `X-Request-ID`,
+//! `X-Correlation-ID` and trace id, is counted in the metrics and, by the access-log
+//! policy, logged in one line when it is answered. The router's middleware
+//! ([`observe`]) and the resolve fast path call the same functions.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::Response;
+use tm_config::AccessLogConfig;
+use tm_domain::{KeyId, TenantId};
 use tm_resilience::RateDecision;
-use tracing::Instrument;
+use tm_store::Principal;
+use tracing::{Instrument, Span};
 
 use crate::error::ServerFault;
+use crate::fast::RESOLVE_PATH;
 use crate::{ApiError, AppState};
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -24,28 +30,94 @@ const MAX_ID_LEN: usize = 128;
 /// Headers this middleware may add to an answer: ids, rate limit, security.
 const ADDED_HEADERS: usize = 12;
 
-/// What the handlers learn about a request that the answer should carry: the tenant it
-/// acted on (for the per-tenant metric) and its rate-limit budget (for the headers).
+/// What the handlers learn about a request that its answer and log line should carry:
+/// the key that made it, the tenant it acted on (for the per-tenant metric) and its
+/// rate-limit budget (for the headers).
 #[derive(Clone, Debug, Default)]
 pub struct RequestContext(Arc<ContextSlots>);
 
 #[derive(Debug, Default)]
 struct ContextSlots {
-    tenant: OnceLock<String>,
+    key: OnceLock<Option<KeyId>>,
+    tenant: OnceLock<TenantId>,
     rate: OnceLock<RateDecision>,
 }
 
 impl RequestContext {
-    pub fn set_tenant(&self, tenant: &str) {
-        let _ = self.0.tenant.set(tenant.to_owned());
+    /// Notes the key the request was authenticated with.
+    pub fn authenticated(&self, principal: &Principal) {
+        if self.0.key.set(principal.key_id).is_ok() {
+            tracing::Span::current().record(
+                "key_id",
+                tracing::field::display(KeyLabel(principal.key_id)),
+            );
+        }
+    }
+
+    /// Notes the tenant the request acts on.
+    pub fn set_tenant(&self, tenant: &TenantId) {
+        if self.0.tenant.set(tenant.clone()).is_ok() {
+            tracing::Span::current().record("tenant", tracing::field::display(tenant));
+        }
     }
 
     pub fn set_rate(&self, decision: RateDecision) {
         let _ = self.0.rate.set(decision);
     }
 
-    fn tenant(&self) -> Option<&str> {
-        self.0.tenant.get().map(String::as_str)
+    fn tenant(&self) -> Option<&TenantId> {
+        self.0.tenant.get()
+    }
+
+    /// Records what is known into `span`, made after the fact.
+    fn record_on(&self, span: &Span) {
+        if let Some(key) = self.0.key.get() {
+            span.record("key_id", tracing::field::display(KeyLabel(*key)));
+        }
+        if let Some(tenant) = self.tenant() {
+            span.record("tenant", tracing::field::display(tenant));
+        }
+    }
+}
+
+/// A key as logs name it: its id, or `bootstrap` for the configured admin key.
+struct KeyLabel(Option<KeyId>);
+
+impl std::fmt::Display for KeyLabel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(id) => id.fmt(f),
+            None => f.write_str("bootstrap"),
+        }
+    }
+}
+
+/// Which answered requests get an access-log line: every error, every slow request,
+/// every request but a successful resolve, and one in `resolve_sample` of those.
+pub(crate) struct AccessLog {
+    config: AccessLogConfig,
+    resolves: AtomicU64,
+}
+
+impl AccessLog {
+    pub(crate) fn new(config: AccessLogConfig) -> Self {
+        Self {
+            config,
+            resolves: AtomicU64::new(0),
+        }
+    }
+
+    fn wanted(&self, endpoint: &str, status: u16, elapsed: Duration) -> bool {
+        if endpoint != RESOLVE_PATH || status >= 400 || elapsed >= self.config.slow {
+            return true;
+        }
+        match u64::from(self.config.resolve_sample) {
+            0 => false,
+            n => self
+                .resolves
+                .fetch_add(1, Ordering::Relaxed)
+                .is_multiple_of(n),
+        }
     }
 }
 
@@ -125,18 +197,52 @@ fn trace_id_of(headers: &HeaderMap) -> Option<TraceId> {
         .map(TraceId)
 }
 
+/// The ids a request is answered and logged with.
+pub(crate) struct RequestIds {
+    request_id: HeaderValue,
+    correlation_id: HeaderValue,
+    trace_id: TraceId,
+}
+
+impl RequestIds {
+    /// The sane incoming ids of `headers`, new ones for the rest.
+    pub(crate) fn of(headers: &HeaderMap) -> Self {
+        let request_id = headers
+            .get(&X_REQUEST_ID)
+            .and_then(sane_id)
+            .unwrap_or_else(new_request_id);
+        let correlation_id = headers
+            .get(&X_CORRELATION_ID)
+            .and_then(sane_id)
+            .unwrap_or_else(|| request_id.clone());
+        let trace_id = trace_id_of(headers).unwrap_or_else(|| TraceId(rand::random()));
+        Self {
+            request_id,
+            correlation_id,
+            trace_id,
+        }
+    }
+
+    /// The one span of the request they identify.
+    fn span(&self, method: &Method, endpoint: &str) -> Span {
+        tracing::info_span!(
+            "request",
+            method = %method,
+            route = %endpoint,
+            request_id = text(&self.request_id),
+            correlation_id = text(&self.correlation_id),
+            trace_id = %self.trace_id,
+            tenant = tracing::field::Empty,
+            key_id = tracing::field::Empty,
+        )
+    }
+}
+
+/// The router's middleware: ids, span, metrics, access log and headers for every
+/// request the fast path did not take.
 pub async fn observe(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let headers = request.headers();
-    let request_id = headers
-        .get(&X_REQUEST_ID)
-        .and_then(sane_id)
-        .unwrap_or_else(new_request_id);
-    let correlation_id = headers
-        .get(&X_CORRELATION_ID)
-        .and_then(sane_id)
-        .unwrap_or_else(|| request_id.clone());
-    let trace_id = trace_id_of(headers).unwrap_or_else(|| TraceId(rand::random()));
+    let ids = RequestIds::of(request.headers());
     let matched = request.extensions().get::<MatchedPath>().cloned();
     let endpoint = matched
         .as_ref()
@@ -144,38 +250,69 @@ pub async fn observe(State(state): State<AppState>, mut request: Request, next: 
     let method = request.method().clone();
     let context = RequestContext::default();
     request.extensions_mut().insert(context.clone());
-
-    let span = tracing::info_span!(
-        "request",
-        method = %method,
-        route = %endpoint,
-        request_id = text(&request_id),
-        correlation_id = text(&correlation_id),
-        trace_id = %trace_id,
-        tenant = tracing::field::Empty,
-        key_id = tracing::field::Empty,
-    );
+    let span = ids.span(&method, endpoint);
     let mut response = next.run(request).instrument(span.clone()).await;
+    let exchange = Exchange {
+        method: &method,
+        endpoint,
+        started,
+        context: &context,
+    };
+    answered(&state, &exchange, ids, Some(span), &mut response);
+    response
+}
 
+/// A request that has been answered, as the metrics and the log see it.
+pub(crate) struct Exchange<'a> {
+    pub method: &'a Method,
+    /// The route template (never the raw path).
+    pub endpoint: &'a str,
+    pub started: Instant,
+    pub context: &'a RequestContext,
+}
+
+/// Everything done once a request is answered, on either path: counts it, logs it as the
+/// access-log policy says (in `span`, or a span made now if it has none), and adds the
+/// id, rate-limit and security headers.
+pub(crate) fn answered(
+    state: &AppState,
+    exchange: &Exchange<'_>,
+    ids: RequestIds,
+    span: Option<Span>,
+    response: &mut Response,
+) {
+    let Exchange {
+        method,
+        endpoint,
+        started,
+        context,
+    } = exchange;
     let elapsed = started.elapsed();
     let status = response.status().as_u16();
     state
         .metrics
         .observe_request(method.as_str(), endpoint, status, elapsed.as_secs_f64());
     if let Some(tenant) = context.tenant() {
-        state.metrics.observe_tenant(tenant);
+        state.metrics.observe_tenant(tenant.as_str());
     }
     let fault = response.extensions_mut().remove::<ServerFault>();
-    span.in_scope(|| {
-        if let Some(ServerFault(fault)) = fault {
-            log_fault(status, &fault);
-        }
-        tracing::info!(
-            status,
-            latency_ms = elapsed.as_secs_f64() * 1000.0,
-            "{method} {endpoint} answered {status}"
-        );
-    });
+    if fault.is_some() || state.access_log.wanted(endpoint, status, elapsed) {
+        let span = span.unwrap_or_else(|| {
+            let span = ids.span(method, endpoint);
+            context.record_on(&span);
+            span
+        });
+        span.in_scope(|| {
+            if let Some(ServerFault(fault)) = fault {
+                log_fault(status, &fault);
+            }
+            tracing::info!(
+                status,
+                latency_ms = elapsed.as_secs_f64() * 1000.0,
+                "{method} {endpoint} answered {status}"
+            );
+        });
+    }
 
     let headers = response.headers_mut();
     headers.reserve(ADDED_HEADERS);
@@ -183,9 +320,8 @@ pub async fn observe(State(state): State<AppState>, mut request: Request, next: 
     if let Some(decision) = context.0.rate.get() {
         rate_headers(headers, decision);
     }
-    headers.insert(X_REQUEST_ID.clone(), request_id);
-    headers.insert(X_CORRELATION_ID.clone(), correlation_id);
-    response
+    headers.insert(X_REQUEST_ID.clone(), ids.request_id);
+    headers.insert(X_CORRELATION_ID.clone(), ids.correlation_id);
 }
 
 /// Logs the error behind a 5xx answer once, with its whole `source()` chain.
@@ -216,6 +352,32 @@ impl std::fmt::Display for ErrorChain<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn successful_resolves_are_sampled_and_everything_else_is_logged() {
+        let policy = AccessLog::new(AccessLogConfig {
+            resolve_sample: 10,
+            slow: Duration::from_millis(100),
+        });
+        let quick = Duration::from_millis(1);
+        let logged = (0..100)
+            .filter(|_| policy.wanted(RESOLVE_PATH, 200, quick))
+            .count();
+        assert_eq!(logged, 10);
+        for status in [400, 401, 404, 429, 500, 503] {
+            assert!(policy.wanted(RESOLVE_PATH, status, quick), "{status}");
+        }
+        assert!(policy.wanted(RESOLVE_PATH, 200, Duration::from_millis(100)));
+        assert!(policy.wanted("/api/v1/routes", 200, quick));
+        assert!(policy.wanted("/api/v1/routes/{id}", 304, quick));
+
+        let silent = AccessLog::new(AccessLogConfig {
+            resolve_sample: 0,
+            slow: Duration::from_millis(100),
+        });
+        assert!(!(0..100).any(|_| silent.wanted(RESOLVE_PATH, 304, quick)));
+        assert!(silent.wanted(RESOLVE_PATH, 404, quick));
+    }
 
     #[test]
     fn an_error_chain_names_every_cause() {

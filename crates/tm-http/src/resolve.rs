@@ -3,13 +3,13 @@
 use axum::extract::State;
 use std::borrow::Cow;
 
-use axum::http::{header, HeaderValue, StatusCode, Uri};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use tm_domain::{EnvName, FieldErrors, Pick, ServiceName, TenantId, Version};
 
 use crate::auth::{Action, Caller};
-use crate::extract::{parse_query, IfNoneMatch};
+use crate::extract::{if_none_match, parse_query};
 use crate::{ApiError, AppState};
 
 /// Longest accepted stickiness key, in bytes.
@@ -60,11 +60,22 @@ pub struct ResolveQuery<'a> {
 pub async fn resolve(
     State(state): State<AppState>,
     caller: Caller,
-    if_none_match: IfNoneMatch,
+    headers: HeaderMap,
     uri: Uri,
 ) -> Result<Response, ApiError> {
+    answer(&state, &caller, uri.query(), &headers)
+}
+
+/// The answer to a resolve whose caller is authenticated and within its budget: the
+/// handler's, and the fast path's (see [`crate::fast`]).
+pub(crate) fn answer(
+    state: &AppState,
+    caller: &Caller,
+    query: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
     // Read in place: parameters without escapes are borrowed from the request line.
-    let query: ResolveQuery<'_> = parse_query(uri.query().unwrap_or_default())?;
+    let query: ResolveQuery<'_> = parse_query(query.unwrap_or_default())?;
     let (tenant, service, env) = match (&query.tenant, &query.service, &query.env) {
         (Some(t), Some(s), Some(e)) => (t, s, e),
         _ => {
@@ -109,7 +120,7 @@ pub async fn resolve(
         (header::ETAG, etag),
         (header::CACHE_CONTROL, state.cache_control.clone()),
     ];
-    if if_none_match.matches(route.etag()) {
+    if if_none_match(headers, route.etag()) {
         return Ok((StatusCode::NOT_MODIFIED, cache).into_response());
     }
     Ok((

@@ -1,7 +1,8 @@
 //! Browser-facing protections: security headers on every response, and CORS for the
 //! configured origins only.
 
-use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method};
+use axum::body::Body;
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response};
 use axum::Router;
 use tm_config::CorsOrigins;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -42,15 +43,50 @@ pub fn with_cors<S: Clone + Send + Sync + 'static>(
     router: Router<S>,
     origins: &CorsOrigins,
 ) -> Router<S> {
+    match cors(origins) {
+        Some(layer) => router.layer(layer),
+        None => router,
+    }
+}
+
+/// The headers CORS adds to the answer of a request without `Origin` (not a browser's
+/// cross-origin call): they depend on the settings only, so the fast path adds them
+/// as found here, by asking the very layer the router uses once.
+pub fn cors_headers_without_origin(origins: &CorsOrigins) -> HeaderMap {
+    use futures::FutureExt;
+    use tower::{Layer, ServiceExt};
+
+    let Some(layer) = cors(origins) else {
+        return HeaderMap::new();
+    };
+    let plain = tower::service_fn(|_: Request<Body>| {
+        std::future::ready(Ok::<_, std::convert::Infallible>(Response::new(
+            Body::empty(),
+        )))
+    });
+    let request = Request::get(crate::fast::RESOLVE_PATH)
+        .body(Body::empty())
+        .expect("a valid request");
+    layer
+        .layer(plain)
+        .oneshot(request)
+        .now_or_never()
+        .and_then(Result::ok)
+        .map(|response| response.headers().clone())
+        .unwrap_or_default()
+}
+
+/// The CORS layer for the configured origins; `None` for no cross-origin access.
+fn cors(origins: &CorsOrigins) -> Option<CorsLayer> {
     let allow = match origins {
-        CorsOrigins::None => return router,
+        CorsOrigins::None => return None,
         CorsOrigins::Any => AllowOrigin::any(),
         CorsOrigins::List(list) => AllowOrigin::list(
             list.iter()
                 .map(|o| HeaderValue::from_str(o).expect("origins are validated at start-up")),
         ),
     };
-    router.layer(
+    Some(
         CorsLayer::new()
             .allow_origin(allow)
             .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::DELETE])

@@ -1,31 +1,81 @@
-//! Telemetry set-up. Logs go to stdout: JSON lines with `TM_LOG_FORMAT=json` (the default
-//! outside `dev`), compact text otherwise; the level is an `EnvFilter` directive.
+//! Telemetry set-up. Logs go to stdout: one flat JSON object per line with
+//! `TM_LOG_FORMAT=json` (the default outside `dev`), compact text otherwise; the level is
+//! an `EnvFilter` directive. Lines are written by a thread of their own, off the request
+//! path, through a bounded buffer: when it is full a line is dropped and counted
+//! ([`dropped_log_lines`]), never waited for.
 
 mod metrics;
+
+use std::sync::OnceLock;
 
 pub use metrics::{
     Metrics, PoolFigures, CONTENT_TYPE as METRICS_CONTENT_TYPE, OTHER_TENANT, UNMATCHED,
 };
 use tm_config::{LogConfig, LogFormat};
+use tracing_appender::non_blocking::{ErrorCounter, NonBlockingBuilder, WorkerGuard};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
+
+/// The lines the installed writer dropped, its buffer being full. Logging is the
+/// process's, so this is too.
+static DROPPED: OnceLock<ErrorCounter> = OnceLock::new();
+
+/// Keeps the log writer's thread running; dropping it writes out what is buffered.
+/// Hold it for the life of the process.
+#[must_use = "dropping the guard stops the log writer"]
+pub struct LogGuard(#[expect(dead_code, reason = "held for its Drop")] WorkerGuard);
 
 /// Installs the global subscriber. Fails if the level directive cannot be parsed or a
 /// subscriber is already installed.
-pub fn init(config: &LogConfig) -> Result<(), String> {
+pub fn init(config: &LogConfig) -> Result<LogGuard, String> {
     let filter = EnvFilter::try_new(&config.level).map_err(|e| format!("TM_LOG_LEVEL: {e}"))?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
-        .with_writer(std::io::stdout);
+    let (writer, guard) = NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(config.buffer_lines)
+        .thread_name("tm-log-writer")
+        .finish(std::io::stdout());
+    let dropped = writer.error_counter();
     let result = match config.format {
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
+        LogFormat::Json => tracing_subscriber::registry()
+            .with(filter)
+            .with(flat_json(writer))
             .try_init(),
-        LogFormat::Text => builder.compact().try_init(),
+        LogFormat::Text => tracing_subscriber::registry()
+            .with(filter)
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .compact()
+                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+                    .with_writer(writer),
+            )
+            .try_init(),
     };
-    result.map_err(|e| format!("logging: {e}"))
+    result.map_err(|e| format!("logging: {e}"))?;
+    let _ = DROPPED.set(dropped);
+    Ok(LogGuard(guard))
+}
+
+/// One JSON object per line: the event's fields and those of the spans it happened in,
+/// all at the top level, each once (the innermost span's value wins).
+fn flat_json<S, W>(writer: W) -> json_subscriber::fmt::Layer<S, W>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + 'static,
+{
+    json_subscriber::fmt::layer()
+        .with_writer(writer)
+        .flatten_event(true)
+        .with_current_span(false)
+        .with_span_list(false)
+        .flatten_span_list_on_top_level(true)
+}
+
+/// Log lines dropped so far because the writer could not keep up.
+pub fn dropped_log_lines() -> u64 {
+    DROPPED
+        .get()
+        .map_or(0, |c| u64::try_from(c.dropped_lines()).unwrap_or(u64::MAX))
 }
 
 /// Logs to the test harness's captured output; safe to call from every test.
@@ -35,4 +85,55 @@ pub fn init_for_tests() {
         .with_env_filter(filter)
         .with_test_writer()
         .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a subscriber writes, kept for the test to read.
+    #[derive(Clone, Default)]
+    struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_json_line_is_flat_and_names_each_field_once() {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::registry().with(flat_json(move || writer.clone()));
+        tracing::subscriber::with_default(subscriber, || {
+            let outer = tracing::info_span!("request", request_id = "r-1", tenant = "acme");
+            let _outer = outer.enter();
+            let inner = tracing::info_span!("store", tenant = "globex", table = "routes");
+            let _inner = inner.enter();
+            tracing::info!(status = 200, "answered");
+        });
+        let bytes = captured.0.lock().expect("not poisoned").clone();
+        let text = String::from_utf8(bytes).expect("text");
+        assert_eq!(text.lines().count(), 1, "{text}");
+        let line: serde_json::Value = serde_json::from_str(text.trim()).expect("one JSON object");
+        let object = line.as_object().expect("an object");
+        assert_eq!(object["message"], "answered");
+        assert_eq!(object["status"], 200);
+        assert_eq!(object["request_id"], "r-1");
+        assert_eq!(object["table"], "routes");
+        // The innermost span's value, once: no nested span copies.
+        assert_eq!(object["tenant"], "globex");
+        assert!(!object.contains_key("span"), "{text}");
+        assert!(!object.contains_key("spans"), "{text}");
+        assert_eq!(text.matches("\"tenant\"").count(), 1, "{text}");
+    }
 }

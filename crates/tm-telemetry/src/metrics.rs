@@ -66,6 +66,8 @@ pub struct Metrics {
     /// Work done without Redis while it was unusable, by feature.
     redis_fallbacks: IntCounterVec,
     app_uptime_seconds: Gauge,
+    /// Log lines dropped because the log writer could not keep up.
+    log_lines_dropped: IntCounter,
 }
 
 type SeriesByMethod = Vec<(&'static str, Arc<RequestSeries>)>;
@@ -317,6 +319,10 @@ impl Metrics {
                 "app_uptime_seconds",
                 "Seconds since the process started serving.",
             ),
+            log_lines_dropped: r.counter(
+                "log_lines_dropped_total",
+                "Log lines dropped, not written, because the log writer's buffer was full.",
+            ),
             started: Instant::now(),
             registry,
         }
@@ -451,10 +457,19 @@ impl Metrics {
         self.routing_snapshot_age_seconds.set(age_seconds);
     }
 
+    /// Brings `log_lines_dropped_total` up to `total`, the lines dropped since start-up.
+    pub fn set_log_lines_dropped(&self, total: u64) {
+        let counted = self.log_lines_dropped.get();
+        if total > counted {
+            self.log_lines_dropped.inc_by(total - counted);
+        }
+    }
+
     /// The registry in the Prometheus text exposition format (version 0.0.4).
     pub fn encode(&self) -> String {
         self.app_uptime_seconds
             .set(self.started.elapsed().as_secs_f64());
+        self.set_log_lines_dropped(crate::dropped_log_lines());
         let mut out = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut out)
@@ -503,6 +518,7 @@ mod tests {
             "routing_snapshot_age_seconds",
             "routing_propagation_seconds",
             "app_uptime_seconds",
+            "log_lines_dropped_total",
             "build_info",
         ] {
             assert!(

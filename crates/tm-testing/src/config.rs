@@ -51,6 +51,10 @@ pub(crate) fn build(settings: &Settings<'_>, last: impl FnOnce(&mut RawConfig)) 
     if !settings.replicas.is_empty() {
         raw.storage.database_replica_urls = Some(settings.replicas.join(","));
     }
+    // The suite runs once with resolves answered by the router instead of the fast path.
+    if std::env::var("TM_TEST_RESOLVE_FAST_PATH").is_ok_and(|v| v == "false") {
+        raw.http.resolve_fast_path = false;
+    }
     match settings.redis {
         Some(RedisTarget::Server(url)) => raw.redis.redis_url = Some(url.clone()),
         Some(RedisTarget::Cluster(urls)) => raw.redis.redis_cluster_urls = Some(urls.clone()),

@@ -71,10 +71,14 @@ fn main() -> ExitCode {
         println!("{}", config.redacted());
         return ExitCode::SUCCESS;
     }
-    if let Err(err) = tm_telemetry::init(&config.log) {
-        eprintln!("traffic-manager: {err}");
-        return ExitCode::from(2);
-    }
+    // Held to the end of `main`: dropping it writes out the lines still buffered.
+    let _log_writer = match tm_telemetry::init(&config.log) {
+        Ok(guard) => guard,
+        Err(err) => {
+            eprintln!("traffic-manager: {err}");
+            return ExitCode::from(2);
+        }
+    };
     // One serving thread runs everything on that thread, as an event loop (cheaper per
     // request than a one-worker pool); blocking work still has threads of its own.
     let mut builder = if config.worker_threads == 1 {

@@ -340,11 +340,17 @@ async fn help_is_useful_for_every_subcommand() {
     }
 }
 
-/// Starts `serve` with every stdout line collected, for tests that read the logs.
+/// Starts `serve` with `settings` and every stdout line collected, for tests that read
+/// the logs.
 async fn serve_collecting(
     data_dir: &Path,
+    settings: &[(&str, &str)],
 ) -> (Child, String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
-    let mut child = command(data_dir)
+    let mut cmd = command(data_dir);
+    for (key, value) in settings {
+        cmd.env(key, value);
+    }
+    let mut child = cmd
         .arg("serve")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -378,7 +384,7 @@ async fn serve_collecting(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_request_logs_one_json_line_and_no_secret_ever_reaches_the_logs() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (mut child, addr, lines) = serve_collecting(dir.path()).await;
+    let (mut child, addr, lines) = serve_collecting(dir.path(), &[]).await;
     let client = reqwest::Client::new();
     let base = format!("http://{addr}");
 
@@ -437,27 +443,107 @@ async fn each_request_logs_one_json_line_and_no_secret_ever_reaches_the_logs() {
         "part of a secret reached the logs"
     );
 
-    // Every line is JSON, and the resolve request has exactly one line with its identity.
-    let entries: Vec<Value> = lines
-        .iter()
-        .filter(|l| l.starts_with('{'))
-        .map(|l| serde_json::from_str(l).expect("JSON log line"))
-        .collect();
+    // Every line is one flat JSON object, and the resolve request has exactly one line
+    // with its identity, each field once at the top level.
+    let entries = json_lines(&lines);
     let answered: Vec<&Value> = entries
         .iter()
-        .filter(|e| e["span"]["request_id"] == "req-under-test" && e.get("status").is_some())
+        .filter(|e| e["request_id"] == "req-under-test" && e.get("status").is_some())
         .collect();
     assert_eq!(answered.len(), 1, "one line per request: {answered:?}");
     let line = answered[0];
-    let span = &line["span"];
-    assert_eq!(span["correlation_id"], "flow-under-test");
-    assert_eq!(span["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
-    assert_eq!(span["tenant"], "acme");
-    assert_eq!(span["key_id"], reader_id.as_str());
-    assert_eq!(span["method"], "GET");
-    assert_eq!(span["route"], "/api/v1/routes/resolve");
+    assert_eq!(line["correlation_id"], "flow-under-test");
+    assert_eq!(line["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(line["tenant"], "acme");
+    assert_eq!(line["key_id"], reader_id.as_str());
+    assert_eq!(line["method"], "GET");
+    assert_eq!(line["route"], "/api/v1/routes/resolve");
     assert_eq!(line["status"], 404);
     assert!(line["latency_ms"].is_number());
+}
+
+/// The JSON log lines among `lines`, each checked to be one flat object: no nested
+/// copy of the span (`span`, `spans`), and no key twice.
+fn json_lines(lines: &[String]) -> Vec<Value> {
+    lines
+        .iter()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| {
+            let entry: Value = serde_json::from_str(l).expect("JSON log line");
+            let object = entry.as_object().expect("an object per line");
+            assert!(
+                !object.contains_key("span") && !object.contains_key("spans"),
+                "span data nested in {l}"
+            );
+            for key in object.keys() {
+                assert_eq!(
+                    l.matches(&format!("\"{key}\":")).count(),
+                    1,
+                    "{key} twice in {l}"
+                );
+            }
+            entry
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn successful_resolves_are_sampled_in_the_access_log_and_errors_never_are() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut child, addr, lines) = serve_collecting(
+        dir.path(),
+        &[
+            ("TM_PROFILE", "prod"),
+            ("TM_ACCESS_LOG_RESOLVE_SAMPLE", "10"),
+        ],
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let base = format!("http://{addr}");
+    let route = json!({"tenant": "acme", "service": "billing", "env": "prod",
+        "version": "v1", "url": "http://10.0.0.7:8080", "active": true});
+    let created = client
+        .post(format!("{base}/api/v1/routes"))
+        .bearer_auth(ADMIN_KEY)
+        .json(&route)
+        .send()
+        .await
+        .expect("create");
+    assert_eq!(created.status(), reqwest::StatusCode::CREATED);
+    let resolve = |service: &str| {
+        client
+            .get(format!(
+                "{base}/api/v1/routes/resolve?tenant=acme&service={service}&env=prod"
+            ))
+            .bearer_auth(ADMIN_KEY)
+            .send()
+    };
+    for _ in 0..50 {
+        let answer = resolve("billing").await.expect("resolve");
+        assert_eq!(answer.status(), reqwest::StatusCode::OK);
+    }
+    for _ in 0..3 {
+        let answer = resolve("nothing-here").await.expect("resolve");
+        assert_eq!(answer.status(), reqwest::StatusCode::NOT_FOUND);
+    }
+
+    send_signal(child.id().expect("running"), "TERM");
+    child.wait().await.expect("exits");
+    let lines = lines.lock().expect("lock").clone();
+    let entries = json_lines(&lines);
+    let logged = |status: u64| {
+        entries
+            .iter()
+            .filter(|e| e["route"] == "/api/v1/routes/resolve" && e["status"] == status)
+            .count()
+    };
+    assert_eq!(logged(200), 5, "one successful resolve in ten");
+    assert_eq!(logged(404), 3, "every failed resolve");
+    let writes = entries
+        .iter()
+        .filter(|e| e["route"] == "/api/v1/routes" && e["status"] == 201)
+        .count();
+    assert_eq!(writes, 1, "every other request");
 }
 
 #[tokio::test]

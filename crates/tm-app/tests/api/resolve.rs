@@ -410,3 +410,150 @@ async fn a_change_that_commits_late_is_not_skipped_by_the_change_feed() {
         .expect("commit the slow write");
     resolve_until(&app, "late", StatusCode::OK, Duration::from_secs(3)).await;
 }
+
+/// One request of [`the_fast_path_and_the_router_give_the_same_answers`]: query, extra
+/// headers, whether the reader key (else the admin key, or none) sends it.
+type Case = (&'static str, &'static [(&'static str, &'static str)], Option<bool>);
+
+const SAME_ANSWER_CASES: &[Case] = &[
+    ("tenant=acme&service=billing&env=prod", &[], Some(true)),
+    (
+        "tenant=acme&service=billing&env=prod&key=user-7",
+        &[("x-request-id", "req-1"), ("x-correlation-id", "flow-1")],
+        Some(true),
+    ),
+    (
+        "tenant=acme&service=billing&env=prod&version=v1",
+        &[(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )],
+        Some(false),
+    ),
+    (
+        "tenant=acme&service=billing&env=prod",
+        &[("if-none-match", "*")],
+        Some(true),
+    ),
+    ("tenant=acme&service=nothing&env=prod", &[], Some(true)),
+    ("tenant=acme&service=billing", &[], Some(true)),
+    ("tenant=acme&service=Billing&env=prod", &[], Some(true)),
+    (
+        "tenant=acme&service=billing&env=prod&colour=blue",
+        &[],
+        Some(true),
+    ),
+    ("tenant=acme&service=billing&env=prod&key=", &[], Some(true)),
+    ("tenant=globex&service=billing&env=prod", &[], Some(true)),
+    (
+        "tenant=acme&service=billing&env=prod",
+        &[("x-request-id", "not sane!")],
+        None,
+    ),
+    (
+        "tenant=acme&service=billing&env=prod",
+        &[("origin", "https://elsewhere.example")],
+        Some(true),
+    ),
+];
+
+/// Headers whose values are made per request or per instance.
+const VARYING: [&str; 5] = [
+    "date",
+    "x-request-id",
+    "x-correlation-id",
+    "etag",
+    "x-rate-limit-reset",
+];
+
+/// Status, body and headers of a resolve, with the varying header values blanked.
+async fn answer_of(
+    app: &TestApp,
+    key: Option<&str>,
+    query: &str,
+    headers: &[(&str, &str)],
+) -> (StatusCode, Vec<(String, String)>, String) {
+    let mut request =
+        reqwest::Client::new().get(app.url(&format!("/api/v1/routes/resolve?{query}")));
+    if let Some(key) = key {
+        request = request.bearer_auth(key);
+    }
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let reply = Reply::from(request.send().await.expect("sent")).await;
+    let mut seen: Vec<(String, String)> = reply
+        .headers
+        .iter()
+        .map(|(name, value)| {
+            let value = if VARYING.contains(&name.as_str()) {
+                String::new()
+            } else {
+                value.to_str().unwrap_or_default().to_owned()
+            };
+            (name.as_str().to_owned(), value)
+        })
+        .collect();
+    seen.sort();
+    let mut body: serde_json::Value = serde_json::from_slice(&reply.body).unwrap_or_default();
+    if let Some(problem) = body.as_object_mut() {
+        problem.remove("instance");
+    }
+    (reply.status, seen, body.to_string())
+}
+
+#[tokio::test]
+async fn the_fast_path_and_the_router_give_the_same_answers() {
+    let mut answers = Vec::new();
+    for fast in [true, false] {
+        let app = TestApp::builder()
+            .admin_key("same-answers-admin-key-0123456789abcdef")
+            .configure(move |raw| {
+                raw.http.resolve_fast_path = fast;
+                raw.limits.rate_limit_resolve = "16/min".into();
+                raw.http.cors_origins = Some("https://console.example.com".into());
+            })
+            .spawn()
+            .await;
+        app.create("acme", "billing", "prod", "v1", "http://10.0.0.7:8080")
+            .await;
+        app.activate("acme", "billing", "prod", "v1")
+            .await
+            .assert_status(StatusCode::OK);
+        let reader = app.create_key("reader", Some("acme")).await;
+        let mut seen = Vec::new();
+        for (query, headers, who) in SAME_ANSWER_CASES {
+            let key = match who {
+                Some(true) => Some(reader.as_str()),
+                Some(false) => Some(app.admin_key.as_str()),
+                None => None,
+            };
+            seen.push(answer_of(&app, key, query, headers).await);
+        }
+        // Past the budget: 429 with its headers.
+        let mut refused = None;
+        for _ in 0..20 {
+            let answer = answer_of(
+                &app,
+                Some(&reader),
+                "tenant=acme&service=billing&env=prod",
+                &[],
+            )
+            .await;
+            if answer.0 == StatusCode::TOO_MANY_REQUESTS {
+                refused = Some(answer);
+                break;
+            }
+        }
+        seen.push(refused.expect("the budget runs out"));
+        answers.push(seen);
+    }
+    let (fast, routed) = (&answers[0], &answers[1]);
+    for (i, (a, b)) in fast.iter().zip(routed).enumerate() {
+        assert_eq!(a, b, "case {i}: fast path vs router");
+    }
+    assert_eq!(fast[0].0, StatusCode::OK);
+    assert_eq!(fast[3].0, StatusCode::NOT_MODIFIED);
+    assert_eq!(fast[9].0, StatusCode::FORBIDDEN);
+    assert_eq!(fast[10].0, StatusCode::UNAUTHORIZED);
+}
