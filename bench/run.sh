@@ -6,16 +6,21 @@
 #
 # MODES (default "resolve writes startup"):
 # - resolve: for each route count in ROUTES, seeds a SQLite store through the store
-#   (not the API), starts the release server with every production middleware on,
-#   pinned to CPU 0, and nginx (one worker, also CPU 0) configured to return the
-#   identical body and headers of the same size. wrk, pinned to CPU 1, alternates
-#   server / nginx / server / nginx on loopback. Then oha (from crates.io, built once
-#   into target/tools) sends a fixed rate of half the server's throughput, with
-#   latency correction, to the server and then to nginx: the latency at that rate,
-#   and the floor the machine and the generator show for a server doing nothing.
+#   (not the API) with a reader key per tenant, starts the release server as
+#   production runs it (TM_PROFILE=prod, no other setting: JSON access log, rate
+#   limits, every policy on), pinned to CPU 0, and nginx (one worker, also CPU 0)
+#   configured to return a body and headers of the same size. wrk, pinned to CPU 1,
+#   sends resolves spread at random over the whole index, each with its tenant's key,
+#   and alternates server / nginx three times; the ratio is the median of the three
+#   pairs. A second server on the same store with TM_LOG_LEVEL=warn is measured twice
+#   beside it. Then oha (from crates.io, built once into target/tools) sends a fixed
+#   rate of half the server's throughput, with latency correction, to the server and
+#   then to nginx: the latency at that rate, and the floor the machine and the
+#   generator show for a server doing nothing.
 # - writes: on SQLite and on PostgreSQL (a throwaway cluster with fsync on), a
 #   write-only run (every request creates an active route) and a mixed run (95%
-#   resolve, 5% such writes), 16 connections each.
+#   resolve, 5% such writes), 16 connections each; logs at warn and budgets raised,
+#   since these runs measure the store.
 # - startup: start-up time and memory with PG_ROUTES (default 1M) routes on PostgreSQL.
 # - propagation: three instances on one PostgreSQL database, PROPAGATION_WRITES writes
 #   spread over them; the time from each change to its arrival in every instance's
@@ -88,17 +93,17 @@ rss_mib() { awk '/VmRSS/ {printf "%.0f", $2 / 1024}' "/proc/$1/status"; }
 
 ADMIN_KEY="bench-admin-key-not-used-0123456789"
 
-# Starts the release server pinned to CPU 0 with the given extra environment; sets APP
-# (its pid) and STARTUP (seconds until it answered). Rate limiting stays on, with
-# budgets above what one client sends here.
+# Starts the release server pinned to CPU 0 as production runs it — TM_PROFILE=prod and
+# nothing else but where to keep its data and listen — plus the given environment; sets
+# APP (its pid) and STARTUP (seconds until it answered). Its log goes to a file, as
+# stdout would go to a collector.
 start_server() {
     local data=$1 started
     shift
     started=$(date +%s.%N)
-    env TM_DATA_DIR="$data" TM_LISTEN="127.0.0.1:$PORT_APP" TM_LOG_LEVEL=warn TM_PROFILE=prod \
-        TM_RATE_LIMIT_RESOLVE=10000000/s TM_RATE_LIMIT_WRITE=10000000/s \
+    env TM_DATA_DIR="$data" TM_LISTEN="127.0.0.1:$PORT_APP" TM_PROFILE=prod \
         TM_BOOTSTRAP_ADMIN_KEY="$ADMIN_KEY" "$@" \
-        taskset -c 0 "$BIN" serve >>"$WORK/app.log" 2>&1 &
+        taskset -c 0 "$BIN" serve >>"$WORK/app-$PORT_APP.log" 2>&1 &
     APP=$!
     PIDS+=("$APP")
     wait_http "http://127.0.0.1:$PORT_APP/healthz"
@@ -110,24 +115,31 @@ stop_server() {
     wait "$APP" 2>/dev/null || true
 }
 
-# Runs wrk pinned to CPU 1 and prints its JSON summary line.
+# Runs wrk pinned to CPU 1 with resolves spread over the seeded routes (see
+# bench/resolve-spread.lua) and prints its JSON summary line: `load <base url> <keys file> <routes>`.
 load() {
-    BENCH_KEY=${2:-} taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency \
-        -s bench/resolve-latency.lua "$1" | grep '^{'
+    BENCH_KEYS_FILE=$2 BENCH_ROUTES=$3 taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency \
+        -s bench/resolve-spread.lua "$1" | grep '^{'
 }
 
 json() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }
 
 resolve_table() {
-    printf '| routes | server req/s | nginx req/s | ratio | p50 ms | p99 ms | p99.9 ms | p99 ms at half rate, server / nginx | server-side p99 ms at half rate | RSS MiB | start-up s |\n'
-    printf '|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n'
+    printf '| routes | server req/s | nginx req/s | ratio (median of 3 pairs) | p50 ms | p99 ms | p99.9 ms | logs at warn: req/s, ratio | p99 ms at half rate, server / nginx | server-side p99 ms at half rate | RSS MiB | start-up s |\n'
+    printf '|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n'
     for n in $ROUTES; do
         data="$WORK/data-$n"
+        keys="$WORK/keys-$n"
         log "seeding $n routes"
-        key=$("$SEED" --routes "$n" --data-dir "$data")
+        "$SEED" --routes "$n" --data-dir "$data" >"$keys"
+        # The same store, twice: production defaults, and the same with logs at warn.
+        cp -r "$data" "$data-warn"
+        PORT_APP=$((PORT_APP + 10)) start_server "$data-warn" TM_LOG_LEVEL=warn
+        quiet=$APP
         start_server "$data"
         app=$APP startup=$STARTUP
-        url="http://127.0.0.1:$PORT_APP/api/v1/routes/resolve?tenant=bench&service=svc-0&env=prod&key=user-42"
+        key=$(awk '$1 == "t2" { print $2 }' "$keys")
+        url="http://127.0.0.1:$PORT_APP/api/v1/routes/resolve?tenant=t2&service=svc-2&env=prod"
         curl -fsS -D "$WORK/headers" -o "$WORK/body" -H "Authorization: Bearer $key" "$url"
 
         # nginx returns the same body with headers of the same names and sizes.
@@ -146,14 +158,19 @@ resolve_table() {
         PIDS+=("$nginx")
         wait_http "http://127.0.0.1:$PORT_NGINX/"
 
-        log "$n routes: server, nginx, server, nginx (${DURATION}s each)"
-        a1=$(load "$url" "$key"); b1=$(load "http://127.0.0.1:$PORT_NGINX/")
-        a2=$(load "$url" "$key"); b2=$(load "http://127.0.0.1:$PORT_NGINX/")
-        for r in "$a1" "$a2"; do
+        log "$n routes: (server, nginx) x 3, then the server with logs at warn x 2 (${DURATION}s each)"
+        runs=()
+        for _ in 1 2 3; do
+            runs+=("$(load "http://127.0.0.1:$PORT_APP" "$keys" "$n")")
+            runs+=("$(load "http://127.0.0.1:$PORT_NGINX" "$keys" "$n")")
+        done
+        warn1=$(load "http://127.0.0.1:$((PORT_APP + 10))" "$keys" "$n")
+        warn2=$(load "http://127.0.0.1:$((PORT_APP + 10))" "$keys" "$n")
+        for r in "${runs[0]}" "${runs[2]}" "${runs[4]}" "$warn1" "$warn2"; do
             [ "$(json "$r" errors)" = "0" ] || { echo "errors in a server run: $r" >&2; exit 1; }
         done
         rss=$(rss_mib "$app")
-        half=$(python3 -c "import json,sys; print(int((json.loads(sys.argv[1])['rps'] + json.loads(sys.argv[2])['rps']) / 4))" "$a1" "$a2")
+        half=$(python3 -c "import json,sys; print(int(sorted(json.loads(a)['rps'] for a in sys.argv[1:])[1] / 2))" "${runs[0]}" "${runs[2]}" "${runs[4]}")
         log "$n routes: fixed rate of $half req/s (${DURATION}s)"
         curl -fsS "http://127.0.0.1:$PORT_APP/metrics" >"$WORK/metrics-before"
         taskset -c 1 "$OHA" -z "${DURATION}s" -q "$half" -c "$CONNECTIONS" --latency-correction --no-tui \
@@ -162,9 +179,10 @@ resolve_table() {
         # The same rate against nginx: the floor this machine and generator can show.
         taskset -c 1 "$OHA" -z "${DURATION}s" -q "$half" -c "$CONNECTIONS" --latency-correction --no-tui \
             --output-format json "http://127.0.0.1:$PORT_NGINX/" >"$WORK/oha-nginx-$n.json"
-        python3 - "$n" "$a1" "$a2" "$b1" "$b2" "$rss" "$startup" "$WORK/oha-$n.json" "$WORK/oha-nginx-$n.json" "$WORK/metrics-before" "$WORK/metrics-after" <<'PY'
-import json, sys
-n, a1, a2, b1, b2, rss, startup, oha, oha_nginx, before, after = sys.argv[1:]
+        python3 - "$n" "$rss" "$startup" "$WORK/oha-$n.json" "$WORK/oha-nginx-$n.json" "$WORK/metrics-before" "$WORK/metrics-after" "$warn1" "$warn2" "${runs[@]}" <<'PY'
+import json, statistics, sys
+n, rss, startup, oha, oha_nginx, before, after, warn1, warn2 = sys.argv[1:10]
+runs = [json.loads(r) for r in sys.argv[10:]]
 
 def buckets(path):
     """Resolve's latency histogram: cumulative count per upper bound."""
@@ -176,24 +194,25 @@ def buckets(path):
     return out
 
 # The server's own view of the fixed-rate run: the bucket its 99th percentile falls in.
-b0, b1_ = buckets(before), buckets(after)
-delta = {le: b1_[le] - b0.get(le, 0.0) for le in b1_}
+b0, b1 = buckets(before), buckets(after)
+delta = {le: b1[le] - b0.get(le, 0.0) for le in b1}
 total = delta[float("inf")]
 p99_server = min(le for le, count in delta.items() if count >= 0.99 * total) * 1000
 fixed = json.load(open(oha))
 assert fixed["summary"]["successRate"] == 1.0, fixed["summary"]
 p99_half = fixed["latencyPercentiles"]["p99"] * 1000
 p99_half_nginx = json.load(open(oha_nginx))["latencyPercentiles"]["p99"] * 1000
-a = [json.loads(a1), json.loads(a2)]
-b = [json.loads(b1), json.loads(b2)]
-app = sum(x["rps"] for x in a) / 2
-ngx = sum(x["rps"] for x in b) / 2
-best = min(a, key=lambda x: x["p99_ms"])
-print(f"| {int(n):,} | {app:,.0f} | {ngx:,.0f} | {app / ngx:.2f} | {best['p50_ms']:.3f} | {best['p99_ms']:.3f} | {best['p999_ms']:.3f} | {p99_half:.3f} / {p99_half_nginx:.3f} | ≤ {p99_server:g} | {rss} | {startup} |")
+server, nginx = runs[0::2], runs[1::2]
+ratio = statistics.median(a["rps"] / b["rps"] for a, b in zip(server, nginx))
+app = statistics.median(a["rps"] for a in server)
+ngx = statistics.median(b["rps"] for b in nginx)
+mid = sorted(server, key=lambda x: x["p99_ms"])[1]
+quiet = (json.loads(warn1)["rps"] + json.loads(warn2)["rps"]) / 2
+print(f"| {int(n):,} | {app:,.0f} | {ngx:,.0f} | {ratio:.2f} | {mid['p50_ms']:.3f} | {mid['p99_ms']:.3f} | {mid['p999_ms']:.3f} | {quiet:,.0f}, {quiet / ngx:.2f} | {p99_half:.3f} / {p99_half_nginx:.3f} | ≤ {p99_server:g} | {rss} | {startup} |")
 PY
-        kill "$app" "$nginx"
-        wait "$app" "$nginx" 2>/dev/null || true
-        rm -rf "$data"
+        kill "$app" "$quiet" "$nginx"
+        wait "$app" "$quiet" "$nginx" 2>/dev/null || true
+        rm -rf "$data" "$data-warn"
     done
 }
 
@@ -201,7 +220,8 @@ PY
 writes_row() {
     local name=$1 data="$WORK/data-writes-$1"
     shift
-    start_server "$data" "$@"
+    # Logs at warn and budgets above what one client sends: these runs measure the store.
+    start_server "$data" TM_LOG_LEVEL=warn TM_RATE_LIMIT_WRITE=10000000/s TM_RATE_LIMIT_RESOLVE=10000000/s "$@"
     local path="/api/v1/routes/resolve?tenant=bench&service=svc-0&env=prod&key=user-42"
     curl -fsS -o /dev/null -H "Authorization: Bearer $ADMIN_KEY" -H "Content-Type: application/json" \
         -d '{"tenant":"bench","service":"svc-0","env":"prod","version":"v1","url":"http://10.0.0.1:8080","active":true}' \
@@ -244,7 +264,7 @@ propagation_table() {
     psql_db create propagation
     local url="${PG_URL%/*}/propagation" port pids=() ports=(18191 18192 18193)
     for port in "${ports[@]}"; do
-        PORT_APP=$port start_server "$WORK/data-propagation-$port" TM_DATABASE_URL="$url"
+        PORT_APP=$port start_server "$WORK/data-propagation-$port" TM_DATABASE_URL="$url" TM_LOG_LEVEL=warn
         pids+=("$APP")
     done
     log "propagation: $PROPAGATION_WRITES writes spread over 3 instances"
@@ -285,7 +305,7 @@ startup_table() {
     local url="${PG_URL%/*}/startup"
     log "seeding $PG_ROUTES routes into PostgreSQL"
     "$SEED" --routes "$PG_ROUTES" --database-url "$url" >/dev/null
-    start_server "$WORK/data-startup" TM_DATABASE_URL="$url"
+    start_server "$WORK/data-startup" TM_DATABASE_URL="$url" TM_LOG_LEVEL=warn
     printf '| backend | routes | start-up s | RSS MiB after start-up |\n|---|---:|---:|---:|\n'
     printf '| postgresql | %s | %s | %s |\n' "$PG_ROUTES" "$STARTUP" "$(rss_mib "$APP")"
     stop_server

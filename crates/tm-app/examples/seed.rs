@@ -1,12 +1,13 @@
 //! Fills a store with generated routes for benchmarks, through the store (not the API),
-//! and prints a reader key for the tenant `bench`.
+//! and prints one reader key per tenant, a `<tenant> <key>` line each, `bench` first.
 //!
 //! ```sh
 //! cargo run --release -p tm-app --example seed -- --routes 100000 --data-dir /tmp/bench
 //! cargo run --release -p tm-app --example seed -- --routes 100000 --database-url postgres://…
 //! ```
 //! Every route is active. `bench/svc-0/prod` has two versions (v1 weight 70, v2 weight
-//! 30); the rest are spread over 100 tenants with one version each.
+//! 30); the rest, route `i` being `t<i % 100>/svc-<i>/prod`, are spread over 100
+//! tenants with one version each.
 
 use std::time::Instant;
 
@@ -87,16 +88,22 @@ async fn main() -> anyhow::Result<()> {
     store.import_routes(&routes, &actor).await?;
     stored += routes.len();
 
-    let key = ApiKey::new(KeyId::generate(), rand::random());
-    let grant = Grant::new(tm_domain::Role::Reader, Some(TenantId::parse("bench")?))?;
-    store
-        .create_key(&KeyRecord::new(&key, "bench reader".into(), grant))
-        .await?;
+    let tenants = std::iter::once("bench".to_owned())
+        .chain((0..count.saturating_sub(2).min(100)).map(|t| format!("t{t}")));
+    let mut keys = Vec::new();
+    for tenant in tenants {
+        let key = ApiKey::new(KeyId::generate(), rand::random());
+        let grant = Grant::new(tm_domain::Role::Reader, Some(TenantId::parse(&tenant)?))?;
+        store
+            .create_key(&KeyRecord::new(&key, format!("{tenant} reader"), grant))
+            .await?;
+        keys.push(format!("{tenant} {}", key.expose()));
+    }
     store.close().await;
     eprintln!(
         "seeded {stored} routes in {:.1}s",
         started.elapsed().as_secs_f64()
     );
-    println!("{}", key.expose());
+    println!("{}", keys.join("\n"));
     Ok(())
 }
