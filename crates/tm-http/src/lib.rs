@@ -15,6 +15,7 @@ mod openapi;
 mod resolve;
 mod routes;
 mod security;
+mod serve;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -35,6 +36,7 @@ pub use guard::Guard;
 pub use health::sample as sample_metrics;
 pub use keys::KEYS_CHANNEL;
 pub use openapi::ApiDoc;
+pub use serve::serve;
 
 /// What every handler may use. Cloned for every request, so it is one `Arc`.
 #[derive(Clone)]
