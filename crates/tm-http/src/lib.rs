@@ -61,8 +61,10 @@ pub struct Shared {
     pub redis: Option<Arc<tm_redis::Redis>>,
     /// The guarded path to the database for everything but resolve.
     pub guard: Arc<Guard>,
-    /// Sheds API requests beyond the configured number in flight.
+    /// Sheds API requests other than resolve beyond the configured number in flight.
     in_flight: tm_resilience::Bulkhead,
+    /// The same for resolve, so that nothing else can take its slots.
+    resolve_in_flight: tm_resilience::Bulkhead,
     pub config: HttpConfig,
     pub started_at: Instant,
     /// `Cache-Control` of resolve answers, built once from the configuration.
@@ -90,6 +92,21 @@ impl AppState {
             Some(writers) if writers.contains_key(caller.actor().as_str()) => ReadFrom::Primary,
             _ => ReadFrom::AnyReplica,
         }
+    }
+
+    /// A place among the API requests in flight for a request to `path` (resolve has a
+    /// budget of its own, every other operation shares one), or 503 at once when that
+    /// budget is spent: shedding rather than queueing without bound. The slot is held
+    /// until the request is answered.
+    pub fn admit(&self, path: &str) -> Result<tm_resilience::Slot, ApiError> {
+        let budget = if path == RESOLVE_PATH {
+            &self.resolve_in_flight
+        } else {
+            &self.in_flight
+        };
+        budget
+            .try_enter()
+            .map_err(|_| ApiError::Unavailable("the server is at its limit of requests in flight"))
     }
 
     /// Measures the read replicas' lag, moves them in or out of the rotation, and
@@ -151,6 +168,11 @@ impl AppState {
                 usize::try_from(config.guards.max_in_flight).unwrap_or(usize::MAX),
                 std::time::Duration::ZERO,
             ),
+            resolve_in_flight: tm_resilience::Bulkhead::new(
+                "resolve_in_flight",
+                usize::try_from(config.guards.resolve_max_in_flight).unwrap_or(usize::MAX),
+                std::time::Duration::ZERO,
+            ),
             config,
             started_at: Instant::now(),
             cache_control,
@@ -173,6 +195,9 @@ pub struct Fleet {
     /// With read replicas: how long a caller that wrote reads from the primary.
     pub read_your_writes: Option<std::time::Duration>,
 }
+
+/// Resolve's path, which has an in-flight budget of its own.
+const RESOLVE_PATH: &str = "/api/v1/routes/resolve";
 
 /// Whether an operation honours `Idempotency-Key`.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -273,18 +298,16 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Answers 503 at once when too many API requests are already in flight, rather than
-/// queueing without bound.
+/// Answers 503 at once when too many API requests are already in flight (see
+/// [`AppState::admit`]).
 async fn shed(
     axum::extract::State(state): axum::extract::State<AppState>,
     request: axum::extract::Request,
     next: middleware::Next,
 ) -> axum::response::Response {
-    match state.in_flight.try_enter() {
+    match state.admit(request.uri().path()) {
         Ok(_slot) => next.run(request).await,
-        Err(_) => axum::response::IntoResponse::into_response(ApiError::Unavailable(
-            "the server is at its limit of requests in flight",
-        )),
+        Err(refusal) => axum::response::IntoResponse::into_response(refusal),
     }
 }
 

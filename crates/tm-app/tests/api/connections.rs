@@ -1,6 +1,7 @@
 //! Connection hygiene: clients slow to send a request, connections left unused, more
-//! connections than the cap, HTTP/2 limits, the drain on shutdown. Slow clients are
-//! raw TCP streams, so that the test decides every byte and every pause.
+//! connections than the cap, HTTP/2 limits, the drain on shutdown, and resolve's own
+//! in-flight budget. Slow clients are raw TCP streams, so that the test decides every
+//! byte and every pause.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -257,6 +258,48 @@ async fn http2_limits_are_announced_to_the_client() {
         .collect();
     // SETTINGS_MAX_CONCURRENT_STREAMS is 0x3.
     assert!(settings.contains(&(0x3, 7)), "{settings:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resolve_answers_while_slow_writes_hold_every_other_slot() {
+    let app = app_with_route(|raw| {
+        raw.guards.max_in_flight = 4;
+        raw.http.http_body_read_timeout = Duration::from_secs(30);
+    })
+    .await;
+    // Slow writes until one is refused at once: the others then hold every slot, and
+    // keep them (no other request is made meanwhile).
+    let mut slow = Vec::new();
+    let refused = loop {
+        assert!(
+            slow.len() <= 8,
+            "{} slow writes and none refused",
+            slow.len()
+        );
+        let mut client = Raw::connect(app.addr).await;
+        client
+            .post_half_a_body("/api/v1/routes", &app.admin_key, "")
+            .await;
+        match tokio::time::timeout(Duration::from_millis(200), client.response()).await {
+            Ok(answer) => break answer.expect("an answer"),
+            Err(_) => slow.push(client),
+        }
+    };
+    assert!(refused.starts_with("HTTP/1.1 503 "), "{refused}");
+    for _ in 0..20 {
+        app.resolve(&SVC).await.assert_status(StatusCode::OK);
+    }
+    app.activate("acme", "billing", "prod", "v1")
+        .await
+        .problem(StatusCode::SERVICE_UNAVAILABLE);
+    app.get("/api/v1/routes")
+        .await
+        .problem(StatusCode::SERVICE_UNAVAILABLE);
+    drop(slow);
+    eventually(BOUND, "the slots come back", || async {
+        app.get("/api/v1/routes").await.status == StatusCode::OK
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
