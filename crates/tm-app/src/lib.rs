@@ -55,8 +55,6 @@ pub enum StartError {
 /// Why [`Application::run_until`] stopped, when it was not asked to.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error("serving HTTP")]
-    Serve(#[source] std::io::Error),
     /// The HTTP server or a background worker, named, ended on its own or panicked.
     #[error("background task {0} stopped unexpectedly")]
     TaskDied(&'static str),
@@ -262,33 +260,13 @@ async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError>
 
 /// Serves the API on `listener`, on a task of its own, until `shutdown` is cancelled
 /// and the requests in flight are answered.
-fn serve(
-    listener: TcpListener,
-    state: AppState,
-    shutdown: CancellationToken,
-) -> JoinHandle<std::io::Result<()>> {
-    let app = tm_http::api(state);
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<
-                SocketAddr,
-            >(app),
-        )
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
-    })
+fn serve(listener: TcpListener, state: AppState, shutdown: CancellationToken) -> JoinHandle<()> {
+    tokio::spawn(tm_http::serve(listener, state, shutdown))
 }
 
 /// What the end of the server task means for the application.
-fn server_outcome(
-    served: Result<std::io::Result<()>, tokio::task::JoinError>,
-) -> Result<(), RunError> {
-    match served {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(RunError::Serve(e)),
-        Err(_) => Err(RunError::TaskDied("http server")),
-    }
+fn server_outcome(served: Result<(), tokio::task::JoinError>) -> Result<(), RunError> {
+    served.map_err(|_| RunError::TaskDied("http server"))
 }
 
 /// Creates an API key directly in the configured store (for automation, offline) and

@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Problems;
+use crate::render::Lines;
 
 /// Limits that keep the database path answering under load and faults. Read as they
 /// are (every field is a plain number or duration) and checked in place.
@@ -36,8 +37,12 @@ pub struct GuardConfig {
     pub timeout_read: Duration,
     #[serde(with = "humantime_serde")]
     pub timeout_write: Duration,
-    /// In-flight API requests beyond which new ones are shed with 503 at once.
+    /// In-flight API requests other than resolve beyond which new ones are shed with
+    /// 503 at once.
     pub max_in_flight: u32,
+    /// The same for resolve, which has a budget of its own: writes and slow clients
+    /// holding every other slot never starve it.
+    pub resolve_max_in_flight: u32,
     /// How long a list or get answer is served from cache.
     #[serde(with = "humantime_serde")]
     pub read_cache_ttl: Duration,
@@ -59,6 +64,7 @@ impl Default for GuardConfig {
             timeout_read: Duration::from_secs(2),
             timeout_write: Duration::from_secs(5),
             max_in_flight: 4096,
+            resolve_max_in_flight: 4096,
             read_cache_ttl: Duration::from_secs(1),
             read_cache_entries: 10_000,
         }
@@ -77,6 +83,7 @@ impl GuardConfig {
             ("bulkhead_writes", self.bulkhead_writes.into()),
             ("bulkhead_critical", self.bulkhead_critical.into()),
             ("max_in_flight", self.max_in_flight.into()),
+            ("resolve_max_in_flight", self.resolve_max_in_flight.into()),
         ]);
         problems.positive(&[
             ("bulkhead_wait", self.bulkhead_wait),
@@ -89,5 +96,24 @@ impl GuardConfig {
                 "must be at least 1s, so that bursts of writers wait rather than fail",
             );
         }
+    }
+
+    /// The guards' lines of `check-config`.
+    pub(crate) fn render(&self, out: &mut Lines) {
+        out.plain("breaker_usage_percent", self.breaker_usage_percent);
+        out.plain("breaker_max_waiting", self.breaker_max_waiting);
+        out.duration("breaker_pressure_for", self.breaker_pressure_for);
+        out.plain("breaker_failures", self.breaker_failures);
+        out.duration("breaker_open_for", self.breaker_open_for);
+        out.plain("bulkhead_reads", self.bulkhead_reads);
+        out.plain("bulkhead_writes", self.bulkhead_writes);
+        out.plain("bulkhead_critical", self.bulkhead_critical);
+        out.duration("bulkhead_wait", self.bulkhead_wait);
+        out.duration("timeout_read", self.timeout_read);
+        out.duration("timeout_write", self.timeout_write);
+        out.plain("max_in_flight", self.max_in_flight);
+        out.plain("resolve_max_in_flight", self.resolve_max_in_flight);
+        out.duration("read_cache_ttl", self.read_cache_ttl);
+        out.plain("read_cache_entries", self.read_cache_entries);
     }
 }

@@ -1,6 +1,7 @@
 //! The HTTP API: body limit, resolve's cache headers, CORS, TLS in front, the health
-//! probe's bound and the drain on shutdown. Its [`HttpConfig`] also carries the listen
-//! address, the rate limits and the guards: everything the HTTP layer is given.
+//! probe's bound, the drain on shutdown and the limits on connections. Its [`HttpConfig`]
+//! also carries the listen address, the rate limits and the guards: everything the HTTP
+//! layer is given.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -34,6 +35,19 @@ pub struct HttpRaw {
     /// Plain resolves answered ahead of the router (same policy, less work); off, the
     /// router answers them too.
     pub resolve_fast_path: bool,
+    /// From a request's first byte (a new connection's start) to its last header.
+    #[serde(with = "humantime_serde")]
+    pub http_header_read_timeout: Duration,
+    /// From a request's last header to the last byte of its body.
+    #[serde(with = "humantime_serde")]
+    pub http_body_read_timeout: Duration,
+    /// How long a connection with no request under way stays open.
+    #[serde(with = "humantime_serde")]
+    pub http_idle_timeout: Duration,
+    pub http_max_connections: u32,
+    pub http2_max_concurrent_streams: u32,
+    pub http2_max_pending_accept_reset_streams: u32,
+    pub http2_max_local_error_reset_streams: u32,
 }
 
 impl Default for HttpRaw {
@@ -47,6 +61,15 @@ impl Default for HttpRaw {
             cors_origins: None,
             behind_tls: false,
             resolve_fast_path: true,
+            http_header_read_timeout: Duration::from_secs(10),
+            http_body_read_timeout: Duration::from_secs(10),
+            http_idle_timeout: Duration::from_secs(60),
+            http_max_connections: 10_000,
+            http2_max_concurrent_streams: 100,
+            // hyper's own defaults: bounds on rapid-reset floods (CVE-2023-44487) and on
+            // streams the server had to reset (CVE-2025-8671).
+            http2_max_pending_accept_reset_streams: 20,
+            http2_max_local_error_reset_streams: 1024,
         }
     }
 }
@@ -68,12 +91,37 @@ pub struct HttpConfig {
     pub cors: CorsOrigins,
     pub behind_tls: bool,
     pub resolve_fast_path: bool,
+    pub connections: ConnectionLimits,
     #[serde(skip)]
     pub rate_limits: RateLimits,
     pub guards: GuardConfig,
     /// Which answers get an access-log line (from the telemetry section).
     #[serde(skip)]
     pub access_log: AccessLogConfig,
+}
+
+/// What a client may hold of the server: how long it may take to send a request, how
+/// long an unused connection stays open, how many connections and HTTP/2 streams.
+#[derive(Clone, Debug, Serialize)]
+pub struct ConnectionLimits {
+    /// A request's headers must be complete within this of its first byte (of the
+    /// connection's start, for its first request); otherwise the connection is closed.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// A request's body must be complete within this of its headers; otherwise 408.
+    #[serde(with = "humantime_serde")]
+    pub body_read_timeout: Duration,
+    /// A connection with no request under way, and none begun, is closed after this.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Connections open at once; further ones wait in the listen backlog.
+    pub max_connections: u32,
+    pub http2_max_concurrent_streams: u32,
+    /// HTTP/2 streams reset by the client before the server took them up, beyond which
+    /// the connection is closed.
+    pub http2_max_pending_accept_reset_streams: u32,
+    /// HTTP/2 streams the server had to reset for the client's faults, likewise.
+    pub http2_max_local_error_reset_streams: u32,
 }
 
 /// Which browser origins may call the API.
@@ -110,6 +158,7 @@ impl HttpRaw {
         }
         problems.positive(&[("health_check_timeout", self.health_check_timeout)]);
         let cors = self.cors(process.profile, problems);
+        let connections = self.connections(problems);
         Some(HttpConfig {
             listen: process.listen?,
             body_limit_bytes: self.body_limit_bytes,
@@ -120,10 +169,43 @@ impl HttpRaw {
             cors,
             behind_tls: self.behind_tls,
             resolve_fast_path: self.resolve_fast_path,
+            connections,
             rate_limits: rate_limits?,
             guards,
             access_log,
         })
+    }
+
+    fn connections(&self, problems: &mut Problems) -> ConnectionLimits {
+        problems.positive(&[
+            ("http_header_read_timeout", self.http_header_read_timeout),
+            ("http_body_read_timeout", self.http_body_read_timeout),
+            ("http_idle_timeout", self.http_idle_timeout),
+        ]);
+        problems.at_least_one(&[
+            ("http_max_connections", self.http_max_connections.into()),
+            (
+                "http2_max_concurrent_streams",
+                self.http2_max_concurrent_streams.into(),
+            ),
+            (
+                "http2_max_pending_accept_reset_streams",
+                self.http2_max_pending_accept_reset_streams.into(),
+            ),
+            (
+                "http2_max_local_error_reset_streams",
+                self.http2_max_local_error_reset_streams.into(),
+            ),
+        ]);
+        ConnectionLimits {
+            header_read_timeout: self.http_header_read_timeout,
+            body_read_timeout: self.http_body_read_timeout,
+            idle_timeout: self.http_idle_timeout,
+            max_connections: self.http_max_connections,
+            http2_max_concurrent_streams: self.http2_max_concurrent_streams,
+            http2_max_pending_accept_reset_streams: self.http2_max_pending_accept_reset_streams,
+            http2_max_local_error_reset_streams: self.http2_max_local_error_reset_streams,
+        }
     }
 
     fn cors(&self, profile: Option<Profile>, problems: &mut Problems) -> CorsOrigins {
@@ -192,6 +274,29 @@ impl HttpConfig {
         }
         out.plain("behind_tls", self.behind_tls);
         out.plain("resolve_fast_path", self.resolve_fast_path);
+        self.connections.render(out);
         self.rate_limits.render(out);
+        self.guards.render(out);
+    }
+}
+
+impl ConnectionLimits {
+    fn render(&self, out: &mut Lines) {
+        out.duration("http_header_read_timeout", self.header_read_timeout);
+        out.duration("http_body_read_timeout", self.body_read_timeout);
+        out.duration("http_idle_timeout", self.idle_timeout);
+        out.plain("http_max_connections", self.max_connections);
+        out.plain(
+            "http2_max_concurrent_streams",
+            self.http2_max_concurrent_streams,
+        );
+        out.plain(
+            "http2_max_pending_accept_reset_streams",
+            self.http2_max_pending_accept_reset_streams,
+        );
+        out.plain(
+            "http2_max_local_error_reset_streams",
+            self.http2_max_local_error_reset_streams,
+        );
     }
 }

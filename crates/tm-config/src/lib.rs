@@ -30,7 +30,7 @@ use serde::Serialize;
 
 pub use error::{ConfigError, SettingError};
 pub use guards::GuardConfig;
-pub use http::{CorsOrigins, HttpConfig, HttpRaw};
+pub use http::{ConnectionLimits, CorsOrigins, HttpConfig, HttpRaw};
 pub use limits::{LimitsRaw, Quota, QuotaParseError, RateLimits};
 pub use pool::{PoolConfig, PoolRaw};
 pub use process::{ProcessRaw, ProcessType, Profile};

@@ -396,7 +396,7 @@ fn non_dev_profiles_log_json_by_default() {
 
 #[test]
 fn every_setting_may_come_from_the_environment() {
-    assert_eq!(setting_keys().len(), 65);
+    assert_eq!(setting_keys().len(), 73);
     Jail::expect_with(|jail| {
         jail.set_env("TM_ACCESS_LOG_RESOLVE_SAMPLE", "0");
         jail.set_env("TM_RESOLVE_FAST_PATH", "false");
@@ -427,4 +427,83 @@ fn an_unknown_key_in_the_file_is_named() {
         assert!(err.0[0].message.contains("tm.toml"), "{err}");
         Ok(())
     });
+}
+
+#[test]
+fn connection_limits_have_production_defaults() {
+    let config = Config::try_from(RawConfig::default()).expect("valid");
+    let limits = &config.http.connections;
+    assert_eq!(limits.header_read_timeout, Duration::from_secs(10));
+    assert_eq!(limits.body_read_timeout, Duration::from_secs(10));
+    assert_eq!(limits.idle_timeout, Duration::from_secs(60));
+    assert_eq!(limits.max_connections, 10_000);
+    assert_eq!(limits.http2_max_concurrent_streams, 100);
+    assert_eq!(config.http.guards.resolve_max_in_flight, 4096);
+}
+
+#[test]
+fn connection_limits_come_from_the_environment_and_are_shown() {
+    Jail::expect_with(|jail| {
+        jail.set_env("TM_HTTP_HEADER_READ_TIMEOUT", "2s");
+        jail.set_env("TM_HTTP_BODY_READ_TIMEOUT", "500ms");
+        jail.set_env("TM_HTTP_IDLE_TIMEOUT", "1m");
+        jail.set_env("TM_HTTP_MAX_CONNECTIONS", "64");
+        jail.set_env("TM_HTTP2_MAX_CONCURRENT_STREAMS", "8");
+        jail.set_env("TM_HTTP2_MAX_PENDING_ACCEPT_RESET_STREAMS", "5");
+        jail.set_env("TM_HTTP2_MAX_LOCAL_ERROR_RESET_STREAMS", "50");
+        jail.set_env("TM_RESOLVE_MAX_IN_FLIGHT", "16");
+        let config = Config::load(None).expect("valid");
+        let limits = &config.http.connections;
+        assert_eq!(limits.header_read_timeout, Duration::from_secs(2));
+        assert_eq!(limits.body_read_timeout, Duration::from_millis(500));
+        assert_eq!(limits.idle_timeout, Duration::from_secs(60));
+        assert_eq!(limits.max_connections, 64);
+        assert_eq!(limits.http2_max_concurrent_streams, 8);
+        assert_eq!(limits.http2_max_pending_accept_reset_streams, 5);
+        assert_eq!(limits.http2_max_local_error_reset_streams, 50);
+        assert_eq!(config.http.guards.resolve_max_in_flight, 16);
+        let shown = config.redacted();
+        for line in [
+            "http_body_read_timeout = \"500ms\"",
+            "http_idle_timeout = \"1m\"",
+            "http_max_connections = 64",
+            "http2_max_local_error_reset_streams = 50",
+            "resolve_max_in_flight = 16",
+        ] {
+            assert!(shown.lines().any(|l| l == line), "{line} in {shown}");
+        }
+        Ok(())
+    });
+}
+
+#[test]
+fn connection_limits_must_allow_something() {
+    let raw = RawConfig {
+        guards: GuardConfig {
+            resolve_max_in_flight: 0,
+            ..GuardConfig::default()
+        },
+        http: HttpRaw {
+            http_header_read_timeout: Duration::ZERO,
+            http_max_connections: 0,
+            http2_max_concurrent_streams: 0,
+            ..HttpRaw::default()
+        },
+        ..RawConfig::default()
+    };
+    let named: Vec<String> = Config::try_from(raw)
+        .expect_err("invalid")
+        .0
+        .into_iter()
+        .map(|e| e.setting)
+        .collect();
+    assert_eq!(
+        named,
+        [
+            "TM_RESOLVE_MAX_IN_FLIGHT",
+            "TM_HTTP_HEADER_READ_TIMEOUT",
+            "TM_HTTP_MAX_CONNECTIONS",
+            "TM_HTTP2_MAX_CONCURRENT_STREAMS"
+        ]
+    );
 }

@@ -25,6 +25,9 @@ pub enum ApiError {
     UnsupportedMediaType,
     #[error("payload too large")]
     PayloadTooLarge,
+    /// A request body that did not arrive whole within `TM_HTTP_BODY_READ_TIMEOUT`.
+    #[error("request body timed out")]
+    BodyTimeout,
     #[error("not found")]
     NotFound,
     #[error("no active route")]
@@ -134,6 +137,12 @@ impl ApiError {
                 "payload-too-large",
                 "Payload too large",
                 "The request body is larger than this server accepts.".into(),
+            ),
+            ApiError::BodyTimeout => (
+                S::REQUEST_TIMEOUT,
+                "request-timeout",
+                "Request timeout",
+                "The request body did not arrive in the time allowed.".into(),
             ),
             ApiError::NotFound | ApiError::Store(StoreError::NotFound) => (
                 S::NOT_FOUND,

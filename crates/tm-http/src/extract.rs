@@ -24,6 +24,8 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
         let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
             if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::PayloadTooLarge
+            } else if crate::serve::is_body_timeout(&rejection) {
+                ApiError::BodyTimeout
             } else {
                 ApiError::Malformed(format!("could not read the request body: {rejection}"))
             }

@@ -3,17 +3,10 @@
 //! layers and handler call — the same key check, budget, ids, metrics, access log and
 //! headers. Everything else, and any resolve it does not take, goes to the router.
 
-use std::convert::Infallible;
-use std::future::{ready, Ready};
-use std::task::{Context, Poll};
 use std::time::Instant;
 
-use axum::body::Body;
 use axum::http::{header, Method, Request};
 use axum::response::{IntoResponse, Response};
-use axum::Router;
-use futures::future::Either;
-use tower::Service;
 
 use crate::auth::{authenticate, Caller};
 use crate::observe::{answered, Exchange, RequestContext, RequestIds};
@@ -21,38 +14,6 @@ use crate::AppState;
 
 /// The path resolve is served on.
 pub const RESOLVE_PATH: &str = "/api/v1/routes/resolve";
-
-/// What every connection is served by: the fast path for the resolves it takes, the
-/// router for everything else.
-#[derive(Clone)]
-pub struct Api {
-    state: AppState,
-    router: Router,
-}
-
-impl Api {
-    pub(crate) fn new(state: AppState, router: Router) -> Self {
-        Self { state, router }
-    }
-}
-
-impl Service<Request<Body>> for Api {
-    type Response = Response;
-    type Error = Infallible;
-    type Future =
-        Either<Ready<Result<Response, Infallible>>, axum::routing::future::RouteFuture<Infallible>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: Request<Body>) -> Self::Future {
-        match resolve(&self.state, &request) {
-            Some(response) => Either::Left(ready(Ok(response))),
-            None => Either::Right(self.router.call(request)),
-        }
-    }
-}
 
 /// The answer to `request` if it is a resolve the fast path takes: a `GET` of the resolve
 /// path with a live key, not a browser's (CORS is the router's). `None` leaves it to the

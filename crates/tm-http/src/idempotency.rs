@@ -80,8 +80,12 @@ pub async fn idempotency(State(state): State<AppState>, request: Request, next: 
     }
 
     let (parts, body) = request.into_parts();
-    let Ok(body) = axum::body::to_bytes(body, state.config.body_limit_bytes).await else {
-        return ApiError::PayloadTooLarge.into_response();
+    let body = match axum::body::to_bytes(body, state.config.body_limit_bytes).await {
+        Ok(body) => body,
+        Err(e) if crate::serve::is_body_timeout(&e) => {
+            return ApiError::BodyTimeout.into_response();
+        }
+        Err(_) => return ApiError::PayloadTooLarge.into_response(),
     };
     let claim = Claim {
         scope: principal.actor().as_str().to_owned(),

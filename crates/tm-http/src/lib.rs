@@ -16,6 +16,7 @@ mod openapi;
 mod resolve;
 mod routes;
 mod security;
+mod serve;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -36,6 +37,7 @@ pub use guard::Guard;
 pub use health::sample as sample_metrics;
 pub use keys::KEYS_CHANNEL;
 pub use openapi::ApiDoc;
+pub use serve::serve;
 
 /// What every handler may use. Cloned for every request, so it is one `Arc`.
 #[derive(Clone)]
@@ -60,8 +62,10 @@ pub struct Shared {
     pub redis: Option<Arc<tm_redis::Redis>>,
     /// The guarded path to the database for everything but resolve.
     pub guard: Arc<Guard>,
-    /// Sheds API requests beyond the configured number in flight.
+    /// Sheds API requests other than resolve beyond the configured number in flight.
     in_flight: tm_resilience::Bulkhead,
+    /// The same for resolve, so that nothing else can take its slots.
+    resolve_in_flight: tm_resilience::Bulkhead,
     pub config: HttpConfig,
     pub started_at: Instant,
     /// `Cache-Control` of resolve answers, built once from the configuration.
@@ -93,6 +97,21 @@ impl AppState {
             Some(writers) if writers.contains_key(caller.actor().as_str()) => ReadFrom::Primary,
             _ => ReadFrom::AnyReplica,
         }
+    }
+
+    /// A place among the API requests in flight for a request to `path` (resolve has a
+    /// budget of its own, every other operation shares one), or 503 at once when that
+    /// budget is spent: shedding rather than queueing without bound. The slot is held
+    /// until the request is answered.
+    pub fn admit(&self, path: &str) -> Result<tm_resilience::Slot, ApiError> {
+        let budget = if path == fast::RESOLVE_PATH {
+            &self.resolve_in_flight
+        } else {
+            &self.in_flight
+        };
+        budget
+            .try_enter()
+            .map_err(|_| ApiError::Unavailable("the server is at its limit of requests in flight"))
     }
 
     /// Measures the read replicas' lag, moves them in or out of the rotation, and
@@ -156,6 +175,11 @@ impl AppState {
             ),
             access_log: observe::AccessLog::new(config.access_log),
             cors_without_origin: security::cors_headers_without_origin(&config.cors),
+            resolve_in_flight: tm_resilience::Bulkhead::new(
+                "resolve_in_flight",
+                usize::try_from(config.guards.resolve_max_in_flight).unwrap_or(usize::MAX),
+                std::time::Duration::ZERO,
+            ),
             config,
             started_at: Instant::now(),
             cache_control,
@@ -237,12 +261,6 @@ fn api_operations() -> Vec<Operation> {
     ]
 }
 
-/// The whole HTTP surface, as every connection is served: the resolve fast path ahead of
-/// [`router`].
-pub fn api(state: AppState) -> fast::Api {
-    fast::Api::new(state.clone(), router(state))
-}
-
 /// The whole HTTP surface: API v1, health probes and metrics.
 pub fn router(state: AppState) -> Router {
     for class in tm_resilience::RateClass::ALL {
@@ -284,18 +302,16 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Answers 503 at once when too many API requests are already in flight, rather than
-/// queueing without bound.
+/// Answers 503 at once when too many API requests are already in flight (see
+/// [`AppState::admit`]).
 async fn shed(
     axum::extract::State(state): axum::extract::State<AppState>,
     request: axum::extract::Request,
     next: middleware::Next,
 ) -> axum::response::Response {
-    match state.in_flight.try_enter() {
+    match state.admit(request.uri().path()) {
         Ok(_slot) => next.run(request).await,
-        Err(_) => axum::response::IntoResponse::into_response(ApiError::Unavailable(
-            "the server is at its limit of requests in flight",
-        )),
+        Err(refusal) => axum::response::IntoResponse::into_response(refusal),
     }
 }
 

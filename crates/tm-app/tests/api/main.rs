@@ -9,6 +9,7 @@
 mod auth;
 mod bad_input;
 mod concurrency;
+mod connections;
 mod constraints;
 mod health;
 mod idempotency;

@@ -413,7 +413,11 @@ async fn a_change_that_commits_late_is_not_skipped_by_the_change_feed() {
 
 /// One request of [`the_fast_path_and_the_router_give_the_same_answers`]: query, extra
 /// headers, whether the reader key (else the admin key, or none) sends it.
-type Case = (&'static str, &'static [(&'static str, &'static str)], Option<bool>);
+type Case = (
+    &'static str,
+    &'static [(&'static str, &'static str)],
+    Option<bool>,
+);
 
 const SAME_ANSWER_CASES: &[Case] = &[
     ("tenant=acme&service=billing&env=prod", &[], Some(true)),
