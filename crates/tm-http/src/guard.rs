@@ -318,7 +318,8 @@ impl Guard {
                 Err(ReadFailure::Unavailable("the database is unavailable"))
             }
             Err(Some(other)) => {
-                ticket.neutral();
+                // The database answered, if not with what was wanted: it is up.
+                ticket.succeeded();
                 Err(ReadFailure::Internal(Arc::new(other)))
             }
         }
