@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Problems;
+use crate::render::Lines;
 
 /// Limits that keep the database path answering under load and faults. Read as they
 /// are (every field is a plain number or duration) and checked in place.
@@ -41,7 +42,12 @@ pub struct GuardConfig {
     /// How long a list or get answer is served from cache.
     #[serde(with = "humantime_serde")]
     pub read_cache_ttl: Duration,
+    /// Answers the read caches hold at most (get and list, half each).
     pub read_cache_entries: u64,
+    /// Bytes the read caches hold at most, by an estimate of each answer's size (get and
+    /// list, half each): list answers of up to 1,000 routes under client-chosen cursors
+    /// are bounded by their size, not only by their number.
+    pub read_cache_bytes: u64,
 }
 
 impl Default for GuardConfig {
@@ -61,6 +67,7 @@ impl Default for GuardConfig {
             max_in_flight: 4096,
             read_cache_ttl: Duration::from_secs(1),
             read_cache_entries: 10_000,
+            read_cache_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -89,5 +96,24 @@ impl GuardConfig {
                 "must be at least 1s, so that bursts of writers wait rather than fail",
             );
         }
+    }
+
+    /// The guards' lines of `check-config`.
+    pub(crate) fn render(&self, out: &mut Lines) {
+        out.plain("breaker_usage_percent", self.breaker_usage_percent);
+        out.plain("breaker_max_waiting", self.breaker_max_waiting);
+        out.duration("breaker_pressure_for", self.breaker_pressure_for);
+        out.plain("breaker_failures", self.breaker_failures);
+        out.duration("breaker_open_for", self.breaker_open_for);
+        out.plain("bulkhead_reads", self.bulkhead_reads);
+        out.plain("bulkhead_writes", self.bulkhead_writes);
+        out.plain("bulkhead_critical", self.bulkhead_critical);
+        out.duration("bulkhead_wait", self.bulkhead_wait);
+        out.duration("timeout_read", self.timeout_read);
+        out.duration("timeout_write", self.timeout_write);
+        out.plain("max_in_flight", self.max_in_flight);
+        out.duration("read_cache_ttl", self.read_cache_ttl);
+        out.plain("read_cache_entries", self.read_cache_entries);
+        out.plain("read_cache_bytes", self.read_cache_bytes);
     }
 }

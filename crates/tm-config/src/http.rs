@@ -163,7 +163,7 @@ fn check_origin(origin: &str) -> Result<(), &'static str> {
 
 impl HttpConfig {
     /// The HTTP lines of `check-config` (the listen address is the process's), then the
-    /// rate limits'.
+    /// guards' and the rate limits'.
     pub(crate) fn render(&self, out: &mut Lines) {
         out.plain("body_limit_bytes", self.body_limit_bytes);
         out.duration("resolve_max_age", self.resolve_max_age);
@@ -179,6 +179,7 @@ impl HttpConfig {
             CorsOrigins::List(list) => out.quoted("cors_origins", list.join(",")),
         }
         out.plain("behind_tls", self.behind_tls);
+        self.guards.render(out);
         self.rate_limits.render(out);
     }
 }

@@ -54,6 +54,7 @@ pub struct Metrics {
     pub cache_hits: IntCounter,
     /// Reads that had to go to the database.
     pub cache_misses: IntCounter,
+    read_cache_bytes: IntGaugeVec,
     routing_snapshot_routes: IntGauge,
     routing_snapshot_age_seconds: Gauge,
     routing_propagation: Histogram,
@@ -136,6 +137,15 @@ pub struct PoolFigures {
     /// Tasks waiting for a connection right now.
     pub waiting: u32,
     pub max: u32,
+}
+
+/// `family` with a zero-valued series for each of `values` of its one label, so that
+/// each is scrapeable from the start.
+fn declared(family: IntGaugeVec, values: &[&str]) -> IntGaugeVec {
+    for value in values {
+        family.with_label_values(&[value]);
+    }
+    family
 }
 
 /// Creates metrics and registers each in one registry: one call per metric.
@@ -272,6 +282,15 @@ impl Metrics {
                 "cache_misses_total",
                 "Reads that had to go to the database.",
             ),
+            read_cache_bytes: declared(
+                r.int_gauge_vec(
+                    "read_cache_bytes",
+                    "Estimated bytes held by each read cache (get: single routes, list: \
+                     listings), as counted against TM_READ_CACHE_BYTES.",
+                    &["cache"],
+                ),
+                &["get", "list"],
+            ),
             rate_limit_hits: r.counter_vec(
                 "rate_limit_hits_total",
                 "Requests refused with 429, by rate-limit class.",
@@ -394,6 +413,13 @@ impl Metrics {
             .set(state);
     }
 
+    /// Sets the estimated bytes held by a read cache (`get` or `list`).
+    pub fn set_read_cache_bytes(&self, cache: &str, bytes: u64) {
+        self.read_cache_bytes
+            .with_label_values(&[cache])
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
     /// Counts one request refused by a rate limit.
     pub fn observe_rate_limited(&self, class: &str) {
         self.rate_limit_hits.with_label_values(&[class]).inc();
@@ -497,6 +523,7 @@ mod tests {
             "db_connection_errors_total",
             "cache_hits_total",
             "cache_misses_total",
+            "read_cache_bytes",
             "circuit_breaker_state",
             "rate_limit_hits_total",
             "routing_snapshot_routes",
