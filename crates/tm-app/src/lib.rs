@@ -211,6 +211,7 @@ fn store_counters(metrics: &Metrics) -> StoreCounters {
     StoreCounters {
         queries: metrics.db_queries.clone(),
         connection_errors: metrics.db_connection_errors.clone(),
+        rejected_rows: metrics.snapshot_rejected_rows.clone(),
     }
 }
 

@@ -48,6 +48,8 @@ pub struct Metrics {
     pub db_queries: IntCounter,
     /// Failed attempts to get a working database connection.
     pub db_connection_errors: IntCounter,
+    /// Stored routes the domain refuses, left out of the routing snapshot when read.
+    pub snapshot_rejected_rows: IntCounter,
     rate_limit_hits: IntCounterVec,
     circuit_breaker_state: IntGaugeVec,
     /// Reads answered from the read cache.
@@ -271,6 +273,11 @@ impl Metrics {
             db_connection_errors: r.counter(
                 "db_connection_errors_total",
                 "Failed attempts to get a working database connection.",
+            ),
+            snapshot_rejected_rows: r.counter(
+                "snapshot_rejected_rows_total",
+                "Stored routes the domain refuses (e.g. a URL with user-info), left out of the \
+                 routing snapshot; counted each time such a row is read (full loads, refreshes).",
             ),
             circuit_breaker_state: r.int_gauge_vec(
                 "circuit_breaker_state",
@@ -529,6 +536,7 @@ mod tests {
             "routing_snapshot_routes",
             "routing_snapshot_age_seconds",
             "routing_propagation_seconds",
+            "snapshot_rejected_rows_total",
             "app_uptime_seconds",
             "build_info",
         ] {

@@ -17,6 +17,7 @@ mod keys;
 mod observability;
 mod propagation;
 mod rate_limits;
+mod rejected_rows;
 mod resilience;
 mod resolve;
 mod routes;
