@@ -36,7 +36,7 @@ pub enum StartError {
     Snapshot(#[source] StoreError),
     #[error("loading API keys")]
     Keys(#[source] StoreError),
-    #[error("writing the bootstrap admin key to {path}")]
+    #[error("keeping the bootstrap admin key in {path}")]
     BootstrapFile {
         path: std::path::PathBuf,
         #[source]

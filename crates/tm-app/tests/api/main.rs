@@ -8,6 +8,7 @@
 
 mod auth;
 mod bad_input;
+mod bootstrap;
 mod bounds;
 mod concurrency;
 mod constraints;
