@@ -1,5 +1,13 @@
 //! The first admin key of a store that never had one, and the file it is kept in.
+//!
+//! The file is written before the key is stored: a key that works is always in the
+//! file. A start that cannot write the file stores nothing, so a later start still
+//! makes the first key. A start that wrote the file but could not store the key leaves
+//! the file, and the next start stores the key it holds. The file is created anew
+//! (never through a symbolic link, never over an existing file) and readable by its
+//! owner only.
 
+use std::io::{self, Read, Write};
 use std::path::Path;
 
 use tm_domain::{ApiKey, Grant, KeyId};
@@ -7,42 +15,129 @@ use tm_store::{KeyRecord, KeyRing};
 
 use crate::StartError;
 
+/// Where in the data directory the key is kept.
+const FILE_NAME: &str = "bootstrap-admin.key";
+
 /// On a store that never had a key, makes an admin key (usable at once through `keys`)
-/// and writes it to `<data_dir>/bootstrap-admin.key` (mode 0600); returns it so that the
-/// caller can show it once. Only one instance of a fleet wins; the others find a key
-/// already made and return `None`.
+/// kept in `<data_dir>/bootstrap-admin.key` (mode 0600); returns it so that the caller
+/// can show it once. Only one instance of a fleet wins; the others find a key already
+/// made and return `None`.
 pub(crate) async fn admin_key(
     keys: &KeyRing,
     data_dir: &Path,
 ) -> Result<Option<ApiKey>, StartError> {
-    let key = ApiKey::new(KeyId::generate(), rand::random());
-    let record = KeyRecord::new(&key, "bootstrap admin".to_owned(), Grant::Admin);
-    let id = record.id;
-    if !keys.create_first(record).await.map_err(StartError::Keys)? {
+    if !keys.is_empty() {
         return Ok(None);
     }
-    let path = data_dir.join("bootstrap-admin.key");
-    write_secret_file(&path, &key.expose()).map_err(|source| StartError::BootstrapFile {
+    let path = data_dir.join(FILE_NAME);
+    let file_error = |source| StartError::BootstrapFile {
         path: path.clone(),
         source,
-    })?;
+    };
+    let (key, written) = match read_key_file(&path).map_err(file_error)? {
+        // Left by an earlier start that could not store it.
+        Some(key) => (key, false),
+        None => {
+            let key = ApiKey::new(KeyId::generate(), rand::random());
+            match create_key_file(&path, &key.expose()) {
+                Ok(()) => (key, true),
+                // Another instance sharing this directory was quicker: its key it is.
+                Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {
+                    let theirs = read_key_file(&path).map_err(file_error)?;
+                    (theirs.ok_or_else(|| file_error(err))?, false)
+                }
+                Err(err) => return Err(file_error(err)),
+            }
+        }
+    };
+    let id = key.id();
+    let record = KeyRecord::new(&key, "bootstrap admin".to_owned(), Grant::Admin);
+    // On an error the file stays: whether or not the key was stored, the file holds
+    // the key a later start stores or finds stored.
+    if !keys.create_first(record).await.map_err(StartError::Keys)? {
+        // The store has had a key (another instance made the first one): a key made
+        // here works nowhere, and its file goes.
+        if written {
+            if let Err(err) = std::fs::remove_file(&path) {
+                tracing::warn!(error = %err, path = %path.display(), "could not remove an unused bootstrap key file");
+            }
+        }
+        return Ok(None);
+    }
     tracing::info!(key.id = %id, path = %path.display(), "bootstrap admin key created");
     Ok(Some(key))
 }
 
-/// Writes `contents` to a new file readable by its owner only.
-fn write_secret_file(path: &Path, contents: &str) -> std::io::Result<()> {
-    use std::io::Write;
+/// The key in the file at `path`, if there is a file. The file must be a regular file
+/// (a symbolic link is not followed), readable by its owner only, and hold one key.
+fn read_key_file(path: &Path) -> io::Result<Option<ApiKey>> {
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    no_follow(&mut options);
+    let file = match options.open(path) {
+        Ok(file) => file,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(err) => return Err(explain_symlink(err)),
+    };
+    let metadata = file.metadata()?;
+    if !metadata.is_file() {
+        return Err(io::Error::other("it is not a regular file; remove it"));
+    }
+    #[cfg(unix)]
+    if std::os::unix::fs::PermissionsExt::mode(&metadata.permissions()) & 0o077 != 0 {
+        return Err(io::Error::other(
+            "others than its owner may read or change it; remove it",
+        ));
+    }
+    let mut contents = String::new();
+    // A key is about 80 bytes: anything much longer is not one.
+    file.take(1024).read_to_string(&mut contents)?;
+    match ApiKey::parse(contents.trim()) {
+        Some(key) => Ok(Some(key)),
+        None => Err(io::Error::other("it holds no API key; remove it")),
+    }
+}
+
+/// Writes `contents` to a new file at `path` readable by its owner only; fails if
+/// anything (a file, a symbolic link) is there already. A failed write removes the file.
+fn create_key_file(path: &Path, contents: &str) -> io::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
     let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
+    options.write(true).create_new(true);
+    no_follow(&mut options);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(path)?;
+    let mut file = options.open(path).map_err(explain_symlink)?;
+    let written = fill(&mut file, contents);
+    if written.is_err() {
+        let _ = std::fs::remove_file(path);
+    }
+    written
+}
+
+fn fill(file: &mut std::fs::File, contents: &str) -> io::Result<()> {
+    // The mode given at creation is reduced by the umask; this one is not.
     #[cfg(unix)]
     file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
     writeln!(file, "{contents}")?;
     file.sync_all()
+}
+
+/// Opening fails on a symbolic link rather than following it.
+fn no_follow(options: &mut std::fs::OpenOptions) {
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::custom_flags(options, libc::O_NOFOLLOW);
+    #[cfg(not(unix))]
+    let _ = options;
+}
+
+/// `ELOOP` from `O_NOFOLLOW`, said plainly.
+fn explain_symlink(err: io::Error) -> io::Error {
+    #[cfg(unix)]
+    if err.raw_os_error() == Some(libc::ELOOP) {
+        return io::Error::other("it is a symbolic link, which is not followed; remove it");
+    }
+    err
 }

@@ -36,7 +36,7 @@ pub enum StartError {
     Snapshot(#[source] StoreError),
     #[error("loading API keys")]
     Keys(#[source] StoreError),
-    #[error("writing the bootstrap admin key to {path}")]
+    #[error("keeping the bootstrap admin key in {path}")]
     BootstrapFile {
         path: std::path::PathBuf,
         #[source]
@@ -209,6 +209,7 @@ fn store_counters(metrics: &Metrics) -> StoreCounters {
     StoreCounters {
         queries: metrics.db_queries.clone(),
         connection_errors: metrics.db_connection_errors.clone(),
+        rejected_rows: metrics.snapshot_rejected_rows.clone(),
     }
 }
 

@@ -46,7 +46,12 @@ pub struct GuardConfig {
     /// How long a list or get answer is served from cache.
     #[serde(with = "humantime_serde")]
     pub read_cache_ttl: Duration,
+    /// Answers the read caches hold at most (get and list, half each).
     pub read_cache_entries: u64,
+    /// Bytes the read caches hold at most, by an estimate of each answer's size (get and
+    /// list, half each): list answers of up to 1,000 routes under client-chosen cursors
+    /// are bounded by their size, not only by their number.
+    pub read_cache_bytes: u64,
 }
 
 impl Default for GuardConfig {
@@ -67,6 +72,7 @@ impl Default for GuardConfig {
             resolve_max_in_flight: 4096,
             read_cache_ttl: Duration::from_secs(1),
             read_cache_entries: 10_000,
+            read_cache_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -115,5 +121,6 @@ impl GuardConfig {
         out.plain("resolve_max_in_flight", self.resolve_max_in_flight);
         out.duration("read_cache_ttl", self.read_cache_ttl);
         out.plain("read_cache_entries", self.read_cache_entries);
+        out.plain("read_cache_bytes", self.read_cache_bytes);
     }
 }

@@ -257,7 +257,7 @@ fn check_origin(origin: &str) -> Result<(), &'static str> {
 
 impl HttpConfig {
     /// The HTTP lines of `check-config` (the listen address is the process's), then the
-    /// rate limits'.
+    /// guards' and the rate limits'.
     pub(crate) fn render(&self, out: &mut Lines) {
         out.plain("body_limit_bytes", self.body_limit_bytes);
         out.duration("resolve_max_age", self.resolve_max_age);

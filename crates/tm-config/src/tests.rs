@@ -270,6 +270,20 @@ fn secrets_are_redacted() {
 }
 
 #[test]
+fn check_config_shows_the_guards() {
+    let shown = Config::try_from(RawConfig::default())
+        .expect("valid")
+        .redacted();
+    for line in [
+        "breaker_open_for = \"5s\"",
+        "read_cache_entries = 10000",
+        "read_cache_bytes = 67108864",
+    ] {
+        assert!(shown.lines().any(|l| l == line), "{line} missing:\n{shown}");
+    }
+}
+
+#[test]
 fn a_short_bootstrap_key_is_refused() {
     let raw = RawConfig {
         process: ProcessRaw {
@@ -396,17 +410,19 @@ fn non_dev_profiles_log_json_by_default() {
 
 #[test]
 fn every_setting_may_come_from_the_environment() {
-    assert_eq!(setting_keys().len(), 73);
+    assert_eq!(setting_keys().len(), 74);
     Jail::expect_with(|jail| {
         jail.set_env("TM_ACCESS_LOG_RESOLVE_SAMPLE", "0");
         jail.set_env("TM_RESOLVE_FAST_PATH", "false");
         jail.set_env("TM_PROCESS_TYPE", "worker");
         jail.set_env("TM_DB_POOL_MAX_WORKER", "3");
         jail.set_env("TM_READ_CACHE_ENTRIES", "7");
+        jail.set_env("TM_READ_CACHE_BYTES", "1048576");
         jail.set_env("TM_RATE_LIMIT_KEYS", "9/min");
         let config = Config::load(None).expect("valid");
         assert_eq!(config.pool.max_connections, 3);
         assert_eq!(config.http.guards.read_cache_entries, 7);
+        assert_eq!(config.http.guards.read_cache_bytes, 1_048_576);
         assert_eq!(config.http.rate_limits.keys.to_string(), "9/min");
         assert_eq!(config.http.access_log.resolve_sample, 0);
         assert!(!config.http.resolve_fast_path);

@@ -6,6 +6,10 @@
 //! data, marked stale, or refused with 503. Ordinary writes fail fast with 503 while the
 //! breaker is open; critical writes (activate, deactivate) bypass it and use a bulkhead
 //! and a connection pool of their own.
+//!
+//! The caches are bounded in bytes (an estimate of each answer's size) as well as in
+//! number of answers: list answers under client-chosen cursors cannot take more memory
+//! than configured.
 
 use std::future::Future;
 use std::hash::Hash;
@@ -57,14 +61,78 @@ struct ReadCache<K, V> {
 
 impl<K, V> ReadCache<K, V>
 where
-    K: Hash + Eq + Clone + Send + Sync + 'static,
-    V: Clone + Send + Sync + 'static,
+    K: Footprint + Hash + Eq + Clone + Send + Sync + 'static,
+    V: Footprint + Clone + Send + Sync + 'static,
 {
-    fn new(capacity: u64) -> Self {
+    /// A cache of at most `max_bytes` (by [`Footprint`]) and `max_entries` answers: each
+    /// answer counts at least `max_bytes / max_entries`, so that one weight bounds both.
+    fn new(max_bytes: u64, max_entries: u64) -> Self {
+        let floor = max_bytes.checked_div(max_entries).unwrap_or(u64::MAX);
+        let capacity = if max_entries == 0 { 0 } else { max_bytes };
         Self {
-            entries: moka::sync::Cache::new(capacity),
+            entries: moka::sync::Cache::builder()
+                .max_capacity(capacity)
+                .weigher(move |key: &K, cached: &Arc<Cached<V>>| {
+                    let bytes = ENTRY_OVERHEAD + key.footprint() + cached.value.footprint();
+                    let weight = u64::try_from(bytes).unwrap_or(u64::MAX).max(floor);
+                    u32::try_from(weight).unwrap_or(u32::MAX)
+                })
+                .build(),
             flights: Singleflight::default(),
         }
+    }
+
+    /// The estimated bytes held, once pending evictions are done.
+    fn weighed(&self) -> u64 {
+        self.entries.run_pending_tasks();
+        self.entries.weighted_size()
+    }
+}
+
+/// What the cache's own bookkeeping and the `Arc<Cached>` around an answer take, roughly.
+const ENTRY_OVERHEAD: usize = 160;
+
+/// Roughly the bytes a cached key or answer holds, on the heap and inline.
+trait Footprint {
+    fn footprint(&self) -> usize;
+}
+
+impl Footprint for Route {
+    fn footprint(&self) -> usize {
+        std::mem::size_of::<Route>()
+            + self.tenant.as_str().len()
+            + self.service.as_str().len()
+            + self.env.as_str().len()
+            + self.version.as_str().len()
+            + self.url.as_str().len()
+    }
+}
+
+impl Footprint for Option<Route> {
+    fn footprint(&self) -> usize {
+        self.as_ref()
+            .map_or(std::mem::size_of::<Self>(), Route::footprint)
+    }
+}
+
+impl Footprint for Vec<Route> {
+    fn footprint(&self) -> usize {
+        let spare = self.capacity() - self.len();
+        std::mem::size_of::<Self>()
+            + spare * std::mem::size_of::<Route>()
+            + self.iter().map(Route::footprint).sum::<usize>()
+    }
+}
+
+impl Footprint for ListKey {
+    fn footprint(&self) -> usize {
+        std::mem::size_of::<Self>() + self.0.len()
+    }
+}
+
+impl Footprint for (RouteId, ReadFrom) {
+    fn footprint(&self) -> usize {
+        std::mem::size_of::<Self>()
     }
 }
 
@@ -86,7 +154,7 @@ pub struct Guard {
     write_timeout: Duration,
     retry: RetryPolicy,
     /// Single routes and listings, each kind of read with a cache of its own; the two
-    /// share `read_cache_entries`, half each.
+    /// share `read_cache_bytes` and `read_cache_entries`, half each.
     routes: ReadCache<(RouteId, ReadFrom), Option<Route>>,
     lists: ReadCache<ListKey, Vec<Route>>,
     cache_ttl: Duration,
@@ -125,9 +193,13 @@ impl Guard {
                 base: Duration::from_millis(25),
                 max: Duration::from_millis(250),
             },
-            // TM_READ_CACHE_ENTRIES bounds both kinds together, half each.
-            routes: ReadCache::new(config.read_cache_entries.div_ceil(2)),
-            lists: ReadCache::new(config.read_cache_entries / 2),
+            // TM_READ_CACHE_BYTES and TM_READ_CACHE_ENTRIES bound both kinds together,
+            // half each.
+            routes: ReadCache::new(
+                config.read_cache_bytes.div_ceil(2),
+                config.read_cache_entries.div_ceil(2),
+            ),
+            lists: ReadCache::new(config.read_cache_bytes / 2, config.read_cache_entries / 2),
             cache_ttl: config.read_cache_ttl,
             generation: AtomicU64::new(0),
         }
@@ -150,6 +222,14 @@ impl Guard {
     /// `(name, in use, capacity)` of each bulkhead.
     pub fn bulkheads(&self) -> [(&'static str, usize, usize); 3] {
         [&self.reads, &self.writes, &self.critical].map(|b| (b.name(), b.in_use(), b.capacity()))
+    }
+
+    /// Copies the read caches' estimated sizes into the metrics.
+    pub fn observe_caches(&self) {
+        self.metrics
+            .set_read_cache_bytes("get", self.routes.weighed());
+        self.metrics
+            .set_read_cache_bytes("list", self.lists.weighed());
     }
 
     /// Feeds the pools' pressure to the breaker and its state to the metrics.
@@ -224,8 +304,8 @@ impl Guard {
         load: F,
     ) -> Result<(V, Freshness), ApiError>
     where
-        K: Hash + Eq + Clone + Send + Sync + 'static,
-        V: Clone + Send + Sync + 'static,
+        K: Footprint + Hash + Eq + Clone + Send + Sync + 'static,
+        V: Footprint + Clone + Send + Sync + 'static,
         F: Fn() -> Fut,
         Fut: Future<Output = Result<V, StoreError>>,
     {
@@ -318,7 +398,8 @@ impl Guard {
                 Err(ReadFailure::Unavailable("the database is unavailable"))
             }
             Err(Some(other)) => {
-                ticket.neutral();
+                // The database answered, if not with what was wanted: it is up.
+                ticket.succeeded();
                 Err(ReadFailure::Internal(Arc::new(other)))
             }
         }

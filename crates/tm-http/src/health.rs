@@ -161,7 +161,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
-/// Copies pool figures and snapshot size and age into the metrics.
+/// Copies pool figures, read cache sizes and snapshot size and age into the metrics.
 pub fn sample(state: &AppState) {
     let metrics = &state.metrics;
     for pool in state.store.pool_stats() {
@@ -171,6 +171,7 @@ pub fn sample(state: &AppState) {
         metrics.set_pool(&redis.pool_figures());
     }
     state.guard.observe_pools();
+    state.guard.observe_caches();
     metrics.set_snapshot(
         state.routing.snapshot().route_count(),
         state.routing.age().as_secs_f64(),

@@ -4,10 +4,16 @@
 //! consecutive failures; after a cool-down it lets one probe through (half-open), whose
 //! outcome closes or re-opens it. Callers ask [`CircuitBreaker::admit`] before touching
 //! the database and report the outcome on the returned [`Ticket`].
+//!
+//! Only the database decides a probe: a probe abandoned by its caller (a client that
+//! hung up) or settled without a verdict frees the probe slot and leaves the breaker
+//! half-open for the next caller to probe. Time is tokio's, so tests can pause it.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 #[derive(Clone, Debug)]
 pub struct BreakerConfig {
@@ -65,7 +71,9 @@ pub struct CircuitBreaker {
 }
 
 /// Permission to use the database, to be settled with [`Ticket::succeeded`] or
-/// [`Ticket::failed`]. A probe ticket dropped unsettled counts as a failure.
+/// [`Ticket::failed`] once the database has answered (or failed to), or with
+/// [`Ticket::neutral`] when it was not asked. A ticket dropped unsettled says nothing
+/// about the database either: a dropped probe only frees the probe slot.
 #[derive(Debug)]
 #[must_use]
 pub struct Ticket<'a> {
@@ -85,19 +93,22 @@ impl Ticket<'_> {
         self.breaker.on_failure(self.probe);
     }
 
-    /// Settles without a verdict (the outcome said nothing about the database's health).
+    /// Settles without a verdict: the database was not asked (e.g. a bulkhead was
+    /// full), so its health is as unknown as before. A probe settled so neither closes
+    /// nor re-opens the breaker; the next caller probes instead.
     pub fn neutral(mut self) {
         self.settled = true;
         if self.probe {
-            self.breaker.on_success(true);
+            self.breaker.release_probe();
         }
     }
 }
 
 impl Drop for Ticket<'_> {
     fn drop(&mut self) {
+        // Abandoned: the caller went away before the database answered.
         if !self.settled && self.probe {
-            self.breaker.on_failure(true);
+            self.breaker.release_probe();
         }
     }
 }
@@ -211,6 +222,14 @@ impl CircuitBreaker {
         })
     }
 
+    /// Frees the probe slot of a probe that brought no verdict: still half-open.
+    fn release_probe(&self) {
+        let mut inner = self.lock();
+        if inner.state == BreakerState::HalfOpen {
+            inner.probing = false;
+        }
+    }
+
     fn on_success(&self, probe: bool) {
         let mut inner = self.lock();
         inner.failures = 0;
@@ -309,12 +328,68 @@ mod tests {
         assert_eq!(b.state(), BreakerState::Closed);
     }
 
-    #[test]
-    fn an_abandoned_probe_reopens_it() {
-        let b = breaker(Duration::ZERO);
-        b.observe_pool(100.0, 0);
-        drop(b.admit().expect("probe"));
+    /// Open on failures, the cool-down of `open_for` over: the next caller probes.
+    async fn cooled_down_after_failures(open_for: Duration) -> CircuitBreaker {
+        let b = breaker(open_for);
+        for _ in 0..3 {
+            b.admit().expect("closed").failed();
+        }
         assert_eq!(b.state(), BreakerState::Open);
-        assert!(b.admit().is_some(), "and a new probe may follow");
+        tokio::time::advance(open_for).await;
+        b
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_probe_abandoned_by_its_caller_leaves_the_verdict_to_the_next_probe() {
+        let b = cooled_down_after_failures(Duration::from_secs(5)).await;
+        // A client that resets its request at each probe, before the database answers.
+        for _ in 0..10 {
+            let probe = async {
+                let ticket = b.admit().expect("a probe after the cool-down");
+                tokio::time::sleep(Duration::from_secs(1)).await; // the query
+                ticket.succeeded();
+            };
+            assert!(tokio::time::timeout(Duration::from_millis(10), probe)
+                .await
+                .is_err());
+            assert_eq!(
+                b.state(),
+                BreakerState::HalfOpen,
+                "an abandoned probe is no failure"
+            );
+        }
+        let probe = b
+            .admit()
+            .expect("the slot is free at once, no new cool-down");
+        assert!(b.admit().is_none(), "still one probe at a time");
+        probe.succeeded();
+        assert_eq!(b.state(), BreakerState::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_probe_that_did_not_reach_the_database_closes_nothing() {
+        let b = cooled_down_after_failures(Duration::from_secs(5)).await;
+        b.admit().expect("probe").neutral(); // e.g. its bulkhead was full
+        assert_eq!(b.state(), BreakerState::HalfOpen, "no evidence, no closing");
+        b.admit().expect("the next caller probes").failed();
+        assert_eq!(b.state(), BreakerState::Open);
+        assert!(b.admit().is_none(), "a new cool-down");
+        tokio::time::advance(Duration::from_secs(5)).await;
+        b.admit().expect("probe").succeeded();
+        assert_eq!(b.state(), BreakerState::Closed);
+    }
+
+    #[test]
+    fn a_neutral_outcome_while_closed_changes_nothing() {
+        let b = breaker(Duration::from_secs(60));
+        b.admit().expect("closed").failed();
+        b.admit().expect("closed").failed();
+        b.admit().expect("closed").neutral();
+        b.admit().expect("closed").failed();
+        assert_eq!(
+            b.state(),
+            BreakerState::Open,
+            "the failures were consecutive"
+        );
     }
 }

@@ -115,6 +115,11 @@ impl KeyRing {
         Ok(count)
     }
 
+    /// Whether no live key is loaded (`TM_BOOTSTRAP_ADMIN_KEY` aside).
+    pub fn is_empty(&self) -> bool {
+        self.keys.load().is_empty()
+    }
+
     /// The principal a presented key stands for, if it is a live key.
     pub fn authenticate(&self, presented: &str) -> Option<Principal> {
         if let Some(admin) = &self.configured_admin {

@@ -203,6 +203,28 @@ pub struct Page {
     pub limit: u32,
 }
 
+/// One page of a full load of the active routes (see
+/// [`RouteStore::active_routes_page`]).
+#[derive(Debug)]
+pub struct ActivePage {
+    /// The routes of the page that the domain accepts. A stored row it refuses (written
+    /// behind the registry's back, or under an older, weaker rule) is left out, logged
+    /// with what is wrong and counted in `snapshot_rejected_rows_total`.
+    pub routes: Vec<Route>,
+    /// Where the next page starts; `None` after the last page.
+    pub next: Option<LoadCursor>,
+}
+
+/// Where a page of a full load starts: after the natural key of the last row read, as
+/// stored (a refused row's key may be no valid key at all).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoadCursor {
+    pub(crate) tenant: String,
+    pub(crate) service: String,
+    pub(crate) env: String,
+    pub(crate) version: String,
+}
+
 /// Which revisions a conditional write accepts (from `If-Match`); the write fails with
 /// [`StoreError::StaleRevision`] when the stored revision is not among them.
 pub type ExpectedRevisions<'a> = Option<&'a [i64]>;

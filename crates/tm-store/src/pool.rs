@@ -21,6 +21,8 @@ pub struct StoreCounters {
     pub queries: IntCounter,
     /// Each failure to get a working connection (pool timeout, connect error).
     pub connection_errors: IntCounter,
+    /// Each stored route the domain refuses, left out of the routing snapshot when read.
+    pub rejected_rows: IntCounter,
 }
 
 impl Default for StoreCounters {
@@ -31,6 +33,7 @@ impl Default for StoreCounters {
         Self {
             queries: counter("db_queries_total"),
             connection_errors: counter("db_connection_errors_total"),
+            rejected_rows: counter("snapshot_rejected_rows_total"),
         }
     }
 }
@@ -93,6 +96,11 @@ pub(crate) struct CountedPool<DB: Database> {
 }
 
 impl<DB: Database> CountedPool<DB> {
+    /// The counters this pool's store increments.
+    pub(crate) fn counters(&self) -> &StoreCounters {
+        &self.counters
+    }
+
     pub(crate) fn new(name: &'static str, pool: Pool<DB>, counters: StoreCounters) -> Self {
         Self {
             name,

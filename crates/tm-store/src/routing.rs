@@ -11,11 +11,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::{ArcSwap, Guard};
-use tm_domain::{GroupKey, Route, RouteChange, RouteKey, RoutingSnapshot, SnapshotBuilder};
+use tm_domain::{GroupKey, Route, RouteChange, RoutingSnapshot, SnapshotBuilder};
 use tm_resilience::Singleflight;
 use tokio::sync::Mutex;
 
-use crate::{ChangePosition, Store, StoreError};
+use crate::{ChangePosition, LoadCursor, Store, StoreError};
 
 pub struct RoutingTable {
     current: ArcSwap<RoutingSnapshot>,
@@ -281,13 +281,12 @@ const LOAD_PAGE: u32 = 5_000;
 /// does not hold up the threads answering requests.
 async fn build(store: &dyn Store) -> Result<RoutingSnapshot, StoreError> {
     let mut builder = SnapshotBuilder::default();
-    let mut after: Option<RouteKey> = None;
+    let mut after: Option<LoadCursor> = None;
     loop {
         let page = store.active_routes_page(after.as_ref(), LOAD_PAGE).await?;
-        let last_page = page.len() < LOAD_PAGE as usize;
-        after = page.last().map(Route::key);
+        let routes = page.routes;
         builder = tokio::task::spawn_blocking(move || {
-            for route in &page {
+            for route in &routes {
                 builder.add(route);
             }
             builder
@@ -298,8 +297,9 @@ async fn build(store: &dyn Store) -> Result<RoutingSnapshot, StoreError> {
             // Cancelled: the runtime is shutting down, and its pools with it.
             Err(_) => StoreError::Unavailable(sqlx::Error::PoolClosed),
         })?;
-        if last_page {
-            return Ok(builder.build());
+        match page.next {
+            Some(next) => after = Some(next),
+            None => return Ok(builder.build()),
         }
     }
 }

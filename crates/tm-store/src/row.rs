@@ -1,9 +1,10 @@
 //! Rows as read back from either backend, parsed into domain types at the edge.
 
 use chrono::{DateTime, Utc};
+use prometheus::IntCounter;
 use tm_domain::{Grant, KeyId, Role, Route, RouteId, SecretHash, TenantId, UpstreamUrl, Weight};
 
-use crate::{AuditEntry, KeyRecord, StoreError};
+use crate::{AuditEntry, KeyRecord, LoadCursor, StoreError};
 
 /// The columns of `routes`, selected with `id` as text and `weight` as a 64-bit integer
 /// so that one row type serves both backends.
@@ -57,8 +58,41 @@ impl TryFrom<RouteRow> for Route {
     }
 }
 
+impl RouteRow {
+    /// Where a full load continues after this row.
+    pub(crate) fn load_cursor(&self) -> LoadCursor {
+        LoadCursor {
+            tenant: self.tenant.clone(),
+            service: self.service.clone(),
+            env: self.env.clone(),
+            version: self.version.clone(),
+        }
+    }
+}
+
 pub(crate) fn routes(rows: Vec<RouteRow>) -> Result<Vec<Route>, StoreError> {
     rows.into_iter().map(Route::try_from).collect()
+}
+
+/// The routes of `rows` that the domain accepts, for the routing snapshot. One bad row
+/// (stored behind the registry's back, or under an older, weaker rule) must not keep
+/// every other route from being served, nor the service from starting: it is left out,
+/// logged with its id and what is wrong, and counted in `rejected`.
+pub(crate) fn snapshot_routes(rows: Vec<RouteRow>, rejected: &IntCounter) -> Vec<Route> {
+    rows.into_iter()
+        .filter_map(|row| match Route::try_from(row) {
+            Ok(route) => Some(route),
+            Err(err) => {
+                rejected.inc();
+                tracing::error!(
+                    error = %err,
+                    "a stored route is invalid and is left out of the routing snapshot; \
+                     correct or delete the row"
+                );
+                None
+            }
+        })
+        .collect()
 }
 
 /// The columns of `audit_log`, with JSON as text.

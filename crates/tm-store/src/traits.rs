@@ -8,9 +8,9 @@ use async_trait::async_trait;
 use tm_domain::{GroupKey, KeyId, NewRoute, Route, RouteId, RouteKey, RoutePatch, TenantId};
 
 use crate::{
-    Actor, AuditEntry, ChangePosition, ChangeSubscription, Changes, ExpectedRevisions,
-    IdempotencyRecord, KeyRecord, Page, ReadFrom, ReplicaStatus, RouteFilter, StoreError,
-    StoredResponse,
+    ActivePage, Actor, AuditEntry, ChangePosition, ChangeSubscription, Changes, ExpectedRevisions,
+    IdempotencyRecord, KeyRecord, LoadCursor, Page, ReadFrom, ReplicaStatus, RouteFilter,
+    StoreError, StoredResponse,
 };
 
 /// Routes and their audit log.
@@ -64,18 +64,20 @@ pub trait RouteStore: Send + Sync + 'static {
         from: ReadFrom,
     ) -> Result<Vec<Route>, StoreError>;
 
-    /// The active routes of the given `(tenant, service, env)` groups.
+    /// The active routes of the given `(tenant, service, env)` groups; rows the domain
+    /// refuses are left out, as by [`Self::active_routes_page`].
     async fn active_routes_in_groups(&self, keys: &[GroupKey]) -> Result<Vec<Route>, StoreError>;
 
     /// Up to `limit` active routes in natural-key order, starting after `after` (from
     /// the first when `None`): what a routing snapshot is built from, one short query
     /// at a time, so that a full load of millions of routes neither holds them all at
-    /// once nor runs one statement past its time-out.
+    /// once nor runs one statement past its time-out. Rows the domain refuses are left
+    /// out (see [`ActivePage::routes`]).
     async fn active_routes_page(
         &self,
-        after: Option<&RouteKey>,
+        after: Option<&LoadCursor>,
         limit: u32,
-    ) -> Result<Vec<Route>, StoreError>;
+    ) -> Result<ActivePage, StoreError>;
 
     /// The audit trail of one route, oldest first.
     async fn audit_log(&self, route_id: RouteId) -> Result<Vec<AuditEntry>, StoreError>;

@@ -48,12 +48,15 @@ pub struct Metrics {
     pub db_queries: IntCounter,
     /// Failed attempts to get a working database connection.
     pub db_connection_errors: IntCounter,
+    /// Stored routes the domain refuses, left out of the routing snapshot when read.
+    pub snapshot_rejected_rows: IntCounter,
     rate_limit_hits: IntCounterVec,
     circuit_breaker_state: IntGaugeVec,
     /// Reads answered from the read cache.
     pub cache_hits: IntCounter,
     /// Reads that had to go to the database.
     pub cache_misses: IntCounter,
+    read_cache_bytes: IntGaugeVec,
     routing_snapshot_routes: IntGauge,
     routing_snapshot_age_seconds: Gauge,
     routing_propagation: Histogram,
@@ -138,6 +141,15 @@ pub struct PoolFigures {
     /// Tasks waiting for a connection right now.
     pub waiting: u32,
     pub max: u32,
+}
+
+/// `family` with a zero-valued series for each of `values` of its one label, so that
+/// each is scrapeable from the start.
+fn declared(family: IntGaugeVec, values: &[&str]) -> IntGaugeVec {
+    for value in values {
+        family.with_label_values(&[value]);
+    }
+    family
 }
 
 /// Creates metrics and registers each in one registry: one call per metric.
@@ -264,6 +276,11 @@ impl Metrics {
                 "db_connection_errors_total",
                 "Failed attempts to get a working database connection.",
             ),
+            snapshot_rejected_rows: r.counter(
+                "snapshot_rejected_rows_total",
+                "Stored routes the domain refuses (e.g. a URL with user-info), left out of the \
+                 routing snapshot; counted each time such a row is read (full loads, refreshes).",
+            ),
             circuit_breaker_state: r.int_gauge_vec(
                 "circuit_breaker_state",
                 "State of each circuit breaker: 0 closed, 1 open, 2 half-open.",
@@ -273,6 +290,15 @@ impl Metrics {
             cache_misses: r.counter(
                 "cache_misses_total",
                 "Reads that had to go to the database.",
+            ),
+            read_cache_bytes: declared(
+                r.int_gauge_vec(
+                    "read_cache_bytes",
+                    "Estimated bytes held by each read cache (get: single routes, list: \
+                     listings), as counted against TM_READ_CACHE_BYTES.",
+                    &["cache"],
+                ),
+                &["get", "list"],
             ),
             rate_limit_hits: r.counter_vec(
                 "rate_limit_hits_total",
@@ -400,6 +426,13 @@ impl Metrics {
             .set(state);
     }
 
+    /// Sets the estimated bytes held by a read cache (`get` or `list`).
+    pub fn set_read_cache_bytes(&self, cache: &str, bytes: u64) {
+        self.read_cache_bytes
+            .with_label_values(&[cache])
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
     /// Counts one request refused by a rate limit.
     pub fn observe_rate_limited(&self, class: &str) {
         self.rate_limit_hits.with_label_values(&[class]).inc();
@@ -512,11 +545,13 @@ mod tests {
             "db_connection_errors_total",
             "cache_hits_total",
             "cache_misses_total",
+            "read_cache_bytes",
             "circuit_breaker_state",
             "rate_limit_hits_total",
             "routing_snapshot_routes",
             "routing_snapshot_age_seconds",
             "routing_propagation_seconds",
+            "snapshot_rejected_rows_total",
             "app_uptime_seconds",
             "log_lines_dropped_total",
             "build_info",

@@ -8,6 +8,8 @@
 
 mod auth;
 mod bad_input;
+mod bootstrap;
+mod bounds;
 mod concurrency;
 mod connections;
 mod constraints;
@@ -17,6 +19,7 @@ mod keys;
 mod observability;
 mod propagation;
 mod rate_limits;
+mod rejected_rows;
 mod resilience;
 mod resolve;
 mod routes;

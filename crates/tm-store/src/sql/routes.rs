@@ -5,10 +5,10 @@ use async_trait::async_trait;
 use tm_domain::{now, GroupKey, NewRoute, Route, RouteId, RouteKey, RoutePatch, TenantId};
 
 use super::{conflict_or, fetch_optional, insert_sql, Backend, Conn, Value};
-use crate::row::{audit_json, routes, AuditRow, RouteRow};
+use crate::row::{audit_json, routes, snapshot_routes, AuditRow, RouteRow};
 use crate::{
-    check_access, Actor, AuditAction, AuditEntry, ExpectedRevisions, Page, ReadFrom, RouteFilter,
-    RouteStore, StoreError,
+    check_access, ActivePage, Actor, AuditAction, AuditEntry, ExpectedRevisions, LoadCursor, Page,
+    ReadFrom, RouteFilter, RouteStore, StoreError,
 };
 
 /// Routes per statement in a bulk import: 11 values each, under SQLite's 32766 and
@@ -309,32 +309,49 @@ impl<B: Backend> RouteStore for B {
     }
 
     async fn active_routes_in_groups(&self, keys: &[GroupKey]) -> Result<Vec<Route>, StoreError> {
-        let mut conn = self.reader(ReadFrom::Primary).0.acquire().await?;
+        let pool = self.reader(ReadFrom::Primary).0;
+        let mut conn = pool.acquire().await?;
         let mut found = Vec::new();
         for chunk in keys.chunks(B::GROUPS_PER_QUERY) {
             let (sql, values) = B::active_routes_in(chunk);
             let rows: Vec<RouteRow> = B::fetch_all(&mut conn, &sql, values).await?;
-            found.extend(routes(rows)?);
+            found.extend(snapshot_routes(rows, &pool.counters().rejected_rows));
         }
         Ok(found)
     }
 
     async fn active_routes_page(
         &self,
-        after: Option<&RouteKey>,
+        after: Option<&LoadCursor>,
         limit: u32,
-    ) -> Result<Vec<Route>, StoreError> {
-        let mut conn = self.reader(ReadFrom::Primary).0.acquire().await?;
-        let limit = Value::Int(i64::from(limit));
+    ) -> Result<ActivePage, StoreError> {
+        let pool = self.reader(ReadFrom::Primary).0;
+        let mut conn = pool.acquire().await?;
         let rows: Vec<RouteRow> = match after {
-            None => B::fetch_all(&mut conn, &B::sql().active_routes_first, vec![limit]).await?,
-            Some(key) => {
-                let mut values = key_values(key);
-                values.push(limit);
+            None => {
+                let values = vec![Value::Int(i64::from(limit))];
+                B::fetch_all(&mut conn, &B::sql().active_routes_first, values).await?
+            }
+            Some(cursor) => {
+                let values = vec![
+                    Value::Text(&cursor.tenant),
+                    Value::Text(&cursor.service),
+                    Value::Text(&cursor.env),
+                    Value::Text(&cursor.version),
+                    Value::Int(i64::from(limit)),
+                ];
                 B::fetch_all(&mut conn, &B::sql().active_routes_after, values).await?
             }
         };
-        routes(rows)
+        // Whether there is more is told by the rows read, refused ones included.
+        let next = match rows.last() {
+            Some(last) if rows.len() >= limit as usize => Some(last.load_cursor()),
+            _ => None,
+        };
+        Ok(ActivePage {
+            routes: snapshot_routes(rows, &pool.counters().rejected_rows),
+            next,
+        })
     }
 
     async fn audit_log(&self, route_id: RouteId) -> Result<Vec<AuditEntry>, StoreError> {
