@@ -90,7 +90,11 @@ async fn main() -> anyhow::Result<()> {
     let key = ApiKey::new(KeyId::generate(), rand::random());
     let grant = Grant::new(tm_domain::Role::Reader, Some(TenantId::parse("bench")?))?;
     store
-        .create_key(&KeyRecord::new(&key, "bench reader".into(), grant))
+        .create_key(
+            &KeyRecord::new(&key, "bench reader".into(), grant),
+            &actor,
+            None,
+        )
         .await?;
     store.close().await;
     eprintln!(

@@ -1,5 +1,6 @@
-//! Rate limits: a quota per endpoint class (`20000/s`, `10/min`, …) and the key ids and
-//! networks no limit applies to. The limiters themselves live with the other guards.
+//! Rate limits and tenant quotas: a quota per endpoint class (`20000/s`, `10/min`, …),
+//! the key ids and networks no limit applies to, and how many live keys a tenant may
+//! hold. The limiters themselves live with the other guards.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -30,6 +31,8 @@ pub struct LimitsRaw {
     pub rate_limit_unauthenticated: String,
     /// Comma-separated key ids and networks (CIDR) that no limit applies to.
     pub rate_limit_exempt: String,
+    /// Live (unrevoked) keys a tenant may hold at once.
+    pub max_keys_per_tenant: u32,
 }
 
 impl Default for LimitsRaw {
@@ -41,6 +44,7 @@ impl Default for LimitsRaw {
             rate_limit_keys: "50/s".into(),
             rate_limit_unauthenticated: "100/s".into(),
             rate_limit_exempt: String::new(),
+            max_keys_per_tenant: 1000,
         }
     }
 }
@@ -98,7 +102,8 @@ impl fmt::Display for Quota {
     }
 }
 
-/// The limits of every endpoint class, and who is exempt.
+/// The limits of every endpoint class, who is exempt, and the most keys a tenant may
+/// hold.
 #[derive(Clone, Debug)]
 pub struct RateLimits {
     pub resolve: Quota,
@@ -108,6 +113,8 @@ pub struct RateLimits {
     pub unauthenticated: Quota,
     pub exempt_keys: Vec<KeyId>,
     pub exempt_networks: Vec<IpNet>,
+    /// Live keys a tenant may hold at once; creating one more is refused.
+    pub max_keys_per_tenant: NonZeroU32,
 }
 
 impl LimitsRaw {
@@ -141,6 +148,10 @@ impl LimitsRaw {
                 );
             }
         }
+        let max_keys_per_tenant = NonZeroU32::new(self.max_keys_per_tenant);
+        if max_keys_per_tenant.is_none() {
+            problems.add("max_keys_per_tenant", "must be at least 1");
+        }
         Some(RateLimits {
             resolve: resolve?,
             read: read?,
@@ -149,6 +160,7 @@ impl LimitsRaw {
             unauthenticated: unauthenticated?,
             exempt_keys,
             exempt_networks,
+            max_keys_per_tenant: max_keys_per_tenant?,
         })
     }
 }
@@ -168,6 +180,7 @@ impl RateLimits {
             .chain(self.exempt_networks.iter().map(ToString::to_string))
             .collect();
         out.quoted("rate_limit_exempt", exempt.join(","));
+        out.plain("max_keys_per_tenant", self.max_keys_per_tenant);
     }
 }
 

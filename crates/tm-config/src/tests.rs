@@ -362,10 +362,12 @@ fn rate_limits_are_parsed_and_checked() {
     let config = Config::try_from(raw).expect("valid");
     assert_eq!(config.http.rate_limits.write.to_string(), "10/min");
     assert_eq!(config.http.rate_limits.exempt_networks.len(), 2);
+    assert_eq!(config.http.rate_limits.max_keys_per_tenant.get(), 1000);
     let raw = RawConfig {
         limits: LimitsRaw {
             rate_limit_read: "lots".into(),
             rate_limit_exempt: "nobody".into(),
+            max_keys_per_tenant: 0,
             ..Default::default()
         },
         ..RawConfig::default()
@@ -376,7 +378,14 @@ fn rate_limits_are_parsed_and_checked() {
         .into_iter()
         .map(|e| e.setting)
         .collect();
-    assert_eq!(named, ["TM_RATE_LIMIT_READ", "TM_RATE_LIMIT_EXEMPT"]);
+    assert_eq!(
+        named,
+        [
+            "TM_RATE_LIMIT_READ",
+            "TM_RATE_LIMIT_EXEMPT",
+            "TM_MAX_KEYS_PER_TENANT"
+        ]
+    );
 }
 
 #[test]
@@ -396,16 +405,18 @@ fn non_dev_profiles_log_json_by_default() {
 
 #[test]
 fn every_setting_may_come_from_the_environment() {
-    assert_eq!(setting_keys().len(), 61);
+    assert_eq!(setting_keys().len(), 62);
     Jail::expect_with(|jail| {
         jail.set_env("TM_PROCESS_TYPE", "worker");
         jail.set_env("TM_DB_POOL_MAX_WORKER", "3");
         jail.set_env("TM_READ_CACHE_ENTRIES", "7");
         jail.set_env("TM_RATE_LIMIT_KEYS", "9/min");
+        jail.set_env("TM_MAX_KEYS_PER_TENANT", "12");
         let config = Config::load(None).expect("valid");
         assert_eq!(config.pool.max_connections, 3);
         assert_eq!(config.http.guards.read_cache_entries, 7);
         assert_eq!(config.http.rate_limits.keys.to_string(), "9/min");
+        assert_eq!(config.http.rate_limits.max_keys_per_tenant.get(), 12);
         Ok(())
     });
 }

@@ -188,6 +188,16 @@ impl ApiError {
                 "Route exists",
                 "A route with this tenant, service, env and version already exists.".into(),
             ),
+            ApiError::Store(StoreError::TooManyKeys { max }) => (
+                S::CONFLICT,
+                "too-many-keys",
+                "Too many keys",
+                format!(
+                    "This tenant holds {max} live keys, the most allowed; revoke one before \
+                     creating another."
+                )
+                .into(),
+            ),
             ApiError::Store(StoreError::StaleRevision { current }) => (
                 S::PRECONDITION_FAILED,
                 "stale-revision",

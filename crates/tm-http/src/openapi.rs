@@ -80,11 +80,14 @@ pub struct CreatedKeyDoc {
     pub created_at: String,
 }
 
-/// All live keys the caller may see.
+/// One page of the live keys the caller may see.
 #[derive(Serialize, ToSchema)]
 #[schema(as = ApiKeyList)]
 pub struct KeyListDoc {
     pub items: Vec<KeyDoc>,
+    /// Pass as `cursor` to get the next page; `null` on the last page.
+    #[schema(required = true)]
+    pub next_cursor: Option<String>,
 }
 
 struct BearerAuth;

@@ -196,6 +196,7 @@ mod tests {
             unauthenticated: quota,
             exempt_keys: Vec::new(),
             exempt_networks: vec!["10.0.0.0/8".parse().expect("cidr")],
+            max_keys_per_tenant: NonZeroU32::new(10).expect("positive"),
         }
     }
 
