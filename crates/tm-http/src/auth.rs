@@ -150,6 +150,7 @@ impl FromRequestParts<AppState> for Caller {
                         &context,
                         RateClass::Unauthenticated,
                         Subject::Address(ip),
+                        None,
                     )
                     .await?;
                 }
@@ -158,7 +159,8 @@ impl FromRequestParts<AppState> for Caller {
         };
         tracing::Span::current().record("key_id", principal.actor().as_str());
         let subject = principal.key_id.map_or(Subject::BootstrapKey, Subject::Key);
-        check_rate(state, &context, class_of(parts), subject).await?;
+        let tenant = principal.grant.tenant();
+        check_rate(state, &context, class_of(parts), subject, tenant).await?;
         Ok(Caller { principal, context })
     }
 }
@@ -204,21 +206,23 @@ fn class_of(parts: &Parts) -> RateClass {
     }
 }
 
-/// Draws from `subject`'s budget; a refusal is a 429, an allowance sets the headers.
+/// Draws from `subject`'s budget and, for a key bound to a `tenant`, from the tenant's
+/// too; a refusal by either is a 429, an allowance sets the headers of the tighter.
 ///
-/// With Redis, every class but resolve draws from a fleet-wide budget (resolve never
-/// leaves memory, so its budget is per instance); while Redis is unusable, from this
+/// With Redis, every class but resolve draws from fleet-wide budgets (resolve never
+/// leaves memory, so its budgets are per instance); while Redis is unusable, from this
 /// instance's own buckets.
 async fn check_rate(
     state: &AppState,
     context: &RequestContext,
     class: RateClass,
     subject: Subject,
+    tenant: Option<&TenantId>,
 ) -> Result<(), ApiError> {
     let shared = match &state.redis {
         Some(redis) if class != RateClass::Resolve => {
             match redis
-                .rate_limit(&state.config.rate_limits, class, subject)
+                .rate_limit(&state.config.rate_limits, class, subject, tenant)
                 .await
             {
                 Ok(decision) => Some(decision),
@@ -232,7 +236,7 @@ async fn check_rate(
     };
     let decision = match shared {
         Some(decision) => decision,
-        None => state.limiter.check(class, subject),
+        None => state.limiter.check(class, subject, tenant),
     };
     let Some(decision) = decision else {
         return Ok(());

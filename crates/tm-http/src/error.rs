@@ -164,7 +164,7 @@ impl ApiError {
                 S::TOO_MANY_REQUESTS,
                 "rate-limited",
                 "Too many requests",
-                "This key's request budget for this kind of request is spent; retry after Retry-After seconds.".into(),
+                "The request budget of this key, or of all its tenant's keys together, for this kind of request is spent; retry after Retry-After seconds.".into(),
             ),
             ApiError::IdempotencyKeyReused => (
                 S::UNPROCESSABLE_ENTITY,
