@@ -95,7 +95,11 @@ async fn main() -> anyhow::Result<()> {
         let key = ApiKey::new(KeyId::generate(), rand::random());
         let grant = Grant::new(tm_domain::Role::Reader, Some(TenantId::parse(&tenant)?))?;
         store
-            .create_key(&KeyRecord::new(&key, format!("{tenant} reader"), grant))
+            .create_key(
+                &KeyRecord::new(&key, format!("{tenant} reader"), grant),
+                &actor,
+                None,
+            )
             .await?;
         keys.push(format!("{tenant} {}", key.expose()));
     }

@@ -271,7 +271,8 @@ fn server_outcome(served: Result<(), tokio::task::JoinError>) -> Result<(), RunE
 }
 
 /// Creates an API key directly in the configured store (for automation, offline) and
-/// returns it with its record; the key is shown nowhere else.
+/// returns it with its record; the key is shown nowhere else. It is audited as made by
+/// `cli`, and counts against `TM_MAX_KEYS_PER_TENANT` as any other.
 pub async fn create_key(
     config: &Config,
     name: String,
@@ -283,7 +284,11 @@ pub async fn create_key(
         .map_err(|source| StartError::Store { backend, source })?;
     let key = ApiKey::new(KeyId::generate(), rand::random());
     let record = KeyRecord::new(&key, name, grant);
-    let stored = store.create_key(&record).await.map_err(StartError::Keys);
+    let most = config.http.rate_limits.max_keys_per_tenant.get();
+    let stored = store
+        .create_key(&record, &tm_store::Actor::new("cli"), Some(most))
+        .await
+        .map_err(StartError::Keys);
     store.close().await;
     stored.map(|()| (key, record))
 }

@@ -409,3 +409,87 @@ async fn the_shared_budget_is_gcra() {
         2
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_budget_holds_across_instances_and_keys() {
+    let Some(cluster) = RedisCluster::start() else {
+        return;
+    };
+    let instance = instance_builder().redis_cluster(&cluster).configure(|raw| {
+        raw.limits.rate_limit_read = "3/min".into();
+        raw.limits.rate_limit_tenant_read = "4/min".into();
+    });
+    let (a, b) = (instance.spawn().await, instance.spawn().await);
+    // Two reader keys of acme and one of globex, made on `a` and stored in `b`'s
+    // database too (each instance has a database of its own here).
+    let mut keys = Vec::new();
+    for tenant in ["acme", "acme", "globex"] {
+        let body = json!({"name": "reader", "role": "reader", "tenant": tenant});
+        let (status, _, created) = a
+            .send(ADMIN, Method::POST, "/api/v1/keys", Some(body), &[])
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{created}");
+        let secret = created["key"].as_str().expect("key").to_owned();
+        let (id, secret_hash) = tm_domain::ApiKey::inspect(&secret).expect("a key");
+        let grant = tm_domain::Grant::new(
+            tm_domain::Role::Reader,
+            Some(tm_domain::TenantId::parse(tenant).expect("tenant")),
+        )
+        .expect("grant");
+        let record = tm_store::KeyRecord {
+            id,
+            name: "reader".into(),
+            grant,
+            secret_hash,
+            created_at: tm_domain::now(),
+        };
+        b.store
+            .create_key(&record, &tm_store::Actor::new("test"), None)
+            .await
+            .expect("stored");
+        keys.push(secret);
+    }
+    // `b` reloads its keys when told (a's next key change) or at its next catch-up;
+    // resolve, which has budgets of its own, shows when it knows them.
+    for secret in &keys {
+        eventually(Duration::from_secs(15), "b knowing the key", || async {
+            let (status, _, _) = b
+                .send(
+                    secret,
+                    Method::GET,
+                    "/api/v1/routes/resolve?tenant=acme&service=none&env=prod",
+                    None,
+                    &[],
+                )
+                .await;
+            status != StatusCode::UNAUTHORIZED
+        })
+        .await;
+    }
+    async fn read(instance: &TestApp, key: &str) -> (StatusCode, reqwest::header::HeaderMap) {
+        let (status, headers, _) = instance
+            .send(key, Method::GET, "/api/v1/routes", None, &[])
+            .await;
+        (status, headers)
+    }
+    let (first, second, globex) = (&keys[0], &keys[1], &keys[2]);
+    // Each key spends two of its three, on either instance; the tenant's four are
+    // spent between them. Budgets of each instance's own would have allowed two more.
+    for (instance, key) in [(&a, first), (&b, first), (&a, second), (&b, second)] {
+        let (status, _) = read(instance, key).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    for (instance, key) in [(&a, second), (&b, first)] {
+        let (status, headers) = read(instance, key).await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(headers["x-rate-limit-limit"], "4");
+        assert!(headers.contains_key("retry-after"));
+    }
+    // Another tenant's budget is its own.
+    let (status, headers) = read(&b, globex).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["x-rate-limit-remaining"], "2");
+    for instance in [&a, &b] {
+        assert_eq!(fallbacks(instance, "rate_limit").await, 0.0);
+    }
+}

@@ -1,5 +1,7 @@
-//! Rate limits: a quota per endpoint class (`20000/s`, `10/min`, …) and the key ids and
-//! networks no limit applies to. The limiters themselves live with the other guards.
+//! Rate limits and tenant quotas: a quota per endpoint class (`20000/s`, `10/min`, …)
+//! for each key and for each tenant's keys together, the key ids and networks no limit
+//! applies to, and how many live keys a tenant may hold. The limiters themselves live
+//! with the other guards.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -26,10 +28,20 @@ pub struct LimitsRaw {
     pub rate_limit_write: String,
     /// Per key: key management.
     pub rate_limit_keys: String,
+    /// Per tenant, all its keys together: resolve requests.
+    pub rate_limit_tenant_resolve: String,
+    /// Per tenant: other reads.
+    pub rate_limit_tenant_read: String,
+    /// Per tenant: route writes.
+    pub rate_limit_tenant_write: String,
+    /// Per tenant: key management.
+    pub rate_limit_tenant_keys: String,
     /// Per client address: requests without a valid key.
     pub rate_limit_unauthenticated: String,
     /// Comma-separated key ids and networks (CIDR) that no limit applies to.
     pub rate_limit_exempt: String,
+    /// Live (unrevoked) keys a tenant may hold at once.
+    pub max_keys_per_tenant: u32,
 }
 
 impl Default for LimitsRaw {
@@ -39,8 +51,16 @@ impl Default for LimitsRaw {
             rate_limit_read: "2000/s".into(),
             rate_limit_write: "500/s".into(),
             rate_limit_keys: "50/s".into(),
+            // Ten keys' worth: one key never spends its tenant's whole budget, and a
+            // tenant's many keys together never exceed it. Resolve's stays at 200000/s
+            // or more so that a fleet's resolves are not cut by default.
+            rate_limit_tenant_resolve: "200000/s".into(),
+            rate_limit_tenant_read: "20000/s".into(),
+            rate_limit_tenant_write: "5000/s".into(),
+            rate_limit_tenant_keys: "500/s".into(),
             rate_limit_unauthenticated: "100/s".into(),
             rate_limit_exempt: String::new(),
+            max_keys_per_tenant: 1000,
         }
     }
 }
@@ -98,7 +118,8 @@ impl fmt::Display for Quota {
     }
 }
 
-/// The limits of every endpoint class, and who is exempt.
+/// The limits of every endpoint class, per key and per tenant, who is exempt, and the
+/// most keys a tenant may hold.
 #[derive(Clone, Debug)]
 pub struct RateLimits {
     pub resolve: Quota,
@@ -106,8 +127,16 @@ pub struct RateLimits {
     pub write: Quota,
     pub keys: Quota,
     pub unauthenticated: Quota,
+    /// What all the keys of one tenant may draw together, per class, on top of each
+    /// key's own budget (keys without a tenant draw only from their own).
+    pub tenant_resolve: Quota,
+    pub tenant_read: Quota,
+    pub tenant_write: Quota,
+    pub tenant_keys: Quota,
     pub exempt_keys: Vec<KeyId>,
     pub exempt_networks: Vec<IpNet>,
+    /// Live keys a tenant may hold at once; creating one more is refused.
+    pub max_keys_per_tenant: NonZeroU32,
 }
 
 impl LimitsRaw {
@@ -121,6 +150,10 @@ impl LimitsRaw {
         let read = quota("rate_limit_read", &self.rate_limit_read);
         let write = quota("rate_limit_write", &self.rate_limit_write);
         let keys = quota("rate_limit_keys", &self.rate_limit_keys);
+        let tenant_resolve = quota("rate_limit_tenant_resolve", &self.rate_limit_tenant_resolve);
+        let tenant_read = quota("rate_limit_tenant_read", &self.rate_limit_tenant_read);
+        let tenant_write = quota("rate_limit_tenant_write", &self.rate_limit_tenant_write);
+        let tenant_keys = quota("rate_limit_tenant_keys", &self.rate_limit_tenant_keys);
         let unauthenticated = quota(
             "rate_limit_unauthenticated",
             &self.rate_limit_unauthenticated,
@@ -141,14 +174,23 @@ impl LimitsRaw {
                 );
             }
         }
+        let max_keys_per_tenant = NonZeroU32::new(self.max_keys_per_tenant);
+        if max_keys_per_tenant.is_none() {
+            problems.add("max_keys_per_tenant", "must be at least 1");
+        }
         Some(RateLimits {
             resolve: resolve?,
             read: read?,
             write: write?,
             keys: keys?,
             unauthenticated: unauthenticated?,
+            tenant_resolve: tenant_resolve?,
+            tenant_read: tenant_read?,
+            tenant_write: tenant_write?,
+            tenant_keys: tenant_keys?,
             exempt_keys,
             exempt_networks,
+            max_keys_per_tenant: max_keys_per_tenant?,
         })
     }
 }
@@ -160,6 +202,10 @@ impl RateLimits {
         out.quoted("rate_limit_read", self.read);
         out.quoted("rate_limit_write", self.write);
         out.quoted("rate_limit_keys", self.keys);
+        out.quoted("rate_limit_tenant_resolve", self.tenant_resolve);
+        out.quoted("rate_limit_tenant_read", self.tenant_read);
+        out.quoted("rate_limit_tenant_write", self.tenant_write);
+        out.quoted("rate_limit_tenant_keys", self.tenant_keys);
         out.quoted("rate_limit_unauthenticated", self.unauthenticated);
         let exempt: Vec<String> = self
             .exempt_keys
@@ -168,6 +214,7 @@ impl RateLimits {
             .chain(self.exempt_networks.iter().map(ToString::to_string))
             .collect();
         out.quoted("rate_limit_exempt", exempt.join(","));
+        out.plain("max_keys_per_tenant", self.max_keys_per_tenant);
     }
 }
 

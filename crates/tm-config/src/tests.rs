@@ -376,10 +376,18 @@ fn rate_limits_are_parsed_and_checked() {
     let config = Config::try_from(raw).expect("valid");
     assert_eq!(config.http.rate_limits.write.to_string(), "10/min");
     assert_eq!(config.http.rate_limits.exempt_networks.len(), 2);
+    // Tenant budgets are ten keys' worth by default, resolve's at least 200000/s.
+    let limits = &config.http.rate_limits;
+    assert_eq!(limits.tenant_resolve.to_string(), "200000/s");
+    assert_eq!(limits.tenant_read.count.get(), 10 * limits.read.count.get());
+    assert_eq!(limits.tenant_keys.count.get(), 10 * limits.keys.count.get());
+    assert_eq!(limits.max_keys_per_tenant.get(), 1000);
     let raw = RawConfig {
         limits: LimitsRaw {
             rate_limit_read: "lots".into(),
+            rate_limit_tenant_write: "5/fortnight".into(),
             rate_limit_exempt: "nobody".into(),
+            max_keys_per_tenant: 0,
             ..Default::default()
         },
         ..RawConfig::default()
@@ -390,7 +398,15 @@ fn rate_limits_are_parsed_and_checked() {
         .into_iter()
         .map(|e| e.setting)
         .collect();
-    assert_eq!(named, ["TM_RATE_LIMIT_READ", "TM_RATE_LIMIT_EXEMPT"]);
+    assert_eq!(
+        named,
+        [
+            "TM_RATE_LIMIT_READ",
+            "TM_RATE_LIMIT_TENANT_WRITE",
+            "TM_RATE_LIMIT_EXEMPT",
+            "TM_MAX_KEYS_PER_TENANT"
+        ]
+    );
 }
 
 #[test]
@@ -410,7 +426,7 @@ fn non_dev_profiles_log_json_by_default() {
 
 #[test]
 fn every_setting_may_come_from_the_environment() {
-    assert_eq!(setting_keys().len(), 74);
+    assert_eq!(setting_keys().len(), 79);
     Jail::expect_with(|jail| {
         jail.set_env("TM_ACCESS_LOG_RESOLVE_SAMPLE", "0");
         jail.set_env("TM_RESOLVE_FAST_PATH", "false");
@@ -419,6 +435,8 @@ fn every_setting_may_come_from_the_environment() {
         jail.set_env("TM_READ_CACHE_ENTRIES", "7");
         jail.set_env("TM_READ_CACHE_BYTES", "1048576");
         jail.set_env("TM_RATE_LIMIT_KEYS", "9/min");
+        jail.set_env("TM_RATE_LIMIT_TENANT_KEYS", "90/min");
+        jail.set_env("TM_MAX_KEYS_PER_TENANT", "12");
         let config = Config::load(None).expect("valid");
         assert_eq!(config.pool.max_connections, 3);
         assert_eq!(config.http.guards.read_cache_entries, 7);
@@ -426,6 +444,8 @@ fn every_setting_may_come_from_the_environment() {
         assert_eq!(config.http.rate_limits.keys.to_string(), "9/min");
         assert_eq!(config.http.access_log.resolve_sample, 0);
         assert!(!config.http.resolve_fast_path);
+        assert_eq!(config.http.rate_limits.tenant_keys.to_string(), "90/min");
+        assert_eq!(config.http.rate_limits.max_keys_per_tenant.get(), 12);
         Ok(())
     });
 }

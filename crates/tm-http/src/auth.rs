@@ -131,7 +131,8 @@ impl Caller {
         class: RateClass,
     ) -> Result<Self, ApiError> {
         context.authenticated(&principal);
-        check_rate(state, &context, class, subject_of(&principal)).await?;
+        let tenant = principal.grant.tenant();
+        check_rate(state, &context, class, subject_of(&principal), tenant).await?;
         Ok(Caller { principal, context })
     }
 
@@ -143,9 +144,11 @@ impl Caller {
         context: RequestContext,
     ) -> Result<Self, ApiError> {
         context.authenticated(&principal);
-        let decision = state
-            .limiter
-            .check(RateClass::Resolve, subject_of(&principal));
+        let decision = state.limiter.check(
+            RateClass::Resolve,
+            subject_of(&principal),
+            principal.grant.tenant(),
+        );
         settle(state, &context, RateClass::Resolve, decision)?;
         Ok(Caller { principal, context })
     }
@@ -178,6 +181,7 @@ impl FromRequestParts<AppState> for Caller {
                         &context,
                         RateClass::Unauthenticated,
                         Subject::Address(ip),
+                        None,
                     )
                     .await?;
                 }
@@ -235,21 +239,23 @@ fn class_of(parts: &Parts) -> RateClass {
     }
 }
 
-/// Draws from `subject`'s budget; a refusal is a 429, an allowance sets the headers.
+/// Draws from `subject`'s budget and, for a key bound to a `tenant`, from the tenant's
+/// too; a refusal by either is a 429, an allowance sets the headers of the tighter.
 ///
-/// With Redis, every class but resolve draws from a fleet-wide budget (resolve never
-/// leaves memory, so its budget is per instance); while Redis is unusable, from this
+/// With Redis, every class but resolve draws from fleet-wide budgets (resolve never
+/// leaves memory, so its budgets are per instance); while Redis is unusable, from this
 /// instance's own buckets.
 async fn check_rate(
     state: &AppState,
     context: &RequestContext,
     class: RateClass,
     subject: Subject,
+    tenant: Option<&TenantId>,
 ) -> Result<(), ApiError> {
     let shared = match &state.redis {
         Some(redis) if class != RateClass::Resolve => {
             match redis
-                .rate_limit(&state.config.rate_limits, class, subject)
+                .rate_limit(&state.config.rate_limits, class, subject, tenant)
                 .await
             {
                 Ok(decision) => Some(decision),
@@ -263,7 +269,7 @@ async fn check_rate(
     };
     let decision = match shared {
         Some(decision) => decision,
-        None => state.limiter.check(class, subject),
+        None => state.limiter.check(class, subject, tenant),
     };
     settle(state, context, class, decision)
 }

@@ -173,7 +173,7 @@ impl ApiError {
                 S::TOO_MANY_REQUESTS,
                 "rate-limited",
                 "Too many requests",
-                "This key's request budget for this kind of request is spent; retry after Retry-After seconds.".into(),
+                "The request budget of this key, or of all its tenant's keys together, for this kind of request is spent; retry after Retry-After seconds.".into(),
             ),
             ApiError::IdempotencyKeyReused => (
                 S::UNPROCESSABLE_ENTITY,
@@ -196,6 +196,16 @@ impl ApiError {
                 "route-exists",
                 "Route exists",
                 "A route with this tenant, service, env and version already exists.".into(),
+            ),
+            ApiError::Store(StoreError::TooManyKeys { max }) => (
+                S::CONFLICT,
+                "too-many-keys",
+                "Too many keys",
+                format!(
+                    "This tenant holds {max} live keys, the most allowed; revoke one before \
+                     creating another."
+                )
+                .into(),
             ),
             ApiError::Store(StoreError::StaleRevision { current }) => (
                 S::PRECONDITION_FAILED,

@@ -1,9 +1,10 @@
 //! The guarded path to the database for everything but resolve.
 //!
-//! Reads (list, get) are served from a short-lived cache when fresh, coalesced when
-//! identical, run in their own bulkhead with a time-out and retried when the failure is
-//! transient; while the circuit breaker is open they are answered from the last known
-//! data, marked stale, or refused with 503. Ordinary writes fail fast with 503 while the
+//! Route reads (list, get) are served from a short-lived cache when fresh, coalesced
+//! when identical, run in their own bulkhead with a time-out and retried when the
+//! failure is transient; while the circuit breaker is open they are answered from the
+//! last known data, marked stale, or refused with 503. Key reads take the same path
+//! without the cache. Ordinary writes fail fast with 503 while the
 //! breaker is open; critical writes (activate, deactivate) bypass it and use a bulkhead
 //! and a connection pool of their own.
 //!
@@ -295,6 +296,26 @@ impl Guard {
             store.list_routes(filter, page, from).await
         })
         .await
+    }
+
+    /// A read that is never cached (keys, whose listing must show a revocation at once):
+    /// through the breaker and the read bulkhead, within the read time-out, retried
+    /// while the failure is transient; refused with 503 while the database path is.
+    pub async fn read_uncached<V, F, Fut>(&self, load: F) -> Result<V, ApiError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<V, StoreError>>,
+    {
+        let outcome = self.fetch(&load).await;
+        self.metrics
+            .set_breaker("database", self.breaker.state() as i64);
+        match outcome {
+            Ok(value) => Ok(value),
+            Err(ReadFailure::Unavailable(why)) => Err(ApiError::Unavailable(why)),
+            Err(ReadFailure::Internal(err)) => {
+                Err(ApiError::internal("reading from the database", err))
+            }
+        }
     }
 
     async fn read<K, V, F, Fut>(

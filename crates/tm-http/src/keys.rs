@@ -1,4 +1,5 @@
-//! API key management: create (the secret is shown once), list, revoke.
+//! API key management: create (the secret is shown once, within the tenant's cap on
+//! live keys), list a page at a time, revoke. Creations and revocations are audited.
 
 use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode};
@@ -6,12 +7,12 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use tm_domain::{ApiKey, FieldErrors, Grant, KeyId, Role, TenantId};
-use tm_store::{KeyRecord, KeyView};
+use tm_store::{KeyPage, KeyRecord, KeyView};
 
 use crate::auth::{Action, Caller};
-use crate::extract::ApiJson;
+use crate::extract::{ApiJson, ApiQuery};
 use crate::guard::WriteKind;
-use crate::{ApiError, AppState};
+use crate::{page, ApiError, AppState};
 
 const MAX_NAME_LEN: usize = 100;
 
@@ -87,7 +88,24 @@ struct CreatedKey<'a> {
 #[derive(Serialize)]
 struct KeyList<'a> {
     items: Vec<KeyView<'a>>,
+    next_cursor: Option<String>,
 }
+
+/// Which page of keys to list.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct KeyListQuery {
+    /// Page size, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    #[param(min_length = 1)]
+    cursor: Option<String>,
+}
+
+/// Cursors of the key listing: another listing's cursor is refused.
+const CURSOR_PREFIX: &str = "k1:";
 
 /// Admins create any key; a tenant admin only reader keys of its own tenant.
 fn may_create(caller: &Caller, grant: &Grant) -> Result<(), ApiError> {
@@ -109,9 +127,12 @@ fn may_create(caller: &Caller, grant: &Grant) -> Result<(), ApiError> {
     post,
     path = "/api/v1/keys",
     tag = "keys",
+    params(crate::openapi::IdempotencyKey),
     request_body = CreateKeyBody,
     responses(
         (status = 201, description = "Created", body = crate::openapi::CreatedKeyDoc, headers(("Location" = String))),
+        (status = 409, description = "The key's tenant holds `TM_MAX_KEYS_PER_TENANT` live keys already (revoke one first), or the first request with this Idempotency-Key is still being answered",
+            body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
         crate::openapi::Problems,
         crate::openapi::BodyProblems,
     ),
@@ -126,11 +147,16 @@ pub async fn create(
     may_create(&caller, &grant)?;
     let key = ApiKey::new(KeyId::generate(), rand::random());
     let record = KeyRecord::new(&key, name, grant);
+    let actor = caller.actor();
+    let most = state.config.rate_limits.max_keys_per_tenant.get();
     state
         .guard
-        .write(WriteKind::Ordinary, state.keys.create(record.clone()))
+        .write(
+            WriteKind::Ordinary,
+            state.keys.create(record.clone(), &actor, Some(most)),
+        )
         .await?;
-    tracing::info!(key.id = %record.id, key.role = %record.grant.role(), by = %caller.actor().as_str(), "API key created");
+    tracing::info!(key.id = %record.id, key.role = %record.grant.role(), by = %actor.as_str(), "API key created");
     announce_key_change(&state).await;
     let location = HeaderValue::from_str(&format!("/api/v1/keys/{}", record.id))
         .expect("a path is a valid header value");
@@ -146,21 +172,51 @@ pub async fn create(
         .into_response())
 }
 
-/// List live keys (all for admins, the tenant's for tenant admins), without secrets.
+/// List live keys (all for admins, the tenant's for tenant admins), without secrets, a
+/// page at a time, in id order.
 #[utoipa::path(
     get,
     path = "/api/v1/keys",
     tag = "keys",
+    params(KeyListQuery),
     responses(
-        (status = 200, description = "The keys", body = crate::openapi::KeyListDoc),
+        (status = 200, description = "A page of keys", body = crate::openapi::KeyListDoc),
         crate::openapi::Problems,
     ),
 )]
-pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(query): ApiQuery<KeyListQuery>,
+) -> Result<Response, ApiError> {
     let scope = caller.scope(Action::ManageKeys)?;
-    let records = state.store.list_keys(scope).await?;
+    let after = query
+        .cursor
+        .as_deref()
+        .map(|raw| page::decode_cursor::<KeyId>(CURSOR_PREFIX, raw))
+        .transpose()?;
+    let mut errors = FieldErrors::default();
+    let limit = page::limit(query.limit, &mut errors);
+    errors.into_result()?;
+    // One more than asked tells whether another page exists.
+    let asked = KeyPage {
+        after,
+        limit: limit + 1,
+    };
+    let mut records = state
+        .guard
+        .read_uncached(|| state.store.list_keys(scope, asked))
+        .await?;
+    let next_cursor = if records.len() > limit as usize {
+        records.truncate(limit as usize);
+        records
+            .last()
+            .map(|k| page::encode_cursor(CURSOR_PREFIX, k.id))
+    } else {
+        None
+    };
     let items = records.iter().map(KeyRecord::view).collect();
-    Ok(Json(KeyList { items }).into_response())
+    Ok(Json(KeyList { items, next_cursor }).into_response())
 }
 
 /// Revoke a key; it stops working at once.
@@ -185,7 +241,11 @@ pub async fn revoke(
 ) -> Result<Response, ApiError> {
     let scope = caller.scope(Action::ManageKeys)?;
     let id: KeyId = raw.parse().map_err(|_| ApiError::NotFound)?;
-    let record = state.store.get_key(id).await?.ok_or(ApiError::NotFound)?;
+    let record = state
+        .guard
+        .read_uncached(|| state.store.get_key(id))
+        .await?
+        .ok_or(ApiError::NotFound)?;
     if scope.is_some_and(|own| record.grant.tenant() != Some(own)) {
         return Err(ApiError::NotFound);
     }
@@ -194,11 +254,12 @@ pub async fn revoke(
             "a tenant_admin key may only revoke reader keys".into(),
         ));
     }
+    let actor = caller.actor();
     state
         .guard
-        .write(WriteKind::Ordinary, state.keys.revoke(id))
+        .write(WriteKind::Ordinary, state.keys.revoke(id, &actor))
         .await?;
-    tracing::info!(key.id = %id, by = %caller.actor().as_str(), "API key revoked");
+    tracing::info!(key.id = %id, by = %actor.as_str(), "API key revoked");
     announce_key_change(&state).await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -13,6 +13,7 @@ mod idempotency;
 mod keys;
 mod observe;
 mod openapi;
+mod page;
 mod resolve;
 mod routes;
 mod security;

@@ -80,11 +80,14 @@ pub struct CreatedKeyDoc {
     pub created_at: String,
 }
 
-/// All live keys the caller may see.
+/// One page of the live keys the caller may see.
 #[derive(Serialize, ToSchema)]
 #[schema(as = ApiKeyList)]
 pub struct KeyListDoc {
     pub items: Vec<KeyDoc>,
+    /// Pass as `cursor` to get the next page; `null` on the last page.
+    #[schema(required = true)]
+    pub next_cursor: Option<String>,
 }
 
 struct BearerAuth;
@@ -157,7 +160,8 @@ pub enum Problems {
     /// Well-formed input with invalid values or unknown fields; `errors` names each.
     #[response(status = 422, content_type = "application/problem+json")]
     Invalid(ProblemDoc),
-    /// This key's (or, unauthenticated, this address's) budget is spent.
+    /// This key's or its tenant's (or, unauthenticated, this address's) budget is spent;
+    /// the headers tell of the budget that refused.
     #[response(
         status = 429,
         content_type = "application/problem+json",

@@ -7,8 +7,6 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
 use serde::{Deserialize, Serialize};
 use tm_domain::{
     DomainError, EnvName, FieldErrors, NewRoute, Route, RouteChange, RouteId, RouteKey, RoutePatch,
@@ -20,9 +18,6 @@ use crate::auth::{Action, Caller};
 use crate::extract::{if_none_match, ApiJson, ApiQuery, IfMatch, RouteIdPath};
 use crate::guard::{Freshness, WriteKind};
 use crate::{ApiError, AppState};
-
-const DEFAULT_PAGE: u32 = 100;
-const MAX_PAGE: u32 = 1000;
 
 /// Parses a required field, recording a missing or invalid value.
 fn required<T>(
@@ -350,16 +345,11 @@ struct RouteList {
 const CURSOR_PREFIX: &str = "r1:";
 
 fn encode_cursor(id: RouteId) -> String {
-    URL_SAFE_NO_PAD.encode(format!("{CURSOR_PREFIX}{id}"))
+    crate::page::encode_cursor(CURSOR_PREFIX, id)
 }
 
 fn decode_cursor(raw: &str) -> Result<RouteId, ApiError> {
-    let unreadable = || ApiError::Malformed("the cursor is not one this server issued".into());
-    let bytes = URL_SAFE_NO_PAD.decode(raw).map_err(|_| unreadable())?;
-    let text = std::str::from_utf8(&bytes).map_err(|_| unreadable())?;
-    text.strip_prefix(CURSOR_PREFIX)
-        .and_then(|id| id.parse().ok())
-        .ok_or_else(unreadable)
+    crate::page::decode_cursor(CURSOR_PREFIX, raw)
 }
 
 /// List routes, a page at a time, in creation order.
@@ -397,10 +387,7 @@ pub async fn list(
             .and_then(|e| errors.check("env", EnvName::parse(e))),
         active: query.active,
     };
-    let limit = query.limit.unwrap_or(DEFAULT_PAGE);
-    if !(1..=MAX_PAGE).contains(&limit) {
-        errors.push("limit", format!("must be from 1 to {MAX_PAGE}"));
-    }
+    let limit = crate::page::limit(query.limit, &mut errors);
     errors.into_result()?;
     filter.tenant = caller.list_scope(Action::ReadRoutes, filter.tenant)?;
 
@@ -555,6 +542,8 @@ pub async fn delete(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
 
     #[test]
     fn cursors_round_trip_and_garbage_is_refused() {

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use redis::{Cmd, FromRedisValue, Script, ScriptInvocation};
 use tm_config::{RateLimits, RedisConfig, RedisNodes};
+use tm_domain::TenantId;
 use tm_resilience::{
     BreakerConfig, BreakerState, CircuitBreaker, RateClass, RateDecision, Subject,
 };
@@ -73,22 +74,39 @@ pub struct Redis {
     compare_and_delete: Script,
 }
 
-/// Draws one request from the budget at `KEYS[1]`: `ARGV[1]` microseconds per request,
-/// bursts of `ARGV[2]`. The theoretical arrival time is kept in microseconds of the
-/// server's clock, so that instances with drifting clocks share one budget.
+/// Draws one request from each budget in `KEYS`, or from none: `ARGV[2i-1]`
+/// microseconds per request and bursts of `ARGV[2i]` for `KEYS[i]`. The theoretical
+/// arrival times are kept in microseconds of the server's clock, so that instances with
+/// drifting clocks share one budget. Answers `{allowed, remaining, retry_us, reset_us}`
+/// per budget, in order, up to the first that refuses (then nothing was drawn).
 const GCRA: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local interval = tonumber(ARGV[1])
-local tolerance = interval * tonumber(ARGV[2])
-local tat = tonumber(redis.call('GET', KEYS[1]) or now)
-if tat < now then tat = now end
-local new_tat = tat + interval
-if new_tat - now > tolerance then
-  return {0, 0, new_tat - now - tolerance, tat - now}
+local out = {}
+local drawn = {}
+for i = 1, #KEYS do
+  local interval = tonumber(ARGV[2 * i - 1])
+  local tolerance = interval * tonumber(ARGV[2 * i])
+  local tat = tonumber(redis.call('GET', KEYS[i]) or now)
+  if tat < now then tat = now end
+  local new_tat = tat + interval
+  if new_tat - now > tolerance then
+    table.insert(out, 0)
+    table.insert(out, 0)
+    table.insert(out, new_tat - now - tolerance)
+    table.insert(out, tat - now)
+    return out
+  end
+  drawn[i] = new_tat
+  table.insert(out, 1)
+  table.insert(out, math.floor((tolerance - (new_tat - now)) / interval))
+  table.insert(out, 0)
+  table.insert(out, new_tat - now)
 end
-redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1)
-return {1, math.floor((tolerance - (new_tat - now)) / interval), 0, new_tat - now}
+for i = 1, #KEYS do
+  redis.call('SET', KEYS[i], string.format('%.0f', drawn[i]), 'PX', math.ceil((drawn[i] - now) / 1000) + 1)
+end
+return out
 ";
 
 /// What is kept at `KEYS[1]`, or nothing after claiming it with `ARGV[1]` for `ARGV[2]` ms.
@@ -287,57 +305,106 @@ impl Redis {
         per_request: Duration,
         burst: u32,
     ) -> Result<Gcra, Unavailable> {
-        let micros = u64::try_from(per_request.as_micros())
-            .unwrap_or(u64::MAX)
-            .max(1);
-        let mut invocation = self.gcra.prepare_invoke();
-        invocation
-            .key(format!("{PREFIX}rate:{bucket}"))
-            .arg(micros)
-            .arg(burst);
-        let (allowed, remaining, retry_us, reset_us): (i64, i64, i64, i64) =
-            self.run("rate_limit", Request::Script(&invocation)).await?;
-        let us = |v: i64| Duration::from_micros(u64::try_from(v).unwrap_or(0));
-        Ok(Gcra {
-            allowed: allowed == 1,
-            remaining: u32::try_from(remaining).unwrap_or(0),
-            retry_after: us(retry_us),
-            reset_after: us(reset_us),
-        })
+        let drawn = self
+            .gcra_all(&[(format!("{PREFIX}rate:{bucket}"), per_request, burst)])
+            .await?;
+        Ok(drawn[0])
     }
 
-    /// Draws one request of `class` from `subject`'s fleet-wide budget; `None` when the
-    /// subject is exempt.
+    /// Draws one request from every budget of `buckets` (`(key, per_request, burst)`)
+    /// atomically, or from none if one refuses: the outcome of each, up to and
+    /// including the first that refused. The keys must share a cluster hash slot.
+    async fn gcra_all(
+        &self,
+        buckets: &[(String, Duration, u32)],
+    ) -> Result<Vec<Gcra>, Unavailable> {
+        let mut invocation = self.gcra.prepare_invoke();
+        for (key, per_request, burst) in buckets {
+            let micros = u64::try_from(per_request.as_micros())
+                .unwrap_or(u64::MAX)
+                .max(1);
+            invocation.key(key).arg(micros).arg(*burst);
+        }
+        let flat: Vec<i64> = self.run("rate_limit", Request::Script(&invocation)).await?;
+        let us = |v: i64| Duration::from_micros(u64::try_from(v).unwrap_or(0));
+        let drawn: Vec<Gcra> = flat
+            .chunks_exact(4)
+            .map(|c| Gcra {
+                allowed: c[0] == 1,
+                remaining: u32::try_from(c[1]).unwrap_or(0),
+                retry_after: us(c[2]),
+                reset_after: us(c[3]),
+            })
+            .collect();
+        if drawn.is_empty() {
+            // Not what the script answers; a server that does is not to be trusted.
+            return Err(Unavailable);
+        }
+        Ok(drawn)
+    }
+
+    /// Draws one request of `class` from `subject`'s fleet-wide budget and, for a key
+    /// bound to a `tenant`, from the tenant's, atomically: a refusal by either draws from
+    /// neither. Answers with the tighter decision; `None` when the subject is exempt.
     pub async fn rate_limit(
         &self,
         limits: &RateLimits,
         class: RateClass,
         subject: Subject,
+        tenant: Option<&TenantId>,
     ) -> Result<Option<RateDecision>, Unavailable> {
         if subject.is_exempt(limits) {
             return Ok(None);
         }
         let quota = class.quota(limits);
-        let per_request = quota.period / quota.count.get();
         let who = match subject {
             Subject::Key(id) => format!("key:{id}"),
             Subject::BootstrapKey => "bootstrap".to_owned(),
             Subject::Address(ip) => format!("ip:{ip}"),
         };
-        let outcome = self
-            .gcra(
-                &format!("{}:{who}", class.as_str()),
-                per_request,
-                quota.count.get(),
-            )
-            .await?;
-        Ok(Some(RateDecision {
-            allowed: outcome.allowed,
-            limit: quota.count.get(),
-            remaining: outcome.remaining,
-            reset_after: outcome.reset_after,
-            retry_after: outcome.retry_after,
-        }))
+        let class_name = class.as_str();
+        let tenant_quota = tenant.zip(class.tenant_quota(limits));
+        let mut buckets = Vec::with_capacity(2);
+        let mut quotas = Vec::with_capacity(2);
+        match tenant_quota {
+            // A key's bucket and its tenant's share the tenant as hash tag, so that one
+            // script on one cluster node draws from both.
+            Some((tenant, shared)) => {
+                let tag = format!("{PREFIX}rate:{{{tenant}}}:{class_name}");
+                buckets.push((
+                    format!("{tag}:{who}"),
+                    per_request(quota),
+                    quota.count.get(),
+                ));
+                buckets.push((
+                    format!("{tag}:tenant"),
+                    per_request(shared),
+                    shared.count.get(),
+                ));
+                quotas.extend([quota, shared]);
+            }
+            None => {
+                buckets.push((
+                    format!("{PREFIX}rate:{class_name}:{who}"),
+                    per_request(quota),
+                    quota.count.get(),
+                ));
+                quotas.push(quota);
+            }
+        }
+        let drawn = self.gcra_all(&buckets).await?;
+        let decision = drawn
+            .iter()
+            .zip(quotas)
+            .map(|(outcome, quota)| RateDecision {
+                allowed: outcome.allowed,
+                limit: quota.count.get(),
+                remaining: outcome.remaining,
+                reset_after: outcome.reset_after,
+                retry_after: outcome.retry_after,
+            })
+            .reduce(RateDecision::tighter);
+        Ok(decision)
     }
 
     fn idempotency_key(scope: &str, key: &str) -> String {
@@ -480,6 +547,11 @@ fn pending_record(fingerprint: &str) -> String {
         response: None,
     })
     .expect("a record always serializes")
+}
+
+/// The GCRA emission interval of `quota`.
+fn per_request(quota: tm_config::Quota) -> Duration {
+    quota.period / quota.count.get()
 }
 
 fn millis(d: Duration) -> u64 {

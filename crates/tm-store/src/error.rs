@@ -8,6 +8,9 @@ pub enum StoreError {
     NotFound,
     #[error("a route with this tenant, service, env and version already exists")]
     Conflict,
+    /// A tenant holds the most live keys allowed; one must be revoked first.
+    #[error("the tenant holds {max} live keys, the most allowed")]
+    TooManyKeys { max: u32 },
     /// A conditional write whose expected revision is not the stored one.
     #[error("route revision is {}, not the one expected", .current.revision)]
     StaleRevision { current: Box<Route> },

@@ -1,5 +1,5 @@
-//! API key records as stored, and the in-memory [`KeyRing`] that authenticates requests
-//! without a database round trip.
+//! API key records as stored, their audit trail, and the in-memory [`KeyRing`] that
+//! authenticates requests without a database round trip.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tm_domain::{ApiKey, Grant, KeyId, Role, SecretHash, TenantId};
 
-use crate::{Store, StoreError};
+use crate::{Actor, Store, StoreError};
 
 /// A key as stored: everything but the secret itself.
 #[derive(Clone, Debug, PartialEq)]
@@ -57,6 +57,44 @@ pub struct KeyView<'a> {
 
 fn rfc3339<S: serde::Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+}
+
+/// A page of a key listing ordered by id: at most `limit` keys with ids after `after`.
+#[derive(Clone, Copy, Debug)]
+pub struct KeyPage {
+    pub after: Option<KeyId>,
+    pub limit: u32,
+}
+
+/// What was done to a key, as its audit trail records it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyAuditAction {
+    Create,
+    Revoke,
+}
+
+impl KeyAuditAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Create => "create",
+            Self::Revoke => "revoke",
+        }
+    }
+}
+
+/// One row of a key's audit trail: who created or revoked it, and what it was. Never
+/// the secret nor its hash.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct KeyAuditEntry {
+    pub id: i64,
+    pub at: DateTime<Utc>,
+    /// The key id of the caller (see [`Principal::actor`]).
+    pub actor: String,
+    pub action: KeyAuditAction,
+    pub key_id: KeyId,
+    pub role: Role,
+    pub tenant: Option<TenantId>,
 }
 
 /// Who is calling: the key that authenticated the request and what it may do.
@@ -139,10 +177,19 @@ impl KeyRing {
         })
     }
 
-    /// Stores a new key and makes it usable on this instance at once.
-    pub async fn create(&self, record: KeyRecord) -> Result<(), StoreError> {
+    /// Stores a new key on behalf of `actor` (see
+    /// [`KeyStore::create_key`](crate::KeyStore::create_key) for `max_per_tenant`) and
+    /// makes it usable on this instance at once.
+    pub async fn create(
+        &self,
+        record: KeyRecord,
+        actor: &Actor,
+        max_per_tenant: Option<u32>,
+    ) -> Result<(), StoreError> {
         let _serial = self.changes.lock().await;
-        self.store.create_key(&record).await?;
+        self.store
+            .create_key(&record, actor, max_per_tenant)
+            .await?;
         self.admit(record);
         Ok(())
     }
@@ -168,10 +215,11 @@ impl KeyRing {
         });
     }
 
-    /// Revokes a key in the store and stops it on this instance at once.
-    pub async fn revoke(&self, id: KeyId) -> Result<(), StoreError> {
+    /// Revokes a key in the store on behalf of `actor` and stops it on this instance at
+    /// once.
+    pub async fn revoke(&self, id: KeyId, actor: &Actor) -> Result<(), StoreError> {
         let _serial = self.changes.lock().await;
-        self.store.revoke_key(id).await?;
+        self.store.revoke_key(id, actor).await?;
         self.keys.rcu(|keys| {
             let mut keys = HashMap::clone(keys);
             keys.remove(&id);

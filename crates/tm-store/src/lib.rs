@@ -25,7 +25,7 @@ use tm_config::{PoolConfig, StorageConfig};
 use tm_domain::{EnvName, GroupKey, Route, RouteId, ServiceName, TenantId};
 
 pub use error::StoreError;
-pub use keys::{KeyRecord, KeyRing, KeyView, Principal};
+pub use keys::{KeyAuditAction, KeyAuditEntry, KeyPage, KeyRecord, KeyRing, KeyView, Principal};
 pub use notify::{ChangeSubscription, Changed};
 pub use pool::StoreCounters;
 pub use postgres::PostgresStore;

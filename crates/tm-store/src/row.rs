@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use prometheus::IntCounter;
 use tm_domain::{Grant, KeyId, Role, Route, RouteId, SecretHash, TenantId, UpstreamUrl, Weight};
 
-use crate::{AuditEntry, KeyRecord, LoadCursor, StoreError};
+use crate::{AuditEntry, KeyAuditAction, KeyAuditEntry, KeyRecord, LoadCursor, StoreError};
 
 /// The columns of `routes`, selected with `id` as text and `weight` as a 64-bit integer
 /// so that one row type serves both backends.
@@ -173,6 +173,45 @@ impl TryFrom<KeyRow> for KeyRecord {
 
 pub(crate) fn keys(rows: Vec<KeyRow>) -> Result<Vec<KeyRecord>, StoreError> {
     rows.into_iter().map(KeyRecord::try_from).collect()
+}
+
+/// The columns of `key_audit_log`, with `key_id` as text.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct KeyAuditRow {
+    id: i64,
+    at: DateTime<Utc>,
+    actor: String,
+    action: String,
+    key_id: String,
+    role: String,
+    tenant: Option<String>,
+}
+
+impl TryFrom<KeyAuditRow> for KeyAuditEntry {
+    type Error = StoreError;
+
+    fn try_from(row: KeyAuditRow) -> Result<Self, Self::Error> {
+        let corrupt =
+            |what: &str| StoreError::Corrupt(format!("key audit row {}: invalid {what}", row.id));
+        Ok(KeyAuditEntry {
+            id: row.id,
+            at: row.at,
+            action: match row.action.as_str() {
+                "create" => KeyAuditAction::Create,
+                "revoke" => KeyAuditAction::Revoke,
+                _ => return Err(corrupt("action")),
+            },
+            key_id: row.key_id.parse().map_err(|_| corrupt("key id"))?,
+            role: row.role.parse().map_err(|_| corrupt("role"))?,
+            tenant: row
+                .tenant
+                .as_deref()
+                .map(TenantId::parse)
+                .transpose()
+                .map_err(|_| corrupt("tenant"))?,
+            actor: row.actor,
+        })
+    }
 }
 
 /// Unix milliseconds of `at`, as idempotency records keep time.

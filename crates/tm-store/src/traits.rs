@@ -9,8 +9,8 @@ use tm_domain::{GroupKey, KeyId, NewRoute, Route, RouteId, RouteKey, RoutePatch,
 
 use crate::{
     ActivePage, Actor, AuditEntry, ChangePosition, ChangeSubscription, Changes, ExpectedRevisions,
-    IdempotencyRecord, KeyRecord, LoadCursor, Page, ReadFrom, ReplicaStatus, RouteFilter,
-    StoreError, StoredResponse,
+    IdempotencyRecord, KeyAuditEntry, KeyPage, KeyRecord, LoadCursor, Page, ReadFrom,
+    ReplicaStatus, RouteFilter, StoreError, StoredResponse,
 };
 
 /// Routes and their audit log.
@@ -83,11 +83,18 @@ pub trait RouteStore: Send + Sync + 'static {
     async fn audit_log(&self, route_id: RouteId) -> Result<Vec<AuditEntry>, StoreError>;
 }
 
-/// API keys.
+/// API keys and their audit trail.
 #[async_trait]
 pub trait KeyStore: Send + Sync + 'static {
-    /// Stores a new key.
-    async fn create_key(&self, record: &KeyRecord) -> Result<(), StoreError>;
+    /// Stores a new key made by `actor`, with its audit row, in one transaction. With
+    /// `max_per_tenant`, a key of a tenant that holds that many live keys already is
+    /// refused with [`StoreError::TooManyKeys`] (keys without a tenant are not counted).
+    async fn create_key(
+        &self,
+        record: &KeyRecord,
+        actor: &Actor,
+        max_per_tenant: Option<u32>,
+    ) -> Result<(), StoreError>;
 
     /// Stores `record` only if no key was ever stored before; says whether it did. This
     /// is how the first admin key is made exactly once, however many instances start.
@@ -96,11 +103,20 @@ pub trait KeyStore: Send + Sync + 'static {
     /// A live (not revoked) key.
     async fn get_key(&self, id: KeyId) -> Result<Option<KeyRecord>, StoreError>;
 
-    /// Live keys, of one tenant or of all (admin keys included only for all).
-    async fn list_keys(&self, tenant: Option<&TenantId>) -> Result<Vec<KeyRecord>, StoreError>;
+    /// A page of the live keys, of one tenant or of all (admin keys included only for
+    /// all), ordered by id.
+    async fn list_keys(
+        &self,
+        tenant: Option<&TenantId>,
+        page: KeyPage,
+    ) -> Result<Vec<KeyRecord>, StoreError>;
 
-    /// Revokes a live key; [`StoreError::NotFound`] if there is none.
-    async fn revoke_key(&self, id: KeyId) -> Result<(), StoreError>;
+    /// Revokes a live key on behalf of `actor`, with its audit row, in one transaction;
+    /// [`StoreError::NotFound`] if there is none.
+    async fn revoke_key(&self, id: KeyId, actor: &Actor) -> Result<(), StoreError>;
+
+    /// The audit trail of one key, oldest first.
+    async fn key_audit_log(&self, id: KeyId) -> Result<Vec<KeyAuditEntry>, StoreError>;
 
     /// Every live key: what the key ring is loaded from.
     async fn active_keys(&self) -> Result<Vec<KeyRecord>, StoreError>;

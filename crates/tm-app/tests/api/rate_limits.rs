@@ -119,3 +119,78 @@ async fn resolve_answers_carry_the_rate_limit_headers() {
         assert!(reply.header(header).is_some(), "{header}");
     }
 }
+
+#[tokio::test]
+async fn the_keys_of_a_tenant_together_cannot_exceed_its_budget() {
+    let app = TestApp::builder()
+        .configure(|raw| {
+            raw.limits.rate_limit_read = "3/min".into();
+            raw.limits.rate_limit_tenant_read = "4/min".into();
+        })
+        .spawn()
+        .await;
+    let (first, second) = (
+        app.create_key("reader", Some("acme")).await,
+        app.create_key("reader", Some("acme")).await,
+    );
+    let other_tenant = app.create_key("reader", Some("globex")).await;
+    let read = |key: &str| {
+        let key = key.to_owned();
+        let app = &app;
+        async move {
+            app.request_as(Some(&key), Method::GET, "/api/v1/routes", None)
+                .await
+        }
+    };
+    // Each key spends two of its three; the headers tell of the tighter budget: the
+    // key's at first, then the tenant's.
+    let mut seen = Vec::new();
+    for key in [&first, &first, &second, &second] {
+        let reply = read(key).await;
+        reply.assert_status(StatusCode::OK);
+        seen.push((
+            reply.header("x-rate-limit-limit").map(str::to_owned),
+            reply.header("x-rate-limit-remaining").map(str::to_owned),
+        ));
+    }
+    let header =
+        |limit: &str, remaining: &str| (Some(limit.to_owned()), Some(remaining.to_owned()));
+    assert_eq!(
+        seen,
+        [
+            header("3", "2"),
+            header("3", "1"),
+            header("4", "1"),
+            header("4", "0")
+        ]
+    );
+    // Both keys are within their own budgets, but the tenant's is spent.
+    for key in [&first, &second] {
+        let refused = read(key).await;
+        refused.problem(StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(refused.header("x-rate-limit-limit"), Some("4"));
+        assert_eq!(refused.header("x-rate-limit-remaining"), Some("0"));
+        let retry: u64 = refused
+            .header("retry-after")
+            .expect("retry-after")
+            .parse()
+            .expect("seconds");
+        assert!((1..=15).contains(&retry), "{retry}");
+    }
+    // Another tenant's budget is untouched, and so is a key without a tenant.
+    let other = read(&other_tenant).await;
+    other.assert_status(StatusCode::OK);
+    assert_eq!(other.header("x-rate-limit-remaining"), Some("2"));
+    app.get("/api/v1/routes")
+        .await
+        .assert_status(StatusCode::OK);
+    // Another class of the same tenant has a budget of its own.
+    app.request_as(
+        Some(&first),
+        Method::GET,
+        "/api/v1/routes/resolve?tenant=acme&service=billing&env=prod",
+        None,
+    )
+    .await
+    .problem(StatusCode::NOT_FOUND);
+}

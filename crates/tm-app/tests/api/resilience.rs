@@ -352,3 +352,43 @@ fn quiet_background(raw: &mut tm_config::RawConfig) {
     raw.process.snapshot_reload_interval = Duration::from_secs(3600);
     raw.process.snapshot_catch_up_interval = Duration::from_secs(3600);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_reads_are_guarded_like_route_reads() {
+    let app = spawn_app_with(|raw| {
+        raw.guards.breaker_open_for = Duration::from_secs(60);
+        raw.guards.breaker_pressure_for = Duration::ZERO;
+    })
+    .await;
+    app.create_key("reader", Some("acme")).await;
+    let id = app.get("/api/v1/keys").await.json()["items"][0]["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+
+    let held = hold_pool(&app, 0.9).await;
+    // Listing and looking a key up (to revoke it) are refused at once, through the
+    // breaker, rather than queueing for the pool.
+    let started = Instant::now();
+    for (method, path) in [
+        (Method::GET, "/api/v1/keys".to_owned()),
+        (Method::DELETE, format!("/api/v1/keys/{id}")),
+    ] {
+        let refused = app.request(method, &path, None).await;
+        let problem = refused.problem(StatusCode::SERVICE_UNAVAILABLE);
+        assert!(refused.header("retry-after").is_some());
+        assert!(
+            problem["detail"]
+                .as_str()
+                .expect("detail")
+                .starts_with("the database circuit breaker is open;"),
+            "{path}: {problem}"
+        );
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "answers were not fast: {:?}",
+        started.elapsed()
+    );
+    drop(held);
+}

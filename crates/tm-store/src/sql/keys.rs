@@ -1,11 +1,17 @@
-//! API keys, and the one-time claim of the first one.
+//! API keys with their audit rows, and the one-time claim of the first one.
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use tm_domain::{now, KeyId, TenantId};
 
 use super::{fetch_optional, Backend, Conn, Value};
-use crate::row::{keys, KeyRow};
-use crate::{KeyRecord, KeyStore, ReadFrom, StoreError};
+use crate::row::{keys, KeyAuditRow, KeyRow};
+use crate::{
+    Actor, KeyAuditAction, KeyAuditEntry, KeyPage, KeyRecord, KeyStore, ReadFrom, StoreError,
+};
+
+/// How the first admin key is named in the audit log: no caller made it.
+const BOOTSTRAP_ACTOR: &str = "bootstrap";
 
 async fn insert_key<B: Backend>(conn: &mut Conn<B>, record: &KeyRecord) -> Result<(), StoreError> {
     let values = vec![
@@ -20,11 +26,89 @@ async fn insert_key<B: Backend>(conn: &mut Conn<B>, record: &KeyRecord) -> Resul
     Ok(())
 }
 
+/// One audit row of a key: what `actor` did to the key `id`, and the key's role and
+/// tenant.
+struct Audit<'a> {
+    at: DateTime<Utc>,
+    actor: &'a str,
+    action: KeyAuditAction,
+    id: KeyId,
+    role: &'a str,
+    tenant: Option<&'a str>,
+}
+
+impl Audit<'_> {
+    async fn write<B: Backend>(&self, conn: &mut Conn<B>) -> Result<(), StoreError> {
+        let values = vec![
+            Value::Time(self.at),
+            Value::Text(self.actor),
+            Value::Text(self.action.as_str()),
+            Value::id(self.id.as_uuid()),
+            Value::Text(self.role),
+            Value::OptText(self.tenant),
+        ];
+        B::execute(conn, &B::sql().insert_key_audit, values).await?;
+        Ok(())
+    }
+}
+
+/// Stores `record` with its creation audit row, made by `actor`.
+async fn insert_audited<B: Backend>(
+    conn: &mut Conn<B>,
+    record: &KeyRecord,
+    actor: &str,
+) -> Result<(), StoreError> {
+    insert_key::<B>(conn, record).await?;
+    Audit {
+        at: record.created_at,
+        actor,
+        action: KeyAuditAction::Create,
+        id: record.id,
+        role: record.grant.role().as_str(),
+        tenant: record.grant.tenant().map(TenantId::as_str),
+    }
+    .write::<B>(conn)
+    .await
+}
+
+/// Fails with [`StoreError::TooManyKeys`] if `tenant` holds `max` live keys already.
+/// Holds the tenant's key lock (where the backend needs one) until the transaction
+/// ends, so that two creations cannot both see room for one more.
+async fn check_room<B: Backend>(
+    conn: &mut Conn<B>,
+    tenant: &TenantId,
+    max: u32,
+) -> Result<(), StoreError> {
+    if let Some(lock) = &B::sql().lock_tenant_keys {
+        B::execute(conn, lock, vec![Value::Text(tenant.as_str())]).await?;
+    }
+    let count: Option<(i64,)> = fetch_optional::<B, _>(
+        conn,
+        &B::sql().count_tenant_keys,
+        vec![Value::Text(tenant.as_str())],
+    )
+    .await?;
+    if count.is_some_and(|(live,)| live >= i64::from(max)) {
+        return Err(StoreError::TooManyKeys { max });
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl<B: Backend> KeyStore for B {
-    async fn create_key(&self, record: &KeyRecord) -> Result<(), StoreError> {
+    async fn create_key(
+        &self,
+        record: &KeyRecord,
+        actor: &Actor,
+        max_per_tenant: Option<u32>,
+    ) -> Result<(), StoreError> {
         self.writer()
-            .write(async |conn: &mut Conn<B>| insert_key::<B>(conn, record).await)
+            .transaction(async |conn: &mut Conn<B>| {
+                if let (Some(max), Some(tenant)) = (max_per_tenant, record.grant.tenant()) {
+                    check_room::<B>(conn, tenant, max).await?;
+                }
+                insert_audited::<B>(conn, record, actor.as_str()).await
+            })
             .await
     }
 
@@ -46,7 +130,7 @@ impl<B: Backend> KeyStore for B {
                 if B::execute(conn, &B::sql().claim_bootstrap, claim).await? == 0 {
                     return Ok(false);
                 }
-                insert_key::<B>(conn, record).await?;
+                insert_audited::<B>(conn, record, BOOTSTRAP_ACTOR).await?;
                 Ok(true)
             })
             .await
@@ -60,23 +144,51 @@ impl<B: Backend> KeyStore for B {
         row.map(KeyRecord::try_from).transpose()
     }
 
-    async fn list_keys(&self, tenant: Option<&TenantId>) -> Result<Vec<KeyRecord>, StoreError> {
+    async fn list_keys(
+        &self,
+        tenant: Option<&TenantId>,
+        page: KeyPage,
+    ) -> Result<Vec<KeyRecord>, StoreError> {
         let mut conn = self.reader(ReadFrom::Primary).0.acquire().await?;
-        let of = vec![Value::OptText(tenant.map(|t| t.as_str()))];
-        let rows: Vec<KeyRow> = B::fetch_all(&mut conn, &B::sql().list_keys, of).await?;
+        let values = vec![
+            Value::OptText(tenant.map(|t| t.as_str())),
+            Value::opt_id(page.after.map(|id| id.as_uuid())),
+            Value::Int(i64::from(page.limit)),
+        ];
+        let rows: Vec<KeyRow> = B::fetch_all(&mut conn, &B::sql().list_keys, values).await?;
         keys(rows)
     }
 
-    async fn revoke_key(&self, id: KeyId) -> Result<(), StoreError> {
+    async fn revoke_key(&self, id: KeyId, actor: &Actor) -> Result<(), StoreError> {
         self.writer()
-            .write(async |conn: &mut Conn<B>| {
-                let values = vec![Value::Time(now()), Value::id(id.as_uuid())];
-                match B::execute(conn, &B::sql().revoke_key, values).await? {
-                    0 => Err(StoreError::NotFound),
-                    _ => Ok(()),
+            .transaction(async |conn: &mut Conn<B>| {
+                let at = now();
+                let values = vec![Value::Time(at), Value::id(id.as_uuid())];
+                let revoked: Option<(String, Option<String>)> =
+                    fetch_optional::<B, _>(conn, &B::sql().revoke_key, values).await?;
+                let Some((role, tenant)) = revoked else {
+                    return Err(StoreError::NotFound);
+                };
+                Audit {
+                    at,
+                    actor: actor.as_str(),
+                    action: KeyAuditAction::Revoke,
+                    id,
+                    role: &role,
+                    tenant: tenant.as_deref(),
                 }
+                .write::<B>(conn)
+                .await
             })
             .await
+    }
+
+    async fn key_audit_log(&self, id: KeyId) -> Result<Vec<KeyAuditEntry>, StoreError> {
+        let mut conn = self.reader(ReadFrom::Primary).0.acquire().await?;
+        let by_id = vec![Value::id(id.as_uuid())];
+        let rows: Vec<KeyAuditRow> =
+            B::fetch_all(&mut conn, &B::sql().key_audit_log, by_id).await?;
+        rows.into_iter().map(KeyAuditEntry::try_from).collect()
     }
 
     async fn active_keys(&self) -> Result<Vec<KeyRecord>, StoreError> {

@@ -158,8 +158,17 @@ pub(crate) struct Statements {
     pub(crate) claim_bootstrap: String,
     pub(crate) insert_key: String,
     pub(crate) get_key: String,
+    /// Live keys by tenant, after id (each may be null), limit.
     pub(crate) list_keys: String,
+    /// Revokes a live key by id and returns its role and tenant.
     pub(crate) revoke_key: String,
+    /// The live keys of a tenant.
+    pub(crate) count_tenant_keys: String,
+    /// Serializes key creations of one tenant until the transaction ends, where the
+    /// backend does not serialize every write transaction anyway (PostgreSQL).
+    pub(crate) lock_tenant_keys: Option<String>,
+    pub(crate) insert_key_audit: String,
+    pub(crate) key_audit_log: String,
     pub(crate) active_keys: String,
     pub(crate) idempotency_delete_expired: String,
     pub(crate) idempotency_claim: String,

@@ -52,9 +52,23 @@ pub(super) static STATEMENTS: LazyLock<Statements> = LazyLock::new(|| {
         get_key: format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE id = ?1 AND revoked_at IS NULL"),
         list_keys: format!(
             "SELECT {KEY_COLUMNS} FROM api_keys \
-             WHERE revoked_at IS NULL AND (?1 IS NULL OR tenant = ?1) ORDER BY id"
+             WHERE revoked_at IS NULL AND (?1 IS NULL OR tenant = ?1) \
+               AND (?2 IS NULL OR id > ?2) \
+             ORDER BY id LIMIT ?3"
         ),
-        revoke_key: "UPDATE api_keys SET revoked_at = ?1 WHERE id = ?2 AND revoked_at IS NULL"
+        revoke_key: "UPDATE api_keys SET revoked_at = ?1 WHERE id = ?2 AND revoked_at IS NULL \
+                     RETURNING role, tenant"
+            .into(),
+        count_tenant_keys: "SELECT count(*) FROM api_keys \
+                            WHERE tenant = ?1 AND revoked_at IS NULL"
+            .into(),
+        // BEGIN IMMEDIATE already holds the database's write lock.
+        lock_tenant_keys: None,
+        insert_key_audit: "INSERT INTO key_audit_log (at, actor, action, key_id, role, tenant) \
+                           VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
+            .into(),
+        key_audit_log: "SELECT id, at, actor, action, key_id, role, tenant \
+                        FROM key_audit_log WHERE key_id = ?1 ORDER BY id"
             .into(),
         active_keys: format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE revoked_at IS NULL"),
         idempotency_delete_expired:
