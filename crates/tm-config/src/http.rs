@@ -1,5 +1,5 @@
 //! The HTTP API: body limit, resolve's cache headers, CORS, TLS in front, the health
-//! probe's bound and the drain on shutdown. Its [`HttpConfig`] also carries the listen
+//! probe's bound, idempotency records per key and the drain on shutdown. Its [`HttpConfig`] also carries the listen
 //! address, the rate limits and the guards: everything the HTTP layer is given.
 
 use std::net::SocketAddr;
@@ -24,6 +24,8 @@ pub struct HttpRaw {
     pub resolve_stale_while_revalidate: Duration,
     #[serde(with = "humantime_serde")]
     pub health_check_timeout: Duration,
+    /// Idempotency records one API key may hold at once (each lives 24 hours).
+    pub idempotency_max_keys: u32,
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
     /// Comma-separated origins allowed by CORS, or `*`.
@@ -39,6 +41,7 @@ impl Default for HttpRaw {
             resolve_max_age: Duration::from_secs(5),
             resolve_stale_while_revalidate: Duration::from_secs(30),
             health_check_timeout: Duration::from_secs(2),
+            idempotency_max_keys: 10_000,
             shutdown_grace: Duration::from_secs(10),
             cors_origins: None,
             behind_tls: false,
@@ -58,6 +61,8 @@ pub struct HttpConfig {
     pub resolve_stale_while_revalidate: Duration,
     #[serde(with = "humantime_serde")]
     pub health_check_timeout: Duration,
+    /// Idempotency records one API key may hold at once; beyond, 429.
+    pub idempotency_max_keys: u32,
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
     pub cors: CorsOrigins,
@@ -99,6 +104,7 @@ impl HttpRaw {
             );
         }
         problems.positive(&[("health_check_timeout", self.health_check_timeout)]);
+        problems.at_least_one(&[("idempotency_max_keys", self.idempotency_max_keys.into())]);
         let cors = self.cors(process.profile, problems);
         Some(HttpConfig {
             listen: process.listen?,
@@ -106,6 +112,7 @@ impl HttpRaw {
             resolve_max_age: self.resolve_max_age,
             resolve_stale_while_revalidate: self.resolve_stale_while_revalidate,
             health_check_timeout: self.health_check_timeout,
+            idempotency_max_keys: self.idempotency_max_keys,
             shutdown_grace: self.shutdown_grace,
             cors,
             behind_tls: self.behind_tls,
@@ -172,6 +179,7 @@ impl HttpConfig {
             self.resolve_stale_while_revalidate,
         );
         out.duration("health_check_timeout", self.health_check_timeout);
+        out.plain("idempotency_max_keys", self.idempotency_max_keys);
         out.duration("shutdown_grace", self.shutdown_grace);
         match &self.cors {
             CorsOrigins::None => out.quoted("cors_origins", ""),

@@ -1,16 +1,19 @@
-//! Authentication and the one authorization policy every handler asks.
+//! Admission and the one authorization policy every handler asks.
 //!
-//! [`Caller`] authenticates the bearer key against the in-memory key ring (no database
-//! round trip). Handlers then ask it, never the role directly: `authorize` for data
-//! named in the request (another tenant: 403), `scope` for listings and lookups by id
-//! (another tenant's data is simply not there: 404).
+//! [`admit`] takes every `/api/v1` request through the same steps, in this order, before
+//! its body is read: authenticate the bearer key against the in-memory key ring (no
+//! database round trip), draw from the key's rate budget, and check that the key's role
+//! may do the operation at all. A refused request costs nothing more. Handlers then
+//! ask the admitted [`Caller`], never the role directly: `authorize` for data named in
+//! the request (another tenant: 403), `scope` for listings and lookups by id (another
+//! tenant's data is simply not there: 404).
 
 use std::net::SocketAddr;
 
-use axum::extract::{ConnectInfo, FromRequestParts, MatchedPath};
+use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
-use axum::http::Method;
+use axum::http::{Extensions, HeaderMap};
 use tm_domain::{Grant, Role, TenantId};
 use tm_resilience::{RateClass, Subject};
 use tm_store::{Actor, Principal};
@@ -28,6 +31,16 @@ pub enum Action {
 }
 
 impl Action {
+    /// The rate budget a request doing this draws from.
+    fn rate_class(self) -> RateClass {
+        match self {
+            Action::Resolve => RateClass::Resolve,
+            Action::ReadRoutes => RateClass::Read,
+            Action::WriteRoutes => RateClass::Write,
+            Action::ManageKeys => RateClass::Keys,
+        }
+    }
+
     fn describe(self) -> &'static str {
         match self {
             Action::Resolve => "resolve routes",
@@ -123,53 +136,72 @@ impl Caller {
     }
 }
 
+/// Admits a request that wants to do `action`: authenticates its key (401, and a draw
+/// from the client address's budget when that fails), draws from the key's budget for
+/// the action (429), then checks that the key's role may do it at all (403). Whether
+/// the tenant named in the body is the key's is for the handler to ask, once parsed.
+pub(crate) async fn admit(
+    state: &AppState,
+    headers: &HeaderMap,
+    extensions: &Extensions,
+    action: Action,
+) -> Result<Caller, ApiError> {
+    let context = extensions
+        .get::<RequestContext>()
+        .cloned()
+        .unwrap_or_default();
+    let principal = match authenticate(headers, state) {
+        Ok(principal) => principal,
+        Err(refusal) => {
+            // Failed authentications draw from the client address's budget, so that
+            // guessing keys is slow.
+            let client = extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0.ip());
+            if let Some(ip) = client {
+                check_rate(
+                    state,
+                    &context,
+                    RateClass::Unauthenticated,
+                    Subject::Address(ip),
+                )
+                .await?;
+            }
+            return Err(refusal);
+        }
+    };
+    tracing::Span::current().record("key_id", principal.actor().as_str());
+    let subject = principal.key_id.map_or(Subject::BootstrapKey, Subject::Key);
+    check_rate(state, &context, action.rate_class(), subject).await?;
+    let caller = Caller { principal, context };
+    caller.require(action)?;
+    Ok(caller)
+}
+
+/// A request that reached its handler without admission: a wiring mistake.
+#[derive(Debug, thiserror::Error)]
+#[error("the operation was routed without its admission step")]
+struct NotAdmitted;
+
+/// The caller admitted by [`admit`] before the handler ran.
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(
         parts: &mut Parts,
-        state: &AppState,
+        _state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let context = parts
+        parts
             .extensions
-            .get::<RequestContext>()
-            .cloned()
-            .unwrap_or_default();
-        let principal = match authenticate(parts, state) {
-            Ok(principal) => principal,
-            Err(refusal) => {
-                // Failed authentications draw from the client address's budget, so that
-                // guessing keys is slow.
-                let client = parts
-                    .extensions
-                    .get::<ConnectInfo<SocketAddr>>()
-                    .map(|c| c.0.ip());
-                if let Some(ip) = client {
-                    check_rate(
-                        state,
-                        &context,
-                        RateClass::Unauthenticated,
-                        Subject::Address(ip),
-                    )
-                    .await?;
-                }
-                return Err(refusal);
-            }
-        };
-        tracing::Span::current().record("key_id", principal.actor().as_str());
-        let subject = principal.key_id.map_or(Subject::BootstrapKey, Subject::Key);
-        check_rate(state, &context, class_of(parts), subject).await?;
-        Ok(Caller { principal, context })
+            .remove::<Caller>()
+            .ok_or_else(|| ApiError::internal("finding the admitted caller", NotAdmitted))
     }
 }
 
-fn authenticate(parts: &Parts, state: &AppState) -> Result<Principal, ApiError> {
-    let header = parts
-        .headers
-        .get(AUTHORIZATION)
-        .ok_or(ApiError::Unauthorized(
-            "an Authorization: Bearer <key> header is required",
-        ))?;
+fn authenticate(headers: &HeaderMap, state: &AppState) -> Result<Principal, ApiError> {
+    let header = headers.get(AUTHORIZATION).ok_or(ApiError::Unauthorized(
+        "an Authorization: Bearer <key> header is required",
+    ))?;
     let presented = header
         .to_str()
         .ok()
@@ -185,23 +217,6 @@ fn authenticate(parts: &Parts, state: &AppState) -> Result<Principal, ApiError> 
         .keys
         .authenticate(presented)
         .ok_or(ApiError::Unauthorized("the key is not valid"))
-}
-
-/// The budget a request draws from, by what it does.
-fn class_of(parts: &Parts) -> RateClass {
-    let path = parts
-        .extensions
-        .get::<MatchedPath>()
-        .map_or("", MatchedPath::as_str);
-    if path == "/api/v1/routes/resolve" {
-        RateClass::Resolve
-    } else if path.starts_with("/api/v1/keys") {
-        RateClass::Keys
-    } else if parts.method == Method::GET || parts.method == Method::HEAD {
-        RateClass::Read
-    } else {
-        RateClass::Write
-    }
 }
 
 /// Draws from `subject`'s budget; a refusal is a 429, an allowance sets the headers.

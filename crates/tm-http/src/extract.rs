@@ -32,6 +32,15 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     }
 }
 
+/// A body read before its handler (for `Idempotency-Key`) must be what [`ApiJson`]
+/// accepts as far as form goes: JSON by its content type (415) and in its syntax (400).
+pub(crate) fn check_json(headers: &HeaderMap, bytes: &[u8]) -> Result<(), ApiError> {
+    if !is_json(headers) {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+    check_syntax(bytes)
+}
+
 fn is_json(headers: &HeaderMap) -> bool {
     let Some(value) = headers
         .get(header::CONTENT_TYPE)
