@@ -1,5 +1,5 @@
 //! The HTTP API: body limit, resolve's cache headers, CORS, TLS in front, the health
-//! probe's bound, idempotency records per key and the drain on shutdown. Its [`HttpConfig`] also carries the listen
+//! probe's bound and interval, idempotency records per key and the drain on shutdown. Its [`HttpConfig`] also carries the listen
 //! address, the rate limits and the guards: everything the HTTP layer is given.
 
 use std::net::SocketAddr;
@@ -24,6 +24,9 @@ pub struct HttpRaw {
     pub resolve_stale_while_revalidate: Duration,
     #[serde(with = "humantime_serde")]
     pub health_check_timeout: Duration,
+    /// How long one check of the dependencies answers every health probe.
+    #[serde(with = "humantime_serde")]
+    pub health_check_interval: Duration,
     /// Idempotency records one API key may hold at once (each lives 24 hours).
     pub idempotency_max_keys: u32,
     #[serde(with = "humantime_serde")]
@@ -41,6 +44,7 @@ impl Default for HttpRaw {
             resolve_max_age: Duration::from_secs(5),
             resolve_stale_while_revalidate: Duration::from_secs(30),
             health_check_timeout: Duration::from_secs(2),
+            health_check_interval: Duration::from_secs(1),
             idempotency_max_keys: 10_000,
             shutdown_grace: Duration::from_secs(10),
             cors_origins: None,
@@ -61,6 +65,9 @@ pub struct HttpConfig {
     pub resolve_stale_while_revalidate: Duration,
     #[serde(with = "humantime_serde")]
     pub health_check_timeout: Duration,
+    /// One check of the dependencies answers every health probe for this long.
+    #[serde(with = "humantime_serde")]
+    pub health_check_interval: Duration,
     /// Idempotency records one API key may hold at once; beyond, 429.
     pub idempotency_max_keys: u32,
     #[serde(with = "humantime_serde")]
@@ -86,6 +93,7 @@ pub enum CorsOrigins {
 
 const MIN_BODY: usize = 1024;
 const MAX_BODY: usize = 16 * 1024 * 1024;
+const MAX_HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(60);
 
 impl HttpRaw {
     /// The HTTP layer's settings, given the process's (listen address, profile) and the
@@ -103,7 +111,16 @@ impl HttpRaw {
                 format!("must be between {MIN_BODY} and {MAX_BODY}"),
             );
         }
-        problems.positive(&[("health_check_timeout", self.health_check_timeout)]);
+        problems.positive(&[
+            ("health_check_timeout", self.health_check_timeout),
+            ("health_check_interval", self.health_check_interval),
+        ]);
+        if self.health_check_interval > MAX_HEALTH_CHECK_INTERVAL {
+            problems.add(
+                "health_check_interval",
+                "must be at most 1m, so that readiness follows the dependencies",
+            );
+        }
         problems.at_least_one(&[("idempotency_max_keys", self.idempotency_max_keys.into())]);
         let cors = self.cors(process.profile, problems);
         Some(HttpConfig {
@@ -112,6 +129,7 @@ impl HttpRaw {
             resolve_max_age: self.resolve_max_age,
             resolve_stale_while_revalidate: self.resolve_stale_while_revalidate,
             health_check_timeout: self.health_check_timeout,
+            health_check_interval: self.health_check_interval,
             idempotency_max_keys: self.idempotency_max_keys,
             shutdown_grace: self.shutdown_grace,
             cors,
@@ -179,6 +197,7 @@ impl HttpConfig {
             self.resolve_stale_while_revalidate,
         );
         out.duration("health_check_timeout", self.health_check_timeout);
+        out.duration("health_check_interval", self.health_check_interval);
         out.plain("idempotency_max_keys", self.idempotency_max_keys);
         out.duration("shutdown_grace", self.shutdown_grace);
         match &self.cors {

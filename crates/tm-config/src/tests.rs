@@ -396,33 +396,45 @@ fn non_dev_profiles_log_json_by_default() {
 
 #[test]
 fn every_setting_may_come_from_the_environment() {
-    assert_eq!(setting_keys().len(), 62);
+    assert_eq!(setting_keys().len(), 63);
     Jail::expect_with(|jail| {
         jail.set_env("TM_PROCESS_TYPE", "worker");
         jail.set_env("TM_DB_POOL_MAX_WORKER", "3");
         jail.set_env("TM_READ_CACHE_ENTRIES", "7");
         jail.set_env("TM_RATE_LIMIT_KEYS", "9/min");
+        jail.set_env("TM_HEALTH_CHECK_INTERVAL", "250ms");
         jail.set_env("TM_IDEMPOTENCY_MAX_KEYS", "12");
         let config = Config::load(None).expect("valid");
         assert_eq!(config.pool.max_connections, 3);
         assert_eq!(config.http.guards.read_cache_entries, 7);
         assert_eq!(config.http.rate_limits.keys.to_string(), "9/min");
+        assert_eq!(
+            config.http.health_check_interval,
+            Duration::from_millis(250)
+        );
         assert_eq!(config.http.idempotency_max_keys, 12);
         Ok(())
     });
 }
 
 #[test]
-fn the_idempotency_bound_is_checked() {
-    let raw = RawConfig {
-        http: HttpRaw {
-            idempotency_max_keys: 0,
-            ..Default::default()
-        },
-        ..RawConfig::default()
-    };
-    let err = Config::try_from(raw).expect_err("refused");
-    assert_eq!(err.0[0].setting, "TM_IDEMPOTENCY_MAX_KEYS");
+fn health_check_interval_and_idempotency_bound_are_checked() {
+    for (interval, max_keys, bad) in [
+        (Duration::ZERO, 1, "TM_HEALTH_CHECK_INTERVAL"),
+        (Duration::from_secs(61), 1, "TM_HEALTH_CHECK_INTERVAL"),
+        (Duration::from_secs(1), 0, "TM_IDEMPOTENCY_MAX_KEYS"),
+    ] {
+        let raw = RawConfig {
+            http: HttpRaw {
+                health_check_interval: interval,
+                idempotency_max_keys: max_keys,
+                ..Default::default()
+            },
+            ..RawConfig::default()
+        };
+        let err = Config::try_from(raw).expect_err("refused");
+        assert_eq!(err.0[0].setting, bad);
+    }
 }
 
 #[test]

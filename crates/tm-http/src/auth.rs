@@ -178,6 +178,21 @@ pub(crate) async fn admit(
     Ok(caller)
 }
 
+/// For an endpoint open to anyone that shows more to an admin: whether the request
+/// presents an admin key. No key is no admin; a key presented is admitted as any other
+/// (a bad one is a 401, and a draw from the address's budget).
+pub(crate) async fn presents_admin(
+    state: &AppState,
+    headers: &HeaderMap,
+    extensions: &Extensions,
+) -> Result<bool, ApiError> {
+    if !headers.contains_key(AUTHORIZATION) {
+        return Ok(false);
+    }
+    let caller = admit(state, headers, extensions, Action::ReadRoutes).await?;
+    Ok(matches!(caller.grant(), Grant::Admin))
+}
+
 /// A request that reached its handler without admission: a wiring mistake.
 #[derive(Debug, thiserror::Error)]
 #[error("the operation was routed without its admission step")]

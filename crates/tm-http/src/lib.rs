@@ -73,6 +73,8 @@ pub struct Shared {
     recent_writers: Option<moka::sync::Cache<String, ()>>,
     /// The read replicas as last checked.
     replicas: std::sync::RwLock<Vec<tm_store::ReplicaStatus>>,
+    /// The dependencies as last checked by a health probe.
+    health: health::HealthChecks,
 }
 
 impl AppState {
@@ -162,6 +164,7 @@ impl AppState {
                     .build()
             }),
             replicas: std::sync::RwLock::default(),
+            health: health::HealthChecks::default(),
         }))
     }
 }
