@@ -346,3 +346,52 @@ async fn idempotency_records_are_bounded_per_key() {
         .await
         .assert_status(StatusCode::CREATED);
 }
+
+#[tokio::test]
+async fn an_expired_record_neither_answers_nor_counts_and_is_purged() {
+    use tm_store::{IdempotencyClaim, StoredResponse};
+    let app = spawn_app().await;
+    let store = &app.store;
+    let fingerprint = "f".repeat(64);
+    let pending = std::time::Duration::from_secs(60);
+    let claimed = store
+        .claim_idempotency_key("caller", "old", &fingerprint, pending, 1)
+        .await
+        .expect("claimed");
+    assert_eq!(claimed, IdempotencyClaim::Claimed);
+    // The caller holds its one record: a new key is refused, the same key answered.
+    let full = store
+        .claim_idempotency_key("caller", "new", &fingerprint, pending, 1)
+        .await
+        .expect("answered");
+    assert_eq!(full, IdempotencyClaim::Full);
+    let answer = StoredResponse {
+        status: 201,
+        headers: Vec::new(),
+        body: "{}".into(),
+    };
+    // Kept for no time at all: expired at once.
+    store
+        .complete_idempotency_key(
+            "caller",
+            "old",
+            &fingerprint,
+            &answer,
+            std::time::Duration::ZERO,
+        )
+        .await
+        .expect("kept");
+    assert_eq!(
+        store
+            .get_idempotency_key("caller", "old")
+            .await
+            .expect("read"),
+        None
+    );
+    assert_eq!(store.purge_idempotency_keys().await.expect("purged"), 1);
+    let again = store
+        .claim_idempotency_key("caller", "new", &fingerprint, pending, 1)
+        .await
+        .expect("claimed");
+    assert_eq!(again, IdempotencyClaim::Claimed);
+}
