@@ -146,6 +146,39 @@ async fn a_repeated_write_gets_the_first_answer_from_any_instance() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_records_in_redis_are_bounded_per_caller() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let instance = instance_builder()
+        .redis(&redis)
+        .configure(|raw| raw.http.idempotency_max_keys = 2)
+        .spawn()
+        .await;
+    for (service, key) in [("one", "k1"), ("two", "k2")] {
+        let (status, _, body) = create(&instance, service, key).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    let (status, headers, problem) = create(&instance, "three", "k3").await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{problem}");
+    assert_eq!(
+        problem["type"],
+        "urn:traffic-manager:problem:idempotency-keys-exhausted"
+    );
+    assert!(headers.contains_key("retry-after"));
+    // Repeats are still answered from Redis.
+    let (status, headers, _) = create(&instance, "one", "k1").await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(headers["idempotent-replayed"], "true");
+    // Nothing went to the database.
+    assert_eq!(fallbacks(&instance, "idempotency").await, 0.0);
+    let index = redis
+        .cli(&["--scan", "--pattern", "tm:idempotency-index:*"])
+        .expect("scan");
+    assert_eq!(index.lines().count(), 1, "{index}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_redis_requests_go_on_degraded_and_recover() {
     let Some(mut redis) = RedisServer::start() else {
         return;

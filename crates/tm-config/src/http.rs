@@ -1,7 +1,7 @@
 //! The HTTP API: body limit, resolve's cache headers, CORS, TLS in front, the health
-//! probe's bound, the drain on shutdown and the limits on connections. Its [`HttpConfig`]
-//! also carries the listen address, the rate limits and the guards: everything the HTTP
-//! layer is given.
+//! probe's bound and interval, idempotency records per key, the drain on shutdown and
+//! the limits on connections. Its [`HttpConfig`] also carries the listen address, the
+//! rate limits and the guards: everything the HTTP layer is given.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -26,6 +26,11 @@ pub struct HttpRaw {
     pub resolve_stale_while_revalidate: Duration,
     #[serde(with = "humantime_serde")]
     pub health_check_timeout: Duration,
+    /// How long one check of the dependencies answers every health probe.
+    #[serde(with = "humantime_serde")]
+    pub health_check_interval: Duration,
+    /// Idempotency records one API key may hold at once (each lives 24 hours).
+    pub idempotency_max_keys: u32,
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
     /// Comma-separated origins allowed by CORS, or `*`.
@@ -57,6 +62,8 @@ impl Default for HttpRaw {
             resolve_max_age: Duration::from_secs(5),
             resolve_stale_while_revalidate: Duration::from_secs(30),
             health_check_timeout: Duration::from_secs(2),
+            health_check_interval: Duration::from_secs(1),
+            idempotency_max_keys: 10_000,
             shutdown_grace: Duration::from_secs(10),
             cors_origins: None,
             behind_tls: false,
@@ -86,6 +93,11 @@ pub struct HttpConfig {
     pub resolve_stale_while_revalidate: Duration,
     #[serde(with = "humantime_serde")]
     pub health_check_timeout: Duration,
+    /// One check of the dependencies answers every health probe for this long.
+    #[serde(with = "humantime_serde")]
+    pub health_check_interval: Duration,
+    /// Idempotency records one API key may hold at once; beyond, 429.
+    pub idempotency_max_keys: u32,
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
     pub cors: CorsOrigins,
@@ -138,6 +150,7 @@ pub enum CorsOrigins {
 
 const MIN_BODY: usize = 1024;
 const MAX_BODY: usize = 16 * 1024 * 1024;
+const MAX_HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(60);
 
 impl HttpRaw {
     /// The HTTP layer's settings, given the process's (listen address, profile) and the
@@ -156,7 +169,17 @@ impl HttpRaw {
                 format!("must be between {MIN_BODY} and {MAX_BODY}"),
             );
         }
-        problems.positive(&[("health_check_timeout", self.health_check_timeout)]);
+        problems.positive(&[
+            ("health_check_timeout", self.health_check_timeout),
+            ("health_check_interval", self.health_check_interval),
+        ]);
+        if self.health_check_interval > MAX_HEALTH_CHECK_INTERVAL {
+            problems.add(
+                "health_check_interval",
+                "must be at most 1m, so that readiness follows the dependencies",
+            );
+        }
+        problems.at_least_one(&[("idempotency_max_keys", self.idempotency_max_keys.into())]);
         let cors = self.cors(process.profile, problems);
         let connections = self.connections(problems);
         Some(HttpConfig {
@@ -165,6 +188,8 @@ impl HttpRaw {
             resolve_max_age: self.resolve_max_age,
             resolve_stale_while_revalidate: self.resolve_stale_while_revalidate,
             health_check_timeout: self.health_check_timeout,
+            health_check_interval: self.health_check_interval,
+            idempotency_max_keys: self.idempotency_max_keys,
             shutdown_grace: self.shutdown_grace,
             cors,
             behind_tls: self.behind_tls,
@@ -266,6 +291,8 @@ impl HttpConfig {
             self.resolve_stale_while_revalidate,
         );
         out.duration("health_check_timeout", self.health_check_timeout);
+        out.duration("health_check_interval", self.health_check_interval);
+        out.plain("idempotency_max_keys", self.idempotency_max_keys);
         out.duration("shutdown_grace", self.shutdown_grace);
         match &self.cors {
             CorsOrigins::None => out.quoted("cors_origins", ""),

@@ -426,7 +426,7 @@ fn non_dev_profiles_log_json_by_default() {
 
 #[test]
 fn every_setting_may_come_from_the_environment() {
-    assert_eq!(setting_keys().len(), 79);
+    assert_eq!(setting_keys().len(), 81);
     Jail::expect_with(|jail| {
         jail.set_env("TM_ACCESS_LOG_RESOLVE_SAMPLE", "0");
         jail.set_env("TM_RESOLVE_FAST_PATH", "false");
@@ -437,6 +437,8 @@ fn every_setting_may_come_from_the_environment() {
         jail.set_env("TM_RATE_LIMIT_KEYS", "9/min");
         jail.set_env("TM_RATE_LIMIT_TENANT_KEYS", "90/min");
         jail.set_env("TM_MAX_KEYS_PER_TENANT", "12");
+        jail.set_env("TM_HEALTH_CHECK_INTERVAL", "250ms");
+        jail.set_env("TM_IDEMPOTENCY_MAX_KEYS", "12");
         let config = Config::load(None).expect("valid");
         assert_eq!(config.pool.max_connections, 3);
         assert_eq!(config.http.guards.read_cache_entries, 7);
@@ -446,8 +448,33 @@ fn every_setting_may_come_from_the_environment() {
         assert!(!config.http.resolve_fast_path);
         assert_eq!(config.http.rate_limits.tenant_keys.to_string(), "90/min");
         assert_eq!(config.http.rate_limits.max_keys_per_tenant.get(), 12);
+        assert_eq!(
+            config.http.health_check_interval,
+            Duration::from_millis(250)
+        );
+        assert_eq!(config.http.idempotency_max_keys, 12);
         Ok(())
     });
+}
+
+#[test]
+fn health_check_interval_and_idempotency_bound_are_checked() {
+    for (interval, max_keys, bad) in [
+        (Duration::ZERO, 1, "TM_HEALTH_CHECK_INTERVAL"),
+        (Duration::from_secs(61), 1, "TM_HEALTH_CHECK_INTERVAL"),
+        (Duration::from_secs(1), 0, "TM_IDEMPOTENCY_MAX_KEYS"),
+    ] {
+        let raw = RawConfig {
+            http: HttpRaw {
+                health_check_interval: interval,
+                idempotency_max_keys: max_keys,
+                ..Default::default()
+            },
+            ..RawConfig::default()
+        };
+        let err = Config::try_from(raw).expect_err("refused");
+        assert_eq!(err.0[0].setting, bad);
+    }
 }
 
 #[test]

@@ -1,16 +1,19 @@
-//! Authentication and the one authorization policy every handler asks.
+//! Admission and the one authorization policy every handler asks.
 //!
-//! [`Caller`] authenticates the bearer key against the in-memory key ring (no database
-//! round trip). Handlers then ask it, never the role directly: `authorize` for data
-//! named in the request (another tenant: 403), `scope` for listings and lookups by id
-//! (another tenant's data is simply not there: 404).
+//! [`admit`] takes every `/api/v1` request through the same steps, in this order, before
+//! its body is read: authenticate the bearer key against the in-memory key ring (no
+//! database round trip), draw from the key's rate budget, and check that the key's role
+//! may do the operation at all. A refused request costs nothing more. Handlers then
+//! ask the admitted [`Caller`], never the role directly: `authorize` for data named in
+//! the request (another tenant: 403), `scope` for listings and lookups by id (another
+//! tenant's data is simply not there: 404).
 
 use std::net::SocketAddr;
 
-use axum::extract::{ConnectInfo, FromRequestParts, MatchedPath};
+use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, Method};
+use axum::http::{Extensions, HeaderMap};
 use tm_domain::{Grant, Role, TenantId};
 use tm_resilience::{RateClass, RateDecision, Subject};
 use tm_store::{Actor, Principal};
@@ -28,6 +31,16 @@ pub enum Action {
 }
 
 impl Action {
+    /// The rate budget a request doing this draws from.
+    fn rate_class(self) -> RateClass {
+        match self {
+            Action::Resolve => RateClass::Resolve,
+            Action::ReadRoutes => RateClass::Read,
+            Action::WriteRoutes => RateClass::Write,
+            Action::ManageKeys => RateClass::Keys,
+        }
+    }
+
     fn describe(self) -> &'static str {
         match self {
             Action::Resolve => "resolve routes",
@@ -122,22 +135,63 @@ impl Caller {
     }
 }
 
-impl Caller {
-    /// `principal` as the caller of a request of `class`, once its budget allows it.
-    async fn admit(
-        state: &AppState,
-        principal: Principal,
-        context: RequestContext,
-        class: RateClass,
-    ) -> Result<Self, ApiError> {
-        context.authenticated(&principal);
-        let tenant = principal.grant.tenant();
-        check_rate(state, &context, class, subject_of(&principal), tenant).await?;
-        Ok(Caller { principal, context })
+/// Admits a request that wants to do `action`: authenticates its key (401, and a draw
+/// from the client address's budget when that fails), draws from the key's budget for
+/// the action (429), then checks that the key's role may do it at all (403). Whether
+/// the tenant named in the body is the key's is for the handler to ask, once parsed.
+pub(crate) async fn admit(
+    state: &AppState,
+    headers: &HeaderMap,
+    extensions: &Extensions,
+    action: Action,
+) -> Result<Caller, ApiError> {
+    let context = extensions
+        .get::<RequestContext>()
+        .cloned()
+        .unwrap_or_default();
+    let principal = match authenticate(headers, state) {
+        Ok(principal) => principal,
+        Err(refusal) => {
+            // Failed authentications draw from the client address's budget, so that
+            // guessing keys is slow.
+            let client = extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0.ip());
+            if let Some(ip) = client {
+                check_rate(
+                    state,
+                    &context,
+                    RateClass::Unauthenticated,
+                    Subject::Address(ip),
+                    None,
+                )
+                .await?;
+            }
+            return Err(refusal);
+        }
+    };
+    if action == Action::Resolve {
+        return Caller::admit_resolve(state, principal, context);
     }
+    context.authenticated(&principal);
+    let tenant = principal.grant.tenant();
+    check_rate(
+        state,
+        &context,
+        action.rate_class(),
+        subject_of(&principal),
+        tenant,
+    )
+    .await?;
+    let caller = Caller { principal, context };
+    caller.require(action)?;
+    Ok(caller)
+}
 
-    /// `principal` as the caller of a resolve, once its budget allows it. Resolve's
-    /// budget never leaves memory, so this does not wait: the fast path's way in.
+impl Caller {
+    /// `principal` as the caller of a resolve, once its budgets allow it and its role
+    /// may. Resolve's budgets never leave memory, so this does not wait: the resolve
+    /// fast path's way in, and [`admit`]'s for resolve.
     pub(crate) fn admit_resolve(
         state: &AppState,
         principal: Principal,
@@ -150,48 +204,44 @@ impl Caller {
             principal.grant.tenant(),
         );
         settle(state, &context, RateClass::Resolve, decision)?;
-        Ok(Caller { principal, context })
+        let caller = Caller { principal, context };
+        caller.require(Action::Resolve)?;
+        Ok(caller)
     }
 }
 
+/// For an endpoint open to anyone that shows more to an admin: whether the request
+/// presents an admin key. No key is no admin; a key presented is admitted as any other
+/// (a bad one is a 401, and a draw from the address's budget).
+pub(crate) async fn presents_admin(
+    state: &AppState,
+    headers: &HeaderMap,
+    extensions: &Extensions,
+) -> Result<bool, ApiError> {
+    if !headers.contains_key(AUTHORIZATION) {
+        return Ok(false);
+    }
+    let caller = admit(state, headers, extensions, Action::ReadRoutes).await?;
+    Ok(matches!(caller.grant(), Grant::Admin))
+}
+
+/// A request that reached its handler without admission: a wiring mistake.
+#[derive(Debug, thiserror::Error)]
+#[error("the operation was routed without its admission step")]
+struct NotAdmitted;
+
+/// The caller admitted by [`admit`] before the handler ran.
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(
         parts: &mut Parts,
-        state: &AppState,
+        _state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let context = parts
+        parts
             .extensions
-            .get::<RequestContext>()
-            .cloned()
-            .unwrap_or_default();
-        let principal = match authenticate(&parts.headers, state) {
-            Ok(principal) => principal,
-            Err(refusal) => {
-                // Failed authentications draw from the client address's budget, so that
-                // guessing keys is slow.
-                let client = parts
-                    .extensions
-                    .get::<ConnectInfo<SocketAddr>>()
-                    .map(|c| c.0.ip());
-                if let Some(ip) = client {
-                    check_rate(
-                        state,
-                        &context,
-                        RateClass::Unauthenticated,
-                        Subject::Address(ip),
-                        None,
-                    )
-                    .await?;
-                }
-                return Err(refusal);
-            }
-        };
-        match class_of(parts) {
-            RateClass::Resolve => Caller::admit_resolve(state, principal, context),
-            class => Caller::admit(state, principal, context, class).await,
-        }
+            .remove::<Caller>()
+            .ok_or_else(|| ApiError::internal("finding the admitted caller", NotAdmitted))
     }
 }
 
@@ -220,23 +270,6 @@ pub(crate) fn authenticate(headers: &HeaderMap, state: &AppState) -> Result<Prin
         .keys
         .authenticate(presented)
         .ok_or(ApiError::Unauthorized("the key is not valid"))
-}
-
-/// The budget a request draws from, by what it does.
-fn class_of(parts: &Parts) -> RateClass {
-    let path = parts
-        .extensions
-        .get::<MatchedPath>()
-        .map_or("", MatchedPath::as_str);
-    if path == crate::fast::RESOLVE_PATH {
-        RateClass::Resolve
-    } else if path.starts_with("/api/v1/keys") {
-        RateClass::Keys
-    } else if parts.method == Method::GET || parts.method == Method::HEAD {
-        RateClass::Read
-    } else {
-        RateClass::Write
-    }
 }
 
 /// Draws from `subject`'s budget and, for a key bound to a `tenant`, from the tenant's

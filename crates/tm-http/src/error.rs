@@ -12,6 +12,9 @@ use tm_store::StoreError;
 
 /// Seconds a client should wait before retrying after a 503.
 const RETRY_AFTER_SECONDS: u32 = 2;
+/// Seconds before retrying a write with a new `Idempotency-Key` when its caller holds too
+/// many: records expire one by one, a day after they were made.
+const IDEMPOTENCY_KEYS_RETRY_AFTER_SECONDS: u32 = 60;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -46,6 +49,9 @@ pub enum ApiError {
     IdempotencyKeyInUse,
     #[error("rate limited")]
     RateLimited { retry_after: std::time::Duration },
+    /// The caller holds as many idempotency records as it may.
+    #[error("too many idempotency keys")]
+    IdempotencyKeysExhausted,
     /// Refused to protect the database: breaker open, bulkhead full, time-out, shedding.
     #[error("unavailable: {0}")]
     Unavailable(&'static str),
@@ -175,6 +181,15 @@ impl ApiError {
                 "Too many requests",
                 "The request budget of this key, or of all its tenant's keys together, for this kind of request is spent; retry after Retry-After seconds.".into(),
             ),
+            ApiError::IdempotencyKeysExhausted => (
+                S::TOO_MANY_REQUESTS,
+                "idempotency-keys-exhausted",
+                "Too many idempotency keys",
+                "This key holds as many Idempotency-Key records as it may (each is kept 24 \
+                 hours); send writes without Idempotency-Key, or retry after Retry-After \
+                 seconds."
+                    .into(),
+            ),
             ApiError::IdempotencyKeyReused => (
                 S::UNPROCESSABLE_ENTITY,
                 "idempotency-key-reused",
@@ -284,6 +299,12 @@ impl IntoResponse for ApiError {
         }
         if status == S::SERVICE_UNAVAILABLE {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
+        }
+        if let ApiError::IdempotencyKeysExhausted = &self {
+            headers.insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(IDEMPOTENCY_KEYS_RETRY_AFTER_SECONDS),
+            );
         }
         if let ApiError::IdempotencyKeyInUse = &self {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(1));

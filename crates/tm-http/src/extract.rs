@@ -34,6 +34,15 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     }
 }
 
+/// A body read before its handler (for `Idempotency-Key`) must be what [`ApiJson`]
+/// accepts as far as form goes: JSON by its content type (415) and in its syntax (400).
+pub(crate) fn check_json(headers: &HeaderMap, bytes: &[u8]) -> Result<(), ApiError> {
+    if !is_json(headers) {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+    check_syntax(bytes)
+}
+
 fn is_json(headers: &HeaderMap) -> bool {
     let Some(value) = headers
         .get(header::CONTENT_TYPE)
@@ -51,20 +60,23 @@ fn is_json(headers: &HeaderMap) -> bool {
         || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
+/// Whether `bytes` are one JSON value and nothing else: 400 if not.
+fn check_syntax(bytes: &[u8]) -> Result<(), ApiError> {
+    serde_json::from_slice::<serde::de::IgnoredAny>(bytes)
+        .map(drop)
+        .map_err(|e| ApiError::Malformed(format!("the body is not valid JSON: {e}")))
+}
+
+/// Syntax first, then shape: a broken body is a 400 whatever fields it names, since
+/// serde would otherwise stop at an unknown field before it reached the break.
 pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    check_syntax(bytes)?;
     // Every body is an object. serde would also read a struct from an array of its fields
     // in order; refuse that (and other roots) before it gets the chance.
     if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-        return Err(
-            match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
-                Ok(_) => {
-                    let mut errors = FieldErrors::default();
-                    errors.push("body", "must be a JSON object");
-                    ApiError::Invalid(errors)
-                }
-                Err(e) => ApiError::Malformed(format!("the body is not valid JSON: {e}")),
-            },
-        );
+        let mut errors = FieldErrors::default();
+        errors.push("body", "must be a JSON object");
+        return Err(ApiError::Invalid(errors));
     }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|err| {
@@ -262,5 +274,29 @@ mod tests {
             parse_json::<Body>(b""),
             Err(ApiError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn broken_json_is_400_whatever_fields_it_names() {
+        #[derive(serde::Deserialize, Debug)]
+        #[serde(deny_unknown_fields)]
+        #[expect(dead_code, reason = "only the error matters")]
+        struct Body {
+            a: Option<u8>,
+        }
+        for broken in [
+            &br#"{"colour":1,"#[..],
+            br#"{"colour":1,}"#,
+            br#"{"a":"x","#,
+            br#"{"a":"x",}"#,
+            br#"{"a":300,"b""#,
+            br#"{"colour":1} {"#,
+        ] {
+            assert!(
+                matches!(parse_json::<Body>(broken), Err(ApiError::Malformed(_))),
+                "{}",
+                String::from_utf8_lossy(broken)
+            );
+        }
     }
 }

@@ -432,6 +432,25 @@ impl Guard {
     where
         Fut: Future<Output = Result<T, StoreError>>,
     {
+        let outcome = self.admit_write(kind, op).await;
+        // Whatever happened, cached reads may now be out of date.
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        outcome
+    }
+
+    /// Runs the database work a write does beside its route or key (an idempotency
+    /// claim), admitted as a write of `kind` is, but leaving cached reads fresh.
+    pub async fn write_aside<T, Fut>(&self, kind: WriteKind, op: Fut) -> Result<T, ApiError>
+    where
+        Fut: Future<Output = Result<T, StoreError>>,
+    {
+        self.admit_write(kind, op).await
+    }
+
+    async fn admit_write<T, Fut>(&self, kind: WriteKind, op: Fut) -> Result<T, ApiError>
+    where
+        Fut: Future<Output = Result<T, StoreError>>,
+    {
         self.observe_pools();
         let ticket = match kind {
             WriteKind::Ordinary => Some(self.breaker.admit().ok_or(ApiError::Unavailable(
@@ -462,8 +481,6 @@ impl Guard {
         }
         self.metrics
             .set_breaker("database", self.breaker.state() as i64);
-        // Whatever happened, cached reads may now be out of date.
-        self.generation.fetch_add(1, Ordering::AcqRel);
         match outcome {
             Ok(result) => result.map_err(ApiError::from),
             Err(_) => Err(ApiError::Unavailable("the database did not answer in time")),

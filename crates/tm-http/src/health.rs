@@ -1,15 +1,23 @@
 //! Probes: `/healthz` and `/health/live` touch nothing; `/health/ready` checks the
-//! database within a bound; `/health/detailed` adds the routing snapshot's figures.
+//! database (and Redis) within a bound; `/health/detailed` adds the routing snapshot's
+//! figures, the breakers and the bulkheads.
+//!
+//! One check of the dependencies answers every probe for `TM_HEALTH_CHECK_INTERVAL`
+//! (probes arriving meanwhile wait for it and share it), so that probes, however many,
+//! cost the database one round trip per interval. A breaker changing state since is news
+//! enough to check again at once. The database's own error text is shown to callers
+//! presenting an admin key only; others get a generic reason.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Map, Value};
+use tm_resilience::BreakerState;
 
-use crate::AppState;
+use crate::{ApiError, AppState};
 
 pub async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
@@ -38,10 +46,97 @@ impl Readiness {
     }
 }
 
-/// Redis: a round trip (refused at once while its breaker is open), mode and pool.
-async fn redis_check(redis: &tm_redis::Redis) -> (bool, Value) {
-    let ping = redis.ping().await;
-    let pool = redis.pool_figures();
+/// The last check of the dependencies, shared by the probes while it is recent.
+#[derive(Default)]
+pub(crate) struct HealthChecks(tokio::sync::Mutex<Option<Checked>>);
+
+/// What one check of the dependencies found.
+#[derive(Clone)]
+struct Checked {
+    at: Instant,
+    /// The database's and Redis's breakers just after the check.
+    breakers: [Option<BreakerState>; 2],
+    database: DatabaseProbe,
+    database_latency: Duration,
+    /// Redis's round trip, when Redis is configured.
+    redis: Option<Result<Duration, tm_redis::Unavailable>>,
+}
+
+#[derive(Clone)]
+enum DatabaseProbe {
+    Reachable,
+    /// The database's error with its causes, as they said it.
+    Failed(String),
+    TimedOut,
+}
+
+impl HealthChecks {
+    /// A check no older than the interval, made since the breakers last changed state:
+    /// the last one, or a new one.
+    async fn current(&self, state: &AppState) -> Checked {
+        let mut last = self.0.lock().await;
+        if let Some(checked) = last.as_ref().filter(|c| {
+            c.at.elapsed() < state.config.health_check_interval && c.breakers == breakers(state)
+        }) {
+            return checked.clone();
+        }
+        let checked = check(state).await;
+        *last = Some(checked.clone());
+        checked
+    }
+}
+
+fn breakers(state: &AppState) -> [Option<BreakerState>; 2] {
+    [
+        Some(state.guard.breaker_state()),
+        state.redis.as_ref().map(|r| r.breaker_state()),
+    ]
+}
+
+/// One round trip to each dependency, each within the health check time-out.
+async fn check(state: &AppState) -> Checked {
+    let started = Instant::now();
+    let outcome = tokio::time::timeout(state.config.health_check_timeout, state.store.ping()).await;
+    let database_latency = started.elapsed();
+    let database = match outcome {
+        Ok(Ok(())) => DatabaseProbe::Reachable,
+        Ok(Err(err)) => DatabaseProbe::Failed(error_chain(&err)),
+        Err(_) => DatabaseProbe::TimedOut,
+    };
+    let redis = match &state.redis {
+        Some(redis) => Some(redis.ping().await),
+        None => None,
+    };
+    Checked {
+        at: Instant::now(),
+        breakers: breakers(state),
+        database,
+        database_latency,
+        redis,
+    }
+}
+
+/// An error and its sources, as `outer: inner: innermost`.
+fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+fn round_ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 10_000.0).round() / 10.0
+}
+
+/// Redis: its round trip (refused at once while its breaker is open), mode and pool.
+fn redis_check(
+    redis: &tm_redis::Redis,
+    ping: Result<Duration, tm_redis::Unavailable>,
+) -> (bool, Value) {
     let healthy = ping.is_ok();
     (
         healthy,
@@ -53,27 +148,23 @@ async fn redis_check(redis: &tm_redis::Redis) -> (bool, Value) {
             } else {
                 "redis is unavailable: rate limits are per instance and idempotency records are kept in the database meanwhile"
             },
-            "latency_ms": ping.map_or(Value::Null, |d| json!((d.as_secs_f64() * 10_000.0).round() / 10.0)),
+            "latency_ms": ping.map_or(Value::Null, |d| json!(round_ms(d))),
             "circuit_breaker": redis.breaker_state().as_str(),
-            "pool": pool,
+            "pool": redis.pool_figures(),
         }),
     )
 }
 
-/// Every configured dependency, checked with the configured timeout.
-async fn checks(state: &AppState) -> (Readiness, Value) {
-    let started = Instant::now();
-    let outcome = tokio::time::timeout(state.config.health_check_timeout, state.store.ping()).await;
-    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
-    let (healthy, message) = match outcome {
-        Ok(Ok(())) => (true, "database is reachable".to_owned()),
-        Ok(Err(err)) => (false, format!("database check failed: {err}")),
-        Err(_) => (
-            false,
-            format!(
-                "database did not answer within {} ms",
-                state.config.health_check_timeout.as_millis()
-            ),
+/// Every configured dependency, as last checked; the database's error text for admins.
+async fn checks(state: &AppState, admin: bool) -> (Readiness, Value) {
+    let checked = state.health.current(state).await;
+    let healthy = matches!(checked.database, DatabaseProbe::Reachable);
+    let message = match &checked.database {
+        DatabaseProbe::Reachable => "database is reachable".to_owned(),
+        DatabaseProbe::Failed(_) => "database check failed".to_owned(),
+        DatabaseProbe::TimedOut => format!(
+            "database did not answer within {} ms",
+            state.config.health_check_timeout.as_millis()
         ),
     };
     let pools: Map<String, Value> = state
@@ -82,24 +173,27 @@ async fn checks(state: &AppState) -> (Readiness, Value) {
         .into_iter()
         .map(|p| (p.pool.to_owned(), json!(p)))
         .collect();
-    let database = json!({
+    let mut database = json!({
         "status": if healthy { "healthy" } else { "unhealthy" },
         "backend": state.store.backend(),
         "message": message,
-        "latency_ms": (latency_ms * 10.0).round() / 10.0,
+        "latency_ms": round_ms(checked.database_latency),
         "pools": pools,
         // A replica out of the rotation leaves reads on the primary: not a reason to
         // take this instance out of the load balancer.
         "replicas": state.replicas(),
     });
+    if let (true, DatabaseProbe::Failed(error)) = (admin, &checked.database) {
+        database["error"] = json!(error);
+    }
     let mut checks = json!({ "database": database });
     let mut readiness = if healthy {
         Readiness::Ready
     } else {
         Readiness::NotReady
     };
-    if let Some(redis) = &state.redis {
-        let (redis_healthy, redis) = redis_check(redis).await;
+    if let (Some(redis), Some(ping)) = (&state.redis, checked.redis) {
+        let (redis_healthy, redis) = redis_check(redis, ping);
         checks["redis"] = redis;
         if !redis_healthy && readiness == Readiness::Ready {
             readiness = Readiness::Degraded;
@@ -108,8 +202,13 @@ async fn checks(state: &AppState) -> (Readiness, Value) {
     (readiness, checks)
 }
 
-pub async fn ready(State(state): State<AppState>) -> Response {
-    let (readiness, checks) = checks(&state).await;
+pub async fn ready(State(state): State<AppState>, request: Request) -> Response {
+    let admin =
+        match crate::auth::presents_admin(&state, request.headers(), request.extensions()).await {
+            Ok(admin) => admin,
+            Err(refusal) => return refusal.into_response(),
+        };
+    let (readiness, checks) = checks(&state, admin).await;
     if readiness != Readiness::NotReady {
         (
             StatusCode::OK,
@@ -126,10 +225,15 @@ pub async fn ready(State(state): State<AppState>) -> Response {
     }
 }
 
-pub async fn detailed(State(state): State<AppState>) -> Json<Value> {
-    let (readiness, checks) = checks(&state).await;
+pub async fn detailed(
+    State(state): State<AppState>,
+    request: Request,
+) -> Result<Json<Value>, ApiError> {
+    let admin =
+        crate::auth::presents_admin(&state, request.headers(), request.extensions()).await?;
+    let (readiness, checks) = checks(&state, admin).await;
     let snapshot = state.routing.snapshot();
-    Json(json!({
+    Ok(Json(json!({
         "status": readiness.as_str(),
         "checks": checks,
         "circuit_breakers": {
@@ -148,7 +252,7 @@ pub async fn detailed(State(state): State<AppState>) -> Json<Value> {
         },
         "uptime_seconds": state.started_at.elapsed().as_secs(),
         "version": env!("CARGO_PKG_VERSION"),
-    }))
+    })))
 }
 
 /// Refreshes the state gauges, then renders every metric in the Prometheus text format.

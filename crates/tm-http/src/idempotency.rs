@@ -3,22 +3,27 @@
 //! key with another request is a 422; a repeat while the first is still being answered
 //! is a 409.
 //!
-//! Records are per caller (the key that wrote). They live in Redis when it is configured
-//! and usable, else in the database; a record kept in the database during a Redis outage
-//! is still found afterwards. Answers worth retrying (401, 429, 5xx) are not kept.
+//! Only an admitted request (authenticated, within its rate budget, of a role that may
+//! do the operation) whose body is JSON gets as far as a claim, and the claim is
+//! admitted as a write is (circuit breaker, bulkhead, time-out). Records are per caller
+//! (the key that wrote), at most `TM_IDEMPOTENCY_MAX_KEYS` of them at once (beyond: 429).
+//! They live in Redis when it is configured and usable, else in the database; a record
+//! kept in the database during a Redis outage is still found afterwards. Only answers
+//! that changed something (2xx) are kept: after any other the key is free again.
 
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{MatchedPath, Request, State};
-use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, IF_MATCH};
-use axum::http::{HeaderName, HeaderValue, Method, StatusCode};
+use axum::extract::Request;
+use axum::http::header::{CONTENT_TYPE, IF_MATCH};
+use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 use tm_domain::{FieldError, FieldErrors};
-use tm_store::{IdempotencyRecord, StoredResponse};
+use tm_store::{Actor, IdempotencyClaim, IdempotencyRecord, StoredResponse};
 
+use crate::guard::WriteKind;
 use crate::{ApiError, AppState};
 
 pub static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
@@ -49,36 +54,22 @@ enum Backend {
     Database,
 }
 
-/// The layer of the write routes (the router puts it on those alone).
-pub async fn idempotency(State(state): State<AppState>, request: Request, next: Next) -> Response {
+/// An admitted write of `kind` by `caller`: with an `Idempotency-Key`, its body is read
+/// and checked (`json`: as JSON), its key claimed, and a 2xx answer kept; a repeat is
+/// answered from what is kept.
+pub(crate) async fn honour(
+    state: &AppState,
+    kind: WriteKind,
+    json: bool,
+    caller: Actor,
+    request: Request,
+    next: Next,
+) -> Response {
     let key = match idempotency_key(&request) {
         Ok(Some(key)) => key,
         Ok(None) => return next.run(request).await,
         Err(refusal) => return refusal.into_response(),
     };
-    // Only a caller with a live key has records; anyone else gets the handler's 401.
-    let presented = request
-        .headers()
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .and_then(|(_, key)| state.keys.authenticate(key.trim()));
-    let Some(principal) = presented else {
-        return next.run(request).await;
-    };
-    let path = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("", MatchedPath::as_str);
-    if request.method() == Method::POST && path == "/api/v1/keys" {
-        return ApiError::Invalid(FieldErrors(vec![FieldError::new(
-            "Idempotency-Key",
-            "not accepted when creating a key: its secret is shown once and never kept, so the answer cannot be replayed",
-        )]))
-        .into_response();
-    }
-
     let (parts, body) = request.into_parts();
     let body = match axum::body::to_bytes(body, state.config.body_limit_bytes).await {
         Ok(body) => body,
@@ -87,28 +78,46 @@ pub async fn idempotency(State(state): State<AppState>, request: Request, next: 
         }
         Err(_) => return ApiError::PayloadTooLarge.into_response(),
     };
+    if json {
+        if let Err(refusal) = crate::extract::check_json(&parts.headers, &body) {
+            return refusal.into_response();
+        }
+    }
     let claim = Claim {
-        scope: principal.actor().as_str().to_owned(),
+        scope: caller.as_str().to_owned(),
         fingerprint: fingerprint(&parts, &body),
         key,
     };
-    let (backend, kept) = match claim_key(&state, &claim).await {
+    let (backend, outcome) = match claim_key(state, kind, &claim).await {
         Ok(claimed) => claimed,
         Err(refusal) => return refusal.into_response(),
     };
-    match kept {
-        Some(record) if record.fingerprint != claim.fingerprint => {
+    match outcome {
+        IdempotencyClaim::Full => ApiError::IdempotencyKeysExhausted.into_response(),
+        IdempotencyClaim::Kept(record) if record.fingerprint != claim.fingerprint => {
             ApiError::IdempotencyKeyReused.into_response()
         }
-        Some(record) => match record.response {
+        IdempotencyClaim::Kept(record) => match record.response {
             Some(response) => replay(response),
             None => ApiError::IdempotencyKeyInUse.into_response(),
         },
-        None => {
+        IdempotencyClaim::Claimed => {
             let request = Request::from_parts(parts, Body::from(body));
-            answer_and_keep(&state, backend, &claim, next.run(request).await).await
+            answer_and_keep(state, backend, &claim, next.run(request).await).await
         }
     }
+}
+
+/// An operation whose answer cannot be replayed: `Idempotency-Key` is refused with 422.
+pub(crate) async fn refuse(request: Request, next: Next) -> Response {
+    if !request.headers().contains_key(&IDEMPOTENCY_KEY) {
+        return next.run(request).await;
+    }
+    ApiError::Invalid(FieldErrors(vec![FieldError::new(
+        "Idempotency-Key",
+        "not accepted when creating a key: its secret is shown once and never kept, so the answer cannot be replayed",
+    )]))
+    .into_response()
 }
 
 /// The request's `Idempotency-Key`, if it has one: 1–255 visible ASCII characters.
@@ -133,19 +142,15 @@ struct Claim {
     fingerprint: String,
 }
 
-/// Keeps `response` under the claimed key, unless it is worth retrying (then the claim
-/// is given up so that a retry runs again), and passes it on.
+/// Keeps `response` under the claimed key if it changed something (2xx), else gives the
+/// claim up so that the key is free again; passes it on either way.
 async fn answer_and_keep(
     state: &AppState,
     backend: Backend,
     claim: &Claim,
     response: Response,
 ) -> Response {
-    let status = response.status();
-    let worth_retrying = status.is_server_error()
-        || status == StatusCode::TOO_MANY_REQUESTS
-        || status == StatusCode::UNAUTHORIZED;
-    if worth_retrying {
+    if !response.status().is_success() {
         release(state, backend, claim).await;
         return response;
     }
@@ -227,53 +232,64 @@ async fn bounded<T>(
     }
 }
 
-/// Claims the key, in Redis if usable, else in the database; `Some` is what is kept
-/// under it already.
+/// Claims the key, in Redis if usable, else in the database, the database's part
+/// admitted as a write of `kind` is.
 async fn claim_key(
     state: &AppState,
+    kind: WriteKind,
     claim: &Claim,
-) -> Result<(Backend, Option<IdempotencyRecord>), ApiError> {
+) -> Result<(Backend, IdempotencyClaim), ApiError> {
     let Claim {
         scope,
         key,
         fingerprint,
     } = claim;
+    let max_live = state.config.idempotency_max_keys;
     if let Some(redis) = &state.redis {
         match redis
-            .claim_idempotency_key(scope, key, fingerprint, pending_for(state))
+            .claim_idempotency_key(scope, key, fingerprint, pending_for(state), max_live)
             .await
         {
-            Ok(Some(kept)) => return Ok((Backend::Redis, Some(kept))),
-            Ok(None) => {
+            Ok(IdempotencyClaim::Claimed) => {
                 // What was kept in the database while Redis was unusable still counts:
                 // an answer, another request's key, a request still being answered.
-                // Looked up briefly: past that, the Redis claim stands.
+                // Looked up briefly, if the guards let it: past that, the Redis claim
+                // stands.
                 let in_database = tokio::time::timeout(
                     DATABASE_LOOKUP,
-                    state.store.get_idempotency_key(scope, key),
+                    state
+                        .guard
+                        .write_aside(kind, state.store.get_idempotency_key(scope, key)),
                 )
                 .await;
                 return match in_database {
                     Ok(Ok(Some(kept))) => {
                         let _ = redis.release_idempotency_key(scope, key, fingerprint).await;
-                        Ok((Backend::Database, Some(kept)))
+                        Ok((Backend::Database, IdempotencyClaim::Kept(kept)))
                     }
-                    _ => Ok((Backend::Redis, None)),
+                    _ => Ok((Backend::Redis, IdempotencyClaim::Claimed)),
                 };
             }
+            Ok(found) => return Ok((Backend::Redis, found)),
             Err(tm_redis::Unavailable) => {
                 state.metrics.observe_redis_fallback("idempotency");
             }
         }
     }
-    let kept = bounded(
-        state,
-        state
-            .store
-            .claim_idempotency_key(scope, key, fingerprint, pending_for(state)),
-    )
-    .await?;
-    Ok((Backend::Database, kept))
+    let outcome = state
+        .guard
+        .write_aside(
+            kind,
+            state.store.claim_idempotency_key(
+                scope,
+                key,
+                fingerprint,
+                pending_for(state),
+                max_live,
+            ),
+        )
+        .await?;
+    Ok((Backend::Database, outcome))
 }
 
 async fn keep(state: &AppState, backend: Backend, claim: &Claim, response: StoredResponse) {

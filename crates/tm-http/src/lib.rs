@@ -22,10 +22,11 @@ mod serve;
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::handler::Handler;
 use axum::http::{HeaderValue, Method};
 use axum::middleware;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, on, MethodFilter, MethodRouter};
 use axum::Router;
 use tm_config::HttpConfig;
@@ -33,8 +34,10 @@ use tm_resilience::RateLimiter;
 use tm_store::{KeyRing, ReadFrom, RoutingTable, Store};
 use tm_telemetry::Metrics;
 
+use auth::Action;
 pub use error::{ApiError, PROBLEM_TYPE_PREFIX};
 pub use guard::Guard;
+use guard::WriteKind;
 pub use health::sample as sample_metrics;
 pub use keys::KEYS_CHANNEL;
 pub use openapi::ApiDoc;
@@ -80,6 +83,8 @@ pub struct Shared {
     recent_writers: Option<moka::sync::Cache<String, ()>>,
     /// The read replicas as last checked.
     replicas: std::sync::RwLock<Vec<tm_store::ReplicaStatus>>,
+    /// The dependencies as last checked by a health probe.
+    health: health::HealthChecks,
 }
 
 impl AppState {
@@ -191,6 +196,7 @@ impl AppState {
                     .build()
             }),
             replicas: std::sync::RwLock::default(),
+            health: health::HealthChecks::default(),
         }))
     }
 }
@@ -204,25 +210,44 @@ pub struct Fleet {
     pub read_your_writes: Option<std::time::Duration>,
 }
 
-/// Whether an operation honours `Idempotency-Key`.
+/// What an operation does with `Idempotency-Key`.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Idempotency {
-    Honoured,
+    /// Honoured: the claim is admitted as a write of this kind is.
+    Honoured(WriteKind),
+    /// Refused with 422: the answer cannot be replayed.
+    Refused,
     Ignored,
 }
 
-/// One operation of API v1: its path under `/api/v1`, its method, and its handler.
+/// Whether an operation's body is JSON (checked before an idempotency claim).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Input {
+    Json,
+    None,
+}
+
+/// How a request for an operation is admitted before its handler runs.
+#[derive(Clone, Copy)]
+struct Policy {
+    action: Action,
+    idempotency: Idempotency,
+    input: Input,
+}
+
+/// One operation of API v1: its path under `/api/v1`, its method, its policy, and its
+/// handler.
 struct Operation {
     path: &'static str,
     method: Method,
-    idempotency: Idempotency,
+    policy: Policy,
     handler: MethodRouter<AppState>,
 }
 
 fn operation<H, T>(
     path: &'static str,
     method: Method,
-    idempotency: Idempotency,
+    (action, idempotency, input): (Action, Idempotency, Input),
     handler: H,
 ) -> Operation
 where
@@ -233,32 +258,75 @@ where
     Operation {
         path,
         method,
-        idempotency,
+        policy: Policy {
+            action,
+            idempotency,
+            input,
+        },
         handler: on(filter, handler),
     }
 }
 
-/// API v1: the one list the router and the metrics' declared endpoints are made from.
+/// API v1: the one list the router, the admission of each request and the metrics'
+/// declared endpoints are made from.
 fn api_operations() -> Vec<Operation> {
-    use Idempotency::{Honoured, Ignored};
+    use Action::{ManageKeys, ReadRoutes, Resolve, WriteRoutes};
+    use Idempotency::{Honoured, Ignored, Refused};
+    use WriteKind::{Critical, Ordinary};
+    let read = |action| (action, Ignored, Input::None);
     vec![
         // Per path, in the order of the `Allow` header a 405 answers with.
-        operation("/routes", Method::POST, Honoured, routes::create),
-        operation("/routes", Method::GET, Ignored, routes::list),
-        operation("/routes/resolve", Method::GET, Ignored, resolve::resolve),
-        operation("/routes/activate", Method::POST, Honoured, routes::activate),
+        operation(
+            "/routes",
+            Method::POST,
+            (WriteRoutes, Honoured(Ordinary), Input::Json),
+            routes::create,
+        ),
+        operation("/routes", Method::GET, read(ReadRoutes), routes::list),
+        operation(
+            "/routes/resolve",
+            Method::GET,
+            read(Resolve),
+            resolve::resolve,
+        ),
+        operation(
+            "/routes/activate",
+            Method::POST,
+            (WriteRoutes, Honoured(Critical), Input::Json),
+            routes::activate,
+        ),
         operation(
             "/routes/deactivate",
             Method::POST,
-            Honoured,
+            (WriteRoutes, Honoured(Critical), Input::Json),
             routes::deactivate,
         ),
-        operation("/routes/{id}", Method::PATCH, Honoured, routes::patch),
-        operation("/routes/{id}", Method::DELETE, Honoured, routes::delete),
-        operation("/routes/{id}", Method::GET, Ignored, routes::get),
-        operation("/keys", Method::POST, Honoured, keys::create),
-        operation("/keys", Method::GET, Ignored, keys::list),
-        operation("/keys/{id}", Method::DELETE, Honoured, keys::revoke),
+        operation(
+            "/routes/{id}",
+            Method::PATCH,
+            (WriteRoutes, Honoured(Ordinary), Input::Json),
+            routes::patch,
+        ),
+        operation(
+            "/routes/{id}",
+            Method::DELETE,
+            (WriteRoutes, Honoured(Ordinary), Input::None),
+            routes::delete,
+        ),
+        operation("/routes/{id}", Method::GET, read(ReadRoutes), routes::get),
+        operation(
+            "/keys",
+            Method::POST,
+            (ManageKeys, Refused, Input::Json),
+            keys::create,
+        ),
+        operation("/keys", Method::GET, read(ManageKeys), keys::list),
+        operation(
+            "/keys/{id}",
+            Method::DELETE,
+            (ManageKeys, Honoured(Ordinary), Input::None),
+            keys::revoke,
+        ),
     ]
 }
 
@@ -267,18 +335,13 @@ pub fn router(state: AppState) -> Router {
     for class in tm_resilience::RateClass::ALL {
         state.metrics.declare_rate_class(class.as_str());
     }
-    // Writes honour Idempotency-Key; reads (resolve above all) do not pay for it.
-    let idempotent = || middleware::from_fn_with_state(state.clone(), idempotency::idempotency);
     let mut api = Router::new();
     for op in api_operations() {
         // Full paths rather than a nested router: nesting rewrites every request's URI.
         let path = format!("/api/v1{}", op.path);
         state.metrics.declare_endpoint(op.method.as_str(), &path);
-        let handler = match op.idempotency {
-            Idempotency::Honoured => op.handler.layer(idempotent()),
-            Idempotency::Ignored => op.handler,
-        };
-        api = api.route(&path, handler);
+        let admitted = middleware::from_fn_with_state((state.clone(), op.policy), admission);
+        api = api.route(&path, op.handler.layer(admitted));
     }
     let api = api.layer(middleware::from_fn_with_state(state.clone(), shed));
     let config = state.config.clone();
@@ -301,6 +364,44 @@ pub fn router(state: AppState) -> Router {
             observe::observe,
         ))
         .with_state(state)
+}
+
+/// The steps every API request takes before its handler, in this order: authenticate,
+/// rate-limit, authorize the operation; then, for a write sent with `Idempotency-Key`,
+/// read the body, check its form and claim the key (through the write guards). A
+/// request refused at any step costs no database work and leaves nothing kept.
+async fn admission(
+    State((state, policy)): State<(AppState, Policy)>,
+    mut request: Request,
+    next: middleware::Next,
+) -> Response {
+    let caller = match auth::admit(
+        &state,
+        request.headers(),
+        request.extensions(),
+        policy.action,
+    )
+    .await
+    {
+        Ok(caller) => caller,
+        Err(refusal) => return refusal.into_response(),
+    };
+    match policy.idempotency {
+        Idempotency::Ignored => {
+            request.extensions_mut().insert(caller);
+            next.run(request).await
+        }
+        Idempotency::Refused => {
+            request.extensions_mut().insert(caller);
+            idempotency::refuse(request, next).await
+        }
+        Idempotency::Honoured(kind) => {
+            let actor = caller.actor();
+            request.extensions_mut().insert(caller);
+            let json = policy.input == Input::Json;
+            idempotency::honour(&state, kind, json, actor, request, next).await
+        }
+    }
 }
 
 /// Answers 503 at once when too many API requests are already in flight (see

@@ -160,8 +160,9 @@ pub enum Problems {
     /// Well-formed input with invalid values or unknown fields; `errors` names each.
     #[response(status = 422, content_type = "application/problem+json")]
     Invalid(ProblemDoc),
-    /// This key's or its tenant's (or, unauthenticated, this address's) budget is spent;
-    /// the headers tell of the budget that refused.
+    /// This key's or its tenant's (or, unauthenticated, this address's) budget is spent
+    /// (the headers tell of the budget that refused), or the key holds as many
+    /// `Idempotency-Key` records as it may.
     #[response(
         status = 429,
         content_type = "application/problem+json",

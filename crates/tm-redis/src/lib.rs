@@ -18,7 +18,7 @@ use tm_domain::TenantId;
 use tm_resilience::{
     BreakerConfig, BreakerState, CircuitBreaker, RateClass, RateDecision, Subject,
 };
-use tm_store::IdempotencyRecord;
+use tm_store::{IdempotencyClaim, IdempotencyRecord};
 use tm_telemetry::Metrics;
 
 use connection::{Manager, Pool};
@@ -70,7 +70,9 @@ pub struct Redis {
     cluster: bool,
     gcra: Script,
     claim: Script,
-    /// Releases an idempotency claim or a lock, if still the caller's.
+    complete: Script,
+    release: Script,
+    /// Releases a lock, if still the caller's.
     compare_and_delete: Script,
 }
 
@@ -109,12 +111,46 @@ end
 return out
 ";
 
-/// What is kept at `KEYS[1]`, or nothing after claiming it with `ARGV[1]` for `ARGV[2]` ms.
+/// Claims the record at `KEYS[1]` with `ARGV[1]` for `ARGV[2]` ms, unless something is
+/// kept there (`{1, kept}`) or the caller's index of live records at `KEYS[2]` holds
+/// `ARGV[3]` of them (`{2, ''}`); claimed: `{0, ''}`. The index is a sorted set of keys
+/// (member `ARGV[4]`) by expiry, in ms of the server's clock.
 const CLAIM: &str = r"
 local kept = redis.call('GET', KEYS[1])
-if kept then return kept end
+if kept then return {1, kept} end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[3]) then return {2, ''} end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return false
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[4])
+if redis.call('PTTL', KEYS[2]) < tonumber(ARGV[2]) then
+  redis.call('PEXPIRE', KEYS[2], ARGV[2])
+end
+return {0, ''}
+";
+
+/// Keeps the answer `ARGV[1]` at `KEYS[1]` for `ARGV[2]` ms, and its key `ARGV[3]` in
+/// the caller's index at `KEYS[2]` as long.
+const COMPLETE: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[3])
+if redis.call('PTTL', KEYS[2]) < tonumber(ARGV[2]) then
+  redis.call('PEXPIRE', KEYS[2], ARGV[2])
+end
+return 1
+";
+
+/// Gives up the claim at `KEYS[1]` if it still holds `ARGV[1]`, and takes its key
+/// `ARGV[2]` out of the caller's index at `KEYS[2]`.
+const RELEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('ZREM', KEYS[2], ARGV[2])
+  return redis.call('DEL', KEYS[1])
+end
+return 0
 ";
 
 /// Deletes `KEYS[1]` if it still holds `ARGV[1]`.
@@ -179,6 +215,8 @@ impl Redis {
             cluster: matches!(config.nodes, RedisNodes::Cluster(_)),
             gcra: Script::new(GCRA),
             claim: Script::new(CLAIM),
+            complete: Script::new(COMPLETE),
+            release: Script::new(RELEASE),
             compare_and_delete: Script::new(COMPARE_AND_DELETE),
         })
     }
@@ -407,30 +445,41 @@ impl Redis {
         Ok(decision)
     }
 
-    fn idempotency_key(scope: &str, key: &str) -> String {
-        format!("{PREFIX}idempotency:{scope}:{key}")
+    /// A caller's record under `key`, and the index of its live records: both tagged
+    /// with the caller, so that a cluster keeps them in one slot for one script.
+    fn idempotency_keys(scope: &str, key: &str) -> (String, String) {
+        (
+            format!("{PREFIX}idempotency:{{{scope}}}:{key}"),
+            format!("{PREFIX}idempotency-index:{{{scope}}}"),
+        )
     }
 
-    /// Claims `key` for a request with `fingerprint` (held `pending_for`): `None` if
-    /// claimed, else what is kept under it.
+    /// Claims `key` for a request with `fingerprint` (held `pending_for`), unless
+    /// something is kept under it or the caller holds `max_live` live records.
     pub async fn claim_idempotency_key(
         &self,
         scope: &str,
         key: &str,
         fingerprint: &str,
         pending_for: Duration,
-    ) -> Result<Option<IdempotencyRecord>, Unavailable> {
-        let pending = pending_record(fingerprint);
+        max_live: u32,
+    ) -> Result<IdempotencyClaim, Unavailable> {
+        let (record, index) = Self::idempotency_keys(scope, key);
         let mut invocation = self.claim.prepare_invoke();
         invocation
-            .key(Self::idempotency_key(scope, key))
-            .arg(&pending)
-            .arg(millis(pending_for));
-        let kept: Option<String> = self
+            .key(record)
+            .key(index)
+            .arg(pending_record(fingerprint))
+            .arg(millis(pending_for).max(1))
+            .arg(max_live)
+            .arg(key);
+        let (outcome, kept): (i64, String) = self
             .run("idempotency", Request::Script(&invocation))
             .await?;
-        Ok(kept.map(|json| {
-            serde_json::from_str(&json).unwrap_or_else(|error| {
+        Ok(match outcome {
+            0 => IdempotencyClaim::Claimed,
+            2 => IdempotencyClaim::Full,
+            _ => IdempotencyClaim::Kept(serde_json::from_str(&kept).unwrap_or_else(|error| {
                 // Never write twice: a record that cannot be read holds the key as if
                 // its request were still being answered, until it expires.
                 tracing::warn!(%error, "unreadable idempotency record in Redis");
@@ -438,8 +487,8 @@ impl Redis {
                     fingerprint: fingerprint.to_owned(),
                     response: None,
                 }
-            })
-        }))
+            })),
+        })
     }
 
     /// Keeps the answer under a claimed key for `keep_for`.
@@ -451,12 +500,17 @@ impl Redis {
         keep_for: Duration,
     ) -> Result<(), Unavailable> {
         let json = serde_json::to_string(record).expect("a record always serializes");
-        let mut cmd = redis::cmd("SET");
-        cmd.arg(Self::idempotency_key(scope, key))
+        let (kept_at, index) = Self::idempotency_keys(scope, key);
+        let mut invocation = self.complete.prepare_invoke();
+        invocation
+            .key(kept_at)
+            .key(index)
             .arg(json)
-            .arg("PX")
-            .arg(millis(keep_for));
-        self.run::<()>("idempotency", Request::Cmd(&cmd)).await
+            .arg(millis(keep_for).max(1))
+            .arg(key);
+        self.run::<i64>("idempotency", Request::Script(&invocation))
+            .await
+            .map(drop)
     }
 
     /// Gives up a pending claim made with `fingerprint`.
@@ -466,10 +520,13 @@ impl Redis {
         key: &str,
         fingerprint: &str,
     ) -> Result<(), Unavailable> {
-        let mut invocation = self.compare_and_delete.prepare_invoke();
+        let (record, index) = Self::idempotency_keys(scope, key);
+        let mut invocation = self.release.prepare_invoke();
         invocation
-            .key(Self::idempotency_key(scope, key))
-            .arg(pending_record(fingerprint));
+            .key(record)
+            .key(index)
+            .arg(pending_record(fingerprint))
+            .arg(key);
         self.run::<i64>("idempotency", Request::Script(&invocation))
             .await
             .map(drop)

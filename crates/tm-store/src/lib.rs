@@ -179,6 +179,17 @@ pub struct IdempotencyRecord {
     pub response: Option<StoredResponse>,
 }
 
+/// What claiming an idempotency key found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IdempotencyClaim {
+    /// The key is this request's now, held as pending until answered.
+    Claimed,
+    /// What is kept under the key already: a request still being answered, or an answer.
+    Kept(IdempotencyRecord),
+    /// The caller holds as many records as it may: nothing was claimed.
+    Full,
+}
+
 /// An answer kept to be replayed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct StoredResponse {

@@ -9,8 +9,8 @@ use tm_domain::{GroupKey, KeyId, NewRoute, Route, RouteId, RouteKey, RoutePatch,
 
 use crate::{
     ActivePage, Actor, AuditEntry, ChangePosition, ChangeSubscription, Changes, ExpectedRevisions,
-    IdempotencyRecord, KeyAuditEntry, KeyPage, KeyRecord, LoadCursor, Page, ReadFrom,
-    ReplicaStatus, RouteFilter, StoreError, StoredResponse,
+    IdempotencyClaim, IdempotencyRecord, KeyAuditEntry, KeyPage, KeyRecord, LoadCursor, Page,
+    ReadFrom, ReplicaStatus, RouteFilter, StoreError, StoredResponse,
 };
 
 /// Routes and their audit log.
@@ -125,15 +125,17 @@ pub trait KeyStore: Send + Sync + 'static {
 /// What is kept of writes sent with an `Idempotency-Key`.
 #[async_trait]
 pub trait IdempotencyStore: Send + Sync + 'static {
-    /// Claims `key` within `scope` for a request with `fingerprint`: `None` if claimed
-    /// (held as pending for `pending_for`), else what is already kept under it.
+    /// Claims `key` within `scope` for a request with `fingerprint` (held as pending for
+    /// `pending_for`), unless something is kept under it already, or `scope` holds
+    /// `max_live` unexpired records.
     async fn claim_idempotency_key(
         &self,
         scope: &str,
         key: &str,
         fingerprint: &str,
         pending_for: std::time::Duration,
-    ) -> Result<Option<IdempotencyRecord>, StoreError>;
+        max_live: u32,
+    ) -> Result<IdempotencyClaim, StoreError>;
 
     /// Keeps the answer to a claimed key for `keep_for`.
     async fn complete_idempotency_key(

@@ -367,3 +367,45 @@ async fn audit_rows_name_the_key_never_the_secret() {
     let dump = format!("{log:?}");
     assert!(!dump.contains(&boss) && !dump.contains(&app.admin_key));
 }
+
+#[tokio::test]
+async fn the_role_is_checked_before_the_body_is_read() {
+    let app = spawn_app().await;
+    let created = app
+        .create("acme", "billing", "prod", "v1", "http://a")
+        .await;
+    let one = format!("/api/v1/routes/{}", created["id"].as_str().expect("id"));
+    let reader = app.create_key("reader", Some("acme")).await;
+    let broken: &[(Method, &str, &str, &[u8])] = &[
+        (Method::POST, "/api/v1/routes", "application/json", b"{"),
+        (Method::POST, "/api/v1/routes", "text/plain", b"tenant=acme"),
+        (
+            Method::POST,
+            "/api/v1/routes/activate",
+            "application/json",
+            b"[1,",
+        ),
+        (
+            Method::POST,
+            "/api/v1/routes/deactivate",
+            "application/json",
+            br#"{"colour":1,"#,
+        ),
+        (Method::PATCH, &one, "application/json", br#"{"url":"#),
+        (Method::POST, "/api/v1/keys", "application/json", b"{"),
+    ];
+    for (method, path, content_type, body) in broken {
+        let reply = Reply::from(
+            app.anonymous
+                .request(method.clone(), app.url(path))
+                .bearer_auth(&reader)
+                .header("content-type", *content_type)
+                .body(body.to_vec())
+                .send()
+                .await
+                .expect("sent"),
+        )
+        .await;
+        reply.problem(StatusCode::FORBIDDEN);
+    }
+}

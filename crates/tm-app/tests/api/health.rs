@@ -98,3 +98,66 @@ async fn shutdown_finishes_cleanly() {
         "no longer accepting"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_probes_share_one_database_check() {
+    let app = spawn_app_with(|raw| {
+        raw.http.health_check_interval = std::time::Duration::from_secs(60);
+        raw.process.snapshot_catch_up_interval = std::time::Duration::from_secs(3600);
+        raw.process.snapshot_reload_interval = std::time::Duration::from_secs(3600);
+    })
+    .await;
+    let queries = app.settled_metric_value("db_queries_total").await;
+    let probes = (0..40).map(|n| {
+        let path = if n % 4 == 0 {
+            "/health/detailed"
+        } else {
+            "/health/ready"
+        };
+        app.anonymous.get(app.url(path)).send()
+    });
+    for reply in futures::future::join_all(probes).await {
+        assert_eq!(reply.expect("sent").status(), StatusCode::OK);
+    }
+    // And more, one after another, within the interval.
+    for _ in 0..10 {
+        app.get("/health/ready").await.assert_status(StatusCode::OK);
+    }
+    assert_eq!(
+        app.settled_metric_value("db_queries_total").await - queries,
+        1.0,
+        "one database check for every probe of the interval"
+    );
+}
+
+#[tokio::test]
+async fn health_shows_the_database_error_to_admins_only() {
+    let app = spawn_app().await;
+    app.store.close().await;
+    for path in ["/health/detailed", "/health/ready"] {
+        let anonymous =
+            Reply::from(app.anonymous.get(app.url(path)).send().await.expect("sent")).await;
+        let body = anonymous.json();
+        let database = &body["checks"]["database"];
+        assert_eq!(database["status"], "unhealthy", "{body}");
+        assert_eq!(database["message"], "database check failed", "{body}");
+        assert!(database.get("error").is_none(), "{body}");
+        let admin = app.get(path).await.json();
+        assert!(
+            admin["checks"]["database"]["error"]
+                .as_str()
+                .is_some_and(|e| !e.is_empty()),
+            "{admin}"
+        );
+    }
+    // A key presented is admitted as anywhere else: a bad one is refused.
+    let reply = app
+        .request_as(
+            Some("not-a-key"),
+            reqwest::Method::GET,
+            "/health/detailed",
+            None,
+        )
+        .await;
+    reply.problem(StatusCode::UNAUTHORIZED);
+}

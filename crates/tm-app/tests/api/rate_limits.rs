@@ -194,3 +194,34 @@ async fn the_keys_of_a_tenant_together_cannot_exceed_its_budget() {
     .await
     .problem(StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn a_rate_limited_write_costs_no_database_work() {
+    let app = spawn_app_with(|raw| {
+        raw.limits.rate_limit_write = "1/min".into();
+        raw.process.snapshot_catch_up_interval = std::time::Duration::from_secs(3600);
+    })
+    .await;
+    let key = app.create_key("tenant_admin", Some("acme")).await;
+    let write = |version: &str, idem: &str| {
+        app.anonymous
+            .post(app.url("/api/v1/routes"))
+            .bearer_auth(&key)
+            .header("Idempotency-Key", idem.to_owned())
+            .json(&route("acme", "billing", "prod", version, "http://a"))
+            .send()
+    };
+    let first = Reply::from(write("v1", "first").await.expect("sent")).await;
+    first.assert_status(StatusCode::CREATED);
+    let queries = app.settled_metric_value("db_queries_total").await;
+    for n in 0..3 {
+        let refused = Reply::from(write("v2", &format!("refused-{n}")).await.expect("sent")).await;
+        refused.problem(StatusCode::TOO_MANY_REQUESTS);
+    }
+    assert_eq!(
+        app.settled_metric_value("db_queries_total").await,
+        queries,
+        "rate-limited writes went to the database"
+    );
+    assert_eq!(app.all_routes().await.len(), 1);
+}

@@ -106,6 +106,40 @@ async fn pool_pressure_opens_the_breaker_and_only_the_rollback_path_passes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_claim_passes_the_breaker_like_the_write_it_covers() {
+    let app = spawn_app_with(|raw| {
+        raw.guards.breaker_open_for = Duration::from_secs(60);
+        raw.guards.breaker_pressure_for = Duration::ZERO;
+    })
+    .await;
+    let held = hold_pool(&app, 0.9).await;
+    let started = Instant::now();
+    let refused = Reply::from(
+        app.client
+            .post(app.url("/api/v1/routes"))
+            .header("Idempotency-Key", "under-pressure")
+            .json(&route("acme", "billing", "prod", "v1", "http://a"))
+            .send()
+            .await
+            .expect("sent"),
+    )
+    .await;
+    let problem = refused.problem(StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        problem["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("circuit breaker")),
+        "{problem}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "the claim waited for the pool: {:?}",
+        started.elapsed()
+    );
+    drop(held);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consecutive_database_failures_open_the_breaker() {
     let app = spawn_app_with(|raw| {
         raw.guards.breaker_failures = 2;

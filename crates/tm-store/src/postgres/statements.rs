@@ -98,6 +98,9 @@ pub(super) static STATEMENTS: LazyLock<Statements> = LazyLock::new(|| Statements
     idempotency_release: "DELETE FROM idempotency_keys \
                           WHERE scope = $1 AND key = $2 AND response IS NULL"
         .into(),
+    idempotency_count_live: "SELECT COUNT(*) FROM (SELECT 1 FROM idempotency_keys \
+                              WHERE scope = $1 AND expires_at > $2 LIMIT $3) AS live"
+        .into(),
     idempotency_get_unexpired: "SELECT fingerprint, response FROM idempotency_keys \
                                 WHERE scope = $1 AND key = $2 AND expires_at > $3"
         .into(),

@@ -1,5 +1,5 @@
-//! Idempotency records: claimed as pending, completed with the answer, released, purged
-//! once expired. Times are Unix milliseconds.
+//! Idempotency records: claimed as pending (within a bound per caller), completed with
+//! the answer, released, purged once expired. Times are Unix milliseconds.
 
 use std::time::{Duration, SystemTime};
 
@@ -7,7 +7,9 @@ use async_trait::async_trait;
 
 use super::{fetch_optional, Backend, Conn, Value};
 use crate::row::{idempotency_record, millis, response_json, unix_ms};
-use crate::{IdempotencyRecord, IdempotencyStore, ReadFrom, StoreError, StoredResponse};
+use crate::{
+    IdempotencyClaim, IdempotencyRecord, IdempotencyStore, ReadFrom, StoreError, StoredResponse,
+};
 
 #[async_trait]
 impl<B: Backend> IdempotencyStore for B {
@@ -17,13 +19,31 @@ impl<B: Backend> IdempotencyStore for B {
         key: &str,
         fingerprint: &str,
         pending_for: Duration,
-    ) -> Result<Option<IdempotencyRecord>, StoreError> {
+        max_live: u32,
+    ) -> Result<IdempotencyClaim, StoreError> {
         let now = unix_ms(SystemTime::now());
         let sql = B::sql();
         self.writer()
             .write(async |conn: &mut Conn<B>| {
                 let expired = vec![Value::Text(scope), Value::Text(key), Value::Int(now)];
                 B::execute(conn, &sql.idempotency_delete_expired, expired).await?;
+                // A repeat gets what is kept, however many records its caller holds.
+                let kept = vec![Value::Text(scope), Value::Text(key)];
+                let row: Option<(String, Option<String>)> =
+                    fetch_optional::<B, _>(conn, &sql.idempotency_get, kept).await?;
+                if let Some((fingerprint, response)) = row {
+                    return idempotency_record(fingerprint, response).map(IdempotencyClaim::Kept);
+                }
+                let bound = vec![
+                    Value::Text(scope),
+                    Value::Int(now),
+                    Value::Int(i64::from(max_live)),
+                ];
+                let live: Option<(i64,)> =
+                    fetch_optional::<B, _>(conn, &sql.idempotency_count_live, bound).await?;
+                if live.is_some_and(|(live,)| live >= i64::from(max_live)) {
+                    return Ok(IdempotencyClaim::Full);
+                }
                 let pending = vec![
                     Value::Text(scope),
                     Value::Text(key),
@@ -31,18 +51,18 @@ impl<B: Backend> IdempotencyStore for B {
                     Value::Int(now.saturating_add(millis(pending_for))),
                 ];
                 if B::execute(conn, &sql.idempotency_claim, pending).await? == 1 {
-                    return Ok(None);
+                    return Ok(IdempotencyClaim::Claimed);
                 }
+                // Claimed by a concurrent request since the look-up: that claim holds the
+                // key, as if its request were still being answered.
                 let kept = vec![Value::Text(scope), Value::Text(key)];
                 let row: Option<(String, Option<String>)> =
                     fetch_optional::<B, _>(conn, &sql.idempotency_get, kept).await?;
                 match row {
                     Some((fingerprint, response)) => {
-                        idempotency_record(fingerprint, response).map(Some)
+                        idempotency_record(fingerprint, response).map(IdempotencyClaim::Kept)
                     }
-                    // Expired and deleted by another claim between the two statements:
-                    // that claim holds the key now.
-                    None => Ok(Some(IdempotencyRecord {
+                    None => Ok(IdempotencyClaim::Kept(IdempotencyRecord {
                         fingerprint: fingerprint.to_owned(),
                         response: None,
                     })),

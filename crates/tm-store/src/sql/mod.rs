@@ -175,6 +175,8 @@ pub(crate) struct Statements {
     pub(crate) idempotency_get: String,
     pub(crate) idempotency_complete: String,
     pub(crate) idempotency_release: String,
+    /// Unexpired records of a scope, counted up to a bound.
+    pub(crate) idempotency_count_live: String,
     pub(crate) idempotency_get_unexpired: String,
     pub(crate) idempotency_purge: String,
 }

@@ -51,6 +51,16 @@ pub(super) fn cases() -> Vec<Case> {
             b"tenant=acme&service=billing".to_vec(),
         ),
         ("bare word", b"undefined".to_vec()),
+        // Broken after a field that is itself wrong: the syntax is what is reported.
+        ("unknown field then truncated", br#"{"colour":1,"#.to_vec()),
+        (
+            "unknown field then trailing comma",
+            br#"{"colour":1,}"#.to_vec(),
+        ),
+        (
+            "wrong type then truncated",
+            br#"{"weight":"heavy","#.to_vec(),
+        ),
     ] {
         cases.push(raw(
             format!("create: {what}"),

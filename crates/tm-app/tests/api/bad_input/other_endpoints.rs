@@ -23,6 +23,11 @@ pub(super) fn cases(existing: &str) -> Vec<Case> {
             ("lone '{'", b"{".to_vec()),
             ("truncated", br#"{"tenant":"acme","service":"#.to_vec()),
             ("trailing comma", br#"{"tenant":"acme",}"#.to_vec()),
+            ("unknown field then truncated", br#"{"colour":1,"#.to_vec()),
+            (
+                "unknown field then trailing comma",
+                br#"{"colour":1,}"#.to_vec(),
+            ),
             (
                 "valid body then garbage",
                 [to_bytes(&key).as_slice(), b"garbage"].concat(),
@@ -141,6 +146,15 @@ pub(super) fn cases(existing: &str) -> Vec<Case> {
         ("broken JSON", br#"{"url":"#.to_vec()),
         ("trailing garbage", br#"{"weight":5} x"#.to_vec()),
         ("single quotes", br#"{'weight':5}"#.to_vec()),
+        ("unknown field then truncated", br#"{"colour":1,"#.to_vec()),
+        (
+            "unknown field then trailing comma",
+            br#"{"url":"http://a","colour":1,}"#.to_vec(),
+        ),
+        (
+            "wrong type then truncated",
+            br#"{"weight":"heavy","#.to_vec(),
+        ),
     ] {
         cases.push(raw(
             format!("patch: {what}"),
@@ -241,6 +255,26 @@ pub(super) fn cases(existing: &str) -> Vec<Case> {
     cases.push(
         bare("delete: stale If-Match", Method::DELETE, &one, 412).header("if-match", "\"999\""),
     );
+
+    // Key creation: broken bodies are 400 whatever fields they name.
+    for (what, body) in [
+        ("empty body", b"".to_vec()),
+        ("truncated", br#"{"name":"ci","role":"#.to_vec()),
+        (
+            "trailing comma",
+            br#"{"name":"ci","role":"reader",}"#.to_vec(),
+        ),
+        ("unknown field then truncated", br#"{"colour":1,"#.to_vec()),
+        ("not JSON at all", b"name=ci&role=reader".to_vec()),
+    ] {
+        cases.push(raw(
+            format!("create key: {what}"),
+            Method::POST,
+            "/api/v1/keys",
+            body,
+            400,
+        ));
+    }
 
     // Ids that name no route.
     for (what, id) in [
