@@ -1,46 +1,92 @@
-//! A bounded load test against the real application on loopback: mixed traffic at a
-//! fixed rate — 90% resolve, 5% reads (list, get), 5% writes (activate, deactivate) —
-//! sent open loop (each request at its scheduled time, whatever the ones before it are
-//! doing).
+//! A bounded load-and-abuse test against the real application on loopback: mixed
+//! traffic at a fixed rate — 90% resolve, 5% reads (list, get), 5% writes (activate,
+//! deactivate) — sent open loop (each request at its scheduled time, whatever the ones
+//! before it are doing), while abusive clients run beside it for the whole run:
 //!
-//! Thresholds: errors (any unexpected status, any transport error or time-out) < 0.1%;
-//! resolve p99, timed from each request's scheduled time, under [`RESOLVE_P99_BOUND`];
-//! usage of the ordinary database pools, as the circuit breaker weighs it, < 85%; the
-//! process's resident memory (application and clients share it) under [`RSS_BOUND_MIB`].
+//! - slow-header clients: raw connections that send a request line, then one header
+//!   byte a second, until the header time-out closes them; then again;
+//! - slow-body clients: authenticated creates that announce a body and trickle it, a
+//!   byte a second, until the body time-out answers 408; then again (half of them with
+//!   an `Idempotency-Key`, whose layer reads the body itself);
+//! - a fresh `Idempotency-Key` on every write: from a reader key (refused with 403,
+//!   nothing kept) and from a tenant admin key (kept up to the per-key bound, then 429);
+//! - a cursor flood: listings under ever new cursors and page sizes, and unreadable
+//!   cursors (400), filling the read cache.
+//!
+//! Thresholds: errors on the good traffic (any unexpected status, any transport error or
+//! time-out) < 0.1%; resolve p99, timed from each request's scheduled time, under
+//! [`RESOLVE_P99_BOUND`]; usage of the ordinary database pools, as the circuit breaker
+//! weighs it, < 85%; the process's resident memory (application and clients share it)
+//! under [`RSS_BOUND_MIB`]; every slow client cut off within its time-out plus
+//! [`SLACK`], none before; the abusers answered as the contract says, and no more
+//! idempotency records kept than the bound.
 //!
 //! ```sh
 //! TM_LOAD_SECONDS=60 cargo test -p tm-app --test load -- --nocapture
 //! ```
 //! `TM_LOAD_SECONDS` (default 10) is the run's length, `TM_LOAD_RATE` (default 400) the
-//! requests per second.
+//! good requests per second.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use reqwest::StatusCode;
-use serde_json::json;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
 use tm_store::Store;
 use tm_testing::TestApp;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 const ADMIN: &str = "load-test-admin-key-0123456789abcdef";
 
+// The application's limits, set for the test so that the abusers meet them many times
+// in a run.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(2);
+const BODY_TIMEOUT: Duration = Duration::from_secs(2);
+/// Room for every slow client and the good traffic's connections, with some to spare.
+const MAX_CONNECTIONS: u32 = 512;
+/// Idempotency records one key may hold (default 10,000): the writer flood reaches it
+/// within seconds.
+const IDEMPOTENCY_MAX_KEYS: u32 = 100;
 /// Above the clients' pool idle time-out (reqwest's 90 s), as the README asks of clients:
 /// a server closing a connection as a client takes it up again fails that request, and a
 /// long run would meet that race rather than anything this test is after.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// The read caches' byte bound (default 64 MiB), half of it for listings: the cursor
+/// flood fills it within the default run.
+const READ_CACHE_BYTES: u64 = 16 << 20;
+
+// The abusers.
+const SLOW_HEADER_CLIENTS: u32 = 256;
+const SLOW_BODY_CLIENTS: u32 = 32;
+/// How often a slow client sends its next byte.
+const TRICKLE: Duration = Duration::from_secs(1);
+/// How long past its time-out a slow client waits to be cut off before it counts itself
+/// as held; also the bound on its connecting.
+const SLACK: Duration = Duration::from_secs(2);
+const READER_WRITES_PER_SECOND: u64 = 50;
+const WRITER_WRITES_PER_SECOND: u64 = 20;
+const LISTINGS_PER_SECOND: u64 = 100;
+/// Routes of the flooded tenant, one cursor after each.
+const FLOOD_ROUTES: usize = 200;
 
 // Thresholds.
 const MAX_ERROR_RATE: f64 = 0.001;
-/// Generous: a debug build on two cores shared with the test's own clients; timed from
-/// the scheduled send, so stalls of the sender count too.
+/// Generous: a debug build on two cores shared with every abuser and the test's own
+/// clients; timed from the scheduled send, so stalls of the sender count too.
 const RESOLVE_P99_BOUND: Duration = Duration::from_millis(50);
 /// Resident memory of the whole test process (application, database, every client), in
-/// MiB. It starts near 20 MiB and stays well below 50 MiB in a 60 s run on SQLite in a
-/// debug build; about twice that leaves room for another machine's allocator and for
-/// PostgreSQL's client side.
+/// MiB. It starts near 20 MiB; the measured peaks of a 60 s run on SQLite in a debug
+/// build are 45-50 MiB, `READ_CACHE_BYTES` of cached listings among them. About twice
+/// that leaves room for another machine's allocator and for PostgreSQL's client side,
+/// while memory that grows with the abuse does not fit: with the caches bounded in
+/// answers only (10,000, half of them listings) the same 60 s reach 214 MiB.
 const RSS_BOUND_MIB: u64 = 96;
 const MAX_POOL_USAGE_PERCENT: u64 = 85;
 
@@ -52,12 +98,12 @@ fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mixed_load_stays_within_its_thresholds() {
+async fn mixed_load_beside_abusive_clients_stays_within_its_thresholds() {
     let seconds: u64 = env("TM_LOAD_SECONDS", 10);
     let rate: u64 = env("TM_LOAD_RATE", 400);
     let run_for = Duration::from_secs(seconds);
-    // Every request has a time-out; this bounds the whole, should the server hang in a
-    // way nothing else sees.
+    // Every request has a time-out and every slow client gives up after its own plus
+    // SLACK; this bounds the whole, should the server hang in a way nothing else sees.
     let bound = run_for + Duration::from_secs(120);
     tokio::time::timeout(bound, scenario(run_for, rate))
         .await
@@ -68,30 +114,60 @@ async fn scenario(run_for: Duration, rate: u64) {
     let app = TestApp::builder()
         .admin_key(ADMIN)
         .client_timeout(Duration::from_secs(5))
-        .configure(|raw| raw.http.http_idle_timeout = IDLE_TIMEOUT)
+        .configure(|raw| {
+            raw.http.http_header_read_timeout = HEADER_TIMEOUT;
+            raw.http.http_body_read_timeout = BODY_TIMEOUT;
+            raw.http.http_idle_timeout = IDLE_TIMEOUT;
+            raw.http.http_max_connections = MAX_CONNECTIONS;
+            raw.http.idempotency_max_keys = IDEMPOTENCY_MAX_KEYS;
+            raw.guards.read_cache_bytes = READ_CACHE_BYTES;
+        })
         .spawn()
         .await;
     let setup = Setup::seed(&app).await;
     let sampler = Sampler::start(app.store.clone());
     let started = Instant::now();
+    let abusers = Abusers::start(&app, &setup, started + run_for);
     let good = good_traffic(&app, &setup, rate, started, run_for).await;
+    let abuse = abusers.finish().await;
     let samples = sampler.finish().await;
+    let reader_kept = kept_records(&app.store, &setup.reader.id, "reader", &abuse.reader).await;
+    // By the caches' own estimate; half of READ_CACHE_BYTES is theirs.
+    let listings_cached = app.metric_value("read_cache_bytes{cache=\"list\"}").await;
     app.stop().await.expect("clean shutdown");
 
     let summary = Summary {
         seconds: run_for.as_secs(),
         rate,
         good: &good,
+        abuse: &abuse,
         samples: &samples,
+        listings_cached_mib: listings_cached / f64::from(1 << 20),
     };
     eprintln!("{summary}");
     good.check(rate * run_for.as_secs());
     samples.check();
+    abuse.check();
+    assert_eq!(
+        reader_kept, 0,
+        "records were kept of writes refused with 403"
+    );
 }
 
-/// What the traffic needs: acme/billing/prod with two active versions; the id of `v1`.
+/// A key made through the API: its id (the scope of its idempotency records) and secret.
+struct Key {
+    id: String,
+    secret: String,
+}
+
+/// What the traffic needs: acme/billing/prod with two active versions for the good
+/// traffic, and a tenant of its own for the abusers, with routes to list and a cursor
+/// after each, a tenant admin key and a reader key.
 struct Setup {
     v1_id: String,
+    writer: Key,
+    reader: Key,
+    cursors: Vec<String>,
 }
 
 impl Setup {
@@ -106,7 +182,42 @@ impl Setup {
                 v1_id = created.json()["id"].as_str().expect("id").to_owned();
             }
         }
-        Setup { v1_id }
+        for n in 0..FLOOD_ROUTES {
+            app.create(
+                "flood",
+                "catalog",
+                "prod",
+                &format!("v{n}"),
+                "http://catalog.internal",
+            )
+            .await;
+        }
+        let writer = make_key(app, "tenant_admin").await;
+        let reader = make_key(app, "reader").await;
+        let mut cursors = Vec::new();
+        let mut page = "/api/v1/routes?tenant=flood&limit=1".to_owned();
+        while let Some(cursor) = app.get(&page).await.json()["next_cursor"].as_str() {
+            page = format!("/api/v1/routes?tenant=flood&limit=1&cursor={cursor}");
+            cursors.push(cursor.to_owned());
+        }
+        assert_eq!(cursors.len(), FLOOD_ROUTES - 1);
+        Setup {
+            v1_id,
+            writer,
+            reader,
+            cursors,
+        }
+    }
+}
+
+async fn make_key(app: &TestApp, role: &str) -> Key {
+    let body = json!({"name": format!("flood {role}"), "role": role, "tenant": "flood"});
+    let made = app.request(Method::POST, "/api/v1/keys", Some(body)).await;
+    made.assert_status(StatusCode::CREATED);
+    let made = made.json();
+    Key {
+        id: made["id"].as_str().expect("id").to_owned(),
+        secret: made["key"].as_str().expect("key").to_owned(),
     }
 }
 
@@ -364,22 +475,428 @@ impl Samples {
     }
 }
 
+// ---- The abusers ----
+
+/// How one attempt of a slow client ended.
+enum Ending {
+    /// Cut off by the server as the test expects, this long after it began.
+    Cut(Duration),
+    /// Anything else the server did: answered otherwise, or closed without the answer.
+    Other(String),
+    /// Still connected its time-out plus [`SLACK`] after it began.
+    Held,
+    /// Could not connect within [`SLACK`].
+    Unconnected,
+}
+
+/// What became of a kind of slow client's attempts.
+#[derive(Default)]
+struct Cuts {
+    attempts: AtomicU64,
+    cut: AtomicU64,
+    /// Cut before the time-out had passed.
+    early: AtomicU64,
+    held: AtomicU64,
+    other: AtomicU64,
+    unconnected: AtomicU64,
+    slowest_ms: AtomicU64,
+    first_other: Mutex<Option<String>>,
+}
+
+impl Cuts {
+    fn record(&self, ending: Ending, timeout: Duration) {
+        self.attempts.fetch_add(1, Ordering::Relaxed);
+        let counter = match ending {
+            // The client's clock starts before the server's (see `trickle`): a cut comes
+            // no sooner than the time-out, give or take the timers' millisecond.
+            Ending::Cut(took) if took + Duration::from_millis(5) < timeout => &self.early,
+            Ending::Cut(took) => {
+                let ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX);
+                self.slowest_ms.fetch_max(ms, Ordering::Relaxed);
+                &self.cut
+            }
+            Ending::Other(what) => {
+                let mut first = self.first_other.lock().expect("lock");
+                first.get_or_insert(what);
+                &self.other
+            }
+            Ending::Held => &self.held,
+            Ending::Unconnected => &self.unconnected,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Every attempt was cut off in time, and each client was cut off at least once.
+    fn check(&self, what: &str, clients: u32) {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let (attempts, cut) = (load(&self.attempts), load(&self.cut));
+        assert!(
+            cut == attempts && cut >= u64::from(clients),
+            "{what}: {cut} of {attempts} attempts cut off in time ({} early, {} held past the \
+             time-out plus {SLACK:?}, {} not connected, {} otherwise: {:?})",
+            load(&self.early),
+            load(&self.held),
+            load(&self.unconnected),
+            load(&self.other),
+            self.first_other.lock().expect("lock"),
+        );
+    }
+}
+
+/// Answers by status (and problem type, for problems), e.g. `403 forbidden`.
+#[derive(Default)]
+struct Answers(Mutex<BTreeMap<String, u64>>);
+
+impl Answers {
+    async fn record(&self, sent: Result<reqwest::Response, reqwest::Error>) {
+        let label = match sent {
+            Ok(answer) => {
+                let status = answer.status().as_u16();
+                let body: Value = answer.json().await.unwrap_or(Value::Null);
+                match body["type"].as_str().and_then(|t| t.rsplit(':').next()) {
+                    Some(problem) => format!("{status} {problem}"),
+                    None => status.to_string(),
+                }
+            }
+            Err(e) if e.is_timeout() => "time-out".to_owned(),
+            Err(_) => "transport error".to_owned(),
+        };
+        *self.0.lock().expect("lock").entry(label).or_default() += 1;
+    }
+
+    fn counts(&self) -> BTreeMap<String, u64> {
+        self.0.lock().expect("lock").clone()
+    }
+
+    /// How many answers' labels start with `prefix`.
+    fn count(&self, prefix: &str) -> u64 {
+        let counts = self.counts();
+        counts
+            .iter()
+            .filter(|(label, _)| label.starts_with(prefix))
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    /// Every answer is one of `expected` (by label prefix).
+    fn check(&self, what: &str, expected: &[&str]) {
+        let counts = self.counts();
+        let unexpected: Vec<_> = counts
+            .iter()
+            .filter(|(label, _)| !expected.iter().any(|e| label.starts_with(e)))
+            .collect();
+        assert!(unexpected.is_empty(), "{what}: unexpected {unexpected:?}");
+    }
+}
+
+/// Every abuser's tally.
+#[derive(Default)]
+struct Abuse {
+    slow_headers: Cuts,
+    slow_bodies: Cuts,
+    /// Writes with a fresh `Idempotency-Key` from a reader key, and from a tenant admin's.
+    reader: Answers,
+    writer: Answers,
+    listings: Answers,
+}
+
+struct Abusers {
+    tasks: JoinSet<()>,
+    abuse: Arc<Abuse>,
+}
+
+impl Abusers {
+    /// Starts every abuser; each goes on until `until`, then ends its attempt under way.
+    fn start(app: &TestApp, setup: &Setup, until: Instant) -> Abusers {
+        let abuse = Arc::new(Abuse::default());
+        let mut tasks = JoinSet::new();
+        // Spread over a time-out, so that the cuts are too.
+        for i in 0..SLOW_HEADER_CLIENTS {
+            let delay = HEADER_TIMEOUT * i / SLOW_HEADER_CLIENTS;
+            tasks.spawn(slow_headers(app.addr, delay, until, abuse.clone()));
+        }
+        for i in 0..SLOW_BODY_CLIENTS {
+            let delay = BODY_TIMEOUT * i / SLOW_BODY_CLIENTS;
+            let key = setup.writer.secret.clone();
+            tasks.spawn(slow_bodies(app.addr, key, i, delay, until, abuse.clone()));
+        }
+        let flood = Flood {
+            client: app.anonymous.clone(),
+            base: app.url(""),
+            until,
+            abuse: abuse.clone(),
+        };
+        tasks.spawn(flood.clone().writes("reader", setup.reader.secret.clone()));
+        tasks.spawn(flood.clone().writes("writer", setup.writer.secret.clone()));
+        tasks.spawn(flood.listings(setup.reader.secret.clone(), setup.cursors.clone()));
+        Abusers { tasks, abuse }
+    }
+
+    async fn finish(mut self) -> Arc<Abuse> {
+        while let Some(ended) = self.tasks.join_next().await {
+            ended.expect("abuser");
+        }
+        self.abuse
+    }
+}
+
+/// A slow-header client: connects, sends a request line and starts a header, one more
+/// byte a second, until the server closes the connection; then again, until `until`.
+async fn slow_headers(addr: SocketAddr, delay: Duration, until: Instant, abuse: Arc<Abuse>) {
+    tokio::time::sleep(delay).await;
+    let head = "GET /api/v1/routes/resolve?tenant=acme&service=billing&env=prod HTTP/1.1\r\n\
+                Host: load\r\nX-Trickle: ";
+    while Instant::now() < until {
+        let ending = match trickle(addr, head, b'a', HEADER_TIMEOUT).await {
+            Trickled::Closed(took) => Ending::Cut(took),
+            Trickled::Answered(status, _) => Ending::Other(status),
+            Trickled::Held => Ending::Held,
+            Trickled::Unconnected => Ending::Unconnected,
+        };
+        abuse.slow_headers.record(ending, HEADER_TIMEOUT);
+    }
+}
+
+/// A slow-body client: sends the headers of a create announcing 256 bytes of body, and
+/// the body a byte a second, until the server answers; then again, until `until`.
+async fn slow_bodies(
+    addr: SocketAddr,
+    key: String,
+    client: u32,
+    delay: Duration,
+    until: Instant,
+    abuse: Arc<Abuse>,
+) {
+    tokio::time::sleep(delay).await;
+    let mut attempt = 0;
+    while Instant::now() < until {
+        attempt += 1;
+        let idempotency = if client.is_multiple_of(2) {
+            format!("Idempotency-Key: slow-body-{client}-{attempt}\r\n")
+        } else {
+            String::new()
+        };
+        let head = format!(
+            "POST /api/v1/routes HTTP/1.1\r\nHost: load\r\nAuthorization: Bearer {key}\r\n\
+             Content-Type: application/json\r\nContent-Length: 256\r\n{idempotency}\r\n\
+             {{\"tenant\":\"flood\","
+        );
+        let ending = match trickle(addr, &head, b' ', BODY_TIMEOUT).await {
+            Trickled::Answered(status, took) if status.starts_with("HTTP/1.1 408 ") => {
+                Ending::Cut(took)
+            }
+            Trickled::Answered(status, _) => Ending::Other(status),
+            Trickled::Closed(took) => Ending::Other(format!("closed after {took:?}, unanswered")),
+            Trickled::Held => Ending::Held,
+            Trickled::Unconnected => Ending::Unconnected,
+        };
+        abuse.slow_bodies.record(ending, BODY_TIMEOUT);
+    }
+}
+
+/// What the server did to a client trickling its request.
+enum Trickled {
+    /// Closed the connection without a word, this long after the client began.
+    Closed(Duration),
+    /// Answered with this status line, this long after the client's `head` was sent.
+    Answered(String, Duration),
+    /// Neither, within `timeout` plus [`SLACK`].
+    Held,
+    Unconnected,
+}
+
+/// Connects, sends `head`, then `byte` every [`TRICKLE`] until the server answers or
+/// closes; gives up `timeout` plus [`SLACK`] after connecting (and [`SLACK`] into
+/// connecting).
+async fn trickle(addr: SocketAddr, head: &str, byte: u8, timeout: Duration) -> Trickled {
+    // Both clocks start before the server's can: the connection's time-out runs from its
+    // acceptance, the body's from its headers' arrival.
+    let opened = Instant::now();
+    let Ok(Ok(mut stream)) = tokio::time::timeout(SLACK, TcpStream::connect(addr)).await else {
+        return Trickled::Unconnected;
+    };
+    let (mut reader, mut writer) = stream.split();
+    let watched = async {
+        let sent = Instant::now();
+        // A write the server no longer reads fails, or is lost: either way the read
+        // below tells what the server did.
+        let _ = writer.write_all(head.as_bytes()).await;
+        let mut next = tokio::time::interval_at(sent + TRICKLE, TRICKLE);
+        let mut answer = Vec::new();
+        let mut chunk = [0u8; 1024];
+        loop {
+            tokio::select! {
+                read = reader.read(&mut chunk) => match read {
+                    Ok(0) | Err(_) if answer.is_empty() => return Trickled::Closed(opened.elapsed()),
+                    Ok(0) | Err(_) => {
+                        let status = String::from_utf8_lossy(&answer).into_owned();
+                        return Trickled::Answered(status, sent.elapsed());
+                    }
+                    Ok(n) => {
+                        answer.extend_from_slice(&chunk[..n]);
+                        if let Some(end) = answer.windows(2).position(|w| w == b"\r\n") {
+                            let status = String::from_utf8_lossy(&answer[..end]).into_owned();
+                            return Trickled::Answered(status, sent.elapsed());
+                        }
+                    }
+                },
+                _ = next.tick() => {
+                    let _ = writer.write_all(&[byte]).await;
+                }
+            }
+        }
+    };
+    tokio::time::timeout(timeout + SLACK, watched)
+        .await
+        .unwrap_or(Trickled::Held)
+}
+
+/// The flooding clients' common parts.
+#[derive(Clone)]
+struct Flood {
+    client: reqwest::Client,
+    base: String,
+    until: Instant,
+    abuse: Arc<Abuse>,
+}
+
+impl Flood {
+    /// Creates, each with a fresh `Idempotency-Key`, from `who`'s key (`reader` or
+    /// `writer`), at that one's fixed rate, until the end of the run.
+    async fn writes(self, who: &'static str, key: String) {
+        let (rate, answers) = match who {
+            "reader" => (READER_WRITES_PER_SECOND, &self.abuse.reader),
+            _ => (WRITER_WRITES_PER_SECOND, &self.abuse.writer),
+        };
+        let mut tick =
+            tokio::time::interval(Duration::from_secs(1) / u32::try_from(rate).expect("rate"));
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut n: u64 = 0;
+        while tick.tick().await < self.until {
+            let body = json!({"tenant":"flood","service":"idempotent","env":"prod",
+                              "version":format!("{who}-{n}"),"url":"http://idempotent.internal"});
+            let sent = self
+                .client
+                .post(format!("{}/api/v1/routes", self.base))
+                .bearer_auth(&key)
+                .header("Idempotency-Key", format!("{who}-{n}"))
+                .json(&body)
+                .send()
+                .await;
+            answers.record(sent).await;
+            n += 1;
+        }
+    }
+
+    /// Listings of the flooded tenant at a fixed rate until the end of the run: half under
+    /// a cursor and page size never asked before, half under an unreadable cursor.
+    async fn listings(self, key: String, cursors: Vec<String>) {
+        let rate = u32::try_from(LISTINGS_PER_SECOND).expect("rate");
+        let mut tick = tokio::time::interval(Duration::from_secs(1) / rate);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut n: usize = 0;
+        while tick.tick().await < self.until {
+            let i = n / 2;
+            let query = if n.is_multiple_of(2) {
+                // Each (cursor, limit) pair once (199,000 of them), the longest pages first.
+                let limit = 1000 - (i / cursors.len()) % 1000;
+                format!("cursor={}&limit={limit}", cursors[i % cursors.len()])
+            } else if i.is_multiple_of(2) {
+                format!("cursor=not-a-cursor-{i}")
+            } else {
+                // A real cursor, damaged.
+                format!("cursor={}{i}", &cursors[i % cursors.len()][1..])
+            };
+            let sent = self
+                .client
+                .get(format!("{}/api/v1/routes?tenant=flood&{query}", self.base))
+                .bearer_auth(&key)
+                .send()
+                .await;
+            self.abuse.listings.record(sent).await;
+            n += 1;
+        }
+    }
+}
+
+impl Abuse {
+    fn check(&self) {
+        self.slow_headers.check("slow headers", SLOW_HEADER_CLIENTS);
+        self.slow_bodies.check("slow bodies", SLOW_BODY_CLIENTS);
+        // A reader may not write: refused (or limited) before anything is claimed.
+        self.reader
+            .check("reader's writes", &["403 forbidden", "429 "]);
+        assert!(
+            self.reader.count("403") > 0,
+            "no reader's write was refused"
+        );
+        // The tenant admin's: kept up to the bound, then refused; or shed under load.
+        self.writer.check(
+            "writer's writes",
+            &["201", "429 idempotency-keys-exhausted", "503 "],
+        );
+        let kept = self.writer.count("201");
+        assert!(
+            kept <= u64::from(IDEMPOTENCY_MAX_KEYS),
+            "{kept} writes with fresh keys kept, beyond the bound of {IDEMPOTENCY_MAX_KEYS}"
+        );
+        let sent: u64 = self.writer.counts().values().sum();
+        if sent > 2 * u64::from(IDEMPOTENCY_MAX_KEYS) {
+            assert!(
+                self.writer.count("429") > 0,
+                "{sent} writes with fresh keys and none refused"
+            );
+        }
+        // Unreadable cursors are 400; the others answer, or are shed under load.
+        self.listings
+            .check("cursor flood", &["200", "400 malformed", "429 ", "503 "]);
+        assert!(self.listings.count("200") > 0 && self.listings.count("400") > 0);
+    }
+}
+
+/// How many of the `who` flood's idempotency keys have a record under `scope`.
+async fn kept_records(store: &Arc<dyn Store>, scope: &str, who: &str, answers: &Answers) -> usize {
+    let sent: u64 = answers.counts().values().sum();
+    let mut kept = 0;
+    for n in 0..sent {
+        let record = store
+            .get_idempotency_key(scope, &format!("{who}-{n}"))
+            .await
+            .expect("read idempotency record");
+        kept += usize::from(record.is_some());
+    }
+    kept
+}
+
 /// The one-line summary of a run.
 struct Summary<'a> {
     seconds: u64,
     rate: u64,
     good: &'a Good,
+    abuse: &'a Abuse,
     samples: &'a Samples,
+    listings_cached_mib: f64,
 }
 
 impl std::fmt::Display for Summary<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let (good, samples) = (self.good, self.samples);
+        let (good, abuse, samples) = (self.good, self.abuse, self.samples);
+        let cuts = |c: &Cuts| {
+            let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+            format!(
+                "{}/{} cut (slowest {} ms)",
+                load(&c.cut),
+                load(&c.attempts),
+                load(&c.slowest_ms)
+            )
+        };
         write!(
             f,
             "load: {}s at {}/s: {} good requests ({} resolve, {} reads, {} writes), {} errors \
              ({:.3}%), resolve p99 {:?}, peak RSS {} MiB (at start {} MiB, bound {RSS_BOUND_MIB}), \
-             peak pool usage {}%",
+             peak pool usage {}%; slow headers {}, slow bodies {}; fresh idempotency keys: \
+             reader {:?}, writer {:?}; cursor flood {:?}, listings cached at the end {:.1} MiB \
+             (bound {:.0})",
             self.seconds,
             self.rate,
             good.total(),
@@ -392,6 +909,13 @@ impl std::fmt::Display for Summary<'_> {
             samples.peak_rss_mib,
             samples.rss_start_mib,
             samples.peak_pool_usage_percent,
+            cuts(&abuse.slow_headers),
+            cuts(&abuse.slow_bodies),
+            abuse.reader.counts(),
+            abuse.writer.counts(),
+            abuse.listings.counts(),
+            self.listings_cached_mib,
+            READ_CACHE_BYTES as f64 / f64::from(2 << 20),
         )
     }
 }
