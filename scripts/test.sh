@@ -86,8 +86,10 @@ provide_schemathesis
 provide_redis
 export TM_TEST_PROMTOOL TM_TEST_SCHEMATHESIS TM_TEST_REDIS_SERVER
 
+# The load-and-abuse test (crates/tm-app/tests/load.rs) runs for a minute in this pass
+# and for its default 10 s in the PostgreSQL pass.
 log "tests on SQLite"
-cargo test --workspace --locked 2>&1 | tee -a "$OUTPUT"
+TM_LOAD_SECONDS=60 cargo test --workspace --locked 2>&1 | tee -a "$OUTPUT"
 
 # The API contract suite again, with resolves answered by the router rather than the
 # fast path ahead of it (TM_RESOLVE_FAST_PATH=false): both must keep the contract.
