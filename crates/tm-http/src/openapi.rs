@@ -35,7 +35,7 @@ pub struct ResolveAnswerDoc {
     pub service: String,
     pub env: String,
     pub version: String,
-    #[schema(format = "uri")]
+    #[schema(value_type = tm_domain::UpstreamUrl)]
     pub url: String,
 }
 

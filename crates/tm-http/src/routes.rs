@@ -99,8 +99,8 @@ pub struct CreateBody {
     #[schema(required = true, nullable = false, value_type = String, pattern = "^[a-z0-9][a-z0-9._-]{0,62}$")]
     #[serde(default, deserialize_with = "crate::extract::non_null")]
     version: Option<String>,
-    /// Absolute http or https URL without user information or fragment.
-    #[schema(required = true, nullable = false, value_type = String, max_length = 2048, pattern = "^[hH][tT][tT][pP][sS]?://[A-Za-z0-9._~!$&'()*+,;=:\\[\\]-]+([/?][A-Za-z0-9._~!$&'()*+,;=:@/?-]*)?$")]
+    /// Where to send the service's traffic.
+    #[schema(required = true, nullable = false, value_type = tm_domain::UpstreamUrl)]
     #[serde(default, deserialize_with = "crate::extract::non_null")]
     url: Option<String>,
     /// Serve it at once (default false).
@@ -147,8 +147,8 @@ impl TryFrom<CreateBody> for NewRoute {
 #[serde(deny_unknown_fields)]
 #[schema(as = RoutePatch, min_properties = 1)]
 pub struct PatchBody {
-    /// Absolute http or https URL without user information or fragment.
-    #[schema(required = false, nullable = false, value_type = String, max_length = 2048, pattern = "^[hH][tT][tT][pP][sS]?://[A-Za-z0-9._~!$&'()*+,;=:\\[\\]-]+([/?][A-Za-z0-9._~!$&'()*+,;=:@/?-]*)?$")]
+    /// Where to send the service's traffic.
+    #[schema(required = false, nullable = false, value_type = tm_domain::UpstreamUrl)]
     #[serde(default, deserialize_with = "crate::extract::non_null")]
     url: Option<String>,
     /// Share of traffic, 0 to 100.
