@@ -12,7 +12,8 @@ use tm_store::{KeyPage, KeyRecord, KeyView};
 use crate::auth::{Action, Caller};
 use crate::extract::{ApiJson, ApiQuery};
 use crate::guard::WriteKind;
-use crate::{page, ApiError, AppState};
+use crate::page::{self, KEY_CURSORS};
+use crate::{ApiError, AppState};
 
 const MAX_NAME_LEN: usize = 100;
 
@@ -99,13 +100,10 @@ pub struct KeyListQuery {
     /// Page size, 1 to 1000 (default 100).
     #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
-    /// `next_cursor` of the previous page.
-    #[param(min_length = 1)]
+    /// `next_cursor` of the previous page of this listing; any other is a 400.
+    #[param(pattern = "^azE6[A-Za-z0-9_-]{21}[AQgw]$")]
     cursor: Option<String>,
 }
-
-/// Cursors of the key listing: another listing's cursor is refused.
-const CURSOR_PREFIX: &str = "k1:";
 
 /// Admins create any key; a tenant admin only reader keys of its own tenant.
 fn may_create(caller: &Caller, grant: &Grant) -> Result<(), ApiError> {
@@ -193,7 +191,7 @@ pub async fn list(
     let after = query
         .cursor
         .as_deref()
-        .map(|raw| page::decode_cursor::<KeyId>(CURSOR_PREFIX, raw))
+        .map(|raw| KEY_CURSORS.decode(raw))
         .transpose()?;
     let mut errors = FieldErrors::default();
     let limit = page::limit(query.limit, &mut errors);
@@ -209,9 +207,7 @@ pub async fn list(
         .await?;
     let next_cursor = if records.len() > limit as usize {
         records.truncate(limit as usize);
-        records
-            .last()
-            .map(|k| page::encode_cursor(CURSOR_PREFIX, k.id))
+        records.last().map(|k| KEY_CURSORS.encode(k.id))
     } else {
         None
     };
