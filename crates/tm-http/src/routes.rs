@@ -110,7 +110,7 @@ pub struct CreateBody {
     active: Option<bool>,
     /// Share of traffic, 0 to 100 (default 100).
     #[schema(required = false, nullable = false, value_type = u8, minimum = 0, maximum = 100)]
-    #[serde(default, deserialize_with = "crate::extract::non_null")]
+    #[serde(default, deserialize_with = "crate::extract::integer")]
     weight: Option<i64>,
 }
 
@@ -154,7 +154,7 @@ pub struct PatchBody {
     url: Option<String>,
     /// Share of traffic, 0 to 100.
     #[schema(required = false, nullable = false, value_type = u8, minimum = 0, maximum = 100)]
-    #[serde(default, deserialize_with = "crate::extract::non_null")]
+    #[serde(default, deserialize_with = "crate::extract::integer")]
     weight: Option<i64>,
 }
 
