@@ -48,12 +48,14 @@ pub struct ResolveQuery<'a> {
 #[utoipa::path(
     get,
     path = "/api/v1/routes/resolve",
+    operation_id = "resolve",
     tag = "routes",
-    params(ResolveQuery),
+    params(ResolveQuery, crate::openapi::IfNoneMatch),
     responses(
         (status = 200, description = "Where to call", body = crate::openapi::ResolveAnswerDoc,
             headers(("ETag" = String, description = "Opaque strong validator"), ("Cache-Control" = String))),
-        (status = 304, description = "Unchanged since the `If-None-Match` tag"),
+        (status = 304, description = "Unchanged since the `If-None-Match` tag",
+            headers(("ETag" = String, description = "Opaque strong validator"), ("Cache-Control" = String))),
         crate::openapi::Problems,
     ),
 )]

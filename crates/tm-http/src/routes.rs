@@ -203,14 +203,16 @@ fn route_etag(route: &Route) -> HeaderValue {
 #[utoipa::path(
     post,
     path = "/api/v1/routes",
+    operation_id = "create_route",
     tag = "routes",
     params(crate::openapi::IdempotencyKey),
     request_body = CreateBody,
     responses(
         (status = 201, description = "Created", body = Route,
             headers(("Location" = String), ("ETag" = String, description = "`\"<revision>\"`"))),
-        (status = 409, description = "A route with this key exists, or the first request with this Idempotency-Key is still being answered",
-            body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 409, description = "A route with this tenant, service, env and version exists, or the first request with this `Idempotency-Key` is still being answered (then with `Retry-After`)",
+            body = crate::openapi::ProblemDoc, content_type = "application/problem+json",
+            headers(("Retry-After" = u32, description = "Seconds to wait, when the `Idempotency-Key` is in use"))),
         crate::openapi::Problems,
         crate::openapi::BodyProblems,
     ),
@@ -246,6 +248,7 @@ pub async fn create(
 #[utoipa::path(
     post,
     path = "/api/v1/routes/activate",
+    operation_id = "activate_route",
     tag = "routes",
     params(crate::openapi::IdempotencyKey),
     request_body = KeyBody,
@@ -268,6 +271,7 @@ pub async fn activate(
 #[utoipa::path(
     post,
     path = "/api/v1/routes/deactivate",
+    operation_id = "deactivate_route",
     tag = "routes",
     params(crate::openapi::IdempotencyKey),
     request_body = KeyBody,
@@ -347,6 +351,7 @@ struct RouteList {
 #[utoipa::path(
     get,
     path = "/api/v1/routes",
+    operation_id = "list_routes",
     tag = "routes",
     params(ListQuery),
     responses(
@@ -414,14 +419,21 @@ pub async fn list(
 #[utoipa::path(
     get,
     path = "/api/v1/routes/{id}",
+    operation_id = "get_route",
     tag = "routes",
-    params(("id" = String, Path, format = "uuid", description = "Route id")),
+    params(
+        crate::openapi::RouteIdParam,
+        crate::openapi::IfNoneMatch,
+    ),
     responses(
         (status = 200, description = "The route", body = Route, headers(
             ("ETag" = String, description = "`\"<revision>\"`"),
             ("Warning" = String, description = "`110 - \"Response is Stale\"` when served from the last known data while the database is refused"),
         )),
-        (status = 304, description = "Unchanged since the `If-None-Match` tag"),
+        (status = 304, description = "Unchanged since the `If-None-Match` tag", headers(
+            ("ETag" = String, description = "`\"<revision>\"`"),
+            ("Warning" = String, description = "`110 - \"Response is Stale\"` when served from the last known data while the database is refused"),
+        )),
         crate::openapi::Problems,
     ),
 )]
@@ -450,16 +462,17 @@ pub async fn get(
 #[utoipa::path(
     patch,
     path = "/api/v1/routes/{id}",
+    operation_id = "patch_route",
     tag = "routes",
     params(
-        ("id" = String, Path, format = "uuid", description = "Route id"),
-        ("If-Match" = Option<String>, Header, description = "`\"<revision>\"` or `*`"),
+        crate::openapi::RouteIdParam,
+        crate::openapi::IfMatch,
         crate::openapi::IdempotencyKey,
     ),
     request_body = PatchBody,
     responses(
         (status = 200, description = "The route, changed", body = Route, headers(("ETag" = String))),
-        (status = 412, description = "`If-Match` names another revision", body = crate::openapi::ProblemDoc,
+        (status = 412, description = "`If-Match` names no revision the route is at", body = crate::openapi::ProblemDoc,
             content_type = "application/problem+json"),
         crate::openapi::Problems,
         crate::openapi::IdempotencyProblems,
@@ -496,15 +509,16 @@ pub async fn patch(
 #[utoipa::path(
     delete,
     path = "/api/v1/routes/{id}",
+    operation_id = "delete_route",
     tag = "routes",
     params(
-        ("id" = String, Path, format = "uuid", description = "Route id"),
-        ("If-Match" = Option<String>, Header, description = "`\"<revision>\"` or `*`"),
+        crate::openapi::RouteIdParam,
+        crate::openapi::IfMatch,
         crate::openapi::IdempotencyKey,
     ),
     responses(
         (status = 204, description = "Deleted"),
-        (status = 412, description = "`If-Match` names another revision", body = crate::openapi::ProblemDoc,
+        (status = 412, description = "`If-Match` names no revision the route is at", body = crate::openapi::ProblemDoc,
             content_type = "application/problem+json"),
         crate::openapi::Problems,
         crate::openapi::IdempotencyProblems,
