@@ -90,7 +90,6 @@ pub struct Route {
     #[schema(value_type = String, pattern = "^[a-z0-9][a-z0-9._-]{0,62}$", example = "v1")]
     pub version: Version,
     /// Absolute http or https URL, as given.
-    #[schema(value_type = String, format = "uri", max_length = 2048, example = "http://10.0.0.7:8080")]
     pub url: UpstreamUrl,
     pub active: bool,
     /// Share of traffic among the active versions when no version is asked for.

@@ -127,6 +127,49 @@ where
     T::deserialize(deserializer).map(Some)
 }
 
+/// For optional integer body fields, as [`non_null`]: a JSON number without a fractional
+/// part, as JSON Schema's `integer` is, so `74` and `74.0` alike. Use with
+/// `#[serde(default, deserialize_with = ..)]`.
+pub(crate) fn integer<'de, D>(deserializer: D) -> Result<Option<i64>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    struct Integer;
+
+    impl serde::de::Visitor<'_> for Integer {
+        type Value = i64;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an integer")
+        }
+
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<i64, E> {
+            Ok(v)
+        }
+
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<i64, E> {
+            i64::try_from(v)
+                .map_err(|_| E::invalid_value(serde::de::Unexpected::Unsigned(v), &self))
+        }
+
+        #[expect(
+            clippy::cast_possible_truncation,
+            reason = "only whole numbers well inside the range of i64 are converted"
+        )]
+        fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<i64, E> {
+            // 2^53: every whole number up to here is exact in an f64.
+            const EXACT: f64 = 9_007_199_254_740_992.0;
+            if v.fract() == 0.0 && v.abs() <= EXACT {
+                Ok(v as i64)
+            } else {
+                Err(E::invalid_value(serde::de::Unexpected::Float(v), &self))
+            }
+        }
+    }
+
+    deserializer.deserialize_any(Integer).map(Some)
+}
+
 /// A query string of type `T` (which should deny unknown fields). Anything unreadable —
 /// unknown or repeated parameters, values of the wrong type — is a 400.
 pub struct ApiQuery<T>(pub T);
@@ -274,6 +317,40 @@ mod tests {
             parse_json::<Body>(b""),
             Err(ApiError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn integers_may_be_written_with_a_zero_fraction() {
+        #[derive(serde::Deserialize, Debug)]
+        #[serde(deny_unknown_fields)]
+        struct Body {
+            #[serde(default, deserialize_with = "integer")]
+            n: Option<i64>,
+        }
+        for (raw, n) in [
+            (&br#"{"n":74}"#[..], 74),
+            (br#"{"n":74.0}"#, 74),
+            (br#"{"n":-0.0}"#, 0),
+            (br#"{"n":7e1}"#, 70),
+            (br#"{"n":-3}"#, -3),
+        ] {
+            let body: Body = parse_json(raw).expect("an integer");
+            assert_eq!(body.n, Some(n), "{}", String::from_utf8_lossy(raw));
+        }
+        assert_eq!(parse_json::<Body>(b"{}").expect("absent").n, None);
+        for raw in [
+            &br#"{"n":74.5}"#[..],
+            br#"{"n":1e300}"#,
+            br#"{"n":99999999999999999999}"#,
+            br#"{"n":"7"}"#,
+            br#"{"n":null}"#,
+            br#"{"n":true}"#,
+        ] {
+            let Err(ApiError::Invalid(errors)) = parse_json::<Body>(raw) else {
+                panic!("{} must be a 422", String::from_utf8_lossy(raw));
+            };
+            assert_eq!(errors.0[0].field, "n");
+        }
     }
 
     #[test]

@@ -12,26 +12,36 @@ use tm_store::{KeyPage, KeyRecord, KeyView};
 use crate::auth::{Action, Caller};
 use crate::extract::{ApiJson, ApiQuery};
 use crate::guard::WriteKind;
-use crate::{page, ApiError, AppState};
+use crate::page::{self, KEY_CURSORS};
+use crate::{ApiError, AppState};
 
 const MAX_NAME_LEN: usize = 100;
 
-/// A key to create.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
+/// A key to create (documented as [`crate::openapi::NewKeyDoc`]).
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-#[schema(as = NewApiKey)]
 pub struct CreateKeyBody {
-    /// What the key is for.
-    #[schema(required = true, nullable = false, value_type = String, min_length = 1, max_length = 100, pattern = "\\S")]
     #[serde(default, deserialize_with = "crate::extract::non_null")]
     name: Option<String>,
-    #[schema(required = true, nullable = false, value_type = Role)]
     #[serde(default, deserialize_with = "crate::extract::non_null")]
     role: Option<String>,
-    /// Required for `tenant_admin` and `reader`; absent for `admin`.
-    #[schema(required = false, nullable = false, value_type = String, pattern = "^[a-z0-9][a-z0-9._-]{0,62}$")]
     #[serde(default, deserialize_with = "crate::extract::non_null")]
     tenant: Option<String>,
+}
+
+/// Whether `name` is a key name: 1 to [`MAX_NAME_LEN`] characters, none of them a
+/// control character, not all of them white space (the pattern of `KeyName` in the
+/// OpenAPI document says the same).
+fn check_name(name: &str) -> Result<(), String> {
+    if name.chars().any(char::is_control) {
+        return Err("must not contain control characters".into());
+    }
+    if name.trim().is_empty() || name.chars().count() > MAX_NAME_LEN {
+        return Err(format!(
+            "must be 1 to {MAX_NAME_LEN} characters, not all of them white space"
+        ));
+    }
+    Ok(())
 }
 
 impl CreateKeyBody {
@@ -42,15 +52,13 @@ impl CreateKeyBody {
                 errors.push("name", "is required");
                 None
             }
-            Some(name) if name.trim().is_empty() || name.chars().count() > MAX_NAME_LEN => {
-                errors.push("name", format!("must be 1 to {MAX_NAME_LEN} characters"));
-                None
-            }
-            Some(name) if name.chars().any(char::is_control) => {
-                errors.push("name", "must not contain control characters");
-                None
-            }
-            Some(name) => Some(name),
+            Some(name) => match check_name(&name) {
+                Ok(()) => Some(name),
+                Err(why) => {
+                    errors.push("name", why);
+                    None
+                }
+            },
         };
         let role = match self.role.as_deref() {
             None => {
@@ -99,13 +107,10 @@ pub struct KeyListQuery {
     /// Page size, 1 to 1000 (default 100).
     #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
-    /// `next_cursor` of the previous page.
-    #[param(min_length = 1)]
+    /// `next_cursor` of the previous page of this listing; any other is a 400.
+    #[param(pattern = "^azE6[A-Za-z0-9_-]{21}[AQgw]$")]
     cursor: Option<String>,
 }
-
-/// Cursors of the key listing: another listing's cursor is refused.
-const CURSOR_PREFIX: &str = "k1:";
 
 /// Admins create any key; a tenant admin only reader keys of its own tenant.
 fn may_create(caller: &Caller, grant: &Grant) -> Result<(), ApiError> {
@@ -123,15 +128,18 @@ fn may_create(caller: &Caller, grant: &Grant) -> Result<(), ApiError> {
 }
 
 /// Create an API key. The secret is in this answer only.
+///
+/// `Idempotency-Key` is refused here (422): the secret is never kept, so the answer
+/// could not be replayed.
 #[utoipa::path(
     post,
     path = "/api/v1/keys",
+    operation_id = "create_key",
     tag = "keys",
-    params(crate::openapi::IdempotencyKey),
-    request_body = CreateKeyBody,
+    request_body = crate::openapi::NewKeyDoc,
     responses(
         (status = 201, description = "Created", body = crate::openapi::CreatedKeyDoc, headers(("Location" = String))),
-        (status = 409, description = "The key's tenant holds `TM_MAX_KEYS_PER_TENANT` live keys already (revoke one first), or the first request with this Idempotency-Key is still being answered",
+        (status = 409, description = "The key's tenant holds `TM_MAX_KEYS_PER_TENANT` live keys already (revoke one first)",
             body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
         crate::openapi::Problems,
         crate::openapi::BodyProblems,
@@ -177,6 +185,7 @@ pub async fn create(
 #[utoipa::path(
     get,
     path = "/api/v1/keys",
+    operation_id = "list_keys",
     tag = "keys",
     params(KeyListQuery),
     responses(
@@ -193,7 +202,7 @@ pub async fn list(
     let after = query
         .cursor
         .as_deref()
-        .map(|raw| page::decode_cursor::<KeyId>(CURSOR_PREFIX, raw))
+        .map(|raw| KEY_CURSORS.decode(raw))
         .transpose()?;
     let mut errors = FieldErrors::default();
     let limit = page::limit(query.limit, &mut errors);
@@ -209,9 +218,7 @@ pub async fn list(
         .await?;
     let next_cursor = if records.len() > limit as usize {
         records.truncate(limit as usize);
-        records
-            .last()
-            .map(|k| page::encode_cursor(CURSOR_PREFIX, k.id))
+        records.last().map(|k| KEY_CURSORS.encode(k.id))
     } else {
         None
     };
@@ -223,6 +230,7 @@ pub async fn list(
 #[utoipa::path(
     delete,
     path = "/api/v1/keys/{id}",
+    operation_id = "revoke_key",
     tag = "keys",
     params(
         ("id" = String, Path, format = "uuid", description = "Key id"),
@@ -277,3 +285,58 @@ async fn announce_key_change(state: &AppState) {
 
 /// The Redis channel that key changes are announced on.
 pub const KEYS_CHANNEL: &str = "keys";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The name rule and the pattern the document states for it accept the same names.
+    #[test]
+    fn the_name_rule_is_the_documented_pattern() {
+        let pattern = regex_automata::meta::Regex::new(crate::openapi::KEY_NAME_PATTERN)
+            .expect("the pattern compiles");
+        let pool = [
+            'a',
+            'Z',
+            '7',
+            ' ',
+            '-',
+            'é',
+            '\t',
+            '\n',
+            '\u{1c}',
+            '\u{7f}',
+            '\u{85}',
+            '\u{a0}',
+            '\u{1680}',
+            '\u{2000}',
+            '\u{200a}',
+            '\u{200b}',
+            '\u{2028}',
+            '\u{202f}',
+            '\u{205f}',
+            '\u{3000}',
+            '\u{feff}',
+            '\u{10ffff}',
+        ];
+        let mut names: Vec<String> = ["", "a", " a ", "\u{3000}", "a\u{0}b"]
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        names.push("n".repeat(100));
+        names.push("n".repeat(101));
+        names.push("é".repeat(100));
+        for _ in 0..20_000 {
+            let len = usize::from(rand::random::<u8>() % 6);
+            names.push(
+                (0..len)
+                    .map(|_| pool[usize::from(rand::random::<u8>()) % pool.len()])
+                    .collect(),
+            );
+        }
+        for name in &names {
+            let documented = pattern.is_match(name) && name.chars().count() <= 100;
+            assert_eq!(check_name(name).is_ok(), documented, "{name:?}");
+        }
+    }
+}

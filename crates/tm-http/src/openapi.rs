@@ -5,7 +5,10 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
 use tm_domain::{FieldError, Role, Route};
+use utoipa::openapi::header::HeaderBuilder;
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::RefOr;
 use utoipa::{Modify, OpenApi, ToSchema};
 
 use crate::{keys, resolve, routes};
@@ -35,7 +38,7 @@ pub struct ResolveAnswerDoc {
     pub service: String,
     pub env: String,
     pub version: String,
-    #[schema(format = "uri")]
+    #[schema(value_type = tm_domain::UpstreamUrl)]
     pub url: String,
 }
 
@@ -90,6 +93,83 @@ pub struct KeyListDoc {
     pub next_cursor: Option<String>,
 }
 
+/// A key to create. An `admin` key names no tenant; a `tenant_admin` or `reader` key
+/// names the one it is bound to.
+#[derive(Serialize, ToSchema)]
+#[schema(as = NewApiKey)]
+#[serde(untagged)]
+#[expect(dead_code, reason = "only documents a schema")]
+pub enum NewKeyDoc {
+    Admin(NewAdminKeyDoc),
+    Tenant(NewTenantKeyDoc),
+}
+
+/// A new `admin` key: every tenant, so none is named.
+#[derive(Serialize, ToSchema)]
+#[schema(as = NewAdminKey)]
+#[serde(deny_unknown_fields)]
+pub struct NewAdminKeyDoc {
+    pub name: KeyNameDoc,
+    pub role: AdminRoleDoc,
+}
+
+/// A new `tenant_admin` or `reader` key, bound to one tenant.
+#[derive(Serialize, ToSchema)]
+#[schema(as = NewTenantKey)]
+#[serde(deny_unknown_fields)]
+pub struct NewTenantKeyDoc {
+    pub name: KeyNameDoc,
+    pub role: TenantRoleDoc,
+    /// The tenant the key is bound to.
+    #[schema(pattern = "^[a-z0-9][a-z0-9._-]{0,62}$")]
+    pub tenant: String,
+}
+
+/// What a key is for: 1 to 100 characters, none of them a control character, not all
+/// of them white space (what `keys::check_name` accepts).
+pub const KEY_NAME_PATTERN: &str = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\u0000-\\u0020\\u007f-\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000][^\\u0000-\\u001f\\u007f-\\u009f]*$";
+
+/// The name of a new key, as [`KEY_NAME_PATTERN`] says.
+#[derive(Serialize)]
+pub struct KeyNameDoc(String);
+
+impl utoipa::PartialSchema for KeyNameDoc {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .description(Some("What the key is for: 1 to 100 characters, no control characters, not only white space."))
+            .min_length(Some(1))
+            .max_length(Some(100))
+            .pattern(Some(KEY_NAME_PATTERN))
+            .into()
+    }
+}
+
+impl ToSchema for KeyNameDoc {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "KeyName".into()
+    }
+}
+
+/// The role of a key that names no tenant.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[schema(as = AdminRole)]
+#[expect(dead_code, reason = "only documents a schema")]
+pub enum AdminRoleDoc {
+    Admin,
+}
+
+/// The roles of keys bound to a tenant.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[schema(as = TenantRole)]
+#[expect(dead_code, reason = "only documents a schema")]
+pub enum TenantRoleDoc {
+    TenantAdmin,
+    Reader,
+}
+
 struct BearerAuth;
 
 impl Modify for BearerAuth {
@@ -104,6 +184,92 @@ impl Modify for BearerAuth {
                     .build(),
             ),
         );
+    }
+}
+
+/// The headers of every answer, declared here once and added to each response.
+struct CommonHeaders;
+
+impl Modify for CommonHeaders {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let text = |description: &str| {
+            HeaderBuilder::new()
+                .schema(ObjectBuilder::new().schema_type(Type::String))
+                .description(Some(description))
+                .build()
+        };
+        let count = |description: &str| {
+            HeaderBuilder::new()
+                .schema(
+                    ObjectBuilder::new()
+                        .schema_type(Type::Integer)
+                        .minimum(Some(0)),
+                )
+                .description(Some(description))
+                .build()
+        };
+        let replayed = HeaderBuilder::new()
+            .schema(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .enum_values(Some(["true"])),
+            )
+            .description(Some(
+                "`true` when this is the kept answer to an earlier request with the same `Idempotency-Key`",
+            ))
+            .build();
+        let headers = [
+            ("X-Request-ID", text("This request's id: the incoming `X-Request-ID` when it is 1–128 characters of `A-Z a-z 0-9 . _ -`, else a new one")),
+            ("X-Correlation-ID", text("The incoming `X-Correlation-ID` when sane, else the request id")),
+            ("X-Rate-Limit-Limit", count("Requests allowed per period by the budget this request drew from (sent whenever it drew from one)")),
+            ("X-Rate-Limit-Remaining", count("Requests left in that budget")),
+            ("X-Rate-Limit-Reset", count("Seconds until that budget is whole again")),
+        ];
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.post,
+                &mut item.patch,
+                &mut item.put,
+                &mut item.delete,
+            ];
+            for operation in operations.into_iter().flatten() {
+                let idempotent = operation
+                    .parameters
+                    .iter()
+                    .flatten()
+                    .any(|p| p.name == "Idempotency-Key");
+                for (status, response) in &mut operation.responses.responses {
+                    if let RefOr::T(response) = response {
+                        for (name, header) in &headers {
+                            response.headers.insert((*name).to_owned(), header.clone());
+                        }
+                        if idempotent && status.starts_with('2') {
+                            response
+                                .headers
+                                .insert("Idempotent-Replayed".to_owned(), replayed.clone());
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// What the derive cannot say: `RoutePatch` needs at least one property (utoipa 5.5
+/// writes its `min_properties` as `maxProperties`).
+struct Constraints;
+
+impl Modify for Constraints {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let schemas = &mut openapi
+            .components
+            .get_or_insert_with(Default::default)
+            .schemas;
+        if let Some(RefOr::T(Schema::Object(patch))) = schemas.get_mut("RoutePatch") {
+            patch.min_properties = Some(1);
+            patch.max_properties = None;
+        }
     }
 }
 
@@ -126,8 +292,8 @@ impl Modify for BearerAuth {
         keys::list,
         keys::revoke,
     ),
-    components(schemas(ProblemDoc, FieldError, Route, ResolveAnswerDoc, RouteListDoc, KeyDoc, CreatedKeyDoc, KeyListDoc, Role)),
-    modifiers(&BearerAuth),
+    components(schemas(ProblemDoc, FieldError, Route, ResolveAnswerDoc, RouteListDoc, KeyDoc, CreatedKeyDoc, KeyListDoc, NewKeyDoc, Role)),
+    modifiers(&BearerAuth, &CommonHeaders, &Constraints),
     security(("bearer" = [])),
     tags((name = "routes", description = "Routes and resolution"), (name = "keys", description = "API keys")),
 )]
@@ -141,7 +307,8 @@ pub async fn document() -> Response {
 #[derive(utoipa::IntoResponses)]
 #[expect(dead_code, reason = "only documents responses")]
 pub enum Problems {
-    /// Malformed request: unreadable JSON, query string or cursor.
+    /// Malformed request: unreadable JSON, an unknown or repeated query parameter, a
+    /// `cursor` this server did not issue, an `Idempotency-Key` outside its pattern.
     #[response(status = 400, content_type = "application/problem+json")]
     BadRequest(ProblemDoc),
     /// No valid `Authorization: Bearer <key>`.
@@ -157,24 +324,22 @@ pub enum Problems {
     /// Nothing there (or not visible to this key).
     #[response(status = 404, content_type = "application/problem+json")]
     NotFound(ProblemDoc),
-    /// Well-formed input with invalid values or unknown fields; `errors` names each.
+    /// Well-formed input with invalid values or unknown fields (`errors` names each), or
+    /// an `Idempotency-Key` already used with another request within 24 hours
+    /// (`errors` names the header).
     #[response(status = 422, content_type = "application/problem+json")]
     Invalid(ProblemDoc),
     /// This key's or its tenant's (or, unauthenticated, this address's) budget is spent
-    /// (the headers tell of the budget that refused), or the key holds as many
-    /// `Idempotency-Key` records as it may.
+    /// (the `X-Rate-Limit-*` headers tell of the budget that refused), or the key holds as
+    /// many `Idempotency-Key` records as it may.
     #[response(
         status = 429,
         content_type = "application/problem+json",
-        headers(
-            ("Retry-After" = u32, description = "Seconds to wait"),
-            ("X-Rate-Limit-Limit" = u32, description = "Requests allowed per period"),
-            ("X-Rate-Limit-Remaining" = u32, description = "Requests left in the budget"),
-            ("X-Rate-Limit-Reset" = u32, description = "Seconds until the budget is whole again"),
-        )
+        headers(("Retry-After" = u32, description = "Seconds to wait"))
     )]
     TooManyRequests(ProblemDoc),
-    /// The database is unavailable; retry after `Retry-After` seconds.
+    /// Refused to protect the server: the database is unavailable or too slow, or too
+    /// many requests are in flight; retry after `Retry-After` seconds.
     #[response(
         status = 503,
         content_type = "application/problem+json",
@@ -188,9 +353,51 @@ pub enum Problems {
 #[into_params(parameter_in = Header)]
 #[expect(dead_code, reason = "only documents a parameter")]
 pub struct IdempotencyKey {
-    /// 1–255 visible ASCII characters: a repeat of this request with the same key within 24 hours gets the first answer; the same key with another request answers 422
-    #[param(rename = "Idempotency-Key")]
+    /// 1–255 visible ASCII characters (anything else is a 400): a repeat of this request
+    /// with the same key within 24 hours gets the first answer again, with
+    /// `Idempotent-Replayed: true`; the same key with another request answers 422.
+    #[param(
+        rename = "Idempotency-Key",
+        nullable = false,
+        min_length = 1,
+        max_length = 255,
+        pattern = "^[!-~]{1,255}$"
+    )]
     key: Option<String>,
+}
+
+/// The id of the route an operation is about. Anything that is not a route id names no
+/// route: 404.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[expect(dead_code, reason = "only documents a parameter")]
+pub struct RouteIdParam {
+    /// Route id.
+    #[param(format = "uuid")]
+    id: String,
+}
+
+/// The `If-Match` header of the writes to one route.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[expect(dead_code, reason = "only documents a parameter")]
+pub struct IfMatch {
+    /// `"<revision>"` (several, comma-separated, allowed) or `*`: the write happens only
+    /// if the route is at one of these revisions, else 412. Tags are compared strongly,
+    /// so a weak or unreadable tag matches no revision.
+    #[param(rename = "If-Match", nullable = false)]
+    tags: Option<String>,
+}
+
+/// The `If-None-Match` header of the reads that answer 304.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[expect(dead_code, reason = "only documents a parameter")]
+pub struct IfNoneMatch {
+    /// The `ETag` of an earlier answer (several, comma-separated, allowed) or `*`: when
+    /// it still matches, the answer is 304 without a body.
+    #[param(rename = "If-None-Match", nullable = false)]
+    tags: Option<String>,
 }
 
 /// What a write sent with `Idempotency-Key` may answer besides its own answers (a
@@ -211,10 +418,112 @@ pub enum IdempotencyProblems {
 #[derive(utoipa::IntoResponses)]
 #[expect(dead_code, reason = "only documents responses")]
 pub enum BodyProblems {
+    /// The body did not arrive whole in the time allowed (`TM_HTTP_BODY_READ_TIMEOUT`).
+    #[response(status = 408, content_type = "application/problem+json")]
+    Timeout(ProblemDoc),
     /// The body is larger than the configured limit (64 KiB by default).
     #[response(status = 413, content_type = "application/problem+json")]
     TooLarge(ProblemDoc),
-    /// The body is not sent as JSON.
+    /// The body is not sent as JSON (`application/json` or `application/*+json`).
     #[response(status = 415, content_type = "application/problem+json")]
     UnsupportedMediaType(ProblemDoc),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    fn document() -> Value {
+        serde_json::to_value(ApiDoc::openapi()).expect("the document serializes")
+    }
+
+    fn operations(doc: &Value) -> Vec<(String, &Value)> {
+        let mut all = Vec::new();
+        for (path, item) in doc["paths"].as_object().expect("paths") {
+            for (method, operation) in item.as_object().expect("a path item") {
+                all.push((format!("{} {path}", method.to_uppercase()), operation));
+            }
+        }
+        all
+    }
+
+    fn parameter<'a>(operation: &'a Value, name: &str) -> Option<&'a Value> {
+        operation["parameters"]
+            .as_array()?
+            .iter()
+            .find(|p| p["name"] == name)
+    }
+
+    #[test]
+    fn operation_ids_are_unique() {
+        let doc = document();
+        let mut ids: Vec<&str> = operations(&doc)
+            .iter()
+            .map(|(_, op)| op["operationId"].as_str().expect("an operationId"))
+            .collect();
+        let count = ids.len();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), count, "{ids:?}");
+    }
+
+    #[test]
+    fn the_cursor_patterns_are_the_readable_cursors() {
+        let doc = document();
+        let ops = operations(&doc);
+        let cursor = |label: &str| {
+            let (_, op) = ops.iter().find(|(l, _)| l == label).expect(label);
+            parameter(op, "cursor").expect("a cursor")["schema"]["pattern"].clone()
+        };
+        assert_eq!(
+            cursor("GET /api/v1/routes"),
+            crate::page::ROUTE_CURSORS.pattern()
+        );
+        assert_eq!(
+            cursor("GET /api/v1/keys"),
+            crate::page::KEY_CURSORS.pattern()
+        );
+    }
+
+    /// Every answer an operation can give is listed, with the headers that come with it.
+    #[test]
+    fn every_operation_lists_the_answers_it_can_give() {
+        let doc = document();
+        for (label, op) in operations(&doc) {
+            let responses = op["responses"].as_object().expect("responses");
+            let has = |status: &str| responses.contains_key(status);
+            for status in ["400", "401", "403", "404", "422", "429", "503"] {
+                assert!(has(status), "{label} lists no {status}");
+            }
+            if op.get("requestBody").is_some() {
+                for status in ["408", "413", "415"] {
+                    assert!(has(status), "{label} lists no {status}");
+                }
+            }
+            if parameter(op, "Idempotency-Key").is_some() {
+                assert!(has("409"), "{label} lists no 409 for a key in use");
+            }
+            if parameter(op, "If-Match").is_some() {
+                assert!(has("412"), "{label} lists no 412");
+            }
+            for (status, response) in responses {
+                let headers = &response["headers"];
+                for name in ["X-Request-ID", "X-Correlation-ID", "X-Rate-Limit-Remaining"] {
+                    assert!(headers.get(name).is_some(), "{label} {status} lacks {name}");
+                }
+                if ["429", "503"].contains(&status.as_str()) {
+                    assert!(headers.get("Retry-After").is_some(), "{label} {status}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_patch_must_change_something() {
+        let doc = document();
+        let patch = &doc["components"]["schemas"]["RoutePatch"];
+        assert_eq!(patch["minProperties"], 1);
+        assert!(patch.get("maxProperties").is_none(), "{patch}");
+    }
 }

@@ -12,7 +12,7 @@ use crate::auth::{Action, Caller};
 use crate::extract::{if_none_match, parse_query};
 use crate::{ApiError, AppState};
 
-/// Longest accepted stickiness key, in bytes.
+/// Longest accepted stickiness key, in characters (as the document's `maxLength` counts).
 const MAX_KEY_LEN: usize = 256;
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -48,12 +48,14 @@ pub struct ResolveQuery<'a> {
 #[utoipa::path(
     get,
     path = "/api/v1/routes/resolve",
+    operation_id = "resolve",
     tag = "routes",
-    params(ResolveQuery),
+    params(ResolveQuery, crate::openapi::IfNoneMatch),
     responses(
         (status = 200, description = "Where to call", body = crate::openapi::ResolveAnswerDoc,
             headers(("ETag" = String, description = "Opaque strong validator"), ("Cache-Control" = String))),
-        (status = 304, description = "Unchanged since the `If-None-Match` tag"),
+        (status = 304, description = "Unchanged since the `If-None-Match` tag",
+            headers(("ETag" = String, description = "Opaque strong validator"), ("Cache-Control" = String))),
         crate::openapi::Problems,
     ),
 )]
@@ -93,7 +95,8 @@ pub(crate) fn answer(
         .as_deref()
         .and_then(|v| errors.check("version", Version::parse(v)));
     if let Some(key) = query.key.as_deref() {
-        if key.is_empty() || key.len() > MAX_KEY_LEN {
+        // Counting characters only when the bytes alone may be too many.
+        if key.is_empty() || (key.len() > MAX_KEY_LEN && key.chars().count() > MAX_KEY_LEN) {
             errors.push("key", format!("must be 1 to {MAX_KEY_LEN} characters"));
         }
     }

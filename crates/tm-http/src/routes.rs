@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use tm_domain::{
-    DomainError, EnvName, FieldErrors, NewRoute, Route, RouteChange, RouteId, RouteKey, RoutePatch,
+    DomainError, EnvName, FieldErrors, NewRoute, Route, RouteChange, RouteKey, RoutePatch,
     ServiceName, TenantId, UpstreamUrl, Version, Weight,
 };
 use tm_store::{Page, RouteFilter};
@@ -17,6 +17,7 @@ use tm_store::{Page, RouteFilter};
 use crate::auth::{Action, Caller};
 use crate::extract::{if_none_match, ApiJson, ApiQuery, IfMatch, RouteIdPath};
 use crate::guard::{Freshness, WriteKind};
+use crate::page::ROUTE_CURSORS;
 use crate::{ApiError, AppState};
 
 /// Parses a required field, recording a missing or invalid value.
@@ -99,8 +100,8 @@ pub struct CreateBody {
     #[schema(required = true, nullable = false, value_type = String, pattern = "^[a-z0-9][a-z0-9._-]{0,62}$")]
     #[serde(default, deserialize_with = "crate::extract::non_null")]
     version: Option<String>,
-    /// Absolute http or https URL without user information or fragment.
-    #[schema(required = true, nullable = false, value_type = String, max_length = 2048, pattern = "^[hH][tT][tT][pP][sS]?://[A-Za-z0-9._~!$&'()*+,;=:\\[\\]-]+([/?][A-Za-z0-9._~!$&'()*+,;=:@/?-]*)?$")]
+    /// Where to send the service's traffic.
+    #[schema(required = true, nullable = false, value_type = tm_domain::UpstreamUrl)]
     #[serde(default, deserialize_with = "crate::extract::non_null")]
     url: Option<String>,
     /// Serve it at once (default false).
@@ -109,7 +110,7 @@ pub struct CreateBody {
     active: Option<bool>,
     /// Share of traffic, 0 to 100 (default 100).
     #[schema(required = false, nullable = false, value_type = u8, minimum = 0, maximum = 100)]
-    #[serde(default, deserialize_with = "crate::extract::non_null")]
+    #[serde(default, deserialize_with = "crate::extract::integer")]
     weight: Option<i64>,
 }
 
@@ -147,13 +148,13 @@ impl TryFrom<CreateBody> for NewRoute {
 #[serde(deny_unknown_fields)]
 #[schema(as = RoutePatch, min_properties = 1)]
 pub struct PatchBody {
-    /// Absolute http or https URL without user information or fragment.
-    #[schema(required = false, nullable = false, value_type = String, max_length = 2048, pattern = "^[hH][tT][tT][pP][sS]?://[A-Za-z0-9._~!$&'()*+,;=:\\[\\]-]+([/?][A-Za-z0-9._~!$&'()*+,;=:@/?-]*)?$")]
+    /// Where to send the service's traffic.
+    #[schema(required = false, nullable = false, value_type = tm_domain::UpstreamUrl)]
     #[serde(default, deserialize_with = "crate::extract::non_null")]
     url: Option<String>,
     /// Share of traffic, 0 to 100.
     #[schema(required = false, nullable = false, value_type = u8, minimum = 0, maximum = 100)]
-    #[serde(default, deserialize_with = "crate::extract::non_null")]
+    #[serde(default, deserialize_with = "crate::extract::integer")]
     weight: Option<i64>,
 }
 
@@ -202,14 +203,16 @@ fn route_etag(route: &Route) -> HeaderValue {
 #[utoipa::path(
     post,
     path = "/api/v1/routes",
+    operation_id = "create_route",
     tag = "routes",
     params(crate::openapi::IdempotencyKey),
     request_body = CreateBody,
     responses(
         (status = 201, description = "Created", body = Route,
             headers(("Location" = String), ("ETag" = String, description = "`\"<revision>\"`"))),
-        (status = 409, description = "A route with this key exists, or the first request with this Idempotency-Key is still being answered",
-            body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 409, description = "A route with this tenant, service, env and version exists, or the first request with this `Idempotency-Key` is still being answered (then with `Retry-After`)",
+            body = crate::openapi::ProblemDoc, content_type = "application/problem+json",
+            headers(("Retry-After" = u32, description = "Seconds to wait, when the `Idempotency-Key` is in use"))),
         crate::openapi::Problems,
         crate::openapi::BodyProblems,
     ),
@@ -245,6 +248,7 @@ pub async fn create(
 #[utoipa::path(
     post,
     path = "/api/v1/routes/activate",
+    operation_id = "activate_route",
     tag = "routes",
     params(crate::openapi::IdempotencyKey),
     request_body = KeyBody,
@@ -267,6 +271,7 @@ pub async fn activate(
 #[utoipa::path(
     post,
     path = "/api/v1/routes/deactivate",
+    operation_id = "deactivate_route",
     tag = "routes",
     params(crate::openapi::IdempotencyKey),
     request_body = KeyBody,
@@ -331,8 +336,8 @@ pub struct ListQuery {
     /// Page size, 1 to 1000 (default 100).
     #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
-    /// `next_cursor` of the previous page.
-    #[param(min_length = 1)]
+    /// `next_cursor` of the previous page of this listing; any other is a 400.
+    #[param(pattern = "^cjE6[A-Za-z0-9_-]{21}[AQgw]$")]
     cursor: Option<String>,
 }
 
@@ -342,20 +347,11 @@ struct RouteList {
     next_cursor: Option<String>,
 }
 
-const CURSOR_PREFIX: &str = "r1:";
-
-fn encode_cursor(id: RouteId) -> String {
-    crate::page::encode_cursor(CURSOR_PREFIX, id)
-}
-
-fn decode_cursor(raw: &str) -> Result<RouteId, ApiError> {
-    crate::page::decode_cursor(CURSOR_PREFIX, raw)
-}
-
 /// List routes, a page at a time, in creation order.
 #[utoipa::path(
     get,
     path = "/api/v1/routes",
+    operation_id = "list_routes",
     tag = "routes",
     params(ListQuery),
     responses(
@@ -370,7 +366,11 @@ pub async fn list(
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Response, ApiError> {
     caller.scope(Action::ReadRoutes)?;
-    let after = query.cursor.as_deref().map(decode_cursor).transpose()?;
+    let after = query
+        .cursor
+        .as_deref()
+        .map(|raw| ROUTE_CURSORS.decode(raw))
+        .transpose()?;
     let mut errors = FieldErrors::default();
     let mut filter = RouteFilter {
         tenant: query
@@ -405,7 +405,7 @@ pub async fn list(
         .await?;
     let next_cursor = if items.len() > limit as usize {
         items.truncate(limit as usize);
-        items.last().map(|r| encode_cursor(r.id))
+        items.last().map(|r| ROUTE_CURSORS.encode(r.id))
     } else {
         None
     };
@@ -419,14 +419,21 @@ pub async fn list(
 #[utoipa::path(
     get,
     path = "/api/v1/routes/{id}",
+    operation_id = "get_route",
     tag = "routes",
-    params(("id" = String, Path, format = "uuid", description = "Route id")),
+    params(
+        crate::openapi::RouteIdParam,
+        crate::openapi::IfNoneMatch,
+    ),
     responses(
         (status = 200, description = "The route", body = Route, headers(
             ("ETag" = String, description = "`\"<revision>\"`"),
             ("Warning" = String, description = "`110 - \"Response is Stale\"` when served from the last known data while the database is refused"),
         )),
-        (status = 304, description = "Unchanged since the `If-None-Match` tag"),
+        (status = 304, description = "Unchanged since the `If-None-Match` tag", headers(
+            ("ETag" = String, description = "`\"<revision>\"`"),
+            ("Warning" = String, description = "`110 - \"Response is Stale\"` when served from the last known data while the database is refused"),
+        )),
         crate::openapi::Problems,
     ),
 )]
@@ -455,16 +462,17 @@ pub async fn get(
 #[utoipa::path(
     patch,
     path = "/api/v1/routes/{id}",
+    operation_id = "patch_route",
     tag = "routes",
     params(
-        ("id" = String, Path, format = "uuid", description = "Route id"),
-        ("If-Match" = Option<String>, Header, description = "`\"<revision>\"` or `*`"),
+        crate::openapi::RouteIdParam,
+        crate::openapi::IfMatch,
         crate::openapi::IdempotencyKey,
     ),
     request_body = PatchBody,
     responses(
         (status = 200, description = "The route, changed", body = Route, headers(("ETag" = String))),
-        (status = 412, description = "`If-Match` names another revision", body = crate::openapi::ProblemDoc,
+        (status = 412, description = "`If-Match` names no revision the route is at", body = crate::openapi::ProblemDoc,
             content_type = "application/problem+json"),
         crate::openapi::Problems,
         crate::openapi::IdempotencyProblems,
@@ -501,15 +509,16 @@ pub async fn patch(
 #[utoipa::path(
     delete,
     path = "/api/v1/routes/{id}",
+    operation_id = "delete_route",
     tag = "routes",
     params(
-        ("id" = String, Path, format = "uuid", description = "Route id"),
-        ("If-Match" = Option<String>, Header, description = "`\"<revision>\"` or `*`"),
+        crate::openapi::RouteIdParam,
+        crate::openapi::IfMatch,
         crate::openapi::IdempotencyKey,
     ),
     responses(
         (status = 204, description = "Deleted"),
-        (status = 412, description = "`If-Match` names another revision", body = crate::openapi::ProblemDoc,
+        (status = 412, description = "`If-Match` names no revision the route is at", body = crate::openapi::ProblemDoc,
             content_type = "application/problem+json"),
         crate::openapi::Problems,
         crate::openapi::IdempotencyProblems,
@@ -537,26 +546,4 @@ pub async fn delete(
         .refresh_group(&route.group(), RouteChange::Deleted(&route))
         .await;
     Ok(StatusCode::NO_CONTENT.into_response())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    use base64::Engine;
-
-    #[test]
-    fn cursors_round_trip_and_garbage_is_refused() {
-        let id = RouteId::generate();
-        assert_eq!(decode_cursor(&encode_cursor(id)).expect("readable"), id);
-        for bad in [
-            "",
-            "!!",
-            "abc",
-            &URL_SAFE_NO_PAD.encode("r1:nope"),
-            &URL_SAFE_NO_PAD.encode(id.to_string()),
-        ] {
-            assert!(decode_cursor(bad).is_err(), "{bad}");
-        }
-    }
 }

@@ -77,6 +77,30 @@ async fn create_can_activate_and_weigh_at_once() {
     assert_eq!(created.json()["weight"], 0);
 }
 
+/// JSON Schema's `integer` is any number without a fractional part, `50.0` as well as
+/// `50`: the document says `integer`, so both are a weight.
+#[tokio::test]
+async fn a_weight_is_any_whole_number_however_written() {
+    let app = spawn_app().await;
+    let mut body = route("acme", "billing", "prod", "v1", "http://a");
+    body["weight"] = json!(50.0);
+    let created = app.create_route(body).await;
+    created.assert_status(StatusCode::CREATED);
+    assert_eq!(created.json()["weight"], 50);
+    let path = format!(
+        "/api/v1/routes/{}",
+        created.json()["id"].as_str().expect("id")
+    );
+    let patched = app
+        .request(Method::PATCH, &path, Some(json!({"weight": 7e1})))
+        .await;
+    patched.assert_status(StatusCode::OK);
+    assert_eq!(patched.json()["weight"], 70);
+    app.request(Method::PATCH, &path, Some(json!({"weight": 70.5})))
+        .await
+        .problem(StatusCode::UNPROCESSABLE_ENTITY);
+}
+
 #[tokio::test]
 async fn creating_an_existing_route_is_409() {
     let app = spawn_app().await;

@@ -128,8 +128,8 @@ pub(super) fn cases() -> Vec<Case> {
             "weight",
         ),
         (
-            "weight a whole float",
-            with(new_route(), "weight", json!(50.0)),
+            "weight a whole float out of range",
+            with(new_route(), "weight", json!(150.0)),
             "weight",
         ),
         (
