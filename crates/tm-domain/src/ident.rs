@@ -8,6 +8,7 @@ use std::hash::Hash;
 use std::marker::PhantomData;
 
 use serde::{Deserialize, Serialize};
+use smol_str::SmolStr;
 
 use crate::DomainError;
 
@@ -43,10 +44,13 @@ impl IdentifierKind for VersionKind {
 }
 
 /// A validated identifier. `parse` is the only way in; the field is private.
+///
+/// Most identifiers are short: up to 23 bytes are kept inline, so parsing one from a
+/// request and copying it allocate nothing (longer ones share one allocation).
 #[derive(Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct Identifier<K: IdentifierKind> {
-    value: String,
+    value: SmolStr,
     #[serde(skip)]
     kind: PhantomData<K>,
 }
@@ -65,7 +69,7 @@ impl<K: IdentifierKind> Identifier<K> {
     pub fn parse(raw: &str) -> Result<Self, DomainError> {
         check_identifier(raw)?;
         Ok(Self {
-            value: raw.to_owned(),
+            value: SmolStr::new(raw),
             kind: PhantomData,
         })
     }
@@ -113,7 +117,7 @@ impl<K: IdentifierKind> TryFrom<String> for Identifier<K> {
     fn try_from(value: String) -> Result<Self, Self::Error> {
         check_identifier(&value)?;
         Ok(Self {
-            value,
+            value: SmolStr::from(value),
             kind: PhantomData,
         })
     }
@@ -121,7 +125,7 @@ impl<K: IdentifierKind> TryFrom<String> for Identifier<K> {
 
 impl<K: IdentifierKind> From<Identifier<K>> for String {
     fn from(id: Identifier<K>) -> Self {
-        id.value
+        id.value.into()
     }
 }
 
@@ -160,7 +164,7 @@ impl<K: IdentifierKind> PartialEq for Identifier<K> {
 impl<K: IdentifierKind> Eq for Identifier<K> {}
 impl<K: IdentifierKind> Hash for Identifier<K> {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.value.hash(state);
+        self.value.as_str().hash(state);
     }
 }
 impl<K: IdentifierKind> PartialOrd for Identifier<K> {
