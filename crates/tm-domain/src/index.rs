@@ -10,48 +10,55 @@ use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::Arc;
 
-use xxhash_rust::xxh3::Xxh3Builder;
+use foldhash::fast::RandomState;
 
 const SHARDS: usize = 1024;
 
-type Shard<V> = HashMap<Box<str>, V, Xxh3Builder>;
+/// Keys are short strings, hashed on every resolve: foldhash (hashbrown's own default)
+/// does that in a few nanoseconds, with a seed of this process's choosing.
+type Shard<V> = HashMap<Box<str>, V, RandomState>;
 
 #[derive(Debug)]
 pub(crate) struct SharedIndex<V> {
     shards: Arc<Vec<Arc<Shard<V>>>>,
+    /// The shards' hasher, which also picks a key's shard.
+    hasher: RandomState,
 }
 
 impl<V> Clone for SharedIndex<V> {
     fn clone(&self) -> Self {
         Self {
             shards: self.shards.clone(),
+            hasher: self.hasher.clone(),
         }
     }
 }
 
 impl<V: Clone> Default for SharedIndex<V> {
     fn default() -> Self {
-        let empty = Arc::new(Shard::with_hasher(Xxh3Builder::new()));
+        let hasher = RandomState::default();
+        let empty = Arc::new(Shard::with_hasher(hasher.clone()));
         Self {
             shards: Arc::new(vec![empty; SHARDS]),
+            hasher,
         }
     }
 }
 
 impl<V: Clone> SharedIndex<V> {
-    fn shard_of(key: &str) -> usize {
+    fn shard_of(&self, key: &str) -> usize {
         // The shard's own table uses the low bits for the slot and the top seven as a
         // tag; the shard comes from bits in between, so keys of one shard keep distinct tags.
-        (Xxh3Builder::new().hash_one(key) >> 32) as usize % SHARDS
+        (self.hasher.hash_one(key) >> 32) as usize % SHARDS
     }
 
     pub(crate) fn get(&self, key: &str) -> Option<&V> {
-        self.shards[Self::shard_of(key)].get(key)
+        self.shards[self.shard_of(key)].get(key)
     }
 
     /// The shard holding `key`, made private to this copy.
     fn shard_mut(&mut self, key: &str) -> &mut Shard<V> {
-        let index = Self::shard_of(key);
+        let index = self.shard_of(key);
         Arc::make_mut(&mut Arc::make_mut(&mut self.shards)[index])
     }
 

@@ -7,6 +7,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Instant;
 
+use foldhash::fast::RandomState;
+
 use prometheus::{
     Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
     IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
@@ -33,9 +35,9 @@ pub struct Metrics {
     http_duration: HistogramVec,
     tenant_requests: IntCounterVec,
     /// Series handles by endpoint, then method.
-    request_series: RwLock<HashMap<Box<str>, SeriesByMethod>>,
+    request_series: RwLock<HashMap<Box<str>, SeriesByMethod, RandomState>>,
     /// The counter of each tenant with a label of its own (at most `max_tenants`).
-    tenant_series: RwLock<HashMap<Box<str>, IntCounter>>,
+    tenant_series: RwLock<HashMap<Box<str>, IntCounter, RandomState>>,
     max_tenants: usize,
     /// Requests of tenants beyond the cap.
     other_tenant: IntCounter,
@@ -82,6 +84,15 @@ struct RequestSeries {
 }
 
 impl RequestSeries {
+    /// Counts one request answered with `status`.
+    fn count(&self, family: &IntCounterVec, method: &str, endpoint: &str, status: u16) {
+        if let Some((_, counter)) = read(&self.by_status).iter().find(|(s, _)| *s == status) {
+            counter.inc();
+            return;
+        }
+        self.counter(family, method, endpoint, status).inc();
+    }
+
     fn counter(
         &self,
         family: &IntCounterVec,
@@ -367,11 +378,19 @@ impl Metrics {
     /// Records one answered request.
     pub fn observe_request(&self, method: &str, endpoint: &str, status: u16, seconds: f64) {
         let method = method_label(method);
-        let series = self.request_series(method, endpoint);
-        series
-            .counter(&self.http_requests, method, endpoint, status)
-            .inc();
-        series.duration.observe(seconds);
+        let observe = |series: &RequestSeries| {
+            series.count(&self.http_requests, method, endpoint, status);
+            series.duration.observe(seconds);
+        };
+        // The common case, a series already made, takes no write lock and no handle.
+        if let Some(series) = read(&self.request_series)
+            .get(endpoint)
+            .and_then(|methods| methods.iter().find(|(m, _)| *m == method))
+        {
+            observe(&series.1);
+            return;
+        }
+        observe(&self.request_series(method, endpoint));
     }
 
     /// The series of `(method, endpoint)`, created on first use. Requests look their
