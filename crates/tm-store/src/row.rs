@@ -2,7 +2,10 @@
 
 use chrono::{DateTime, Utc};
 use prometheus::IntCounter;
-use tm_domain::{Grant, KeyId, Role, Route, RouteId, SecretHash, TenantId, UpstreamUrl, Weight};
+use tm_domain::{
+    EnvName, Grant, KeyId, Role, Route, RouteId, SecretHash, ServiceName, TenantId, UpstreamUrl,
+    Version, Weight,
+};
 
 use crate::{AuditEntry, KeyAuditAction, KeyAuditEntry, KeyRecord, LoadCursor, StoreError};
 
@@ -32,22 +35,10 @@ impl TryFrom<RouteRow> for Route {
         };
         Ok(Route {
             id: row.id.parse::<RouteId>().map_err(|e| corrupt("id", e))?,
-            tenant: row
-                .tenant
-                .clone()
-                .try_into()
-                .map_err(|e| corrupt("tenant", e))?,
-            service: row
-                .service
-                .clone()
-                .try_into()
-                .map_err(|e| corrupt("service", e))?,
-            env: row.env.clone().try_into().map_err(|e| corrupt("env", e))?,
-            version: row
-                .version
-                .clone()
-                .try_into()
-                .map_err(|e| corrupt("version", e))?,
+            tenant: TenantId::parse(&row.tenant).map_err(|e| corrupt("tenant", e))?,
+            service: ServiceName::parse(&row.service).map_err(|e| corrupt("service", e))?,
+            env: EnvName::parse(&row.env).map_err(|e| corrupt("env", e))?,
+            version: Version::parse(&row.version).map_err(|e| corrupt("version", e))?,
             url: UpstreamUrl::parse(&row.url).map_err(|e| corrupt("url", e))?,
             active: row.active,
             weight: Weight::parse(row.weight).map_err(|e| corrupt("weight", e))?,
