@@ -4,7 +4,8 @@ use axum::extract::State;
 use std::borrow::Cow;
 
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
-use axum::response::{IntoResponse, Response};
+use axum::body::Body;
+use axum::response::Response;
 use serde::Deserialize;
 use tm_domain::{EnvName, FieldErrors, Pick, ServiceName, TenantId, Version};
 
@@ -119,20 +120,24 @@ pub(crate) fn answer(
         .ok_or(ApiError::NoActiveRoute)?;
 
     let etag = HeaderValue::from_str(route.etag()).expect("an entity tag is a valid header value");
-    let cache = [
-        (header::ETAG, etag),
-        (header::CACHE_CONTROL, state.cache_control.clone()),
-    ];
-    if if_none_match(headers, route.etag()) {
-        return Ok((StatusCode::NOT_MODIFIED, cache).into_response());
-    }
-    Ok((
-        cache,
-        [(
+    let unchanged = if_none_match(headers, route.etag());
+    let mut response = if unchanged {
+        let mut response = Response::new(Body::empty());
+        *response.status_mut() = StatusCode::NOT_MODIFIED;
+        response
+    } else {
+        Response::new(Body::from(route.body().clone()))
+    };
+    // Room for every header the answer will carry, made once.
+    let answer = response.headers_mut();
+    answer.reserve(crate::observe::ANSWER_HEADERS);
+    answer.insert(header::ETAG, etag);
+    answer.insert(header::CACHE_CONTROL, state.cache_control.clone());
+    if !unchanged {
+        answer.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
-        )],
-        route.body().clone(),
-    )
-        .into_response())
+        );
+    }
+    Ok(response)
 }
