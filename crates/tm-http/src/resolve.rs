@@ -3,8 +3,8 @@
 use axum::extract::State;
 use std::borrow::Cow;
 
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::body::Body;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::Response;
 use serde::Deserialize;
 use tm_domain::{EnvName, FieldErrors, Pick, ServiceName, TenantId, Version};
