@@ -143,17 +143,15 @@ fn rate_headers(headers: &mut HeaderMap, decision: &RateDecision) {
     headers.insert(X_RATE_LIMIT_RESET.clone(), HeaderValue::from(reset));
 }
 
-/// A UUID v7 from the thread-local generator (no system call per request), as two
-/// header values: the request id, and the correlation id when the client sent none.
-fn new_request_id() -> (HeaderValue, HeaderValue) {
+/// A UUID v7 from the thread-local generator (no system call per request).
+fn new_request_id() -> HeaderValue {
     let millis = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
     let id = uuid::Builder::from_unix_timestamp_millis(millis, &rand::random()).into_uuid();
     let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
     let text = id.hyphenated().encode_lower(&mut text);
-    let value = || HeaderValue::from_str(text).expect("a UUID is a valid header value");
-    (value(), value())
+    HeaderValue::from_str(text).expect("a UUID is a valid header value")
 }
 
 /// 1–128 characters of `A-Z a-z 0-9 . _ -`: the only identifiers echoed back.
@@ -213,21 +211,18 @@ pub(crate) struct RequestIds {
 impl RequestIds {
     /// The sane incoming ids of `headers`, new ones for the rest.
     pub(crate) fn of(headers: &HeaderMap) -> Self {
-        let incoming = headers.get(&X_REQUEST_ID).and_then(sane_id);
-        let correlation_id = headers.get(&X_CORRELATION_ID).and_then(sane_id);
-        // Made twice rather than cloned: a clone of a value just made allocates too.
-        let (request_id, correlation_id) = match (incoming, correlation_id) {
-            (Some(request), Some(correlation)) => (request, correlation),
-            (Some(request), None) => {
-                let correlation = HeaderValue::from_bytes(request.as_bytes())
-                    .expect("a sane id is a valid header value");
-                (request, correlation)
-            }
-            (None, correlation) => {
-                let (request, made) = new_request_id();
-                (request, correlation.unwrap_or(made))
-            }
-        };
+        let request_id = headers
+            .get(&X_REQUEST_ID)
+            .and_then(sane_id)
+            .unwrap_or_else(new_request_id);
+        // A copy, not a clone: cloning a value just made allocates as well.
+        let correlation_id = headers
+            .get(&X_CORRELATION_ID)
+            .and_then(sane_id)
+            .unwrap_or_else(|| {
+                HeaderValue::from_bytes(request_id.as_bytes())
+                    .expect("an id is a valid header value")
+            });
         let trace_id = trace_id_of(headers).unwrap_or_else(|| TraceId(rand::random()));
         Self {
             request_id,

@@ -84,15 +84,6 @@ struct RequestSeries {
 }
 
 impl RequestSeries {
-    /// Counts one request answered with `status`.
-    fn count(&self, family: &IntCounterVec, method: &str, endpoint: &str, status: u16) {
-        if let Some((_, counter)) = read(&self.by_status).iter().find(|(s, _)| *s == status) {
-            counter.inc();
-            return;
-        }
-        self.counter(family, method, endpoint, status).inc();
-    }
-
     fn counter(
         &self,
         family: &IntCounterVec,
@@ -378,19 +369,11 @@ impl Metrics {
     /// Records one answered request.
     pub fn observe_request(&self, method: &str, endpoint: &str, status: u16, seconds: f64) {
         let method = method_label(method);
-        let observe = |series: &RequestSeries| {
-            series.count(&self.http_requests, method, endpoint, status);
-            series.duration.observe(seconds);
-        };
-        // The common case, a series already made, takes no write lock and no handle.
-        if let Some(series) = read(&self.request_series)
-            .get(endpoint)
-            .and_then(|methods| methods.iter().find(|(m, _)| *m == method))
-        {
-            observe(&series.1);
-            return;
-        }
-        observe(&self.request_series(method, endpoint));
+        let series = self.request_series(method, endpoint);
+        series
+            .counter(&self.http_requests, method, endpoint, status)
+            .inc();
+        series.duration.observe(seconds);
     }
 
     /// The series of `(method, endpoint)`, created on first use. Requests look their

@@ -70,11 +70,7 @@ async fn resolve_stops_answering_when_the_route_is_deactivated_or_deleted() {
 #[tokio::test]
 async fn a_stickiness_key_is_measured_in_characters_as_the_document_says() {
     let app = spawn_app().await;
-    app.create("acme", "billing", "prod", "v1", "http://a")
-        .await;
-    app.activate("acme", "billing", "prod", "v1")
-        .await
-        .assert_status(StatusCode::OK);
+    app.create_active_versions(&[("v1", 100)]).await;
     // 256 characters of two bytes each: within the 256 of `maxLength`.
     let wide = "é".repeat(256);
     app.resolve(&with(&[("key", &wide)]))
