@@ -19,6 +19,7 @@ use tm_resilience::{RateClass, RateDecision, Subject};
 use tm_store::{Actor, Principal};
 
 use crate::observe::RequestContext;
+use crate::wire::RequestHead;
 use crate::{ApiError, AppState};
 
 /// What a request wants to do.
@@ -251,13 +252,14 @@ fn subject_of(principal: &Principal) -> Subject {
 }
 
 /// The principal of the bearer key in `headers`; 401 without one that is live.
-pub(crate) fn authenticate(headers: &HeaderMap, state: &AppState) -> Result<Principal, ApiError> {
-    let header = headers.get(AUTHORIZATION).ok_or(ApiError::Unauthorized(
+pub(crate) fn authenticate(
+    headers: &(impl RequestHead + ?Sized),
+    state: &AppState,
+) -> Result<Principal, ApiError> {
+    let header = headers.first(&AUTHORIZATION).ok_or(ApiError::Unauthorized(
         "an Authorization: Bearer <key> header is required",
     ))?;
-    let presented = header
-        .to_str()
-        .ok()
+    let presented = crate::wire::text(header)
         .and_then(|v| {
             let (scheme, key) = v.split_once(' ')?;
             scheme.eq_ignore_ascii_case("bearer").then(|| key.trim())

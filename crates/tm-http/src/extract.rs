@@ -4,10 +4,11 @@
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
-use axum::http::{header, HeaderMap, HeaderValue};
+use axum::http::{header, HeaderMap};
 use serde::de::DeserializeOwned;
 use tm_domain::{FieldErrors, RouteId};
 
+use crate::wire::RequestHead;
 use crate::ApiError;
 
 /// A JSON body of type `T`. Wrong content type is a 415, broken JSON a 400, and JSON of
@@ -245,15 +246,14 @@ fn revision_of_tag(tag: &str) -> Option<i64> {
 }
 
 /// Whether an `If-None-Match` header matches `etag` (weak comparison, as RFC 9110 asks).
-pub fn if_none_match(headers: &HeaderMap, etag: &str) -> bool {
+pub(crate) fn if_none_match(headers: &(impl RequestHead + ?Sized), etag: &str) -> bool {
     headers
-        .get_all(header::IF_NONE_MATCH)
-        .iter()
+        .each(&header::IF_NONE_MATCH)
         .any(|value| tag_list_matches(value, etag))
 }
 
-fn tag_list_matches(value: &HeaderValue, etag: &str) -> bool {
-    value.to_str().is_ok_and(|v| {
+fn tag_list_matches(value: &[u8], etag: &str) -> bool {
+    crate::wire::text(value).is_some_and(|v| {
         v.split(',')
             .map(str::trim)
             .any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag) == etag)

@@ -7,6 +7,7 @@ mod auth;
 mod error;
 mod extract;
 pub mod fast;
+mod front;
 mod guard;
 mod health;
 mod idempotency;
@@ -18,6 +19,7 @@ mod resolve;
 mod routes;
 mod security;
 mod serve;
+mod wire;
 
 use std::sync::Arc;
 use std::time::Instant;

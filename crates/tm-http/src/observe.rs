@@ -8,7 +8,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method};
+use axum::http::{HeaderName, HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::Response;
 use tm_config::AccessLogConfig;
@@ -19,6 +19,7 @@ use tracing::{Instrument, Span};
 
 use crate::error::ServerFault;
 use crate::fast::RESOLVE_PATH;
+use crate::wire::{AnswerHeaders, RequestHead};
 use crate::{ApiError, AppState};
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -130,17 +131,11 @@ pub static X_RATE_LIMIT_REMAINING: HeaderName = HeaderName::from_static("x-rate-
 pub static X_RATE_LIMIT_RESET: HeaderName = HeaderName::from_static("x-rate-limit-reset");
 
 /// `X-Rate-Limit-Limit`, `-Remaining` and `-Reset` (whole seconds, rounded up).
-fn rate_headers(headers: &mut HeaderMap, decision: &RateDecision) {
-    headers.insert(
-        X_RATE_LIMIT_LIMIT.clone(),
-        HeaderValue::from(decision.limit),
-    );
-    headers.insert(
-        X_RATE_LIMIT_REMAINING.clone(),
-        HeaderValue::from(decision.remaining),
-    );
+fn rate_headers(headers: &mut impl AnswerHeaders, decision: &RateDecision) {
+    headers.put_number(&X_RATE_LIMIT_LIMIT, u64::from(decision.limit));
+    headers.put_number(&X_RATE_LIMIT_REMAINING, u64::from(decision.remaining));
     let reset = decision.reset_after.as_secs() + u64::from(decision.reset_after.subsec_nanos() > 0);
-    headers.insert(X_RATE_LIMIT_RESET.clone(), HeaderValue::from(reset));
+    headers.put_number(&X_RATE_LIMIT_RESET, reset);
 }
 
 /// A UUID v7 from the thread-local generator (no system call per request).
@@ -155,13 +150,13 @@ fn new_request_id() -> HeaderValue {
 }
 
 /// 1–128 characters of `A-Z a-z 0-9 . _ -`: the only identifiers echoed back.
-fn sane_id(value: &HeaderValue) -> Option<HeaderValue> {
-    let s = value.as_bytes();
+fn sane_id(s: &[u8]) -> Option<HeaderValue> {
     (!s.is_empty()
         && s.len() <= MAX_ID_LEN
         && s.iter()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')))
-    .then(|| value.clone())
+    .then(|| HeaderValue::from_bytes(s).ok())
+    .flatten()
 }
 
 /// The text of a header value known to be ASCII.
@@ -179,8 +174,8 @@ impl std::fmt::Display for TraceId {
 }
 
 /// The trace id of a valid W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`).
-fn trace_id_of(headers: &HeaderMap) -> Option<TraceId> {
-    let value = headers.get(&TRACEPARENT)?.to_str().ok()?;
+fn trace_id_of(headers: &(impl RequestHead + ?Sized)) -> Option<TraceId> {
+    let value = crate::wire::text(headers.first(&TRACEPARENT)?)?;
     let mut parts = value.trim().split('-');
     let (version, trace, parent, flags) =
         (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
@@ -210,14 +205,14 @@ pub(crate) struct RequestIds {
 
 impl RequestIds {
     /// The sane incoming ids of `headers`, new ones for the rest.
-    pub(crate) fn of(headers: &HeaderMap) -> Self {
+    pub(crate) fn of(headers: &(impl RequestHead + ?Sized)) -> Self {
         let request_id = headers
-            .get(&X_REQUEST_ID)
+            .first(&X_REQUEST_ID)
             .and_then(sane_id)
             .unwrap_or_else(new_request_id);
         // A copy, not a clone: cloning a value just made allocates as well.
         let correlation_id = headers
-            .get(&X_CORRELATION_ID)
+            .first(&X_CORRELATION_ID)
             .and_then(sane_id)
             .unwrap_or_else(|| {
                 HeaderValue::from_bytes(request_id.as_bytes())
@@ -289,6 +284,30 @@ pub(crate) fn answered(
     span: Option<Span>,
     response: &mut Response,
 ) {
+    let fault = response.extensions_mut().remove::<ServerFault>();
+    observed(
+        state,
+        exchange,
+        &ids,
+        span,
+        response.status().as_u16(),
+        fault,
+    );
+    let headers = response.headers_mut();
+    headers.reserve(ADDED_HEADERS);
+    add_headers(state, exchange.context, ids, headers);
+}
+
+/// Counts an answered request and logs it as the access-log policy says (in `span`, or
+/// a span made now if it has none), with the server fault behind a 5xx answer if any.
+pub(crate) fn observed(
+    state: &AppState,
+    exchange: &Exchange<'_>,
+    ids: &RequestIds,
+    span: Option<Span>,
+    status: u16,
+    fault: Option<ServerFault>,
+) {
     let Exchange {
         method,
         endpoint,
@@ -296,14 +315,12 @@ pub(crate) fn answered(
         context,
     } = exchange;
     let elapsed = started.elapsed();
-    let status = response.status().as_u16();
     state
         .metrics
         .observe_request(method.as_str(), endpoint, status, elapsed.as_secs_f64());
     if let Some(tenant) = context.tenant() {
         state.metrics.observe_tenant(tenant.as_str());
     }
-    let fault = response.extensions_mut().remove::<ServerFault>();
     if fault.is_some() || state.access_log.wanted(endpoint, status, elapsed) {
         let span = span.unwrap_or_else(|| {
             let span = ids.span(method, endpoint);
@@ -321,15 +338,22 @@ pub(crate) fn answered(
             );
         });
     }
+}
 
-    let headers = response.headers_mut();
-    headers.reserve(ADDED_HEADERS);
+/// The headers every answer carries: security, the rate budget's (when one was drawn
+/// from) and the request's ids.
+pub(crate) fn add_headers(
+    state: &AppState,
+    context: &RequestContext,
+    ids: RequestIds,
+    headers: &mut impl AnswerHeaders,
+) {
     crate::security::add_headers(headers, state.config.behind_tls);
     if let Some(decision) = context.0.rate.get() {
         rate_headers(headers, decision);
     }
-    headers.insert(X_REQUEST_ID.clone(), ids.request_id);
-    headers.insert(X_CORRELATION_ID.clone(), ids.correlation_id);
+    headers.put(&X_REQUEST_ID, &ids.request_id);
+    headers.put(&X_CORRELATION_ID, &ids.correlation_id);
 }
 
 /// Logs the error behind a 5xx answer once, with its whole `source()` chain.
@@ -360,6 +384,7 @@ impl std::fmt::Display for ErrorChain<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::http::HeaderMap;
 
     #[test]
     fn successful_resolves_are_sampled_and_everything_else_is_logged() {
@@ -450,14 +475,10 @@ mod tests {
     #[test]
     fn only_sane_ids_are_kept() {
         for ok in ["a", "req-1.2_3", &"x".repeat(128), "ABC-def"] {
-            assert!(
-                sane_id(&HeaderValue::from_str(ok).expect("header")).is_some(),
-                "{ok}"
-            );
+            assert!(sane_id(ok.as_bytes()).is_some(), "{ok}");
         }
         for bad in ["", &"x".repeat(129), "a b", "a/b", "a;b", "é"] {
-            let value = HeaderValue::from_bytes(bad.as_bytes()).expect("header");
-            assert!(sane_id(&value).is_none(), "{bad:?}");
+            assert!(sane_id(bad.as_bytes()).is_none(), "{bad:?}");
         }
     }
 

@@ -3,7 +3,7 @@
 use axum::extract::State;
 use std::borrow::Cow;
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::Response;
 use serde::Deserialize;
@@ -11,6 +11,7 @@ use tm_domain::{EnvName, FieldErrors, Pick, ServiceName, TenantId, Version};
 
 use crate::auth::{Action, Caller};
 use crate::extract::{if_none_match, parse_query};
+use crate::wire::{AnswerHeaders, RequestHead};
 use crate::{ApiError, AppState};
 
 /// Longest accepted stickiness key, in characters (as the document's `maxLength` counts).
@@ -66,7 +67,59 @@ pub async fn resolve(
     headers: HeaderMap,
     uri: Uri,
 ) -> Result<Response, ApiError> {
-    answer(&state, &caller, uri.query(), &headers)
+    Ok(answer(&state, &caller, uri.query(), &headers)?.into_response(&state))
+}
+
+/// A resolve answered: the route's answer, or that it is unchanged since the client's
+/// tag (304).
+pub(crate) struct Resolved {
+    etag: HeaderValue,
+    body: Bytes,
+    unchanged: bool,
+}
+
+static APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
+
+impl Resolved {
+    pub(crate) fn status(&self) -> StatusCode {
+        if self.unchanged {
+            StatusCode::NOT_MODIFIED
+        } else {
+            StatusCode::OK
+        }
+    }
+
+    /// Entity tag, caching and, with a body, its type.
+    pub(crate) fn add_headers(&self, state: &AppState, headers: &mut impl AnswerHeaders) {
+        headers.put(&header::ETAG, &self.etag);
+        headers.put(&header::CACHE_CONTROL, &state.cache_control);
+        if !self.unchanged {
+            headers.put(&header::CONTENT_TYPE, &APPLICATION_JSON);
+        }
+    }
+
+    /// The body: the route's answer, none on a 304.
+    pub(crate) fn body(&self) -> &[u8] {
+        if self.unchanged {
+            &[]
+        } else {
+            &self.body
+        }
+    }
+
+    pub(crate) fn into_response(self, state: &AppState) -> Response {
+        let mut response = Response::new(if self.unchanged {
+            Body::empty()
+        } else {
+            Body::from(self.body.clone())
+        });
+        *response.status_mut() = self.status();
+        // Room for every header the answer will carry, made once.
+        let headers = response.headers_mut();
+        headers.reserve(crate::observe::ANSWER_HEADERS);
+        self.add_headers(state, headers);
+        response
+    }
 }
 
 /// The answer to a resolve whose caller is authenticated and within its budget: the
@@ -75,8 +128,8 @@ pub(crate) fn answer(
     state: &AppState,
     caller: &Caller,
     query: Option<&str>,
-    headers: &HeaderMap,
-) -> Result<Response, ApiError> {
+    headers: &(impl RequestHead + ?Sized),
+) -> Result<Resolved, ApiError> {
     // Read in place: parameters without escapes are borrowed from the request line.
     let query: ResolveQuery<'_> = parse_query(query.unwrap_or_default())?;
     let (tenant, service, env) = match (&query.tenant, &query.service, &query.env) {
@@ -120,24 +173,9 @@ pub(crate) fn answer(
         .ok_or(ApiError::NoActiveRoute)?;
 
     let etag = HeaderValue::from_str(route.etag()).expect("an entity tag is a valid header value");
-    let unchanged = if_none_match(headers, route.etag());
-    let mut response = if unchanged {
-        let mut response = Response::new(Body::empty());
-        *response.status_mut() = StatusCode::NOT_MODIFIED;
-        response
-    } else {
-        Response::new(Body::from(route.body().clone()))
-    };
-    // Room for every header the answer will carry, made once.
-    let answer = response.headers_mut();
-    answer.reserve(crate::observe::ANSWER_HEADERS);
-    answer.insert(header::ETAG, etag);
-    answer.insert(header::CACHE_CONTROL, state.cache_control.clone());
-    if !unchanged {
-        answer.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-    }
-    Ok(response)
+    Ok(Resolved {
+        unchanged: if_none_match(headers, route.etag()),
+        etag,
+        body: route.body().clone(),
+    })
 }

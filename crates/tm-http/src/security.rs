@@ -7,33 +7,29 @@ use axum::Router;
 use tm_config::CorsOrigins;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
+use crate::wire::AnswerHeaders;
+
 /// Nothing this API returns is a document to render or frame.
 const CONTENT_SECURITY_POLICY: &str =
     "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
 const STRICT_TRANSPORT_SECURITY: &str = "max-age=63072000; includeSubDomains";
 
+static NOSNIFF: HeaderValue = HeaderValue::from_static("nosniff");
+static NO_REFERRER: HeaderValue = HeaderValue::from_static("no-referrer");
+static DENY: HeaderValue = HeaderValue::from_static("DENY");
+static CSP: HeaderValue = HeaderValue::from_static(CONTENT_SECURITY_POLICY);
+static HSTS: HeaderValue = HeaderValue::from_static(STRICT_TRANSPORT_SECURITY);
+
 /// Adds `X-Content-Type-Options`, `Referrer-Policy`, `X-Frame-Options`,
-/// `Content-Security-Policy` and, behind TLS, `Strict-Transport-Security`. Called by the
-/// observing middleware for every response, rather than as five layers of their own.
-pub fn add_headers(headers: &mut HeaderMap, behind_tls: bool) {
-    headers.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    headers.insert(
-        header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
-    );
-    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    headers.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(CONTENT_SECURITY_POLICY),
-    );
+/// `Content-Security-Policy` and, behind TLS, `Strict-Transport-Security`. Called for
+/// every answer once it is made, rather than as five layers of their own.
+pub(crate) fn add_headers(headers: &mut impl AnswerHeaders, behind_tls: bool) {
+    headers.put(&header::X_CONTENT_TYPE_OPTIONS, &NOSNIFF);
+    headers.put(&header::REFERRER_POLICY, &NO_REFERRER);
+    headers.put(&header::X_FRAME_OPTIONS, &DENY);
+    headers.put(&header::CONTENT_SECURITY_POLICY, &CSP);
     if behind_tls {
-        headers.insert(
-            header::STRICT_TRANSPORT_SECURITY,
-            HeaderValue::from_static(STRICT_TRANSPORT_SECURITY),
-        );
+        headers.put(&header::STRICT_TRANSPORT_SECURITY, &HSTS);
     }
 }
 

@@ -1,6 +1,7 @@
-//! The server loop: accepts connections up to a cap, serves each with hyper (HTTP/1.1,
-//! and HTTP/2 over cleartext), cuts off clients that are slow to send a request's headers
-//! or body or that hold a connection unused, and drains on shutdown.
+//! The server loop: accepts connections up to a cap, serves each with the HTTP/1 front
+//! (see [`crate::front`]) while it takes the requests, then with hyper (HTTP/1.1, and
+//! HTTP/2 over cleartext), cuts off clients that are slow to send a request's headers or
+//! body or that hold a connection unused, and drains on shutdown.
 //!
 //! hyper's own HTTP/1 header time-out is not used: it also runs while a kept-alive
 //! connection waits for its next request, so it would close idle connections at the
@@ -21,13 +22,14 @@ use axum::extract::ConnectInfo;
 use axum::http::{Request, Version};
 use axum::response::Response;
 use axum::Router;
+use bytes::{Buf, BytesMut};
 use futures::future::Either;
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tm_config::ConnectionLimits;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
@@ -62,6 +64,7 @@ pub async fn serve(listener: TcpListener, state: AppState, shutdown: Cancellatio
             accepted = accept(&listener, &slots) => accepted,
         };
         let connection = Connection {
+            state: state.clone(),
             builder: builder.clone(),
             service: service(&state, router.clone(), remote, limits.body_read_timeout),
             limits: limits.clone(),
@@ -165,6 +168,7 @@ fn report(ended: Result<(), tokio::task::JoinError>) {
 
 /// One accepted connection and what it needs to be served.
 struct Connection<F> {
+    state: AppState,
     builder: Arc<auto::Builder<TokioExecutor>>,
     service: F,
     limits: Arc<ConnectionLimits>,
@@ -182,10 +186,18 @@ where
     /// long, or shutdown has let its requests finish.
     async fn run(self, stream: TcpStream) {
         let activity = Arc::new(Activity::new());
-        let io = TokioIo::new(Watched {
+        let mut watched = Watched {
             stream,
             activity: activity.clone(),
-        });
+            ahead: Bytes::new(),
+        };
+        if self.state.config.resolve_fast_path {
+            match self.front(&mut watched, &activity).await {
+                Some(unanswered) => watched.ahead = unanswered,
+                None => return,
+            }
+        }
+        let io = TokioIo::new(watched);
         let service = {
             let (activity, answer) = (activity.clone(), self.service.clone());
             hyper::service::service_fn(move |request: Request<Incoming>| {
@@ -221,6 +233,84 @@ where
                     }
                 },
             }
+        }
+    }
+
+    /// Serves the connection with the HTTP/1 front until a request is not one it takes:
+    /// the bytes read and not answered, for hyper to read first; `None` once the
+    /// connection is closed (by the client, an error, a time-out or shutdown).
+    async fn front(&self, io: &mut Watched, activity: &Arc<Activity>) -> Option<Bytes> {
+        let mut served = pin!(front(&self.state, io, activity, &self.shutdown));
+        let mut closing = false;
+        loop {
+            tokio::select! {
+                biased;
+                unanswered = served.as_mut() => return unanswered,
+                () = self.shutdown.cancelled(), if !closing => {
+                    // Nothing under way: nothing to finish. Else the answer being written
+                    // is finished first, and the front stops after it.
+                    if !activity.busy() {
+                        return None;
+                    }
+                    closing = true;
+                }
+                expired = activity.expired(&self.limits, closing) => {
+                    tracing::debug!(reason = ?expired, "closing a connection");
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+/// What the front reads ahead of a head, and writes at once.
+const FRONT_BUFFER: usize = 8 * 1024;
+
+/// The HTTP/1 front's loop: answers every whole request the front takes as it arrives,
+/// pipelined ones in order and written together, until one it does not take (`Some`:
+/// the bytes from that one on) or the connection closes (`None`). Stops after the
+/// answers under way once `shutdown` is cancelled.
+async fn front(
+    state: &AppState,
+    io: &mut Watched,
+    activity: &Arc<Activity>,
+    shutdown: &CancellationToken,
+) -> Option<Bytes> {
+    let mut read = BytesMut::with_capacity(FRONT_BUFFER);
+    let mut written = Vec::with_capacity(FRONT_BUFFER);
+    loop {
+        let mut under_way = None;
+        let hand_off = loop {
+            match crate::front::step(state, &read) {
+                crate::front::Step::Taken { consumed, taken } => {
+                    under_way.get_or_insert_with(|| activity.request_started(Version::HTTP_11));
+                    taken.write(state, &mut written).await;
+                    read.advance(consumed);
+                }
+                crate::front::Step::Partial => break false,
+                crate::front::Step::HandOff => break true,
+            }
+        };
+        if !written.is_empty() {
+            io.write_all(&written).await.ok()?;
+            written.clear();
+        }
+        if under_way.take().is_some() && !read.is_empty() {
+            // The next request's head, begun before the answers were written.
+            activity.read();
+        }
+        if hand_off {
+            return Some(read.freeze());
+        }
+        if shutdown.is_cancelled() {
+            return None;
+        }
+        if read.capacity() - read.len() < FRONT_BUFFER / 2 {
+            read.reserve(FRONT_BUFFER);
+        }
+        match io.read_buf(&mut read).await {
+            Ok(0) | Err(_) => return None,
+            Ok(_) => {}
         }
     }
 }
@@ -273,6 +363,11 @@ impl Activity {
         }
         self.under_way.fetch_add(1, Ordering::AcqRel);
         UnderWay(self.clone())
+    }
+
+    /// Whether a request is under way.
+    fn busy(&self) -> bool {
+        self.under_way.load(Ordering::Acquire) > 0
     }
 
     /// Bytes were read: with no request under way, they begin the next one's head.
@@ -330,10 +425,12 @@ impl Drop for UnderWay {
     }
 }
 
-/// The connection's socket, telling its [`Activity`] of every read.
+/// The connection's socket, telling its [`Activity`] of every read; the bytes the front
+/// read ahead and did not answer are read first.
 struct Watched {
     stream: TcpStream,
     activity: Arc<Activity>,
+    ahead: Bytes,
 }
 
 impl AsyncRead for Watched {
@@ -342,6 +439,11 @@ impl AsyncRead for Watched {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if !self.ahead.is_empty() {
+            let n = self.ahead.len().min(buf.remaining());
+            buf.put_slice(&self.ahead.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let read = Pin::new(&mut self.stream).poll_read(cx, buf);
         if buf.filled().len() > before {

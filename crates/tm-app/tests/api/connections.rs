@@ -3,7 +3,6 @@
 //! in-flight budget. Slow clients are raw TCP streams, so that the test decides every
 //! byte and every pause.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
@@ -12,82 +11,12 @@ use tokio::net::TcpStream;
 
 use tm_testing::*;
 
+use crate::raw::Raw;
+
 const SVC: [(&str, &str); 3] = [("tenant", "acme"), ("service", "billing"), ("env", "prod")];
 
 /// Longest a test waits for something that should happen well before.
 const BOUND: Duration = Duration::from_secs(3);
-
-/// A connection whose requests the test writes byte by byte.
-struct Raw(TcpStream);
-
-impl Raw {
-    async fn connect(addr: SocketAddr) -> Raw {
-        Raw(TcpStream::connect(addr).await.expect("connect"))
-    }
-
-    async fn send(&mut self, bytes: &str) {
-        self.0.write_all(bytes.as_bytes()).await.expect("write");
-    }
-
-    /// `GET path` on this connection, kept alive.
-    async fn get(&mut self, path: &str) {
-        self.send(&format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n"))
-            .await;
-    }
-
-    /// The start of a JSON `POST` that announces a body of 100 bytes and sends 10.
-    async fn post_half_a_body(&mut self, path: &str, key: &str, extra_header: &str) {
-        self.send(&format!(
-            "POST {path} HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {key}\r\n\
-             Content-Type: application/json\r\nContent-Length: 100\r\n{extra_header}\r\n\
-             {{\"tenant\":"
-        ))
-        .await;
-    }
-
-    /// The next response's status line, headers and body (by `Content-Length`); `None`
-    /// if the connection closes first.
-    async fn response(&mut self) -> Option<String> {
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 4096];
-        loop {
-            if let Some(end) = find(&buf, b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-                let length: usize = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-length:"))
-                    .map_or(0, |v| v.trim().parse().expect("content-length"));
-                if buf.len() >= end + 4 + length {
-                    return Some(String::from_utf8_lossy(&buf[..end + 4 + length]).into_owned());
-                }
-            }
-            match self.0.read(&mut chunk).await {
-                Ok(0) | Err(_) => return None,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-    }
-
-    /// Waits, up to `within`, for the server to close the connection; how long it took.
-    async fn closed(&mut self, within: Duration) -> Option<Duration> {
-        let started = Instant::now();
-        let mut chunk = [0u8; 4096];
-        tokio::time::timeout(within, async {
-            loop {
-                match self.0.read(&mut chunk).await {
-                    Ok(0) | Err(_) => return started.elapsed(),
-                    Ok(_) => {}
-                }
-            }
-        })
-        .await
-        .ok()
-    }
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
-}
 
 async fn app_with_route(
     configure: impl Fn(&mut tm_config::RawConfig) + Send + Sync + 'static,
