@@ -12,7 +12,7 @@ use serde::Serialize;
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
 use crate::ident::MAX_IDENTIFIER_LEN;
-use crate::index::SharedIndex;
+use crate::index::{Keyed, SharedIndex};
 use crate::{EnvName, GroupKey, Route, ServiceName, TenantId, UpstreamUrl, Version, Weight};
 
 /// How `resolve` picks among the active versions of a service.
@@ -88,7 +88,7 @@ impl SnapshotBuilder {
                 routes.extend(earlier.iter().cloned());
             }
             self.snapshot.route_count += routes.len();
-            self.snapshot.groups.insert(key, group(routes));
+            self.snapshot.groups.insert(&key, group(routes));
         }
     }
 
@@ -106,6 +106,14 @@ type Group = Arc<[ActiveRoute]>;
 fn group(mut routes: Vec<ActiveRoute>) -> Group {
     routes.sort_by(|a, b| a.version().cmp(b.version()));
     routes.into()
+}
+
+/// A group is its routes' `(tenant, service, env)`, read out of the first one's answer:
+/// the index keeps no key of its own.
+impl Keyed for Group {
+    fn has_key(&self, key: &str) -> bool {
+        self.first().is_some_and(|route| route.answers_for(key))
+    }
 }
 
 /// An immutable view of every active route.
@@ -226,7 +234,7 @@ impl RoutingSnapshot {
         let removed = self.groups.remove(&map_key).map_or(0, |g| g.len());
         let added = routes.len();
         if !routes.is_empty() {
-            self.groups.insert(map_key, group(routes));
+            self.groups.insert(&map_key, group(routes));
         }
         self.route_count = self.route_count + added - removed;
         self.built_at = Instant::now();
@@ -341,6 +349,33 @@ impl ActiveRoute {
 }
 
 impl ActiveRoute {
+    /// Whether this route is of the group whose map key is `key` (`tenant/service/env`):
+    /// its answer begins with those three, in that order, unescaped.
+    fn answers_for(&self, key: &str) -> bool {
+        let mut parts = key.split('/');
+        let (Some(tenant), Some(service), Some(env), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return false;
+        };
+        let mut rest = &self.body[..];
+        for text in [
+            r#"{"tenant":""#,
+            tenant,
+            r#"","service":""#,
+            service,
+            r#"","env":""#,
+            env,
+            r#"","version":""#,
+        ] {
+            match rest.strip_prefix(text.as_bytes()) {
+                Some(after) => rest = after,
+                None => return false,
+            }
+        }
+        true
+    }
+
     /// The version this route serves.
     pub fn version(&self) -> &str {
         let at = usize::from(self.version_at);

@@ -17,6 +17,7 @@ use crate::observe::{add_headers, answered, observed, Exchange, RequestContext, 
 use crate::resolve::Resolved;
 use crate::wire::{AnswerHeaders, Http1Answer, RequestHead};
 use crate::{ApiError, AppState};
+use tm_domain::RoutingSnapshot;
 
 /// The path resolve is served on.
 pub const RESOLVE_PATH: &str = "/api/v1/routes/resolve";
@@ -28,26 +29,29 @@ pub fn resolve<B>(state: &AppState, request: &Request<B>) -> Option<Response> {
     if request.method() != Method::GET || request.uri().path() != RESOLVE_PATH {
         return None;
     }
-    take(state, request.uri().query(), request.headers()).map(|taken| taken.into_response(state))
+    let snapshot = state.routing.snapshot();
+    take(state, &snapshot, request.uri().query(), request.headers())
+        .map(|taken| taken.into_response(state))
 }
 
 /// A resolve the fast path has taken: its caller admitted (or refused a budget) and its
 /// answer decided, to be written out by whichever path read it.
-pub(crate) struct Taken {
+pub(crate) struct Taken<'s> {
     started: Instant,
     ids: RequestIds,
     context: RequestContext,
-    outcome: Result<Resolved, ApiError>,
+    outcome: Result<Resolved<'s>, ApiError>,
 }
 
-/// Takes a `GET` of the resolve path with `query` and `headers` if the fast path is on,
-/// the request is not a browser's and its key is live; `None`, with nothing done or
-/// counted, leaves it to the router.
-pub(crate) fn take(
+/// Takes a `GET` of the resolve path with `query` and `headers`, to be answered from
+/// `snapshot`, if the fast path is on, the request is not a browser's and its key is
+/// live; `None`, with nothing done or counted, leaves it to the router.
+pub(crate) fn take<'s>(
     state: &AppState,
+    snapshot: &'s RoutingSnapshot,
     query: Option<&str>,
     headers: &(impl RequestHead + ?Sized),
-) -> Option<Taken> {
+) -> Option<Taken<'s>> {
     if !state.config.resolve_fast_path || headers.has(&header::ORIGIN) {
         return None;
     }
@@ -56,7 +60,7 @@ pub(crate) fn take(
     let ids = RequestIds::of(headers);
     let context = RequestContext::default();
     let outcome = Caller::admit_resolve(state, principal, context.clone())
-        .and_then(|caller| crate::resolve::answer(state, &caller, query, headers));
+        .and_then(|caller| crate::resolve::answer(snapshot, &caller, query, headers));
     Some(Taken {
         started,
         ids,
@@ -74,7 +78,7 @@ fn exchange(started: Instant, context: &RequestContext) -> Exchange<'_> {
     }
 }
 
-impl Taken {
+impl Taken<'_> {
     /// The answer as a response for hyper to send.
     pub(crate) fn into_response(self, state: &AppState) -> Response {
         let Taken {
@@ -98,12 +102,12 @@ impl Taken {
         response
     }
 
-    /// The answer as an HTTP/1.1 response, appended to `out`. A refusal is made by the
-    /// same code as on the router's path and copied out of the response it makes.
-    pub(crate) async fn write(self, state: &AppState, out: &mut Vec<u8>) {
+    /// The answer as an HTTP/1.1 response, appended to `out`; a refusal is made by the
+    /// same code as on the router's path, as a response to write with [`write_response`].
+    pub(crate) fn write(self, state: &AppState, out: &mut Vec<u8>) -> Option<Response> {
         let resolved = match &self.outcome {
             Ok(resolved) => resolved,
-            Err(_) => return write_response(out, self.into_response(state)).await,
+            Err(_) => return Some(self.into_response(state)),
         };
         let status = resolved.status();
         observed(
@@ -119,6 +123,7 @@ impl Taken {
         add_headers(state, &self.context, self.ids, &mut answer);
         add_cors(state, &mut answer);
         answer.finish(status, resolved.body());
+        None
     }
 }
 
@@ -130,7 +135,7 @@ fn add_cors(state: &AppState, headers: &mut impl AnswerHeaders) {
 }
 
 /// `response`, whose body is whole already (a problem document), as HTTP/1.1.
-async fn write_response(out: &mut Vec<u8>, response: Response) {
+pub(crate) async fn write_response(out: &mut Vec<u8>, response: Response) {
     let (parts, body) = response.into_parts();
     // Made from bytes in memory: never fails, never waits.
     let body = axum::body::to_bytes(body, usize::MAX)

@@ -13,6 +13,7 @@
 
 use crate::fast::{self, Taken, RESOLVE_PATH};
 use crate::AppState;
+use tm_domain::RoutingSnapshot;
 
 /// Most headers a head the front takes may have; one with more is hyper's.
 const MAX_HEADERS: usize = 32;
@@ -21,21 +22,17 @@ const MAX_HEADERS: usize = 32;
 pub(crate) const MAX_HEAD: usize = 8 * 1024;
 
 /// What the front makes of the bytes at the start of a connection's buffer.
-#[expect(
-    clippy::large_enum_variant,
-    reason = "made and matched once a request, never kept: boxing would cost more"
-)]
-pub(crate) enum Step {
+pub(crate) enum Step<'s> {
     /// A resolve taken, whose head was the first `consumed` bytes.
-    Taken { consumed: usize, taken: Taken },
+    Taken { consumed: usize, taken: Taken<'s> },
     /// The head is not whole yet.
     Partial,
     /// Not a request the front takes: the connection is hyper's from here.
     HandOff,
 }
 
-/// Reads the request at the start of `buf`.
-pub(crate) fn step(state: &AppState, buf: &[u8]) -> Step {
+/// Reads the request at the start of `buf`, to be answered from `snapshot`.
+pub(crate) fn step<'s>(state: &AppState, snapshot: &'s RoutingSnapshot, buf: &[u8]) -> Step<'s> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
     let consumed = match request.parse(buf) {
@@ -46,7 +43,7 @@ pub(crate) fn step(state: &AppState, buf: &[u8]) -> Step {
     let Some(query) = plain_resolve(&request) else {
         return Step::HandOff;
     };
-    match fast::take(state, query, request.headers) {
+    match fast::take(state, snapshot, query, request.headers) {
         Some(taken) => Step::Taken { consumed, taken },
         None => Step::HandOff,
     }

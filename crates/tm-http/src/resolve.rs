@@ -3,11 +3,13 @@
 use axum::extract::State;
 use std::borrow::Cow;
 
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::Response;
 use serde::Deserialize;
-use tm_domain::{EnvName, FieldErrors, Pick, ServiceName, TenantId, Version};
+use tm_domain::{
+    ActiveRoute, EnvName, FieldErrors, Pick, RoutingSnapshot, ServiceName, TenantId, Version,
+};
 
 use crate::auth::{Action, Caller};
 use crate::extract::{if_none_match, parse_query};
@@ -67,20 +69,20 @@ pub async fn resolve(
     headers: HeaderMap,
     uri: Uri,
 ) -> Result<Response, ApiError> {
-    Ok(answer(&state, &caller, uri.query(), &headers)?.into_response(&state))
+    let snapshot = state.routing.snapshot();
+    Ok(answer(&snapshot, &caller, uri.query(), &headers)?.into_response(&state))
 }
 
-/// A resolve answered: the route's answer, or that it is unchanged since the client's
-/// tag (304).
-pub(crate) struct Resolved {
-    etag: HeaderValue,
-    body: Bytes,
+/// A resolve answered from a snapshot: the route's answer, or that it is unchanged since
+/// the client's tag (304).
+pub(crate) struct Resolved<'s> {
+    route: &'s ActiveRoute,
     unchanged: bool,
 }
 
 static APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
 
-impl Resolved {
+impl Resolved<'_> {
     pub(crate) fn status(&self) -> StatusCode {
         if self.unchanged {
             StatusCode::NOT_MODIFIED
@@ -91,7 +93,7 @@ impl Resolved {
 
     /// Entity tag, caching and, with a body, its type.
     pub(crate) fn add_headers(&self, state: &AppState, headers: &mut impl AnswerHeaders) {
-        headers.put(&header::ETAG, &self.etag);
+        headers.put_ascii(&header::ETAG, self.route.etag().as_bytes());
         headers.put(&header::CACHE_CONTROL, &state.cache_control);
         if !self.unchanged {
             headers.put(&header::CONTENT_TYPE, &APPLICATION_JSON);
@@ -103,7 +105,7 @@ impl Resolved {
         if self.unchanged {
             &[]
         } else {
-            &self.body
+            self.route.body()
         }
     }
 
@@ -111,7 +113,7 @@ impl Resolved {
         let mut response = Response::new(if self.unchanged {
             Body::empty()
         } else {
-            Body::from(self.body.clone())
+            Body::from(self.route.body().clone())
         });
         *response.status_mut() = self.status();
         // Room for every header the answer will carry, made once.
@@ -124,12 +126,12 @@ impl Resolved {
 
 /// The answer to a resolve whose caller is authenticated and within its budget: the
 /// handler's, and the fast path's (see [`crate::fast`]).
-pub(crate) fn answer(
-    state: &AppState,
+pub(crate) fn answer<'s>(
+    snapshot: &'s RoutingSnapshot,
     caller: &Caller,
     query: Option<&str>,
     headers: &(impl RequestHead + ?Sized),
-) -> Result<Resolved, ApiError> {
+) -> Result<Resolved<'s>, ApiError> {
     // Read in place: parameters without escapes are borrowed from the request line.
     let query: ResolveQuery<'_> = parse_query(query.unwrap_or_default())?;
     let (tenant, service, env) = match (&query.tenant, &query.service, &query.env) {
@@ -167,15 +169,11 @@ pub(crate) fn answer(
         (None, Some(key)) => Pick::Sticky(key),
         (None, None) => Pick::Random(rand::random()),
     };
-    let snapshot = state.routing.snapshot();
     let route = snapshot
         .resolve(&tenant, &service, &env, pick)
         .ok_or(ApiError::NoActiveRoute)?;
-
-    let etag = HeaderValue::from_str(route.etag()).expect("an entity tag is a valid header value");
     Ok(Resolved {
         unchanged: if_none_match(headers, route.etag()),
-        etag,
-        body: route.body().clone(),
+        route,
     })
 }

@@ -281,14 +281,21 @@ async fn front(
     loop {
         let mut under_way = None;
         let hand_off = loop {
-            match crate::front::step(state, &read) {
-                crate::front::Step::Taken { consumed, taken } => {
-                    under_way.get_or_insert_with(|| activity.request_started(Version::HTTP_11));
-                    taken.write(state, &mut written).await;
-                    read.advance(consumed);
+            // The snapshot is held for one request and never across an await.
+            let refused = {
+                let snapshot = state.routing.snapshot();
+                match crate::front::step(state, &snapshot, &read) {
+                    crate::front::Step::Taken { consumed, taken } => {
+                        under_way.get_or_insert_with(|| activity.request_started(Version::HTTP_11));
+                        read.advance(consumed);
+                        taken.write(state, &mut written)
+                    }
+                    crate::front::Step::Partial => break false,
+                    crate::front::Step::HandOff => break true,
                 }
-                crate::front::Step::Partial => break false,
-                crate::front::Step::HandOff => break true,
+            };
+            if let Some(refusal) = refused {
+                crate::fast::write_response(&mut written, refusal).await;
             }
         };
         if !written.is_empty() {

@@ -63,6 +63,9 @@ pub(crate) trait AnswerHeaders {
 
     /// Sets `name` to the decimal digits of `value`.
     fn put_number(&mut self, name: &HeaderName, value: u64);
+
+    /// Sets `name` to `value`, visible ASCII made by this server (never the client's).
+    fn put_ascii(&mut self, name: &HeaderName, value: &[u8]);
 }
 
 impl AnswerHeaders for HeaderMap {
@@ -76,6 +79,11 @@ impl AnswerHeaders for HeaderMap {
 
     fn put_number(&mut self, name: &HeaderName, value: u64) {
         self.insert(name.clone(), HeaderValue::from(value));
+    }
+
+    fn put_ascii(&mut self, name: &HeaderName, value: &[u8]) {
+        let value = HeaderValue::from_bytes(value).expect("visible ASCII is a valid header value");
+        self.insert(name.clone(), value);
     }
 }
 
@@ -128,6 +136,10 @@ impl AnswerHeaders for Http1Answer<'_> {
     fn put_number(&mut self, name: &HeaderName, value: u64) {
         let mut digits = itoa::Buffer::new();
         self.line(name.as_str(), digits.format(value).as_bytes());
+    }
+
+    fn put_ascii(&mut self, name: &HeaderName, value: &[u8]) {
+        self.line(name.as_str(), value);
     }
 }
 
