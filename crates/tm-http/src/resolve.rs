@@ -19,7 +19,7 @@ use crate::{ApiError, AppState};
 /// Longest accepted stickiness key, in characters (as the document's `maxLength` counts).
 const MAX_KEY_LEN: usize = 256;
 
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[derive(Debug, Default, PartialEq, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct ResolveQuery<'a> {
@@ -43,6 +43,28 @@ pub struct ResolveQuery<'a> {
     #[param(value_type = Option<String>, min_length = 1, max_length = 256)]
     #[serde(borrow)]
     key: Option<Cow<'a, str>>,
+}
+
+/// A resolve's query, read in place: parameters without escapes are borrowed from the
+/// request line. Decoded as a form, as serde_urlencoded decodes it, straight into the
+/// five parameters; a query that names another parameter or one twice is left to
+/// serde_urlencoded, whose refusal names the problem.
+fn read_query(query: &str) -> Result<ResolveQuery<'_>, ApiError> {
+    let mut read = ResolveQuery::default();
+    for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+        let slot = match &*name {
+            "tenant" => &mut read.tenant,
+            "service" => &mut read.service,
+            "env" => &mut read.env,
+            "version" => &mut read.version,
+            "key" => &mut read.key,
+            _ => return parse_query(query),
+        };
+        if slot.replace(value).is_some() {
+            return parse_query(query);
+        }
+    }
+    Ok(read)
 }
 
 /// Resolve: the URL to call for a tenant's service in an environment.
@@ -132,8 +154,7 @@ pub(crate) fn answer<'s>(
     query: Option<&str>,
     headers: &(impl RequestHead + ?Sized),
 ) -> Result<Resolved<'s>, ApiError> {
-    // Read in place: parameters without escapes are borrowed from the request line.
-    let query: ResolveQuery<'_> = parse_query(query.unwrap_or_default())?;
+    let query = read_query(query.unwrap_or_default())?;
     let (tenant, service, env) = match (&query.tenant, &query.service, &query.env) {
         (Some(t), Some(s), Some(e)) => (t, s, e),
         _ => {
@@ -176,4 +197,45 @@ pub(crate) fn answer<'s>(
         unchanged: if_none_match(headers, route.etag()),
         route,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A query made of parameter names, separators, escapes and text.
+    fn queries() -> impl Strategy<Value = String> {
+        let token = prop_oneof![
+            Just("tenant"),
+            Just("service"),
+            Just("env"),
+            Just("version"),
+            Just("key"),
+            Just("colour"),
+            Just("="),
+            Just("&"),
+            Just("+"),
+            Just("%2"),
+            Just("%41"),
+            Just("%E2%9C%93"),
+            Just("%ZZ"),
+            Just("%FF"),
+            Just("acme"),
+            Just("v1"),
+        ];
+        proptest::collection::vec(token, 0..12).prop_map(|t| t.concat())
+    }
+
+    proptest! {
+        #[test]
+        fn reading_in_place_agrees_with_serde_urlencoded(query in queries()) {
+            let serde: Result<ResolveQuery<'_>, ApiError> = parse_query(&query);
+            match (read_query(&query), serde) {
+                (Ok(a), Ok(b)) => prop_assert_eq!(a, b),
+                (Err(a), Err(b)) => prop_assert_eq!(a.to_string(), b.to_string()),
+                (a, b) => prop_assert!(false, "{query:?}: {a:?} vs {b:?}"),
+            }
+        }
+    }
 }
