@@ -2,12 +2,15 @@
 //! answers `resolve`. Nothing here does I/O; every other crate depends on this one.
 
 mod error;
+mod group;
 mod id;
 mod ident;
 mod index;
 mod key;
 mod route;
 mod snapshot;
+#[cfg(test)]
+mod testing;
 mod upstream;
 
 pub use error::{DomainError, FieldError, FieldErrors};
@@ -15,5 +18,5 @@ pub use id::{Id, IdKind, KeyId, KeyKind, RouteId, RouteKind};
 pub use ident::{EnvName, ServiceName, TenantId, Version};
 pub use key::{ApiKey, Grant, Role, SecretHash};
 pub use route::{now, GroupKey, NewRoute, Route, RouteKey, RoutePatch, Weight, IDENTIFIER_PATTERN};
-pub use snapshot::{ActiveRoute, Pick, RouteChange, RoutingSnapshot, SnapshotBuilder};
+pub use snapshot::{ActiveRoute, Pick, RouteChange, RoutingSnapshot, ServedRoute, SnapshotBuilder};
 pub use upstream::UpstreamUrl;

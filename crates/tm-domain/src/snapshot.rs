@@ -4,16 +4,17 @@
 //! with the old (see [`crate::index`]), so publishing a change costs a small fraction of
 //! a full copy.
 
-use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
-use serde::Serialize;
-use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
+use xxhash_rust::xxh3::xxh3_64_with_seed;
 
+pub use crate::group::ActiveRoute;
+use crate::group::{AnswerParts, Group, Prepared};
 use crate::ident::MAX_IDENTIFIER_LEN;
 use crate::index::{Keyed, SharedIndex};
-use crate::{EnvName, GroupKey, Route, ServiceName, TenantId, UpstreamUrl, Version, Weight};
+use crate::{
+    EnvName, GroupKey, Route, RouteId, ServiceName, TenantId, UpstreamUrl, Version, Weight,
+};
 
 /// How `resolve` picks among the active versions of a service.
 #[derive(Clone, Copy, Debug)]
@@ -35,23 +36,19 @@ pub enum RouteChange<'a> {
     Deleted(&'a Route),
 }
 
-/// One active version of a service, with its answer prepared in advance. Kept small:
-/// a million of these live in memory, so the version is read out of the answer itself.
+/// An active route as the routing snapshot needs it: what its answer is made of, and
+/// nothing else (a full load reads only these columns).
 #[derive(Clone, Debug)]
-pub struct ActiveRoute {
-    /// The JSON body of a resolve answer: `{"tenant","service","env","version","url"}`.
-    body: Bytes,
-    /// Where the version's text sits in `body`.
-    version_at: u8,
-    version_len: u8,
+pub struct ServedRoute {
+    pub id: RouteId,
+    pub tenant: TenantId,
+    pub service: ServiceName,
+    pub env: EnvName,
+    pub version: Version,
+    pub url: UpstreamUrl,
     pub weight: Weight,
-    /// The entity tag, kept inline: a quoted 16-digit hex number.
-    etag: [u8; ETAG_LEN],
-    /// Per-version seed of the rendezvous hash.
-    seed: u64,
+    pub revision: i64,
 }
-
-const ETAG_LEN: usize = 18;
 
 /// Builds a snapshot one route at a time, so that a full load need not hold every
 /// stored row at once: each route is reduced to its prepared answer as it arrives.
@@ -61,21 +58,30 @@ const ETAG_LEN: usize = 18;
 pub struct SnapshotBuilder {
     snapshot: RoutingSnapshot,
     /// The group being gathered, and its active routes so far.
-    current: Option<(Box<str>, Vec<ActiveRoute>)>,
+    current: Option<(Box<str>, Vec<Prepared>)>,
 }
 
 impl SnapshotBuilder {
+    /// Adds `route` if it is active.
     pub fn add(&mut self, route: &Route) {
-        if !route.active {
-            return;
+        if route.active {
+            self.push(route.into());
         }
+    }
+
+    /// Adds an active route, read for the snapshot alone.
+    pub fn add_served(&mut self, route: &ServedRoute) {
+        self.push(route.into());
+    }
+
+    fn push(&mut self, route: AnswerParts<'_>) {
         let mut buf = [0u8; 3 * MAX_IDENTIFIER_LEN + 2];
-        let key = group_key_in(&mut buf, &route.tenant, &route.service, &route.env);
+        let key = group_key_in(&mut buf, route.tenant, route.service, route.env);
         match &mut self.current {
-            Some((current, routes)) if **current == *key => routes.push(ActiveRoute::new(route)),
+            Some((current, routes)) if **current == *key => routes.push(Prepared::new(route)),
             _ => {
                 self.flush();
-                self.current = Some((key.into(), vec![ActiveRoute::new(route)]));
+                self.current = Some((key.into(), vec![Prepared::new(route)]));
             }
         }
     }
@@ -85,10 +91,10 @@ impl SnapshotBuilder {
             if let Some(earlier) = self.snapshot.groups.get(&key) {
                 // The group came in pieces: keep what arrived before.
                 self.snapshot.route_count -= earlier.len();
-                routes.extend(earlier.iter().cloned());
+                routes.extend(earlier.routes().map(Prepared::from));
             }
             self.snapshot.route_count += routes.len();
-            self.snapshot.groups.insert(&key, group(routes));
+            self.snapshot.groups.insert(&key, Group::pack(routes));
         }
     }
 
@@ -99,20 +105,11 @@ impl SnapshotBuilder {
     }
 }
 
-/// The active versions of one `(tenant, service, env)`, sorted by version, in one
-/// allocation.
-type Group = Arc<[ActiveRoute]>;
-
-fn group(mut routes: Vec<ActiveRoute>) -> Group {
-    routes.sort_by(|a, b| a.version().cmp(b.version()));
-    routes.into()
-}
-
 /// A group is its routes' `(tenant, service, env)`, read out of the first one's answer:
 /// the index keeps no key of its own.
 impl Keyed for Group {
     fn has_key(&self, key: &str) -> bool {
-        self.first().is_some_and(|route| route.answers_for(key))
+        Group::has_key(self, key)
     }
 }
 
@@ -151,12 +148,12 @@ impl RoutingSnapshot {
         key: &GroupKey,
         routes: impl IntoIterator<Item = &'a Route>,
     ) -> Self {
-        let members: Vec<ActiveRoute> = routes
+        let members: Vec<Prepared> = routes
             .into_iter()
             .filter(|r| {
                 r.active && r.tenant == key.tenant && r.service == key.service && r.env == key.env
             })
-            .map(ActiveRoute::new)
+            .map(|r| Prepared::new(r.into()))
             .collect();
         self.with_group_routes(
             group_key(&key.tenant, &key.service, &key.env).into_boxed_str(),
@@ -177,11 +174,11 @@ impl RoutingSnapshot {
         // One copy, changed in place: each shard touched is copied once, not per group.
         let mut next = self.clone();
         for (key, members) in by_group {
-            let mut active: Vec<ActiveRoute> = Vec::with_capacity(members.len());
+            let mut active: Vec<Prepared> = Vec::with_capacity(members.len());
             for route in members.into_iter().filter(|r| r.active) {
                 // The same route given twice is one version, not two.
                 if !active.iter().any(|a| a.version() == route.version.as_str()) {
-                    active.push(ActiveRoute::new(route));
+                    active.push(Prepared::new(route.into()));
                 }
             }
             next.replace_group(
@@ -198,7 +195,7 @@ impl RoutingSnapshot {
         let map_key = group_key_in(&mut buf, &key.tenant, &key.service, &key.env);
         self.groups
             .get(map_key)
-            .is_some_and(|g| g.iter().any(|r| r.version() == version.as_str()))
+            .is_some_and(|g| g.routes().any(|r| r.version() == version.as_str()))
     }
 
     /// This snapshot with one route's change applied, leaving the rest of its group as is.
@@ -208,33 +205,33 @@ impl RoutingSnapshot {
             RouteChange::Deleted(r) => (r, false),
         };
         let map_key = group_key(&route.tenant, &route.service, &route.env).into_boxed_str();
-        let mut routes: Vec<ActiveRoute> = self
+        let mut routes: Vec<Prepared> = self
             .groups
             .get(&map_key)
             .map(|g| {
-                g.iter()
+                g.routes()
                     .filter(|r| r.version() != route.version.as_str())
-                    .cloned()
+                    .map(Prepared::from)
                     .collect()
             })
             .unwrap_or_default();
         if keep {
-            routes.push(ActiveRoute::new(route));
+            routes.push(Prepared::new(route.into()));
         }
         self.with_group_routes(map_key, routes)
     }
 
-    fn with_group_routes(&self, map_key: Box<str>, routes: Vec<ActiveRoute>) -> Self {
+    fn with_group_routes(&self, map_key: Box<str>, routes: Vec<Prepared>) -> Self {
         let mut next = self.clone();
         next.replace_group(map_key, routes);
         next
     }
 
-    fn replace_group(&mut self, map_key: Box<str>, routes: Vec<ActiveRoute>) {
+    fn replace_group(&mut self, map_key: Box<str>, routes: Vec<Prepared>) {
         let removed = self.groups.remove(&map_key).map_or(0, |g| g.len());
         let added = routes.len();
         if !routes.is_empty() {
-            self.groups.insert(&map_key, group(routes));
+            self.groups.insert(&map_key, Group::pack(routes));
         }
         self.route_count = self.route_count + added - removed;
         self.built_at = Instant::now();
@@ -247,12 +244,12 @@ impl RoutingSnapshot {
         service: &ServiceName,
         env: &EnvName,
         pick: Pick<'_>,
-    ) -> Option<&ActiveRoute> {
+    ) -> Option<ActiveRoute<'_>> {
         let mut buf = [0u8; 3 * MAX_IDENTIFIER_LEN + 2];
         let key = group_key_in(&mut buf, tenant, service, env);
         let group = self.groups.get(key)?;
         match pick {
-            Pick::Version(v) => group.iter().find(|r| r.version() == v.as_str()),
+            Pick::Version(v) => group.routes().find(|r| r.version() == v.as_str()),
             Pick::Sticky(key) => sticky(group, key),
             Pick::Random(n) => weighted(group, n),
         }
@@ -272,13 +269,13 @@ impl RoutingSnapshot {
 /// Weighted rendezvous hashing: each version scores `weight / -ln(u)` with `u` a
 /// uniform hash of (key, version); the highest wins. The same key picks the same
 /// version everywhere, and a weight change only moves keys to or from that version.
-fn sticky<'g>(group: &'g [ActiveRoute], key: &str) -> Option<&'g ActiveRoute> {
-    let mut best: Option<(f64, &ActiveRoute)> = None;
-    for route in group.iter().filter(|r| r.weight.get() > 0) {
-        let h = xxh3_64_with_seed(key.as_bytes(), route.seed);
+fn sticky<'g>(group: &'g Group, key: &str) -> Option<ActiveRoute<'g>> {
+    let mut best: Option<(f64, ActiveRoute<'g>)> = None;
+    for route in group.routes().filter(|r| r.weight() > 0) {
+        let h = xxh3_64_with_seed(key.as_bytes(), route.seed());
         // 53 high bits into (0, 1): never 0, never 1.
         let u = ((h >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
-        let score = f64::from(route.weight.get()) / -u.ln();
+        let score = f64::from(route.weight()) / -u.ln();
         if best.is_none_or(|(s, _)| score > s) {
             best = Some((score, route));
         }
@@ -286,112 +283,20 @@ fn sticky<'g>(group: &'g [ActiveRoute], key: &str) -> Option<&'g ActiveRoute> {
     best.map(|(_, route)| route)
 }
 
-fn weighted(group: &[ActiveRoute], n: u64) -> Option<&ActiveRoute> {
-    let total: u64 = group.iter().map(|r| u64::from(r.weight.get())).sum();
+fn weighted(group: &Group, n: u64) -> Option<ActiveRoute<'_>> {
+    let total: u64 = group.routes().map(|r| u64::from(r.weight())).sum();
     if total == 0 {
         return None;
     }
     let mut point = n % total;
-    for route in group {
-        let w = u64::from(route.weight.get());
+    for route in group.routes() {
+        let w = u64::from(route.weight());
         if point < w {
             return Some(route);
         }
         point -= w;
     }
     None
-}
-
-impl ActiveRoute {
-    fn new(route: &Route) -> Self {
-        #[derive(Serialize)]
-        struct Answer<'a> {
-            tenant: &'a TenantId,
-            service: &'a ServiceName,
-            env: &'a EnvName,
-            version: &'a Version,
-            url: &'a UpstreamUrl,
-        }
-        let body = serde_json::to_vec(&Answer {
-            tenant: &route.tenant,
-            service: &route.service,
-            env: &route.env,
-            version: &route.version,
-            url: &route.url,
-        })
-        .expect("serializing strings cannot fail");
-        // Identifiers need no escaping in JSON, so the version appears verbatim, once,
-        // right after the tenant, service and env.
-        let version = route.version.as_str();
-        let version_at = br#"{"tenant":"","service":"","env":"","version":""#.len()
-            + route.tenant.as_str().len()
-            + route.service.as_str().len()
-            + route.env.as_str().len();
-        debug_assert_eq!(
-            &body[version_at..version_at + version.len()],
-            version.as_bytes()
-        );
-        // Route id and revision together identify the answer's content exactly.
-        let tag = xxh3_64_with_seed(route.id.as_uuid().as_bytes(), route.revision as u64);
-        Self {
-            version_at: u8::try_from(version_at).expect("three identifiers fit in 255 bytes"),
-            version_len: u8::try_from(version.len()).expect("an identifier fits in 255 bytes"),
-            weight: route.weight,
-            // Exactly sized: a million of these are kept.
-            body: Bytes::from(body.into_boxed_slice()),
-            etag: format!("\"{tag:016x}\"")
-                .into_bytes()
-                .try_into()
-                .expect("a quoted 16-digit hex number is 18 bytes"),
-            seed: xxh3_64(route.version.as_str().as_bytes()),
-        }
-    }
-}
-
-impl ActiveRoute {
-    /// Whether this route is of the group whose map key is `key` (`tenant/service/env`):
-    /// its answer begins with those three, in that order, unescaped.
-    fn answers_for(&self, key: &str) -> bool {
-        let mut parts = key.split('/');
-        let (Some(tenant), Some(service), Some(env), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return false;
-        };
-        let mut rest = &self.body[..];
-        for text in [
-            r#"{"tenant":""#,
-            tenant,
-            r#"","service":""#,
-            service,
-            r#"","env":""#,
-            env,
-            r#"","version":""#,
-        ] {
-            match rest.strip_prefix(text.as_bytes()) {
-                Some(after) => rest = after,
-                None => return false,
-            }
-        }
-        true
-    }
-
-    /// The version this route serves.
-    pub fn version(&self) -> &str {
-        let at = usize::from(self.version_at);
-        std::str::from_utf8(&self.body[at..at + usize::from(self.version_len)])
-            .expect("identifiers are ASCII")
-    }
-
-    /// The answer: `{"tenant","service","env","version","url"}` as JSON.
-    pub fn body(&self) -> &Bytes {
-        &self.body
-    }
-
-    /// A strong, quoted entity tag that changes whenever this answer could.
-    pub fn etag(&self) -> &str {
-        std::str::from_utf8(&self.etag).expect("the tag is ASCII")
-    }
 }
 
 fn group_key(tenant: &TenantId, service: &ServiceName, env: &EnvName) -> String {
@@ -424,21 +329,11 @@ fn group_key_in<'b>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{NewRoute, RouteId, RouteKey};
+    use crate::UpstreamUrl;
 
     fn route(version: &str, weight: u8, active: bool) -> Route {
-        NewRoute {
-            key: RouteKey {
-                tenant: TenantId::parse("acme").expect("valid"),
-                service: ServiceName::parse("billing").expect("valid"),
-                env: EnvName::parse("prod").expect("valid"),
-                version: Version::parse(version).expect("valid"),
-            },
-            url: UpstreamUrl::parse(&format!("http://{version}.internal")).expect("valid"),
-            active,
-            weight: Weight::parse(i64::from(weight)).expect("valid"),
-        }
-        .into_route(RouteId::generate(), crate::now())
+        let url = format!("http://{version}.internal");
+        crate::testing::route("acme", "billing", "prod", version, &url, weight, active)
     }
 
     fn ids() -> (TenantId, ServiceName, EnvName) {
@@ -586,10 +481,7 @@ mod tests {
         assert_eq!(s.route_count(), 3);
         let (t, sv, e) = ids();
         let versions: Vec<&str> = (0..100u64)
-            .filter_map(|n| {
-                s.resolve(&t, &sv, &e, Pick::Random(n))
-                    .map(ActiveRoute::version)
-            })
+            .filter_map(|n| s.resolve(&t, &sv, &e, Pick::Random(n)).map(|r| r.version()))
             .collect();
         assert!(versions.contains(&"v1.0-rc_1") && versions.contains(&"v2"));
         let v1 = Version::parse("v1.0-rc_1").expect("valid");

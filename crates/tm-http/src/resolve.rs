@@ -3,7 +3,7 @@
 use axum::extract::State;
 use std::borrow::Cow;
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::Response;
 use serde::Deserialize;
@@ -98,7 +98,7 @@ pub async fn resolve(
 /// A resolve answered from a snapshot: the route's answer, or that it is unchanged since
 /// the client's tag (304).
 pub(crate) struct Resolved<'s> {
-    route: &'s ActiveRoute,
+    route: ActiveRoute<'s>,
     unchanged: bool,
 }
 
@@ -135,7 +135,7 @@ impl Resolved<'_> {
         let mut response = Response::new(if self.unchanged {
             Body::empty()
         } else {
-            Body::from(self.route.body().clone())
+            Body::from(Bytes::copy_from_slice(self.route.body()))
         });
         *response.status_mut() = self.status();
         // Room for every header the answer will carry, made once.

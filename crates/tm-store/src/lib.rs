@@ -22,7 +22,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tm_config::{PoolConfig, StorageConfig};
-use tm_domain::{EnvName, GroupKey, Route, RouteId, ServiceName, TenantId};
+use tm_domain::{EnvName, GroupKey, Route, RouteId, ServedRoute, ServiceName, TenantId};
 
 pub use error::StoreError;
 pub use keys::{KeyAuditAction, KeyAuditEntry, KeyPage, KeyRecord, KeyRing, KeyView, Principal};
@@ -221,7 +221,7 @@ pub struct ActivePage {
     /// The routes of the page that the domain accepts. A stored row it refuses (written
     /// behind the registry's back, or under an older, weaker rule) is left out, logged
     /// with what is wrong and counted in `snapshot_rejected_rows_total`.
-    pub routes: Vec<Route>,
+    pub routes: Vec<ServedRoute>,
     /// Where the next page starts; `None` after the last page.
     pub next: Option<LoadCursor>,
 }

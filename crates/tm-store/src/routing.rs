@@ -287,7 +287,7 @@ async fn build(store: &dyn Store) -> Result<RoutingSnapshot, StoreError> {
         let routes = page.routes;
         builder = tokio::task::spawn_blocking(move || {
             for route in &routes {
-                builder.add(route);
+                builder.add_served(route);
             }
             builder
         })

@@ -3,53 +3,48 @@
 use chrono::{DateTime, Utc};
 use prometheus::IntCounter;
 use tm_domain::{
-    EnvName, Grant, KeyId, Role, Route, RouteId, SecretHash, ServiceName, TenantId, UpstreamUrl,
-    Version, Weight,
+    EnvName, Grant, KeyId, Role, Route, RouteId, SecretHash, ServedRoute, ServiceName, TenantId,
+    UpstreamUrl, Version, Weight,
 };
 
 use crate::{AuditEntry, KeyAuditAction, KeyAuditEntry, KeyRecord, LoadCursor, StoreError};
 
-/// The columns of `routes`, selected with `id` as text and `weight` as a 64-bit integer
-/// so that one row type serves both backends.
+/// The columns of `routes` that an active route's answer is made of, selected with `id`
+/// as text and `weight` as a 64-bit integer so that one row type serves both backends:
+/// what a full load of the routing snapshot reads.
 #[derive(Debug, sqlx::FromRow)]
-pub(crate) struct RouteRow {
+pub(crate) struct ServedRow {
     id: String,
     tenant: String,
     service: String,
     env: String,
     version: String,
     url: String,
-    active: bool,
     weight: i64,
     revision: i64,
-    created_at: DateTime<Utc>,
-    updated_at: DateTime<Utc>,
 }
 
-impl TryFrom<RouteRow> for Route {
+impl TryFrom<ServedRow> for ServedRoute {
     type Error = StoreError;
 
-    fn try_from(row: RouteRow) -> Result<Self, Self::Error> {
+    fn try_from(row: ServedRow) -> Result<Self, Self::Error> {
         let corrupt = |what: &str, e: tm_domain::DomainError| {
             StoreError::Corrupt(format!("route {}: {what} {e}", row.id))
         };
-        Ok(Route {
+        Ok(ServedRoute {
             id: row.id.parse::<RouteId>().map_err(|e| corrupt("id", e))?,
             tenant: TenantId::parse(&row.tenant).map_err(|e| corrupt("tenant", e))?,
             service: ServiceName::parse(&row.service).map_err(|e| corrupt("service", e))?,
             env: EnvName::parse(&row.env).map_err(|e| corrupt("env", e))?,
             version: Version::parse(&row.version).map_err(|e| corrupt("version", e))?,
             url: UpstreamUrl::parse(&row.url).map_err(|e| corrupt("url", e))?,
-            active: row.active,
             weight: Weight::parse(row.weight).map_err(|e| corrupt("weight", e))?,
             revision: row.revision,
-            created_at: row.created_at,
-            updated_at: row.updated_at,
         })
     }
 }
 
-impl RouteRow {
+impl ServedRow {
     /// Where a full load continues after this row.
     pub(crate) fn load_cursor(&self) -> LoadCursor {
         LoadCursor {
@@ -61,17 +56,52 @@ impl RouteRow {
     }
 }
 
+/// Every column of `routes`: the served ones, and whether the route is active and when
+/// it was made and last changed.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct RouteRow {
+    #[sqlx(flatten)]
+    served: ServedRow,
+    active: bool,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+impl TryFrom<RouteRow> for Route {
+    type Error = StoreError;
+
+    fn try_from(row: RouteRow) -> Result<Self, Self::Error> {
+        let served = ServedRoute::try_from(row.served)?;
+        Ok(Route {
+            id: served.id,
+            tenant: served.tenant,
+            service: served.service,
+            env: served.env,
+            version: served.version,
+            url: served.url,
+            active: row.active,
+            weight: served.weight,
+            revision: served.revision,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        })
+    }
+}
+
 pub(crate) fn routes(rows: Vec<RouteRow>) -> Result<Vec<Route>, StoreError> {
     rows.into_iter().map(Route::try_from).collect()
 }
 
-/// The routes of `rows` that the domain accepts, for the routing snapshot. One bad row
+/// The rows of `rows` that the domain accepts, for the routing snapshot. One bad row
 /// (stored behind the registry's back, or under an older, weaker rule) must not keep
 /// every other route from being served, nor the service from starting: it is left out,
 /// logged with its id and what is wrong, and counted in `rejected`.
-pub(crate) fn snapshot_routes(rows: Vec<RouteRow>, rejected: &IntCounter) -> Vec<Route> {
+pub(crate) fn accepted<R, T>(rows: Vec<R>, rejected: &IntCounter) -> Vec<T>
+where
+    T: TryFrom<R, Error = StoreError>,
+{
     rows.into_iter()
-        .filter_map(|row| match Route::try_from(row) {
+        .filter_map(|row| match T::try_from(row) {
             Ok(route) => Some(route),
             Err(err) => {
                 rejected.inc();

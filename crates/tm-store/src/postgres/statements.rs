@@ -10,6 +10,10 @@ const ROUTE_COLUMNS: &str =
     "id::text AS id, tenant, service, env, version, url, active, weight::int8 AS weight, \
      revision, created_at, updated_at";
 
+/// The columns of `routes` an answer is made of, as the snapshot's row type reads them.
+const SERVED_COLUMNS: &str = "id::text AS id, tenant, service, env, version, url, \
+                              weight::int8 AS weight, revision";
+
 const KEY_COLUMNS: &str = "id::text AS id, name, role, tenant, secret_hash, created_at";
 
 /// The active routes of the groups bound as three arrays (tenants, services, envs).
@@ -39,11 +43,11 @@ pub(super) static STATEMENTS: LazyLock<Statements> = LazyLock::new(|| Statements
          ORDER BY id LIMIT $6"
     ),
     active_routes_first: format!(
-        "SELECT {ROUTE_COLUMNS} FROM routes WHERE active \
+        "SELECT {SERVED_COLUMNS} FROM routes WHERE active \
          ORDER BY tenant, service, env, version LIMIT $1"
     ),
     active_routes_after: format!(
-        "SELECT {ROUTE_COLUMNS} FROM routes WHERE active \
+        "SELECT {SERVED_COLUMNS} FROM routes WHERE active \
          AND (tenant, service, env, version) > ($1, $2, $3, $4) \
          ORDER BY tenant, service, env, version LIMIT $5"
     ),

@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use tm_domain::{now, GroupKey, NewRoute, Route, RouteId, RouteKey, RoutePatch, TenantId};
 
 use super::{conflict_or, fetch_optional, insert_sql, Backend, Conn, Value};
-use crate::row::{audit_json, routes, snapshot_routes, AuditRow, RouteRow};
+use crate::row::{accepted, audit_json, routes, AuditRow, RouteRow, ServedRow};
 use crate::{
     check_access, ActivePage, Actor, AuditAction, AuditEntry, ExpectedRevisions, LoadCursor, Page,
     ReadFrom, RouteFilter, RouteStore, StoreError,
@@ -315,7 +315,7 @@ impl<B: Backend> RouteStore for B {
         for chunk in keys.chunks(B::GROUPS_PER_QUERY) {
             let (sql, values) = B::active_routes_in(chunk);
             let rows: Vec<RouteRow> = B::fetch_all(&mut conn, &sql, values).await?;
-            found.extend(snapshot_routes(rows, &pool.counters().rejected_rows));
+            found.extend(accepted(rows, &pool.counters().rejected_rows));
         }
         Ok(found)
     }
@@ -327,7 +327,7 @@ impl<B: Backend> RouteStore for B {
     ) -> Result<ActivePage, StoreError> {
         let pool = self.reader(ReadFrom::Primary).0;
         let mut conn = pool.acquire().await?;
-        let rows: Vec<RouteRow> = match after {
+        let rows: Vec<ServedRow> = match after {
             None => {
                 let values = vec![Value::Int(i64::from(limit))];
                 B::fetch_all(&mut conn, &B::sql().active_routes_first, values).await?
@@ -349,7 +349,7 @@ impl<B: Backend> RouteStore for B {
             _ => None,
         };
         Ok(ActivePage {
-            routes: snapshot_routes(rows, &pool.counters().rejected_rows),
+            routes: accepted(rows, &pool.counters().rejected_rows),
             next,
         })
     }

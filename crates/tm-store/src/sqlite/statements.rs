@@ -9,6 +9,9 @@ use crate::sql::Statements;
 pub(super) const ROUTE_COLUMNS: &str =
     "id, tenant, service, env, version, url, active, weight, revision, created_at, updated_at";
 
+/// The columns of `routes` an answer is made of, as the snapshot's row type reads them.
+const SERVED_COLUMNS: &str = "id, tenant, service, env, version, url, weight, revision";
+
 const KEY_COLUMNS: &str = "id, name, role, tenant, secret_hash, created_at";
 
 pub(super) static STATEMENTS: LazyLock<Statements> = LazyLock::new(|| {
@@ -32,11 +35,11 @@ pub(super) static STATEMENTS: LazyLock<Statements> = LazyLock::new(|| {
              ORDER BY id LIMIT ?6"
         ),
         active_routes_first: format!(
-            "SELECT {ROUTE_COLUMNS} FROM routes WHERE active = 1 \
+            "SELECT {SERVED_COLUMNS} FROM routes WHERE active = 1 \
              ORDER BY tenant, service, env, version LIMIT ?1"
         ),
         active_routes_after: format!(
-            "SELECT {ROUTE_COLUMNS} FROM routes WHERE active = 1 \
+            "SELECT {SERVED_COLUMNS} FROM routes WHERE active = 1 \
              AND (tenant, service, env, version) > (?1, ?2, ?3, ?4) \
              ORDER BY tenant, service, env, version LIMIT ?5"
         ),

@@ -1,0 +1,337 @@
+//! The active versions of one `(tenant, service, env)`, as the routing snapshot keeps
+//! them: packed, answers and all, into one allocation.
+//!
+//! A resolve at a million routes is bound by memory latency: every pointer it follows
+//! is likely a cache miss. Packing a group's records and answers together means that,
+//! once the index has found the group, one read brings in what the answer needs (the
+//! record right before the answer, in neighbouring cache lines), and that the group
+//! is recognised by the answer itself (see [`ActiveRoute::answers_for`]).
+//!
+//! Layout: the number of versions (u32), then one [`RECORD`]-byte record per version in
+//! version order (weight, hash seed, entity tag, where the version sits in the answer,
+//! where the answer sits in the group and its length), then the answers.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
+
+use crate::{
+    EnvName, Route, RouteId, ServedRoute, ServiceName, TenantId, UpstreamUrl, Version, Weight,
+};
+
+const ETAG_LEN: usize = 18;
+
+/// weight (1), seed (8), entity tag (18), version offset and length (1 + 1), answer
+/// offset and length (4 + 4).
+const RECORD: usize = 1 + 8 + ETAG_LEN + 2 + 8;
+
+const COUNT: usize = 4;
+
+/// One active version, its answer prepared, before it is packed into its group.
+#[derive(Clone, Debug)]
+pub(crate) struct Prepared {
+    /// The JSON body of a resolve answer: `{"tenant","service","env","version","url"}`.
+    body: Vec<u8>,
+    version_at: u8,
+    version_len: u8,
+    weight: u8,
+    /// The entity tag: a quoted 16-digit hex number.
+    etag: [u8; ETAG_LEN],
+    /// Per-version seed of the rendezvous hash.
+    seed: u64,
+}
+
+/// What an answer is made of, borrowed from a [`Route`] or a [`ServedRoute`].
+pub(crate) struct AnswerParts<'a> {
+    pub id: RouteId,
+    pub tenant: &'a TenantId,
+    pub service: &'a ServiceName,
+    pub env: &'a EnvName,
+    pub version: &'a Version,
+    pub url: &'a UpstreamUrl,
+    pub weight: Weight,
+    pub revision: i64,
+}
+
+/// Both kinds of route name these fields alike.
+macro_rules! answer_parts_of {
+    ($route:ty) => {
+        impl<'a> From<&'a $route> for AnswerParts<'a> {
+            fn from(route: &'a $route) -> Self {
+                Self {
+                    id: route.id,
+                    tenant: &route.tenant,
+                    service: &route.service,
+                    env: &route.env,
+                    version: &route.version,
+                    url: &route.url,
+                    weight: route.weight,
+                    revision: route.revision,
+                }
+            }
+        }
+    };
+}
+
+answer_parts_of!(Route);
+answer_parts_of!(ServedRoute);
+
+impl Prepared {
+    pub(crate) fn new(route: AnswerParts<'_>) -> Self {
+        #[derive(Serialize)]
+        struct Answer<'a> {
+            tenant: &'a TenantId,
+            service: &'a ServiceName,
+            env: &'a EnvName,
+            version: &'a Version,
+            url: &'a UpstreamUrl,
+        }
+        let body = serde_json::to_vec(&Answer {
+            tenant: route.tenant,
+            service: route.service,
+            env: route.env,
+            version: route.version,
+            url: route.url,
+        })
+        .expect("serializing strings cannot fail");
+        // Identifiers need no escaping in JSON, so the version appears verbatim, once,
+        // right after the tenant, service and env.
+        let version = route.version.as_str();
+        let version_at = br#"{"tenant":"","service":"","env":"","version":""#.len()
+            + route.tenant.as_str().len()
+            + route.service.as_str().len()
+            + route.env.as_str().len();
+        debug_assert_eq!(
+            &body[version_at..version_at + version.len()],
+            version.as_bytes()
+        );
+        // Route id and revision together identify the answer's content exactly.
+        let tag = xxh3_64_with_seed(route.id.as_uuid().as_bytes(), route.revision as u64);
+        Self {
+            version_at: u8::try_from(version_at).expect("three identifiers fit in 255 bytes"),
+            version_len: u8::try_from(version.len()).expect("an identifier fits in 255 bytes"),
+            weight: route.weight.get(),
+            body,
+            etag: format!("\"{tag:016x}\"")
+                .into_bytes()
+                .try_into()
+                .expect("a quoted 16-digit hex number is 18 bytes"),
+            seed: xxh3_64(version.as_bytes()),
+        }
+    }
+
+    pub(crate) fn version(&self) -> &str {
+        version_in(&self.body, self.version_at, self.version_len)
+    }
+}
+
+impl From<ActiveRoute<'_>> for Prepared {
+    fn from(route: ActiveRoute<'_>) -> Self {
+        Self {
+            body: route.body.to_vec(),
+            version_at: route.version_at,
+            version_len: route.version_len,
+            weight: route.weight,
+            etag: *route.etag,
+            seed: route.seed,
+        }
+    }
+}
+
+fn version_in(body: &[u8], at: u8, len: u8) -> &str {
+    let at = usize::from(at);
+    std::str::from_utf8(&body[at..at + usize::from(len)]).expect("identifiers are ASCII")
+}
+
+/// The active versions of one group, in one allocation (see the module's documentation).
+#[derive(Clone, Debug)]
+pub(crate) struct Group(Arc<[u8]>);
+
+impl Group {
+    /// `routes` (at least one, all of one group), sorted by version and packed.
+    pub(crate) fn pack(mut routes: Vec<Prepared>) -> Self {
+        debug_assert!(!routes.is_empty());
+        routes.sort_by(|a, b| a.version().cmp(b.version()));
+        let records = COUNT + routes.len() * RECORD;
+        let total = records + routes.iter().map(|r| r.body.len()).sum::<usize>();
+        let offset = |n: usize| u32::try_from(n).expect("a group is far smaller than 4 GiB");
+        let mut packed = Vec::with_capacity(total);
+        packed.extend_from_slice(&offset(routes.len()).to_le_bytes());
+        let mut body_at = records;
+        for route in &routes {
+            packed.push(route.weight);
+            packed.extend_from_slice(&route.seed.to_le_bytes());
+            packed.extend_from_slice(&route.etag);
+            packed.extend_from_slice(&[route.version_at, route.version_len]);
+            packed.extend_from_slice(&offset(body_at).to_le_bytes());
+            packed.extend_from_slice(&offset(route.body.len()).to_le_bytes());
+            body_at += route.body.len();
+        }
+        for route in &routes {
+            packed.extend_from_slice(&route.body);
+        }
+        debug_assert_eq!(packed.len(), total);
+        Self(packed.into())
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        u32_at(&self.0, 0) as usize
+    }
+
+    /// The active versions, in version order.
+    pub(crate) fn routes(&self) -> impl Iterator<Item = ActiveRoute<'_>> {
+        (0..self.len()).map(|i| self.route(i))
+    }
+
+    fn route(&self, i: usize) -> ActiveRoute<'_> {
+        let packed = &self.0[..];
+        let record = &packed[COUNT + i * RECORD..COUNT + (i + 1) * RECORD];
+        let (weight, rest) = record.split_at(1);
+        let (seed, rest) = rest.split_at(8);
+        let (etag, rest) = rest.split_at(ETAG_LEN);
+        let body_at = u32_at(rest, 2) as usize;
+        let body_len = u32_at(rest, 6) as usize;
+        ActiveRoute {
+            body: &packed[body_at..body_at + body_len],
+            etag: etag.try_into().expect("the record holds a whole tag"),
+            version_at: rest[0],
+            version_len: rest[1],
+            weight: weight[0],
+            seed: u64::from_le_bytes(seed.try_into().expect("the record holds a whole seed")),
+        }
+    }
+
+    /// Whether this is the group whose map key is `key` (`tenant/service/env`).
+    pub(crate) fn has_key(&self, key: &str) -> bool {
+        self.len() > 0 && self.route(0).answers_for(key)
+    }
+}
+
+fn u32_at(bytes: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(bytes[at..at + 4].try_into().expect("four bytes make a u32"))
+}
+
+/// One active version of a service, read in place from its group: its answer prepared
+/// in advance.
+#[derive(Clone, Copy, Debug)]
+pub struct ActiveRoute<'g> {
+    body: &'g [u8],
+    etag: &'g [u8; ETAG_LEN],
+    version_at: u8,
+    version_len: u8,
+    weight: u8,
+    seed: u64,
+}
+
+impl<'g> ActiveRoute<'g> {
+    /// The version this route serves.
+    pub fn version(&self) -> &'g str {
+        version_in(self.body, self.version_at, self.version_len)
+    }
+
+    /// The answer: `{"tenant","service","env","version","url"}` as JSON.
+    pub fn body(&self) -> &'g [u8] {
+        self.body
+    }
+
+    /// A strong, quoted entity tag that changes whenever this answer could.
+    pub fn etag(&self) -> &'g str {
+        std::str::from_utf8(self.etag).expect("the tag is ASCII")
+    }
+
+    pub(crate) fn weight(&self) -> u8 {
+        self.weight
+    }
+
+    pub(crate) fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    /// Whether this route is of the group whose map key is `key` (`tenant/service/env`):
+    /// its answer begins with those three, in that order, unescaped.
+    fn answers_for(&self, key: &str) -> bool {
+        let mut parts = key.split('/');
+        let (Some(tenant), Some(service), Some(env), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return false;
+        };
+        let mut rest = self.body;
+        for text in [
+            r#"{"tenant":""#,
+            tenant,
+            r#"","service":""#,
+            service,
+            r#"","env":""#,
+            env,
+            r#"","version":""#,
+        ] {
+            match rest.strip_prefix(text.as_bytes()) {
+                Some(after) => rest = after,
+                None => return false,
+            }
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(service: &str, version: &str, url: &str, weight: u8) -> Route {
+        crate::testing::route("acme", service, "prod", version, url, weight, true)
+    }
+
+    #[test]
+    fn a_packed_group_reads_back_every_version_in_order() {
+        let routes = [
+            route("billing", "v2", "http://b.internal:8080/a/long/path", 30),
+            route("billing", "v1", "http://a.internal", 70),
+            route("billing", "v10-rc_1", "https://c.example.com", 0),
+        ];
+        let prepared: Vec<Prepared> = routes.iter().map(|r| Prepared::new(r.into())).collect();
+        let group = Group::pack(prepared.clone());
+        assert_eq!(group.len(), 3);
+        let read: Vec<ActiveRoute<'_>> = group.routes().collect();
+        let versions: Vec<&str> = read.iter().map(ActiveRoute::version).collect();
+        assert_eq!(versions, ["v1", "v10-rc_1", "v2"]);
+        for route in &read {
+            let original = prepared
+                .iter()
+                .find(|p| p.version() == route.version())
+                .expect("packed");
+            assert_eq!(route.body(), &original.body[..]);
+            assert_eq!(route.etag().as_bytes(), &original.etag);
+            assert_eq!(
+                (route.weight(), route.seed()),
+                (original.weight, original.seed)
+            );
+            let body: serde_json::Value = serde_json::from_slice(route.body()).expect("JSON");
+            assert_eq!(body["version"], route.version());
+            // Read back and packed again, a route is the same.
+            let again = Group::pack(vec![Prepared::from(*route)]);
+            assert_eq!(again.routes().next().map(|r| r.body()), Some(route.body()));
+        }
+    }
+
+    #[test]
+    fn a_group_is_recognised_by_its_whole_key_only() {
+        let route = route("billing", "v1", "http://a", 1);
+        let group = Group::pack(vec![Prepared::new((&route).into())]);
+        assert!(group.has_key("acme/billing/prod"));
+        for other in [
+            "acme/billing/pro",
+            "acme/billing/prod2",
+            "acme/bill/prod",
+            "acm/billing/prod",
+            "acme/billing",
+            "acme/billing/prod/v1",
+            "acme/billing/prod/",
+            "",
+        ] {
+            assert!(!group.has_key(other), "{other}");
+        }
+    }
+}
