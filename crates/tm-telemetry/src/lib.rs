@@ -1,10 +1,11 @@
 //! Telemetry set-up. Logs go to stdout: one flat JSON object per line with
 //! `TM_LOG_FORMAT=json` (the default outside `dev`), compact text otherwise; the level is
 //! an `EnvFilter` directive. Lines are written by a thread of their own, off the request
-//! path, through a bounded buffer: when it is full a line is dropped and counted
-//! ([`dropped_log_lines`]), never waited for.
+//! path, a batch at a time, through a bounded buffer: when it is full a line is dropped
+//! and counted ([`dropped_log_lines`]), never waited for (see [`writer`]).
 
 mod metrics;
+mod writer;
 
 use std::sync::OnceLock;
 
@@ -12,30 +13,27 @@ pub use metrics::{
     Metrics, PoolFigures, CONTENT_TYPE as METRICS_CONTENT_TYPE, OTHER_TENANT, UNMATCHED,
 };
 use tm_config::{LogConfig, LogFormat};
-use tracing_appender::non_blocking::{ErrorCounter, NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
+use writer::{BatchWriter, WriterGuard};
 
-/// The lines the installed writer dropped, its buffer being full. Logging is the
-/// process's, so this is too.
-static DROPPED: OnceLock<ErrorCounter> = OnceLock::new();
+/// The installed writer, which counts the lines it dropped, its buffer being full.
+/// Logging is the process's, so this is too.
+static INSTALLED: OnceLock<BatchWriter> = OnceLock::new();
 
 /// Keeps the log writer's thread running; dropping it writes out what is buffered.
 /// Hold it for the life of the process.
 #[must_use = "dropping the guard stops the log writer"]
-pub struct LogGuard(#[expect(dead_code, reason = "held for its Drop")] WorkerGuard);
+pub struct LogGuard(#[expect(dead_code, reason = "held for its Drop")] WriterGuard);
 
 /// Installs the global subscriber. Fails if the level directive cannot be parsed or a
 /// subscriber is already installed.
 pub fn init(config: &LogConfig) -> Result<LogGuard, String> {
     let filter = EnvFilter::try_new(&config.level).map_err(|e| format!("TM_LOG_LEVEL: {e}"))?;
-    let (writer, guard) = NonBlockingBuilder::default()
-        .lossy(true)
-        .buffered_lines_limit(config.buffer_lines)
-        .thread_name("tm-log-writer")
-        .finish(std::io::stdout());
-    let dropped = writer.error_counter();
+    let (writer, guard) = BatchWriter::new(std::io::stdout(), config.buffer_lines)
+        .map_err(|e| format!("starting the log writer: {e}"))?;
+    let installed = writer.clone();
     let result = match config.format {
         LogFormat::Json => tracing_subscriber::registry()
             .with(filter)
@@ -52,7 +50,7 @@ pub fn init(config: &LogConfig) -> Result<LogGuard, String> {
             .try_init(),
     };
     result.map_err(|e| format!("logging: {e}"))?;
-    let _ = DROPPED.set(dropped);
+    let _ = INSTALLED.set(installed);
     Ok(LogGuard(guard))
 }
 
@@ -73,9 +71,7 @@ where
 
 /// Log lines dropped so far because the writer could not keep up.
 pub fn dropped_log_lines() -> u64 {
-    DROPPED
-        .get()
-        .map_or(0, |c| u64::try_from(c.dropped_lines()).unwrap_or(u64::MAX))
+    INSTALLED.get().map_or(0, BatchWriter::dropped)
 }
 
 /// Logs to the test harness's captured output; safe to call from every test.
