@@ -79,11 +79,10 @@ impl Answer {
             .map(|(_, v)| v.as_str())
     }
 
-    /// The names of its headers, each once, sorted.
+    /// The names of its headers, sorted, each as many times as it was sent.
     fn names(&self) -> Vec<&str> {
         let mut names: Vec<&str> = self.headers.iter().map(|(n, _)| n.as_str()).collect();
         names.sort_unstable();
-        names.dedup();
         names
     }
 
