@@ -14,6 +14,8 @@
 use std::sync::Arc;
 
 use serde::Serialize;
+
+use crate::index::Keyed;
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
 use crate::{
@@ -201,9 +203,12 @@ impl Group {
             seed: u64::from_le_bytes(seed.try_into().expect("the record holds a whole seed")),
         }
     }
+}
 
-    /// Whether this is the group whose map key is `key` (`tenant/service/env`).
-    pub(crate) fn has_key(&self, key: &str) -> bool {
+/// A group is its routes' `(tenant, service, env)`, read out of the first one's answer:
+/// the index keeps no key of its own.
+impl Keyed for Group {
+    fn has_key(&self, key: &str) -> bool {
         self.len() > 0 && self.route(0).answers_for(key)
     }
 }

@@ -87,13 +87,11 @@ impl<V: Clone + Keyed> SharedIndex<V> {
     }
 
     pub(crate) fn remove(&mut self, key: &str) -> Option<V> {
-        // An absent key leaves the shard shared.
-        self.get(key)?;
         let hash = self.hasher.hash_one(key);
-        let entry = self
-            .shard_mut(hash)
-            .find_entry(hash, |(h, v)| *h == hash && v.has_key(key))
-            .ok()?;
+        let found = |(h, v): &(u64, V)| *h == hash && v.has_key(key);
+        // An absent key leaves the shard shared.
+        self.shards[shard_of(hash)].find(hash, found)?;
+        let entry = self.shard_mut(hash).find_entry(hash, found).ok()?;
         Some(entry.remove().0 .1)
     }
 }

@@ -11,7 +11,7 @@ use xxhash_rust::xxh3::xxh3_64_with_seed;
 pub use crate::group::ActiveRoute;
 use crate::group::{AnswerParts, Group, Prepared};
 use crate::ident::MAX_IDENTIFIER_LEN;
-use crate::index::{Keyed, SharedIndex};
+use crate::index::SharedIndex;
 use crate::{
     EnvName, GroupKey, Route, RouteId, ServiceName, TenantId, UpstreamUrl, Version, Weight,
 };
@@ -102,14 +102,6 @@ impl SnapshotBuilder {
         self.flush();
         self.snapshot.built_at = Instant::now();
         self.snapshot
-    }
-}
-
-/// A group is its routes' `(tenant, service, env)`, read out of the first one's answer:
-/// the index keeps no key of its own.
-impl Keyed for Group {
-    fn has_key(&self, key: &str) -> bool {
-        Group::has_key(self, key)
     }
 }
 

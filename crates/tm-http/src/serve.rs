@@ -281,6 +281,9 @@ async fn front(
     loop {
         let mut under_way = None;
         let hand_off = loop {
+            if read.is_empty() {
+                break false;
+            }
             // The snapshot is held for one request and never across an await.
             let refused = {
                 let snapshot = state.routing.snapshot();
