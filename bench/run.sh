@@ -22,6 +22,11 @@
 #   write-only run (every request creates an active route) and a mixed run (95%
 #   resolve, 5% such writes), 16 connections each; logs at warn and budgets raised,
 #   since these runs measure the store.
+# - tail: how much the index's size costs resolve's tail at full load. A server on
+#   TAIL_SMALL routes (default 1k) and one on TAIL_LARGE (default 1M), both as
+#   production runs them and both up at once, are loaded in turn TAIL_PAIRS times
+#   (default 12) as in the resolve mode; prints each pair's p99 and the medians. A
+#   single pair says little: a p99 at full load moves by a third from run to run.
 # - startup: start-up time and memory with PG_ROUTES (default 1M) routes on PostgreSQL.
 # - propagation: three instances on one PostgreSQL database, PROPAGATION_WRITES writes
 #   spread over them; the time from each change to its arrival in every instance's
@@ -32,7 +37,10 @@ cd "$(dirname "$0")/.."
 
 ROUTES=${ROUTES:-"1000 100000 1000000"}
 PG_ROUTES=${PG_ROUTES:-1000000}
-MODES=${MODES:-"resolve writes startup propagation"}
+MODES=${MODES:-"resolve tail writes startup propagation"}
+TAIL_SMALL=${TAIL_SMALL:-1000}
+TAIL_LARGE=${TAIL_LARGE:-1000000}
+TAIL_PAIRS=${TAIL_PAIRS:-12}
 PROPAGATION_WRITES=${PROPAGATION_WRITES:-600}
 DURATION=${DURATION:-10}
 CONNECTIONS=${CONNECTIONS:-64}
@@ -220,6 +228,43 @@ PY
     done
 }
 
+# Two servers, one on a small and one on a large index, loaded in turn; each pair's
+# p99 and the medians of all pairs.
+tail_table() {
+    local n port apps=() ports=() runs=()
+    for n in "$TAIL_SMALL" "$TAIL_LARGE"; do
+        log "seeding $n routes"
+        "$SEED" --routes "$n" --data-dir "$WORK/data-tail-$n" >"$WORK/keys-tail-$n"
+        port=$((PORT_APP + 20 + ${#ports[@]}))
+        PORT_APP=$port start_server "$WORK/data-tail-$n"
+        apps+=("$APP")
+        ports+=("$port")
+    done
+    log "tail: ($TAIL_SMALL, $TAIL_LARGE routes) x $TAIL_PAIRS (${DURATION}s each)"
+    for _ in $(seq 1 "$TAIL_PAIRS"); do
+        runs+=("$(load "http://127.0.0.1:${ports[0]}" "$WORK/keys-tail-$TAIL_SMALL" "$TAIL_SMALL")")
+        runs+=("$(load "http://127.0.0.1:${ports[1]}" "$WORK/keys-tail-$TAIL_LARGE" "$TAIL_LARGE")")
+    done
+    kill "${apps[@]}"
+    wait "${apps[@]}" 2>/dev/null || true
+    rm -rf "$WORK"/data-tail-*
+    python3 - "$TAIL_SMALL" "$TAIL_LARGE" "${runs[@]}" <<'PY'
+import json, statistics, sys
+small, large = int(sys.argv[1]), int(sys.argv[2])
+runs = [json.loads(r) for r in sys.argv[3:]]
+for run in runs:
+    assert run["errors"] == 0, run
+pairs = list(zip(runs[0::2], runs[1::2]))
+print(f"| pair | {small:,} routes: req/s, p50 ms, p99 ms | {large:,} routes: req/s, p50 ms, p99 ms | p99 ratio |")
+print("|---:|---:|---:|---:|")
+for i, (a, b) in enumerate(pairs, 1):
+    print(f"| {i} | {a['rps']:,.0f}, {a['p50_ms']:.3f}, {a['p99_ms']:.3f} | {b['rps']:,.0f}, {b['p50_ms']:.3f}, {b['p99_ms']:.3f} | {b['p99_ms'] / a['p99_ms']:.2f} |")
+med = lambda xs, key: statistics.median(x[key] for x in xs)
+a, b = runs[0::2], runs[1::2]
+print(f"| median | {med(a, 'rps'):,.0f}, {med(a, 'p50_ms'):.3f}, {med(a, 'p99_ms'):.3f} | {med(b, 'rps'):,.0f}, {med(b, 'p50_ms'):.3f}, {med(b, 'p99_ms'):.3f} | {statistics.median(y['p99_ms'] / x['p99_ms'] for x, y in pairs):.2f} |")
+PY
+}
+
 # Write-only and mixed runs on one backend: `writes_row <name> [server env...]`.
 writes_row() {
     local name=$1 data="$WORK/data-writes-$1"
@@ -318,6 +363,7 @@ startup_table() {
 for mode in $MODES; do
     case $mode in
         resolve) resolve_table ;;
+        tail) tail_table ;;
         writes) writes_table ;;
         startup) startup_table ;;
         propagation) propagation_table ;;
