@@ -136,7 +136,7 @@ impl Application {
         ));
         workers.spawn(Rebuild::new(&state, config.snapshot_reload_interval));
         workers.spawn(Sample::new(&state, config.metrics.pool_sample_interval));
-        workers.spawn(Purge::new(&state));
+        workers.spawn(Purge::new(&state, config.events.retention));
         Ok(Self {
             listener,
             local_addr,

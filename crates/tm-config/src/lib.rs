@@ -6,6 +6,7 @@
 //! defaults, their checks and their `check-config` lines; this file only gathers them.
 
 mod error;
+mod events;
 mod guards;
 mod http;
 mod limits;
@@ -29,6 +30,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 pub use error::{ConfigError, SettingError};
+pub use events::{EventsConfig, EventsRaw};
 pub use guards::GuardConfig;
 pub use http::{ConnectionLimits, CorsOrigins, HttpConfig, HttpRaw};
 pub use limits::{LimitsRaw, Quota, QuotaParseError, RateLimits};
@@ -64,6 +66,8 @@ pub struct RawConfig {
     pub guards: GuardConfig,
     #[serde(flatten)]
     pub http: HttpRaw,
+    #[serde(flatten)]
+    pub events: EventsRaw,
 }
 
 /// The validated configuration.
@@ -85,6 +89,7 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub process_type: ProcessType,
     pub redis: Option<RedisConfig>,
+    pub events: EventsConfig,
 }
 
 /// Every setting's key, as the defaults name them: what the TOML file may hold and
@@ -132,6 +137,7 @@ impl Config {
             limits: section(&figment, &mut errors),
             guards: section(&figment, &mut errors),
             http: section(&figment, &mut errors),
+            events: section(&figment, &mut errors),
         };
         if !errors.is_empty() {
             return Err(ConfigError(errors));
@@ -148,6 +154,7 @@ impl Config {
         redis::render(self.redis.as_ref(), &mut out);
         telemetry::render(&self.log, &self.http.access_log, &self.metrics, &mut out);
         self.http.render(&mut out);
+        self.events.render(&mut out);
         out.finish()
     }
 }
@@ -224,6 +231,7 @@ impl TryFrom<RawConfig> for Config {
         let metrics = raw.telemetry.metrics(&mut problems);
         let access_log = raw.telemetry.access_log(&mut problems);
         let rate_limits = raw.limits.check(&mut problems);
+        let events = raw.events.check(&mut problems);
         raw.guards.check(&mut problems);
         let http = raw
             .http
@@ -243,6 +251,7 @@ impl TryFrom<RawConfig> for Config {
                 metrics,
                 process_type: process.process_type,
                 redis,
+                events,
             }),
             _ => None,
         };

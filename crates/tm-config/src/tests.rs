@@ -426,7 +426,7 @@ fn non_dev_profiles_log_json_by_default() {
 
 #[test]
 fn every_setting_may_come_from_the_environment() {
-    assert_eq!(setting_keys().len(), 81);
+    assert_eq!(setting_keys().len(), 82);
     Jail::expect_with(|jail| {
         jail.set_env("TM_ACCESS_LOG_RESOLVE_SAMPLE", "0");
         jail.set_env("TM_RESOLVE_FAST_PATH", "false");
@@ -439,6 +439,7 @@ fn every_setting_may_come_from_the_environment() {
         jail.set_env("TM_MAX_KEYS_PER_TENANT", "12");
         jail.set_env("TM_HEALTH_CHECK_INTERVAL", "250ms");
         jail.set_env("TM_IDEMPOTENCY_MAX_KEYS", "12");
+        jail.set_env("TM_EVENTS_RETENTION", "36h");
         let config = Config::load(None).expect("valid");
         assert_eq!(config.pool.max_connections, 3);
         assert_eq!(config.http.guards.read_cache_entries, 7);
@@ -453,6 +454,7 @@ fn every_setting_may_come_from_the_environment() {
             Duration::from_millis(250)
         );
         assert_eq!(config.http.idempotency_max_keys, 12);
+        assert_eq!(config.events.retention, Duration::from_secs(36 * 3600));
         Ok(())
     });
 }

@@ -22,12 +22,17 @@ pub trait IdKind {
 pub enum RouteKind {}
 #[derive(Debug)]
 pub enum KeyKind {}
+#[derive(Debug)]
+pub enum EventKind {}
 
 impl IdKind for RouteKind {
     const NAME: &'static str = "route";
 }
 impl IdKind for KeyKind {
     const NAME: &'static str = "key";
+}
+impl IdKind for EventKind {
+    const NAME: &'static str = "event";
 }
 
 /// An id of a `K`.
@@ -40,6 +45,8 @@ pub struct Id<K: IdKind> {
 pub type RouteId = Id<RouteKind>;
 /// The public half of an API key: names its record, proves nothing.
 pub type KeyId = Id<KeyKind>;
+/// A change event's identity, assigned when the change is made.
+pub type EventId = Id<EventKind>;
 
 impl<K: IdKind> Id<K> {
     /// A fresh id; ids created later sort later.

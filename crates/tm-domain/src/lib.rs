@@ -2,6 +2,7 @@
 //! answers `resolve`. Nothing here does I/O; every other crate depends on this one.
 
 mod error;
+mod event;
 mod group;
 mod id;
 mod ident;
@@ -14,7 +15,8 @@ mod testing;
 mod upstream;
 
 pub use error::{DomainError, FieldError, FieldErrors};
-pub use id::{Id, IdKind, KeyId, KeyKind, RouteId, RouteKind};
+pub use event::{Event, EventType, KeyFacts, EVENT_SCHEMA, EVENT_SOURCE};
+pub use id::{EventId, EventKind, Id, IdKind, KeyId, KeyKind, RouteId, RouteKind};
 pub use ident::{EnvName, ServiceName, TenantId, Version};
 pub use key::{ApiKey, Grant, Role, SecretHash};
 pub use route::{now, GroupKey, NewRoute, Route, RouteKey, RoutePatch, Weight, IDENTIFIER_PATTERN};

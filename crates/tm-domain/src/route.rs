@@ -190,7 +190,7 @@ pub struct RoutePatch {
 }
 
 /// Timestamps as RFC 3339 in UTC with a `Z` and microsecond precision.
-mod rfc3339 {
+pub(crate) mod rfc3339 {
     use chrono::{DateTime, SecondsFormat, Utc};
     use serde::{Deserialize, Deserializer, Serializer};
 

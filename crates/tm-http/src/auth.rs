@@ -72,6 +72,12 @@ impl Caller {
         &self.principal.grant
     }
 
+    /// Whether this caller's role may do `action` at all (within its tenant, for a
+    /// tenant-bound key).
+    pub fn may(&self, action: Action) -> bool {
+        permits(self.principal.grant.role(), action)
+    }
+
     /// How this caller is recorded in the audit log: its key id.
     pub fn actor(&self) -> Actor {
         self.principal.actor()

@@ -35,6 +35,9 @@ pub enum ApiError {
     NotFound,
     #[error("no active route")]
     NoActiveRoute,
+    /// `after` names an event the outbox does not hold (any more).
+    #[error("event not kept")]
+    EventNotKept,
     #[error("method not allowed")]
     MethodNotAllowed,
     #[error("unauthorized: {0}")]
@@ -161,6 +164,15 @@ impl ApiError {
                 "no-active-route",
                 "No active route",
                 "No active version of this service can be chosen.".into(),
+            ),
+            ApiError::EventNotKept => (
+                S::NOT_FOUND,
+                "event-not-kept",
+                "Event not kept",
+                "No event with this id is kept: it is older than the retention \
+                 (TM_EVENTS_RETENTION), or was never made. Read again from the oldest kept, \
+                 without `after`."
+                    .into(),
             ),
             ApiError::MethodNotAllowed => (
                 S::METHOD_NOT_ALLOWED,

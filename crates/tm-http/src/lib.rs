@@ -5,6 +5,7 @@
 
 mod auth;
 mod error;
+mod events;
 mod extract;
 pub mod fast;
 mod front;
@@ -329,6 +330,7 @@ fn api_operations() -> Vec<Operation> {
             (ManageKeys, Honoured(Ordinary), Input::None),
             keys::revoke,
         ),
+        operation("/events", Method::GET, read(ReadRoutes), events::list),
     ]
 }
 

@@ -4,14 +4,14 @@
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
-use tm_domain::{FieldError, Role, Route};
+use tm_domain::{EventType, FieldError, Role, Route};
 use utoipa::openapi::header::HeaderBuilder;
 use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::RefOr;
 use utoipa::{Modify, OpenApi, ToSchema};
 
-use crate::{keys, resolve, routes};
+use crate::{events, keys, resolve, routes};
 
 /// An RFC 9457 problem document, as every error is answered.
 #[derive(Serialize, ToSchema)]
@@ -50,6 +50,94 @@ pub struct RouteListDoc {
     /// Pass as `cursor` to get the next page; `null` on the last page.
     #[schema(required = true)]
     pub next_cursor: Option<String>,
+}
+
+/// A change event, in the CloudEvents 1.0 structured JSON format. The format's version
+/// is `dataschema`; fields may be added within a version, never removed or retyped.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Event)]
+pub struct EventDoc {
+    /// Always `1.0`.
+    #[schema(pattern = "^1\\.0$")]
+    pub specversion: String,
+    /// Unique, time-ordered (UUIDv7): the key consumers deduplicate by.
+    #[schema(format = "uuid")]
+    pub id: String,
+    /// Always `/traffic-manager`.
+    pub source: String,
+    #[serde(rename = "type")]
+    pub kind: EventType,
+    /// What changed: `tenant/service/env/version` of a route, `keys/<key id>` of a key.
+    pub subject: String,
+    #[schema(format = "date-time")]
+    pub time: String,
+    /// Always `application/json`.
+    pub datacontenttype: String,
+    /// `urn:traffic-manager:event:v1`.
+    pub dataschema: String,
+    /// The tenant the change belongs to; absent for an admin key's events.
+    #[schema(nullable = false, pattern = "^[a-z0-9][a-z0-9._-]{0,62}$")]
+    pub tenant: Option<String>,
+    pub data: EventDataDoc,
+}
+
+/// What changed: a route (the `route.*` types) or an API key (the `key.*` types).
+#[derive(Serialize, ToSchema)]
+#[schema(as = EventData)]
+#[serde(untagged)]
+#[expect(dead_code, reason = "only documents a schema")]
+pub enum EventDataDoc {
+    Route(Box<RouteEventDoc>),
+    Key(KeyEventDoc),
+}
+
+/// A route's change: the route before (`null` for a creation) and after (`null` for a
+/// deletion), as the API shows a route.
+#[derive(Serialize, ToSchema)]
+#[schema(as = RouteEventData)]
+pub struct RouteEventDoc {
+    pub tenant: String,
+    pub service: String,
+    pub env: String,
+    pub version: String,
+    #[schema(format = "uuid")]
+    pub route_id: String,
+    /// The route's revision after the change (at its deletion, for a deletion).
+    pub revision: i64,
+    /// Who made the change: the id of the key that made it (`bootstrap` for the
+    /// configured admin key).
+    pub actor: String,
+    #[schema(required = true)]
+    pub before: Option<Route>,
+    #[schema(required = true)]
+    pub after: Option<Route>,
+}
+
+/// An API key created or revoked; never its secret.
+#[derive(Serialize, ToSchema)]
+#[schema(as = KeyEventData)]
+pub struct KeyEventDoc {
+    #[schema(format = "uuid")]
+    pub key_id: String,
+    pub name: String,
+    pub role: Role,
+    /// `null` for an admin key.
+    #[schema(required = true)]
+    pub tenant: Option<String>,
+    /// Who made the change: the id of the key that made it (`bootstrap` for the first
+    /// admin key and for the configured one).
+    pub actor: String,
+}
+
+/// One page of events, oldest first.
+#[derive(Serialize, ToSchema)]
+#[schema(as = EventList)]
+pub struct EventListDoc {
+    pub items: Vec<EventDoc>,
+    /// Pass as `after` to read on: the last event's id, or the `after` asked when there
+    /// is nothing new; `null` when there are no events at all.
+    #[schema(required = true, format = "uuid")]
+    pub next_after: Option<String>,
 }
 
 /// An API key, without its secret.
@@ -291,11 +379,12 @@ impl Modify for Constraints {
         keys::create,
         keys::list,
         keys::revoke,
+        events::list,
     ),
-    components(schemas(ProblemDoc, FieldError, Route, ResolveAnswerDoc, RouteListDoc, KeyDoc, CreatedKeyDoc, KeyListDoc, NewKeyDoc, Role)),
+    components(schemas(ProblemDoc, FieldError, Route, ResolveAnswerDoc, RouteListDoc, KeyDoc, CreatedKeyDoc, KeyListDoc, NewKeyDoc, Role, EventDoc, EventListDoc, EventType)),
     modifiers(&BearerAuth, &CommonHeaders, &Constraints),
     security(("bearer" = [])),
-    tags((name = "routes", description = "Routes and resolution"), (name = "keys", description = "API keys")),
+    tags((name = "routes", description = "Routes and resolution"), (name = "keys", description = "API keys"), (name = "events", description = "Change events")),
 )]
 pub struct ApiDoc;
 

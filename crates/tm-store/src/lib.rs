@@ -22,7 +22,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tm_config::{PoolConfig, StorageConfig};
-use tm_domain::{EnvName, GroupKey, Route, RouteId, ServedRoute, ServiceName, TenantId};
+use tm_domain::{EnvName, Event, GroupKey, Route, RouteId, ServedRoute, ServiceName, TenantId};
 
 pub use error::StoreError;
 pub use keys::{KeyAuditAction, KeyAuditEntry, KeyPage, KeyRecord, KeyRing, KeyView, Principal};
@@ -31,7 +31,7 @@ pub use pool::StoreCounters;
 pub use postgres::PostgresStore;
 pub use routing::RoutingTable;
 pub use sqlite::SqliteStore;
-pub use traits::{ChangeFeed, IdempotencyStore, KeyStore, RouteStore, Store, StoreOps};
+pub use traits::{ChangeFeed, EventStore, IdempotencyStore, KeyStore, RouteStore, Store, StoreOps};
 
 /// Who made a change, as recorded in the audit log.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -87,6 +87,32 @@ pub struct ReplicaStatus {
     pub lag_seconds: Option<f64>,
     /// Whether it serves reads.
     pub in_rotation: bool,
+}
+
+/// A position in the outbox: opaque outside the store. Events are read in position
+/// order, which is their commit order for any two events of one route or key.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct EventPosition {
+    /// PostgreSQL: the transaction id of the event (SQLite, whose writes commit in seq
+    /// order: always 0).
+    txid: i64,
+    seq: i64,
+}
+
+/// An event as the outbox holds it: where it stands, and the event.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredEvent {
+    pub position: EventPosition,
+    pub event: Event,
+}
+
+/// Which events a reading of the outbox returns.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EventFilter {
+    /// Only this tenant's; all (admin keys' included) when none.
+    pub tenant: Option<TenantId>,
+    /// Whether API key events are included, or only route events.
+    pub key_events: bool,
 }
 
 /// A position in the change feed (the audit log): opaque outside the store.

@@ -7,7 +7,10 @@ use tm_domain::{
     UpstreamUrl, Version, Weight,
 };
 
-use crate::{AuditEntry, KeyAuditAction, KeyAuditEntry, KeyRecord, LoadCursor, StoreError};
+use crate::{
+    AuditEntry, EventPosition, KeyAuditAction, KeyAuditEntry, KeyRecord, LoadCursor, StoreError,
+    StoredEvent,
+};
 
 /// The columns of `routes` that an active route's answer is made of, selected with `id`
 /// as text and `weight` as a 64-bit integer so that one row type serves both backends:
@@ -114,6 +117,49 @@ where
             }
         })
         .collect()
+}
+
+/// A tenant column that may be null (an admin key's).
+pub(crate) fn optional_tenant(
+    raw: Option<&str>,
+) -> Result<Option<TenantId>, tm_domain::DomainError> {
+    raw.map(TenantId::parse).transpose()
+}
+
+/// An event of the outbox with its position, its id and JSON as text.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct EventRow {
+    txid: i64,
+    seq: i64,
+    id: String,
+    #[sqlx(rename = "type")]
+    kind: String,
+    tenant: Option<String>,
+    subject: String,
+    time: DateTime<Utc>,
+    data: String,
+}
+
+impl TryFrom<EventRow> for StoredEvent {
+    type Error = StoreError;
+
+    fn try_from(row: EventRow) -> Result<Self, Self::Error> {
+        let corrupt = |what: &str| StoreError::Corrupt(format!("event {}: {what}", row.seq));
+        Ok(StoredEvent {
+            position: EventPosition {
+                txid: row.txid,
+                seq: row.seq,
+            },
+            event: tm_domain::Event {
+                id: row.id.parse().map_err(|_| corrupt("id"))?,
+                kind: tm_domain::EventType::parse(&row.kind).ok_or_else(|| corrupt("type"))?,
+                tenant: optional_tenant(row.tenant.as_deref()).map_err(|_| corrupt("tenant"))?,
+                subject: row.subject,
+                time: row.time,
+                data: serde_json::from_str(&row.data).map_err(|_| corrupt("data"))?,
+            },
+        })
+    }
 }
 
 /// The columns of `audit_log`, with JSON as text.
@@ -224,12 +270,7 @@ impl TryFrom<KeyAuditRow> for KeyAuditEntry {
             },
             key_id: row.key_id.parse().map_err(|_| corrupt("key id"))?,
             role: row.role.parse().map_err(|_| corrupt("role"))?,
-            tenant: row
-                .tenant
-                .as_deref()
-                .map(TenantId::parse)
-                .transpose()
-                .map_err(|_| corrupt("tenant"))?,
+            tenant: optional_tenant(row.tenant.as_deref()).map_err(|_| corrupt("tenant"))?,
             actor: row.actor,
         })
     }

@@ -5,12 +5,16 @@
 //! conflicts and outages as [`StoreError`] variants.
 
 use async_trait::async_trait;
-use tm_domain::{GroupKey, KeyId, NewRoute, Route, RouteId, RouteKey, RoutePatch, TenantId};
+use chrono::{DateTime, Utc};
+use tm_domain::{
+    EventId, GroupKey, KeyId, NewRoute, Route, RouteId, RouteKey, RoutePatch, TenantId,
+};
 
 use crate::{
-    ActivePage, Actor, AuditEntry, ChangePosition, ChangeSubscription, Changes, ExpectedRevisions,
-    IdempotencyClaim, IdempotencyRecord, KeyAuditEntry, KeyPage, KeyRecord, LoadCursor, Page,
-    ReadFrom, ReplicaStatus, RouteFilter, StoreError, StoredResponse,
+    ActivePage, Actor, AuditEntry, ChangePosition, ChangeSubscription, Changes, EventFilter,
+    EventPosition, ExpectedRevisions, IdempotencyClaim, IdempotencyRecord, KeyAuditEntry, KeyPage,
+    KeyRecord, LoadCursor, Page, ReadFrom, ReplicaStatus, RouteFilter, StoreError, StoredEvent,
+    StoredResponse,
 };
 
 /// Routes and their audit log.
@@ -161,6 +165,27 @@ pub trait IdempotencyStore: Send + Sync + 'static {
     async fn purge_idempotency_keys(&self) -> Result<u64, StoreError>;
 }
 
+/// The outbox: every change's event, written in the change's transaction by the route
+/// and key writes above, read back in commit order.
+#[async_trait]
+pub trait EventStore: Send + Sync + 'static {
+    /// Where the event with `id` stands, if it is still kept.
+    async fn event_position(&self, id: EventId) -> Result<Option<EventPosition>, StoreError>;
+
+    /// Up to `limit` events that `filter` matches, after `after`, oldest first. An event
+    /// is returned only once every event before it in this order is committed, so a
+    /// reader that goes on from the last one it got never misses one.
+    async fn events_after(
+        &self,
+        filter: &EventFilter,
+        after: EventPosition,
+        limit: u32,
+    ) -> Result<Vec<StoredEvent>, StoreError>;
+
+    /// Deletes the events made before `made_before`; how many.
+    async fn purge_events(&self, made_before: DateTime<Utc>) -> Result<u64, StoreError>;
+}
+
 /// The change feed (the audit log read in commit order) and change notifications.
 #[async_trait]
 pub trait ChangeFeed: Send + Sync + 'static {
@@ -206,6 +231,9 @@ pub trait StoreOps: Send + Sync + 'static {
 }
 
 /// The registry's storage: every concern at once.
-pub trait Store: RouteStore + KeyStore + IdempotencyStore + ChangeFeed + StoreOps {}
+pub trait Store:
+    RouteStore + KeyStore + IdempotencyStore + EventStore + ChangeFeed + StoreOps
+{
+}
 
-impl<T: RouteStore + KeyStore + IdempotencyStore + ChangeFeed + StoreOps> Store for T {}
+impl<T: RouteStore + KeyStore + IdempotencyStore + EventStore + ChangeFeed + StoreOps> Store for T {}

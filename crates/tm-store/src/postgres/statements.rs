@@ -69,7 +69,7 @@ pub(super) static STATEMENTS: LazyLock<Statements> = LazyLock::new(|| Statements
          ORDER BY id LIMIT $3"
     ),
     revoke_key: "UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL \
-                 RETURNING role, tenant"
+                 RETURNING name, role, tenant"
         .into(),
     count_tenant_keys: "SELECT count(*) FROM api_keys WHERE tenant = $1 AND revoked_at IS NULL"
         .into(),
@@ -109,4 +109,21 @@ pub(super) static STATEMENTS: LazyLock<Statements> = LazyLock::new(|| Statements
                                 WHERE scope = $1 AND key = $2 AND expires_at > $3"
         .into(),
     idempotency_purge: "DELETE FROM idempotency_keys WHERE expires_at <= $1".into(),
+    event_position: "SELECT txid::text::int8, seq FROM events WHERE id = $1".into(),
+    events_after: "SELECT txid::text::int8 AS txid, seq, id::text AS id, type, tenant, subject, \
+                   time, data::text AS data FROM events \
+                   WHERE ($1 OR type NOT LIKE 'key.%') AND (txid, seq) > ($2::text::xid8, $3) \
+                     AND txid < pg_snapshot_xmin(pg_current_snapshot()) \
+                   ORDER BY txid, seq LIMIT $4"
+        .into(),
+    events_after_in_tenant: "SELECT txid::text::int8 AS txid, seq, id::text AS id, type, tenant, \
+                             subject, time, data::text AS data FROM events \
+                             WHERE tenant = $1 AND ($2 OR type NOT LIKE 'key.%') \
+                               AND (txid, seq) > ($3::text::xid8, $4) \
+                               AND txid < pg_snapshot_xmin(pg_current_snapshot()) \
+                             ORDER BY txid, seq LIMIT $5"
+        .into(),
+    purge_events: "DELETE FROM events WHERE seq IN \
+                   (SELECT seq FROM events WHERE time < $1 LIMIT 10000)"
+        .into(),
 });

@@ -2,10 +2,10 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use tm_domain::{now, KeyId, TenantId};
+use tm_domain::{now, Event, EventType, KeyFacts, KeyId, Role, TenantId};
 
-use super::{fetch_optional, Backend, Conn, Value};
-use crate::row::{keys, KeyAuditRow, KeyRow};
+use super::{fetch_optional, write_events, Backend, Conn, Value};
+use crate::row::{keys, optional_tenant, KeyAuditRow, KeyRow};
 use crate::{
     Actor, KeyAuditAction, KeyAuditEntry, KeyPage, KeyRecord, KeyStore, ReadFrom, StoreError,
 };
@@ -26,15 +26,13 @@ async fn insert_key<B: Backend>(conn: &mut Conn<B>, record: &KeyRecord) -> Resul
     Ok(())
 }
 
-/// One audit row of a key: what `actor` did to the key `id`, and the key's role and
-/// tenant.
+/// What `actor` did to a key, recorded twice in its transaction: as a row of the key
+/// audit log, and as an event in the outbox.
 struct Audit<'a> {
     at: DateTime<Utc>,
     actor: &'a str,
     action: KeyAuditAction,
-    id: KeyId,
-    role: &'a str,
-    tenant: Option<&'a str>,
+    key: KeyFacts<'a>,
 }
 
 impl Audit<'_> {
@@ -43,12 +41,16 @@ impl Audit<'_> {
             Value::Time(self.at),
             Value::Text(self.actor),
             Value::Text(self.action.as_str()),
-            Value::id(self.id.as_uuid()),
-            Value::Text(self.role),
-            Value::OptText(self.tenant),
+            Value::id(self.key.id.as_uuid()),
+            Value::Text(self.key.role.as_str()),
+            Value::OptText(self.key.tenant.map(TenantId::as_str)),
         ];
         B::execute(conn, &B::sql().insert_key_audit, values).await?;
-        Ok(())
+        let kind = match self.action {
+            KeyAuditAction::Create => EventType::KeyCreated,
+            KeyAuditAction::Revoke => EventType::KeyRevoked,
+        };
+        write_events::<B>(conn, &[Event::key(kind, self.actor, self.key, self.at)]).await
     }
 }
 
@@ -63,9 +65,12 @@ async fn insert_audited<B: Backend>(
         at: record.created_at,
         actor,
         action: KeyAuditAction::Create,
-        id: record.id,
-        role: record.grant.role().as_str(),
-        tenant: record.grant.tenant().map(TenantId::as_str),
+        key: KeyFacts {
+            id: record.id,
+            name: &record.name,
+            role: record.grant.role(),
+            tenant: record.grant.tenant(),
+        },
     }
     .write::<B>(conn)
     .await
@@ -164,18 +169,24 @@ impl<B: Backend> KeyStore for B {
             .transaction(async |conn: &mut Conn<B>| {
                 let at = now();
                 let values = vec![Value::Time(at), Value::id(id.as_uuid())];
-                let revoked: Option<(String, Option<String>)> =
+                let revoked: Option<(String, String, Option<String>)> =
                     fetch_optional::<B, _>(conn, &B::sql().revoke_key, values).await?;
-                let Some((role, tenant)) = revoked else {
+                let Some((name, role, tenant)) = revoked else {
                     return Err(StoreError::NotFound);
                 };
+                let corrupt = |what: &str| StoreError::Corrupt(format!("key {id}: {what}"));
+                let role: Role = role.parse().map_err(|_| corrupt("role"))?;
+                let tenant = optional_tenant(tenant.as_deref()).map_err(|_| corrupt("tenant"))?;
                 Audit {
                     at,
                     actor: actor.as_str(),
                     action: KeyAuditAction::Revoke,
-                    id,
-                    role: &role,
-                    tenant: tenant.as_deref(),
+                    key: KeyFacts {
+                        id,
+                        name: &name,
+                        role,
+                        tenant: tenant.as_ref(),
+                    },
                 }
                 .write::<B>(conn)
                 .await

@@ -2,9 +2,12 @@
 //! idempotency operation, over a [`Backend`] that supplies only its dialect (the
 //! statements, how values are bound, which pool serves what).
 
+mod events;
 mod idempotency;
 mod keys;
 mod routes;
+
+pub(crate) use events::write_events;
 
 use std::borrow::Cow;
 use std::future::Future;
@@ -179,6 +182,15 @@ pub(crate) struct Statements {
     pub(crate) idempotency_count_live: String,
     pub(crate) idempotency_get_unexpired: String,
     pub(crate) idempotency_purge: String,
+    /// The (txid, seq) position of the event with an id.
+    pub(crate) event_position: String,
+    /// Events after a position (txid as text, seq), key events or not, limit: in
+    /// commit order, only those every reader will see in that order.
+    pub(crate) events_after: String,
+    /// The same, of one tenant (first value).
+    pub(crate) events_after_in_tenant: String,
+    /// Deletes up to `PURGE_BATCH` events made before a time.
+    pub(crate) purge_events: String,
 }
 
 /// One SQL backend as the shared control flow sees it.

@@ -2,9 +2,11 @@
 //! transaction.
 
 use async_trait::async_trait;
-use tm_domain::{now, GroupKey, NewRoute, Route, RouteId, RouteKey, RoutePatch, TenantId};
+use tm_domain::{
+    now, Event, EventType, GroupKey, NewRoute, Route, RouteId, RouteKey, RoutePatch, TenantId,
+};
 
-use super::{conflict_or, fetch_optional, insert_sql, Backend, Conn, Value};
+use super::{conflict_or, fetch_optional, insert_sql, write_events, Backend, Conn, Value};
 use crate::row::{accepted, audit_json, routes, AuditRow, RouteRow, ServedRow};
 use crate::{
     check_access, ActivePage, Actor, AuditAction, AuditEntry, ExpectedRevisions, LoadCursor, Page,
@@ -58,7 +60,8 @@ fn key_values(key: &RouteKey) -> Vec<Value<'_>> {
     ]
 }
 
-/// One audit row: a route before and after a change.
+/// One change of a route, recorded twice in its transaction: as an audit row (the
+/// route's history) and as an event in the outbox (what consumers are told).
 struct Audit<'a> {
     actor: &'a Actor,
     action: AuditAction,
@@ -79,10 +82,22 @@ impl<'a> Audit<'a> {
         ]
     }
 
+    fn event(&self, at: chrono::DateTime<chrono::Utc>) -> Event {
+        let kind = match self.action {
+            AuditAction::Create => EventType::RouteCreated,
+            AuditAction::Update => EventType::RouteUpdated,
+            AuditAction::Activate => EventType::RouteActivated,
+            AuditAction::Deactivate => EventType::RouteDeactivated,
+            AuditAction::Delete => EventType::RouteDeleted,
+        };
+        Event::route(kind, self.actor.as_str(), self.before, self.after, at)
+    }
+
     async fn write<B: Backend>(&self, conn: &mut Conn<B>) -> Result<(), StoreError> {
+        let at = now();
         let sql = insert_sql::<B>("audit_log", &AUDIT_COLUMNS, &AUDIT_JSON, 1, "");
-        B::execute(conn, &sql, self.values(now())).await?;
-        Ok(())
+        B::execute(conn, &sql, self.values(at)).await?;
+        write_events::<B>(conn, &[self.event(at)]).await
     }
 }
 
@@ -136,22 +151,21 @@ async fn import_chunk<B: Backend>(
     let sql = insert_sql::<B>("routes", &ROUTE_COLUMNS, &[], chunk.len(), "");
     let values = chunk.iter().flat_map(route_values).collect();
     B::execute(conn, &sql, values).await.map_err(conflict_or)?;
-    let sql = insert_sql::<B>("audit_log", &AUDIT_COLUMNS, &AUDIT_JSON, chunk.len(), "");
-    let values = chunk
+    let audits: Vec<Audit<'_>> = chunk
         .iter()
-        .flat_map(|r| {
-            let audit = Audit {
-                actor,
-                action: AuditAction::Create,
-                id: r.id,
-                before: None,
-                after: Some(r),
-            };
-            audit.values(at)
+        .map(|r| Audit {
+            actor,
+            action: AuditAction::Create,
+            id: r.id,
+            before: None,
+            after: Some(r),
         })
         .collect();
+    let sql = insert_sql::<B>("audit_log", &AUDIT_COLUMNS, &AUDIT_JSON, chunk.len(), "");
+    let values = audits.iter().flat_map(|audit| audit.values(at)).collect();
     B::execute(conn, &sql, values).await?;
-    Ok(())
+    let events: Vec<Event> = audits.iter().map(|audit| audit.event(at)).collect();
+    write_events::<B>(conn, &events).await
 }
 
 #[async_trait]

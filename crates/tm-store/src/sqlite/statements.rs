@@ -60,7 +60,7 @@ pub(super) static STATEMENTS: LazyLock<Statements> = LazyLock::new(|| {
              ORDER BY id LIMIT ?3"
         ),
         revoke_key: "UPDATE api_keys SET revoked_at = ?1 WHERE id = ?2 AND revoked_at IS NULL \
-                     RETURNING role, tenant"
+                     RETURNING name, role, tenant"
             .into(),
         count_tenant_keys: "SELECT count(*) FROM api_keys \
                             WHERE tenant = ?1 AND revoked_at IS NULL"
@@ -100,5 +100,19 @@ pub(super) static STATEMENTS: LazyLock<Statements> = LazyLock::new(|| {
                                     WHERE scope = ?1 AND key = ?2 AND expires_at > ?3"
             .into(),
         idempotency_purge: "DELETE FROM idempotency_keys WHERE expires_at <= ?1".into(),
+        event_position: "SELECT 0, seq FROM events WHERE id = ?1".into(),
+        // Writes are serialized: seq is commit order, and the txid value goes unused.
+        events_after: "SELECT 0 AS txid, seq, id, type, tenant, subject, time, data FROM events \
+                       WHERE (?1 OR type NOT LIKE 'key.%') AND ?2 IS NOT NULL AND seq > ?3 \
+                       ORDER BY seq LIMIT ?4"
+            .into(),
+        events_after_in_tenant: "SELECT 0 AS txid, seq, id, type, tenant, subject, time, data \
+                                 FROM events WHERE tenant = ?1 AND (?2 OR type NOT LIKE 'key.%') \
+                                   AND ?3 IS NOT NULL AND seq > ?4 \
+                                 ORDER BY seq LIMIT ?5"
+            .into(),
+        purge_events: "DELETE FROM events WHERE seq IN \
+                       (SELECT seq FROM events WHERE time < ?1 LIMIT 10000)"
+            .into(),
     }
 });
