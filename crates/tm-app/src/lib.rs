@@ -21,7 +21,10 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use workers::{Follow, Purge, Rebuild, Sample, Workers};
+use workers::{
+    Follow, Handlers, JobRunner, Purge, Rebuild, Recurring, Sample, Schedule, Workers, PURGE,
+    PURGE_EVERY,
+};
 
 /// What stops [`Application::build`] (and [`create_key`]), naming the step that failed.
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +73,50 @@ pub struct Application {
     /// The admin key made on this start, the store having had none.
     bootstrap_key: Option<ApiKey>,
     shutdown_grace: Duration,
+}
+
+/// Every background worker, each on a task of its own.
+fn spawn_workers(
+    state: &AppState,
+    config: &Config,
+    subscription: Option<tm_store::ChangeSubscription>,
+) -> Workers {
+    let mut workers = Workers::new();
+    workers.spawn(Follow::new(
+        state,
+        subscription,
+        config.snapshot_catch_up_interval,
+    ));
+    workers.spawn(Rebuild::new(state, config.snapshot_reload_interval));
+    workers.spawn(Sample::new(state, config.metrics.pool_sample_interval));
+    // The job queue: recurring jobs scheduled by every process, run by this one
+    // unless it leaves jobs to worker processes.
+    let wake_runner = Arc::new(tokio::sync::Notify::new());
+    workers.spawn(Schedule::new(
+        state.store.clone(),
+        vec![Recurring {
+            kind: PURGE,
+            every: PURGE_EVERY,
+            queue: tm_store::Queue::Bulk,
+        }],
+        config.jobs.max_attempts,
+        wake_runner.clone(),
+    ));
+    if config.jobs.in_serve || config.process_type == tm_config::ProcessType::Worker {
+        let mut handlers = Handlers::new();
+        handlers.insert(
+            PURGE,
+            Arc::new(Purge::new(state.store.clone(), config.events.retention)),
+        );
+        workers.spawn(JobRunner::new(
+            state.store.clone(),
+            state.metrics.clone(),
+            handlers,
+            config.jobs.clone(),
+            wake_runner,
+        ));
+    }
+    workers
 }
 
 impl Application {
@@ -121,22 +168,13 @@ impl Application {
             keys,
             metrics,
             limiter,
-            config.http,
+            config.http.clone(),
             tm_http::Fleet {
                 redis,
                 read_your_writes,
             },
         );
-        // Every background worker, each on a task of its own.
-        let mut workers = Workers::new();
-        workers.spawn(Follow::new(
-            &state,
-            subscription,
-            config.snapshot_catch_up_interval,
-        ));
-        workers.spawn(Rebuild::new(&state, config.snapshot_reload_interval));
-        workers.spawn(Sample::new(&state, config.metrics.pool_sample_interval));
-        workers.spawn(Purge::new(&state, config.events.retention));
+        let workers = spawn_workers(&state, &config, subscription);
         Ok(Self {
             listener,
             local_addr,

@@ -103,6 +103,9 @@ pub struct HttpConfig {
     pub cors: CorsOrigins,
     pub behind_tls: bool,
     pub resolve_fast_path: bool,
+    /// Whether `/api/v1` is served: by `web` processes; a `worker` process serves only
+    /// its health probes and metrics.
+    pub serve_api: bool,
     pub connections: ConnectionLimits,
     #[serde(skip)]
     pub rate_limits: RateLimits,
@@ -152,6 +155,14 @@ const MIN_BODY: usize = 1024;
 const MAX_BODY: usize = 16 * 1024 * 1024;
 const MAX_HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(60);
 
+impl HttpConfig {
+    /// Whether plain resolves are answered ahead of the router (only where the API is
+    /// served at all).
+    pub fn resolve_ahead(&self) -> bool {
+        self.serve_api && self.resolve_fast_path
+    }
+}
+
 impl HttpRaw {
     /// The HTTP layer's settings, given the process's (listen address, profile) and the
     /// rate-limit and guard sections, already checked.
@@ -194,6 +205,7 @@ impl HttpRaw {
             cors,
             behind_tls: self.behind_tls,
             resolve_fast_path: self.resolve_fast_path,
+            serve_api: process.process_type == crate::ProcessType::Web,
             connections,
             rate_limits: rate_limits?,
             guards,

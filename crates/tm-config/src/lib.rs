@@ -9,6 +9,7 @@ mod error;
 mod events;
 mod guards;
 mod http;
+mod jobs;
 mod limits;
 mod pool;
 mod process;
@@ -33,6 +34,7 @@ pub use error::{ConfigError, SettingError};
 pub use events::{EventsConfig, EventsRaw};
 pub use guards::GuardConfig;
 pub use http::{ConnectionLimits, CorsOrigins, HttpConfig, HttpRaw};
+pub use jobs::{JobsConfig, JobsRaw};
 pub use limits::{LimitsRaw, Quota, QuotaParseError, RateLimits};
 pub use pool::{PoolConfig, PoolRaw};
 pub use process::{ProcessRaw, ProcessType, Profile};
@@ -68,6 +70,8 @@ pub struct RawConfig {
     pub http: HttpRaw,
     #[serde(flatten)]
     pub events: EventsRaw,
+    #[serde(flatten)]
+    pub jobs: JobsRaw,
 }
 
 /// The validated configuration.
@@ -90,6 +94,7 @@ pub struct Config {
     pub process_type: ProcessType,
     pub redis: Option<RedisConfig>,
     pub events: EventsConfig,
+    pub jobs: JobsConfig,
 }
 
 /// Every setting's key, as the defaults name them: what the TOML file may hold and
@@ -125,6 +130,16 @@ impl Config {
         Self::from_figment(figment_for(file.as_deref())?)
     }
 
+    /// [`Config::load`] for a process of the given type, whatever `TM_PROCESS_TYPE`
+    /// says: what `traffic-manager worker` runs with.
+    pub fn load_as(file: Option<&Path>, process_type: ProcessType) -> Result<Config, ConfigError> {
+        let file = file
+            .map(Path::to_path_buf)
+            .or_else(|| std::env::var_os("TM_CONFIG").map(PathBuf::from));
+        let figment = figment_for(file.as_deref())?.merge(("process_type", process_type.as_str()));
+        Self::from_figment(figment)
+    }
+
     fn from_figment(figment: Figment) -> Result<Config, ConfigError> {
         // Section by section: figment then names the key of a value of the wrong type.
         let mut errors = Vec::new();
@@ -138,6 +153,7 @@ impl Config {
             guards: section(&figment, &mut errors),
             http: section(&figment, &mut errors),
             events: section(&figment, &mut errors),
+            jobs: section(&figment, &mut errors),
         };
         if !errors.is_empty() {
             return Err(ConfigError(errors));
@@ -155,6 +171,7 @@ impl Config {
         telemetry::render(&self.log, &self.http.access_log, &self.metrics, &mut out);
         self.http.render(&mut out);
         self.events.render(&mut out);
+        self.jobs.render(&mut out);
         out.finish()
     }
 }
@@ -232,6 +249,7 @@ impl TryFrom<RawConfig> for Config {
         let access_log = raw.telemetry.access_log(&mut problems);
         let rate_limits = raw.limits.check(&mut problems);
         let events = raw.events.check(&mut problems);
+        let jobs = raw.jobs.check(&mut problems);
         raw.guards.check(&mut problems);
         let http = raw
             .http
@@ -252,6 +270,7 @@ impl TryFrom<RawConfig> for Config {
                 process_type: process.process_type,
                 redis,
                 events,
+                jobs,
             }),
             _ => None,
         };

@@ -426,7 +426,7 @@ fn non_dev_profiles_log_json_by_default() {
 
 #[test]
 fn every_setting_may_come_from_the_environment() {
-    assert_eq!(setting_keys().len(), 82);
+    assert_eq!(setting_keys().len(), 90);
     Jail::expect_with(|jail| {
         jail.set_env("TM_ACCESS_LOG_RESOLVE_SAMPLE", "0");
         jail.set_env("TM_RESOLVE_FAST_PATH", "false");
@@ -440,6 +440,8 @@ fn every_setting_may_come_from_the_environment() {
         jail.set_env("TM_HEALTH_CHECK_INTERVAL", "250ms");
         jail.set_env("TM_IDEMPOTENCY_MAX_KEYS", "12");
         jail.set_env("TM_EVENTS_RETENTION", "36h");
+        jail.set_env("TM_JOBS_IN_SERVE", "false");
+        jail.set_env("TM_JOB_BACKOFF_MAX", "90s");
         let config = Config::load(None).expect("valid");
         assert_eq!(config.pool.max_connections, 3);
         assert_eq!(config.http.guards.read_cache_entries, 7);
@@ -455,6 +457,8 @@ fn every_setting_may_come_from_the_environment() {
         );
         assert_eq!(config.http.idempotency_max_keys, 12);
         assert_eq!(config.events.retention, Duration::from_secs(36 * 3600));
+        assert!(!config.jobs.in_serve);
+        assert_eq!(config.jobs.backoff_max, Duration::from_secs(90));
         Ok(())
     });
 }

@@ -24,6 +24,8 @@ pub enum RouteKind {}
 pub enum KeyKind {}
 #[derive(Debug)]
 pub enum EventKind {}
+#[derive(Debug)]
+pub enum JobKind {}
 
 impl IdKind for RouteKind {
     const NAME: &'static str = "route";
@@ -33,6 +35,9 @@ impl IdKind for KeyKind {
 }
 impl IdKind for EventKind {
     const NAME: &'static str = "event";
+}
+impl IdKind for JobKind {
+    const NAME: &'static str = "job";
 }
 
 /// An id of a `K`.
@@ -47,6 +52,8 @@ pub type RouteId = Id<RouteKind>;
 pub type KeyId = Id<KeyKind>;
 /// A change event's identity, assigned when the change is made.
 pub type EventId = Id<EventKind>;
+/// A background job's identity.
+pub type JobId = Id<JobKind>;
 
 impl<K: IdKind> Id<K> {
     /// A fresh id; ids created later sort later.

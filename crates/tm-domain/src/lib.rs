@@ -16,9 +16,11 @@ mod upstream;
 
 pub use error::{DomainError, FieldError, FieldErrors};
 pub use event::{Event, EventType, KeyFacts, EVENT_SCHEMA, EVENT_SOURCE};
-pub use id::{EventId, EventKind, Id, IdKind, KeyId, KeyKind, RouteId, RouteKind};
+pub use id::{EventId, EventKind, Id, IdKind, JobId, JobKind, KeyId, KeyKind, RouteId, RouteKind};
 pub use ident::{EnvName, ServiceName, TenantId, Version};
 pub use key::{ApiKey, Grant, Role, SecretHash};
-pub use route::{now, GroupKey, NewRoute, Route, RouteKey, RoutePatch, Weight, IDENTIFIER_PATTERN};
+pub use route::{
+    now, rfc3339, GroupKey, NewRoute, Route, RouteKey, RoutePatch, Weight, IDENTIFIER_PATTERN,
+};
 pub use snapshot::{ActiveRoute, Pick, RouteChange, RoutingSnapshot, ServedRoute, SnapshotBuilder};
 pub use upstream::UpstreamUrl;

@@ -190,7 +190,8 @@ pub struct RoutePatch {
 }
 
 /// Timestamps as RFC 3339 in UTC with a `Z` and microsecond precision.
-pub(crate) mod rfc3339 {
+/// Times as the API writes them: RFC 3339, UTC, microseconds.
+pub mod rfc3339 {
     use chrono::{DateTime, SecondsFormat, Utc};
     use serde::{Deserialize, Deserializer, Serializer};
 

@@ -29,6 +29,8 @@ pub enum Action {
     ReadRoutes,
     WriteRoutes,
     ManageKeys,
+    /// The dead-letter queue: list, replay, purge.
+    ManageJobs,
 }
 
 impl Action {
@@ -38,7 +40,7 @@ impl Action {
             Action::Resolve => RateClass::Resolve,
             Action::ReadRoutes => RateClass::Read,
             Action::WriteRoutes => RateClass::Write,
-            Action::ManageKeys => RateClass::Keys,
+            Action::ManageKeys | Action::ManageJobs => RateClass::Keys,
         }
     }
 
@@ -48,6 +50,7 @@ impl Action {
             Action::ReadRoutes => "read routes",
             Action::WriteRoutes => "change routes",
             Action::ManageKeys => "manage keys",
+            Action::ManageJobs => "manage the dead-letter queue",
         }
     }
 }

@@ -35,6 +35,9 @@ pub enum ApiError {
     NotFound,
     #[error("no active route")]
     NoActiveRoute,
+    /// A dead job replayed while a live job has its deduplication key.
+    #[error("job key in use")]
+    JobKeyInUse,
     /// `after` names an event the outbox does not hold (any more).
     #[error("event not kept")]
     EventNotKept,
@@ -216,6 +219,14 @@ impl ApiError {
                 "Idempotency key in use",
                 "The first request with this Idempotency-Key is still being answered; retry \
                  after Retry-After seconds to get its answer."
+                    .into(),
+            ),
+            ApiError::JobKeyInUse => (
+                S::CONFLICT,
+                "job-key-in-use",
+                "Job key in use",
+                "A job with this job's deduplication key is queued or running; replay this \
+                 one after it ends, or purge it."
                     .into(),
             ),
             ApiError::Store(StoreError::Conflict) => (

@@ -52,7 +52,7 @@ pub(crate) fn take<'s>(
     query: Option<&str>,
     headers: &(impl RequestHead + ?Sized),
 ) -> Option<Taken<'s>> {
-    if !state.config.resolve_fast_path || headers.has(&header::ORIGIN) {
+    if !state.config.resolve_ahead() || headers.has(&header::ORIGIN) {
         return None;
     }
     let started = Instant::now();

@@ -4,6 +4,7 @@
 //! snapshot, and return domain values as JSON. `resolve` never touches the store.
 
 mod auth;
+mod dlq;
 mod error;
 mod events;
 mod extract;
@@ -273,7 +274,7 @@ where
 /// API v1: the one list the router, the admission of each request and the metrics'
 /// declared endpoints are made from.
 fn api_operations() -> Vec<Operation> {
-    use Action::{ManageKeys, ReadRoutes, Resolve, WriteRoutes};
+    use Action::{ManageJobs, ManageKeys, ReadRoutes, Resolve, WriteRoutes};
     use Idempotency::{Honoured, Ignored, Refused};
     use WriteKind::{Critical, Ordinary};
     let read = |action| (action, Ignored, Input::None);
@@ -331,6 +332,25 @@ fn api_operations() -> Vec<Operation> {
             keys::revoke,
         ),
         operation("/events", Method::GET, read(ReadRoutes), events::list),
+        operation("/dlq", Method::GET, read(ManageJobs), dlq::list),
+        operation(
+            "/dlq",
+            Method::DELETE,
+            (ManageJobs, Honoured(Ordinary), Input::None),
+            dlq::purge_all,
+        ),
+        operation(
+            "/dlq/{id}/replay",
+            Method::POST,
+            (ManageJobs, Honoured(Ordinary), Input::None),
+            dlq::replay,
+        ),
+        operation(
+            "/dlq/{id}",
+            Method::DELETE,
+            (ManageJobs, Honoured(Ordinary), Input::None),
+            dlq::purge_one,
+        ),
     ]
 }
 
@@ -340,7 +360,12 @@ pub fn router(state: AppState) -> Router {
         state.metrics.declare_rate_class(class.as_str());
     }
     let mut api = Router::new();
-    for op in api_operations() {
+    let operations = if state.config.serve_api {
+        api_operations()
+    } else {
+        Vec::new()
+    };
+    for op in operations {
         // Full paths rather than a nested router: nesting rewrites every request's URI.
         let path = format!("/api/v1{}", op.path);
         state.metrics.declare_endpoint(op.method.as_str(), &path);

@@ -11,7 +11,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::RefOr;
 use utoipa::{Modify, OpenApi, ToSchema};
 
-use crate::{events, keys, resolve, routes};
+use crate::{dlq, events, keys, resolve, routes};
 
 /// An RFC 9457 problem document, as every error is answered.
 #[derive(Serialize, ToSchema)]
@@ -138,6 +138,51 @@ pub struct EventListDoc {
     /// is nothing new; `null` when there are no events at all.
     #[schema(required = true, format = "uuid")]
     pub next_after: Option<String>,
+}
+
+/// A job in the dead-letter queue.
+#[derive(Serialize, ToSchema)]
+#[schema(as = DeadJob)]
+pub struct DeadJobDoc {
+    #[schema(format = "uuid")]
+    pub id: String,
+    #[schema(value_type = String, pattern = "^(high|default|bulk)$")]
+    pub queue: String,
+    /// What the job does, e.g. `webhook.deliver`.
+    pub kind: String,
+    /// The job's input.
+    #[schema(value_type = Object)]
+    pub payload: serde_json::Value,
+    /// The tenant it worked for; `null` for the registry's own jobs.
+    #[schema(required = true, pattern = "^[a-z0-9][a-z0-9._-]{0,62}$")]
+    pub tenant: Option<String>,
+    /// Attempts made.
+    pub attempts: u32,
+    /// Why the last attempt failed.
+    #[schema(required = true)]
+    pub last_error: Option<String>,
+    #[schema(format = "date-time")]
+    pub created_at: String,
+    /// When it went dead.
+    #[schema(format = "date-time")]
+    pub failed_at: String,
+}
+
+/// One page of the dead-letter queue.
+#[derive(Serialize, ToSchema)]
+#[schema(as = DeadJobList)]
+pub struct DeadJobListDoc {
+    pub items: Vec<DeadJobDoc>,
+    /// Pass as `cursor` to get the next page; `null` on the last page.
+    #[schema(required = true)]
+    pub next_cursor: Option<String>,
+}
+
+/// How many dead jobs were deleted.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Purged)]
+pub struct PurgedDoc {
+    pub purged: u64,
 }
 
 /// An API key, without its secret.
@@ -380,11 +425,15 @@ impl Modify for Constraints {
         keys::list,
         keys::revoke,
         events::list,
+        dlq::list,
+        dlq::replay,
+        dlq::purge_one,
+        dlq::purge_all,
     ),
-    components(schemas(ProblemDoc, FieldError, Route, ResolveAnswerDoc, RouteListDoc, KeyDoc, CreatedKeyDoc, KeyListDoc, NewKeyDoc, Role, EventDoc, EventListDoc, EventType)),
+    components(schemas(ProblemDoc, FieldError, Route, ResolveAnswerDoc, RouteListDoc, KeyDoc, CreatedKeyDoc, KeyListDoc, NewKeyDoc, Role, EventDoc, EventListDoc, EventType, DeadJobDoc, DeadJobListDoc, PurgedDoc)),
     modifiers(&BearerAuth, &CommonHeaders, &Constraints),
     security(("bearer" = [])),
-    tags((name = "routes", description = "Routes and resolution"), (name = "keys", description = "API keys"), (name = "events", description = "Change events")),
+    tags((name = "routes", description = "Routes and resolution"), (name = "keys", description = "API keys"), (name = "events", description = "Change events"), (name = "jobs", description = "The job queue's dead-letter queue")),
 )]
 pub struct ApiDoc;
 
@@ -572,6 +621,10 @@ mod tests {
         assert_eq!(
             cursor("GET /api/v1/keys"),
             crate::page::KEY_CURSORS.pattern()
+        );
+        assert_eq!(
+            cursor("GET /api/v1/dlq"),
+            crate::page::DEAD_JOB_CURSORS.pattern()
         );
     }
 

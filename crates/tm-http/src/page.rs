@@ -38,6 +38,8 @@ pub(crate) struct Cursors {
 pub(crate) const ROUTE_CURSORS: Cursors = Cursors { tag: b"r1:" };
 /// Cursors of the key listing.
 pub(crate) const KEY_CURSORS: Cursors = Cursors { tag: b"k1:" };
+/// Cursors of the dead-letter queue's listing.
+pub(crate) const DEAD_JOB_CURSORS: Cursors = Cursors { tag: b"d1:" };
 
 impl Cursors {
     /// The cursor that continues the listing after `id`.

@@ -191,7 +191,7 @@ where
             activity: activity.clone(),
             ahead: Bytes::new(),
         };
-        if self.state.config.resolve_fast_path {
+        if self.state.config.resolve_ahead() {
             match self.front(&mut watched, &activity).await {
                 Some(unanswered) => watched.ahead = unanswered,
                 None => return,

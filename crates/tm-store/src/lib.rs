@@ -7,6 +7,7 @@
 //! commit.
 
 mod error;
+mod jobs;
 mod keys;
 mod notify;
 mod pool;
@@ -25,13 +26,16 @@ use tm_config::{PoolConfig, StorageConfig};
 use tm_domain::{EnvName, Event, GroupKey, Route, RouteId, ServedRoute, ServiceName, TenantId};
 
 pub use error::StoreError;
+pub use jobs::{ClaimedJob, DeadJob, DeadPage, JobOutcome, NewJob, Queue, QueueDepths};
 pub use keys::{KeyAuditAction, KeyAuditEntry, KeyPage, KeyRecord, KeyRing, KeyView, Principal};
 pub use notify::{ChangeSubscription, Changed};
 pub use pool::StoreCounters;
 pub use postgres::PostgresStore;
 pub use routing::RoutingTable;
 pub use sqlite::SqliteStore;
-pub use traits::{ChangeFeed, EventStore, IdempotencyStore, KeyStore, RouteStore, Store, StoreOps};
+pub use traits::{
+    ChangeFeed, EventStore, IdempotencyStore, JobStore, KeyStore, RouteStore, Store, StoreOps,
+};
 
 /// Who made a change, as recorded in the audit log.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -8,8 +8,8 @@ use tm_domain::{
 };
 
 use crate::{
-    AuditEntry, EventPosition, KeyAuditAction, KeyAuditEntry, KeyRecord, LoadCursor, StoreError,
-    StoredEvent,
+    AuditEntry, ClaimedJob, DeadJob, EventPosition, KeyAuditAction, KeyAuditEntry, KeyRecord,
+    LoadCursor, Queue, StoreError, StoredEvent,
 };
 
 /// The columns of `routes` that an active route's answer is made of, selected with `id`
@@ -117,6 +117,97 @@ where
             }
         })
         .collect()
+}
+
+/// The columns every reading of a job has.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct JobRow {
+    id: String,
+    queue: String,
+    kind: String,
+    payload: String,
+    tenant: Option<String>,
+    attempts: i64,
+    created_at: DateTime<Utc>,
+}
+
+/// A [`JobRow`] parsed: id, queue, payload, tenant, attempts.
+type JobFields = (uuid::Uuid, Queue, serde_json::Value, Option<TenantId>, u32);
+
+impl JobRow {
+    fn parse(&self) -> Result<JobFields, StoreError> {
+        let corrupt = |what: &str| StoreError::Corrupt(format!("job {}: {what}", self.id));
+        Ok((
+            self.id.parse().map_err(|_| corrupt("id"))?,
+            self.queue.parse().map_err(|()| corrupt("queue"))?,
+            serde_json::from_str(&self.payload).map_err(|_| corrupt("payload"))?,
+            optional_tenant(self.tenant.as_deref()).map_err(|_| corrupt("tenant"))?,
+            u32::try_from(self.attempts).map_err(|_| corrupt("attempts"))?,
+        ))
+    }
+}
+
+/// A job as a claim returns it.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct ClaimedRow {
+    #[sqlx(flatten)]
+    job: JobRow,
+    max_attempts: i64,
+}
+
+impl TryFrom<ClaimedRow> for ClaimedJob {
+    type Error = StoreError;
+
+    fn try_from(row: ClaimedRow) -> Result<Self, Self::Error> {
+        let (id, queue, payload, tenant, attempt) = row.job.parse()?;
+        Ok(ClaimedJob {
+            id,
+            queue,
+            payload,
+            tenant,
+            attempt,
+            max_attempts: u32::try_from(row.max_attempts)
+                .map_err(|_| StoreError::Corrupt(format!("job {id}: max attempts")))?,
+            created_at: row.job.created_at,
+            kind: row.job.kind,
+        })
+    }
+}
+
+/// A dead job as the dead-letter queue lists it.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct DeadRow {
+    #[sqlx(flatten)]
+    job: JobRow,
+    last_error: Option<String>,
+    updated_at: DateTime<Utc>,
+}
+
+impl TryFrom<DeadRow> for DeadJob {
+    type Error = StoreError;
+
+    fn try_from(row: DeadRow) -> Result<Self, Self::Error> {
+        let (id, queue, payload, tenant, attempts) = row.job.parse()?;
+        Ok(DeadJob {
+            id,
+            queue,
+            payload,
+            tenant,
+            attempts,
+            last_error: row.last_error,
+            created_at: row.job.created_at,
+            failed_at: row.updated_at,
+            kind: row.job.kind,
+        })
+    }
+}
+
+/// Jobs of one queue in one state.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct CountRow {
+    pub(crate) queue: String,
+    pub(crate) state: String,
+    pub(crate) jobs: i64,
 }
 
 /// A tenant column that may be null (an admin key's).

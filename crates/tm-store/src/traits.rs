@@ -9,12 +9,13 @@ use chrono::{DateTime, Utc};
 use tm_domain::{
     EventId, GroupKey, KeyId, NewRoute, Route, RouteId, RouteKey, RoutePatch, TenantId,
 };
+use uuid::Uuid;
 
 use crate::{
-    ActivePage, Actor, AuditEntry, ChangePosition, ChangeSubscription, Changes, EventFilter,
-    EventPosition, ExpectedRevisions, IdempotencyClaim, IdempotencyRecord, KeyAuditEntry, KeyPage,
-    KeyRecord, LoadCursor, Page, ReadFrom, ReplicaStatus, RouteFilter, StoreError, StoredEvent,
-    StoredResponse,
+    ActivePage, Actor, AuditEntry, ChangePosition, ChangeSubscription, Changes, ClaimedJob,
+    DeadJob, DeadPage, EventFilter, EventPosition, ExpectedRevisions, IdempotencyClaim,
+    IdempotencyRecord, JobOutcome, KeyAuditEntry, KeyPage, KeyRecord, LoadCursor, NewJob, Page,
+    QueueDepths, ReadFrom, ReplicaStatus, RouteFilter, StoreError, StoredEvent, StoredResponse,
 };
 
 /// Routes and their audit log.
@@ -186,6 +187,59 @@ pub trait EventStore: Send + Sync + 'static {
     async fn purge_events(&self, made_before: DateTime<Utc>) -> Result<u64, StoreError>;
 }
 
+/// The job queue: background work any instance may run, leased to one worker at a
+/// time, retried, and kept as dead when it fails for good.
+#[async_trait]
+pub trait JobStore: Send + Sync + 'static {
+    /// Enqueues `job`; `false` if a live (queued or running) job has its dedup key.
+    async fn enqueue(&self, job: &NewJob) -> Result<bool, StoreError>;
+
+    /// Leases to `worker`, until `lease_until`, up to `limit` jobs that are due or whose
+    /// lease ran out (their worker died), highest priority first. Each claim counts as
+    /// an attempt. No two workers hold the same job.
+    async fn claim_jobs(
+        &self,
+        worker: &str,
+        limit: u32,
+        lease_until: DateTime<Utc>,
+    ) -> Result<Vec<ClaimedJob>, StoreError>;
+
+    /// Extends the lease of a job `worker` holds; `false` if it holds it no longer.
+    async fn extend_lease(
+        &self,
+        id: Uuid,
+        worker: &str,
+        lease_until: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+
+    /// Records how a job `worker` holds ended: deleted when done, queued again or dead
+    /// when failed. `false` if `worker` held it no longer (its lease ran out and the job
+    /// may be another's now): nothing is changed then.
+    async fn finish_job(
+        &self,
+        id: Uuid,
+        worker: &str,
+        outcome: &JobOutcome,
+    ) -> Result<bool, StoreError>;
+
+    /// Live jobs per queue, and dead ones.
+    async fn queue_depths(&self) -> Result<QueueDepths, StoreError>;
+
+    /// A page of the dead-letter queue, in id order.
+    async fn dead_jobs(&self, page: DeadPage<'_>) -> Result<Vec<DeadJob>, StoreError>;
+
+    /// Queues a dead job (of `scope`, if given) again, due now, its attempts reset.
+    /// [`StoreError::NotFound`] if there is no such dead job; [`StoreError::Conflict`]
+    /// if a live job has its dedup key.
+    async fn replay_dead_job(&self, id: Uuid, scope: Option<&TenantId>) -> Result<(), StoreError>;
+
+    /// Deletes a dead job (of `scope`, if given); [`StoreError::NotFound`] if none.
+    async fn purge_dead_job(&self, id: Uuid, scope: Option<&TenantId>) -> Result<(), StoreError>;
+
+    /// Deletes every dead job (of `scope`, if given); how many.
+    async fn purge_dead_jobs(&self, scope: Option<&TenantId>) -> Result<u64, StoreError>;
+}
+
 /// The change feed (the audit log read in commit order) and change notifications.
 #[async_trait]
 pub trait ChangeFeed: Send + Sync + 'static {
@@ -232,8 +286,11 @@ pub trait StoreOps: Send + Sync + 'static {
 
 /// The registry's storage: every concern at once.
 pub trait Store:
-    RouteStore + KeyStore + IdempotencyStore + EventStore + ChangeFeed + StoreOps
+    RouteStore + KeyStore + IdempotencyStore + EventStore + JobStore + ChangeFeed + StoreOps
 {
 }
 
-impl<T: RouteStore + KeyStore + IdempotencyStore + EventStore + ChangeFeed + StoreOps> Store for T {}
+impl<T> Store for T where
+    T: RouteStore + KeyStore + IdempotencyStore + EventStore + JobStore + ChangeFeed + StoreOps
+{
+}

@@ -23,6 +23,10 @@ const PROPAGATION_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
+const JOB_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
 const LATENCY_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
     5.0, 10.0,
@@ -73,6 +77,10 @@ pub struct Metrics {
     app_uptime_seconds: Gauge,
     /// Log lines dropped because the log writer could not keep up.
     log_lines_dropped: IntCounter,
+    queue_depth: IntGaugeVec,
+    dlq_size: IntGauge,
+    jobs_processed: IntCounterVec,
+    job_duration: HistogramVec,
 }
 
 type SeriesByMethod = Vec<(&'static str, Arc<RequestSeries>)>;
@@ -351,6 +359,31 @@ impl Metrics {
                 "log_lines_dropped_total",
                 "Log lines dropped, not written, because the log writer's buffer was full.",
             ),
+            queue_depth: declared(
+                r.int_gauge_vec(
+                    "queue_depth",
+                    "Jobs waiting or running in each queue of the job queue (fleet-wide, as \
+                     last sampled).",
+                    &["queue"],
+                ),
+                &["high", "default", "bulk"],
+            ),
+            dlq_size: r.int_gauge(
+                "dlq_size",
+                "Jobs in the dead-letter queue (fleet-wide, as last sampled).",
+            ),
+            jobs_processed: r.counter_vec(
+                "jobs_processed_total",
+                "Job attempts run by this process, by kind and outcome (done, retried, dead, \
+                 lost: the lease ran out before the outcome was recorded).",
+                &["kind", "outcome"],
+            ),
+            job_duration: r.histogram_vec(
+                "job_duration_seconds",
+                "Time per job attempt run by this process, by kind.",
+                JOB_BUCKETS,
+                &["kind"],
+            ),
             started: Instant::now(),
             registry,
         }
@@ -492,6 +525,26 @@ impl Metrics {
         self.routing_snapshot_age_seconds.set(age_seconds);
     }
 
+    /// The job queue's depths as last sampled: live jobs per queue, and dead ones.
+    pub fn set_queue_depths(&self, live: &[(&str, u64)], dead: u64) {
+        for (queue, jobs) in live {
+            self.queue_depth
+                .with_label_values(&[queue])
+                .set(i64::try_from(*jobs).unwrap_or(i64::MAX));
+        }
+        self.dlq_size.set(i64::try_from(dead).unwrap_or(i64::MAX));
+    }
+
+    /// One job attempt of `kind`, how it ended and how long it took.
+    pub fn observe_job(&self, kind: &str, outcome: &str, seconds: f64) {
+        self.jobs_processed
+            .with_label_values(&[kind, outcome])
+            .inc();
+        self.job_duration
+            .with_label_values(&[kind])
+            .observe(seconds);
+    }
+
     /// Brings `log_lines_dropped_total` up to `total`, the lines dropped since start-up.
     pub fn set_log_lines_dropped(&self, total: u64) {
         let counted = self.log_lines_dropped.get();
@@ -557,6 +610,8 @@ mod tests {
             "app_uptime_seconds",
             "log_lines_dropped_total",
             "build_info",
+            "queue_depth",
+            "dlq_size",
         ] {
             assert!(
                 text.contains(&format!("\n{name}")) || text.starts_with(name),

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use tm_config::Config;
+use tm_config::{Config, ProcessType};
 use tm_domain::{Grant, Role, TenantId};
 use tokio_util::sync::CancellationToken;
 
@@ -29,8 +29,13 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Serve the HTTP API (the default). Applies pending migrations first.
+    /// Serve the HTTP API (the default), and run background jobs unless
+    /// TM_JOBS_IN_SERVE=false. Applies pending migrations first.
     Serve,
+    /// Run background jobs (webhook deliveries, the outbox relay, purges) without
+    /// serving the API: a process of type `worker`, with its pool size. Serves its
+    /// health probes and metrics on TM_LISTEN.
+    Worker,
     /// Apply pending database migrations and exit.
     Migrate,
     /// Load and validate the configuration, print the effective settings with secrets
@@ -59,7 +64,11 @@ enum KeysCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match Config::load(cli.config.as_deref()) {
+    let loaded = match cli.command {
+        Some(Command::Worker) => Config::load_as(cli.config.as_deref(), ProcessType::Worker),
+        _ => Config::load(cli.config.as_deref()),
+    };
+    let config = match loaded {
         Ok(config) => config,
         Err(err) => {
             eprintln!("traffic-manager: {err}");
@@ -97,7 +106,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match command {
-            Command::Serve => serve(config).await,
+            Command::Serve | Command::Worker => serve(config).await,
             Command::Migrate => migrate(config).await,
             Command::Keys(KeysCommand::Create { role, tenant, name }) => {
                 create_key(config, role, tenant, name).await

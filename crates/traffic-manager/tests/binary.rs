@@ -53,9 +53,14 @@ async fn serve_unconfigured(data_dir: &Path) -> (Child, String, Vec<String>) {
 
 /// Runs `cmd serve` and waits for its "listening" log line: the child, its address and
 /// every line printed until then.
-async fn start_serving(mut cmd: Command) -> (Child, String, Vec<String>) {
+async fn start_serving(cmd: Command) -> (Child, String, Vec<String>) {
+    start_running(cmd, "serve").await
+}
+
+/// [`start_serving`] for any subcommand that listens (`serve`, `worker`).
+async fn start_running(mut cmd: Command, subcommand: &str) -> (Child, String, Vec<String>) {
     let mut child = cmd
-        .arg("serve")
+        .arg(subcommand)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -658,7 +663,9 @@ async fn metrics_pass_promtool_after_mixed_traffic() {
 /// project's `schema_valid_requests_are_accepted` (tests/schemathesis/hooks.py), the
 /// same check with the two answers excused that depend on what the server holds — 412
 /// for an `If-Match` naming another revision, 422 for an `Idempotency-Key` already used
-/// with another request — each recognised by its problem type.
+/// with another request — each recognised by its problem type. tests/schemathesis/
+/// schemathesis.toml silences one warning for the two operations on one dead job, which
+/// can only answer 404 while the dead-letter queue is empty.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schemathesis_finds_no_server_error_and_every_answer_fits_the_document() {
     let Ok(schemathesis) = std::env::var("TM_TEST_SCHEMATHESIS") else {
@@ -668,6 +675,8 @@ async fn schemathesis_finds_no_server_error_and_every_answer_fits_the_document()
     let dir = tempfile::tempdir().expect("tempdir");
     let (_child, addr) = serve(dir.path()).await;
     let hooks = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/schemathesis/hooks.py");
+    let settings =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/schemathesis/schemathesis.toml");
     // Its working directory is a fresh one, so that no example database or cache kept
     // from an earlier run changes what this one does.
     let work = tempfile::tempdir().expect("tempdir");
@@ -676,6 +685,8 @@ async fn schemathesis_finds_no_server_error_and_every_answer_fits_the_document()
         Duration::from_secs(480),
         Command::new(schemathesis)
             .args([
+                "--config-file",
+                settings.to_str().expect("a UTF-8 path"),
                 "run",
                 &format!("http://{addr}/openapi.json"),
                 "--header",
@@ -773,4 +784,49 @@ async fn keys_create_works_offline_and_the_key_works_online() {
         .await
         .expect("list");
     assert_eq!(other.status(), reqwest::StatusCode::FORBIDDEN);
+}
+
+/// `worker` runs the job queue without the API: its probes and metrics answer, `/api/v1`
+/// does not, and the jobs it schedules (the purge) run in it.
+#[tokio::test]
+async fn a_worker_runs_jobs_and_serves_no_api() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cmd = command(dir.path());
+    cmd.env("TM_JOB_POLL_INTERVAL", "50ms");
+    let (mut child, addr, _) = start_running(cmd, "worker").await;
+    let client = reqwest::Client::new();
+    let get = |path: &str| {
+        client
+            .get(format!("http://{addr}{path}"))
+            .bearer_auth(ADMIN_KEY)
+            .send()
+    };
+    assert_eq!(get("/healthz").await.expect("sent").status(), 200);
+    assert_eq!(get("/health/ready").await.expect("sent").status(), 200);
+    assert_eq!(get("/api/v1/routes").await.expect("sent").status(), 404);
+    assert_eq!(
+        get("/api/v1/routes/resolve?tenant=a&service=b&env=c")
+            .await
+            .expect("sent")
+            .status(),
+        404
+    );
+    let started = std::time::Instant::now();
+    loop {
+        let text = get("/metrics")
+            .await
+            .expect("sent")
+            .text()
+            .await
+            .expect("text");
+        if text.contains("jobs_processed_total{kind=\"purge\",outcome=\"done\"} 1") {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the purge job never ran:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    child.kill().await.expect("killed");
 }

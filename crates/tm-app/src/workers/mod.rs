@@ -3,9 +3,11 @@
 //! composition root registers each one with [`Workers::spawn`].
 
 mod follow;
+mod jobs;
 mod purge;
 mod rebuild;
 mod sample;
+mod schedule;
 
 use std::future::Future;
 use std::time::Duration;
@@ -14,9 +16,11 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub(crate) use follow::{subscribe, Follow};
-pub(crate) use purge::Purge;
+pub(crate) use jobs::{Handlers, JobRunner};
+pub(crate) use purge::{Purge, PURGE, PURGE_EVERY};
 pub(crate) use rebuild::Rebuild;
 pub(crate) use sample::Sample;
+pub(crate) use schedule::{Recurring, Schedule};
 
 /// A background task of the registry.
 pub(crate) trait Worker: Send + 'static {

@@ -1,60 +1,62 @@
-//! The periodic deletion of what the database keeps for a bounded time: expired
-//! idempotency records, and events older than `TM_EVENTS_RETENTION`.
+//! The `purge` job: deletes what the database keeps for a bounded time, expired
+//! idempotency records and events older than `TM_EVENTS_RETENTION`. Scheduled every
+//! [`PURGE_EVERY`] by [`super::Schedule`], run by whichever job runner claims it.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tm_http::AppState;
-use tm_store::Store;
-use tokio_util::sync::CancellationToken;
+use futures::future::BoxFuture;
+use tm_store::{ClaimedJob, Store};
 
-use super::Worker;
+use super::jobs::{Handler, JobError};
 
-/// How often expired records are deleted.
-const PURGE_EVERY: Duration = Duration::from_secs(600);
+/// The job's kind.
+pub(crate) const PURGE: &str = "purge";
 
-/// Deletes expired records at start and every [`PURGE_EVERY`] after.
+/// How often it is scheduled.
+pub(crate) const PURGE_EVERY: Duration = Duration::from_secs(600);
+
 pub(crate) struct Purge {
     store: Arc<dyn Store>,
     event_retention: Duration,
 }
 
 impl Purge {
-    pub(crate) fn new(state: &AppState, event_retention: Duration) -> Self {
+    pub(crate) fn new(store: Arc<dyn Store>, event_retention: Duration) -> Self {
         Self {
-            store: state.store.clone(),
+            store,
             event_retention,
         }
     }
 
-    async fn purge(&self) {
-        match self.store.purge_idempotency_keys().await {
-            Ok(0) => {}
-            Ok(purged) => tracing::debug!(purged, "expired idempotency records deleted"),
-            Err(err) => tracing::warn!(error = %err, "deleting expired idempotency records failed"),
-        }
-        let Ok(retention) = chrono::Duration::from_std(self.event_retention) else {
-            return;
+    async fn purge(&self) -> Result<(), JobError> {
+        let failed = |what: &str, err: tm_store::StoreError| {
+            JobError::Transient(format!("deleting {what} failed: {err}"))
         };
-        match self.store.purge_events(tm_domain::now() - retention).await {
-            Ok(0) => {}
-            Ok(purged) => tracing::debug!(purged, "events past their retention deleted"),
-            Err(err) => tracing::warn!(error = %err, "deleting events past their retention failed"),
+        let purged = self
+            .store
+            .purge_idempotency_keys()
+            .await
+            .map_err(|e| failed("expired idempotency records", e))?;
+        if purged > 0 {
+            tracing::debug!(purged, "expired idempotency records deleted");
         }
+        let retention = chrono::Duration::from_std(self.event_retention)
+            .map_err(|_| JobError::Permanent("TM_EVENTS_RETENTION is out of range".into()))?;
+        let purged = self
+            .store
+            .purge_events(tm_domain::now() - retention)
+            .await
+            .map_err(|e| failed("events past their retention", e))?;
+        if purged > 0 {
+            tracing::debug!(purged, "events past their retention deleted");
+        }
+        Ok(())
     }
 }
 
-impl Worker for Purge {
-    const NAME: &'static str = "purge";
-
-    async fn run(self, shutdown: CancellationToken) {
-        let mut tick = tokio::time::interval(PURGE_EVERY);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tick.tick() => self.purge().await,
-            }
-        }
+impl Handler for Purge {
+    fn run<'a>(&'a self, _job: &'a ClaimedJob) -> BoxFuture<'a, Result<(), JobError>> {
+        Box::pin(self.purge())
     }
 }

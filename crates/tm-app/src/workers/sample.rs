@@ -9,7 +9,8 @@ use tokio_util::sync::CancellationToken;
 use super::Worker;
 
 /// Every period: checks the read replicas, probes Redis while it is marked unusable,
-/// samples the metrics and forgets idle rate-limit buckets.
+/// samples the metrics (the job queue's depths included) and forgets idle rate-limit
+/// buckets.
 pub(crate) struct Sample {
     state: AppState,
     every: Duration,
@@ -33,6 +34,14 @@ impl Sample {
             }
         }
         tm_http::sample_metrics(state);
+        match state.store.queue_depths().await {
+            Ok(depths) => {
+                let live: Vec<(&str, u64)> =
+                    depths.live.iter().map(|(q, n)| (q.as_str(), *n)).collect();
+                state.metrics.set_queue_depths(&live, depths.dead);
+            }
+            Err(err) => tracing::debug!(error = %err, "sampling the job queue's depth failed"),
+        }
         state.limiter.forget_idle();
     }
 }

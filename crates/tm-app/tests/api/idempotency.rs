@@ -350,7 +350,8 @@ async fn idempotency_records_are_bounded_per_key() {
 #[tokio::test]
 async fn an_expired_record_neither_answers_nor_counts_and_is_purged() {
     use tm_store::{IdempotencyClaim, StoredResponse};
-    let app = spawn_app().await;
+    // No job runner: the purge job it runs at start must not race the purge below.
+    let app = spawn_app_with(|raw| raw.jobs.jobs_in_serve = false).await;
     let store = &app.store;
     let fingerprint = "f".repeat(64);
     let pending = std::time::Duration::from_secs(60);

@@ -13,6 +13,7 @@ mod bounds;
 mod concurrency;
 mod connections;
 mod constraints;
+mod dlq;
 mod events;
 mod front;
 mod health;

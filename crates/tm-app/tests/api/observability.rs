@@ -176,6 +176,8 @@ async fn metrics_are_scrapeable_from_the_start_and_count_by_route_template() {
         "routing_propagation_seconds",
         "app_uptime_seconds",
         "build_info",
+        "queue_depth",
+        "dlq_size",
     ] {
         assert!(
             text.contains(&format!("# TYPE {name} ")),

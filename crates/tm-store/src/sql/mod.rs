@@ -4,6 +4,7 @@
 
 mod events;
 mod idempotency;
+mod jobs;
 mod keys;
 mod routes;
 
@@ -191,6 +192,25 @@ pub(crate) struct Statements {
     pub(crate) events_after_in_tenant: String,
     /// Deletes up to `PURGE_BATCH` events made before a time.
     pub(crate) purge_events: String,
+    /// Leases (until, worker, now) up to a limit of due jobs, or jobs whose lease ran
+    /// out, highest priority first; none that another transaction is claiming.
+    pub(crate) claim_jobs: String,
+    /// Extends (until) the lease of a job (id) its worker holds.
+    pub(crate) extend_lease: String,
+    /// Deletes a done job (id) its worker holds.
+    pub(crate) finish_done: String,
+    /// Sets a failed job (state, run_at, error, now; id, worker) queued again or dead.
+    pub(crate) finish_failed: String,
+    /// Jobs by queue and state.
+    pub(crate) count_jobs: String,
+    /// Dead jobs by tenant, after id (each may be null), limit.
+    pub(crate) dead_jobs: String,
+    /// Queues a dead job (now; id, tenant or null) again, its attempts reset.
+    pub(crate) replay_dead_job: String,
+    /// Deletes a dead job (id, tenant or null).
+    pub(crate) purge_dead_job: String,
+    /// Deletes every dead job (of a tenant, or all if null).
+    pub(crate) purge_dead_jobs: String,
 }
 
 /// One SQL backend as the shared control flow sees it.

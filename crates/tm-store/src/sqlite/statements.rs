@@ -114,5 +114,41 @@ pub(super) static STATEMENTS: LazyLock<Statements> = LazyLock::new(|| {
         purge_events: "DELETE FROM events WHERE seq IN \
                        (SELECT seq FROM events WHERE time < ?1 LIMIT 10000)"
             .into(),
+        // Writes are serialized: a claim's read and update are one atomic step.
+        claim_jobs: "UPDATE jobs SET state = 'running', attempts = attempts + 1, \
+                     locked_until = ?1, locked_by = ?2, updated_at = ?3 \
+                     WHERE id IN (SELECT id FROM jobs \
+                                  WHERE (state = 'queued' AND run_at <= ?3) \
+                                     OR (state = 'running' AND locked_until < ?3) \
+                                  ORDER BY priority, run_at LIMIT ?4) \
+                     RETURNING id, queue, kind, payload, tenant, attempts, max_attempts, \
+                               created_at"
+            .into(),
+        extend_lease: "UPDATE jobs SET locked_until = ?1 \
+                       WHERE id = ?2 AND locked_by = ?3 AND state = 'running'"
+            .into(),
+        finish_done: "DELETE FROM jobs WHERE id = ?1 AND locked_by = ?2 AND state = 'running'"
+            .into(),
+        finish_failed:
+            "UPDATE jobs SET state = ?1, run_at = ?2, last_error = ?3, updated_at = ?4, \
+                        locked_until = NULL, locked_by = NULL \
+                        WHERE id = ?5 AND locked_by = ?6 AND state = 'running'"
+                .into(),
+        count_jobs: "SELECT queue, state, count(*) AS jobs FROM jobs GROUP BY queue, state".into(),
+        dead_jobs: "SELECT id, queue, kind, payload, tenant, attempts, last_error, created_at, \
+                    updated_at FROM jobs \
+                    WHERE state = 'dead' AND (?1 IS NULL OR tenant = ?1) \
+                      AND (?2 IS NULL OR id > ?2) \
+                    ORDER BY id LIMIT ?3"
+            .into(),
+        replay_dead_job: "UPDATE jobs SET state = 'queued', attempts = 0, run_at = ?1, \
+                          updated_at = ?1 \
+                          WHERE id = ?2 AND state = 'dead' AND (?3 IS NULL OR tenant = ?3)"
+            .into(),
+        purge_dead_job: "DELETE FROM jobs \
+                         WHERE id = ?1 AND state = 'dead' AND (?2 IS NULL OR tenant = ?2)"
+            .into(),
+        purge_dead_jobs: "DELETE FROM jobs WHERE state = 'dead' AND (?1 IS NULL OR tenant = ?1)"
+            .into(),
     }
 });

@@ -1,0 +1,225 @@
+//! The job queue on the store: enqueue (deduplicated by key), claim by lease, finish,
+//! and the dead-letter queue.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use tm_domain::{now, TenantId};
+use uuid::Uuid;
+
+use super::{conflict_or, insert_sql, Backend, Conn, Value};
+use crate::row::{ClaimedRow, CountRow, DeadRow};
+use crate::{
+    ClaimedJob, DeadJob, DeadPage, JobOutcome, JobStore, NewJob, Queue, QueueDepths, StoreError,
+};
+
+const JOB_COLUMNS: [&str; 13] = [
+    "id",
+    "queue",
+    "priority",
+    "kind",
+    "payload",
+    "dedup_key",
+    "tenant",
+    "state",
+    "attempts",
+    "max_attempts",
+    "run_at",
+    "created_at",
+    "updated_at",
+];
+
+fn scope_value(scope: Option<&TenantId>) -> Value<'_> {
+    Value::OptText(scope.map(TenantId::as_str))
+}
+
+#[async_trait]
+impl<B: Backend> JobStore for B {
+    async fn enqueue(&self, job: &NewJob) -> Result<bool, StoreError> {
+        let at = now();
+        let sql = insert_sql::<B>(
+            "jobs",
+            &JOB_COLUMNS,
+            &["payload"],
+            1,
+            " ON CONFLICT (dedup_key) WHERE dedup_key IS NOT NULL AND state <> 'dead' DO NOTHING",
+        );
+        let values = vec![
+            Value::id(Uuid::now_v7()),
+            Value::Text(job.queue.as_str()),
+            Value::Int(job.queue.priority()),
+            Value::Text(&job.kind),
+            Value::String(Some(job.payload.to_string())),
+            Value::OptText(job.dedup_key.as_deref()),
+            Value::OptText(job.tenant.as_ref().map(TenantId::as_str)),
+            Value::Text("queued"),
+            Value::Int(0),
+            Value::Int(i64::from(job.max_attempts.max(1))),
+            Value::Time(job.run_at),
+            Value::Time(at),
+            Value::Time(at),
+        ];
+        let inserted = self
+            .writer()
+            .write(async |conn: &mut Conn<B>| B::execute(conn, &sql, values).await)
+            .await?;
+        Ok(inserted == 1)
+    }
+
+    async fn claim_jobs(
+        &self,
+        worker: &str,
+        limit: u32,
+        lease_until: DateTime<Utc>,
+    ) -> Result<Vec<ClaimedJob>, StoreError> {
+        let values = vec![
+            Value::Time(lease_until),
+            Value::Text(worker),
+            Value::Time(now()),
+            Value::Int(i64::from(limit)),
+        ];
+        let rows: Vec<ClaimedRow> = self
+            .writer()
+            .write(async |conn: &mut Conn<B>| {
+                B::fetch_all(conn, &B::sql().claim_jobs, values).await
+            })
+            .await?;
+        let mut jobs = rows
+            .into_iter()
+            .map(ClaimedJob::try_from)
+            .collect::<Result<Vec<_>, _>>()?;
+        jobs.sort_by_key(|job| (job.queue, job.created_at));
+        Ok(jobs)
+    }
+
+    async fn extend_lease(
+        &self,
+        id: Uuid,
+        worker: &str,
+        lease_until: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let values = vec![Value::Time(lease_until), Value::id(id), Value::Text(worker)];
+        let updated = self
+            .writer()
+            .write(async |conn: &mut Conn<B>| {
+                B::execute(conn, &B::sql().extend_lease, values).await
+            })
+            .await?;
+        Ok(updated == 1)
+    }
+
+    async fn finish_job(
+        &self,
+        id: Uuid,
+        worker: &str,
+        outcome: &JobOutcome,
+    ) -> Result<bool, StoreError> {
+        let (sql, values) = match outcome {
+            JobOutcome::Done => (
+                &B::sql().finish_done,
+                vec![Value::id(id), Value::Text(worker)],
+            ),
+            JobOutcome::Retry { error, run_at } => (
+                &B::sql().finish_failed,
+                vec![
+                    Value::Text("queued"),
+                    Value::Time(*run_at),
+                    Value::Text(error),
+                    Value::Time(now()),
+                    Value::id(id),
+                    Value::Text(worker),
+                ],
+            ),
+            JobOutcome::Dead { error } => {
+                let at = now();
+                (
+                    &B::sql().finish_failed,
+                    vec![
+                        Value::Text("dead"),
+                        Value::Time(at),
+                        Value::Text(error),
+                        Value::Time(at),
+                        Value::id(id),
+                        Value::Text(worker),
+                    ],
+                )
+            }
+        };
+        let changed = self
+            .writer()
+            .write(async |conn: &mut Conn<B>| B::execute(conn, sql, values).await)
+            .await?;
+        Ok(changed == 1)
+    }
+
+    async fn queue_depths(&self) -> Result<QueueDepths, StoreError> {
+        let mut conn = self.reader(crate::ReadFrom::Primary).0.acquire().await?;
+        let rows: Vec<CountRow> = B::fetch_all(&mut conn, &B::sql().count_jobs, Vec::new()).await?;
+        let mut depths = QueueDepths {
+            live: Queue::ALL.into_iter().map(|q| (q, 0)).collect(),
+            dead: 0,
+        };
+        for row in rows {
+            let queue: Queue = row
+                .queue
+                .parse()
+                .map_err(|()| StoreError::Corrupt(format!("a job's queue: {}", row.queue)))?;
+            let count = u64::try_from(row.jobs).unwrap_or(0);
+            if row.state == "dead" {
+                depths.dead += count;
+            } else if let Some((_, live)) = depths.live.iter_mut().find(|(q, _)| *q == queue) {
+                *live += count;
+            }
+        }
+        Ok(depths)
+    }
+
+    async fn dead_jobs(&self, page: DeadPage<'_>) -> Result<Vec<DeadJob>, StoreError> {
+        let mut conn = self.reader(crate::ReadFrom::Primary).0.acquire().await?;
+        let values = vec![
+            scope_value(page.tenant),
+            Value::opt_id(page.after),
+            Value::Int(i64::from(page.limit)),
+        ];
+        let rows: Vec<DeadRow> = B::fetch_all(&mut conn, &B::sql().dead_jobs, values).await?;
+        rows.into_iter().map(DeadJob::try_from).collect()
+    }
+
+    async fn replay_dead_job(&self, id: Uuid, scope: Option<&TenantId>) -> Result<(), StoreError> {
+        let values = vec![Value::Time(now()), Value::id(id), scope_value(scope)];
+        let replayed = self
+            .writer()
+            .write(async |conn: &mut Conn<B>| {
+                B::execute(conn, &B::sql().replay_dead_job, values)
+                    .await
+                    .map_err(conflict_or)
+            })
+            .await?;
+        if replayed == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
+    async fn purge_dead_job(&self, id: Uuid, scope: Option<&TenantId>) -> Result<(), StoreError> {
+        let values = vec![Value::id(id), scope_value(scope)];
+        let purged = self
+            .writer()
+            .write(async |conn: &mut Conn<B>| {
+                B::execute(conn, &B::sql().purge_dead_job, values).await
+            })
+            .await?;
+        if purged == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
+    async fn purge_dead_jobs(&self, scope: Option<&TenantId>) -> Result<u64, StoreError> {
+        let values = vec![scope_value(scope)];
+        self.writer()
+            .write(async |conn: &mut Conn<B>| {
+                B::execute(conn, &B::sql().purge_dead_jobs, values).await
+            })
+            .await
+    }
+}
