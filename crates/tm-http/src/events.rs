@@ -76,7 +76,7 @@ pub async fn list(
         None => EventPosition::default(),
         Some(id) => state
             .guard
-            .read_uncached(|| state.store.event_position(id))
+            .read_uncached(|| state.store.event_position(id, filter.tenant.as_ref()))
             .await?
             .ok_or(ApiError::EventNotKept)?,
     };

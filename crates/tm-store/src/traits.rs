@@ -4,6 +4,8 @@
 //! Implementations keep a route and its audit row in one transaction, and report
 //! conflicts and outages as [`StoreError`] variants.
 
+use std::time::Duration;
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use tm_domain::{
@@ -170,8 +172,13 @@ pub trait IdempotencyStore: Send + Sync + 'static {
 /// and key writes above, read back in commit order.
 #[async_trait]
 pub trait EventStore: Send + Sync + 'static {
-    /// Where the event with `id` stands, if it is still kept.
-    async fn event_position(&self, id: EventId) -> Result<Option<EventPosition>, StoreError>;
+    /// Where the event with `id` stands, if it is still kept (and is `tenant`'s, if
+    /// given).
+    async fn event_position(
+        &self,
+        id: EventId,
+        tenant: Option<&TenantId>,
+    ) -> Result<Option<EventPosition>, StoreError>;
 
     /// Up to `limit` events that `filter` matches, after `after`, oldest first. An event
     /// is returned only once every event before it in this order is committed, so a
@@ -194,30 +201,36 @@ pub trait JobStore: Send + Sync + 'static {
     /// Enqueues `job`; `false` if a live (queued or running) job has its dedup key.
     async fn enqueue(&self, job: &NewJob) -> Result<bool, StoreError>;
 
-    /// Leases to `worker`, until `lease_until`, up to `limit` jobs that are due or whose
-    /// lease ran out (their worker died), highest priority first. Each claim counts as
-    /// an attempt. No two workers hold the same job.
+    /// Leases to `worker`, for `lease`, up to `limit` due jobs of the given kinds,
+    /// highest priority first, having first queued again the jobs whose lease ran out
+    /// (their worker died). Each claim counts as an attempt. No two workers hold the same
+    /// job. PostgreSQL times leases by its own clock.
     async fn claim_jobs(
         &self,
         worker: &str,
+        kinds: &[&str],
         limit: u32,
-        lease_until: DateTime<Utc>,
+        lease: Duration,
     ) -> Result<Vec<ClaimedJob>, StoreError>;
 
-    /// Extends the lease of a job `worker` holds; `false` if it holds it no longer.
+    /// Extends by `lease` the lease of a job `worker` holds in attempt `attempt`;
+    /// `false` if it holds it no longer.
     async fn extend_lease(
         &self,
         id: Uuid,
+        attempt: u32,
         worker: &str,
-        lease_until: DateTime<Utc>,
+        lease: Duration,
     ) -> Result<bool, StoreError>;
 
-    /// Records how a job `worker` holds ended: deleted when done, queued again or dead
-    /// when failed. `false` if `worker` held it no longer (its lease ran out and the job
-    /// may be another's now): nothing is changed then.
+    /// Records how attempt `attempt` of a job `worker` holds ended: deleted when done,
+    /// queued again or dead when failed. `false` if `worker` held it no longer in that
+    /// attempt (its lease ran out and the job may be another's now): nothing is changed
+    /// then.
     async fn finish_job(
         &self,
         id: Uuid,
+        attempt: u32,
         worker: &str,
         outcome: &JobOutcome,
     ) -> Result<bool, StoreError>;

@@ -81,8 +81,9 @@ struct Inner {
     config: JobsConfig,
     /// This runner's name in the leases it holds.
     name: String,
-    /// The jobs being run, to be released if the runner stops before they end.
-    running: Mutex<Vec<Uuid>>,
+    /// The jobs being run (id, attempt), to be released if the runner stops before
+    /// they end.
+    running: Mutex<Vec<(Uuid, u32)>>,
 }
 
 /// The job runner of this process.
@@ -114,31 +115,33 @@ impl JobRunner {
 }
 
 impl Inner {
-    fn lease_end(&self) -> chrono::DateTime<chrono::Utc> {
-        tm_domain::now()
-            + chrono::Duration::from_std(self.config.lease).unwrap_or(chrono::Duration::MAX)
-    }
-
-    fn running(&self) -> std::sync::MutexGuard<'_, Vec<Uuid>> {
+    fn running(&self) -> std::sync::MutexGuard<'_, Vec<(Uuid, u32)>> {
         self.running
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Renews the lease of `id` every third of the lease; returns if it was lost (the job
-    /// is another runner's now). A renewal that fails is tried again at the next turn.
-    async fn keep_leased(&self, id: Uuid) {
+    /// Renews the lease of `job` every third of the lease; returns once it is lost: the
+    /// store says another holds it, or no renewal has succeeded for a whole lease (the
+    /// database is out of reach, and the lease may have run out and the job gone to
+    /// another runner).
+    async fn keep_leased(&self, job: &ClaimedJob) {
+        let mut held_until = Instant::now() + self.config.lease;
         loop {
             tokio::time::sleep(self.config.lease / 3).await;
+            let asked = Instant::now();
             match self
                 .store
-                .extend_lease(id, &self.name, self.lease_end())
+                .extend_lease(job.id, job.attempt, &self.name, self.config.lease)
                 .await
             {
-                Ok(true) => {}
+                Ok(true) => held_until = asked + self.config.lease,
                 Ok(false) => return,
                 Err(err) => {
-                    tracing::warn!(job.id = %id, error = %err, "renewing a job's lease failed")
+                    tracing::warn!(job.id = %job.id, error = %err, "renewing a job's lease failed");
+                    if Instant::now() >= held_until {
+                        return;
+                    }
                 }
             }
         }
@@ -147,34 +150,41 @@ impl Inner {
     /// One attempt of `job`, its outcome recorded.
     async fn attempt(self: Arc<Self>, job: ClaimedJob, _slot: OwnedSemaphorePermit) {
         let started = Instant::now();
-        let kind: &'static str = match self.handlers.get_key_value(job.kind.as_str()) {
-            Some((kind, _)) => kind,
-            None => "other",
+        // Claims name this runner's kinds only; a job of another kind is dead.
+        let (kind, handler) = match self.handlers.get_key_value(job.kind.as_str()) {
+            Some((kind, handler)) => (*kind, Some(handler.clone())),
+            None => ("other", None),
         };
-        let result = match self.handlers.get(job.kind.as_str()) {
-            None => Err(JobError::Permanent(format!(
-                "no handler for jobs of kind {:?}",
-                job.kind
-            ))),
-            Some(handler) => {
-                let timeout = self.config.timeout;
-                tokio::select! {
-                    result = tokio::time::timeout(timeout, handler.run(&job)) => result
-                        .unwrap_or_else(|_| Err(JobError::Transient(format!("timed out after {timeout:?}")))),
-                    () = self.keep_leased(job.id) => {
-                        tracing::warn!(job.id = %job.id, job.kind = %job.kind, "a job's lease was lost while it ran; its outcome is left to the runner holding it now");
-                        self.forget(job.id);
-                        self.metrics.observe_job(kind, "lost", started.elapsed().as_secs_f64());
-                        return;
-                    }
+        let result = if let Some(handler) = handler.filter(|_| job.attempt <= job.max_attempts) {
+            let timeout = self.config.timeout;
+            tokio::select! {
+                result = tokio::time::timeout(timeout, handler.run(&job)) => result
+                    .unwrap_or_else(|_| Err(JobError::Transient(format!("timed out after {timeout:?}")))),
+                () = self.keep_leased(&job) => {
+                    tracing::warn!(job.id = %job.id, job.kind = %job.kind, "a job's lease was lost while it ran; its outcome is left to the runner holding it now");
+                    self.forget(job.id);
+                    self.metrics.observe_job(kind, "lost", started.elapsed().as_secs_f64());
+                    return;
                 }
             }
+        } else if job.attempt <= job.max_attempts {
+            Err(JobError::Permanent(format!(
+                "no handler for jobs of kind {:?}",
+                job.kind
+            )))
+        } else {
+            // Its runner stopped during its last attempt (no outcome was recorded): it
+            // is not run again.
+            Err(JobError::Permanent(format!(
+                "no attempt left: its runner stopped during attempt {} of {}",
+                job.max_attempts, job.max_attempts
+            )))
         };
         let (outcome, label) = decide(&job, result, &self.config);
         if let JobOutcome::Retry { error, .. } | JobOutcome::Dead { error } = &outcome {
             tracing::warn!(job.id = %job.id, job.kind = %job.kind, job.attempt = job.attempt, outcome = label, error = %error, "a job's attempt failed");
         }
-        let label = if self.record(job.id, &outcome).await {
+        let label = if self.record(&job, &outcome).await {
             label
         } else {
             "lost"
@@ -186,12 +196,17 @@ impl Inner {
 
     /// Records `outcome`, retrying while the store fails (up to the lease: past it, the
     /// job is claimable again anyway). Whether it was recorded.
-    async fn record(&self, id: Uuid, outcome: &JobOutcome) -> bool {
+    async fn record(&self, job: &ClaimedJob, outcome: &JobOutcome) -> bool {
+        let id = job.id;
         let give_up = Instant::now() + self.config.lease;
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.store.finish_job(id, &self.name, outcome).await {
+            match self
+                .store
+                .finish_job(id, job.attempt, &self.name, outcome)
+                .await
+            {
                 Ok(held) => return held,
                 Err(err) if Instant::now() < give_up => {
                     tracing::warn!(job.id = %id, error = %err, "recording a job's outcome failed; retrying");
@@ -207,20 +222,30 @@ impl Inner {
     }
 
     fn forget(&self, id: Uuid) {
-        self.running().retain(|running| *running != id);
+        self.running().retain(|(running, _)| *running != id);
     }
 
     /// Gives back the jobs still running when the runner stops: due again at once.
     async fn release_running(&self) {
-        let left: Vec<Uuid> = std::mem::take(&mut *self.running());
-        for id in left {
-            let outcome = JobOutcome::Retry {
-                error: "released: its runner stopped before it ended".into(),
-                run_at: tm_domain::now(),
-            };
-            if let Err(err) = self.store.finish_job(id, &self.name, &outcome).await {
-                tracing::warn!(job.id = %id, error = %err, "releasing a job failed; it runs again once its lease ends");
-            }
+        let left: Vec<(Uuid, u32)> = std::mem::take(&mut *self.running());
+        for (id, attempt) in left {
+            self.release(id, attempt).await;
+        }
+    }
+
+    /// Gives back a job this runner holds without running it: due again at once.
+    async fn release(&self, id: Uuid, attempt: u32) {
+        self.forget(id);
+        let outcome = JobOutcome::Retry {
+            error: "released: its runner stopped before it ended".into(),
+            run_at: tm_domain::now(),
+        };
+        if let Err(err) = self
+            .store
+            .finish_job(id, attempt, &self.name, &outcome)
+            .await
+        {
+            tracing::warn!(job.id = %id, error = %err, "releasing a job failed; it runs again once its lease ends");
         }
     }
 }
@@ -230,25 +255,29 @@ impl Worker for JobRunner {
 
     async fn run(self, shutdown: CancellationToken) {
         let inner = self.inner;
+        let kinds: Vec<&str> = inner.handlers.keys().copied().collect();
         let slots = Arc::new(Semaphore::new(inner.config.concurrency as usize));
         let mut attempts = JoinSet::new();
-        loop {
+        while !shutdown.is_cancelled() {
+            while attempts.try_join_next().is_some() {}
             let free = slots.available_permits();
             if free > 0 {
                 let limit = u32::try_from(free).unwrap_or(u32::MAX);
                 match inner
                     .store
-                    .claim_jobs(&inner.name, limit, inner.lease_end())
+                    .claim_jobs(&inner.name, &kinds, limit, inner.config.lease)
                     .await
                 {
                     Ok(jobs) if !jobs.is_empty() => {
                         for job in jobs {
-                            let slot = slots
-                                .clone()
-                                .try_acquire_owned()
-                                .expect("a free slot per job claimed");
-                            inner.running().push(job.id);
-                            attempts.spawn(inner.clone().attempt(job, slot));
+                            inner.running().push((job.id, job.attempt));
+                            match slots.clone().try_acquire_owned() {
+                                Ok(slot) => {
+                                    attempts.spawn(inner.clone().attempt(job, slot));
+                                }
+                                // More than asked for: given back at once.
+                                Err(_) => inner.release(job.id, job.attempt).await,
+                            }
                         }
                         // There may be more due: look again at once.
                         continue;
@@ -264,8 +293,9 @@ impl Worker for JobRunner {
                 Some(_) = attempts.join_next(), if !attempts.is_empty() => {}
             }
         }
-        // Stopping: the attempts under way get a lease's time to end, then are released.
-        let drained = tokio::time::timeout(inner.config.lease, async {
+        // Stopping: the attempts under way get a third of a lease to end (a process is
+        // usually given less than a lease to stop), then are given back.
+        let drained = tokio::time::timeout(inner.config.lease / 3, async {
             while attempts.join_next().await.is_some() {}
         })
         .await;
@@ -518,14 +548,14 @@ mod tests {
         let metrics = Arc::new(Metrics::new(10, "test"));
         store.enqueue(&job("flaky", 7)).await.expect("enqueued");
         // A runner that claims the job and dies: its lease is never renewed.
-        let lease = tm_domain::now() + chrono::Duration::milliseconds(300);
+        let lease = Duration::from_millis(300);
         let claimed = store
-            .claim_jobs("dead-runner", 10, lease)
+            .claim_jobs("dead-runner", &["flaky"], 10, lease)
             .await
             .expect("claimed");
         assert_eq!(claimed.len(), 1);
         assert!(store
-            .claim_jobs("other", 10, lease)
+            .claim_jobs("other", &["flaky"], 10, lease)
             .await
             .expect("claim")
             .is_empty());
@@ -537,10 +567,45 @@ mod tests {
         assert_eq!(handler.attempts(), [7]);
         // The dead runner's late outcome changes nothing.
         let late = store
-            .finish_job(claimed[0].id, "dead-runner", &JobOutcome::Done)
+            .finish_job(claimed[0].id, 1, "dead-runner", &JobOutcome::Done)
             .await
             .expect("finish");
         assert!(!late);
+        stop.cancel();
+        running.await.expect("stopped");
+    }
+
+    #[tokio::test]
+    async fn a_job_whose_runner_died_in_its_last_attempt_is_dead_without_running_again() {
+        let (store, _dir) = store().await;
+        let metrics = Arc::new(Metrics::new(10, "test"));
+        let last = NewJob {
+            max_attempts: 1,
+            ..job("flaky", 4)
+        };
+        store.enqueue(&last).await.expect("enqueued");
+        let lease = Duration::from_millis(200);
+        let claimed = store.claim_jobs("dead-runner", &["flaky"], 10, lease).await;
+        assert_eq!(claimed.expect("claimed").len(), 1);
+
+        let handler = Flaky::new(0, false);
+        let stop = CancellationToken::new();
+        let running = tokio::spawn(runner(&store, handler.clone(), &metrics).run(stop.clone()));
+        until("dead", async || {
+            store.queue_depths().await.expect("depths").dead == 1
+        })
+        .await;
+        assert!(handler.attempts().is_empty(), "not run again");
+        let page = DeadPage {
+            tenant: None,
+            after: None,
+            limit: 10,
+        };
+        let dead = store.dead_jobs(page).await.expect("dead jobs");
+        assert!(dead[0]
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("no attempt left")));
         stop.cancel();
         running.await.expect("stopped");
     }
@@ -569,8 +634,11 @@ mod tests {
             .enqueue(&keyed(Queue::High, "h"))
             .await
             .expect("deduplicated"));
-        let lease = tm_domain::now() + chrono::Duration::seconds(30);
-        let first = store.claim_jobs("r", 1, lease).await.expect("claimed");
+        let lease = Duration::from_secs(30);
+        let first = store
+            .claim_jobs("r", &["flaky"], 1, lease)
+            .await
+            .expect("claimed");
         assert_eq!(first[0].queue, Queue::High);
         // Still deduplicated while it runs; free once it is done.
         assert!(!store
@@ -578,14 +646,19 @@ mod tests {
             .await
             .expect("deduplicated"));
         assert!(store
-            .finish_job(first[0].id, "r", &JobOutcome::Done)
+            .finish_job(first[0].id, 1, "r", &JobOutcome::Done)
             .await
             .expect("done"));
         assert!(store
             .enqueue(&keyed(Queue::High, "h"))
             .await
             .expect("enqueued"));
-        let rest = store.claim_jobs("r", 10, lease).await.expect("claimed");
+        // Jobs of kinds a runner does not handle are not claimed.
+        store.enqueue(&job("other", 5)).await.expect("enqueued");
+        let rest = store
+            .claim_jobs("r", &["flaky"], 10, lease)
+            .await
+            .expect("claimed");
         let queues: Vec<Queue> = rest.iter().map(|j| j.queue).collect();
         assert_eq!(queues, [Queue::High, Queue::Default, Queue::Bulk]);
         // Not due yet: not claimed.
@@ -595,7 +668,7 @@ mod tests {
         };
         store.enqueue(&later).await.expect("enqueued");
         assert!(store
-            .claim_jobs("r", 10, lease)
+            .claim_jobs("r", &["flaky"], 10, lease)
             .await
             .expect("claim")
             .is_empty());
@@ -618,8 +691,11 @@ mod tests {
         stop.cancel();
         running.await.expect("stopped");
         // Released at once, not left to its lease: claimable now.
-        let lease = tm_domain::now() + chrono::Duration::seconds(30);
-        let again = store.claim_jobs("next", 10, lease).await.expect("claimed");
+        let lease = Duration::from_secs(30);
+        let again = store
+            .claim_jobs("next", &["flaky"], 10, lease)
+            .await
+            .expect("claimed");
         assert_eq!(again.len(), 1);
         assert_eq!(again[0].attempt, 2);
     }

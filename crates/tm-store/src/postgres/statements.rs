@@ -109,7 +109,9 @@ pub(super) static STATEMENTS: LazyLock<Statements> = LazyLock::new(|| Statements
                                 WHERE scope = $1 AND key = $2 AND expires_at > $3"
         .into(),
     idempotency_purge: "DELETE FROM idempotency_keys WHERE expires_at <= $1".into(),
-    event_position: "SELECT txid::text::int8, seq FROM events WHERE id = $1".into(),
+    event_position: "SELECT txid::text::int8, seq FROM events \
+                     WHERE id = $1 AND ($2::text IS NULL OR tenant = $2)"
+        .into(),
     events_after: "SELECT txid::text::int8 AS txid, seq, id::text AS id, type, tenant, subject, \
                    time, data::text AS data FROM events \
                    WHERE ($1 OR type NOT LIKE 'key.%') AND (txid, seq) > ($2::text::xid8, $3) \
@@ -126,23 +128,43 @@ pub(super) static STATEMENTS: LazyLock<Statements> = LazyLock::new(|| Statements
     purge_events: "DELETE FROM events WHERE seq IN \
                    (SELECT seq FROM events WHERE time < $1 LIMIT 10000)"
         .into(),
-    claim_jobs: "UPDATE jobs SET state = 'running', attempts = attempts + 1, locked_until = $1, \
-                 locked_by = $2, updated_at = $3 \
-                 WHERE id IN (SELECT id FROM jobs \
-                              WHERE (state = 'queued' AND run_at <= $3) \
-                                 OR (state = 'running' AND locked_until < $3) \
-                              ORDER BY priority, run_at LIMIT $4 FOR UPDATE SKIP LOCKED) \
-                 RETURNING id::text AS id, queue, kind, payload::text AS payload, tenant, \
+    // Leases are timed by the database's clock, not the instances': an instance whose
+    // clock runs ahead cannot take over a job whose lease is still running. The values
+    // of the app's clock that SQLite uses are bound too, and left unused here.
+    reap_leases: "UPDATE jobs SET state = 'queued', locked_until = NULL, locked_by = NULL, \
+                  last_error = 'its lease ran out: its runner stopped or lost the database', \
+                  updated_at = now() \
+                  WHERE state = 'running' AND locked_until < now() AND $1::timestamptz IS NOT NULL"
+        .into(),
+    // The picked ids are materialized once: an IN (subquery ... LIMIT ... SKIP LOCKED)
+    // may be run more than once by the planner, each run skipping the rows the last
+    // one locked, and so update more rows than the limit.
+    claim_jobs: "WITH picked AS MATERIALIZED ( \
+                     SELECT id FROM jobs \
+                     WHERE state = 'queued' AND run_at <= now() \
+                       AND kind IN (SELECT jsonb_array_elements_text($6::jsonb)) \
+                     ORDER BY priority, run_at LIMIT $5 FOR UPDATE SKIP LOCKED) \
+                 UPDATE jobs SET state = 'running', attempts = attempts + 1, \
+                     locked_until = now() + make_interval(secs => $1::float8 / 1000), \
+                     locked_by = $3, updated_at = now() \
+                 FROM picked \
+                 WHERE jobs.id = picked.id \
+                   AND $2::timestamptz IS NOT NULL AND $4::timestamptz IS NOT NULL \
+                 RETURNING jobs.id::text AS id, queue, kind, payload::text AS payload, tenant, \
                            attempts::int8 AS attempts, max_attempts::int8 AS max_attempts, \
                            created_at"
         .into(),
-    extend_lease: "UPDATE jobs SET locked_until = $1 \
-                   WHERE id = $2 AND locked_by = $3 AND state = 'running'"
+    extend_lease:
+        "UPDATE jobs SET locked_until = now() + make_interval(secs => $1::float8 / 1000) \
+                   WHERE id = $3 AND locked_by = $4 AND attempts = $5 AND state = 'running' \
+                     AND $2::timestamptz IS NOT NULL"
+            .into(),
+    finish_done: "DELETE FROM jobs \
+                  WHERE id = $1 AND locked_by = $2 AND attempts = $3 AND state = 'running'"
         .into(),
-    finish_done: "DELETE FROM jobs WHERE id = $1 AND locked_by = $2 AND state = 'running'".into(),
     finish_failed: "UPDATE jobs SET state = $1, run_at = $2, last_error = $3, updated_at = $4, \
                     locked_until = NULL, locked_by = NULL \
-                    WHERE id = $5 AND locked_by = $6 AND state = 'running'"
+                    WHERE id = $5 AND locked_by = $6 AND attempts = $7 AND state = 'running'"
         .into(),
     count_jobs: "SELECT queue, state, count(*) AS jobs FROM jobs GROUP BY queue, state".into(),
     dead_jobs: "SELECT id::text AS id, queue, kind, payload::text AS payload, tenant, \

@@ -47,9 +47,16 @@ pub(crate) async fn write_events<B: Backend>(
 
 #[async_trait]
 impl<B: Backend> EventStore for B {
-    async fn event_position(&self, id: EventId) -> Result<Option<EventPosition>, StoreError> {
+    async fn event_position(
+        &self,
+        id: EventId,
+        tenant: Option<&TenantId>,
+    ) -> Result<Option<EventPosition>, StoreError> {
         let mut conn = self.reader(crate::ReadFrom::Primary).0.acquire().await?;
-        let by_id = vec![Value::id(id.as_uuid())];
+        let by_id = vec![
+            Value::id(id.as_uuid()),
+            Value::OptText(tenant.map(TenantId::as_str)),
+        ];
         let row: Option<(i64, i64)> =
             fetch_optional::<B, _>(&mut conn, &B::sql().event_position, by_id).await?;
         Ok(row.map(|(txid, seq)| EventPosition { txid, seq }))

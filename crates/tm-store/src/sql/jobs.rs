@@ -1,8 +1,9 @@
 //! The job queue on the store: enqueue (deduplicated by key), claim by lease, finish,
 //! and the dead-letter queue.
 
+use std::time::Duration;
+
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
 use tm_domain::{now, TenantId};
 use uuid::Uuid;
 
@@ -27,6 +28,15 @@ const JOB_COLUMNS: [&str; 13] = [
     "created_at",
     "updated_at",
 ];
+
+/// A lease in milliseconds, as PostgreSQL adds it to its own clock.
+fn lease_ms(lease: Duration) -> Value<'static> {
+    Value::Int(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn chrono_lease(lease: Duration) -> chrono::Duration {
+    chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX)
+}
 
 fn scope_value(scope: Option<&TenantId>) -> Value<'_> {
     Value::OptText(scope.map(TenantId::as_str))
@@ -68,18 +78,25 @@ impl<B: Backend> JobStore for B {
     async fn claim_jobs(
         &self,
         worker: &str,
+        kinds: &[&str],
         limit: u32,
-        lease_until: DateTime<Utc>,
+        lease: Duration,
     ) -> Result<Vec<ClaimedJob>, StoreError> {
+        let at = now();
+        let reap = vec![Value::Time(at)];
+        let kinds = serde_json::to_string(kinds).expect("strings serialize");
         let values = vec![
-            Value::Time(lease_until),
+            lease_ms(lease),
+            Value::Time(at + chrono_lease(lease)),
             Value::Text(worker),
-            Value::Time(now()),
+            Value::Time(at),
             Value::Int(i64::from(limit)),
+            Value::String(Some(kinds)),
         ];
         let rows: Vec<ClaimedRow> = self
             .writer()
-            .write(async |conn: &mut Conn<B>| {
+            .transaction(async |conn: &mut Conn<B>| {
+                B::execute(conn, &B::sql().reap_leases, reap).await?;
                 B::fetch_all(conn, &B::sql().claim_jobs, values).await
             })
             .await?;
@@ -94,10 +111,17 @@ impl<B: Backend> JobStore for B {
     async fn extend_lease(
         &self,
         id: Uuid,
+        attempt: u32,
         worker: &str,
-        lease_until: DateTime<Utc>,
+        lease: Duration,
     ) -> Result<bool, StoreError> {
-        let values = vec![Value::Time(lease_until), Value::id(id), Value::Text(worker)];
+        let values = vec![
+            lease_ms(lease),
+            Value::Time(now() + chrono_lease(lease)),
+            Value::id(id),
+            Value::Text(worker),
+            Value::Int(i64::from(attempt)),
+        ];
         let updated = self
             .writer()
             .write(async |conn: &mut Conn<B>| {
@@ -110,39 +134,29 @@ impl<B: Backend> JobStore for B {
     async fn finish_job(
         &self,
         id: Uuid,
+        attempt: u32,
         worker: &str,
         outcome: &JobOutcome,
     ) -> Result<bool, StoreError> {
+        let held = [
+            Value::id(id),
+            Value::Text(worker),
+            Value::Int(i64::from(attempt)),
+        ];
+        let failed = |state: &'static str, run_at, error| {
+            let mut values = vec![
+                Value::Text(state),
+                Value::Time(run_at),
+                Value::Text(error),
+                Value::Time(now()),
+            ];
+            values.extend(held.iter().cloned());
+            (&B::sql().finish_failed, values)
+        };
         let (sql, values) = match outcome {
-            JobOutcome::Done => (
-                &B::sql().finish_done,
-                vec![Value::id(id), Value::Text(worker)],
-            ),
-            JobOutcome::Retry { error, run_at } => (
-                &B::sql().finish_failed,
-                vec![
-                    Value::Text("queued"),
-                    Value::Time(*run_at),
-                    Value::Text(error),
-                    Value::Time(now()),
-                    Value::id(id),
-                    Value::Text(worker),
-                ],
-            ),
-            JobOutcome::Dead { error } => {
-                let at = now();
-                (
-                    &B::sql().finish_failed,
-                    vec![
-                        Value::Text("dead"),
-                        Value::Time(at),
-                        Value::Text(error),
-                        Value::Time(at),
-                        Value::id(id),
-                        Value::Text(worker),
-                    ],
-                )
-            }
+            JobOutcome::Done => (&B::sql().finish_done, held.to_vec()),
+            JobOutcome::Retry { error, run_at } => failed("queued", *run_at, error.as_str()),
+            JobOutcome::Dead { error } => failed("dead", now(), error.as_str()),
         };
         let changed = self
             .writer()

@@ -183,7 +183,7 @@ pub(crate) struct Statements {
     pub(crate) idempotency_count_live: String,
     pub(crate) idempotency_get_unexpired: String,
     pub(crate) idempotency_purge: String,
-    /// The (txid, seq) position of the event with an id.
+    /// The (txid, seq) position of the event with an id (of a tenant, if not null).
     pub(crate) event_position: String,
     /// Events after a position (txid as text, seq), key events or not, limit: in
     /// commit order, only those every reader will see in that order.
@@ -192,14 +192,20 @@ pub(crate) struct Statements {
     pub(crate) events_after_in_tenant: String,
     /// Deletes up to `PURGE_BATCH` events made before a time.
     pub(crate) purge_events: String,
-    /// Leases (until, worker, now) up to a limit of due jobs, or jobs whose lease ran
-    /// out, highest priority first; none that another transaction is claiming.
+    /// Queues again (now) the running jobs whose lease has run out.
+    pub(crate) reap_leases: String,
+    /// Leases (lease in ms, until, worker, now, limit, kinds as a JSON array) up to a
+    /// limit of due jobs of the kinds given, highest priority first; none that another
+    /// transaction is claiming. PostgreSQL times the lease by its own clock (the ms);
+    /// SQLite by the app's (until, now).
     pub(crate) claim_jobs: String,
-    /// Extends (until) the lease of a job (id) its worker holds.
+    /// Extends (lease in ms, until; id, worker, attempt) the lease of a job its worker
+    /// holds in that attempt.
     pub(crate) extend_lease: String,
-    /// Deletes a done job (id) its worker holds.
+    /// Deletes a done job (id, worker, attempt) its worker holds in that attempt.
     pub(crate) finish_done: String,
-    /// Sets a failed job (state, run_at, error, now; id, worker) queued again or dead.
+    /// Sets a failed job (state, run_at, error, now; id, worker, attempt) queued again
+    /// or dead.
     pub(crate) finish_failed: String,
     /// Jobs by queue and state.
     pub(crate) count_jobs: String,

@@ -100,7 +100,9 @@ pub(super) static STATEMENTS: LazyLock<Statements> = LazyLock::new(|| {
                                     WHERE scope = ?1 AND key = ?2 AND expires_at > ?3"
             .into(),
         idempotency_purge: "DELETE FROM idempotency_keys WHERE expires_at <= ?1".into(),
-        event_position: "SELECT 0, seq FROM events WHERE id = ?1".into(),
+        event_position: "SELECT 0, seq FROM events \
+                         WHERE id = ?1 AND (?2 IS NULL OR tenant = ?2)"
+            .into(),
         // Writes are serialized: seq is commit order, and the txid value goes unused.
         events_after: "SELECT 0 AS txid, seq, id, type, tenant, subject, time, data FROM events \
                        WHERE (?1 OR type NOT LIKE 'key.%') AND ?2 IS NOT NULL AND seq > ?3 \
@@ -114,25 +116,35 @@ pub(super) static STATEMENTS: LazyLock<Statements> = LazyLock::new(|| {
         purge_events: "DELETE FROM events WHERE seq IN \
                        (SELECT seq FROM events WHERE time < ?1 LIMIT 10000)"
             .into(),
+        // One host, one clock: the app's times are used; the lease in milliseconds (the
+        // first value, which PostgreSQL uses with its own clock) is not.
+        reap_leases: "UPDATE jobs SET state = 'queued', locked_until = NULL, locked_by = NULL, \
+                      last_error = 'its lease ran out: its runner stopped or lost the database', \
+                      updated_at = ?1 \
+                      WHERE state = 'running' AND locked_until < ?1"
+            .into(),
         // Writes are serialized: a claim's read and update are one atomic step.
         claim_jobs: "UPDATE jobs SET state = 'running', attempts = attempts + 1, \
-                     locked_until = ?1, locked_by = ?2, updated_at = ?3 \
+                     locked_until = ?2, locked_by = ?3, updated_at = ?4 \
                      WHERE id IN (SELECT id FROM jobs \
-                                  WHERE (state = 'queued' AND run_at <= ?3) \
-                                     OR (state = 'running' AND locked_until < ?3) \
-                                  ORDER BY priority, run_at LIMIT ?4) \
+                                  WHERE state = 'queued' AND run_at <= ?4 \
+                                    AND kind IN (SELECT value FROM json_each(?6)) \
+                                  ORDER BY priority, run_at LIMIT ?5) \
+                       AND ?1 IS NOT NULL \
                      RETURNING id, queue, kind, payload, tenant, attempts, max_attempts, \
                                created_at"
             .into(),
-        extend_lease: "UPDATE jobs SET locked_until = ?1 \
-                       WHERE id = ?2 AND locked_by = ?3 AND state = 'running'"
+        extend_lease: "UPDATE jobs SET locked_until = ?2 \
+                       WHERE id = ?3 AND locked_by = ?4 AND attempts = ?5 AND state = 'running' \
+                         AND ?1 IS NOT NULL"
             .into(),
-        finish_done: "DELETE FROM jobs WHERE id = ?1 AND locked_by = ?2 AND state = 'running'"
+        finish_done: "DELETE FROM jobs \
+                      WHERE id = ?1 AND locked_by = ?2 AND attempts = ?3 AND state = 'running'"
             .into(),
         finish_failed:
             "UPDATE jobs SET state = ?1, run_at = ?2, last_error = ?3, updated_at = ?4, \
-                        locked_until = NULL, locked_by = NULL \
-                        WHERE id = ?5 AND locked_by = ?6 AND state = 'running'"
+             locked_until = NULL, locked_by = NULL \
+             WHERE id = ?5 AND locked_by = ?6 AND attempts = ?7 AND state = 'running'"
                 .into(),
         count_jobs: "SELECT queue, state, count(*) AS jobs FROM jobs GROUP BY queue, state".into(),
         dead_jobs: "SELECT id, queue, kind, payload, tenant, attempts, last_error, created_at, \
