@@ -93,10 +93,14 @@ impl<B: Backend> JobStore for B {
             Value::Int(i64::from(limit)),
             Value::String(Some(kinds)),
         ];
+        // Two statements, each its own transaction: a claim dropped half-way (its task
+        // cancelled) leaves no transaction open behind it.
+        self.writer()
+            .write(async |conn: &mut Conn<B>| B::execute(conn, &B::sql().reap_leases, reap).await)
+            .await?;
         let rows: Vec<ClaimedRow> = self
             .writer()
-            .transaction(async |conn: &mut Conn<B>| {
-                B::execute(conn, &B::sql().reap_leases, reap).await?;
+            .write(async |conn: &mut Conn<B>| {
                 B::fetch_all(conn, &B::sql().claim_jobs, values).await
             })
             .await?;
