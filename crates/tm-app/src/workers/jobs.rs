@@ -674,6 +674,48 @@ mod tests {
             .is_empty());
     }
 
+    /// A job's network I/O or sleep holds no database connection: while a handler
+    /// waits, every pool of the store has none in use.
+    #[tokio::test]
+    async fn no_database_connection_is_held_while_a_job_runs() {
+        let (store, _dir) = store().await;
+        let metrics = Arc::new(Metrics::new(10, "test"));
+        store.enqueue(&job("flaky", 8)).await.expect("enqueued");
+        let stalled = Arc::new(Flaky {
+            failures: 0,
+            permanent: false,
+            attempts: Mutex::new(Vec::new()),
+            pause: Duration::from_millis(1500),
+        });
+        let mut handlers = Handlers::new();
+        handlers.insert("flaky", stalled.clone() as Arc<dyn Handler>);
+        // One slot (so no claim runs while the job does) and a lease long enough that
+        // no renewal falls within the watch below: any connection in use is the job's.
+        let config = JobsConfig {
+            concurrency: 1,
+            lease: Duration::from_secs(30),
+            ..config()
+        };
+        let runner = JobRunner::new(
+            store.clone(),
+            metrics,
+            handlers,
+            config,
+            Arc::new(Notify::new()),
+        );
+        let stop = CancellationToken::new();
+        let running = tokio::spawn(runner.run(stop.clone()));
+        until("started", async || !stalled.attempts().is_empty()).await;
+        for _ in 0..10 {
+            let in_use: u32 = store.pool_stats().iter().map(|pool| pool.in_use).sum();
+            assert_eq!(in_use, 0, "{:?}", store.pool_stats());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        until("done", async || live_jobs(&store).await == 0).await;
+        stop.cancel();
+        running.await.expect("stopped");
+    }
+
     #[tokio::test]
     async fn a_stopping_runner_gives_back_the_jobs_it_could_not_finish() {
         let (store, _dir) = store().await;
