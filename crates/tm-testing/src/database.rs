@@ -156,6 +156,13 @@ impl PgSchema {
     }
 
     /// Drops the schema from a thread of its own: `Drop` cannot await.
+    ///
+    /// The application may still hold a transaction on the schema's tables: one it was
+    /// in the middle of when it was dropped, whose rollback it cannot send while this
+    /// waits on its test's thread. Such a transaction would hold the drop (and, by its
+    /// transaction id, every reader of any test that waits for older transactions) until
+    /// PostgreSQL's idle-in-transaction time-out; the sessions holding locks on the
+    /// schema are ended instead, as the application is gone anyway.
     fn drop_blocking(&self) {
         let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
         let _ = std::thread::spawn(move || {
@@ -164,12 +171,30 @@ impl PgSchema {
                 .build()
                 .expect("runtime");
             rt.block_on(async {
-                if let Ok(mut conn) = sqlx::PgConnection::connect(&admin_url).await {
-                    let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS {name} CASCADE"))
+                let Ok(mut conn) = sqlx::PgConnection::connect(&admin_url).await else {
+                    return;
+                };
+                let _ = sqlx::query("SET lock_timeout = '250ms'")
+                    .execute(&mut conn)
+                    .await;
+                for _ in 0..20 {
+                    let dropped = sqlx::query(&format!("DROP SCHEMA IF EXISTS {name} CASCADE"))
                         .execute(&mut conn)
                         .await;
-                    let _ = conn.close().await;
+                    if dropped.is_ok() {
+                        break;
+                    }
+                    let _ = sqlx::query(
+                        "SELECT pg_terminate_backend(l.pid) FROM pg_locks l \
+                         JOIN pg_class c ON c.oid = l.relation \
+                         JOIN pg_namespace n ON n.oid = c.relnamespace \
+                         WHERE n.nspname = $1 AND l.pid <> pg_backend_pid()",
+                    )
+                    .bind(&name)
+                    .execute(&mut conn)
+                    .await;
                 }
+                let _ = conn.close().await;
             });
         })
         .join();
