@@ -389,6 +389,16 @@ mod tests {
             })
         }
 
+        /// Succeeds at once, after `pause`.
+        fn pausing(pause: Duration) -> Arc<Self> {
+            Arc::new(Self {
+                failures: 0,
+                permanent: false,
+                attempts: Mutex::new(Vec::new()),
+                pause,
+            })
+        }
+
         fn attempts(&self) -> Vec<u64> {
             self.attempts.lock().expect("lock").clone()
         }
@@ -524,12 +534,7 @@ mod tests {
         for n in 0..60 {
             store.enqueue(&job("flaky", n)).await.expect("enqueued");
         }
-        let shared = Arc::new(Flaky {
-            failures: 0,
-            permanent: false,
-            attempts: Mutex::new(Vec::new()),
-            pause: Duration::from_millis(5),
-        });
+        let shared = Flaky::pausing(Duration::from_millis(5));
         let stop = CancellationToken::new();
         let a = tokio::spawn(runner(&store, shared.clone(), &metrics).run(stop.clone()));
         let b = tokio::spawn(runner(&store, shared.clone(), &metrics).run(stop.clone()));
@@ -681,12 +686,7 @@ mod tests {
         let (store, _dir) = store().await;
         let metrics = Arc::new(Metrics::new(10, "test"));
         store.enqueue(&job("flaky", 8)).await.expect("enqueued");
-        let stalled = Arc::new(Flaky {
-            failures: 0,
-            permanent: false,
-            attempts: Mutex::new(Vec::new()),
-            pause: Duration::from_millis(1500),
-        });
+        let stalled = Flaky::pausing(Duration::from_millis(1500));
         let mut handlers = Handlers::new();
         handlers.insert("flaky", stalled.clone() as Arc<dyn Handler>);
         // One slot (so no claim runs while the job does) and a lease long enough that
@@ -721,12 +721,7 @@ mod tests {
         let (store, _dir) = store().await;
         let metrics = Arc::new(Metrics::new(10, "test"));
         store.enqueue(&job("flaky", 9)).await.expect("enqueued");
-        let slow = Arc::new(Flaky {
-            failures: 0,
-            permanent: false,
-            attempts: Mutex::new(Vec::new()),
-            pause: Duration::from_secs(30),
-        });
+        let slow = Flaky::pausing(Duration::from_secs(30));
         let stop = CancellationToken::new();
         let running = tokio::spawn(runner(&store, slow.clone(), &metrics).run(stop.clone()));
         until("started", async || !slow.attempts().is_empty()).await;
