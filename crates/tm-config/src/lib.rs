@@ -31,7 +31,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 pub use error::{ConfigError, SettingError};
-pub use events::{EventsConfig, EventsRaw};
+pub use events::{EventsConfig, EventsRaw, KafkaConfig};
 pub use guards::GuardConfig;
 pub use http::{ConnectionLimits, CorsOrigins, HttpConfig, HttpRaw};
 pub use jobs::{JobsConfig, JobsRaw};

@@ -426,7 +426,7 @@ fn non_dev_profiles_log_json_by_default() {
 
 #[test]
 fn every_setting_may_come_from_the_environment() {
-    assert_eq!(setting_keys().len(), 90);
+    assert_eq!(setting_keys().len(), 95);
     Jail::expect_with(|jail| {
         jail.set_env("TM_ACCESS_LOG_RESOLVE_SAMPLE", "0");
         jail.set_env("TM_RESOLVE_FAST_PATH", "false");
@@ -575,4 +575,36 @@ fn connection_limits_must_allow_something() {
             "TM_HTTP2_MAX_CONCURRENT_STREAMS"
         ]
     );
+}
+
+#[test]
+fn kafka_is_off_until_brokers_are_named() {
+    let config = Config::try_from(RawConfig::default()).expect("valid");
+    assert_eq!(config.events.kafka, None);
+
+    let raw = |brokers: &str, topic: &str| RawConfig {
+        events: EventsRaw {
+            kafka_brokers: Some(brokers.into()),
+            kafka_topic: topic.into(),
+            ..Default::default()
+        },
+        ..RawConfig::default()
+    };
+    let config =
+        Config::try_from(raw(" 127.0.0.1:9092, kafka-1:9093 ,", "routes.v1")).expect("valid");
+    let kafka = config.events.kafka.expect("kafka");
+    assert_eq!(kafka.brokers, ["127.0.0.1:9092", "kafka-1:9093"]);
+    assert_eq!(kafka.topic, "routes.v1");
+    assert_eq!((kafka.partitions, kafka.replication_factor), (6, 1));
+
+    for (brokers, topic, setting) in [
+        ("kafka-1", "events", "TM_KAFKA_BROKERS"),
+        ("kafka-1:0", "events", "TM_KAFKA_BROKERS"),
+        ("http://kafka-1:9092", "events", "TM_KAFKA_BROKERS"),
+        ("kafka-1:9092", "events/all", "TM_KAFKA_TOPIC"),
+        ("kafka-1:9092", "", "TM_KAFKA_TOPIC"),
+    ] {
+        let err = Config::try_from(raw(brokers, topic)).expect_err("invalid");
+        assert_eq!(err.0[0].setting, setting, "{brokers} {topic}");
+    }
 }
