@@ -8,6 +8,8 @@
 # Redis comes from Debian's redis-tools package (binaries only, no service); the Redis
 # tests start the servers they need with it — one server, or a six-node cluster (three
 # masters, three replicas) — on loopback ports, and stop them by PID.
+#
+# The Kafka tests run a broker of their own too: tansu, built from crates.io.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -56,6 +58,20 @@ provide_schemathesis() {
     TM_TEST_SCHEMATHESIS="$venv/bin/schemathesis"
 }
 
+# The Kafka tests start brokers of their own with tansu, a Kafka-protocol broker built
+# from crates.io once (into target/tools; it takes some minutes), with its in-memory
+# storage only. Each test stops its broker by PID.
+TANSU_VERSION=0.6.0
+provide_tansu() {
+    local root="$PWD/target/tools/tansu"
+    if ! "$root/bin/tansu" --version 2>/dev/null | grep -qx "tansu $TANSU_VERSION"; then
+        log "building the tansu $TANSU_VERSION Kafka broker from crates.io"
+        cargo install --quiet --locked --root "$root" tansu --version "$TANSU_VERSION" \
+            --no-default-features --features dynostore
+    fi
+    TM_TEST_KAFKA_BROKER="$root/bin/tansu"
+}
+
 # redis-tools ships the server binary as redis-check-rdb, which serves when called by
 # the name redis-server.
 provide_redis() {
@@ -84,7 +100,8 @@ summary() {
 provide_promtool
 provide_schemathesis
 provide_redis
-export TM_TEST_PROMTOOL TM_TEST_SCHEMATHESIS TM_TEST_REDIS_SERVER
+provide_tansu
+export TM_TEST_PROMTOOL TM_TEST_SCHEMATHESIS TM_TEST_REDIS_SERVER TM_TEST_KAFKA_BROKER
 
 # The load-and-abuse test (crates/tm-app/tests/load.rs) runs for a minute in this pass
 # and for its default 10 s in the PostgreSQL pass.

@@ -22,8 +22,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use workers::{
-    Follow, Handlers, JobRunner, Purge, Rebuild, Recurring, Sample, Schedule, Workers, PURGE,
-    PURGE_EVERY,
+    relay_kind, Follow, Handlers, JobRunner, Purge, Rebuild, Recurring, Relay, Sample, Schedule,
+    Sink, Workers, PURGE, PURGE_EVERY, RELAY_EVERY,
 };
 
 /// What stops [`Application::build`] (and [`create_key`]), naming the step that failed.
@@ -91,14 +91,21 @@ fn spawn_workers(
     workers.spawn(Sample::new(state, config.metrics.pool_sample_interval));
     // The job queue: recurring jobs scheduled by every process, run by this one
     // unless it leaves jobs to worker processes.
+    let sinks = event_sinks(config);
+    let mut recurring = vec![Recurring {
+        kind: PURGE,
+        every: PURGE_EVERY,
+        queue: tm_store::Queue::Bulk,
+    }];
+    recurring.extend(sinks.iter().map(|sink| Recurring {
+        kind: relay_kind(sink.name()),
+        every: RELAY_EVERY,
+        queue: tm_store::Queue::High,
+    }));
     let wake_runner = Arc::new(tokio::sync::Notify::new());
     workers.spawn(Schedule::new(
         state.store.clone(),
-        vec![Recurring {
-            kind: PURGE,
-            every: PURGE_EVERY,
-            queue: tm_store::Queue::Bulk,
-        }],
+        recurring,
         config.jobs.max_attempts,
         wake_runner.clone(),
     ));
@@ -108,6 +115,21 @@ fn spawn_workers(
             PURGE,
             Arc::new(Purge::new(state.store.clone(), config.events.retention)),
         );
+        // A relay works for half a job's time-out at most, then hands over to the next.
+        let slice = (config.jobs.timeout / 2).min(Duration::from_secs(60));
+        for sink in sinks {
+            handlers.insert(
+                relay_kind(sink.name()),
+                Arc::new(Relay::new(
+                    state.store.clone(),
+                    state.metrics.clone(),
+                    state.relays.clone(),
+                    sink,
+                    (slice, config.jobs.poll_interval),
+                    workers.stopping(),
+                )),
+            );
+        }
         workers.spawn(JobRunner::new(
             state.store.clone(),
             state.metrics.clone(),
@@ -117,6 +139,15 @@ fn spawn_workers(
         ));
     }
     workers
+}
+
+/// The sinks change events are relayed to, as configured.
+fn event_sinks(config: &Config) -> Vec<Arc<dyn Sink>> {
+    let mut sinks: Vec<Arc<dyn Sink>> = Vec::new();
+    if let Some(kafka) = &config.events.kafka {
+        sinks.push(Arc::new(tm_kafka::KafkaSink::new(kafka.clone())));
+    }
+    sinks
 }
 
 impl Application {
@@ -172,6 +203,7 @@ impl Application {
             tm_http::Fleet {
                 redis,
                 read_your_writes,
+                event_sinks: event_sinks(&config).iter().map(|s| s.name()).collect(),
             },
         );
         let workers = spawn_workers(&state, &config, subscription);

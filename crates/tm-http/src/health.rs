@@ -117,7 +117,7 @@ async fn check(state: &AppState) -> Checked {
 }
 
 /// An error and its sources, as `outer: inner: innermost`.
-fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
     while let Some(cause) = source {
@@ -196,6 +196,13 @@ async fn checks(state: &AppState, admin: bool) -> (Readiness, Value) {
         let (redis_healthy, redis) = redis_check(redis, ping);
         checks["redis"] = redis;
         if !redis_healthy && readiness == Readiness::Ready {
+            readiness = Readiness::Degraded;
+        }
+    }
+    // A sink in trouble leaves the instance serving: its events wait in the outbox.
+    if let Some((events_healthy, events)) = state.relays.check() {
+        checks["events"] = events;
+        if !events_healthy && readiness == Readiness::Ready {
             readiness = Readiness::Degraded;
         }
     }

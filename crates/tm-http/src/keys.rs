@@ -276,6 +276,7 @@ pub async fn revoke(
 /// revoked key stops working everywhere at once. (Without Redis, or when it is down,
 /// the database's change notifications and the periodic key reload carry the news.)
 async fn announce_key_change(state: &AppState) {
+    state.relays.written();
     if let Some(redis) = &state.redis {
         if redis.publish(KEYS_CHANNEL, "changed").await.is_err() {
             state.metrics.observe_redis_fallback("fan_out");

@@ -17,6 +17,7 @@ mod keys;
 mod observe;
 mod openapi;
 mod page;
+mod relays;
 mod resolve;
 mod routes;
 mod security;
@@ -42,9 +43,10 @@ use auth::Action;
 pub use error::{ApiError, PROBLEM_TYPE_PREFIX};
 pub use guard::Guard;
 use guard::WriteKind;
-pub use health::sample as sample_metrics;
+pub use health::{error_chain, sample as sample_metrics};
 pub use keys::KEYS_CHANNEL;
 pub use openapi::ApiDoc;
+pub use relays::{Relays, LAG_DEGRADED};
 pub use serve::serve;
 
 /// What every handler may use. Cloned for every request, so it is one `Arc`.
@@ -89,14 +91,18 @@ pub struct Shared {
     replicas: std::sync::RwLock<Vec<tm_store::ReplicaStatus>>,
     /// The dependencies as last checked by a health probe.
     health: health::HealthChecks,
+    /// The relays of change events, and what wakes them.
+    pub relays: Arc<Relays>,
 }
 
 impl AppState {
     /// Notes that `caller` has just written: for a while its reads go to the primary.
+    /// The write's events wait in the outbox: the relays are woken.
     pub fn wrote(&self, caller: &auth::Caller) {
         if let Some(writers) = &self.recent_writers {
             writers.insert(caller.actor().as_str().to_owned(), ());
         }
+        self.relays.written();
     }
 
     /// Where `caller`'s reads may be served from: the primary if it wrote within the
@@ -158,6 +164,7 @@ impl AppState {
         let Fleet {
             redis,
             read_your_writes,
+            event_sinks,
         } = fleet;
         let cache_control = HeaderValue::try_from(format!(
             "private, max-age={}, stale-while-revalidate={}",
@@ -201,6 +208,7 @@ impl AppState {
             }),
             replicas: std::sync::RwLock::default(),
             health: health::HealthChecks::default(),
+            relays: Arc::new(Relays::new(&event_sinks)),
         }))
     }
 }
@@ -212,6 +220,8 @@ pub struct Fleet {
     pub redis: Option<Arc<tm_redis::Redis>>,
     /// With read replicas: how long a caller that wrote reads from the primary.
     pub read_your_writes: Option<std::time::Duration>,
+    /// Where change events are relayed (`tm_telemetry::EVENT_SINKS`).
+    pub event_sinks: Vec<&'static str>,
 }
 
 /// What an operation does with `Idempotency-Key`.

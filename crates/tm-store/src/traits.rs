@@ -192,6 +192,19 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// Deletes the events made before `made_before`; how many.
     async fn purge_events(&self, made_before: DateTime<Utc>) -> Result<u64, StoreError>;
+
+    /// Where the relay to `sink` stands: the position of the last event it handed on
+    /// (the outbox's start if it never did).
+    async fn outbox_cursor(&self, sink: &str) -> Result<EventPosition, StoreError>;
+
+    /// Moves the relay cursor of `sink` from `from` to `to`; `false`, moving nothing, if
+    /// it no longer stands at `from` (another relay moved it).
+    async fn advance_outbox_cursor(
+        &self,
+        sink: &str,
+        from: EventPosition,
+        to: EventPosition,
+    ) -> Result<bool, StoreError>;
 }
 
 /// The job queue: background work any instance may run, leased to one worker at a

@@ -18,6 +18,8 @@ use prometheus::{
 pub const UNMATCHED: &str = "unmatched";
 /// The tenant label for tenants beyond the configured cap.
 pub const OTHER_TENANT: &str = "other";
+/// Where change events are relayed: the `sink` label of the event metrics.
+pub const EVENT_SINKS: [&str; 2] = ["kafka", "webhook"];
 
 const PROPAGATION_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -81,6 +83,9 @@ pub struct Metrics {
     dlq_size: IntGauge,
     jobs_processed: IntCounterVec,
     job_duration: HistogramVec,
+    events_published: IntCounterVec,
+    events_failed: IntCounterVec,
+    outbox_lag: GaugeVec,
 }
 
 type SeriesByMethod = Vec<(&'static str, Arc<RequestSeries>)>;
@@ -155,6 +160,16 @@ pub struct PoolFigures {
 
 /// `family` with a zero-valued series for each of `values` of its one label, so that
 /// each is scrapeable from the start.
+/// `family` with a zero series for every sink and event type.
+fn event_series(family: IntCounterVec) -> IntCounterVec {
+    for sink in EVENT_SINKS {
+        for kind in tm_domain::EventType::ALL {
+            family.with_label_values(&[sink, kind.as_str()]);
+        }
+    }
+    family
+}
+
 fn declared(family: IntGaugeVec, values: &[&str]) -> IntGaugeVec {
     for value in values {
         family.with_label_values(&[value]);
@@ -384,6 +399,30 @@ impl Metrics {
                 JOB_BUCKETS,
                 &["kind"],
             ),
+            events_published: event_series(r.counter_vec(
+                "events_published_total",
+                "Change events handed on by this process, by sink (kafka: acknowledged by the \
+                 brokers; webhook: delivered) and type.",
+                &["sink", "type"],
+            )),
+            events_failed: event_series(r.counter_vec(
+                "events_failed_total",
+                "Change events whose hand-on failed in this process (to be tried again), by \
+                 sink and type.",
+                &["sink", "type"],
+            )),
+            outbox_lag: {
+                let lag = r.gauge_vec(
+                    "outbox_lag_seconds",
+                    "Age of the oldest change event a sink has yet to take (0: none waits), as \
+                     last sampled.",
+                    &["sink"],
+                );
+                for sink in EVENT_SINKS {
+                    lag.with_label_values(&[sink]);
+                }
+                lag
+            },
             started: Instant::now(),
             registry,
         }
@@ -543,6 +582,25 @@ impl Metrics {
         self.job_duration
             .with_label_values(&[kind])
             .observe(seconds);
+    }
+
+    /// `count` events of `kind` handed on to `sink`.
+    pub fn events_published(&self, sink: &str, kind: &str, count: u64) {
+        self.events_published
+            .with_label_values(&[sink, kind])
+            .inc_by(count);
+    }
+
+    /// `count` events of `kind` that failed to reach `sink` this time.
+    pub fn events_failed(&self, sink: &str, kind: &str, count: u64) {
+        self.events_failed
+            .with_label_values(&[sink, kind])
+            .inc_by(count);
+    }
+
+    /// How long the oldest event `sink` has yet to take has waited.
+    pub fn set_outbox_lag(&self, sink: &str, seconds: f64) {
+        self.outbox_lag.with_label_values(&[sink]).set(seconds);
     }
 
     /// Brings `log_lines_dropped_total` up to `total`, the lines dropped since start-up.

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, Override, RedisTarget, Settings};
 use crate::database::{Database, PgSchema, PgTarget};
-use crate::{PgCluster, RedisCluster, RedisServer};
+use crate::{KafkaBroker, PgCluster, RedisCluster, RedisServer};
 
 /// A running application. Dropping it cancels its run (a test that ends early still
 /// stops it); [`stop`](Self::stop) also waits for the run to end.
@@ -106,6 +106,7 @@ pub struct TestAppBuilder {
     postgres: Option<PgTarget>,
     replicas: Vec<String>,
     redis: Option<RedisTarget>,
+    kafka: Option<String>,
     admin_key: Option<String>,
     frequent_reloads: bool,
     client_timeout: Option<Duration>,
@@ -152,6 +153,12 @@ impl TestAppBuilder {
     /// A Redis Cluster, by all its nodes as seeds.
     pub fn redis_cluster(mut self, cluster: &RedisCluster) -> Self {
         self.redis = Some(RedisTarget::Cluster(cluster.urls()));
+        self
+    }
+
+    /// A Kafka broker for the change events.
+    pub fn kafka(mut self, broker: &KafkaBroker) -> Self {
+        self.kafka = Some(broker.address());
         self
     }
 
@@ -251,6 +258,7 @@ impl TestAppBuilder {
             postgres,
             replicas: &self.replicas,
             redis: self.redis.as_ref(),
+            kafka: self.kafka.as_deref(),
             admin_key: self.admin_key.as_deref(),
             frequent_reloads: self.frequent_reloads,
             overrides: &self.overrides,

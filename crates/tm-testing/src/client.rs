@@ -166,6 +166,42 @@ impl TestApp {
         }
     }
 
+    /// Every event `key` (the admin key if none) may read, of `tenant` if given, in
+    /// the event API's order, following `next_after` a page of `limit` at a time.
+    pub async fn all_events(
+        &self,
+        key: Option<&str>,
+        tenant: Option<&str>,
+        limit: u32,
+    ) -> Vec<Value> {
+        let mut events = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let mut path = format!("/api/v1/events?limit={limit}");
+            if let Some(tenant) = tenant {
+                path.push_str(&format!("&tenant={tenant}"));
+            }
+            if let Some(after) = &after {
+                path.push_str(&format!("&after={after}"));
+            }
+            let reply = match key {
+                Some(key) => self.request_as(Some(key), Method::GET, &path, None).await,
+                None => self.get(&path).await,
+            };
+            reply.assert_status(StatusCode::OK);
+            let page = reply.json();
+            let items = page["items"].as_array().expect("items").clone();
+            if items.is_empty() {
+                assert_eq!(page["next_after"].as_str(), after.as_deref());
+                return events;
+            }
+            assert!(items.len() <= limit as usize);
+            assert_eq!(page["next_after"], items.last().expect("an item")["id"]);
+            after = page["next_after"].as_str().map(str::to_owned);
+            events.extend(items);
+        }
+    }
+
     /// `/health/ready`: status code and body.
     pub async fn ready(&self) -> (StatusCode, Value) {
         let reply = self

@@ -25,6 +25,7 @@ pub(crate) struct Settings<'a> {
     pub postgres: Option<&'a PgTarget>,
     pub replicas: &'a [String],
     pub redis: Option<&'a RedisTarget>,
+    pub kafka: Option<&'a str>,
     pub admin_key: Option<&'a str>,
     pub frequent_reloads: bool,
     pub overrides: &'a [Override],
@@ -60,6 +61,7 @@ pub(crate) fn build(settings: &Settings<'_>, last: impl FnOnce(&mut RawConfig)) 
         Some(RedisTarget::Cluster(urls)) => raw.redis.redis_cluster_urls = Some(urls.clone()),
         None => {}
     }
+    raw.events.kafka_brokers = settings.kafka.map(str::to_owned);
     for change in settings.overrides {
         change(&mut raw);
     }

@@ -1,7 +1,7 @@
 //! The test harness shared by every test binary: [`TestApp`] starts the real application
 //! on a random port over a database of its own and stops it again; the servers a test
-//! may need of its own ([`PgCluster`], [`RedisServer`], [`RedisCluster`]) start and stop
-//! with it; one Prometheus parser ([`metric_value`]) and one waiter ([`eventually`]).
+//! may need of its own ([`PgCluster`], [`RedisServer`], [`RedisCluster`],
+//! [`KafkaBroker`]) start and stop with it; one Prometheus parser ([`metric_value`]) and one waiter ([`eventually`]).
 //!
 //! A library rather than a module each test binary includes: every public item here is
 //! used by some binary, none by all, and only a library's public items are never
@@ -17,19 +17,23 @@
 //!   clusters as when the tests run as root; the tests needing clusters of their own
 //!   return early without them.
 //! - `TM_TEST_REDIS_SERVER`: a `redis-server` binary, `redis-cli` beside it; likewise.
+//! - `TM_TEST_KAFKA_BROKER`: a `tansu` binary, the Kafka-protocol broker; likewise.
 
 mod app;
 mod client;
 mod config;
 mod database;
+mod kafka;
 mod metrics;
 mod postgres;
+mod process;
 mod redis;
 mod wait;
 
 pub use app::{spawn_app, spawn_app_with, TestApp, TestAppBuilder};
 pub use client::{route, Reply};
 pub use database::backend;
+pub use kafka::{Consumed, KafkaBroker};
 pub use metrics::metric_value;
 pub use postgres::PgCluster;
 pub use redis::{RedisCluster, RedisServer};

@@ -3,14 +3,15 @@
 //! the package when missing); each is stopped by its PID when dropped.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use crate::process::Server;
 use crate::{eventually_blocking, free_port};
 
 /// One `redis-server`, in a temporary directory, persisting nothing.
 pub struct RedisServer {
-    child: Option<Child>,
+    process: Server,
     /// The loopback port it listens on.
     pub port: u16,
     dir: tempfile::TempDir,
@@ -36,7 +37,7 @@ impl RedisServer {
     fn start_with(extra: &[&str]) -> Option<RedisServer> {
         server_binary()?;
         let mut server = RedisServer {
-            child: None,
+            process: Server::default(),
             port: free_port(),
             dir: tempfile::tempdir().expect("tempdir"),
             args: extra.iter().map(|a| (*a).to_owned()).collect(),
@@ -56,7 +57,7 @@ impl RedisServer {
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server starts");
-        self.child = Some(child);
+        self.process.set(child);
         let what = format!("redis-server on port {} answering PING", self.port);
         eventually_blocking(Duration::from_secs(10), &what, || {
             self.cli(&["PING"]).as_deref() == Some("PONG")
@@ -83,10 +84,7 @@ impl RedisServer {
 
     /// SIGKILL, and waits for the process to be gone.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.process.kill();
     }
 
     /// Starts it again on the same port and directory.
@@ -97,22 +95,7 @@ impl RedisServer {
 
     /// Sends `signal` (e.g. `STOP`, `CONT`) to the server.
     pub fn signal(&self, signal: &str) {
-        let pid = self.pid().expect("running").to_string();
-        assert!(Command::new("kill")
-            .args([&format!("-{signal}"), &pid])
-            .status()
-            .expect("kill")
-            .success());
-    }
-
-    fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.kill();
+        self.process.signal(signal);
     }
 }
 
@@ -181,10 +164,14 @@ impl RedisCluster {
     /// Every live node says the cluster is ok and knows three masters.
     pub fn wait_until_ok(&self, within: Duration) {
         eventually_blocking(within, "the Redis cluster ok", || {
-            let ok = self.nodes.iter().filter(|n| n.child.is_some()).all(|n| {
-                n.cli(&["CLUSTER", "INFO"])
-                    .is_some_and(|info| info.contains("cluster_state:ok"))
-            });
+            let ok = self
+                .nodes
+                .iter()
+                .filter(|n| n.process.is_running())
+                .all(|n| {
+                    n.cli(&["CLUSTER", "INFO"])
+                        .is_some_and(|info| info.contains("cluster_state:ok"))
+                });
             ok && self.masters().len() == 3
         });
     }
@@ -193,7 +180,7 @@ impl RedisCluster {
     pub fn masters(&self) -> Vec<u16> {
         self.nodes
             .iter()
-            .filter(|n| n.child.is_some())
+            .filter(|n| n.process.is_running())
             .filter(|n| {
                 n.cli(&["ROLE"])
                     .is_some_and(|role| role.lines().next() == Some("master"))
@@ -220,7 +207,7 @@ impl RedisCluster {
             .nodes
             .iter()
             .position(|n| {
-                n.child.is_some()
+                n.process.is_running()
                     && n.cli(&["ROLE"])
                         .is_some_and(|r| r.lines().next() == Some("master"))
                     && owns_slot(n, &slot)

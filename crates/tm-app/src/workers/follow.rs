@@ -42,6 +42,7 @@ impl Follow {
                 keys: state.keys.clone(),
                 guard: state.guard.clone(),
                 metrics: state.metrics.clone(),
+                relays: state.relays.clone(),
             },
             sources: Sources {
                 store: state.store.clone(),
@@ -71,7 +72,11 @@ impl Worker for Follow {
                     self.sources.resubscribe().await;
                     Changed::all()
                 }
-                changed = self.sources.next() => changed,
+                changed = self.sources.next() => {
+                    // Another instance wrote: its events wait in the outbox.
+                    self.followed.relays.written();
+                    changed
+                }
             };
         }
     }
@@ -84,6 +89,8 @@ struct Followed {
     /// Whose cached reads changes made elsewhere make stale.
     guard: Arc<Guard>,
     metrics: Arc<Metrics>,
+    /// Woken when another instance wrote.
+    relays: Arc<tm_http::Relays>,
 }
 
 impl Followed {

@@ -6,6 +6,7 @@ mod follow;
 mod jobs;
 mod purge;
 mod rebuild;
+mod relay;
 mod sample;
 mod schedule;
 
@@ -19,6 +20,7 @@ pub(crate) use follow::{subscribe, Follow};
 pub(crate) use jobs::{Handlers, JobRunner};
 pub(crate) use purge::{Purge, PURGE, PURGE_EVERY};
 pub(crate) use rebuild::Rebuild;
+pub(crate) use relay::{relay_kind, Relay, Sink, RELAY_EVERY};
 pub(crate) use sample::Sample;
 pub(crate) use schedule::{Recurring, Schedule};
 
@@ -64,6 +66,11 @@ impl Workers {
         let (_, index, _) = futures::future::select_all(handles).await;
         // A finished handle must not be awaited again.
         self.running.remove(index).0
+    }
+
+    /// Cancelled when the workers are told to stop: for work that should end early then.
+    pub(crate) fn stopping(&self) -> CancellationToken {
+        self.stop.clone()
     }
 
     /// Tells every worker to stop and waits until all have.

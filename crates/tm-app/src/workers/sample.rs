@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use super::Worker;
 
 /// Every period: checks the read replicas, probes Redis while it is marked unusable,
-/// samples the metrics (the job queue's depths included) and forgets idle rate-limit
+/// samples the metrics (the job queue's depths and the outbox lag included) and forgets idle rate-limit
 /// buckets.
 pub(crate) struct Sample {
     state: AppState,
@@ -42,6 +42,7 @@ impl Sample {
             }
             Err(err) => tracing::debug!(error = %err, "sampling the job queue's depth failed"),
         }
+        super::relay::sample_lag(state.store.as_ref(), &state.relays, &state.metrics).await;
         state.limiter.forget_idle();
     }
 }

@@ -8,49 +8,13 @@ use serde_json::{json, Value};
 
 use tm_testing::*;
 
-/// Every event `key` may read (of `tenant`, if given), following `next_after` a page of
-/// `limit` at a time.
-async fn all_events(
-    app: &TestApp,
-    key: Option<&str>,
-    tenant: Option<&str>,
-    limit: u32,
-) -> Vec<Value> {
-    let mut events = Vec::new();
-    let mut after: Option<String> = None;
-    loop {
-        let mut path = format!("/api/v1/events?limit={limit}");
-        if let Some(tenant) = tenant {
-            path.push_str(&format!("&tenant={tenant}"));
-        }
-        if let Some(after) = &after {
-            path.push_str(&format!("&after={after}"));
-        }
-        let reply = match key {
-            Some(key) => app.request_as(Some(key), Method::GET, &path, None).await,
-            None => app.get(&path).await,
-        };
-        reply.assert_status(StatusCode::OK);
-        let page = reply.json();
-        let items = page["items"].as_array().expect("items").clone();
-        if items.is_empty() {
-            assert_eq!(page["next_after"].as_str(), after.as_deref());
-            return events;
-        }
-        assert!(items.len() <= limit as usize);
-        assert_eq!(page["next_after"], items.last().expect("an item")["id"]);
-        after = page["next_after"].as_str().map(str::to_owned);
-        events.extend(items);
-    }
-}
-
 /// Waits until `count` events of `tenant` (all, if none) are listed. On PostgreSQL an
 /// event is listed once every transaction of the cluster older than its own has ended
 /// (so that none can appear before it later): other tests' transactions may hold it
 /// back for a moment.
 async fn settled(app: &TestApp, tenant: Option<&str>, count: usize) {
     eventually(Duration::from_secs(10), "events listed", || async {
-        all_events(app, None, tenant, 1000).await.len() >= count
+        app.all_events(None, tenant, 1000).await.len() >= count
     })
     .await;
 }
@@ -103,7 +67,7 @@ async fn every_change_is_an_event_in_the_order_made() {
         .assert_status(StatusCode::NO_CONTENT);
 
     settled(&app, Some("acme"), 7).await;
-    let events = all_events(&app, None, Some("acme"), 100).await;
+    let events = app.all_events(None, Some("acme"), 100).await;
     assert_eq!(
         types(&events),
         [
@@ -193,7 +157,7 @@ async fn events_are_read_a_page_at_a_time_from_any_event_on() {
             .await;
     }
     settled(&app, Some("acme"), 7).await;
-    let whole = all_events(&app, None, Some("acme"), 1000).await;
+    let whole = app.all_events(None, Some("acme"), 1000).await;
     assert_eq!(whole.len(), 7);
     let subjects: Vec<String> = (0..7).map(|i| format!("acme/svc-{i}/prod/v1")).collect();
     assert_eq!(
@@ -204,7 +168,7 @@ async fn events_are_read_a_page_at_a_time_from_any_event_on() {
         subjects
     );
     // In pages of two, the same events in the same order.
-    assert_eq!(all_events(&app, None, Some("acme"), 2).await, whole);
+    assert_eq!(app.all_events(None, Some("acme"), 2).await, whole);
 
     // From the third on.
     let after = whole[2]["id"].as_str().expect("id");
@@ -244,13 +208,10 @@ async fn each_key_reads_its_own_tenant_and_key_events_only_if_it_manages_keys() 
     settled(&app, Some("globex"), 1).await;
 
     // A reader: its tenant's route events, no key events, whatever it asks.
-    let seen = all_events(&app, Some(&reader), None, 100).await;
+    let seen = app.all_events(Some(&reader), None, 100).await;
     assert_eq!(types(&seen), ["route.created"]);
     assert_eq!(seen[0]["tenant"], "acme");
-    assert_eq!(
-        all_events(&app, Some(&reader), Some("acme"), 100).await,
-        seen
-    );
+    assert_eq!(app.all_events(Some(&reader), Some("acme"), 100).await, seen);
     app.request_as(
         Some(&reader),
         Method::GET,
@@ -261,7 +222,7 @@ async fn each_key_reads_its_own_tenant_and_key_events_only_if_it_manages_keys() 
     .assert_status(StatusCode::FORBIDDEN);
 
     // A tenant admin: its tenant's key events too.
-    let seen = all_events(&app, Some(&tenant_admin), None, 100).await;
+    let seen = app.all_events(Some(&tenant_admin), None, 100).await;
     assert_eq!(
         types(&seen),
         ["route.created", "key.created", "key.created"]
@@ -269,7 +230,7 @@ async fn each_key_reads_its_own_tenant_and_key_events_only_if_it_manages_keys() 
     assert!(seen.iter().all(|e| e["tenant"] == "acme"));
 
     // An admin: every tenant's, in the order made.
-    let seen = all_events(&app, None, None, 100).await;
+    let seen = app.all_events(None, None, 100).await;
     let acme_and_globex: Vec<&str> = seen
         .iter()
         .filter(|e| e["type"] == "route.created")
@@ -348,7 +309,7 @@ async fn a_change_and_its_event_are_written_together_or_not_at_all() {
         .await
         .assert_status(StatusCode::CONFLICT);
     settled(&app, Some("acme"), 1).await;
-    let events = all_events(&app, None, Some("acme"), 100).await;
+    let events = app.all_events(None, Some("acme"), 100).await;
     assert_eq!(types(&events), ["route.created"]);
     assert_eq!(events[0]["subject"], "acme/billing/prod/v1");
 }
@@ -359,7 +320,7 @@ async fn events_past_their_retention_are_deleted_and_no_longer_followed() {
     app.create("acme", "old", "prod", "v1", "http://10.0.0.1")
         .await;
     settled(&app, Some("acme"), 1).await;
-    let old = all_events(&app, None, Some("acme"), 100).await;
+    let old = app.all_events(None, Some("acme"), 100).await;
     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     let cut = chrono::Utc::now();
     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
@@ -368,7 +329,7 @@ async fn events_past_their_retention_are_deleted_and_no_longer_followed() {
 
     settled(&app, Some("acme"), 2).await;
     assert_eq!(app.store.purge_events(cut).await.expect("purged"), 1);
-    let kept = all_events(&app, None, Some("acme"), 100).await;
+    let kept = app.all_events(None, Some("acme"), 100).await;
     assert_eq!(
         kept.iter()
             .map(|e| e["subject"].as_str().expect("subject"))

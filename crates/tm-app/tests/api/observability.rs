@@ -178,11 +178,26 @@ async fn metrics_are_scrapeable_from_the_start_and_count_by_route_template() {
         "build_info",
         "queue_depth",
         "dlq_size",
+        "events_published_total",
+        "events_failed_total",
+        "outbox_lag_seconds",
     ] {
         assert!(
             text.contains(&format!("# TYPE {name} ")),
             "{name} missing at start-up"
         );
+    }
+    // Every sink and event type has its series before the first event, Kafka
+    // configured or not.
+    for sink in ["kafka", "webhook"] {
+        for kind in ["route.created", "route.deleted", "key.revoked"] {
+            for family in ["events_published_total", "events_failed_total"] {
+                let series = format!("{family}{{sink=\"{sink}\",type=\"{kind}\"}}");
+                assert_eq!(metric_value(&text, &series), Some(0.0), "{series}");
+            }
+        }
+        let lag = format!("outbox_lag_seconds{{sink=\"{sink}\"}}");
+        assert_eq!(metric_value(&text, &lag), Some(0.0), "{lag}");
     }
 
     let created = app

@@ -128,6 +128,14 @@ pub(super) static STATEMENTS: LazyLock<Statements> = LazyLock::new(|| Statements
     purge_events: "DELETE FROM events WHERE seq IN \
                    (SELECT seq FROM events WHERE time < $1 LIMIT 10000)"
         .into(),
+    outbox_cursor: "SELECT txid, seq FROM outbox_cursors WHERE sink = $1".into(),
+    advance_outbox_cursor: "INSERT INTO outbox_cursors (sink, txid, seq, updated_at) \
+                            VALUES ($1, $4, $5, $6) \
+                            ON CONFLICT (sink) DO UPDATE \
+                            SET txid = excluded.txid, seq = excluded.seq, \
+                                updated_at = excluded.updated_at \
+                            WHERE outbox_cursors.txid = $2 AND outbox_cursors.seq = $3"
+        .into(),
     // Leases are timed by the database's clock, not the instances': an instance whose
     // clock runs ahead cannot take over a job whose lease is still running. The values
     // of the app's clock that SQLite uses are bound too, and left unused here.

@@ -103,4 +103,40 @@ impl<B: Backend> EventStore for B {
             }
         }
     }
+
+    async fn outbox_cursor(&self, sink: &str) -> Result<EventPosition, StoreError> {
+        let mut conn = self.reader(crate::ReadFrom::Primary).0.acquire().await?;
+        let row: Option<(i64, i64)> =
+            fetch_optional::<B, _>(&mut conn, &B::sql().outbox_cursor, vec![Value::Text(sink)])
+                .await?;
+        Ok(
+            row.map_or_else(EventPosition::default, |(txid, seq)| EventPosition {
+                txid,
+                seq,
+            }),
+        )
+    }
+
+    async fn advance_outbox_cursor(
+        &self,
+        sink: &str,
+        from: EventPosition,
+        to: EventPosition,
+    ) -> Result<bool, StoreError> {
+        let moved = self
+            .writer()
+            .write(async |conn: &mut Conn<B>| {
+                let values = vec![
+                    Value::Text(sink),
+                    Value::Int(from.txid),
+                    Value::Int(from.seq),
+                    Value::Int(to.txid),
+                    Value::Int(to.seq),
+                    Value::Time(tm_domain::now()),
+                ];
+                B::execute(conn, &B::sql().advance_outbox_cursor, values).await
+            })
+            .await?;
+        Ok(moved == 1)
+    }
 }

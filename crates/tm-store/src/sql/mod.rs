@@ -192,6 +192,11 @@ pub(crate) struct Statements {
     pub(crate) events_after_in_tenant: String,
     /// Deletes up to `PURGE_BATCH` events made before a time.
     pub(crate) purge_events: String,
+    /// A relay's cursor (sink): txid, seq.
+    pub(crate) outbox_cursor: String,
+    /// Moves a relay's cursor (sink, from txid, from seq, to txid, to seq, now) if it is
+    /// still where it was read; makes it if there is none.
+    pub(crate) advance_outbox_cursor: String,
     /// Queues again (now) the running jobs whose lease has run out.
     pub(crate) reap_leases: String,
     /// Leases (lease in ms, until, worker, now, limit, kinds as a JSON array) up to a

@@ -116,6 +116,14 @@ pub(super) static STATEMENTS: LazyLock<Statements> = LazyLock::new(|| {
         purge_events: "DELETE FROM events WHERE seq IN \
                        (SELECT seq FROM events WHERE time < ?1 LIMIT 10000)"
             .into(),
+        outbox_cursor: "SELECT txid, seq FROM outbox_cursors WHERE sink = ?1".into(),
+        advance_outbox_cursor: "INSERT INTO outbox_cursors (sink, txid, seq, updated_at) \
+                                VALUES (?1, ?4, ?5, ?6) \
+                                ON CONFLICT (sink) DO UPDATE \
+                                SET txid = excluded.txid, seq = excluded.seq, \
+                                    updated_at = excluded.updated_at \
+                                WHERE outbox_cursors.txid = ?2 AND outbox_cursors.seq = ?3"
+            .into(),
         // One host, one clock: the app's times are used; the lease in milliseconds (the
         // first value, which PostgreSQL uses with its own clock) is not.
         reap_leases: "UPDATE jobs SET state = 'queued', locked_until = NULL, locked_by = NULL, \
