@@ -1,4 +1,6 @@
-//! The first admin key of a store that never had one, and the file it is kept in.
+//! Key material made on first start and kept in the data directory: the first admin
+//! key of a store that never had one, and the key that seals secrets at rest when none
+//! is configured.
 //!
 //! The file is written before the key is stored: a key that works is always in the
 //! file. A start that cannot write the file stores nothing, so a later start still
@@ -17,6 +19,64 @@ use crate::StartError;
 
 /// Where in the data directory the key is kept.
 const FILE_NAME: &str = "bootstrap-admin.key";
+
+/// Where in the data directory the secret key is kept when none is configured.
+const SECRETS_FILE_NAME: &str = "secrets.key";
+
+/// The keys that seal secrets at rest: `TM_SECRETS_KEY`, the file `TM_SECRETS_KEY_FILE`
+/// names, or `<data_dir>/secrets.key`, made with a fresh key on first start (mode 0600).
+/// Losing that file makes the secrets sealed with it unreadable: keep it with the
+/// database's backups, or configure the key.
+pub(crate) fn secret_keys(
+    source: &tm_config::SecretKeySource,
+    data_dir: &Path,
+) -> Result<tm_secrets::SecretKeys, StartError> {
+    use secrecy::ExposeSecret;
+    let (path, spec) = match source {
+        tm_config::SecretKeySource::Given(spec) => {
+            return tm_secrets::SecretKeys::parse(spec.expose_secret()).map_err(|err| {
+                StartError::SecretKeys {
+                    path: None,
+                    source: io::Error::other(err.to_string()),
+                }
+            })
+        }
+        tm_config::SecretKeySource::File(path) => {
+            let spec = read_private_file(path)
+                .and_then(|found| found.ok_or_else(|| io::Error::from(io::ErrorKind::NotFound)));
+            (path.clone(), spec)
+        }
+        tm_config::SecretKeySource::DataDir => {
+            let path = data_dir.join(SECRETS_FILE_NAME);
+            let spec = match read_private_file(&path) {
+                Ok(Some(spec)) => Ok(spec),
+                Ok(None) => {
+                    let spec = tm_secrets::SecretKeys::generate_spec();
+                    match create_key_file(&path, &spec) {
+                        Ok(()) => {
+                            tracing::info!(path = %path.display(), "secret key created; keep it with the database's backups");
+                            Ok(spec)
+                        }
+                        // Another instance sharing this directory was quicker.
+                        Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {
+                            read_private_file(&path).and_then(|found| found.ok_or(err))
+                        }
+                        Err(err) => Err(err),
+                    }
+                }
+                Err(err) => Err(err),
+            };
+            (path, spec)
+        }
+    };
+    let error = |source| StartError::SecretKeys {
+        path: Some(path.clone()),
+        source,
+    };
+    let spec = spec.map_err(error)?;
+    tm_secrets::SecretKeys::parse(spec.trim())
+        .map_err(|err| error(io::Error::other(err.to_string())))
+}
 
 /// On a store that never had a key, makes an admin key (usable at once through `keys`)
 /// kept in `<data_dir>/bootstrap-admin.key` (mode 0600); returns it so that the caller
@@ -68,9 +128,21 @@ pub(crate) async fn admin_key(
     Ok(Some(key))
 }
 
-/// The key in the file at `path`, if there is a file. The file must be a regular file
-/// (a symbolic link is not followed), readable by its owner only, and hold one key.
+/// The key in the file at `path`, if there is a file (see [`read_private_file`]).
 fn read_key_file(path: &Path) -> io::Result<Option<ApiKey>> {
+    match read_private_file(path)? {
+        None => Ok(None),
+        Some(contents) => match ApiKey::parse(contents.trim()) {
+            Some(key) => Ok(Some(key)),
+            None => Err(io::Error::other("it holds no API key; remove it")),
+        },
+    }
+}
+
+/// What the file at `path` holds, if there is a file. The file must be a regular file
+/// (a symbolic link is not followed), readable by its owner only, and short (key
+/// material, not data).
+fn read_private_file(path: &Path) -> io::Result<Option<String>> {
     let mut options = std::fs::OpenOptions::new();
     options.read(true);
     no_follow(&mut options);
@@ -90,12 +162,9 @@ fn read_key_file(path: &Path) -> io::Result<Option<ApiKey>> {
         ));
     }
     let mut contents = String::new();
-    // A key is about 80 bytes: anything much longer is not one.
-    file.take(1024).read_to_string(&mut contents)?;
-    match ApiKey::parse(contents.trim()) {
-        Some(key) => Ok(Some(key)),
-        None => Err(io::Error::other("it holds no API key; remove it")),
-    }
+    // Keys are tens of bytes: anything much longer is not key material.
+    file.take(4096).read_to_string(&mut contents)?;
+    Ok(Some(contents))
 }
 
 /// Writes `contents` to a new file at `path` readable by its owner only; fails if

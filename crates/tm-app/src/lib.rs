@@ -22,8 +22,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use workers::{
-    relay_kind, Follow, Handlers, JobRunner, Purge, Rebuild, Recurring, Relay, Sample, Schedule,
-    Sink, Workers, PURGE, PURGE_EVERY, RELAY_EVERY,
+    relay_kind, Deliver, FanOut, Follow, Handlers, JobRunner, Purge, Rebuild, Recurring, Relay,
+    Reseal, Sample, Schedule, Sink, Workers, DELIVER, PURGE, PURGE_EVERY, RELAY_EVERY, RESEAL,
 };
 
 /// What stops [`Application::build`] (and [`create_key`]), naming the step that failed.
@@ -45,6 +45,14 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    #[error("loading the secret keys{}", .path.as_ref().map(|p| format!(" from {}", p.display())).unwrap_or_default())]
+    SecretKeys {
+        path: Option<std::path::PathBuf>,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("building the webhook client")]
+    Webhooks(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("configuring Redis")]
     Redis(#[source] tm_redis::RedisError),
     #[error("binding {addr}")]
@@ -80,7 +88,7 @@ fn spawn_workers(
     state: &AppState,
     config: &Config,
     subscription: Option<tm_store::ChangeSubscription>,
-) -> Workers {
+) -> Result<Workers, StartError> {
     let mut workers = Workers::new();
     workers.spawn(Follow::new(
         state,
@@ -89,47 +97,19 @@ fn spawn_workers(
     ));
     workers.spawn(Rebuild::new(state, config.snapshot_reload_interval));
     workers.spawn(Sample::new(state, config.metrics.pool_sample_interval));
-    // The job queue: recurring jobs scheduled by every process, run by this one
-    // unless it leaves jobs to worker processes.
-    let sinks = event_sinks(config);
-    let mut recurring = vec![Recurring {
-        kind: PURGE,
-        every: PURGE_EVERY,
-        queue: tm_store::Queue::Bulk,
-    }];
-    recurring.extend(sinks.iter().map(|sink| Recurring {
-        kind: relay_kind(sink.name()),
-        every: RELAY_EVERY,
-        queue: tm_store::Queue::High,
-    }));
-    let wake_runner = Arc::new(tokio::sync::Notify::new());
-    workers.spawn(Schedule::new(
-        state.store.clone(),
-        recurring,
-        config.jobs.max_attempts,
-        wake_runner.clone(),
-    ));
+    // The job queue: a process that runs jobs (a worker, or `serve` unless it leaves
+    // jobs to workers) also schedules the recurring ones; the dedup keys keep one of
+    // each in the fleet.
     if config.jobs.in_serve || config.process_type == tm_config::ProcessType::Worker {
-        let mut handlers = Handlers::new();
-        handlers.insert(
-            PURGE,
-            Arc::new(Purge::new(state.store.clone(), config.events.retention)),
-        );
-        // A relay works for half a job's time-out at most, then hands over to the next.
-        let slice = (config.jobs.timeout / 2).min(Duration::from_secs(60));
-        for sink in sinks {
-            handlers.insert(
-                relay_kind(sink.name()),
-                Arc::new(Relay::new(
-                    state.store.clone(),
-                    state.metrics.clone(),
-                    state.relays.clone(),
-                    sink,
-                    (slice, config.jobs.poll_interval),
-                    workers.stopping(),
-                )),
-            );
-        }
+        let sinks = event_sinks(state, config);
+        let wake_runner = Arc::new(tokio::sync::Notify::new());
+        workers.spawn(Schedule::new(
+            state.store.clone(),
+            recurring_jobs(&sinks),
+            config.jobs.max_attempts,
+            wake_runner.clone(),
+        ));
+        let handlers = job_handlers(state, config, sinks, workers.stopping())?;
         workers.spawn(JobRunner::new(
             state.store.clone(),
             state.metrics.clone(),
@@ -138,16 +118,105 @@ fn spawn_workers(
             wake_runner,
         ));
     }
-    workers
+    Ok(workers)
 }
 
-/// The sinks change events are relayed to, as configured.
-fn event_sinks(config: &Config) -> Vec<Arc<dyn Sink>> {
-    let mut sinks: Vec<Arc<dyn Sink>> = Vec::new();
+/// The jobs every job-running process schedules.
+fn recurring_jobs(sinks: &[Arc<dyn Sink>]) -> Vec<Recurring> {
+    let mut recurring = vec![
+        Recurring {
+            kind: PURGE,
+            every: PURGE_EVERY,
+            queue: tm_store::Queue::Bulk,
+        },
+        // At every start, then now and then: secrets sealed under a key rotated out are
+        // sealed again under the current one.
+        Recurring {
+            kind: RESEAL,
+            every: PURGE_EVERY,
+            queue: tm_store::Queue::Bulk,
+        },
+    ];
+    recurring.extend(sinks.iter().map(|sink| Recurring {
+        kind: relay_kind(sink.name()),
+        every: RELAY_EVERY,
+        queue: tm_store::Queue::High,
+    }));
+    recurring
+}
+
+/// The handler of every job kind, the relays to `sinks` among them (ending their slices
+/// early once `stopping` is cancelled).
+fn job_handlers(
+    state: &AppState,
+    config: &Config,
+    sinks: Vec<Arc<dyn Sink>>,
+    stopping: CancellationToken,
+) -> Result<Handlers, StartError> {
+    let mut handlers = Handlers::new();
+    handlers.insert(
+        PURGE,
+        Arc::new(Purge::new(state.store.clone(), config.events.retention)),
+    );
+    let client = tm_webhooks::Deliverer::new(
+        state.webhooks.policy.clone(),
+        config.webhooks.timeout,
+        concat!("traffic-manager/", env!("CARGO_PKG_VERSION")),
+    )
+    .map_err(|err| StartError::Webhooks(Box::new(err)))?;
+    handlers.insert(
+        DELIVER,
+        Arc::new(Deliver::new(
+            state.store.clone(),
+            state.webhooks.keys.clone(),
+            client,
+            state.metrics.clone(),
+        )),
+    );
+    handlers.insert(
+        RESEAL,
+        Arc::new(Reseal::new(
+            state.store.clone(),
+            state.webhooks.keys.clone(),
+        )),
+    );
+    // A relay works for half a job's time-out at most, then hands over to the next.
+    let slice = (config.jobs.timeout / 2).min(Duration::from_secs(60));
+    for sink in sinks {
+        handlers.insert(
+            relay_kind(sink.name()),
+            Arc::new(Relay::new(
+                state.store.clone(),
+                state.metrics.clone(),
+                state.relays.clone(),
+                sink,
+                (slice, config.jobs.poll_interval),
+                stopping.clone(),
+            )),
+        );
+    }
+    Ok(handlers)
+}
+
+/// The sinks change events are relayed to: webhooks, and Kafka when configured.
+fn event_sinks(state: &AppState, config: &Config) -> Vec<Arc<dyn Sink>> {
+    let mut sinks: Vec<Arc<dyn Sink>> = vec![Arc::new(FanOut::new(
+        state.store.clone(),
+        config.jobs.max_attempts,
+    ))];
     if let Some(kafka) = &config.events.kafka {
         sinks.push(Arc::new(tm_kafka::KafkaSink::new(kafka.clone())));
     }
     sinks
+}
+
+/// The names of the sinks [`event_sinks`] makes.
+fn sink_names(config: &Config) -> Vec<&'static str> {
+    let mut names = vec!["webhook"];
+    if config.events.kafka.is_some() {
+        names.push("kafka");
+    }
+    names
 }
 
 impl Application {
@@ -171,6 +240,7 @@ impl Application {
             .as_ref()
             .map(|k| k.expose_secret().to_owned());
         let (keys, routing) = load(&store, configured_admin.as_deref(), backend).await?;
+        let secret_keys = bootstrap::secret_keys(&config.webhooks.secret_keys, &config.data_dir)?;
         // Listening before serving: a change committed once this returns is notified.
         let subscription = workers::subscribe(store.as_ref()).await;
         let (listener, local_addr) = bind(config.http.listen).await?;
@@ -203,10 +273,17 @@ impl Application {
             tm_http::Fleet {
                 redis,
                 read_your_writes,
-                event_sinks: event_sinks(&config).iter().map(|s| s.name()).collect(),
+                event_sinks: sink_names(&config),
+                webhooks: Arc::new(tm_http::WebhookKit {
+                    keys: Arc::new(secret_keys),
+                    policy: Arc::new(tm_webhooks::NetworkPolicy::new(
+                        config.webhooks.allow_networks.clone(),
+                    )),
+                    max_per_tenant: config.webhooks.max_per_tenant,
+                }),
             },
         );
-        let workers = spawn_workers(&state, &config, subscription);
+        let workers = spawn_workers(&state, &config, subscription)?;
         Ok(Self {
             listener,
             local_addr,

@@ -18,6 +18,7 @@ mod render;
 mod storage;
 mod telemetry;
 mod urls;
+mod webhooks;
 
 use std::path::{Path, PathBuf};
 use std::sync::LazyLock;
@@ -44,6 +45,7 @@ pub use storage::{
 };
 pub use telemetry::{AccessLogConfig, LogConfig, LogFormat, MetricsConfig, TelemetryRaw};
 pub use urls::redact_url;
+pub use webhooks::{SecretKeySource, WebhooksConfig, WebhooksRaw};
 
 use error::Problems;
 use render::Lines;
@@ -72,6 +74,8 @@ pub struct RawConfig {
     pub events: EventsRaw,
     #[serde(flatten)]
     pub jobs: JobsRaw,
+    #[serde(flatten)]
+    pub webhooks: WebhooksRaw,
 }
 
 /// The validated configuration.
@@ -95,6 +99,7 @@ pub struct Config {
     pub redis: Option<RedisConfig>,
     pub events: EventsConfig,
     pub jobs: JobsConfig,
+    pub webhooks: WebhooksConfig,
 }
 
 /// Every setting's key, as the defaults name them: what the TOML file may hold and
@@ -154,6 +159,7 @@ impl Config {
             http: section(&figment, &mut errors),
             events: section(&figment, &mut errors),
             jobs: section(&figment, &mut errors),
+            webhooks: section(&figment, &mut errors),
         };
         if !errors.is_empty() {
             return Err(ConfigError(errors));
@@ -172,6 +178,7 @@ impl Config {
         self.http.render(&mut out);
         self.events.render(&mut out);
         self.jobs.render(&mut out);
+        self.webhooks.render(&mut out);
         out.finish()
     }
 }
@@ -250,6 +257,7 @@ impl TryFrom<RawConfig> for Config {
         let rate_limits = raw.limits.check(&mut problems);
         let events = raw.events.check(&mut problems);
         let jobs = raw.jobs.check(&mut problems);
+        let webhooks = raw.webhooks.check(&mut problems);
         raw.guards.check(&mut problems);
         let http = raw
             .http
@@ -271,6 +279,7 @@ impl TryFrom<RawConfig> for Config {
                 redis,
                 events,
                 jobs,
+                webhooks,
             }),
             _ => None,
         };

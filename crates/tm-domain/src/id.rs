@@ -26,6 +26,8 @@ pub enum KeyKind {}
 pub enum EventKind {}
 #[derive(Debug)]
 pub enum JobKind {}
+#[derive(Debug)]
+pub enum WebhookKind {}
 
 impl IdKind for RouteKind {
     const NAME: &'static str = "route";
@@ -38,6 +40,9 @@ impl IdKind for EventKind {
 }
 impl IdKind for JobKind {
     const NAME: &'static str = "job";
+}
+impl IdKind for WebhookKind {
+    const NAME: &'static str = "webhook";
 }
 
 /// An id of a `K`.
@@ -54,6 +59,8 @@ pub type KeyId = Id<KeyKind>;
 pub type EventId = Id<EventKind>;
 /// A background job's identity.
 pub type JobId = Id<JobKind>;
+/// A webhook subscription's identity.
+pub type WebhookId = Id<WebhookKind>;
 
 impl<K: IdKind> Id<K> {
     /// A fresh id; ids created later sort later.

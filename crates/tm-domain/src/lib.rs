@@ -13,10 +13,14 @@ mod snapshot;
 #[cfg(test)]
 mod testing;
 mod upstream;
+mod webhook;
 
 pub use error::{DomainError, FieldError, FieldErrors};
 pub use event::{Event, EventType, KeyFacts, EVENT_SCHEMA, EVENT_SOURCE};
-pub use id::{EventId, EventKind, Id, IdKind, JobId, JobKind, KeyId, KeyKind, RouteId, RouteKind};
+pub use id::{
+    EventId, EventKind, Id, IdKind, JobId, JobKind, KeyId, KeyKind, RouteId, RouteKind, WebhookId,
+    WebhookKind,
+};
 pub use ident::{EnvName, ServiceName, TenantId, Version};
 pub use key::{ApiKey, Grant, Role, SecretHash};
 pub use route::{
@@ -24,3 +28,4 @@ pub use route::{
 };
 pub use snapshot::{ActiveRoute, Pick, RouteChange, RoutingSnapshot, ServedRoute, SnapshotBuilder};
 pub use upstream::UpstreamUrl;
+pub use webhook::{Webhook, MAX_WEBHOOK_DESCRIPTION};

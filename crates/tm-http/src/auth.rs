@@ -31,6 +31,8 @@ pub enum Action {
     ManageKeys,
     /// The dead-letter queue: list, replay, purge.
     ManageJobs,
+    /// Webhook subscriptions: create, list, get, delete.
+    ManageWebhooks,
 }
 
 impl Action {
@@ -40,7 +42,7 @@ impl Action {
             Action::Resolve => RateClass::Resolve,
             Action::ReadRoutes => RateClass::Read,
             Action::WriteRoutes => RateClass::Write,
-            Action::ManageKeys | Action::ManageJobs => RateClass::Keys,
+            Action::ManageKeys | Action::ManageJobs | Action::ManageWebhooks => RateClass::Keys,
         }
     }
 
@@ -51,6 +53,7 @@ impl Action {
             Action::WriteRoutes => "change routes",
             Action::ManageKeys => "manage keys",
             Action::ManageJobs => "manage the dead-letter queue",
+            Action::ManageWebhooks => "manage webhooks",
         }
     }
 }

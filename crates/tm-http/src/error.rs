@@ -245,6 +245,16 @@ impl ApiError {
                 )
                 .into(),
             ),
+            ApiError::Store(StoreError::TooManyWebhooks { max }) => (
+                S::CONFLICT,
+                "too-many-webhooks",
+                "Too many webhooks",
+                format!(
+                    "This tenant holds {max} webhook subscriptions, the most allowed; delete \
+                     one before creating another."
+                )
+                .into(),
+            ),
             ApiError::Store(StoreError::StaleRevision { current }) => (
                 S::PRECONDITION_FAILED,
                 "stale-revision",

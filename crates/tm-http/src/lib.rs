@@ -22,6 +22,7 @@ mod resolve;
 mod routes;
 mod security;
 mod serve;
+mod webhooks;
 mod wire;
 
 use std::sync::Arc;
@@ -48,6 +49,7 @@ pub use keys::KEYS_CHANNEL;
 pub use openapi::ApiDoc;
 pub use relays::{Relays, LAG_DEGRADED};
 pub use serve::serve;
+pub use webhooks::WebhookKit;
 
 /// What every handler may use. Cloned for every request, so it is one `Arc`.
 #[derive(Clone)]
@@ -93,6 +95,8 @@ pub struct Shared {
     health: health::HealthChecks,
     /// The relays of change events, and what wakes them.
     pub relays: Arc<Relays>,
+    /// What webhook subscriptions need: secret keys, network policy, cap.
+    pub webhooks: Arc<WebhookKit>,
 }
 
 impl AppState {
@@ -165,6 +169,7 @@ impl AppState {
             redis,
             read_your_writes,
             event_sinks,
+            webhooks,
         } = fleet;
         let cache_control = HeaderValue::try_from(format!(
             "private, max-age={}, stale-while-revalidate={}",
@@ -209,12 +214,12 @@ impl AppState {
             replicas: std::sync::RwLock::default(),
             health: health::HealthChecks::default(),
             relays: Arc::new(Relays::new(&event_sinks)),
+            webhooks,
         }))
     }
 }
 
 /// What an instance shares with the rest of its fleet.
-#[derive(Default)]
 pub struct Fleet {
     /// Redis, when configured.
     pub redis: Option<Arc<tm_redis::Redis>>,
@@ -222,6 +227,7 @@ pub struct Fleet {
     pub read_your_writes: Option<std::time::Duration>,
     /// Where change events are relayed (`tm_telemetry::EVENT_SINKS`).
     pub event_sinks: Vec<&'static str>,
+    pub webhooks: Arc<WebhookKit>,
 }
 
 /// What an operation does with `Idempotency-Key`.
@@ -284,8 +290,15 @@ where
 /// API v1: the one list the router, the admission of each request and the metrics'
 /// declared endpoints are made from.
 fn api_operations() -> Vec<Operation> {
-    use Action::{ManageJobs, ManageKeys, ReadRoutes, Resolve, WriteRoutes};
-    use Idempotency::{Honoured, Ignored, Refused};
+    let mut operations = route_operations();
+    operations.extend(management_operations());
+    operations
+}
+
+/// Resolve and the routes.
+fn route_operations() -> Vec<Operation> {
+    use Action::{ReadRoutes, Resolve, WriteRoutes};
+    use Idempotency::{Honoured, Ignored};
     use WriteKind::{Critical, Ordinary};
     let read = |action| (action, Ignored, Input::None);
     vec![
@@ -328,6 +341,16 @@ fn api_operations() -> Vec<Operation> {
             routes::delete,
         ),
         operation("/routes/{id}", Method::GET, read(ReadRoutes), routes::get),
+    ]
+}
+
+/// Keys, events, the dead-letter queue and webhooks.
+fn management_operations() -> Vec<Operation> {
+    use Action::{ManageJobs, ManageKeys, ManageWebhooks, ReadRoutes};
+    use Idempotency::{Honoured, Ignored, Refused};
+    use WriteKind::Ordinary;
+    let read = |action| (action, Ignored, Input::None);
+    vec![
         operation(
             "/keys",
             Method::POST,
@@ -360,6 +383,30 @@ fn api_operations() -> Vec<Operation> {
             Method::DELETE,
             (ManageJobs, Honoured(Ordinary), Input::None),
             dlq::purge_one,
+        ),
+        operation(
+            "/webhooks",
+            Method::POST,
+            (ManageWebhooks, Refused, Input::Json),
+            webhooks::create,
+        ),
+        operation(
+            "/webhooks",
+            Method::GET,
+            read(ManageWebhooks),
+            webhooks::list,
+        ),
+        operation(
+            "/webhooks/{id}",
+            Method::GET,
+            read(ManageWebhooks),
+            webhooks::get,
+        ),
+        operation(
+            "/webhooks/{id}",
+            Method::DELETE,
+            (ManageWebhooks, Honoured(Ordinary), Input::None),
+            webhooks::delete,
         ),
     ]
 }

@@ -11,7 +11,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::RefOr;
 use utoipa::{Modify, OpenApi, ToSchema};
 
-use crate::{dlq, events, keys, resolve, routes};
+use crate::{dlq, events, keys, resolve, routes, webhooks};
 
 /// An RFC 9457 problem document, as every error is answered.
 #[derive(Serialize, ToSchema)]
@@ -183,6 +183,75 @@ pub struct DeadJobListDoc {
 #[schema(as = Purged)]
 pub struct PurgedDoc {
     pub purged: u64,
+}
+
+/// A webhook subscription, without its secret.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Webhook)]
+pub struct WebhookDoc {
+    #[schema(format = "uuid")]
+    pub id: String,
+    #[schema(pattern = "^[a-z0-9][a-z0-9._-]{0,62}$")]
+    pub tenant: String,
+    /// Where the tenant's events are POSTed.
+    #[schema(format = "uri")]
+    pub url: String,
+    /// The event types delivered; empty: every type.
+    pub event_types: Vec<EventType>,
+    #[schema(required = true, max_length = 200)]
+    pub description: Option<String>,
+    #[schema(format = DateTime)]
+    pub created_at: String,
+}
+
+/// A newly created subscription: the only answer that carries its signing secret.
+#[derive(Serialize, ToSchema)]
+#[schema(as = CreatedWebhook)]
+pub struct CreatedWebhookDoc {
+    #[schema(format = "uuid")]
+    pub id: String,
+    #[schema(pattern = "^[a-z0-9][a-z0-9._-]{0,62}$")]
+    pub tenant: String,
+    #[schema(format = "uri")]
+    pub url: String,
+    pub event_types: Vec<EventType>,
+    #[schema(required = true, max_length = 200)]
+    pub description: Option<String>,
+    #[schema(format = DateTime)]
+    pub created_at: String,
+    /// The signing secret (`whsec_` and the base64 of its 32 bytes), for the receiver
+    /// to verify each request's `webhook-signature`. Shown only here.
+    #[schema(pattern = "^whsec_[A-Za-z0-9+/]{43}=$")]
+    pub secret: String,
+}
+
+/// One page of the subscriptions the caller may see.
+#[derive(Serialize, ToSchema)]
+#[schema(as = WebhookList)]
+pub struct WebhookListDoc {
+    pub items: Vec<WebhookDoc>,
+    /// Pass as `cursor` to get the next page; `null` on the last page.
+    #[schema(required = true)]
+    pub next_cursor: Option<String>,
+}
+
+/// A subscription to create.
+#[derive(Serialize, ToSchema)]
+#[schema(as = NewWebhook)]
+#[serde(deny_unknown_fields)]
+pub struct NewWebhookDoc {
+    /// The tenant whose events are delivered.
+    #[schema(pattern = "^[a-z0-9][a-z0-9._-]{0,62}$")]
+    pub tenant: String,
+    /// An absolute http or https URL (at most 2048 bytes, no user info, no fragment);
+    /// internal addresses are refused unless `TM_WEBHOOK_ALLOW_NETWORKS` allows them.
+    #[schema(format = "uri", max_length = 2048)]
+    pub url: String,
+    /// The event types to deliver, each once; absent or empty: every type.
+    #[schema(max_items = 7)]
+    pub event_types: Option<Vec<EventType>>,
+    #[schema(max_length = 200)]
+    pub description: Option<String>,
 }
 
 /// An API key, without its secret.
@@ -429,11 +498,15 @@ impl Modify for Constraints {
         dlq::replay,
         dlq::purge_one,
         dlq::purge_all,
+        webhooks::create,
+        webhooks::list,
+        webhooks::get,
+        webhooks::delete,
     ),
-    components(schemas(ProblemDoc, FieldError, Route, ResolveAnswerDoc, RouteListDoc, KeyDoc, CreatedKeyDoc, KeyListDoc, NewKeyDoc, Role, EventDoc, EventListDoc, EventType, DeadJobDoc, DeadJobListDoc, PurgedDoc)),
+    components(schemas(ProblemDoc, FieldError, Route, ResolveAnswerDoc, RouteListDoc, KeyDoc, CreatedKeyDoc, KeyListDoc, NewKeyDoc, Role, EventDoc, EventListDoc, EventType, DeadJobDoc, DeadJobListDoc, PurgedDoc, WebhookDoc, CreatedWebhookDoc, WebhookListDoc, NewWebhookDoc)),
     modifiers(&BearerAuth, &CommonHeaders, &Constraints),
     security(("bearer" = [])),
-    tags((name = "routes", description = "Routes and resolution"), (name = "keys", description = "API keys"), (name = "events", description = "Change events"), (name = "jobs", description = "The job queue's dead-letter queue")),
+    tags((name = "routes", description = "Routes and resolution"), (name = "keys", description = "API keys"), (name = "events", description = "Change events"), (name = "jobs", description = "The job queue's dead-letter queue"), (name = "webhooks", description = "Webhook subscriptions")),
 )]
 pub struct ApiDoc;
 
@@ -625,6 +698,10 @@ mod tests {
         assert_eq!(
             cursor("GET /api/v1/dlq"),
             crate::page::DEAD_JOB_CURSORS.pattern()
+        );
+        assert_eq!(
+            cursor("GET /api/v1/webhooks"),
+            crate::page::WEBHOOK_CURSORS.pattern()
         );
     }
 

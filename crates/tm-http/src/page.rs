@@ -40,6 +40,8 @@ pub(crate) const ROUTE_CURSORS: Cursors = Cursors { tag: b"r1:" };
 pub(crate) const KEY_CURSORS: Cursors = Cursors { tag: b"k1:" };
 /// Cursors of the dead-letter queue's listing.
 pub(crate) const DEAD_JOB_CURSORS: Cursors = Cursors { tag: b"d1:" };
+/// Cursors of the webhook listing.
+pub(crate) const WEBHOOK_CURSORS: Cursors = Cursors { tag: b"w1:" };
 
 impl Cursors {
     /// The cursor that continues the listing after `id`.

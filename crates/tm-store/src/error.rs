@@ -11,6 +11,9 @@ pub enum StoreError {
     /// A tenant holds the most live keys allowed; one must be revoked first.
     #[error("the tenant holds {max} live keys, the most allowed")]
     TooManyKeys { max: u32 },
+    /// A tenant holds the most webhook subscriptions allowed.
+    #[error("the tenant holds {max} webhooks, the most allowed")]
+    TooManyWebhooks { max: u32 },
     /// A conditional write whose expected revision is not the stored one.
     #[error("route revision is {}, not the one expected", .current.revision)]
     StaleRevision { current: Box<Route> },

@@ -35,7 +35,16 @@ pub use routing::RoutingTable;
 pub use sqlite::SqliteStore;
 pub use traits::{
     ChangeFeed, EventStore, IdempotencyStore, JobStore, KeyStore, RouteStore, Store, StoreOps,
+    WebhookStore,
 };
+
+/// A webhook subscription as stored: the subscription, and its signing secret sealed
+/// (see `tm_secrets`; the context it is bound to is the subscription's id).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WebhookRecord {
+    pub webhook: tm_domain::Webhook,
+    pub sealed_secret: String,
+}
 
 /// Who made a change, as recorded in the audit log.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -398,3 +398,41 @@ pub(crate) fn idempotency_record(
 pub(crate) fn response_json(response: &crate::StoredResponse) -> String {
     serde_json::to_string(response).expect("a stored response always serializes")
 }
+
+/// The columns of `webhooks`, with `id` and `event_types` as text.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct WebhookRow {
+    id: String,
+    tenant: String,
+    url: String,
+    event_types: String,
+    description: Option<String>,
+    sealed_secret: String,
+    created_at: DateTime<Utc>,
+}
+
+impl TryFrom<WebhookRow> for crate::WebhookRecord {
+    type Error = StoreError;
+
+    fn try_from(row: WebhookRow) -> Result<Self, Self::Error> {
+        let corrupt =
+            |what: &str| StoreError::Corrupt(format!("webhook {}: invalid {what}", row.id));
+        let types: Vec<String> =
+            serde_json::from_str(&row.event_types).map_err(|_| corrupt("event types"))?;
+        let event_types = types
+            .iter()
+            .map(|t| tm_domain::EventType::parse(t).ok_or_else(|| corrupt("event type")))
+            .collect::<Result<_, _>>()?;
+        Ok(crate::WebhookRecord {
+            webhook: tm_domain::Webhook {
+                id: row.id.parse().map_err(|_| corrupt("id"))?,
+                tenant: TenantId::parse(&row.tenant).map_err(|_| corrupt("tenant"))?,
+                url: row.url,
+                event_types,
+                description: row.description,
+                created_at: row.created_at,
+            },
+            sealed_secret: row.sealed_secret,
+        })
+    }
+}

@@ -312,11 +312,76 @@ pub trait StoreOps: Send + Sync + 'static {
 
 /// The registry's storage: every concern at once.
 pub trait Store:
-    RouteStore + KeyStore + IdempotencyStore + EventStore + JobStore + ChangeFeed + StoreOps
+    RouteStore
+    + KeyStore
+    + IdempotencyStore
+    + EventStore
+    + JobStore
+    + WebhookStore
+    + ChangeFeed
+    + StoreOps
 {
 }
 
 impl<T> Store for T where
-    T: RouteStore + KeyStore + IdempotencyStore + EventStore + JobStore + ChangeFeed + StoreOps
+    T: RouteStore
+        + KeyStore
+        + IdempotencyStore
+        + EventStore
+        + JobStore
+        + WebhookStore
+        + ChangeFeed
+        + StoreOps
 {
+}
+
+/// Webhook subscriptions, their secrets sealed.
+#[async_trait]
+pub trait WebhookStore: Send + Sync + 'static {
+    /// Stores `record`; refused with [`StoreError::TooManyWebhooks`] if its tenant
+    /// holds `max_per_tenant` subscriptions already.
+    async fn create_webhook(
+        &self,
+        record: &crate::WebhookRecord,
+        max_per_tenant: u32,
+    ) -> Result<(), StoreError>;
+
+    async fn get_webhook(
+        &self,
+        id: tm_domain::WebhookId,
+    ) -> Result<Option<crate::WebhookRecord>, StoreError>;
+
+    /// Up to `limit` subscriptions (of `tenant`, if given) after `after`, in id order.
+    async fn list_webhooks(
+        &self,
+        tenant: Option<&TenantId>,
+        after: Option<tm_domain::WebhookId>,
+        limit: u32,
+    ) -> Result<Vec<tm_domain::Webhook>, StoreError>;
+
+    /// Deletes a subscription (only if it is `tenant`'s, when given); whether it existed.
+    async fn delete_webhook(
+        &self,
+        id: tm_domain::WebhookId,
+        tenant: Option<&TenantId>,
+    ) -> Result<bool, StoreError>;
+
+    /// The subscriptions of `tenants`.
+    async fn webhooks_of(
+        &self,
+        tenants: &[&TenantId],
+    ) -> Result<Vec<tm_domain::Webhook>, StoreError>;
+
+    /// Every subscription's id and sealed secret, for sealing them again under a new key.
+    async fn sealed_webhook_secrets(
+        &self,
+    ) -> Result<Vec<(tm_domain::WebhookId, String)>, StoreError>;
+
+    /// Replaces the sealed secret of `id` with `new` if it is still `old`; whether it was.
+    async fn reseal_webhook_secret(
+        &self,
+        id: tm_domain::WebhookId,
+        old: &str,
+        new: &str,
+    ) -> Result<bool, StoreError>;
 }

@@ -2,7 +2,7 @@
 //! a database of its own, with clients that hold its admin key; and its builder.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,8 +32,8 @@ pub struct TestApp {
     shutdown: CancellationToken,
     server: Option<JoinHandle<Result<(), RunError>>>,
     database: Database,
-    /// Held for its `Drop`: the directory goes with the application.
-    _data_dir: tempfile::TempDir,
+    /// The data directory; it goes with the application.
+    data_dir: tempfile::TempDir,
 }
 
 /// An application on the suite's backend (SQLite, or a schema of its own on
@@ -64,6 +64,11 @@ impl TestApp {
             .expect("running")
             .await
             .expect("server task")
+    }
+
+    /// The application's data directory (on SQLite, where its database file is).
+    pub fn data_dir(&self) -> &Path {
+        self.data_dir.path()
     }
 
     /// Runs `sql` directly against the test's database, bypassing the application.
@@ -208,6 +213,40 @@ impl TestAppBuilder {
             .admin_key
             .clone()
             .unwrap_or_else(|| format!("test-admin-{}", uuid::Uuid::now_v7().simple()));
+        self.start(data_dir, database, admin_key, configure).await
+    }
+
+    /// Stops `app` (as SIGTERM would) and starts an application in its place: on its
+    /// data directory and database, with its admin key, `configure` applied last to the
+    /// settings.
+    pub async fn restart(
+        &self,
+        mut app: TestApp,
+        configure: impl FnOnce(&mut RawConfig),
+    ) -> TestApp {
+        app.shutdown.cancel();
+        if let Some(server) = app.server.take() {
+            server
+                .await
+                .expect("server task")
+                .expect("the application stops cleanly");
+        }
+        let database = std::mem::replace(&mut app.database, Database::Sqlite(PathBuf::new()));
+        let data_dir = std::mem::replace(
+            &mut app.data_dir,
+            tempfile::tempdir().expect("temporary directory"),
+        );
+        let admin_key = app.admin_key.clone();
+        self.start(data_dir, database, admin_key, configure).await
+    }
+
+    async fn start(
+        &self,
+        data_dir: tempfile::TempDir,
+        database: Database,
+        admin_key: String,
+        configure: impl FnOnce(&mut RawConfig),
+    ) -> TestApp {
         let mut settings = self.settings(data_dir.path(), database.postgres());
         settings.admin_key = Some(&admin_key);
         let config = config::build(&settings, configure);
@@ -227,7 +266,7 @@ impl TestAppBuilder {
             shutdown,
             server: Some(server),
             database,
-            _data_dir: data_dir,
+            data_dir,
         }
     }
 

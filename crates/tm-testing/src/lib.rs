@@ -27,6 +27,7 @@ mod kafka;
 mod metrics;
 mod postgres;
 mod process;
+mod receiver;
 mod redis;
 mod wait;
 
@@ -36,6 +37,7 @@ pub use database::backend;
 pub use kafka::{Consumed, KafkaBroker};
 pub use metrics::metric_value;
 pub use postgres::PgCluster;
+pub use receiver::{Answer, Received, WebhookReceiver};
 pub use redis::{RedisCluster, RedisServer};
 pub use wait::{eventually, eventually_blocking};
 

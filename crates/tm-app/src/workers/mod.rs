@@ -9,6 +9,7 @@ mod rebuild;
 mod relay;
 mod sample;
 mod schedule;
+mod webhooks;
 
 use std::future::Future;
 use std::time::Duration;
@@ -23,6 +24,7 @@ pub(crate) use rebuild::Rebuild;
 pub(crate) use relay::{relay_kind, Relay, Sink, RELAY_EVERY};
 pub(crate) use sample::Sample;
 pub(crate) use schedule::{Recurring, Schedule};
+pub(crate) use webhooks::{Deliver, FanOut, Reseal, DELIVER, RESEAL};
 
 /// A background task of the registry.
 pub(crate) trait Worker: Send + 'static {

@@ -43,6 +43,13 @@ pub(crate) trait Sink: Send + Sync + 'static {
     /// The `sink` label of the event metrics, and the cursor's name.
     fn name(&self) -> &'static str;
 
+    /// Whether the relay counts the events it hands on in `events_published_total` and
+    /// `events_failed_total` (a sink whose hand-on is not the delivery counts them
+    /// itself).
+    fn counted_by_relay(&self) -> bool {
+        true
+    }
+
     /// Hands `events` on, in order; an error says why none or only some were (the
     /// relay hands the whole batch on again).
     fn publish<'a>(&'a self, events: &'a [Event]) -> BoxFuture<'a, Result<(), String>>;
@@ -107,6 +114,9 @@ impl Relay {
     }
 
     fn count(&self, events: &[Event], count: impl Fn(&Metrics, &str, &str, u64)) {
+        if !self.sink.counted_by_relay() {
+            return;
+        }
         let mut by_type: BTreeMap<&str, u64> = BTreeMap::new();
         for event in events {
             *by_type.entry(event.kind.as_str()).or_default() += 1;

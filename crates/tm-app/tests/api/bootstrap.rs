@@ -79,6 +79,9 @@ async fn a_start_that_cannot_write_the_key_file_stores_no_key() {
     let blocker = dir.path().join("not-a-directory");
     std::fs::write(&blocker, "").expect("file");
     let data_dir = std::mem::replace(&mut config.data_dir, blocker.join("data"));
+    // The secret key is configured, so the key file is the first thing written there.
+    config.webhooks.secret_keys =
+        tm_config::SecretKeySource::Given(tm_secrets::SecretKeys::generate_spec().into());
     let why = refused(config.clone()).await;
     assert!(why.contains("bootstrap admin key"), "{why}");
     // The next start, able to write, still makes the first key.

@@ -27,3 +27,4 @@ mod rejected_rows;
 mod resilience;
 mod resolve;
 mod routes;
+mod webhooks;

@@ -14,6 +14,8 @@ const ROUTE_COLUMNS: &str =
 const SERVED_COLUMNS: &str = "id::text AS id, tenant, service, env, version, url, \
                               weight::int8 AS weight, revision";
 
+const WEBHOOK_COLUMNS: &str = "id::text AS id, tenant, url, event_types::text AS event_types, \
+                               description, sealed_secret, created_at";
 const KEY_COLUMNS: &str = "id::text AS id, name, role, tenant, secret_hash, created_at";
 
 /// The active routes of the groups bound as three arrays (tenants, services, envs).
@@ -127,6 +129,27 @@ pub(super) static STATEMENTS: LazyLock<Statements> = LazyLock::new(|| Statements
         .into(),
     purge_events: "DELETE FROM events WHERE seq IN \
                    (SELECT seq FROM events WHERE time < $1 LIMIT 10000)"
+        .into(),
+    insert_webhook: "INSERT INTO webhooks (id, tenant, url, event_types, description, \
+                     sealed_secret, created_at) VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7)"
+        .into(),
+    count_tenant_webhooks: "SELECT count(*) FROM webhooks WHERE tenant = $1".into(),
+    // As for keys, with a lock class of its own.
+    lock_tenant_webhooks: Some("SELECT pg_advisory_xact_lock(7412, hashtext($1))".into()),
+    get_webhook: format!("SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE id = $1"),
+    list_webhooks: format!(
+        "SELECT {WEBHOOK_COLUMNS} FROM webhooks \
+         WHERE ($1::text IS NULL OR tenant = $1) AND ($2::uuid IS NULL OR id > $2) \
+         ORDER BY id LIMIT $3"
+    ),
+    delete_webhook: "DELETE FROM webhooks WHERE id = $1 AND ($2::text IS NULL OR tenant = $2)"
+        .into(),
+    webhooks_of: format!(
+        "SELECT {WEBHOOK_COLUMNS} FROM webhooks \
+         WHERE tenant IN (SELECT jsonb_array_elements_text($1::jsonb))"
+    ),
+    webhook_secrets: "SELECT id::text, sealed_secret FROM webhooks ORDER BY id".into(),
+    reseal_webhook: "UPDATE webhooks SET sealed_secret = $3 WHERE id = $1 AND sealed_secret = $2"
         .into(),
     outbox_cursor: "SELECT txid, seq FROM outbox_cursors WHERE sink = $1".into(),
     advance_outbox_cursor: "INSERT INTO outbox_cursors (sink, txid, seq, updated_at) \

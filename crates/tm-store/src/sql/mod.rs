@@ -7,6 +7,7 @@ mod idempotency;
 mod jobs;
 mod keys;
 mod routes;
+mod webhooks;
 
 pub(crate) use events::write_events;
 
@@ -192,6 +193,24 @@ pub(crate) struct Statements {
     pub(crate) events_after_in_tenant: String,
     /// Deletes up to `PURGE_BATCH` events made before a time.
     pub(crate) purge_events: String,
+    /// Stores a webhook (id, tenant, url, event types as a JSON array, description,
+    /// sealed secret, created at).
+    pub(crate) insert_webhook: String,
+    /// A tenant's webhooks, counted.
+    pub(crate) count_tenant_webhooks: String,
+    /// Holds a tenant's webhook lock until the transaction ends (where one is needed).
+    pub(crate) lock_tenant_webhooks: Option<String>,
+    pub(crate) get_webhook: String,
+    /// Webhooks (of a tenant, if not null) after an id, in id order, limit.
+    pub(crate) list_webhooks: String,
+    /// Deletes a webhook by id (of a tenant, if not null).
+    pub(crate) delete_webhook: String,
+    /// The webhooks of the tenants of a JSON array.
+    pub(crate) webhooks_of: String,
+    /// Every webhook's id and sealed secret.
+    pub(crate) webhook_secrets: String,
+    /// Replaces a webhook's sealed secret (id, old, new) if it is still the old one.
+    pub(crate) reseal_webhook: String,
     /// A relay's cursor (sink): txid, seq.
     pub(crate) outbox_cursor: String,
     /// Moves a relay's cursor (sink, from txid, from seq, to txid, to seq, now) if it is

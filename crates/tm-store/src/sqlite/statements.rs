@@ -12,6 +12,8 @@ pub(super) const ROUTE_COLUMNS: &str =
 /// The columns of `routes` an answer is made of, as the snapshot's row type reads them.
 const SERVED_COLUMNS: &str = "id, tenant, service, env, version, url, weight, revision";
 
+const WEBHOOK_COLUMNS: &str =
+    "id, tenant, url, event_types, description, sealed_secret, created_at";
 const KEY_COLUMNS: &str = "id, name, role, tenant, secret_hash, created_at";
 
 pub(super) static STATEMENTS: LazyLock<Statements> = LazyLock::new(|| {
@@ -116,6 +118,26 @@ pub(super) static STATEMENTS: LazyLock<Statements> = LazyLock::new(|| {
         purge_events: "DELETE FROM events WHERE seq IN \
                        (SELECT seq FROM events WHERE time < ?1 LIMIT 10000)"
             .into(),
+        insert_webhook: "INSERT INTO webhooks (id, tenant, url, event_types, description, \
+                         sealed_secret, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+            .into(),
+        count_tenant_webhooks: "SELECT count(*) FROM webhooks WHERE tenant = ?1".into(),
+        // BEGIN IMMEDIATE already holds the database's write lock.
+        lock_tenant_webhooks: None,
+        get_webhook: format!("SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE id = ?1"),
+        list_webhooks: format!(
+            "SELECT {WEBHOOK_COLUMNS} FROM webhooks \
+             WHERE (?1 IS NULL OR tenant = ?1) AND (?2 IS NULL OR id > ?2) \
+             ORDER BY id LIMIT ?3"
+        ),
+        delete_webhook: "DELETE FROM webhooks WHERE id = ?1 AND (?2 IS NULL OR tenant = ?2)".into(),
+        webhooks_of: format!(
+            "SELECT {WEBHOOK_COLUMNS} FROM webhooks \
+             WHERE tenant IN (SELECT value FROM json_each(?1))"
+        ),
+        webhook_secrets: "SELECT id, sealed_secret FROM webhooks ORDER BY id".into(),
+        reseal_webhook:
+            "UPDATE webhooks SET sealed_secret = ?3 WHERE id = ?1 AND sealed_secret = ?2".into(),
         outbox_cursor: "SELECT txid, seq FROM outbox_cursors WHERE sink = ?1".into(),
         advance_outbox_cursor: "INSERT INTO outbox_cursors (sink, txid, seq, updated_at) \
                                 VALUES (?1, ?4, ?5, ?6) \
