@@ -830,3 +830,80 @@ async fn a_worker_runs_jobs_and_serves_no_api() {
     }
     child.kill().await.expect("killed");
 }
+
+#[tokio::test]
+async fn a_delivery_cut_short_by_kill_9_is_delivered_again_under_the_same_id() {
+    let receiver = tm_testing::WebhookReceiver::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let settings = [
+        ("TM_WEBHOOK_ALLOW_NETWORKS", "127.0.0.0/8"),
+        ("TM_JOB_LEASE", "2s"),
+        ("TM_JOB_POLL_INTERVAL", "50ms"),
+    ];
+    let with = |mut cmd: Command| {
+        for (key, value) in settings {
+            cmd.env(key, value);
+        }
+        cmd
+    };
+    // The API alone makes the subscription and the change.
+    let mut api = command(dir.path());
+    api.env("TM_JOBS_IN_SERVE", "false");
+    let (mut serve, addr, _) = start_serving(with(api)).await;
+    let client = reqwest::Client::new();
+    let post = |path: &str, body: Value| {
+        client
+            .post(format!("http://{addr}{path}"))
+            .bearer_auth(ADMIN_KEY)
+            .json(&body)
+            .send()
+    };
+    let hook: Value = post(
+        "/api/v1/webhooks",
+        json!({"tenant": "acme", "url": receiver.url("/in")}),
+    )
+    .await
+    .expect("sent")
+    .json()
+    .await
+    .expect("json");
+    receiver.set_secret(hook["secret"].as_str().expect("secret"));
+    let created = post("/api/v1/routes", body(1)).await.expect("sent");
+    assert_eq!(created.status(), 201);
+    assert_eq!(send_signal(serve.id().expect("running"), "TERM"), 0);
+    serve.wait().await.expect("stopped");
+
+    // A worker takes the delivery, which the receiver holds unanswered: killed then.
+    receiver.answer(tm_testing::Answer::Stall);
+    let (mut worker, _, _) = start_running(with(command(dir.path())), "worker").await;
+    let started = std::time::Instant::now();
+    while receiver.received().is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no delivery began"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    worker.kill().await.expect("killed");
+
+    // The next worker takes the job again once the dead one's lease has run out.
+    receiver.answer(tm_testing::Answer::Accept);
+    let (mut worker, _, _) = start_running(with(command(dir.path())), "worker").await;
+    while receiver.received().len() < 2 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "never delivered again"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Nothing more comes: the second attempt was acknowledged.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    worker.kill().await.expect("killed");
+    let got = receiver.received();
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert!(got.iter().all(|r| r.verified));
+    // Deduplicated by webhook-id, the receiver has the event exactly once.
+    assert_eq!(got[0].id, got[1].id);
+    assert_eq!(got[0].id, got[0].body["id"].as_str().expect("event id"));
+    assert_eq!(got[0].body["type"], "route.created");
+}
