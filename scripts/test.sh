@@ -120,6 +120,9 @@ if [ -z "${TM_TEST_DATABASE_URL:-}" ]; then
 fi
 log "tests on PostgreSQL"
 TM_TEST_DATABASE_URL="$TM_TEST_DATABASE_URL" cargo test --locked -p tm-app -p tm-store 2>&1 | tee -a "$OUTPUT"
+# The binary's test of a worker killed with SIGKILL mid-delivery, on PostgreSQL too.
+TM_TEST_DATABASE_URL="$TM_TEST_DATABASE_URL" cargo test --locked -p traffic-manager --test binary \
+    -- a_delivery_cut_short_by_kill_9 2>&1 | tee -a "$OUTPUT"
 
 # The API suite again, with the service behind PgBouncer in transaction pooling mode
 # (TM_DB_TRANSACTION_POOLING, LISTEN and migrations on the direct URL).

@@ -200,3 +200,30 @@ impl PgSchema {
         .join();
     }
 }
+
+/// A PostgreSQL schema of a test's own on `TM_TEST_DATABASE_URL`, for processes the
+/// test starts itself (the binary): dropped with this.
+pub struct OwnSchema {
+    schema: PgSchema,
+    /// The URL that puts a connection in the schema, as `TM_DATABASE_URL`.
+    pub url: String,
+}
+
+impl OwnSchema {
+    /// A new schema; `None` when `TM_TEST_DATABASE_URL` is not set (the suite runs on
+    /// SQLite).
+    pub async fn create() -> Option<OwnSchema> {
+        let url = std::env::var("TM_TEST_DATABASE_URL").ok()?;
+        let (schema, target) = PgSchema::create(&url).await;
+        Some(OwnSchema {
+            schema,
+            url: target.direct_url,
+        })
+    }
+}
+
+impl Drop for OwnSchema {
+    fn drop(&mut self) {
+        self.schema.drop_blocking();
+    }
+}

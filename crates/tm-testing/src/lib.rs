@@ -33,7 +33,7 @@ mod wait;
 
 pub use app::{spawn_app, spawn_app_with, TestApp, TestAppBuilder};
 pub use client::{route, Reply};
-pub use database::backend;
+pub use database::{backend, OwnSchema};
 pub use kafka::{Consumed, KafkaBroker};
 pub use metrics::metric_value;
 pub use postgres::PgCluster;

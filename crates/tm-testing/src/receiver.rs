@@ -35,6 +35,8 @@ pub struct Received {
     /// recent).
     pub verified: bool,
     pub body: Value,
+    /// When it arrived.
+    pub at: std::time::SystemTime,
 }
 
 #[derive(Default)]
@@ -69,6 +71,7 @@ async fn receive(
             .unwrap_or_default()
             .to_owned();
         shared.received.push(Received {
+            at: std::time::SystemTime::now(),
             id,
             verified,
             body: serde_json::from_slice(&body).unwrap_or(Value::Null),

@@ -835,6 +835,8 @@ async fn a_worker_runs_jobs_and_serves_no_api() {
 async fn a_delivery_cut_short_by_kill_9_is_delivered_again_under_the_same_id() {
     let receiver = tm_testing::WebhookReceiver::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
+    // On SQLite in the data directory, or on a PostgreSQL schema of the test's own.
+    let schema = tm_testing::OwnSchema::create().await;
     let settings = [
         ("TM_WEBHOOK_ALLOW_NETWORKS", "127.0.0.0/8"),
         ("TM_JOB_LEASE", "2s"),
@@ -843,6 +845,9 @@ async fn a_delivery_cut_short_by_kill_9_is_delivered_again_under_the_same_id() {
     let with = |mut cmd: Command| {
         for (key, value) in settings {
             cmd.env(key, value);
+        }
+        if let Some(schema) = &schema {
+            cmd.env("TM_DATABASE_URL", &schema.url);
         }
         cmd
     };
