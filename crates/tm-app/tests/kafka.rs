@@ -332,7 +332,7 @@ async fn a_broker_outage_delays_events_loses_none_and_never_slows_a_write() {
 }
 
 #[tokio::test]
-async fn without_brokers_there_is_no_events_check() {
+async fn without_brokers_the_events_check_covers_webhooks_only() {
     let app = TestApp::builder().spawn().await;
     app.create_route(tm_testing::route(
         "acme", "billing", "prod", "v1", "http://a",
@@ -341,5 +341,8 @@ async fn without_brokers_there_is_no_events_check() {
     .assert_status(StatusCode::CREATED);
     let (status, body) = app.ready().await;
     assert_eq!(status, StatusCode::OK);
-    assert!(body["checks"].get("events").is_none(), "{body}");
+    let sinks = body["checks"]["events"]["sinks"]
+        .as_object()
+        .expect("sinks");
+    assert_eq!(sinks.keys().collect::<Vec<_>>(), ["webhook"], "{body}");
 }
