@@ -31,13 +31,20 @@
 # - propagation: three instances on one PostgreSQL database, PROPAGATION_WRITES writes
 #   spread over them; the time from each change to its arrival in every instance's
 #   snapshot, from their routing_propagation_seconds histograms.
+# - events: change events relayed to a tansu Kafka broker (built from crates.io into
+#   target/tools once, as the test command does) and delivered to a webhook receiver, on
+#   SQLite and on PostgreSQL: a backlog of EVENTS_BACKLOG (default 20000) events drained
+#   into Kafka, then EVENTS_RATE writes a second (default 200) for DURATION seconds with
+#   each event's lag to a Kafka consumer and to the receiver (crates/tm-app/examples/
+#   events.rs; the registry runs in that process as production runs it, with the write
+#   budget raised).
 # Everything runs on 127.0.0.1 and every load run is bounded by DURATION.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ROUTES=${ROUTES:-"1000 100000 1000000"}
 PG_ROUTES=${PG_ROUTES:-1000000}
-MODES=${MODES:-"resolve tail writes startup propagation"}
+MODES=${MODES:-"resolve tail writes startup propagation events"}
 TAIL_SMALL=${TAIL_SMALL:-1000}
 TAIL_LARGE=${TAIL_LARGE:-1000000}
 TAIL_PAIRS=${TAIL_PAIRS:-12}
@@ -49,6 +56,7 @@ PORT_NGINX=${PORT_NGINX:-18182}
 
 log() { printf '==> %s\n' "$*" >&2; }
 source scripts/postgres.sh
+source scripts/tansu.sh
 
 need() {
     local missing=()
@@ -348,6 +356,19 @@ PY
     for port in "${pids[@]}"; do kill "$port"; wait "$port" 2>/dev/null || true; done
 }
 
+events_table() {
+    provide_tansu
+    cargo build --release --quiet -p tm-app --example events
+    local args=(--backlog "${EVENTS_BACKLOG:-20000}" --rate "${EVENTS_RATE:-200}" --seconds "$DURATION")
+    log "events on SQLite"
+    TM_TEST_KAFKA_BROKER="$TM_TEST_KAFKA_BROKER" target/release/examples/events "${args[@]}"
+    [ -n "$PG_DIR" ] || start_postgres
+    psql_db create events
+    log "events on PostgreSQL"
+    TM_TEST_KAFKA_BROKER="$TM_TEST_KAFKA_BROKER" target/release/examples/events "${args[@]}" \
+        --database-url "${PG_URL%/*}/events"
+}
+
 startup_table() {
     [ -n "$PG_DIR" ] || start_postgres
     psql_db create startup
@@ -367,6 +388,7 @@ for mode in $MODES; do
         writes) writes_table ;;
         startup) startup_table ;;
         propagation) propagation_table ;;
+        events) events_table ;;
         *) echo "unknown mode: $mode" >&2; exit 2 ;;
     esac
     echo

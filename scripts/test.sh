@@ -16,6 +16,7 @@ cd "$(dirname "$0")/.."
 log() { printf '==> %s\n' "$*"; }
 
 source scripts/postgres.sh
+source scripts/tansu.sh
 
 # The suite's own cluster skips fsync: it is thrown away afterwards.
 start_test_postgres() {
@@ -56,20 +57,6 @@ provide_schemathesis() {
         "$venv/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
     fi
     TM_TEST_SCHEMATHESIS="$venv/bin/schemathesis"
-}
-
-# The Kafka tests start brokers of their own with tansu, a Kafka-protocol broker built
-# from crates.io once (into target/tools; it takes some minutes), with its in-memory
-# storage only. Each test stops its broker by PID.
-TANSU_VERSION=0.6.0
-provide_tansu() {
-    local root="$PWD/target/tools/tansu"
-    if ! "$root/bin/tansu" --version 2>/dev/null | grep -qx "tansu $TANSU_VERSION"; then
-        log "building the tansu $TANSU_VERSION Kafka broker from crates.io"
-        cargo install --quiet --locked --root "$root" tansu --version "$TANSU_VERSION" \
-            --no-default-features --features dynostore
-    fi
-    TM_TEST_KAFKA_BROKER="$root/bin/tansu"
 }
 
 # redis-tools ships the server binary as redis-check-rdb, which serves when called by
