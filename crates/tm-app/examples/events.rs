@@ -147,7 +147,7 @@ fn consume(broker: String, lags: Arc<Mutex<Vec<f64>>>, stop: CancellationToken) 
                 let (_, mut offset) = reader.fetch_records(0, 1..1, 0).await.expect("fetch");
                 while !stop.is_cancelled() {
                     let (records, _) = reader
-                        .fetch_records(offset, 1..10_000_000, 200)
+                        .fetch_records(offset, 1..10_000_000, 10)
                         .await
                         .expect("fetch");
                     let now = SystemTime::now();

@@ -101,8 +101,8 @@ fn spawn_workers(
     // jobs to workers) also schedules the recurring ones; the dedup keys keep one of
     // each in the fleet.
     if config.jobs.in_serve || config.process_type == tm_config::ProcessType::Worker {
-        let sinks = event_sinks(state, config);
         let wake_runner = Arc::new(tokio::sync::Notify::new());
+        let sinks = event_sinks(state, config, &wake_runner);
         workers.spawn(Schedule::new(
             state.store.clone(),
             recurring_jobs(&sinks),
@@ -198,11 +198,17 @@ fn job_handlers(
     Ok(handlers)
 }
 
-/// The sinks change events are relayed to: webhooks, and Kafka when configured.
-fn event_sinks(state: &AppState, config: &Config) -> Vec<Arc<dyn Sink>> {
+/// The sinks change events are relayed to: webhooks (queueing deliveries wakes
+/// `wake_runner`), and Kafka when configured.
+fn event_sinks(
+    state: &AppState,
+    config: &Config,
+    wake_runner: &Arc<tokio::sync::Notify>,
+) -> Vec<Arc<dyn Sink>> {
     let mut sinks: Vec<Arc<dyn Sink>> = vec![Arc::new(FanOut::new(
         state.store.clone(),
         config.jobs.max_attempts,
+        wake_runner.clone(),
     ))];
     if let Some(kafka) = &config.events.kafka {
         sinks.push(Arc::new(tm_kafka::KafkaSink::new(kafka.clone())));

@@ -37,13 +37,20 @@ struct Delivery {
 pub(crate) struct FanOut {
     store: Arc<dyn Store>,
     max_attempts: u32,
+    /// This process's job runner, woken when deliveries are queued.
+    wake_runner: Arc<tokio::sync::Notify>,
 }
 
 impl FanOut {
-    pub(crate) fn new(store: Arc<dyn Store>, max_attempts: u32) -> Self {
+    pub(crate) fn new(
+        store: Arc<dyn Store>,
+        max_attempts: u32,
+        wake_runner: Arc<tokio::sync::Notify>,
+    ) -> Self {
         Self {
             store,
             max_attempts,
+            wake_runner,
         }
     }
 
@@ -72,10 +79,14 @@ impl FanOut {
                     run_at: tm_domain::now(),
                 };
                 // `false`: the same delivery is queued already (a batch handed on again).
-                self.store
+                if self
+                    .store
                     .enqueue(&job)
                     .await
-                    .map_err(|err| format!("queueing a delivery failed: {err}"))?;
+                    .map_err(|err| format!("queueing a delivery failed: {err}"))?
+                {
+                    self.wake_runner.notify_one();
+                }
             }
         }
         Ok(())
