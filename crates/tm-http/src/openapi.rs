@@ -248,9 +248,14 @@ pub struct NewWebhookDoc {
     #[schema(format = "uri", max_length = 2048)]
     pub url: String,
     /// The event types to deliver, each once; absent or empty: every type.
-    #[schema(max_items = 7)]
+    #[schema(nullable = false, max_items = 7)]
     pub event_types: Option<Vec<EventType>>,
-    #[schema(max_length = 200)]
+    /// At most 200 characters, none a control character.
+    #[schema(
+        nullable = false,
+        max_length = 200,
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$"
+    )]
     pub description: Option<String>,
 }
 
@@ -459,7 +464,8 @@ impl Modify for CommonHeaders {
 }
 
 /// What the derive cannot say: `RoutePatch` needs at least one property (utoipa 5.5
-/// writes its `min_properties` as `maxProperties`).
+/// writes its `min_properties` as `maxProperties`); a new webhook's `event_types` names
+/// each type once.
 struct Constraints;
 
 impl Modify for Constraints {
@@ -471,6 +477,12 @@ impl Modify for Constraints {
         if let Some(RefOr::T(Schema::Object(patch))) = schemas.get_mut("RoutePatch") {
             patch.min_properties = Some(1);
             patch.max_properties = None;
+        }
+        if let Some(RefOr::T(Schema::Object(webhook))) = schemas.get_mut("NewWebhook") {
+            if let Some(RefOr::T(Schema::Array(types))) = webhook.properties.get_mut("event_types")
+            {
+                types.unique_items = true;
+            }
         }
     }
 }
@@ -744,5 +756,15 @@ mod tests {
         let patch = &doc["components"]["schemas"]["RoutePatch"];
         assert_eq!(patch["minProperties"], 1);
         assert!(patch.get("maxProperties").is_none(), "{patch}");
+    }
+
+    #[test]
+    fn a_new_webhook_names_each_event_type_once_and_nothing_as_null() {
+        let doc = document();
+        let new = &doc["components"]["schemas"]["NewWebhook"];
+        let types = &new["properties"]["event_types"];
+        assert_eq!(types["uniqueItems"], true, "{new}");
+        assert_eq!(types["type"], "array", "not nullable: {new}");
+        assert_eq!(new["properties"]["description"]["type"], "string", "{new}");
     }
 }

@@ -65,6 +65,7 @@ impl CreateWebhookBody {
                 errors.push("url", "is required");
                 None
             }
+            // Kept as given (its parsed form may be longer, or differ).
             Some(raw) => match tm_webhooks::check_url(raw) {
                 Err(why) => {
                     errors.push("url", why.to_string());
@@ -75,7 +76,7 @@ impl CreateWebhookBody {
                         errors.push("url", why);
                         None
                     }
-                    None => Some(url.to_string()),
+                    None => Some(raw.to_owned()),
                 },
             },
         };

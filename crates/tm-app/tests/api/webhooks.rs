@@ -506,3 +506,22 @@ async fn secrets_sealed_under_a_rotated_out_key_are_sealed_again() {
     let got = receives(&receiver, 1, Duration::from_secs(10)).await;
     assert!(got[0].verified);
 }
+
+#[tokio::test]
+async fn a_url_is_kept_as_given_up_to_its_longest() {
+    let app = spawn_app().await;
+    // 2048 bytes with no path: its parsed form would end in a `/`, one byte too many.
+    let host = format!("{}.example.com", vec!["a".repeat(63); 32].join("."));
+    let url = format!("https://{}", &host[host.len() + 8 - 2048..]);
+    assert_eq!(url.len(), 2048);
+    let hook = subscribe(&app, json!({"tenant": "acme", "url": url})).await;
+    assert_eq!(hook["url"], url);
+    let too_long = format!("{url}/");
+    app.request(
+        Method::POST,
+        "/api/v1/webhooks",
+        Some(json!({"tenant": "acme", "url": too_long})),
+    )
+    .await
+    .problem(StatusCode::UNPROCESSABLE_ENTITY);
+}
