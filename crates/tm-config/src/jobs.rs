@@ -14,7 +14,7 @@ use crate::render::Lines;
 pub struct JobsRaw {
     /// Whether `serve` runs jobs beside the API (`worker` always does).
     pub jobs_in_serve: bool,
-    /// Jobs a process runs at once.
+    /// Jobs a process runs at once; each relay of the outbox holds one while it runs.
     pub job_concurrency: u32,
     /// How long a claimed job is leased to its worker; the worker renews the lease
     /// while the job runs, so this is how soon a dead worker's job runs again.
@@ -40,7 +40,7 @@ impl Default for JobsRaw {
     fn default() -> Self {
         Self {
             jobs_in_serve: true,
-            job_concurrency: 4,
+            job_concurrency: 8,
             job_lease: Duration::from_secs(30),
             job_timeout: Duration::from_secs(60),
             job_poll_interval: Duration::from_secs(1),
