@@ -68,3 +68,11 @@ pub(crate) fn build(settings: &Settings<'_>, last: impl FnOnce(&mut RawConfig)) 
     last(&mut raw);
     Config::try_from(raw).expect("valid test configuration")
 }
+
+/// No periodic snapshot reloads or catch-ups, and no job runner (it and the outbox
+/// relays poll the database): for tests that count the queries their requests make.
+pub fn quiet_background(raw: &mut RawConfig) {
+    raw.process.snapshot_reload_interval = Duration::from_secs(3600);
+    raw.process.snapshot_catch_up_interval = Duration::from_secs(3600);
+    raw.jobs.jobs_in_serve = false;
+}

@@ -33,6 +33,7 @@ mod wait;
 
 pub use app::{spawn_app, spawn_app_with, TestApp, TestAppBuilder};
 pub use client::{route, Reply};
+pub use config::quiet_background;
 pub use database::{backend, OwnSchema};
 pub use kafka::{Consumed, KafkaBroker};
 pub use metrics::metric_value;

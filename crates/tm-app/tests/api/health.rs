@@ -102,9 +102,8 @@ async fn shutdown_finishes_cleanly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_probes_share_one_database_check() {
     let app = spawn_app_with(|raw| {
+        quiet_background(raw);
         raw.http.health_check_interval = std::time::Duration::from_secs(60);
-        raw.process.snapshot_catch_up_interval = std::time::Duration::from_secs(3600);
-        raw.process.snapshot_reload_interval = std::time::Duration::from_secs(3600);
     })
     .await;
     let queries = app.settled_metric_value("db_queries_total").await;

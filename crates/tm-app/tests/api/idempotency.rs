@@ -3,7 +3,7 @@
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
-use tm_testing::{route, spawn_app, spawn_app_with, Reply, TestApp};
+use tm_testing::{quiet_background, route, spawn_app, spawn_app_with, Reply, TestApp};
 
 async fn send(
     app: &TestApp,
@@ -253,11 +253,7 @@ async fn send_as(app: &TestApp, key: Option<&str>, body: serde_json::Value, idem
 
 /// An application whose background work does not query the database during a test.
 async fn quiet_app() -> TestApp {
-    spawn_app_with(|raw| {
-        raw.process.snapshot_catch_up_interval = std::time::Duration::from_secs(3600);
-        raw.process.snapshot_reload_interval = std::time::Duration::from_secs(3600);
-    })
-    .await
+    spawn_app_with(quiet_background).await
 }
 
 #[tokio::test]

@@ -198,10 +198,8 @@ async fn the_keys_of_a_tenant_together_cannot_exceed_its_budget() {
 #[tokio::test]
 async fn a_rate_limited_write_costs_no_database_work() {
     let app = spawn_app_with(|raw| {
+        quiet_background(raw);
         raw.limits.rate_limit_write = "1/min".into();
-        raw.process.snapshot_catch_up_interval = std::time::Duration::from_secs(3600);
-        // No background jobs (the relays poll the outbox): only requests count.
-        raw.jobs.jobs_in_serve = false;
     })
     .await;
     let key = app.create_key("tenant_admin", Some("acme")).await;

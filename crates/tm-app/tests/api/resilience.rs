@@ -381,12 +381,6 @@ async fn a_route_stored_inactive_needs_no_snapshot_query() {
     assert_eq!(table.snapshot().route_count(), 0);
 }
 
-/// No periodic reloads or catch-ups: the tests that count queries count their own.
-fn quiet_background(raw: &mut tm_config::RawConfig) {
-    raw.process.snapshot_reload_interval = Duration::from_secs(3600);
-    raw.process.snapshot_catch_up_interval = Duration::from_secs(3600);
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn key_reads_are_guarded_like_route_reads() {
     let app = spawn_app_with(|raw| {
