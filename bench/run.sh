@@ -36,8 +36,8 @@
 #   SQLite and on PostgreSQL: a backlog of EVENTS_BACKLOG (default 20000) events drained
 #   into Kafka, then EVENTS_RATE writes a second (default 200) for DURATION seconds with
 #   each event's lag to a Kafka consumer and to the receiver (crates/tm-app/examples/
-#   events.rs; the registry runs in that process as production runs it, with the write
-#   budget raised).
+#   events.rs; the registry runs in that process with TM_PROFILE=prod, the write budget
+#   raised and no log written).
 # Everything runs on 127.0.0.1 and every load run is bounded by DURATION.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -8,9 +8,10 @@
 //!   [--backlog 20000] [--rate 200] [--seconds 20]
 //! ```
 //!
-//! The registry runs in this process as production runs it (`TM_PROFILE=prod`), with a
-//! tansu broker (topics in memory) and a webhook receiver of its own on loopback; the
-//! write budget is raised so that the backlog is written at the store's pace. Phase 1
+//! The registry runs in this process with `TM_PROFILE=prod`, a tansu broker (topics in
+//! memory) and a webhook receiver of its own on loopback. Two things differ from
+//! production: the write budget is raised so that the backlog is written at the
+//! store's pace, and no log is written (no logger is set up). Phase 1
 //! writes `--backlog` routes with Kafka not configured, then starts again with it: the
 //! time until every event is acknowledged by the broker is the relay's catch-up rate.
 //! Phase 2 writes `--rate` routes a second for `--seconds`; a consumer long-polls every
