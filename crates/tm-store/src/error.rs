@@ -14,6 +14,10 @@ pub enum StoreError {
     /// A tenant holds the most webhook subscriptions allowed.
     #[error("the tenant holds {max} webhooks, the most allowed")]
     TooManyWebhooks { max: u32 },
+    /// A rollback found no earlier activation state to go back to, or one it cannot
+    /// restore; the reason says which.
+    #[error("nothing to roll back to: {0}")]
+    NoRollback(String),
     /// A conditional write whose expected revision is not the stored one.
     #[error("route revision is {}, not the one expected", .current.revision)]
     StaleRevision { current: Box<Route> },

@@ -7,6 +7,7 @@
 //! commit.
 
 mod error;
+mod history;
 mod jobs;
 mod keys;
 mod notify;
@@ -23,7 +24,9 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tm_config::{PoolConfig, StorageConfig};
-use tm_domain::{EnvName, Event, GroupKey, Route, RouteId, ServedRoute, ServiceName, TenantId};
+use tm_domain::{
+    EnvName, Event, GroupKey, Route, RouteId, ServedRoute, ServiceName, TenantId, Version,
+};
 
 pub use error::StoreError;
 pub use jobs::{ClaimedJob, DeadJob, DeadPage, JobOutcome, NewJob, Queue, QueueDepths};
@@ -46,17 +49,34 @@ pub struct WebhookRecord {
     pub sealed_secret: String,
 }
 
-/// Who made a change, as recorded in the audit log.
+/// Who made a change, as recorded in the audit log: a name (an API key's id, or what
+/// made the change without one) and, for a change made through the API, the request.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Actor(String);
+pub struct Actor {
+    name: String,
+    request_id: Option<String>,
+}
 
 impl Actor {
     pub fn new(name: impl Into<String>) -> Self {
-        Self(name.into())
+        Self {
+            name: name.into(),
+            request_id: None,
+        }
+    }
+
+    /// The same actor, making the change in the request `request_id`.
+    pub fn in_request(mut self, request_id: impl Into<String>) -> Self {
+        self.request_id = Some(request_id.into());
+        self
     }
 
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.name
+    }
+
+    pub fn request_id(&self) -> Option<&str> {
+        self.request_id.as_deref()
     }
 }
 
@@ -69,6 +89,8 @@ pub enum AuditAction {
     Deactivate,
     Update,
     Delete,
+    /// A route switched on or off by a rollback of its service.
+    Rollback,
 }
 
 impl AuditAction {
@@ -79,6 +101,7 @@ impl AuditAction {
             Self::Deactivate => "deactivate",
             Self::Update => "update",
             Self::Delete => "delete",
+            Self::Rollback => "rollback",
         }
     }
 }
@@ -197,15 +220,45 @@ pub(crate) fn changed_groups(rows: Vec<ChangeRow>, from: ChangePosition, limit: 
 }
 
 /// One row of the audit log: the route before and after a change.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct AuditEntry {
     pub id: i64,
     pub at: DateTime<Utc>,
+    /// Who made the change (see [`Actor`]).
     pub actor: String,
+    /// The request that made it, when made through the API.
+    pub request_id: Option<String>,
     pub action: String,
     pub route_id: RouteId,
+    pub service: GroupKey,
+    /// The service's generation after the change (none for changes made before
+    /// generations were kept).
+    pub generation: Option<i64>,
+    /// For a change of which versions are active: those active after it, in order.
+    pub active_after: Option<Vec<String>>,
+    /// For a rollback: the entry whose activation state it restored.
+    pub rollback_to: Option<i64>,
     pub before: Option<serde_json::Value>,
     pub after: Option<serde_json::Value>,
+}
+
+/// Which audit entries a reading of the audit log returns.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AuditFilter {
+    /// Only this tenant's; every tenant's when none.
+    pub tenant: Option<TenantId>,
+    pub service: Option<ServiceName>,
+    pub env: Option<EnvName>,
+}
+
+/// What a rollback did: the service's active versions now, the entry of the audit log
+/// whose state they are, and the routes it switched on or off (as they are now).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RolledBack {
+    pub active: Vec<Version>,
+    pub restored: i64,
+    pub generation: i64,
+    pub changed: Vec<Route>,
 }
 
 /// What is kept of a write sent with an `Idempotency-Key`: what the request was (a

@@ -3,10 +3,11 @@
 use chrono::{DateTime, Utc};
 use prometheus::IntCounter;
 use tm_domain::{
-    EnvName, Grant, KeyId, Role, Route, RouteId, SecretHash, ServedRoute, ServiceName, TenantId,
-    UpstreamUrl, Version, Weight,
+    EnvName, Grant, GroupKey, KeyId, Role, Route, RouteId, SecretHash, ServedRoute, ServiceName,
+    TenantId, UpstreamUrl, Version, Weight,
 };
 
+use crate::history::StateEntry;
 use crate::{
     AuditEntry, ClaimedJob, DeadJob, EventPosition, KeyAuditAction, KeyAuditEntry, KeyRecord,
     LoadCursor, Queue, StoreError, StoredEvent,
@@ -263,33 +264,70 @@ pub(crate) struct AuditRow {
     route_id: String,
     before: Option<String>,
     after: Option<String>,
+    tenant: String,
+    service: String,
+    env: String,
+    request_id: Option<String>,
+    generation: Option<i64>,
+    active_after: Option<String>,
+    rollback_to: Option<i64>,
 }
 
 impl TryFrom<AuditRow> for AuditEntry {
     type Error = StoreError;
 
     fn try_from(row: AuditRow) -> Result<Self, Self::Error> {
-        let json = |raw: Option<String>| {
-            raw.map(|s| serde_json::from_str(&s))
-                .transpose()
-                .map_err(|e| StoreError::Corrupt(format!("audit row {}: {e}", row.id)))
+        let corrupt =
+            |e: &dyn std::fmt::Display| StoreError::Corrupt(format!("audit row {}: {e}", row.id));
+        fn json<T: serde::de::DeserializeOwned>(
+            raw: Option<String>,
+        ) -> Result<Option<T>, serde_json::Error> {
+            raw.map(|s| serde_json::from_str(&s)).transpose()
+        }
+        let service = GroupKey {
+            tenant: TenantId::parse(&row.tenant).map_err(|e| corrupt(&e))?,
+            service: ServiceName::parse(&row.service).map_err(|e| corrupt(&e))?,
+            env: EnvName::parse(&row.env).map_err(|e| corrupt(&e))?,
         };
+        let active_after = json(row.active_after.clone()).map_err(|e| corrupt(&e))?;
         Ok(AuditEntry {
             id: row.id,
             at: row.at,
-            route_id: row
-                .route_id
-                .parse()
-                .map_err(|e| StoreError::Corrupt(format!("audit row {}: {e}", row.id)))?,
+            route_id: row.route_id.parse().map_err(|e| corrupt(&e))?,
+            service,
             actor: row.actor,
+            request_id: row.request_id,
             action: row.action,
-            before: json(row.before)?,
-            after: json(row.after)?,
+            generation: row.generation,
+            active_after,
+            rollback_to: row.rollback_to,
+            before: json(row.before.clone()).map_err(|e| corrupt(&e))?,
+            after: json(row.after.clone()).map_err(|e| corrupt(&e))?,
         })
     }
 }
 
-/// A route as audit JSON.
+/// An entry of a service's activation history.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct StateRow {
+    id: i64,
+    active_after: String,
+    rollback_to: Option<i64>,
+}
+
+impl TryFrom<StateRow> for StateEntry {
+    type Error = StoreError;
+
+    fn try_from(row: StateRow) -> Result<Self, Self::Error> {
+        Ok(StateEntry {
+            id: row.id,
+            active: serde_json::from_str(&row.active_after)
+                .map_err(|e| StoreError::Corrupt(format!("audit row {}: {e}", row.id)))?,
+            rollback_to: row.rollback_to,
+        })
+    }
+}
+
 pub(crate) fn audit_json(route: Option<&Route>) -> Option<String> {
     route.map(|r| serde_json::to_string(r).expect("a route always serializes"))
 }

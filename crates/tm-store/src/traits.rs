@@ -14,10 +14,11 @@ use tm_domain::{
 use uuid::Uuid;
 
 use crate::{
-    ActivePage, Actor, AuditEntry, ChangePosition, ChangeSubscription, Changes, ClaimedJob,
-    DeadJob, DeadPage, EventFilter, EventPosition, ExpectedRevisions, IdempotencyClaim,
+    ActivePage, Actor, AuditEntry, AuditFilter, ChangePosition, ChangeSubscription, Changes,
+    ClaimedJob, DeadJob, DeadPage, EventFilter, EventPosition, ExpectedRevisions, IdempotencyClaim,
     IdempotencyRecord, JobOutcome, KeyAuditEntry, KeyPage, KeyRecord, LoadCursor, NewJob, Page,
-    QueueDepths, ReadFrom, ReplicaStatus, RouteFilter, StoreError, StoredEvent, StoredResponse,
+    QueueDepths, ReadFrom, ReplicaStatus, RolledBack, RouteFilter, StoreError, StoredEvent,
+    StoredResponse,
 };
 
 /// Routes and their audit log.
@@ -88,6 +89,23 @@ pub trait RouteStore: Send + Sync + 'static {
 
     /// The audit trail of one route, oldest first.
     async fn audit_log(&self, route_id: RouteId) -> Result<Vec<AuditEntry>, StoreError>;
+
+    /// Up to `limit` audit entries that `filter` matches, after the entry `after` (from
+    /// the first when none), in commit order: an entry is returned only once every entry
+    /// before it is committed, so a reader that goes on from the last one it got never
+    /// misses one. `None` when there is no entry `after` (of the filter's tenant).
+    async fn audit_after(
+        &self,
+        filter: &AuditFilter,
+        after: Option<i64>,
+        limit: u32,
+    ) -> Result<Option<Vec<AuditEntry>>, StoreError>;
+
+    /// Puts `service` back in the activation state it was in before its current one (see
+    /// the activation history in the audit log), in one transaction: each route switched
+    /// on or off is audited as a rollback. [`StoreError::NoRollback`] when there is no
+    /// earlier state, or it cannot be restored (a version of it was deleted since).
+    async fn rollback(&self, service: &GroupKey, actor: &Actor) -> Result<RolledBack, StoreError>;
 }
 
 /// API keys and their audit trail.

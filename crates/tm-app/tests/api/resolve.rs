@@ -395,9 +395,10 @@ async fn a_change_that_commits_late_is_not_skipped_by_the_change_feed() {
         "BEGIN; \
          INSERT INTO routes (id, tenant, service, env, version, url, active, weight, revision, created_at, updated_at) \
          VALUES (gen_random_uuid(), 'acme', 'late', 'prod', 'v1', 'http://late.internal', true, 100, 1, now(), now()); \
-         INSERT INTO audit_log (at, actor, action, route_id, after) \
+         INSERT INTO audit_log (at, actor, action, route_id, after, tenant, service, env) \
          SELECT now(), 'slow writer', 'create', id, \
-                jsonb_build_object('tenant', tenant, 'service', service, 'env', env) \
+                jsonb_build_object('tenant', tenant, 'service', service, 'env', env), \
+                tenant, service, env \
          FROM routes WHERE service = 'late'",
     )
     .execute(&mut slow)

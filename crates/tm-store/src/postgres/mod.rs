@@ -126,10 +126,7 @@ impl ChangeFeed for PostgresStore {
     async fn changes_after(&self, from: ChangePosition, limit: u32) -> Result<Changes, StoreError> {
         let mut conn = self.primary.acquire().await?;
         let rows: Vec<ChangeRow> = sqlx::query_as(
-            "SELECT txid::text::int8 AS txid, id, \
-                    COALESCE(after, before)->>'tenant' AS tenant, \
-                    COALESCE(after, before)->>'service' AS service, \
-                    COALESCE(after, before)->>'env' AS env \
+            "SELECT txid::text::int8 AS txid, id, tenant, service, env \
              FROM audit_log \
              WHERE (txid, id) > ($1::text::xid8, $2) \
                AND txid < pg_snapshot_xmin(pg_current_snapshot()) \

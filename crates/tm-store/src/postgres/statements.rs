@@ -18,6 +18,23 @@ const WEBHOOK_COLUMNS: &str = "id::text AS id, tenant, url, event_types::text AS
                                description, sealed_secret, created_at";
 const KEY_COLUMNS: &str = "id::text AS id, name, role, tenant, secret_hash, created_at";
 
+/// Every column of `audit_log` but the transaction id, as the shared row type reads them.
+const AUDIT_COLUMNS: &str = "id, at, actor, action, route_id::text AS route_id, \
+                             before::text AS before, after::text AS after, tenant, service, env, \
+                             request_id, generation, active_after::text AS active_after, \
+                             rollback_to";
+
+/// Audit entries after a position ($4 txid, $5 id), visible to every reader in commit
+/// order (as the change feed reads them), with `filter` on the columns.
+fn audit_after(filter: &str) -> String {
+    format!(
+        "SELECT {AUDIT_COLUMNS} FROM audit_log \
+         WHERE {filter} AND (txid, id) > ($4::text::xid8, $5) \
+           AND txid < pg_snapshot_xmin(pg_current_snapshot()) \
+         ORDER BY txid, id LIMIT $6"
+    )
+}
+
 /// The active routes of the groups bound as three arrays (tenants, services, envs).
 pub(super) static ACTIVE_IN_GROUPS: LazyLock<String> = LazyLock::new(|| {
     format!(
@@ -53,9 +70,32 @@ pub(super) static STATEMENTS: LazyLock<Statements> = LazyLock::new(|| Statements
          AND (tenant, service, env, version) > ($1, $2, $3, $4) \
          ORDER BY tenant, service, env, version LIMIT $5"
     ),
-    audit_log: "SELECT id, at, actor, action, route_id::text AS route_id, \
-                before::text AS before, after::text AS after \
-                FROM audit_log WHERE route_id = $1 ORDER BY id"
+    audit_log: format!("SELECT {AUDIT_COLUMNS} FROM audit_log WHERE route_id = $1 ORDER BY id"),
+    audit_position: "SELECT txid::text::int8 AS txid, id FROM audit_log \
+                     WHERE id = $1 AND ($2::text IS NULL OR tenant = $2)"
+        .into(),
+    audit_after: audit_after(
+        "$1::text IS NULL AND ($2::text IS NULL OR service = $2) \
+         AND ($3::text IS NULL OR env = $3)",
+    ),
+    audit_after_in_tenant: audit_after(
+        "tenant = $1 AND ($2::text IS NULL OR service = $2) AND ($3::text IS NULL OR env = $3)",
+    ),
+    audit_after_in_service: audit_after("tenant = $1 AND service = $2 AND env = $3"),
+    next_generation: "UPDATE services SET generation = generation + 1 \
+                      WHERE tenant = $1 AND service = $2 AND env = $3 RETURNING generation"
+        .into(),
+    active_versions: "SELECT version FROM routes \
+                      WHERE tenant = $1 AND service = $2 AND env = $3 AND active \
+                      ORDER BY version"
+        .into(),
+    lock_service_routes: format!(
+        "SELECT {ROUTE_COLUMNS} FROM routes WHERE tenant = $1 AND service = $2 AND env = $3 \
+         ORDER BY version FOR UPDATE"
+    ),
+    service_history: "SELECT id, active_after::text AS active_after, rollback_to \
+                      FROM audit_log WHERE tenant = $1 AND service = $2 AND env = $3 \
+                        AND active_after IS NOT NULL ORDER BY id"
         .into(),
     claim_bootstrap: "INSERT INTO bootstrap (id, key_id, created_at) VALUES (1, $1, $2) \
                       ON CONFLICT (id) DO NOTHING"

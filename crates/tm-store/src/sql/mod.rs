@@ -35,6 +35,7 @@ pub(crate) enum Value<'a> {
     Bool(bool),
     OptBool(Option<bool>),
     Int(i64),
+    OptInt(Option<i64>),
     Time(DateTime<Utc>),
     Bytes(&'a [u8]),
     /// A value each backend stores in a column type of its own.
@@ -82,6 +83,7 @@ where
     bool: Encode<'q, DB> + Type<DB>,
     Option<bool>: Encode<'q, DB> + Type<DB>,
     i64: Encode<'q, DB> + Type<DB>,
+    Option<i64>: Encode<'q, DB> + Type<DB>,
     DateTime<Utc>: Encode<'q, DB> + Type<DB>,
     &'q [u8]: Encode<'q, DB> + Type<DB>,
 {
@@ -94,6 +96,7 @@ where
             Value::Bool(v) => args.add(v),
             Value::OptBool(v) => args.add(v),
             Value::Int(v) => args.add(v),
+            Value::OptInt(v) => args.add(v),
             Value::Time(v) => args.add(v),
             Value::Bytes(v) => args.add(v),
             Value::Own(v) => own(&mut args, v),
@@ -159,7 +162,27 @@ pub(crate) struct Statements {
     pub(crate) active_routes_first: String,
     /// Active routes after a natural key (4 values), limit.
     pub(crate) active_routes_after: String,
+    /// The audit log of one route.
     pub(crate) audit_log: String,
+    /// Where the audit entry with an id (of a tenant, if not null) stands: txid, id.
+    pub(crate) audit_position: String,
+    /// Audit entries after a position, in commit order, only those every reader sees in
+    /// that order: tenant (unused here: every tenant's), service, env (each may be null),
+    /// txid, id, limit.
+    pub(crate) audit_after: String,
+    /// The same, of one tenant.
+    pub(crate) audit_after_in_tenant: String,
+    /// The same, of one service (tenant, service and env given).
+    pub(crate) audit_after_in_service: String,
+    /// Moves a service's (tenant, service, env) generation on and returns it.
+    pub(crate) next_generation: String,
+    /// The active versions of a service (tenant, service, env), in order.
+    pub(crate) active_versions: String,
+    /// The routes of a service (tenant, service, env), locked until the transaction ends.
+    pub(crate) lock_service_routes: String,
+    /// The audit entries of a service (tenant, service, env) that changed which of its
+    /// versions are active, oldest first: id, active_after, rollback_to.
+    pub(crate) service_history: String,
     pub(crate) claim_bootstrap: String,
     pub(crate) insert_key: String,
     pub(crate) get_key: String,

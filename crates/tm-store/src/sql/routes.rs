@@ -4,13 +4,17 @@
 use async_trait::async_trait;
 use tm_domain::{
     now, Event, EventType, GroupKey, NewRoute, Route, RouteId, RouteKey, RoutePatch, TenantId,
+    Version,
 };
 
 use super::{conflict_or, fetch_optional, insert_sql, write_events, Backend, Conn, Value};
-use crate::row::{accepted, audit_json, routes, AuditRow, RouteRow, ServedRow};
+use std::collections::HashMap;
+
+use crate::history::{rollback_target, StateEntry, Target};
+use crate::row::{accepted, audit_json, routes, AuditRow, RouteRow, ServedRow, StateRow};
 use crate::{
-    check_access, ActivePage, Actor, AuditAction, AuditEntry, ExpectedRevisions, LoadCursor, Page,
-    ReadFrom, RouteFilter, RouteStore, StoreError,
+    check_access, ActivePage, Actor, AuditAction, AuditEntry, AuditFilter, ExpectedRevisions,
+    LoadCursor, Page, ReadFrom, RolledBack, RouteFilter, RouteStore, StoreError,
 };
 
 /// Routes per statement in a bulk import: 11 values each, under SQLite's 32766 and
@@ -31,9 +35,23 @@ const ROUTE_COLUMNS: [&str; 11] = [
     "updated_at",
 ];
 
-const AUDIT_COLUMNS: [&str; 6] = ["at", "actor", "action", "route_id", "before", "after"];
+const AUDIT_COLUMNS: [&str; 13] = [
+    "at",
+    "actor",
+    "action",
+    "route_id",
+    "before",
+    "after",
+    "tenant",
+    "service",
+    "env",
+    "request_id",
+    "generation",
+    "active_after",
+    "rollback_to",
+];
 
-const AUDIT_JSON: [&str; 2] = ["before", "after"];
+const AUDIT_JSON: [&str; 3] = ["before", "after", "active_after"];
 
 fn route_values(r: &Route) -> Vec<Value<'_>> {
     vec![
@@ -60,25 +78,52 @@ fn key_values(key: &RouteKey) -> Vec<Value<'_>> {
     ]
 }
 
+fn group_values(key: &GroupKey) -> Vec<Value<'_>> {
+    vec![
+        Value::Text(key.tenant.as_str()),
+        Value::Text(key.service.as_str()),
+        Value::Text(key.env.as_str()),
+    ]
+}
+
 /// One change of a route, recorded twice in its transaction: as an audit row (the
 /// route's history) and as an event in the outbox (what consumers are told).
 struct Audit<'a> {
     actor: &'a Actor,
     action: AuditAction,
-    id: RouteId,
     before: Option<&'a Route>,
     after: Option<&'a Route>,
+    /// The service's generation after the change.
+    generation: i64,
+    /// The service's active versions after the change, as a JSON array, if it changed
+    /// which are.
+    active_after: Option<String>,
+    rollback_to: Option<i64>,
 }
 
 impl<'a> Audit<'a> {
+    fn route(&self) -> &'a Route {
+        self.after
+            .or(self.before)
+            .expect("a change has a route before or after")
+    }
+
     fn values(&self, at: chrono::DateTime<chrono::Utc>) -> Vec<Value<'a>> {
+        let route = self.route();
         vec![
             Value::Time(at),
             Value::Text(self.actor.as_str()),
             Value::Text(self.action.as_str()),
-            Value::id(self.id.as_uuid()),
+            Value::id(route.id.as_uuid()),
             Value::String(audit_json(self.before)),
             Value::String(audit_json(self.after)),
+            Value::Text(route.tenant.as_str()),
+            Value::Text(route.service.as_str()),
+            Value::Text(route.env.as_str()),
+            Value::OptText(self.actor.request_id()),
+            Value::Int(self.generation),
+            Value::String(self.active_after.clone()),
+            Value::OptInt(self.rollback_to),
         ]
     }
 
@@ -89,6 +134,10 @@ impl<'a> Audit<'a> {
             AuditAction::Activate => EventType::RouteActivated,
             AuditAction::Deactivate => EventType::RouteDeactivated,
             AuditAction::Delete => EventType::RouteDeleted,
+            AuditAction::Rollback if self.after.is_some_and(|r| r.active) => {
+                EventType::RouteActivated
+            }
+            AuditAction::Rollback => EventType::RouteDeactivated,
         };
         Event::route(kind, self.actor.as_str(), self.before, self.after, at)
     }
@@ -101,6 +150,79 @@ impl<'a> Audit<'a> {
     }
 }
 
+/// Whether a change from `before` to `after` changes which versions are active.
+fn changes_activation(before: Option<&Route>, after: Option<&Route>) -> bool {
+    before.is_some_and(|r| r.active) != after.is_some_and(|r| r.active)
+}
+
+/// Locks the service `key` until the transaction ends (making its row if it has none):
+/// the writes of one service commit one at a time, in generation order.
+async fn lock_service<B: Backend>(conn: &mut Conn<B>, key: &GroupKey) -> Result<(), StoreError> {
+    let sql = insert_sql::<B>(
+        "services",
+        &["tenant", "service", "env", "generation"],
+        &[],
+        1,
+        " ON CONFLICT (tenant, service, env) DO UPDATE SET generation = services.generation",
+    );
+    let mut values = group_values(key);
+    values.push(Value::Int(0));
+    B::execute(conn, &sql, values).await?;
+    Ok(())
+}
+
+/// Moves the generation of the locked service `key` on; the new one.
+async fn next_generation<B: Backend>(
+    conn: &mut Conn<B>,
+    key: &GroupKey,
+) -> Result<i64, StoreError> {
+    let rows: Vec<(i64,)> =
+        B::fetch_all(conn, &B::sql().next_generation, group_values(key)).await?;
+    rows.first()
+        .map(|(generation,)| *generation)
+        .ok_or_else(|| StoreError::Corrupt(format!("service {key:?} was not locked")))
+}
+
+/// The active versions of the service `key`, in order, as a JSON array.
+async fn active_versions<B: Backend>(
+    conn: &mut Conn<B>,
+    key: &GroupKey,
+) -> Result<String, StoreError> {
+    let rows: Vec<(String,)> =
+        B::fetch_all(conn, &B::sql().active_versions, group_values(key)).await?;
+    let versions: Vec<String> = rows.into_iter().map(|(v,)| v).collect();
+    Ok(serde_json::to_string(&versions).expect("strings always serialize"))
+}
+
+/// Records a change of one route of a locked service: moves the service's generation
+/// on, and writes the audit row and the event.
+async fn record<B: Backend>(
+    conn: &mut Conn<B>,
+    actor: &Actor,
+    action: AuditAction,
+    before: Option<&Route>,
+    after: Option<&Route>,
+) -> Result<(), StoreError> {
+    let key = after.or(before).expect("a change has a route").group();
+    let generation = next_generation::<B>(conn, &key).await?;
+    let active_after = if changes_activation(before, after) {
+        Some(active_versions::<B>(conn, &key).await?)
+    } else {
+        None
+    };
+    Audit {
+        actor,
+        action,
+        before,
+        after,
+        generation,
+        active_after,
+        rollback_to: None,
+    }
+    .write::<B>(conn)
+    .await
+}
+
 /// The route `sql` selects with `values`, or [`StoreError::NotFound`].
 async fn route<B: Backend>(
     conn: &mut Conn<B>,
@@ -111,14 +233,11 @@ async fn route<B: Backend>(
     row.ok_or(StoreError::NotFound)?.try_into()
 }
 
-/// Stores `next` over `current` (same id), guarded by `current`'s revision, with its
-/// audit row.
-async fn update<B: Backend>(
+/// Stores `next` over `current` (same id), guarded by `current`'s revision.
+async fn store_update<B: Backend>(
     conn: &mut Conn<B>,
     current: &Route,
     next: &Route,
-    actor: &Actor,
-    action: AuditAction,
 ) -> Result<(), StoreError> {
     let values = vec![
         Value::Text(next.url.as_str()),
@@ -130,35 +249,141 @@ async fn update<B: Backend>(
         Value::Int(current.revision),
     ];
     B::execute(conn, &B::sql().update_route, values).await?;
-    Audit {
-        actor,
-        action,
-        id: next.id,
-        before: Some(current),
-        after: Some(next),
-    }
-    .write::<B>(conn)
-    .await
+    Ok(())
 }
 
-/// Stores `chunk` with one audit row each, made `at`.
+/// Stores `next` over `current` (same id), guarded by `current`'s revision, and records
+/// the change; the service must be locked.
+async fn update<B: Backend>(
+    conn: &mut Conn<B>,
+    current: &Route,
+    next: &Route,
+    actor: &Actor,
+    action: AuditAction,
+) -> Result<(), StoreError> {
+    store_update::<B>(conn, current, next).await?;
+    record::<B>(conn, actor, action, Some(current), Some(next)).await
+}
+
+/// The route with `id`, its service locked, and the route locked too.
+async fn lock_route_by_id<B: Backend>(
+    conn: &mut Conn<B>,
+    id: RouteId,
+) -> Result<Route, StoreError> {
+    let by_id = || vec![Value::id(id.as_uuid())];
+    // A route never changes service: the one read unlocked names the service to lock
+    // first (services before routes, as every write takes them).
+    let seen = route::<B>(conn, &B::sql().route_by_id, by_id()).await?;
+    lock_service::<B>(conn, &seen.group()).await?;
+    route::<B>(conn, &B::sql().lock_route_by_id, by_id()).await
+}
+
+/// Locks the services of `routes` and moves each one's generation on, in key order (so
+/// that two imports cannot wait on each other); each service with its new generation.
+async fn lock_services<B: Backend>(
+    conn: &mut Conn<B>,
+    routes: &[Route],
+) -> Result<Vec<(GroupKey, i64)>, StoreError> {
+    let mut services: Vec<GroupKey> = routes.iter().map(Route::group).collect();
+    services.sort_by(|a, b| {
+        (a.tenant.as_str(), a.service.as_str(), a.env.as_str()).cmp(&(
+            b.tenant.as_str(),
+            b.service.as_str(),
+            b.env.as_str(),
+        ))
+    });
+    services.dedup();
+    let sql = insert_sql::<B>(
+        "services",
+        &["tenant", "service", "env", "generation"],
+        &[],
+        services.len(),
+        " ON CONFLICT (tenant, service, env) DO UPDATE \
+          SET generation = services.generation + 1 \
+          RETURNING tenant, service, env, generation",
+    );
+    let values = services
+        .iter()
+        .flat_map(|key| {
+            let mut values = group_values(key);
+            values.push(Value::Int(1));
+            values
+        })
+        .collect();
+    let rows: Vec<(String, String, String, i64)> = B::fetch_all(conn, &sql, values).await?;
+    Ok(services
+        .into_iter()
+        .map(|key| {
+            let generation = rows
+                .iter()
+                .find(|(t, s, e, _)| {
+                    t == key.tenant.as_str() && s == key.service.as_str() && e == key.env.as_str()
+                })
+                .map_or(1, |(_, _, _, generation)| *generation);
+            (key, generation)
+        })
+        .collect())
+}
+
+/// Stores `chunk` with one audit row each, made `at`; each service's generation moves on
+/// once, and the last row of a service whose active versions changed records them.
 async fn import_chunk<B: Backend>(
     conn: &mut Conn<B>,
     chunk: &[Route],
     actor: &Actor,
     at: chrono::DateTime<chrono::Utc>,
 ) -> Result<(), StoreError> {
+    let services = lock_services::<B>(conn, chunk).await?;
+    let generation_of = |route: &Route| {
+        services
+            .iter()
+            .find(|(key, _)| *key == route.group())
+            .map_or(1, |(_, generation)| *generation)
+    };
     let sql = insert_sql::<B>("routes", &ROUTE_COLUMNS, &[], chunk.len(), "");
     let values = chunk.iter().flat_map(route_values).collect();
     B::execute(conn, &sql, values).await.map_err(conflict_or)?;
+
+    let activated: Vec<GroupKey> = services
+        .iter()
+        .map(|(key, _)| key)
+        .filter(|key| chunk.iter().any(|r| r.active && r.group() == **key))
+        .cloned()
+        .collect();
+    let mut active: HashMap<GroupKey, Vec<String>> = HashMap::new();
+    for batch in activated.chunks(B::GROUPS_PER_QUERY) {
+        let (sql, values) = B::active_routes_in(batch);
+        let rows: Vec<RouteRow> = B::fetch_all(conn, &sql, values).await?;
+        for route in routes(rows)? {
+            active
+                .entry(route.group())
+                .or_default()
+                .push(route.version.as_str().to_owned());
+        }
+    }
     let audits: Vec<Audit<'_>> = chunk
         .iter()
-        .map(|r| Audit {
-            actor,
-            action: AuditAction::Create,
-            id: r.id,
-            before: None,
-            after: Some(r),
+        .enumerate()
+        .map(|(i, r)| {
+            let key = r.group();
+            let last_of_service = !chunk[i + 1..].iter().any(|later| later.group() == key);
+            let active_after = active
+                .get(&key)
+                .filter(|_| last_of_service)
+                .map(|versions| {
+                    let mut versions = versions.clone();
+                    versions.sort();
+                    serde_json::to_string(&versions).expect("strings always serialize")
+                });
+            Audit {
+                actor,
+                action: AuditAction::Create,
+                before: None,
+                after: Some(r),
+                generation: generation_of(r),
+                active_after,
+                rollback_to: None,
+            }
         })
         .collect();
     let sql = insert_sql::<B>("audit_log", &AUDIT_COLUMNS, &AUDIT_JSON, chunk.len(), "");
@@ -166,6 +391,28 @@ async fn import_chunk<B: Backend>(
     B::execute(conn, &sql, values).await?;
     let events: Vec<Event> = audits.iter().map(|audit| audit.event(at)).collect();
     write_events::<B>(conn, &events).await
+}
+
+/// The entry of the locked `service`'s activation history that a rollback restores.
+async fn rollback_target_of<B: Backend>(
+    conn: &mut Conn<B>,
+    service: &GroupKey,
+) -> Result<StateEntry, StoreError> {
+    let rows: Vec<StateRow> =
+        B::fetch_all(conn, &B::sql().service_history, group_values(service)).await?;
+    let history: Vec<StateEntry> = rows
+        .into_iter()
+        .map(StateEntry::try_from)
+        .collect::<Result<_, _>>()?;
+    match rollback_target(&history) {
+        Target::To(entry) => Ok(entry.clone()),
+        Target::NoHistory => Err(StoreError::NoRollback(
+            "no version of this service was ever switched on or off".into(),
+        )),
+        Target::AtFirst => Err(StoreError::NoRollback(
+            "the service is in the first activation state it ever had".into(),
+        )),
+    }
 }
 
 #[async_trait]
@@ -181,20 +428,14 @@ impl<B: Backend> RouteStore for B {
         );
         self.writer()
             .transaction(async |conn: &mut Conn<B>| {
+                lock_service::<B>(conn, &route.group()).await?;
                 let inserted = B::execute(conn, &sql, route_values(&route))
                     .await
                     .map_err(conflict_or)?;
                 if inserted == 0 {
                     return Err(StoreError::Conflict);
                 }
-                let audit = Audit {
-                    actor,
-                    action: AuditAction::Create,
-                    id: route.id,
-                    before: None,
-                    after: Some(&route),
-                };
-                audit.write::<B>(conn).await
+                record::<B>(conn, actor, AuditAction::Create, None, Some(&route)).await
             })
             .await?;
         Ok(route)
@@ -220,6 +461,7 @@ impl<B: Backend> RouteStore for B {
     ) -> Result<Route, StoreError> {
         self.critical()
             .transaction(async |conn: &mut Conn<B>| {
+                lock_service::<B>(conn, &key.group()).await?;
                 let current =
                     route::<B>(conn, &B::sql().lock_route_by_key, key_values(key)).await?;
                 let Some(next) = current.with_active(active, now()) else {
@@ -246,8 +488,7 @@ impl<B: Backend> RouteStore for B {
     ) -> Result<Route, StoreError> {
         self.writer()
             .transaction(async |conn: &mut Conn<B>| {
-                let by_id = vec![Value::id(id.as_uuid())];
-                let current = route::<B>(conn, &B::sql().lock_route_by_id, by_id).await?;
+                let current = lock_route_by_id::<B>(conn, id).await?;
                 check_access(&current, scope, expected)?;
                 let Some(next) = current.with_patch(patch, now()) else {
                     return Ok(current);
@@ -267,18 +508,10 @@ impl<B: Backend> RouteStore for B {
     ) -> Result<Route, StoreError> {
         self.writer()
             .transaction(async |conn: &mut Conn<B>| {
-                let by_id = || vec![Value::id(id.as_uuid())];
-                let current = route::<B>(conn, &B::sql().lock_route_by_id, by_id()).await?;
+                let current = lock_route_by_id::<B>(conn, id).await?;
                 check_access(&current, scope, expected)?;
-                B::execute(conn, &B::sql().delete_route, by_id()).await?;
-                let audit = Audit {
-                    actor,
-                    action: AuditAction::Delete,
-                    id,
-                    before: Some(&current),
-                    after: None,
-                };
-                audit.write::<B>(conn).await?;
+                B::execute(conn, &B::sql().delete_route, vec![Value::id(id.as_uuid())]).await?;
+                record::<B>(conn, actor, AuditAction::Delete, Some(&current), None).await?;
                 Ok(current)
             })
             .await
@@ -373,5 +606,112 @@ impl<B: Backend> RouteStore for B {
         let by_id = vec![Value::id(route_id.as_uuid())];
         let rows: Vec<AuditRow> = B::fetch_all(&mut conn, &B::sql().audit_log, by_id).await?;
         rows.into_iter().map(AuditEntry::try_from).collect()
+    }
+
+    async fn audit_after(
+        &self,
+        filter: &AuditFilter,
+        after: Option<i64>,
+        limit: u32,
+    ) -> Result<Option<Vec<AuditEntry>>, StoreError> {
+        let tenant = filter.tenant.as_ref().map(|t| t.as_str());
+        let mut conn = self.reader(ReadFrom::Primary).0.acquire().await?;
+        let (txid, id) = match after {
+            None => (0, 0),
+            Some(after) => {
+                let values = vec![Value::Int(after), Value::OptText(tenant)];
+                let found: Option<(i64, i64)> =
+                    fetch_optional::<B, _>(&mut conn, &B::sql().audit_position, values).await?;
+                match found {
+                    Some(position) => position,
+                    None => return Ok(None),
+                }
+            }
+        };
+        let sql = match (&filter.tenant, &filter.service, &filter.env) {
+            (None, _, _) => &B::sql().audit_after,
+            (Some(_), Some(_), Some(_)) => &B::sql().audit_after_in_service,
+            (Some(_), _, _) => &B::sql().audit_after_in_tenant,
+        };
+        let values = vec![
+            Value::OptText(tenant),
+            Value::OptText(filter.service.as_ref().map(|s| s.as_str())),
+            Value::OptText(filter.env.as_ref().map(|e| e.as_str())),
+            Value::Int(txid),
+            Value::Int(id),
+            Value::Int(i64::from(limit)),
+        ];
+        let rows: Vec<AuditRow> = B::fetch_all(&mut conn, sql, values).await?;
+        rows.into_iter()
+            .map(AuditEntry::try_from)
+            .collect::<Result<_, _>>()
+            .map(Some)
+    }
+
+    async fn rollback(&self, service: &GroupKey, actor: &Actor) -> Result<RolledBack, StoreError> {
+        self.critical()
+            .transaction(async |conn: &mut Conn<B>| {
+                lock_service::<B>(conn, service).await?;
+                let target = rollback_target_of::<B>(conn, service).await?;
+                let rows: Vec<RouteRow> =
+                    B::fetch_all(conn, &B::sql().lock_service_routes, group_values(service))
+                        .await?;
+                let current = routes(rows)?;
+                if let Some(gone) = target
+                    .active
+                    .iter()
+                    .find(|v| !current.iter().any(|r| r.version.as_str() == v.as_str()))
+                {
+                    return Err(StoreError::NoRollback(format!(
+                        "version {gone} of the state to restore (audit entry {}) was deleted \
+                         since",
+                        target.id
+                    )));
+                }
+                let at = now();
+                let switched: Vec<(&Route, Route)> = current
+                    .iter()
+                    .filter_map(|route| {
+                        let wanted = target.active.iter().any(|v| v == route.version.as_str());
+                        route.with_active(wanted, at).map(|next| (route, next))
+                    })
+                    .collect();
+                if switched.is_empty() {
+                    return Err(StoreError::NoRollback(format!(
+                        "the service is in the state of audit entry {} already",
+                        target.id
+                    )));
+                }
+                let generation = next_generation::<B>(conn, service).await?;
+                let active_after =
+                    serde_json::to_string(&target.active).expect("strings always serialize");
+                for (before, after) in &switched {
+                    store_update::<B>(conn, before, after).await?;
+                    Audit {
+                        actor,
+                        action: AuditAction::Rollback,
+                        before: Some(before),
+                        after: Some(after),
+                        generation,
+                        active_after: Some(active_after.clone()),
+                        rollback_to: Some(target.id),
+                    }
+                    .write::<B>(conn)
+                    .await?;
+                }
+                let active = target
+                    .active
+                    .iter()
+                    .map(|v| Version::parse(v))
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| StoreError::Corrupt(format!("audit row {}: {e}", target.id)))?;
+                Ok(RolledBack {
+                    active,
+                    restored: target.id,
+                    generation,
+                    changed: switched.into_iter().map(|(_, after)| after).collect(),
+                })
+            })
+            .await
     }
 }

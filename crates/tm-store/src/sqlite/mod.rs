@@ -173,10 +173,7 @@ impl ChangeFeed for SqliteStore {
     async fn changes_after(&self, from: ChangePosition, limit: u32) -> Result<Changes, StoreError> {
         let mut conn = self.reader.acquire().await?;
         let rows: Vec<ChangeRow> = sqlx::query_as(
-            "SELECT 0 AS txid, id, \
-                    json_extract(COALESCE(after, before), '$.tenant') AS tenant, \
-                    json_extract(COALESCE(after, before), '$.service') AS service, \
-                    json_extract(COALESCE(after, before), '$.env') AS env \
+            "SELECT 0 AS txid, id, tenant, service, env \
              FROM audit_log WHERE id > ?1 ORDER BY id LIMIT ?2",
         )
         .bind(from.id)

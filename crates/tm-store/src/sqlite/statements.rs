@@ -16,6 +16,19 @@ const WEBHOOK_COLUMNS: &str =
     "id, tenant, url, event_types, description, sealed_secret, created_at";
 const KEY_COLUMNS: &str = "id, name, role, tenant, secret_hash, created_at";
 
+/// Every column of `audit_log`, as the shared row type reads them.
+const AUDIT_COLUMNS: &str = "id, at, actor, action, route_id, before, after, tenant, service, \
+                             env, request_id, generation, active_after, rollback_to";
+
+/// Audit entries after a position (?4 txid, always 0: writes commit in id order; ?5
+/// id), with `filter` on the columns.
+fn audit_after(filter: &str) -> String {
+    format!(
+        "SELECT {AUDIT_COLUMNS} FROM audit_log WHERE {filter} AND ?4 = 0 AND id > ?5 \
+         ORDER BY id LIMIT ?6"
+    )
+}
+
 pub(super) static STATEMENTS: LazyLock<Statements> = LazyLock::new(|| {
     let route_by_id = format!("SELECT {ROUTE_COLUMNS} FROM routes WHERE id = ?1");
     Statements {
@@ -45,8 +58,31 @@ pub(super) static STATEMENTS: LazyLock<Statements> = LazyLock::new(|| {
              AND (tenant, service, env, version) > (?1, ?2, ?3, ?4) \
              ORDER BY tenant, service, env, version LIMIT ?5"
         ),
-        audit_log: "SELECT id, at, actor, action, route_id, before, after \
-                    FROM audit_log WHERE route_id = ?1 ORDER BY id"
+        audit_log: format!("SELECT {AUDIT_COLUMNS} FROM audit_log WHERE route_id = ?1 ORDER BY id"),
+        audit_position: "SELECT 0 AS txid, id FROM audit_log \
+                         WHERE id = ?1 AND (?2 IS NULL OR tenant = ?2)"
+            .into(),
+        audit_after: audit_after(
+            "?1 IS NULL AND (?2 IS NULL OR service = ?2) AND (?3 IS NULL OR env = ?3)",
+        ),
+        audit_after_in_tenant: audit_after(
+            "tenant = ?1 AND (?2 IS NULL OR service = ?2) AND (?3 IS NULL OR env = ?3)",
+        ),
+        audit_after_in_service: audit_after("tenant = ?1 AND service = ?2 AND env = ?3"),
+        next_generation: "UPDATE services SET generation = generation + 1 \
+                          WHERE tenant = ?1 AND service = ?2 AND env = ?3 RETURNING generation"
+            .into(),
+        active_versions: "SELECT version FROM routes \
+                          WHERE tenant = ?1 AND service = ?2 AND env = ?3 AND active = 1 \
+                          ORDER BY version"
+            .into(),
+        lock_service_routes: format!(
+            "SELECT {ROUTE_COLUMNS} FROM routes WHERE tenant = ?1 AND service = ?2 AND env = ?3 \
+             ORDER BY version"
+        ),
+        service_history: "SELECT id, active_after, rollback_to \
+                          FROM audit_log WHERE tenant = ?1 AND service = ?2 AND env = ?3 \
+                            AND active_after IS NOT NULL ORDER BY id"
             .into(),
         claim_bootstrap: "INSERT INTO bootstrap (id, key_id, created_at) VALUES (1, ?1, ?2) \
                           ON CONFLICT (id) DO NOTHING"
