@@ -42,6 +42,17 @@ impl FieldErrors {
         }
     }
 
+    /// `raw` parsed by `parse` when given: an optional field, its error recorded under
+    /// `field`.
+    pub fn optional<T>(
+        &mut self,
+        field: &str,
+        raw: Option<&str>,
+        parse: impl FnOnce(&str) -> Result<T, DomainError>,
+    ) -> Option<T> {
+        raw.and_then(|raw| self.check(field, parse(raw)))
+    }
+
     /// `Ok(())` when nothing was recorded.
     pub fn into_result(self) -> Result<(), DomainError> {
         if self.0.is_empty() {

@@ -27,6 +27,8 @@ use crate::{ApiError, AppState};
 pub enum Action {
     Resolve,
     ReadRoutes,
+    /// The audit log: who changed what, in which request.
+    ReadAudit,
     WriteRoutes,
     ManageKeys,
     /// The dead-letter queue: list, replay, purge.
@@ -40,7 +42,7 @@ impl Action {
     fn rate_class(self) -> RateClass {
         match self {
             Action::Resolve => RateClass::Resolve,
-            Action::ReadRoutes => RateClass::Read,
+            Action::ReadRoutes | Action::ReadAudit => RateClass::Read,
             Action::WriteRoutes => RateClass::Write,
             Action::ManageKeys | Action::ManageJobs | Action::ManageWebhooks => RateClass::Keys,
         }
@@ -50,6 +52,7 @@ impl Action {
         match self {
             Action::Resolve => "resolve routes",
             Action::ReadRoutes => "read routes",
+            Action::ReadAudit => "read the audit log",
             Action::WriteRoutes => "change routes",
             Action::ManageKeys => "manage keys",
             Action::ManageJobs => "manage the dead-letter queue",
@@ -84,9 +87,13 @@ impl Caller {
         permits(self.principal.grant.role(), action)
     }
 
-    /// How this caller is recorded in the audit log: its key id.
+    /// How this caller is recorded in the audit log: its key id, and the request.
     pub fn actor(&self) -> Actor {
-        self.principal.actor()
+        let actor = self.principal.actor();
+        match self.context.request_id() {
+            Some(id) => actor.in_request(id),
+            None => actor,
+        }
     }
 
     /// Notes the tenant this request acts on, for its log line and the tenant metric.

@@ -56,7 +56,7 @@ struct Purged {
 /// The tenant a listing or purge covers, as for route listings.
 fn scope(caller: &Caller, asked: Option<&str>) -> Result<Option<TenantId>, ApiError> {
     let mut errors = FieldErrors::default();
-    let asked = asked.and_then(|t| errors.check("tenant", TenantId::parse(t)));
+    let asked = errors.optional("tenant", asked, TenantId::parse);
     errors.into_result()?;
     caller.list_scope(Action::ManageJobs, asked)
 }

@@ -41,6 +41,9 @@ pub enum ApiError {
     /// `after` names an event the outbox does not hold (any more).
     #[error("event not kept")]
     EventNotKept,
+    /// `after` names no audit entry the caller may see.
+    #[error("audit entry not found")]
+    AuditEntryNotFound,
     #[error("method not allowed")]
     MethodNotAllowed,
     #[error("unauthorized: {0}")]
@@ -177,6 +180,14 @@ impl ApiError {
                  without `after`."
                     .into(),
             ),
+            ApiError::AuditEntryNotFound => (
+                S::NOT_FOUND,
+                "audit-entry-not-found",
+                "Audit entry not found",
+                "No audit entry with this id is visible to this key; read from the first, \
+                 without `after`."
+                    .into(),
+            ),
             ApiError::MethodNotAllowed => (
                 S::METHOD_NOT_ALLOWED,
                 "method-not-allowed",
@@ -234,6 +245,12 @@ impl ApiError {
                 "route-exists",
                 "Route exists",
                 "A route with this tenant, service, env and version already exists.".into(),
+            ),
+            ApiError::Store(StoreError::NoRollback(why)) => (
+                S::CONFLICT,
+                "nothing-to-roll-back",
+                "Nothing to roll back to",
+                format!("Nothing to roll back to: {why}.").into(),
             ),
             ApiError::Store(StoreError::TooManyKeys { max }) => (
                 S::CONFLICT,

@@ -57,10 +57,7 @@ pub async fn list(
     ApiQuery(query): ApiQuery<EventQuery>,
 ) -> Result<Response, ApiError> {
     let mut errors = FieldErrors::default();
-    let tenant = query
-        .tenant
-        .as_deref()
-        .and_then(|t| errors.check("tenant", TenantId::parse(t)));
+    let tenant = errors.optional("tenant", query.tenant.as_deref(), TenantId::parse);
     let after = query
         .after
         .as_deref()

@@ -12,6 +12,7 @@ pub mod fast;
 mod front;
 mod guard;
 mod health;
+mod history;
 mod idempotency;
 mod keys;
 mod observe;
@@ -341,12 +342,18 @@ fn route_operations() -> Vec<Operation> {
             routes::delete,
         ),
         operation("/routes/{id}", Method::GET, read(ReadRoutes), routes::get),
+        operation(
+            "/routes/rollback",
+            Method::POST,
+            (WriteRoutes, Honoured(Critical), Input::Json),
+            history::rollback,
+        ),
     ]
 }
 
 /// Keys, events, the dead-letter queue and webhooks.
 fn management_operations() -> Vec<Operation> {
-    use Action::{ManageJobs, ManageKeys, ManageWebhooks, ReadRoutes};
+    use Action::{ManageJobs, ManageKeys, ManageWebhooks, ReadAudit, ReadRoutes};
     use Idempotency::{Honoured, Ignored, Refused};
     use WriteKind::Ordinary;
     let read = |action| (action, Ignored, Input::None);
@@ -365,6 +372,7 @@ fn management_operations() -> Vec<Operation> {
             keys::revoke,
         ),
         operation("/events", Method::GET, read(ReadRoutes), events::list),
+        operation("/audit", Method::GET, read(ReadAudit), history::list),
         operation("/dlq", Method::GET, read(ManageJobs), dlq::list),
         operation(
             "/dlq",

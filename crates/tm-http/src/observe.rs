@@ -43,12 +43,23 @@ pub struct RequestContext(Arc<ContextSlots>);
 
 #[derive(Debug, Default)]
 struct ContextSlots {
+    request_id: OnceLock<HeaderValue>,
     key: OnceLock<Option<KeyId>>,
     tenant: OnceLock<TenantId>,
     rate: OnceLock<RateDecision>,
 }
 
 impl RequestContext {
+    /// Notes the id the request is answered with.
+    fn identified(&self, ids: &RequestIds) {
+        let _ = self.0.request_id.set(ids.request_id.clone());
+    }
+
+    /// The id the request is answered with (none for a request that was not observed).
+    pub fn request_id(&self) -> Option<&str> {
+        self.0.request_id.get().map(text)
+    }
+
     /// Notes the key the request was authenticated with.
     pub fn authenticated(&self, principal: &Principal) {
         if self.0.key.set(principal.key_id).is_ok() {
@@ -252,6 +263,7 @@ pub async fn observe(State(state): State<AppState>, mut request: Request, next: 
         .map_or(tm_telemetry::UNMATCHED, MatchedPath::as_str);
     let method = request.method().clone();
     let context = RequestContext::default();
+    context.identified(&ids);
     request.extensions_mut().insert(context.clone());
     let span = ids.span(&method, endpoint);
     let mut response = next.run(request).instrument(span.clone()).await;

@@ -11,7 +11,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::RefOr;
 use utoipa::{Modify, OpenApi, ToSchema};
 
-use crate::{dlq, events, keys, resolve, routes, webhooks};
+use crate::{dlq, events, history, keys, resolve, routes, webhooks};
 
 /// An RFC 9457 problem document, as every error is answered.
 #[derive(Serialize, ToSchema)]
@@ -138,6 +138,93 @@ pub struct EventListDoc {
     /// is nothing new; `null` when there are no events at all.
     #[schema(required = true, format = "uuid")]
     pub next_after: Option<String>,
+}
+
+/// One change of a route, as the audit log keeps it.
+#[derive(Serialize, ToSchema)]
+#[schema(as = AuditEntry)]
+pub struct AuditEntryDoc {
+    /// The entry's id: pass it as `after` to read on from it.
+    pub id: i64,
+    #[schema(format = DateTime)]
+    pub at: String,
+    #[schema(value_type = String, pattern = "^(create|activate|deactivate|update|delete|rollback)$")]
+    pub action: String,
+    #[schema(pattern = "^[a-z0-9][a-z0-9._-]{0,62}$")]
+    pub tenant: String,
+    #[schema(pattern = "^[a-z0-9][a-z0-9._-]{0,62}$")]
+    pub service: String,
+    #[schema(pattern = "^[a-z0-9][a-z0-9._-]{0,62}$")]
+    pub env: String,
+    #[schema(required = true, pattern = "^[a-z0-9][a-z0-9._-]{0,62}$")]
+    pub version: Option<String>,
+    #[schema(format = "uuid")]
+    pub route_id: String,
+    /// Who made the change: the id of the key that made it, `bootstrap` for the
+    /// configured admin key.
+    pub actor: String,
+    /// The id of the stored key that made the change; `null` for the configured admin
+    /// key.
+    #[schema(required = true, format = "uuid")]
+    pub actor_key_id: Option<String>,
+    /// The `X-Request-ID` of the request that made the change.
+    #[schema(required = true)]
+    pub request_id: Option<String>,
+    /// The service's generation after the change.
+    #[schema(required = true)]
+    pub generation: Option<i64>,
+    /// For a change of which versions are active: the active versions after it.
+    #[schema(required = true)]
+    pub active_versions: Option<Vec<String>>,
+    /// For a rollback: the id of the entry whose activation state it restored.
+    #[schema(required = true)]
+    pub rollback_to: Option<i64>,
+    /// The route before the change; `null` for a creation.
+    #[schema(required = true)]
+    pub before: Option<Route>,
+    /// The route after the change; `null` for a deletion.
+    #[schema(required = true)]
+    pub after: Option<Route>,
+    /// Each field that differs between `before` and `after`.
+    pub changes: std::collections::BTreeMap<String, FieldChangeDoc>,
+}
+
+/// A field's value before and after a change.
+#[derive(Serialize, ToSchema)]
+#[schema(as = FieldChange)]
+pub struct FieldChangeDoc {
+    #[schema(value_type = Object)]
+    pub from: serde_json::Value,
+    #[schema(value_type = Object)]
+    pub to: serde_json::Value,
+}
+
+/// One page of the audit log, oldest first.
+#[derive(Serialize, ToSchema)]
+#[schema(as = AuditList)]
+pub struct AuditListDoc {
+    pub items: Vec<AuditEntryDoc>,
+    /// Pass as `after` to read on: the last entry's id, or the `after` asked when there
+    /// is nothing new; `null` when there are no entries at all.
+    #[schema(required = true)]
+    pub next_after: Option<i64>,
+}
+
+/// What a rollback did.
+#[derive(Serialize, ToSchema)]
+#[schema(as = RolledBack)]
+pub struct RolledBackDoc {
+    pub tenant: String,
+    pub service: String,
+    pub env: String,
+    /// The service's active versions now.
+    pub active_versions: Vec<String>,
+    /// The id of the audit entry whose activation state was restored.
+    pub restored_entry: i64,
+    /// The service's generation after the rollback.
+    pub generation: i64,
+    /// The routes switched on or off, as they are now.
+    pub changed: Vec<Route>,
 }
 
 /// A job in the dead-letter queue.
@@ -502,6 +589,8 @@ impl Modify for Constraints {
         routes::get,
         routes::patch,
         routes::delete,
+        history::rollback,
+        history::list,
         keys::create,
         keys::list,
         keys::revoke,
@@ -515,10 +604,10 @@ impl Modify for Constraints {
         webhooks::get,
         webhooks::delete,
     ),
-    components(schemas(ProblemDoc, FieldError, Route, ResolveAnswerDoc, RouteListDoc, KeyDoc, CreatedKeyDoc, KeyListDoc, NewKeyDoc, Role, EventDoc, EventListDoc, EventType, DeadJobDoc, DeadJobListDoc, PurgedDoc, WebhookDoc, CreatedWebhookDoc, WebhookListDoc, NewWebhookDoc)),
+    components(schemas(ProblemDoc, FieldError, Route, ResolveAnswerDoc, RouteListDoc, KeyDoc, CreatedKeyDoc, KeyListDoc, NewKeyDoc, Role, EventDoc, EventListDoc, EventType, DeadJobDoc, DeadJobListDoc, PurgedDoc, WebhookDoc, CreatedWebhookDoc, WebhookListDoc, NewWebhookDoc, AuditEntryDoc, FieldChangeDoc, AuditListDoc, RolledBackDoc, history::ServiceBody)),
     modifiers(&BearerAuth, &CommonHeaders, &Constraints),
     security(("bearer" = [])),
-    tags((name = "routes", description = "Routes and resolution"), (name = "keys", description = "API keys"), (name = "events", description = "Change events"), (name = "jobs", description = "The job queue's dead-letter queue"), (name = "webhooks", description = "Webhook subscriptions")),
+    tags((name = "routes", description = "Routes and resolution"), (name = "keys", description = "API keys"), (name = "events", description = "Change events"), (name = "jobs", description = "The job queue's dead-letter queue"), (name = "webhooks", description = "Webhook subscriptions"), (name = "history", description = "The audit log and rollback")),
 )]
 pub struct ApiDoc;
 

@@ -167,10 +167,7 @@ pub(crate) fn answer<'s>(
     let tenant = errors.check("tenant", TenantId::parse(tenant));
     let service = errors.check("service", ServiceName::parse(service));
     let env = errors.check("env", EnvName::parse(env));
-    let version = query
-        .version
-        .as_deref()
-        .and_then(|v| errors.check("version", Version::parse(v)));
+    let version = errors.optional("version", query.version.as_deref(), Version::parse);
     if let Some(key) = query.key.as_deref() {
         // Counting characters only when the bytes alone may be too many.
         if key.is_empty() || (key.len() > MAX_KEY_LEN && key.chars().count() > MAX_KEY_LEN) {

@@ -21,7 +21,7 @@ use crate::page::ROUTE_CURSORS;
 use crate::{ApiError, AppState};
 
 /// Parses a required field, recording a missing or invalid value.
-fn required<T>(
+pub(crate) fn required<T>(
     errors: &mut FieldErrors,
     field: &str,
     raw: Option<&str>,
@@ -373,18 +373,9 @@ pub async fn list(
         .transpose()?;
     let mut errors = FieldErrors::default();
     let mut filter = RouteFilter {
-        tenant: query
-            .tenant
-            .as_deref()
-            .and_then(|t| errors.check("tenant", TenantId::parse(t))),
-        service: query
-            .service
-            .as_deref()
-            .and_then(|s| errors.check("service", ServiceName::parse(s))),
-        env: query
-            .env
-            .as_deref()
-            .and_then(|e| errors.check("env", EnvName::parse(e))),
+        tenant: errors.optional("tenant", query.tenant.as_deref(), TenantId::parse),
+        service: errors.optional("service", query.service.as_deref(), ServiceName::parse),
+        env: errors.optional("env", query.env.as_deref(), EnvName::parse),
         active: query.active,
     };
     let limit = crate::page::limit(query.limit, &mut errors);

@@ -247,10 +247,7 @@ pub async fn list(
     ApiQuery(query): ApiQuery<WebhookListQuery>,
 ) -> Result<Response, ApiError> {
     let mut errors = FieldErrors::default();
-    let asked = query
-        .tenant
-        .as_deref()
-        .and_then(|t| errors.check("tenant", TenantId::parse(t)));
+    let asked = errors.optional("tenant", query.tenant.as_deref(), TenantId::parse);
     let limit = page::limit(query.limit, &mut errors);
     errors.into_result()?;
     let tenant = caller.list_scope(Action::ManageWebhooks, asked)?;

@@ -17,6 +17,7 @@ mod dlq;
 mod events;
 mod front;
 mod health;
+mod history;
 mod idempotency;
 mod keys;
 mod observability;
