@@ -7,9 +7,15 @@
 //! record right before the answer, in neighbouring cache lines), and that the group
 //! is recognised by the answer itself (see [`ActiveRoute::answers_for`]).
 //!
-//! Layout: the number of versions (u32), then one [`RECORD`]-byte record per version in
-//! version order (weight, hash seed, entity tag, where the version sits in the answer,
-//! where the answer sits in the group and its length), then the answers.
+//! Layout: a [`HEADER`] (the number of versions, the service's generation, its resolve
+//! policy, the outcome of the policy's decision and each failover tier's minimum), then
+//! one [`RECORD`]-byte record per version in version order (weight, hash seed, entity
+//! tag, where the version sits in the answer, where the answer sits in the group and its
+//! length, whether it serves and is healthy, its tier, when it was last seen healthy),
+//! then the answers.
+//!
+//! Which versions serve is decided when the group is packed ([`crate::decide`]), so
+//! resolve only reads one flag per version.
 
 use std::sync::Arc;
 
@@ -18,6 +24,7 @@ use serde::Serialize;
 use crate::index::Keyed;
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
+use crate::policy::{decide, Candidate, Outcome, ResolvePolicy, ServicePolicy, MAX_TIERS};
 use crate::{
     EnvName, Route, RouteId, ServedRoute, ServiceName, TenantId, UpstreamUrl, Version, Weight,
 };
@@ -25,10 +32,90 @@ use crate::{
 const ETAG_LEN: usize = 18;
 
 /// weight (1), seed (8), entity tag (18), version offset and length (1 + 1), answer
-/// offset and length (4 + 4).
-const RECORD: usize = 1 + 8 + ETAG_LEN + 2 + 8;
+/// offset and length (4 + 4), flags (1), tier (1), last seen healthy (4).
+const RECORD: usize = 1 + 8 + ETAG_LEN + 2 + 8 + 1 + 1 + 4;
 
-const COUNT: usize = 4;
+/// count (4), generation (8), resolve policy (1), outcome kind and tier (1 + 1), chain
+/// length (1), outcome time (4), each tier's minimum (8), padding (4).
+const HEADER: usize = 32;
+
+const SERVES: u8 = 1;
+const HEALTHY: u8 = 2;
+
+/// What the snapshot knows of a route's health: whether it counts as healthy (a route
+/// whose health is not checked does), and when it was last seen healthy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Health {
+    pub healthy: bool,
+    /// Unix seconds; 0 when never seen healthy or not checked.
+    pub last_healthy: u32,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Self {
+            healthy: true,
+            last_healthy: 0,
+        }
+    }
+}
+
+/// What the snapshot keeps of a service besides its routes: its generation (see the
+/// store's `services` table) and its routing policy.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServiceFacts {
+    pub generation: u64,
+    pub policy: ServicePolicy,
+}
+
+/// Where each version of a group stands under the policy: its tier and each tier's
+/// minimum. A group being packed again keeps the tiers its records hold (a version new
+/// to it joins the chain's unnamed rest until the group is read from the store again).
+pub(crate) trait Rules {
+    fn resolve(&self) -> ResolvePolicy;
+    fn tier_of(&self, version: &str) -> u8;
+    fn min_healthy(&self, tier: u8) -> u8;
+    /// The number of tiers the chain names.
+    fn chain_len(&self) -> u8;
+}
+
+impl Rules for ServicePolicy {
+    fn resolve(&self) -> ResolvePolicy {
+        self.resolve
+    }
+
+    fn tier_of(&self, version: &str) -> u8 {
+        ServicePolicy::tier_of(self, version)
+    }
+
+    fn min_healthy(&self, tier: u8) -> u8 {
+        ServicePolicy::min_healthy(self, tier)
+    }
+
+    fn chain_len(&self) -> u8 {
+        u8::try_from(self.failover.len()).expect("a chain has at most 8 tiers")
+    }
+}
+
+impl Rules for Group {
+    fn resolve(&self) -> ResolvePolicy {
+        self.policy()
+    }
+
+    fn tier_of(&self, version: &str) -> u8 {
+        self.routes()
+            .find(|r| r.version() == version)
+            .map_or(self.chain_len(), |r| r.tier())
+    }
+
+    fn min_healthy(&self, tier: u8) -> u8 {
+        Group::min_healthy(self, tier)
+    }
+
+    fn chain_len(&self) -> u8 {
+        self.0[15]
+    }
+}
 
 /// One active version, its answer prepared, before it is packed into its group.
 #[derive(Clone, Debug)]
@@ -42,6 +129,7 @@ pub(crate) struct Prepared {
     etag: [u8; ETAG_LEN],
     /// Per-version seed of the rendezvous hash.
     seed: u64,
+    health: Health,
 }
 
 /// What an answer is made of, borrowed from a [`Route`] or a [`ServedRoute`].
@@ -54,11 +142,12 @@ pub(crate) struct AnswerParts<'a> {
     pub url: &'a UpstreamUrl,
     pub weight: Weight,
     pub revision: i64,
+    pub health: Health,
 }
 
 /// Both kinds of route name these fields alike.
 macro_rules! answer_parts_of {
-    ($route:ty) => {
+    ($route:ty, $health:expr) => {
         impl<'a> From<&'a $route> for AnswerParts<'a> {
             fn from(route: &'a $route) -> Self {
                 Self {
@@ -70,14 +159,15 @@ macro_rules! answer_parts_of {
                     url: &route.url,
                     weight: route.weight,
                     revision: route.revision,
+                    health: $health(route),
                 }
             }
         }
     };
 }
 
-answer_parts_of!(Route);
-answer_parts_of!(ServedRoute);
+answer_parts_of!(Route, |_| Health::default());
+answer_parts_of!(ServedRoute, |route: &ServedRoute| route.health);
 
 impl Prepared {
     pub(crate) fn new(route: AnswerParts<'_>) -> Self {
@@ -120,6 +210,7 @@ impl Prepared {
                 .try_into()
                 .expect("a quoted 16-digit hex number is 18 bytes"),
             seed: xxh3_64(version.as_bytes()),
+            health: route.health,
         }
     }
 
@@ -137,6 +228,10 @@ impl From<ActiveRoute<'_>> for Prepared {
             weight: route.weight,
             etag: *route.etag,
             seed: route.seed,
+            health: Health {
+                healthy: route.flags & HEALTHY != 0,
+                last_healthy: route.last_healthy,
+            },
         }
     }
 }
@@ -151,23 +246,47 @@ fn version_in(body: &[u8], at: u8, len: u8) -> &str {
 pub(crate) struct Group(Arc<[u8]>);
 
 impl Group {
-    /// `routes` (at least one, all of one group), sorted by version and packed.
-    pub(crate) fn pack(mut routes: Vec<Prepared>) -> Self {
+    /// `routes` (at least one, all of one group), sorted by version and packed, with
+    /// which of them serve decided by `rules`.
+    pub(crate) fn pack(mut routes: Vec<Prepared>, generation: u64, rules: &impl Rules) -> Self {
         debug_assert!(!routes.is_empty());
         routes.sort_by(|a, b| a.version().cmp(b.version()));
-        let records = COUNT + routes.len() * RECORD;
+        let candidates: Vec<Candidate> = routes
+            .iter()
+            .map(|r| Candidate {
+                weight: r.weight,
+                healthy: r.health.healthy,
+                tier: rules.tier_of(r.version()),
+                last_healthy: r.health.last_healthy,
+            })
+            .collect();
+        let (outcome, serving) = decide(&candidates, rules.resolve(), |t| rules.min_healthy(t));
+        let records = HEADER + routes.len() * RECORD;
         let total = records + routes.iter().map(|r| r.body.len()).sum::<usize>();
         let offset = |n: usize| u32::try_from(n).expect("a group is far smaller than 4 GiB");
         let mut packed = Vec::with_capacity(total);
         packed.extend_from_slice(&offset(routes.len()).to_le_bytes());
+        packed.extend_from_slice(&generation.to_le_bytes());
+        let (kind, tier, at) = encode(outcome);
+        packed.extend_from_slice(&[rules.resolve().code(), kind, tier, rules.chain_len()]);
+        packed.extend_from_slice(&at.to_le_bytes());
+        for t in 0..MAX_TIERS {
+            packed.push(rules.min_healthy(u8::try_from(t).expect("8 tiers")));
+        }
+        packed.extend_from_slice(&[0; 4]);
+        debug_assert_eq!(packed.len(), HEADER);
         let mut body_at = records;
-        for route in &routes {
+        for ((route, candidate), serves) in routes.iter().zip(&candidates).zip(&serving) {
             packed.push(route.weight);
             packed.extend_from_slice(&route.seed.to_le_bytes());
             packed.extend_from_slice(&route.etag);
             packed.extend_from_slice(&[route.version_at, route.version_len]);
             packed.extend_from_slice(&offset(body_at).to_le_bytes());
             packed.extend_from_slice(&offset(route.body.len()).to_le_bytes());
+            let flags =
+                if *serves { SERVES } else { 0 } | if route.health.healthy { HEALTHY } else { 0 };
+            packed.extend_from_slice(&[flags, candidate.tier]);
+            packed.extend_from_slice(&route.health.last_healthy.to_le_bytes());
             body_at += route.body.len();
         }
         for route in &routes {
@@ -181,6 +300,28 @@ impl Group {
         u32_at(&self.0, 0) as usize
     }
 
+    /// The service's generation when the group was read from the store.
+    pub(crate) fn generation(&self) -> u64 {
+        u64::from_le_bytes(self.0[4..12].try_into().expect("eight bytes"))
+    }
+
+    pub(crate) fn policy(&self) -> ResolvePolicy {
+        ResolvePolicy::from_code(self.0[12])
+    }
+
+    /// Why the versions that serve do.
+    pub(crate) fn outcome(&self) -> Outcome {
+        decode(self.0[13], self.0[14], u32_at(&self.0, 16))
+    }
+
+    pub(crate) fn min_healthy(&self, tier: u8) -> u8 {
+        self.0
+            .get(20 + usize::from(tier))
+            .copied()
+            .filter(|_| usize::from(tier) < MAX_TIERS)
+            .unwrap_or(1)
+    }
+
     /// The active versions, in version order.
     pub(crate) fn routes(&self) -> impl Iterator<Item = ActiveRoute<'_>> {
         (0..self.len()).map(|i| self.route(i))
@@ -188,7 +329,7 @@ impl Group {
 
     fn route(&self, i: usize) -> ActiveRoute<'_> {
         let packed = &self.0[..];
-        let record = &packed[COUNT + i * RECORD..COUNT + (i + 1) * RECORD];
+        let record = &packed[HEADER + i * RECORD..HEADER + (i + 1) * RECORD];
         let (weight, rest) = record.split_at(1);
         let (seed, rest) = rest.split_at(8);
         let (etag, rest) = rest.split_at(ETAG_LEN);
@@ -201,7 +342,33 @@ impl Group {
             version_len: rest[1],
             weight: weight[0],
             seed: u64::from_le_bytes(seed.try_into().expect("the record holds a whole seed")),
+            flags: rest[10],
+            tier: rest[11],
+            last_healthy: u32_at(rest, 12),
         }
+    }
+}
+
+/// An outcome as three header fields: kind, tier, time.
+fn encode(outcome: Outcome) -> (u8, u8, u32) {
+    match outcome {
+        Outcome::NoCandidates => (0, 0, 0),
+        Outcome::Tier(t) => (1, t, 0),
+        Outcome::BelowMinimum(t) => (2, t, 0),
+        Outcome::NoneHealthy => (3, 0, 0),
+        Outcome::FailOpen(t) => (4, t, 0),
+        Outcome::LastKnownGood(at) => (5, 0, at),
+    }
+}
+
+fn decode(kind: u8, tier: u8, at: u32) -> Outcome {
+    match kind {
+        1 => Outcome::Tier(tier),
+        2 => Outcome::BelowMinimum(tier),
+        3 => Outcome::NoneHealthy,
+        4 => Outcome::FailOpen(tier),
+        5 => Outcome::LastKnownGood(at),
+        _ => Outcome::NoCandidates,
     }
 }
 
@@ -227,6 +394,9 @@ pub struct ActiveRoute<'g> {
     version_len: u8,
     weight: u8,
     seed: u64,
+    flags: u8,
+    tier: u8,
+    last_healthy: u32,
 }
 
 impl<'g> ActiveRoute<'g> {
@@ -245,8 +415,29 @@ impl<'g> ActiveRoute<'g> {
         std::str::from_utf8(self.etag).expect("the tag is ASCII")
     }
 
-    pub(crate) fn weight(&self) -> u8 {
+    pub fn weight(&self) -> u8 {
         self.weight
+    }
+
+    /// Whether resolve picks among this version (by weight) when no version is asked for:
+    /// what the policy's decision made of it (see [`crate::decide`]).
+    pub fn serves(&self) -> bool {
+        self.flags & SERVES != 0
+    }
+
+    /// Whether it counts as healthy (a version whose health is not checked does).
+    pub fn healthy(&self) -> bool {
+        self.flags & HEALTHY != 0
+    }
+
+    /// Its tier in the service's failover chain.
+    pub fn tier(&self) -> u8 {
+        self.tier
+    }
+
+    /// When it was last seen healthy (Unix seconds; 0: never, or not checked).
+    pub fn last_healthy(&self) -> u32 {
+        self.last_healthy
     }
 
     pub(crate) fn seed(&self) -> u64 {
@@ -297,7 +488,8 @@ mod tests {
             route("billing", "v10-rc_1", "https://c.example.com", 0),
         ];
         let prepared: Vec<Prepared> = routes.iter().map(|r| Prepared::new(r.into())).collect();
-        let group = Group::pack(prepared.clone());
+        let group = Group::pack(prepared.clone(), 7, &ServicePolicy::default());
+        assert_eq!(group.generation(), 7);
         assert_eq!(group.len(), 3);
         let read: Vec<ActiveRoute<'_>> = group.routes().collect();
         let versions: Vec<&str> = read.iter().map(ActiveRoute::version).collect();
@@ -316,7 +508,7 @@ mod tests {
             let body: serde_json::Value = serde_json::from_slice(route.body()).expect("JSON");
             assert_eq!(body["version"], route.version());
             // Read back and packed again, a route is the same.
-            let again = Group::pack(vec![Prepared::from(*route)]);
+            let again = Group::pack(vec![Prepared::from(*route)], 7, &group);
             assert_eq!(again.routes().next().map(|r| r.body()), Some(route.body()));
         }
     }
@@ -324,7 +516,11 @@ mod tests {
     #[test]
     fn a_group_is_recognised_by_its_whole_key_only() {
         let route = route("billing", "v1", "http://a", 1);
-        let group = Group::pack(vec![Prepared::new((&route).into())]);
+        let group = Group::pack(
+            vec![Prepared::new((&route).into())],
+            1,
+            &ServicePolicy::default(),
+        );
         assert!(group.has_key("acme/billing/prod"));
         for other in [
             "acme/billing/pro",

@@ -8,6 +8,7 @@ mod id;
 mod ident;
 mod index;
 mod key;
+mod policy;
 mod route;
 mod snapshot;
 #[cfg(test)]
@@ -23,9 +24,16 @@ pub use id::{
 };
 pub use ident::{EnvName, ServiceName, TenantId, Version};
 pub use key::{ApiKey, Grant, Role, SecretHash};
+pub use policy::{
+    decide, Candidate, FailoverTier, Outcome, ResolvePolicy, ServicePolicy, MAX_TIERS,
+    MAX_TIER_VERSIONS,
+};
 pub use route::{
     now, rfc3339, GroupKey, NewRoute, Route, RouteKey, RoutePatch, Weight, IDENTIFIER_PATTERN,
 };
-pub use snapshot::{ActiveRoute, Pick, RouteChange, RoutingSnapshot, ServedRoute, SnapshotBuilder};
+pub use snapshot::{
+    ActiveRoute, Health, Pick, RouteChange, RoutingSnapshot, ServedRoute, ServiceFacts,
+    ServiceView, SnapshotBuilder,
+};
 pub use upstream::UpstreamUrl;
 pub use webhook::{Webhook, MAX_WEBHOOK_DESCRIPTION};

@@ -8,12 +8,13 @@ use std::time::Instant;
 
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
-pub use crate::group::ActiveRoute;
+pub use crate::group::{ActiveRoute, Health, ServiceFacts};
 use crate::group::{AnswerParts, Group, Prepared};
 use crate::ident::MAX_IDENTIFIER_LEN;
 use crate::index::SharedIndex;
 use crate::{
-    EnvName, GroupKey, Route, RouteId, ServiceName, TenantId, UpstreamUrl, Version, Weight,
+    EnvName, GroupKey, Outcome, ResolvePolicy, Route, RouteId, ServiceName, TenantId, UpstreamUrl,
+    Version, Weight,
 };
 
 /// How `resolve` picks among the active versions of a service.
@@ -48,6 +49,33 @@ pub struct ServedRoute {
     pub url: UpstreamUrl,
     pub weight: Weight,
     pub revision: i64,
+    pub health: Health,
+}
+
+impl ServedRoute {
+    pub fn group(&self) -> GroupKey {
+        GroupKey {
+            tenant: self.tenant.clone(),
+            service: self.service.clone(),
+            env: self.env.clone(),
+        }
+    }
+}
+
+impl From<&Route> for ServedRoute {
+    fn from(route: &Route) -> Self {
+        Self {
+            id: route.id,
+            tenant: route.tenant.clone(),
+            service: route.service.clone(),
+            env: route.env.clone(),
+            version: route.version.clone(),
+            url: route.url.clone(),
+            weight: route.weight,
+            revision: route.revision,
+            health: Health::default(),
+        }
+    }
 }
 
 /// Builds a snapshot one route at a time, so that a full load need not hold every
@@ -57,44 +85,61 @@ pub struct ServedRoute {
 #[derive(Default)]
 pub struct SnapshotBuilder {
     snapshot: RoutingSnapshot,
-    /// The group being gathered, and its active routes so far.
-    current: Option<(Box<str>, Vec<Prepared>)>,
+    /// The group being gathered, its service's facts, and its active routes so far.
+    current: Option<Gathering>,
+}
+
+struct Gathering {
+    key: Box<str>,
+    facts: ServiceFacts,
+    routes: Vec<Prepared>,
 }
 
 impl SnapshotBuilder {
-    /// Adds `route` if it is active.
+    /// Adds `route` if it is active, its service's facts the defaults.
     pub fn add(&mut self, route: &Route) {
         if route.active {
-            self.push(route.into());
+            self.push(route.into(), &ServiceFacts::default());
         }
     }
 
-    /// Adds an active route, read for the snapshot alone.
-    pub fn add_served(&mut self, route: &ServedRoute) {
-        self.push(route.into());
+    /// Adds an active route, read for the snapshot alone, of a service with `facts`.
+    pub fn add_served(&mut self, route: &ServedRoute, facts: &ServiceFacts) {
+        self.push(route.into(), facts);
     }
 
-    fn push(&mut self, route: AnswerParts<'_>) {
+    fn push(&mut self, route: AnswerParts<'_>, facts: &ServiceFacts) {
         let mut buf = [0u8; 3 * MAX_IDENTIFIER_LEN + 2];
         let key = group_key_in(&mut buf, route.tenant, route.service, route.env);
         match &mut self.current {
-            Some((current, routes)) if **current == *key => routes.push(Prepared::new(route)),
+            Some(current) if *current.key == *key => current.routes.push(Prepared::new(route)),
             _ => {
                 self.flush();
-                self.current = Some((key.into(), vec![Prepared::new(route)]));
+                self.current = Some(Gathering {
+                    key: key.into(),
+                    facts: facts.clone(),
+                    routes: vec![Prepared::new(route)],
+                });
             }
         }
     }
 
     fn flush(&mut self) {
-        if let Some((key, mut routes)) = self.current.take() {
+        if let Some(Gathering {
+            key,
+            facts,
+            mut routes,
+        }) = self.current.take()
+        {
             if let Some(earlier) = self.snapshot.groups.get(&key) {
                 // The group came in pieces: keep what arrived before.
                 self.snapshot.route_count -= earlier.len();
                 routes.extend(earlier.routes().map(Prepared::from));
             }
             self.snapshot.route_count += routes.len();
-            self.snapshot.groups.insert(&key, Group::pack(routes));
+            self.snapshot
+                .groups
+                .insert(&key, Group::pack(routes, facts.generation, &facts.policy));
         }
     }
 
@@ -140,23 +185,28 @@ impl RoutingSnapshot {
         key: &GroupKey,
         routes: impl IntoIterator<Item = &'a Route>,
     ) -> Self {
-        let members: Vec<Prepared> = routes
+        let served: Vec<ServedRoute> = routes
             .into_iter()
-            .filter(|r| {
-                r.active && r.tenant == key.tenant && r.service == key.service && r.env == key.env
-            })
-            .map(|r| Prepared::new(r.into()))
+            .filter(|r| r.active)
+            .map(ServedRoute::from)
             .collect();
-        self.with_group_routes(
-            group_key(&key.tenant, &key.service, &key.env).into_boxed_str(),
-            members,
+        self.with_groups(
+            std::slice::from_ref(key),
+            &served,
+            &std::collections::HashMap::new(),
         )
     }
 
-    /// This snapshot with each group in `keys` replaced by its active routes among
-    /// `routes` (the current state of all those groups together, in any order).
-    pub fn with_groups(&self, keys: &[GroupKey], routes: &[Route]) -> Self {
-        let mut by_group: std::collections::HashMap<&GroupKey, Vec<&Route>> =
+    /// This snapshot with each group in `keys` replaced by its routes among `routes` (the
+    /// active routes of all those groups together, in any order) and its service's facts
+    /// in `services` (the defaults for a service not there).
+    pub fn with_groups(
+        &self,
+        keys: &[GroupKey],
+        routes: &[ServedRoute],
+        services: &std::collections::HashMap<GroupKey, ServiceFacts>,
+    ) -> Self {
+        let mut by_group: std::collections::HashMap<&GroupKey, Vec<&ServedRoute>> =
             keys.iter().map(|k| (k, Vec::new())).collect();
         for route in routes {
             if let Some(members) = by_group.get_mut(&route.group()) {
@@ -165,17 +215,20 @@ impl RoutingSnapshot {
         }
         // One copy, changed in place: each shard touched is copied once, not per group.
         let mut next = self.clone();
+        let defaults = ServiceFacts::default();
         for (key, members) in by_group {
             let mut active: Vec<Prepared> = Vec::with_capacity(members.len());
-            for route in members.into_iter().filter(|r| r.active) {
+            for route in members {
                 // The same route given twice is one version, not two.
                 if !active.iter().any(|a| a.version() == route.version.as_str()) {
                     active.push(Prepared::new(route.into()));
                 }
             }
+            let facts = services.get(key).unwrap_or(&defaults);
             next.replace_group(
                 group_key(&key.tenant, &key.service, &key.env).into_boxed_str(),
                 active,
+                |routes| Group::pack(routes, facts.generation, &facts.policy),
             );
         }
         next
@@ -190,40 +243,46 @@ impl RoutingSnapshot {
             .is_some_and(|g| g.routes().any(|r| r.version() == version.as_str()))
     }
 
-    /// This snapshot with one route's change applied, leaving the rest of its group as is.
+    /// This snapshot with one route's change applied, leaving the rest of its group as is
+    /// (its service's generation and policy too: the next read of the group from the
+    /// store brings them up to date).
     pub fn with_change(&self, change: RouteChange<'_>) -> Self {
         let (route, keep) = match change {
             RouteChange::Stored(r) => (r, r.active),
             RouteChange::Deleted(r) => (r, false),
         };
         let map_key = group_key(&route.tenant, &route.service, &route.env).into_boxed_str();
-        let mut routes: Vec<Prepared> = self
-            .groups
-            .get(&map_key)
-            .map(|g| {
+        let existing = self.groups.get(&map_key).cloned();
+        let mut routes: Vec<Prepared> = existing
+            .iter()
+            .flat_map(|g| {
                 g.routes()
                     .filter(|r| r.version() != route.version.as_str())
                     .map(Prepared::from)
-                    .collect()
+                    .collect::<Vec<_>>()
             })
-            .unwrap_or_default();
+            .collect();
         if keep {
             routes.push(Prepared::new(route.into()));
         }
-        self.with_group_routes(map_key, routes)
-    }
-
-    fn with_group_routes(&self, map_key: Box<str>, routes: Vec<Prepared>) -> Self {
         let mut next = self.clone();
-        next.replace_group(map_key, routes);
+        next.replace_group(map_key, routes, |routes| match &existing {
+            Some(group) => Group::pack(routes, group.generation(), group),
+            None => Group::pack(routes, 0, &crate::ServicePolicy::default()),
+        });
         next
     }
 
-    fn replace_group(&mut self, map_key: Box<str>, routes: Vec<Prepared>) {
+    fn replace_group(
+        &mut self,
+        map_key: Box<str>,
+        routes: Vec<Prepared>,
+        pack: impl FnOnce(Vec<Prepared>) -> Group,
+    ) {
         let removed = self.groups.remove(&map_key).map_or(0, |g| g.len());
         let added = routes.len();
         if !routes.is_empty() {
-            self.groups.insert(&map_key, Group::pack(routes));
+            self.groups.insert(&map_key, pack(routes));
         }
         self.route_count = self.route_count + added - removed;
         self.built_at = Instant::now();
@@ -247,6 +306,18 @@ impl RoutingSnapshot {
         }
     }
 
+    /// What the snapshot holds of `(tenant, service, env)`, if it has an active version.
+    pub fn service(
+        &self,
+        tenant: &TenantId,
+        service: &ServiceName,
+        env: &EnvName,
+    ) -> Option<ServiceView<'_>> {
+        let mut buf = [0u8; 3 * MAX_IDENTIFIER_LEN + 2];
+        let key = group_key_in(&mut buf, tenant, service, env);
+        self.groups.get(key).map(|group| ServiceView { group })
+    }
+
     /// Number of active routes.
     pub fn route_count(&self) -> usize {
         self.route_count
@@ -258,16 +329,60 @@ impl RoutingSnapshot {
     }
 }
 
+/// One service as the snapshot holds it: for explain and watch, not for resolve.
+#[derive(Clone, Copy, Debug)]
+pub struct ServiceView<'s> {
+    group: &'s Group,
+}
+
+impl<'s> ServiceView<'s> {
+    /// The service's generation when the snapshot last read it from the store.
+    pub fn generation(&self) -> u64 {
+        self.group.generation()
+    }
+
+    pub fn policy(&self) -> ResolvePolicy {
+        self.group.policy()
+    }
+
+    /// Why the versions that serve do.
+    pub fn outcome(&self) -> Outcome {
+        self.group.outcome()
+    }
+
+    /// The fewest healthy versions tier `tier` needs to serve.
+    pub fn min_healthy(&self, tier: u8) -> u8 {
+        self.group.min_healthy(tier)
+    }
+
+    /// The active versions, in version order.
+    pub fn routes(&self) -> impl Iterator<Item = ActiveRoute<'s>> {
+        self.group.routes()
+    }
+
+    /// Each serving version's rendezvous score for the sticky `key` (the highest wins),
+    /// and the version `key` sticks to.
+    pub fn sticky_scores(
+        &self,
+        key: &str,
+    ) -> (Vec<(ActiveRoute<'s>, f64)>, Option<ActiveRoute<'s>>) {
+        let scores = self
+            .group
+            .routes()
+            .filter(ActiveRoute::serves)
+            .map(|route| (route, rendezvous_score(key, &route)))
+            .collect();
+        (scores, sticky(self.group, key))
+    }
+}
+
 /// Weighted rendezvous hashing: each version scores `weight / -ln(u)` with `u` a
 /// uniform hash of (key, version); the highest wins. The same key picks the same
 /// version everywhere, and a weight change only moves keys to or from that version.
 fn sticky<'g>(group: &'g Group, key: &str) -> Option<ActiveRoute<'g>> {
     let mut best: Option<(f64, ActiveRoute<'g>)> = None;
-    for route in group.routes().filter(|r| r.weight() > 0) {
-        let h = xxh3_64_with_seed(key.as_bytes(), route.seed());
-        // 53 high bits into (0, 1): never 0, never 1.
-        let u = ((h >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
-        let score = f64::from(route.weight()) / -u.ln();
+    for route in group.routes().filter(ActiveRoute::serves) {
+        let score = rendezvous_score(key, &route);
         if best.is_none_or(|(s, _)| score > s) {
             best = Some((score, route));
         }
@@ -275,13 +390,25 @@ fn sticky<'g>(group: &'g Group, key: &str) -> Option<ActiveRoute<'g>> {
     best.map(|(_, route)| route)
 }
 
+/// `route`'s score for `key`: its weight over `-ln(u)`, `u` a uniform hash of the two.
+fn rendezvous_score(key: &str, route: &ActiveRoute<'_>) -> f64 {
+    let h = xxh3_64_with_seed(key.as_bytes(), route.seed());
+    // 53 high bits into (0, 1): never 0, never 1.
+    let u = ((h >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+    f64::from(route.weight()) / -u.ln()
+}
+
 fn weighted(group: &Group, n: u64) -> Option<ActiveRoute<'_>> {
-    let total: u64 = group.routes().map(|r| u64::from(r.weight())).sum();
+    let total: u64 = group
+        .routes()
+        .filter(ActiveRoute::serves)
+        .map(|r| u64::from(r.weight()))
+        .sum();
     if total == 0 {
         return None;
     }
     let mut point = n % total;
-    for route in group.routes() {
+    for route in group.routes().filter(ActiveRoute::serves) {
         let w = u64::from(route.weight());
         if point < w {
             return Some(route);
@@ -454,11 +581,91 @@ mod tests {
 
     #[test]
     fn a_service_named_twice_with_its_routes_twice_is_stored_once() {
-        let (v1, v2) = (route("v1", 50, true), route("v2", 50, false));
-        let key = v1.group();
-        let s = RoutingSnapshot::default()
-            .with_groups(&[key.clone(), key], &[v1.clone(), v1, v2.clone(), v2]);
+        let v1 = ServedRoute::from(&route("v1", 50, true));
+        let key = route("v1", 50, true).group();
+        let s = RoutingSnapshot::default().with_groups(
+            &[key.clone(), key],
+            &[v1.clone(), v1],
+            &std::collections::HashMap::new(),
+        );
         assert_eq!(s.route_count(), 1);
+    }
+
+    fn served(version: &str, weight: u8, healthy: bool) -> ServedRoute {
+        let mut served = ServedRoute::from(&route(version, weight, true));
+        served.health = Health {
+            healthy,
+            last_healthy: 0,
+        };
+        served
+    }
+
+    #[test]
+    fn resolve_serves_what_the_policy_decided_and_explain_can_tell_why() {
+        let v = |s: &str| Version::parse(s).expect("valid");
+        let policy = crate::ServicePolicy::new(
+            ResolvePolicy::HealthyOnly,
+            vec![crate::FailoverTier {
+                versions: vec![v("blue"), v("blue-2")],
+                min_healthy: 2,
+            }],
+        )
+        .expect("valid");
+        let facts = ServiceFacts {
+            generation: 42,
+            policy,
+        };
+        let key = route("x", 1, true).group();
+        let services = std::collections::HashMap::from([(key.clone(), facts)]);
+        let routes = [
+            served("blue", 100, true),
+            served("blue-2", 100, false),
+            served("green", 10, true),
+        ];
+        let s =
+            RoutingSnapshot::default().with_groups(std::slice::from_ref(&key), &routes, &services);
+        let (t, sv, e) = ids();
+        // Blue's tier lacks its minimum: green (the unnamed rest) serves.
+        for n in 0..50u64 {
+            let picked = s.resolve(&t, &sv, &e, Pick::Random(n)).expect("served");
+            assert_eq!(picked.version(), "green");
+        }
+        assert_eq!(pick_sticky(&s, "user-1"), Some("green"));
+        // An explicit version is served whatever its health.
+        let blue2 = v("blue-2");
+        assert!(s.resolve(&t, &sv, &e, Pick::Version(&blue2)).is_some());
+
+        let view = s.service(&t, &sv, &e).expect("held");
+        assert_eq!(view.generation(), 42);
+        assert_eq!(view.policy(), ResolvePolicy::HealthyOnly);
+        assert_eq!(view.outcome(), Outcome::Tier(1));
+        assert_eq!(view.min_healthy(0), 2);
+        let tiers: Vec<(&str, u8, bool, bool)> = view
+            .routes()
+            .map(|r| (r.version(), r.tier(), r.healthy(), r.serves()))
+            .collect();
+        assert_eq!(
+            tiers,
+            [
+                ("blue", 0, true, false),
+                ("blue-2", 0, false, false),
+                ("green", 1, true, true)
+            ]
+        );
+        let (scores, stuck) = view.sticky_scores("user-1");
+        assert_eq!(scores.len(), 1);
+        assert_eq!(stuck.map(|r| r.version()), Some("green"));
+
+        // A change applied alone keeps the group's generation and policy.
+        let mut green_off = route("green", 10, true);
+        green_off.active = false;
+        let after = s.with_change(RouteChange::Stored(&green_off));
+        let view = after.service(&t, &sv, &e).expect("held");
+        assert_eq!(
+            (view.generation(), view.outcome()),
+            (42, Outcome::BelowMinimum(0))
+        );
+        assert_eq!(pick_sticky(&after, "user-1"), Some("blue"));
     }
 
     #[test]

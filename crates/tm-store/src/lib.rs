@@ -19,13 +19,15 @@ mod sql;
 mod sqlite;
 mod traits;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tm_config::{PoolConfig, StorageConfig};
 use tm_domain::{
-    EnvName, Event, GroupKey, Route, RouteId, ServedRoute, ServiceName, TenantId, Version,
+    EnvName, Event, GroupKey, Route, RouteId, ServedRoute, ServiceFacts, ServiceName, TenantId,
+    Version,
 };
 
 pub use error::StoreError;
@@ -314,8 +316,19 @@ pub struct ActivePage {
     /// behind the registry's back, or under an older, weaker rule) is left out, logged
     /// with what is wrong and counted in `snapshot_rejected_rows_total`.
     pub routes: Vec<ServedRoute>,
+    /// The facts of the services of those routes.
+    pub services: HashMap<GroupKey, ServiceFacts>,
     /// Where the next page starts; `None` after the last page.
     pub next: Option<LoadCursor>,
+}
+
+/// The active routes of some services, as the routing snapshot reads them, and the
+/// services' facts (every one of them that has a row, whether or not it has an active
+/// route).
+#[derive(Clone, Debug, Default)]
+pub struct ServingState {
+    pub routes: Vec<ServedRoute>,
+    pub services: HashMap<GroupKey, ServiceFacts>,
 }
 
 /// Where a page of a full load starts: after the natural key of the last row read, as

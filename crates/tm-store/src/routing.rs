@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::{ArcSwap, Guard};
-use tm_domain::{GroupKey, Route, RouteChange, RoutingSnapshot, SnapshotBuilder};
+use tm_domain::{GroupKey, Route, RouteChange, RoutingSnapshot, ServiceFacts, SnapshotBuilder};
 use tm_resilience::Singleflight;
 use tokio::sync::Mutex;
 
@@ -151,7 +151,7 @@ impl RoutingTable {
             .collect();
         if !stale.is_empty() {
             let next = match self.store.active_routes_in_groups(&stale).await {
-                Ok(routes) => current.with_groups(&stale, &routes),
+                Ok(read) => current.with_groups(&stale, &read.routes, &read.services),
                 Err(err) => {
                     tracing::warn!(error = %err, groups = stale.len(),
                         "could not re-read changed services; applying the writes alone");
@@ -241,12 +241,15 @@ impl RoutingTable {
     pub async fn refresh_services(&self, services: &[GroupKey]) -> Result<(), Arc<StoreError>> {
         for batch in services.chunks(CATCH_UP_BATCH) {
             let _order = self.refresh.lock().await;
-            let routes = self
+            let read = self
                 .store
                 .active_routes_in_groups(batch)
                 .await
                 .map_err(Arc::new)?;
-            let next = self.current.load().with_groups(batch, &routes);
+            let next = self
+                .current
+                .load()
+                .with_groups(batch, &read.routes, &read.services);
             self.current.store(Arc::new(next));
         }
         Ok(())
@@ -284,10 +287,11 @@ async fn build(store: &dyn Store) -> Result<RoutingSnapshot, StoreError> {
     let mut after: Option<LoadCursor> = None;
     loop {
         let page = store.active_routes_page(after.as_ref(), LOAD_PAGE).await?;
-        let routes = page.routes;
+        let (routes, services) = (page.routes, page.services);
         builder = tokio::task::spawn_blocking(move || {
+            let defaults = ServiceFacts::default();
             for route in &routes {
-                builder.add_served(route);
+                builder.add_served(route, services.get(&route.group()).unwrap_or(&defaults));
             }
             builder
         })

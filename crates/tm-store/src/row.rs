@@ -3,8 +3,8 @@
 use chrono::{DateTime, Utc};
 use prometheus::IntCounter;
 use tm_domain::{
-    EnvName, Grant, GroupKey, KeyId, Role, Route, RouteId, SecretHash, ServedRoute, ServiceName,
-    TenantId, UpstreamUrl, Version, Weight,
+    EnvName, Grant, GroupKey, Health, KeyId, Role, Route, RouteId, SecretHash, ServedRoute,
+    ServiceFacts, ServiceName, ServicePolicy, TenantId, UpstreamUrl, Version, Weight,
 };
 
 use crate::history::StateEntry;
@@ -44,8 +44,86 @@ impl TryFrom<ServedRow> for ServedRoute {
             url: UpstreamUrl::parse(&row.url).map_err(|e| corrupt("url", e))?,
             weight: Weight::parse(row.weight).map_err(|e| corrupt("weight", e))?,
             revision: row.revision,
+            health: Health::default(),
         })
     }
+}
+
+/// An active route as the routing snapshot reads it: its served columns and its health
+/// (none when its health is not checked).
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct LoadedRow {
+    #[sqlx(flatten)]
+    served: ServedRow,
+    health_state: Option<String>,
+    last_online_at: Option<DateTime<Utc>>,
+}
+
+impl LoadedRow {
+    pub(crate) fn load_cursor(&self) -> LoadCursor {
+        self.served.load_cursor()
+    }
+}
+
+impl TryFrom<LoadedRow> for ServedRoute {
+    type Error = StoreError;
+
+    fn try_from(row: LoadedRow) -> Result<Self, Self::Error> {
+        let mut route = ServedRoute::try_from(row.served)?;
+        route.health = Health {
+            // Only a route its checks found failing counts as unhealthy.
+            healthy: row.health_state.as_deref() != Some("degraded"),
+            last_healthy: row.last_online_at.map_or(0, |at| {
+                u32::try_from(at.timestamp().max(1)).unwrap_or(u32::MAX)
+            }),
+        };
+        Ok(route)
+    }
+}
+
+/// A `services` row: a service's generation and routing policy.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct ServiceRow {
+    tenant: String,
+    service: String,
+    env: String,
+    generation: i64,
+    policy: Option<String>,
+}
+
+impl ServiceRow {
+    /// The service and its facts. A policy the domain refuses (written behind the
+    /// registry's back) is logged and replaced by the default, so that the service's
+    /// routes are still served; a row naming no valid service is `None`.
+    pub(crate) fn facts(self) -> Option<(GroupKey, ServiceFacts)> {
+        let key = GroupKey {
+            tenant: TenantId::parse(&self.tenant).ok()?,
+            service: ServiceName::parse(&self.service).ok()?,
+            env: EnvName::parse(&self.env).ok()?,
+        };
+        let policy = match self.policy.as_deref().map(parse_policy) {
+            None => ServicePolicy::default(),
+            Some(Ok(policy)) => policy,
+            Some(Err(err)) => {
+                tracing::error!(
+                    tenant = %key.tenant, service = %key.service, env = %key.env, error = %err,
+                    "a stored service policy is invalid; the default policy applies"
+                );
+                ServicePolicy::default()
+            }
+        };
+        let facts = ServiceFacts {
+            generation: u64::try_from(self.generation).unwrap_or(0),
+            policy,
+        };
+        Some((key, facts))
+    }
+}
+
+/// A policy as stored (its JSON form), checked as when it was set.
+pub(crate) fn parse_policy(raw: &str) -> Result<ServicePolicy, String> {
+    let stored: ServicePolicy = serde_json::from_str(raw).map_err(|e| e.to_string())?;
+    ServicePolicy::new(stored.resolve, stored.failover).map_err(|e| e.to_string())
 }
 
 impl ServedRow {

@@ -17,8 +17,8 @@ use crate::{
     ActivePage, Actor, AuditEntry, AuditFilter, ChangePosition, ChangeSubscription, Changes,
     ClaimedJob, DeadJob, DeadPage, EventFilter, EventPosition, ExpectedRevisions, IdempotencyClaim,
     IdempotencyRecord, JobOutcome, KeyAuditEntry, KeyPage, KeyRecord, LoadCursor, NewJob, Page,
-    QueueDepths, ReadFrom, ReplicaStatus, RolledBack, RouteFilter, StoreError, StoredEvent,
-    StoredResponse,
+    QueueDepths, ReadFrom, ReplicaStatus, RolledBack, RouteFilter, ServingState, StoreError,
+    StoredEvent, StoredResponse,
 };
 
 /// Routes and their audit log.
@@ -72,9 +72,10 @@ pub trait RouteStore: Send + Sync + 'static {
         from: ReadFrom,
     ) -> Result<Vec<Route>, StoreError>;
 
-    /// The active routes of the given `(tenant, service, env)` groups; rows the domain
-    /// refuses are left out, as by [`Self::active_routes_page`].
-    async fn active_routes_in_groups(&self, keys: &[GroupKey]) -> Result<Vec<Route>, StoreError>;
+    /// The active routes of the given `(tenant, service, env)` groups, with their health,
+    /// and the groups' facts; rows the domain refuses are left out, as by
+    /// [`Self::active_routes_page`].
+    async fn active_routes_in_groups(&self, keys: &[GroupKey]) -> Result<ServingState, StoreError>;
 
     /// Up to `limit` active routes in natural-key order, starting after `after` (from
     /// the first when `None`): what a routing snapshot is built from, one short query

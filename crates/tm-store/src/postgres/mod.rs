@@ -89,6 +89,16 @@ impl Backend for PostgresStore {
         (Cow::Borrowed(&statements::ACTIVE_IN_GROUPS), values)
     }
 
+    fn served_in(groups: &[GroupKey]) -> (Cow<'static, str>, Vec<Value<'_>>) {
+        let (_, values) = Self::active_routes_in(groups);
+        (Cow::Borrowed(&statements::SERVED_IN_GROUPS), values)
+    }
+
+    fn services_in(groups: &[GroupKey]) -> (Cow<'static, str>, Vec<Value<'_>>) {
+        let (_, values) = Self::active_routes_in(groups);
+        (Cow::Borrowed(statements::SERVICES_IN_GROUPS), values)
+    }
+
     fn writer(&self) -> &CountedPool<Postgres> {
         &self.primary
     }

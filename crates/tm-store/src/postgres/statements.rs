@@ -10,9 +10,14 @@ const ROUTE_COLUMNS: &str =
     "id::text AS id, tenant, service, env, version, url, active, weight::int8 AS weight, \
      revision, created_at, updated_at";
 
-/// The columns of `routes` an answer is made of, as the snapshot's row type reads them.
+/// The columns of `routes` an answer is made of, and the route's health, as the
+/// snapshot's row type reads them (from `routes` left joined with `route_health`).
 const SERVED_COLUMNS: &str = "id::text AS id, tenant, service, env, version, url, \
-                              weight::int8 AS weight, revision";
+                              weight::int8 AS weight, revision, h.state AS health_state, \
+                              h.last_online_at";
+
+/// `routes` with each route's health, if it is checked.
+const SERVED_FROM: &str = "routes LEFT JOIN route_health h ON h.route_id = routes.id";
 
 const WEBHOOK_COLUMNS: &str = "id::text AS id, tenant, url, event_types::text AS event_types, \
                                description, sealed_secret, created_at";
@@ -43,6 +48,19 @@ pub(super) static ACTIVE_IN_GROUPS: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
+/// The same, as the snapshot reads them (with their health).
+pub(super) static SERVED_IN_GROUPS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {SERVED_COLUMNS} FROM {SERVED_FROM} WHERE active AND (tenant, service, env) IN \
+         (SELECT * FROM unnest($1::text[], $2::text[], $3::text[]))"
+    )
+});
+
+/// The services of the groups bound as three arrays (tenants, services, envs).
+pub(super) const SERVICES_IN_GROUPS: &str =
+    "SELECT tenant, service, env, generation, policy::text AS policy FROM services \
+     WHERE (tenant, service, env) IN (SELECT * FROM unnest($1::text[], $2::text[], $3::text[]))";
+
 pub(super) static STATEMENTS: LazyLock<Statements> = LazyLock::new(|| Statements {
     lock_route_by_key: format!(
         "SELECT {ROUTE_COLUMNS} FROM routes \
@@ -62,11 +80,11 @@ pub(super) static STATEMENTS: LazyLock<Statements> = LazyLock::new(|| Statements
          ORDER BY id LIMIT $6"
     ),
     active_routes_first: format!(
-        "SELECT {SERVED_COLUMNS} FROM routes WHERE active \
+        "SELECT {SERVED_COLUMNS} FROM {SERVED_FROM} WHERE active \
          ORDER BY tenant, service, env, version LIMIT $1"
     ),
     active_routes_after: format!(
-        "SELECT {SERVED_COLUMNS} FROM routes WHERE active \
+        "SELECT {SERVED_COLUMNS} FROM {SERVED_FROM} WHERE active \
          AND (tenant, service, env, version) > ($1, $2, $3, $4) \
          ORDER BY tenant, service, env, version LIMIT $5"
     ),

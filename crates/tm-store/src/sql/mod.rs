@@ -285,6 +285,12 @@ pub(crate) trait Backend: Send + Sync + 'static {
     /// The statement reading the active routes of `groups`, with its values.
     fn active_routes_in(groups: &[GroupKey]) -> (Cow<'static, str>, Vec<Value<'_>>);
 
+    /// The same, as the snapshot reads them: the served columns and the health.
+    fn served_in(groups: &[GroupKey]) -> (Cow<'static, str>, Vec<Value<'_>>);
+
+    /// The statement reading the `services` rows of `groups`, with its values.
+    fn services_in(groups: &[GroupKey]) -> (Cow<'static, str>, Vec<Value<'_>>);
+
     /// The pool of ordinary writes.
     fn writer(&self) -> &CountedPool<Self::Db>;
 

@@ -3,18 +3,20 @@
 
 use async_trait::async_trait;
 use tm_domain::{
-    now, Event, EventType, GroupKey, NewRoute, Route, RouteId, RouteKey, RoutePatch, TenantId,
-    Version,
+    now, Event, EventType, GroupKey, NewRoute, Route, RouteId, RouteKey, RoutePatch, ServedRoute,
+    ServiceFacts, TenantId, Version,
 };
 
 use super::{conflict_or, fetch_optional, insert_sql, write_events, Backend, Conn, Value};
 use std::collections::HashMap;
 
 use crate::history::{rollback_target, StateEntry, Target};
-use crate::row::{accepted, audit_json, routes, AuditRow, RouteRow, ServedRow, StateRow};
+use crate::row::{
+    accepted, audit_json, routes, AuditRow, LoadedRow, RouteRow, ServiceRow, StateRow,
+};
 use crate::{
     check_access, ActivePage, Actor, AuditAction, AuditEntry, AuditFilter, ExpectedRevisions,
-    LoadCursor, Page, ReadFrom, RolledBack, RouteFilter, RouteStore, StoreError,
+    LoadCursor, Page, ReadFrom, RolledBack, RouteFilter, RouteStore, ServingState, StoreError,
 };
 
 /// Routes per statement in a bulk import: 11 values each, under SQLite's 32766 and
@@ -393,6 +395,16 @@ async fn import_chunk<B: Backend>(
     write_events::<B>(conn, &events).await
 }
 
+/// The facts of the services `keys` that have a row.
+async fn services_of<B: Backend>(
+    conn: &mut Conn<B>,
+    keys: &[GroupKey],
+) -> Result<Vec<(GroupKey, ServiceFacts)>, StoreError> {
+    let (sql, values) = B::services_in(keys);
+    let rows: Vec<ServiceRow> = B::fetch_all(conn, &sql, values).await?;
+    Ok(rows.into_iter().filter_map(ServiceRow::facts).collect())
+}
+
 /// The entry of the locked `service`'s activation history that a rollback restores.
 async fn rollback_target_of<B: Backend>(
     conn: &mut Conn<B>,
@@ -555,14 +567,19 @@ impl<B: Backend> RouteStore for B {
         routes(rows)
     }
 
-    async fn active_routes_in_groups(&self, keys: &[GroupKey]) -> Result<Vec<Route>, StoreError> {
+    async fn active_routes_in_groups(&self, keys: &[GroupKey]) -> Result<ServingState, StoreError> {
         let pool = self.reader(ReadFrom::Primary).0;
         let mut conn = pool.acquire().await?;
-        let mut found = Vec::new();
+        let mut found = ServingState::default();
         for chunk in keys.chunks(B::GROUPS_PER_QUERY) {
-            let (sql, values) = B::active_routes_in(chunk);
-            let rows: Vec<RouteRow> = B::fetch_all(&mut conn, &sql, values).await?;
-            found.extend(accepted(rows, &pool.counters().rejected_rows));
+            let (sql, values) = B::served_in(chunk);
+            let rows: Vec<LoadedRow> = B::fetch_all(&mut conn, &sql, values).await?;
+            found
+                .routes
+                .extend(accepted(rows, &pool.counters().rejected_rows));
+            found
+                .services
+                .extend(services_of::<B>(&mut conn, chunk).await?);
         }
         Ok(found)
     }
@@ -574,7 +591,7 @@ impl<B: Backend> RouteStore for B {
     ) -> Result<ActivePage, StoreError> {
         let pool = self.reader(ReadFrom::Primary).0;
         let mut conn = pool.acquire().await?;
-        let rows: Vec<ServedRow> = match after {
+        let rows: Vec<LoadedRow> = match after {
             None => {
                 let values = vec![Value::Int(i64::from(limit))];
                 B::fetch_all(&mut conn, &B::sql().active_routes_first, values).await?
@@ -595,8 +612,16 @@ impl<B: Backend> RouteStore for B {
             Some(last) if rows.len() >= limit as usize => Some(last.load_cursor()),
             _ => None,
         };
+        let routes: Vec<ServedRoute> = accepted(rows, &pool.counters().rejected_rows);
+        let mut groups: Vec<GroupKey> = routes.iter().map(ServedRoute::group).collect();
+        groups.dedup();
+        let mut services = HashMap::new();
+        for chunk in groups.chunks(B::GROUPS_PER_QUERY) {
+            services.extend(services_of::<B>(&mut conn, chunk).await?);
+        }
         Ok(ActivePage {
-            routes: accepted(rows, &pool.counters().rejected_rows),
+            routes,
+            services,
             next,
         })
     }

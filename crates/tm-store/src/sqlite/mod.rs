@@ -130,16 +130,30 @@ impl Backend for SqliteStore {
     }
 
     fn active_routes_in(groups: &[GroupKey]) -> (Cow<'static, str>, Vec<Value<'_>>) {
-        let tuples = vec!["(?, ?, ?)"; groups.len()].join(", ");
+        let (tuples, values) = group_tuples(groups);
         let sql = format!(
             "SELECT {} FROM routes WHERE active = 1 AND (tenant, service, env) IN ({tuples})",
             statements::ROUTE_COLUMNS
         );
-        let values = groups
-            .iter()
-            .flat_map(|k| [k.tenant.as_str(), k.service.as_str(), k.env.as_str()])
-            .map(Value::Text)
-            .collect();
+        (Cow::Owned(sql), values)
+    }
+
+    fn served_in(groups: &[GroupKey]) -> (Cow<'static, str>, Vec<Value<'_>>) {
+        let (tuples, values) = group_tuples(groups);
+        let sql = format!(
+            "SELECT {} FROM {} WHERE active = 1 AND (tenant, service, env) IN ({tuples})",
+            statements::SERVED_COLUMNS,
+            statements::SERVED_FROM
+        );
+        (Cow::Owned(sql), values)
+    }
+
+    fn services_in(groups: &[GroupKey]) -> (Cow<'static, str>, Vec<Value<'_>>) {
+        let (tuples, values) = group_tuples(groups);
+        let sql = format!(
+            "SELECT tenant, service, env, generation, policy FROM services \
+             WHERE (tenant, service, env) IN ({tuples})"
+        );
         (Cow::Owned(sql), values)
     }
 
@@ -182,6 +196,17 @@ impl ChangeFeed for SqliteStore {
         .await?;
         Ok(changed_groups(rows, from, limit))
     }
+}
+
+/// `(?, ?, ?), …` for `groups`, and their values.
+fn group_tuples(groups: &[GroupKey]) -> (String, Vec<Value<'_>>) {
+    let tuples = vec!["(?, ?, ?)"; groups.len()].join(", ");
+    let values = groups
+        .iter()
+        .flat_map(|k| [k.tenant.as_str(), k.service.as_str(), k.env.as_str()])
+        .map(Value::Text)
+        .collect();
+    (tuples, values)
 }
 
 #[async_trait]

@@ -9,8 +9,14 @@ use crate::sql::Statements;
 pub(super) const ROUTE_COLUMNS: &str =
     "id, tenant, service, env, version, url, active, weight, revision, created_at, updated_at";
 
-/// The columns of `routes` an answer is made of, as the snapshot's row type reads them.
-const SERVED_COLUMNS: &str = "id, tenant, service, env, version, url, weight, revision";
+/// The columns of `routes` an answer is made of, and the route's health, as the
+/// snapshot's row type reads them (from `routes` left joined with `route_health`).
+pub(super) const SERVED_COLUMNS: &str =
+    "id, tenant, service, env, version, url, weight, revision, \
+                                         h.state AS health_state, h.last_online_at";
+
+/// `routes` with each route's health, if it is checked.
+pub(super) const SERVED_FROM: &str = "routes LEFT JOIN route_health h ON h.route_id = routes.id";
 
 const WEBHOOK_COLUMNS: &str =
     "id, tenant, url, event_types, description, sealed_secret, created_at";
@@ -50,11 +56,11 @@ pub(super) static STATEMENTS: LazyLock<Statements> = LazyLock::new(|| {
              ORDER BY id LIMIT ?6"
         ),
         active_routes_first: format!(
-            "SELECT {SERVED_COLUMNS} FROM routes WHERE active = 1 \
+            "SELECT {SERVED_COLUMNS} FROM {SERVED_FROM} WHERE active = 1 \
              ORDER BY tenant, service, env, version LIMIT ?1"
         ),
         active_routes_after: format!(
-            "SELECT {SERVED_COLUMNS} FROM routes WHERE active = 1 \
+            "SELECT {SERVED_COLUMNS} FROM {SERVED_FROM} WHERE active = 1 \
              AND (tenant, service, env, version) > (?1, ?2, ?3, ?4) \
              ORDER BY tenant, service, env, version LIMIT ?5"
         ),
