@@ -12,25 +12,24 @@
 //! - Redirects are never followed (a receiver cannot bounce us elsewhere), and proxies from
 //!   the environment are ignored (the policy must judge the real destination).
 //!
+//! The resolver, the literal check and the client's base settings live in `guard`, shared
+//! with the endpoint [`Prober`](crate::Prober).
+//!
 //! The response body is never read: only the status matters, and a hostile receiver
 //! cannot make us buffer anything.
 
-use std::error::Error as StdError;
-use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use reqwest::header::{HeaderValue, CONTENT_TYPE};
-use reqwest::redirect;
-use url::{Host, Url};
+use url::Url;
 
+use crate::guard::{
+    check_ip, classify, client_builder, describe, literal_ip, BuildError, Failure,
+    CONNECT_TIMEOUT_MAX,
+};
 use crate::policy::NetworkPolicy;
 use crate::signature::{sign, HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP};
-
-/// The longest a TCP (and TLS) connection may take to set up, when the whole-request
-/// timeout is longer than this.
-const CONNECT_TIMEOUT_MAX: Duration = Duration::from_secs(10);
 
 /// A delivery the receiver accepted with a 2xx status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,12 +83,6 @@ impl DeliveryError {
     }
 }
 
-/// The delivery client could not be built (for instance, a user agent that is not a valid
-/// header value, or TLS that could not be set up).
-#[derive(Debug, thiserror::Error)]
-#[error("could not build the webhook delivery client")]
-pub struct BuildError(#[source] reqwest::Error);
-
 /// Sends webhooks: signed POSTs, only to addresses the network policy permits.
 ///
 /// Cheap to share: clone it or put it in an `Arc`; connections are pooled inside.
@@ -114,16 +107,9 @@ impl Deliverer {
         timeout: Duration,
         user_agent: &str,
     ) -> Result<Self, BuildError> {
-        let resolver = PolicyResolver {
-            policy: Arc::clone(&policy),
-        };
-        let client = reqwest::Client::builder()
-            .redirect(redirect::Policy::none())
+        let client = client_builder(&policy, user_agent)
             .timeout(timeout)
             .connect_timeout(timeout.min(CONNECT_TIMEOUT_MAX))
-            .no_proxy()
-            .dns_resolver(Arc::new(resolver))
-            .user_agent(user_agent)
             .build()
             .map_err(BuildError)?;
         Ok(Self { client, policy })
@@ -168,7 +154,12 @@ impl Deliverer {
             .body(body)
             .send()
             .await
-            .map_err(classify)?;
+            .map_err(|error| match classify(error) {
+                Failure::Refused(message) => DeliveryError::Refused(message),
+                Failure::TimedOut => DeliveryError::TimedOut,
+                Failure::Invalid(error) => DeliveryError::Invalid(describe(&error)),
+                Failure::Connect(error) => DeliveryError::Connect(describe(&error)),
+            })?;
         let elapsed = started.elapsed();
         let status = response.status().as_u16();
         // Dropped unread: the status is the whole answer we need.
@@ -184,26 +175,10 @@ impl Deliverer {
     /// connects to literals without asking the resolver.
     fn check_literal(&self, url: &Url) -> Result<(), DeliveryError> {
         match literal_ip(url) {
-            Some(ip) if !self.policy.permits(ip) => Err(DeliveryError::Refused(format!(
-                "address {ip} is not allowed"
-            ))),
-            _ => Ok(()),
+            Some(ip) => check_ip(&self.policy, ip)
+                .map_err(|refused| DeliveryError::Refused(refused.to_string())),
+            None => Ok(()),
         }
-    }
-}
-
-/// The address of a URL whose host is an IP literal.
-fn literal_ip(url: &Url) -> Option<IpAddr> {
-    match url.host()? {
-        Host::Ipv4(ip) => Some(IpAddr::V4(ip)),
-        Host::Ipv6(ip) => Some(IpAddr::V6(ip)),
-        // The parser turns literals into the two cases above for http and https; this
-        // catches any other scheme's literal all the same.
-        Host::Domain(domain) => domain
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse()
-            .ok(),
     }
 }
 
@@ -214,87 +189,6 @@ fn unix_now() -> i64 {
         .map_or(0, |since| {
             i64::try_from(since.as_secs()).unwrap_or(i64::MAX)
         })
-}
-
-/// Turns reqwest's error into ours, looking through its chain of causes.
-fn classify(error: reqwest::Error) -> DeliveryError {
-    if let Some(refused) = find_cause::<RefusedHost>(&error) {
-        return DeliveryError::Refused(refused.to_string());
-    }
-    if error.is_timeout() {
-        return DeliveryError::TimedOut;
-    }
-    let builder = error.is_builder();
-    let message = describe(&error.without_url());
-    if builder {
-        DeliveryError::Invalid(message)
-    } else {
-        DeliveryError::Connect(message)
-    }
-}
-
-/// The first cause of type `T` in an error's chain.
-fn find_cause<'a, T: StdError + 'static>(error: &'a (dyn StdError + 'static)) -> Option<&'a T> {
-    let mut current = Some(error);
-    while let Some(error) = current {
-        if let Some(found) = error.downcast_ref::<T>() {
-            return Some(found);
-        }
-        current = error.source();
-    }
-    None
-}
-
-/// An error and its causes, as one line.
-fn describe(error: &(dyn StdError + 'static)) -> String {
-    let mut message = error.to_string();
-    let mut current = error.source();
-    while let Some(cause) = current {
-        let text = cause.to_string();
-        if !message.ends_with(&text) {
-            message.push_str(": ");
-            message.push_str(&text);
-        }
-        current = cause.source();
-    }
-    message
-}
-
-/// A host whose addresses the policy refuses, every one of them.
-#[derive(Debug, thiserror::Error)]
-#[error("host {host} resolves only to refused addresses")]
-struct RefusedHost {
-    host: String,
-}
-
-/// The resolver that keeps only the addresses the policy permits.
-struct PolicyResolver {
-    policy: Arc<NetworkPolicy>,
-}
-
-impl Resolve for PolicyResolver {
-    fn resolve(&self, name: Name) -> Resolving {
-        let policy = Arc::clone(&self.policy);
-        let host = name.as_str().to_owned();
-        Box::pin(async move {
-            let found: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
-                .await
-                .map_err(|error| format!("could not resolve host {host}: {error}"))?
-                .collect();
-            if found.is_empty() {
-                return Err(format!("host {host} has no addresses").into());
-            }
-            let permitted: Vec<SocketAddr> = found
-                .into_iter()
-                .filter(|address| policy.permits(address.ip()))
-                .collect();
-            if permitted.is_empty() {
-                return Err(RefusedHost { host }.into());
-            }
-            let addrs: Addrs = Box::new(permitted.into_iter());
-            Ok(addrs)
-        })
-    }
 }
 
 #[cfg(test)]
@@ -331,27 +225,6 @@ mod tests {
     }
 
     #[test]
-    fn literal_hosts_are_recognised() {
-        let cases: &[(&str, Option<&str>)] = &[
-            ("http://127.0.0.1:8080/", Some("127.0.0.1")),
-            (
-                "http://169.254.169.254/latest/meta-data/",
-                Some("169.254.169.254"),
-            ),
-            ("http://2130706433/", Some("127.0.0.1")),
-            ("http://0x7f.1/", Some("127.0.0.1")),
-            ("http://[::1]/", Some("::1")),
-            ("http://[::ffff:127.0.0.1]/", Some("::ffff:127.0.0.1")),
-            ("https://hooks.example.com/", None),
-        ];
-        for &(raw, expected) in cases {
-            let url = Url::parse(raw).expect("url");
-            let expected = expected.map(|ip| ip.parse::<IpAddr>().expect("ip"));
-            assert_eq!(literal_ip(&url), expected, "{raw}");
-        }
-    }
-
-    #[test]
     fn literal_check_refuses_metadata_address() {
         let deliverer = Deliverer::new(
             Arc::new(NetworkPolicy::default()),
@@ -375,28 +248,5 @@ mod tests {
             "bad\nagent",
         );
         assert!(built.is_err());
-    }
-
-    #[test]
-    fn describe_joins_causes_once() {
-        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
-        assert_eq!(describe(&io), "refused");
-    }
-
-    #[tokio::test]
-    async fn resolver_keeps_only_permitted_addresses() {
-        let allow = vec!["127.0.0.0/8".parse().expect("network")];
-        let resolver = PolicyResolver {
-            policy: Arc::new(NetworkPolicy::new(allow)),
-        };
-        let name: Name = "localhost".parse().expect("name");
-        let addresses: Vec<SocketAddr> = resolver.resolve(name).await.expect("resolves").collect();
-        assert!(!addresses.is_empty());
-        assert!(
-            addresses
-                .iter()
-                .all(|address| address.ip().is_loopback() && address.is_ipv4()),
-            "{addresses:?}"
-        );
     }
 }
