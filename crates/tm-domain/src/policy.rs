@@ -76,15 +76,187 @@ pub struct FailoverTier {
     pub min_healthy: u8,
 }
 
-/// A service's routing policy: how it fails over and what it serves when nothing is
-/// healthy. The default (no chain, `healthy_or_all`) serves every candidate by weight.
+/// How a probe checks an endpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ProbeProtocol {
+    Http,
+    Https,
+    /// A TCP connection to the route URL's host and port.
+    Tcp,
+}
+
+/// A range of HTTP statuses that count as healthy, written `200-299` or `204`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct StatusRange {
+    pub first: u16,
+    pub last: u16,
+}
+
+impl StatusRange {
+    pub fn parse(raw: &str) -> Result<Self, DomainError> {
+        let bad = || {
+            DomainError::invalid(
+                "a status range is `200-299` or one status like `204`, from 100 to 599",
+            )
+        };
+        let (first, last) = match raw.split_once('-') {
+            Some((a, b)) => (a, b),
+            None => (raw, raw),
+        };
+        let status = |s: &str| {
+            s.parse::<u16>()
+                .ok()
+                .filter(|n| (100..=599).contains(n) && s.len() == 3)
+        };
+        match (status(first), status(last)) {
+            (Some(first), Some(last)) if first <= last => Ok(Self { first, last }),
+            _ => Err(bad()),
+        }
+    }
+
+    pub fn contains(&self, status: u16) -> bool {
+        (self.first..=self.last).contains(&status)
+    }
+}
+
+impl TryFrom<String> for StatusRange {
+    type Error = DomainError;
+
+    fn try_from(raw: String) -> Result<Self, Self::Error> {
+        Self::parse(&raw)
+    }
+}
+
+impl From<StatusRange> for String {
+    fn from(range: StatusRange) -> Self {
+        if range.first == range.last {
+            range.first.to_string()
+        } else {
+            format!("{}-{}", range.first, range.last)
+        }
+    }
+}
+
+/// How a route's health is checked: a probe every `interval_seconds`, each given
+/// `timeout_seconds`; the route is degraded after more than `tolerated_failures` probes
+/// in a row fail, and online again at the first that passes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthCheck {
+    pub protocol: ProbeProtocol,
+    /// For HTTP(S): the path (and query) to GET, starting with `/`.
+    pub path: String,
+    /// For HTTP(S): the statuses that count as healthy.
+    pub expected_status: Vec<StatusRange>,
+    pub interval_seconds: u32,
+    pub timeout_seconds: u32,
+    pub tolerated_failures: u32,
+}
+
+/// The bounds of a health check's settings.
+pub const MIN_PROBE_INTERVAL_SECONDS: u32 = 1;
+pub const MAX_PROBE_INTERVAL_SECONDS: u32 = 3600;
+pub const MAX_PROBE_TIMEOUT_SECONDS: u32 = 60;
+pub const MAX_TOLERATED_FAILURES: u32 = 10;
+
+impl HealthCheck {
+    /// Checks the settings: a path starting with `/` of at most 512 characters without
+    /// spaces or control characters, 1 to 10 status ranges (for HTTP(S)), an interval of
+    /// 1 to 3600 s, a timeout of 1 to 60 s and shorter than the interval (or equal to it at
+    /// 1 s), at most 10 tolerated failures.
+    pub fn check(&self) -> Result<(), DomainError> {
+        let bad = |why: &str| Err(DomainError::invalid(why.to_owned()));
+        if self.protocol != ProbeProtocol::Tcp {
+            if !self.path.starts_with('/')
+                || self.path.len() > 512
+                || self
+                    .path
+                    .chars()
+                    .any(|c| c.is_control() || c.is_whitespace() || c == '#')
+            {
+                return bad("path must start with / and hold at most 512 characters, no spaces, control characters or #");
+            }
+            if self.expected_status.is_empty() || self.expected_status.len() > 10 {
+                return bad("expected_status must hold 1 to 10 status ranges");
+            }
+        }
+        if !(MIN_PROBE_INTERVAL_SECONDS..=MAX_PROBE_INTERVAL_SECONDS)
+            .contains(&self.interval_seconds)
+        {
+            return bad("interval_seconds must be from 1 to 3600");
+        }
+        if self.timeout_seconds == 0
+            || self.timeout_seconds > MAX_PROBE_TIMEOUT_SECONDS
+            || (self.timeout_seconds > self.interval_seconds)
+        {
+            return bad("timeout_seconds must be from 1 to 60 and at most interval_seconds");
+        }
+        if self.tolerated_failures > MAX_TOLERATED_FAILURES {
+            return bad("tolerated_failures must be from 0 to 10");
+        }
+        Ok(())
+    }
+}
+
+/// A service's routing policy: how it fails over, what it serves when nothing is
+/// healthy, and how its routes' health is checked. The default (no chain,
+/// `healthy_or_all`, no checks) serves every candidate by weight.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServicePolicy {
     pub resolve: ResolvePolicy,
     pub failover: Vec<FailoverTier>,
+    /// The check of every version of the service, unless `version_checks` says otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheck>,
+    /// Per version: its own check, or none (`None`: not checked).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub version_checks: std::collections::BTreeMap<Version, Option<HealthCheck>>,
 }
 
 impl ServicePolicy {
+    /// The check of `version`, if its health is checked.
+    pub fn check_of(&self, version: &str) -> Option<&HealthCheck> {
+        match self
+            .version_checks
+            .iter()
+            .find(|(v, _)| v.as_str() == version)
+        {
+            Some((_, own)) => own.as_ref(),
+            None => self.health_check.as_ref(),
+        }
+    }
+
+    /// Whether any version's health is checked.
+    pub fn checks_health(&self) -> bool {
+        self.health_check.is_some() || self.version_checks.values().any(Option::is_some)
+    }
+
+    /// This policy with every part checked (see [`Self::new`] and [`HealthCheck::check`]).
+    pub fn checked(self) -> Result<Self, DomainError> {
+        let Self {
+            resolve,
+            failover,
+            health_check,
+            version_checks,
+        } = self;
+        if let Some(check) = &health_check {
+            check.check()?;
+        }
+        if version_checks.len() > MAX_TIER_VERSIONS {
+            return Err(DomainError::invalid(format!(
+                "at most {MAX_TIER_VERSIONS} versions may have checks of their own"
+            )));
+        }
+        for check in version_checks.values().flatten() {
+            check.check()?;
+        }
+        let mut policy = Self::new(resolve, failover)?;
+        policy.health_check = health_check;
+        policy.version_checks = version_checks;
+        Ok(policy)
+    }
+
     /// A policy with its chain checked: at most [`MAX_TIERS`] tiers, each naming 1 to
     /// [`MAX_TIER_VERSIONS`] versions, no version named twice, `min_healthy` from 1 to the
     /// number of versions the tier names.
@@ -115,7 +287,11 @@ impl ServicePolicy {
                 seen.push(version);
             }
         }
-        Ok(Self { resolve, failover })
+        Ok(Self {
+            resolve,
+            failover,
+            ..Self::default()
+        })
     }
 
     /// The tier `version` belongs to: the index of the tier naming it, or, for a version

@@ -35,6 +35,9 @@ pub enum ApiError {
     NotFound,
     #[error("no active route")]
     NoActiveRoute,
+    /// No version is healthy and the service's policy serves none then.
+    #[error("no healthy route")]
+    NoHealthyRoute,
     /// A dead job replayed while a live job has its deduplication key.
     #[error("job key in use")]
     JobKeyInUse,
@@ -170,6 +173,14 @@ impl ApiError {
                 "no-active-route",
                 "No active route",
                 "No active version of this service can be chosen.".into(),
+            ),
+            ApiError::NoHealthyRoute => (
+                S::SERVICE_UNAVAILABLE,
+                "no-healthy-route",
+                "No healthy route",
+                "No active version of this service is healthy, and its policy (healthy_only) \
+                 serves none then; retry later."
+                    .into(),
             ),
             ApiError::EventNotKept => (
                 S::NOT_FOUND,

@@ -52,7 +52,10 @@ pub(crate) fn take<'s>(
     query: Option<&str>,
     headers: &(impl RequestHead + ?Sized),
 ) -> Option<Taken<'s>> {
-    if !state.config.resolve_ahead() || headers.has(&header::ORIGIN) {
+    if !state.config.resolve_ahead()
+        || headers.has(&header::ORIGIN)
+        || crate::resolve::wants_explain(query)
+    {
         return None;
     }
     let started = Instant::now();

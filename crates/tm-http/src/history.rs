@@ -46,13 +46,16 @@ struct AuditView {
     id: i64,
     #[serde(with = "tm_domain::rfc3339")]
     at: chrono::DateTime<chrono::Utc>,
-    /// `create`, `activate`, `deactivate`, `update`, `delete` or `rollback`.
+    /// `create`, `activate`, `deactivate`, `update`, `delete`, `rollback`, `policy` (the
+    /// service's policy; `before` and `after` are policies) or `health` (a route's health;
+    /// `before` and `after` are its health).
     action: String,
     tenant: TenantId,
     service: ServiceName,
     env: EnvName,
     version: Option<String>,
-    route_id: String,
+    /// None for a change of the service's policy.
+    route_id: Option<String>,
     /// Who made it: an API key's id, `bootstrap` for the configured admin key.
     actor: String,
     /// The id of the key that made it, when a stored key did.
@@ -100,7 +103,7 @@ impl From<AuditEntry> for AuditView {
             service: entry.service.service,
             env: entry.service.env,
             version,
-            route_id: entry.route_id.to_string(),
+            route_id: entry.route_id.map(|id| id.to_string()),
             actor: entry.actor,
             actor_key_id,
             request_id: entry.request_id,

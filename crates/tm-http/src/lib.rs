@@ -7,6 +7,7 @@ mod auth;
 mod dlq;
 mod error;
 mod events;
+mod explain;
 mod extract;
 pub mod fast;
 mod front;
@@ -23,6 +24,7 @@ mod resolve;
 mod routes;
 mod security;
 mod serve;
+mod services;
 mod webhooks;
 mod wire;
 
@@ -342,6 +344,18 @@ fn route_operations() -> Vec<Operation> {
             routes::delete,
         ),
         operation("/routes/{id}", Method::GET, read(ReadRoutes), routes::get),
+        operation(
+            "/services/policy",
+            Method::PUT,
+            (WriteRoutes, Honoured(Ordinary), Input::Json),
+            services::put,
+        ),
+        operation(
+            "/services/policy",
+            Method::GET,
+            read(ReadRoutes),
+            services::get,
+        ),
         operation(
             "/routes/rollback",
             Method::POST,

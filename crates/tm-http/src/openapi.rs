@@ -11,7 +11,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::RefOr;
 use utoipa::{Modify, OpenApi, ToSchema};
 
-use crate::{dlq, events, history, keys, resolve, routes, webhooks};
+use crate::{dlq, events, history, keys, resolve, routes, services, webhooks};
 
 /// An RFC 9457 problem document, as every error is answered.
 #[derive(Serialize, ToSchema)]
@@ -148,7 +148,7 @@ pub struct AuditEntryDoc {
     pub id: i64,
     #[schema(format = DateTime)]
     pub at: String,
-    #[schema(value_type = String, pattern = "^(create|activate|deactivate|update|delete|rollback)$")]
+    #[schema(value_type = String, pattern = "^(create|activate|deactivate|update|delete|rollback|policy|health)$")]
     pub action: String,
     #[schema(pattern = "^[a-z0-9][a-z0-9._-]{0,62}$")]
     pub tenant: String,
@@ -158,10 +158,11 @@ pub struct AuditEntryDoc {
     pub env: String,
     #[schema(required = true, pattern = "^[a-z0-9][a-z0-9._-]{0,62}$")]
     pub version: Option<String>,
-    #[schema(format = "uuid")]
-    pub route_id: String,
+    /// The route changed; `null` for a change of the service's policy.
+    #[schema(required = true, format = "uuid")]
+    pub route_id: Option<String>,
     /// Who made the change: the id of the key that made it, `bootstrap` for the
-    /// configured admin key.
+    /// configured admin key, `health-probe` for a change of health.
     pub actor: String,
     /// The id of the stored key that made the change; `null` for the configured admin
     /// key.
@@ -179,12 +180,14 @@ pub struct AuditEntryDoc {
     /// For a rollback: the id of the entry whose activation state it restored.
     #[schema(required = true)]
     pub rollback_to: Option<i64>,
-    /// The route before the change; `null` for a creation.
-    #[schema(required = true)]
-    pub before: Option<Route>,
-    /// The route after the change; `null` for a deletion.
-    #[schema(required = true)]
-    pub after: Option<Route>,
+    /// The route before the change (`null` for a creation); for `policy` and `health`,
+    /// the policy or health before.
+    #[schema(required = true, value_type = Option<Object>)]
+    pub before: Option<serde_json::Value>,
+    /// The route after the change (`null` for a deletion); for `policy` and `health`, the
+    /// policy or health after.
+    #[schema(required = true, value_type = Option<Object>)]
+    pub after: Option<serde_json::Value>,
     /// Each field that differs between `before` and `after`.
     pub changes: std::collections::BTreeMap<String, FieldChangeDoc>,
 }
@@ -208,6 +211,45 @@ pub struct AuditListDoc {
     /// is nothing new; `null` when there are no entries at all.
     #[schema(required = true)]
     pub next_after: Option<i64>,
+}
+
+/// A service's routing policy.
+#[derive(Serialize, ToSchema)]
+#[schema(as = ServicePolicy)]
+pub struct ServicePolicyDoc {
+    pub tenant: String,
+    pub service: String,
+    pub env: String,
+    pub resolve_policy: tm_domain::ResolvePolicy,
+    pub failover: Vec<FailoverTierDoc>,
+    /// How every version's health is checked; `null`: not checked.
+    #[schema(required = true)]
+    pub health_check: Option<HealthCheckDoc>,
+    /// Per version: its own check (a `HealthCheckView`), or `null` (not checked).
+    #[schema(value_type = Object)]
+    pub version_health_checks: std::collections::BTreeMap<String, Option<HealthCheckDoc>>,
+    /// The service's generation, moved on by every change to it.
+    pub generation: i64,
+}
+
+/// One tier of a failover chain.
+#[derive(Serialize, ToSchema)]
+#[schema(as = FailoverTierView)]
+pub struct FailoverTierDoc {
+    pub versions: Vec<String>,
+    pub min_healthy: u8,
+}
+
+/// How a version's health is checked.
+#[derive(Serialize, ToSchema)]
+#[schema(as = HealthCheckView)]
+pub struct HealthCheckDoc {
+    pub protocol: tm_domain::ProbeProtocol,
+    pub path: String,
+    pub expected_status: Vec<String>,
+    pub interval_seconds: u32,
+    pub timeout_seconds: u32,
+    pub tolerated_failures: u32,
 }
 
 /// What a rollback did.
@@ -591,6 +633,8 @@ impl Modify for Constraints {
         routes::delete,
         history::rollback,
         history::list,
+        services::get,
+        services::put,
         keys::create,
         keys::list,
         keys::revoke,
@@ -604,10 +648,10 @@ impl Modify for Constraints {
         webhooks::get,
         webhooks::delete,
     ),
-    components(schemas(ProblemDoc, FieldError, Route, ResolveAnswerDoc, RouteListDoc, KeyDoc, CreatedKeyDoc, KeyListDoc, NewKeyDoc, Role, EventDoc, EventListDoc, EventType, DeadJobDoc, DeadJobListDoc, PurgedDoc, WebhookDoc, CreatedWebhookDoc, WebhookListDoc, NewWebhookDoc, AuditEntryDoc, FieldChangeDoc, AuditListDoc, RolledBackDoc, history::ServiceBody)),
+    components(schemas(ProblemDoc, FieldError, Route, ResolveAnswerDoc, RouteListDoc, KeyDoc, CreatedKeyDoc, KeyListDoc, NewKeyDoc, Role, EventDoc, EventListDoc, EventType, DeadJobDoc, DeadJobListDoc, PurgedDoc, WebhookDoc, CreatedWebhookDoc, WebhookListDoc, NewWebhookDoc, AuditEntryDoc, FieldChangeDoc, AuditListDoc, RolledBackDoc, history::ServiceBody, ServicePolicyDoc, FailoverTierDoc, HealthCheckDoc, services::PolicyBody, services::TierBody, services::CheckBody)),
     modifiers(&BearerAuth, &CommonHeaders, &Constraints),
     security(("bearer" = [])),
-    tags((name = "routes", description = "Routes and resolution"), (name = "keys", description = "API keys"), (name = "events", description = "Change events"), (name = "jobs", description = "The job queue's dead-letter queue"), (name = "webhooks", description = "Webhook subscriptions"), (name = "history", description = "The audit log and rollback")),
+    tags((name = "routes", description = "Routes and resolution"), (name = "keys", description = "API keys"), (name = "events", description = "Change events"), (name = "jobs", description = "The job queue's dead-letter queue"), (name = "webhooks", description = "Webhook subscriptions"), (name = "history", description = "The audit log and rollback"), (name = "services", description = "Routing policies: health checks and failover")),
 )]
 pub struct ApiDoc;
 

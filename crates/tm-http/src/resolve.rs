@@ -42,7 +42,11 @@ pub struct ResolveQuery<'a> {
     /// Stickiness key (e.g. a user id): the same key gets the same version.
     #[param(value_type = Option<String>, min_length = 1, max_length = 256)]
     #[serde(borrow)]
-    key: Option<Cow<'a, str>>,
+    pub(crate) key: Option<Cow<'a, str>>,
+    /// `true`: instead of the answer, how it is chosen (see `Explanation`).
+    #[param(value_type = Option<bool>)]
+    #[serde(borrow)]
+    explain: Option<Cow<'a, str>>,
 }
 
 /// A resolve's query, read in place: parameters without escapes are borrowed from the
@@ -58,6 +62,7 @@ fn read_query(query: &str) -> Result<ResolveQuery<'_>, ApiError> {
             "env" => &mut read.env,
             "version" => &mut read.version,
             "key" => &mut read.key,
+            "explain" => &mut read.explain,
             _ => return parse_query(query),
         };
         if slot.replace(value).is_some() {
@@ -69,8 +74,10 @@ fn read_query(query: &str) -> Result<ResolveQuery<'_>, ApiError> {
 
 /// Resolve: the URL to call for a tenant's service in an environment.
 ///
-/// Without `version`, a version is chosen among the active ones by weight (weight 0
-/// never), the same one every time for the same `key`. Answered from memory.
+/// Without `version`, a version is chosen by weight (weight 0 never) among the active
+/// ones the service's policy serves (see the service policy: health and failover), the
+/// same one every time for the same `key`. Answered from memory. With `explain=true`,
+/// answers how the choice is made instead (an `Explanation`).
 #[utoipa::path(
     get,
     path = "/api/v1/routes/resolve",
@@ -82,6 +89,8 @@ fn read_query(query: &str) -> Result<ResolveQuery<'_>, ApiError> {
             headers(("ETag" = String, description = "Opaque strong validator"), ("Cache-Control" = String))),
         (status = 304, description = "Unchanged since the `If-None-Match` tag",
             headers(("ETag" = String, description = "Opaque strong validator"), ("Cache-Control" = String))),
+        (status = 503, description = "No version is healthy and the service's policy is `healthy_only`", body = crate::openapi::ProblemDoc, content_type = "application/problem+json",
+            headers(("Retry-After" = String))),
         crate::openapi::Problems,
     ),
 )]
@@ -92,7 +101,18 @@ pub async fn resolve(
     uri: Uri,
 ) -> Result<Response, ApiError> {
     let snapshot = state.routing.snapshot();
+    if wants_explain(uri.query()) {
+        if let Some(explained) = crate::explain::explain(&state, &snapshot, &caller, uri.query())? {
+            return Ok(explained);
+        }
+    }
     Ok(answer(&snapshot, &caller, uri.query(), &headers)?.into_response(&state))
+}
+
+/// Whether `query` may ask for an explanation, which only the router's handler gives: a
+/// cheap look for the parameter's name, so that the fast path passes such a request on.
+pub(crate) fn wants_explain(query: Option<&str>) -> bool {
+    query.is_some_and(|q| q.contains("explain"))
 }
 
 /// A resolve answered from a snapshot: the route's answer, or that it is unchanged since
@@ -154,6 +174,49 @@ pub(crate) fn answer<'s>(
     query: Option<&str>,
     headers: &(impl RequestHead + ?Sized),
 ) -> Result<Resolved<'s>, ApiError> {
+    let (asked, query) = checked_query(caller, query)?;
+    let pick = match (&asked.version, query.key.as_deref()) {
+        (Some(version), _) => Pick::Version(version),
+        (None, Some(key)) => Pick::Sticky(key),
+        (None, None) => Pick::Random(rand::random()),
+    };
+    let Some(route) = snapshot.resolve(&asked.tenant, &asked.service, &asked.env, pick) else {
+        return Err(miss(snapshot, &asked));
+    };
+    Ok(Resolved {
+        unchanged: if_none_match(headers, route.etag()),
+        route,
+    })
+}
+
+/// Why nothing was chosen: no version serves because the policy serves nothing while
+/// none is healthy (503), or there is no active version to choose (404).
+fn miss(snapshot: &RoutingSnapshot, asked: &Asked) -> ApiError {
+    let none_healthy = asked.version.is_none()
+        && snapshot
+            .service(&asked.tenant, &asked.service, &asked.env)
+            .is_some_and(|view| view.outcome() == tm_domain::Outcome::NoneHealthy);
+    if none_healthy {
+        ApiError::NoHealthyRoute
+    } else {
+        ApiError::NoActiveRoute
+    }
+}
+
+/// What a resolve asks for, checked.
+pub(crate) struct Asked {
+    pub(crate) tenant: TenantId,
+    pub(crate) service: ServiceName,
+    pub(crate) env: EnvName,
+    pub(crate) version: Option<Version>,
+    pub(crate) explain: bool,
+}
+
+/// The query of a resolve, read and checked, its tenant authorized for `caller`.
+pub(crate) fn checked_query<'q>(
+    caller: &Caller,
+    query: Option<&'q str>,
+) -> Result<(Asked, ResolveQuery<'q>), ApiError> {
     let query = read_query(query.unwrap_or_default())?;
     let (tenant, service, env) = match (&query.tenant, &query.service, &query.env) {
         (Some(t), Some(s), Some(e)) => (t, s, e),
@@ -174,6 +237,14 @@ pub(crate) fn answer<'s>(
             errors.push("key", format!("must be 1 to {MAX_KEY_LEN} characters"));
         }
     }
+    let explain = match query.explain.as_deref() {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => {
+            errors.push("explain", "must be true or false");
+            false
+        }
+    };
     let (Some(tenant), Some(service), Some(env)) = (tenant, service, env) else {
         return Err(ApiError::Invalid(errors));
     };
@@ -181,19 +252,14 @@ pub(crate) fn answer<'s>(
         return Err(ApiError::Invalid(errors));
     }
     caller.authorize(Action::Resolve, &tenant)?;
-
-    let pick = match (&version, query.key.as_deref()) {
-        (Some(version), _) => Pick::Version(version),
-        (None, Some(key)) => Pick::Sticky(key),
-        (None, None) => Pick::Random(rand::random()),
+    let asked = Asked {
+        tenant,
+        service,
+        env,
+        version,
+        explain,
     };
-    let route = snapshot
-        .resolve(&tenant, &service, &env, pick)
-        .ok_or(ApiError::NoActiveRoute)?;
-    Ok(Resolved {
-        unchanged: if_none_match(headers, route.etag()),
-        route,
-    })
+    Ok((asked, query))
 }
 
 #[cfg(test)]

@@ -39,8 +39,8 @@ pub use postgres::PostgresStore;
 pub use routing::RoutingTable;
 pub use sqlite::SqliteStore;
 pub use traits::{
-    ChangeFeed, EventStore, IdempotencyStore, JobStore, KeyStore, RouteStore, Store, StoreOps,
-    WebhookStore,
+    ChangeFeed, EventStore, IdempotencyStore, JobStore, KeyStore, RouteStore, ServiceStore, Store,
+    StoreOps, WebhookStore,
 };
 
 /// A webhook subscription as stored: the subscription, and its signing secret sealed
@@ -98,6 +98,10 @@ pub enum AuditAction {
 impl AuditAction {
     pub fn as_str(self) -> &'static str {
         match self {
+    /// The service's policy changed (no route).
+    Policy,
+    /// A route's health changed.
+    Health,
             Self::Create => "create",
             Self::Activate => "activate",
             Self::Deactivate => "deactivate",
@@ -109,6 +113,8 @@ impl AuditAction {
 }
 
 /// Where a read may be served from.
+            Self::Policy => "policy",
+            Self::Health => "health",
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ReadFrom {
     /// The primary: for callers that must see their own latest writes.
@@ -231,7 +237,8 @@ pub struct AuditEntry {
     /// The request that made it, when made through the API.
     pub request_id: Option<String>,
     pub action: String,
-    pub route_id: RouteId,
+    /// The route changed; none for a change of the service's policy.
+    pub route_id: Option<RouteId>,
     pub service: GroupKey,
     /// The service's generation after the change (none for changes made before
     /// generations were kept).

@@ -123,7 +123,7 @@ impl ServiceRow {
 /// A policy as stored (its JSON form), checked as when it was set.
 pub(crate) fn parse_policy(raw: &str) -> Result<ServicePolicy, String> {
     let stored: ServicePolicy = serde_json::from_str(raw).map_err(|e| e.to_string())?;
-    ServicePolicy::new(stored.resolve, stored.failover).map_err(|e| e.to_string())
+    stored.checked().map_err(|e| e.to_string())
 }
 
 impl ServedRow {
@@ -339,7 +339,7 @@ pub(crate) struct AuditRow {
     at: DateTime<Utc>,
     actor: String,
     action: String,
-    route_id: String,
+    route_id: Option<String>,
     before: Option<String>,
     after: Option<String>,
     tenant: String,
@@ -371,7 +371,12 @@ impl TryFrom<AuditRow> for AuditEntry {
         Ok(AuditEntry {
             id: row.id,
             at: row.at,
-            route_id: row.route_id.parse().map_err(|e| corrupt(&e))?,
+            route_id: row
+                .route_id
+                .as_deref()
+                .map(str::parse)
+                .transpose()
+                .map_err(|e| corrupt(&e))?,
             service,
             actor: row.actor,
             request_id: row.request_id,

@@ -109,6 +109,27 @@ pub trait RouteStore: Send + Sync + 'static {
     async fn rollback(&self, service: &GroupKey, actor: &Actor) -> Result<RolledBack, StoreError>;
 }
 
+/// Services' routing policies (and, later, their routes' health).
+#[async_trait]
+pub trait ServiceStore: Send + Sync + 'static {
+    /// The policy of `service` and its generation: the default policy (and generation 0)
+    /// for a service never written.
+    async fn service_policy(
+        &self,
+        service: &GroupKey,
+    ) -> Result<(tm_domain::ServicePolicy, i64), StoreError>;
+
+    /// Sets the policy of `service` (the default one to reset it) in its lock: its
+    /// generation moves on and the change is audited (`policy`, the policies before and
+    /// after). Setting the policy it has changes nothing. The generation after.
+    async fn set_service_policy(
+        &self,
+        service: &GroupKey,
+        policy: &tm_domain::ServicePolicy,
+        actor: &Actor,
+    ) -> Result<i64, StoreError>;
+}
+
 /// API keys and their audit trail.
 #[async_trait]
 pub trait KeyStore: Send + Sync + 'static {
@@ -332,6 +353,7 @@ pub trait StoreOps: Send + Sync + 'static {
 /// The registry's storage: every concern at once.
 pub trait Store:
     RouteStore
+    + ServiceStore
     + KeyStore
     + IdempotencyStore
     + EventStore
@@ -344,6 +366,7 @@ pub trait Store:
 
 impl<T> Store for T where
     T: RouteStore
+        + ServiceStore
         + KeyStore
         + IdempotencyStore
         + EventStore

@@ -21,6 +21,7 @@ mod history;
 mod idempotency;
 mod keys;
 mod observability;
+mod policy;
 mod propagation;
 mod rate_limits;
 mod raw;

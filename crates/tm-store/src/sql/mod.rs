@@ -7,6 +7,7 @@ mod idempotency;
 mod jobs;
 mod keys;
 mod routes;
+mod services;
 mod webhooks;
 
 pub(crate) use events::write_events;
@@ -178,6 +179,11 @@ pub(crate) struct Statements {
     pub(crate) next_generation: String,
     /// The active versions of a service (tenant, service, env), in order.
     pub(crate) active_versions: String,
+    /// A service's (tenant, service, env) generation and policy.
+    pub(crate) service_policy: String,
+    /// Sets a locked service's (tenant, service, env) policy (JSON or null) and moves its
+    /// generation on; the new generation.
+    pub(crate) set_service_policy: String,
     /// The routes of a service (tenant, service, env), locked until the transaction ends.
     pub(crate) lock_service_routes: String,
     /// The audit entries of a service (tenant, service, env) that changed which of its

@@ -80,7 +80,7 @@ fn key_values(key: &RouteKey) -> Vec<Value<'_>> {
     ]
 }
 
-fn group_values(key: &GroupKey) -> Vec<Value<'_>> {
+pub(super) fn group_values(key: &GroupKey) -> Vec<Value<'_>> {
     vec![
         Value::Text(key.tenant.as_str()),
         Value::Text(key.service.as_str()),
@@ -140,6 +140,8 @@ impl<'a> Audit<'a> {
                 EventType::RouteActivated
             }
             AuditAction::Rollback => EventType::RouteDeactivated,
+            // Written by the service policy's and health's own code, never as a route's.
+            AuditAction::Policy | AuditAction::Health => EventType::RouteUpdated,
         };
         Event::route(kind, self.actor.as_str(), self.before, self.after, at)
     }
@@ -159,7 +161,10 @@ fn changes_activation(before: Option<&Route>, after: Option<&Route>) -> bool {
 
 /// Locks the service `key` until the transaction ends (making its row if it has none):
 /// the writes of one service commit one at a time, in generation order.
-async fn lock_service<B: Backend>(conn: &mut Conn<B>, key: &GroupKey) -> Result<(), StoreError> {
+pub(super) async fn lock_service<B: Backend>(
+    conn: &mut Conn<B>,
+    key: &GroupKey,
+) -> Result<(), StoreError> {
     let sql = insert_sql::<B>(
         "services",
         &["tenant", "service", "env", "generation"],

@@ -82,6 +82,12 @@ pub(super) static STATEMENTS: LazyLock<Statements> = LazyLock::new(|| {
                           WHERE tenant = ?1 AND service = ?2 AND env = ?3 AND active = 1 \
                           ORDER BY version"
             .into(),
+        service_policy: "SELECT generation, policy FROM services \
+                         WHERE tenant = ?1 AND service = ?2 AND env = ?3"
+            .into(),
+        set_service_policy: "UPDATE services SET policy = ?4, generation = generation + 1 \
+                             WHERE tenant = ?1 AND service = ?2 AND env = ?3 RETURNING generation"
+            .into(),
         lock_service_routes: format!(
             "SELECT {ROUTE_COLUMNS} FROM routes WHERE tenant = ?1 AND service = ?2 AND env = ?3 \
              ORDER BY version"
