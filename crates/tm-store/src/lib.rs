@@ -6,6 +6,7 @@
 //! it succeeds: writes go through the pool's `write` or `transaction`, never a hand-made
 //! commit.
 
+mod coldstart;
 mod error;
 mod history;
 mod jobs;
@@ -30,6 +31,10 @@ use tm_domain::{
     Version,
 };
 
+pub use coldstart::{
+    read_snapshot, write_snapshot, ColdSnapshot, ColdSnapshotError, SnapshotKey,
+    MIN_SNAPSHOT_KEY_LEN, SNAPSHOT_VERSION,
+};
 pub use error::StoreError;
 pub use jobs::{ClaimedJob, DeadJob, DeadPage, JobOutcome, NewJob, Queue, QueueDepths};
 pub use keys::{KeyAuditAction, KeyAuditEntry, KeyPage, KeyRecord, KeyRing, KeyView, Principal};
@@ -93,28 +98,28 @@ pub enum AuditAction {
     Delete,
     /// A route switched on or off by a rollback of its service.
     Rollback,
+    /// The service's policy changed (no route).
+    Policy,
+    /// A route's health changed.
+    Health,
 }
 
 impl AuditAction {
     pub fn as_str(self) -> &'static str {
         match self {
-    /// The service's policy changed (no route).
-    Policy,
-    /// A route's health changed.
-    Health,
             Self::Create => "create",
             Self::Activate => "activate",
             Self::Deactivate => "deactivate",
             Self::Update => "update",
             Self::Delete => "delete",
             Self::Rollback => "rollback",
+            Self::Policy => "policy",
+            Self::Health => "health",
         }
     }
 }
 
 /// Where a read may be served from.
-            Self::Policy => "policy",
-            Self::Health => "health",
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ReadFrom {
     /// The primary: for callers that must see their own latest writes.
