@@ -43,6 +43,9 @@ pub struct GuardConfig {
     /// The same for resolve, which has a budget of its own: writes and slow clients
     /// holding every other slot never starve it.
     pub resolve_max_in_flight: u32,
+    /// Watches (long polls and event streams of `/api/v1/watch`) held at once, beyond
+    /// which new ones get 503 at once: a budget of their own, as they are held for long.
+    pub watch_max_in_flight: u32,
     /// How long a list or get answer is served from cache.
     #[serde(with = "humantime_serde")]
     pub read_cache_ttl: Duration,
@@ -70,6 +73,7 @@ impl Default for GuardConfig {
             timeout_write: Duration::from_secs(5),
             max_in_flight: 4096,
             resolve_max_in_flight: 4096,
+            watch_max_in_flight: 10_000,
             read_cache_ttl: Duration::from_secs(1),
             read_cache_entries: 10_000,
             read_cache_bytes: 64 * 1024 * 1024,
@@ -90,6 +94,7 @@ impl GuardConfig {
             ("bulkhead_critical", self.bulkhead_critical.into()),
             ("max_in_flight", self.max_in_flight.into()),
             ("resolve_max_in_flight", self.resolve_max_in_flight.into()),
+            ("watch_max_in_flight", self.watch_max_in_flight.into()),
         ]);
         problems.positive(&[
             ("bulkhead_wait", self.bulkhead_wait),
@@ -119,6 +124,7 @@ impl GuardConfig {
         out.duration("timeout_write", self.timeout_write);
         out.plain("max_in_flight", self.max_in_flight);
         out.plain("resolve_max_in_flight", self.resolve_max_in_flight);
+        out.plain("watch_max_in_flight", self.watch_max_in_flight);
         out.duration("read_cache_ttl", self.read_cache_ttl);
         out.plain("read_cache_entries", self.read_cache_entries);
         out.plain("read_cache_bytes", self.read_cache_bytes);

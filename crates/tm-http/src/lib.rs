@@ -25,6 +25,7 @@ mod routes;
 mod security;
 mod serve;
 mod services;
+mod watch;
 mod webhooks;
 mod wire;
 
@@ -81,6 +82,10 @@ pub struct Shared {
     in_flight: tm_resilience::Bulkhead,
     /// The same for resolve, so that nothing else can take its slots.
     resolve_in_flight: tm_resilience::Bulkhead,
+    /// Watches held, with a budget of their own (they are held for long).
+    watch_in_flight: tm_resilience::Bulkhead,
+    /// Cancelled when the server begins to shut down: watches answer and end.
+    pub closing: tokio_util::sync::CancellationToken,
     pub config: HttpConfig,
     pub started_at: Instant,
     /// `Cache-Control` of resolve answers, built once from the configuration.
@@ -129,6 +134,8 @@ impl AppState {
     pub fn admit(&self, path: &str) -> Result<tm_resilience::Slot, ApiError> {
         let budget = if path == fast::RESOLVE_PATH {
             &self.resolve_in_flight
+        } else if path == watch::WATCH_PATH {
+            &self.watch_in_flight
         } else {
             &self.in_flight
         };
@@ -205,6 +212,12 @@ impl AppState {
                 usize::try_from(config.guards.resolve_max_in_flight).unwrap_or(usize::MAX),
                 std::time::Duration::ZERO,
             ),
+            watch_in_flight: tm_resilience::Bulkhead::new(
+                "watch_in_flight",
+                usize::try_from(config.guards.watch_max_in_flight).unwrap_or(usize::MAX),
+                std::time::Duration::ZERO,
+            ),
+            closing: tokio_util::sync::CancellationToken::new(),
             config,
             started_at: Instant::now(),
             cache_control,
@@ -387,6 +400,7 @@ fn management_operations() -> Vec<Operation> {
         ),
         operation("/events", Method::GET, read(ReadRoutes), events::list),
         operation("/audit", Method::GET, read(ReadAudit), history::list),
+        operation("/watch", Method::GET, read(ReadRoutes), watch::watch),
         operation("/dlq", Method::GET, read(ManageJobs), dlq::list),
         operation(
             "/dlq",

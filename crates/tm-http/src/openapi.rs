@@ -11,7 +11,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::RefOr;
 use utoipa::{Modify, OpenApi, ToSchema};
 
-use crate::{dlq, events, history, keys, resolve, routes, services, webhooks};
+use crate::{dlq, events, history, keys, resolve, routes, services, watch, webhooks};
 
 /// An RFC 9457 problem document, as every error is answered.
 #[derive(Serialize, ToSchema)]
@@ -250,6 +250,36 @@ pub struct HealthCheckDoc {
     pub interval_seconds: u32,
     pub timeout_seconds: u32,
     pub tolerated_failures: u32,
+}
+
+/// A service's routing state, as a watch answers it.
+#[derive(Serialize, ToSchema)]
+#[schema(as = WatchState)]
+pub struct WatchStateDoc {
+    pub tenant: String,
+    pub service: String,
+    pub env: String,
+    /// The service's generation: pass it as `since` to wait for the next one.
+    pub generation: u64,
+    /// Whether the generation is later than `since` (false: the wait ran out).
+    pub changed: bool,
+    /// `null` when no version is active.
+    #[schema(required = true)]
+    pub policy: Option<tm_domain::ResolvePolicy>,
+    pub versions: Vec<WatchedVersionDoc>,
+}
+
+/// One active version of a watched service.
+#[derive(Serialize, ToSchema)]
+#[schema(as = WatchedVersion)]
+pub struct WatchedVersionDoc {
+    pub version: String,
+    #[schema(format = "uri")]
+    pub url: String,
+    pub weight: u8,
+    pub healthy: bool,
+    /// Whether resolve without `version` may pick it.
+    pub serves: bool,
 }
 
 /// What a rollback did.
@@ -635,6 +665,7 @@ impl Modify for Constraints {
         history::list,
         services::get,
         services::put,
+        watch::watch,
         keys::create,
         keys::list,
         keys::revoke,
@@ -648,7 +679,7 @@ impl Modify for Constraints {
         webhooks::get,
         webhooks::delete,
     ),
-    components(schemas(ProblemDoc, FieldError, Route, ResolveAnswerDoc, RouteListDoc, KeyDoc, CreatedKeyDoc, KeyListDoc, NewKeyDoc, Role, EventDoc, EventListDoc, EventType, DeadJobDoc, DeadJobListDoc, PurgedDoc, WebhookDoc, CreatedWebhookDoc, WebhookListDoc, NewWebhookDoc, AuditEntryDoc, FieldChangeDoc, AuditListDoc, RolledBackDoc, history::ServiceBody, ServicePolicyDoc, FailoverTierDoc, HealthCheckDoc, services::PolicyBody, services::TierBody, services::CheckBody)),
+    components(schemas(ProblemDoc, FieldError, Route, ResolveAnswerDoc, RouteListDoc, KeyDoc, CreatedKeyDoc, KeyListDoc, NewKeyDoc, Role, EventDoc, EventListDoc, EventType, DeadJobDoc, DeadJobListDoc, PurgedDoc, WebhookDoc, CreatedWebhookDoc, WebhookListDoc, NewWebhookDoc, AuditEntryDoc, FieldChangeDoc, AuditListDoc, RolledBackDoc, history::ServiceBody, ServicePolicyDoc, FailoverTierDoc, HealthCheckDoc, services::PolicyBody, services::TierBody, services::CheckBody, WatchStateDoc, WatchedVersionDoc)),
     modifiers(&BearerAuth, &CommonHeaders, &Constraints),
     security(("bearer" = [])),
     tags((name = "routes", description = "Routes and resolution"), (name = "keys", description = "API keys"), (name = "events", description = "Change events"), (name = "jobs", description = "The job queue's dead-letter queue"), (name = "webhooks", description = "Webhook subscriptions"), (name = "history", description = "The audit log and rollback"), (name = "services", description = "Routing policies: health checks and failover")),

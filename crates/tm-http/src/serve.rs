@@ -74,6 +74,8 @@ pub async fn serve(listener: TcpListener, state: AppState, shutdown: Cancellatio
         connections.spawn(connection.run(stream));
     }
     drop(listener);
+    // Watches answer at once with what they have, so that their connections can drain.
+    state.closing.cancel();
     while let Some(ended) = connections.join_next().await {
         report(ended);
     }

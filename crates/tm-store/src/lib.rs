@@ -41,7 +41,7 @@ pub use keys::{KeyAuditAction, KeyAuditEntry, KeyPage, KeyRecord, KeyRing, KeyVi
 pub use notify::{ChangeSubscription, Changed};
 pub use pool::StoreCounters;
 pub use postgres::PostgresStore;
-pub use routing::RoutingTable;
+pub use routing::{RoutingTable, ServiceWatch};
 pub use sqlite::SqliteStore;
 pub use traits::{
     ChangeFeed, EventStore, IdempotencyStore, JobStore, KeyStore, RouteStore, ServiceStore, Store,

@@ -34,6 +34,8 @@ pub struct RoutingTable {
     /// Held by a catch-up or a full reload from start to end: they move the feed
     /// position, one at a time.
     following: Mutex<()>,
+    /// Who waits for which service to change.
+    watchers: Watchers,
 }
 
 /// Writes queued for the next group refresh, by group, in the order they were queued.
@@ -106,7 +108,18 @@ impl RoutingTable {
             reloads: Singleflight::default(),
             pending: std::sync::Mutex::default(),
             applied: AtomicU64::new(0),
+            watchers: Watchers::default(),
         })
+    }
+
+    /// A watch of `service`: woken whenever a snapshot that may change it is published.
+    pub fn watch(&self, service: &GroupKey) -> ServiceWatch {
+        self.watchers.watch(service)
+    }
+
+    /// Services watched now, and watches held.
+    pub fn watch_counts(&self) -> (usize, usize) {
+        self.watchers.counts()
     }
 
     /// The current snapshot. Cheap and lock-free; hold the guard only briefly.
@@ -151,7 +164,10 @@ impl RoutingTable {
             .collect();
         if !stale.is_empty() {
             let next = match self.store.active_routes_in_groups(&stale).await {
-                Ok(read) => current.with_groups(&stale, &read.routes, &read.services),
+                Ok(read) => {
+                    self.watchers.note_empty(&stale, &read);
+                    current.with_groups(&stale, &read.routes, &read.services)
+                }
                 Err(err) => {
                     tracing::warn!(error = %err, groups = stale.len(),
                         "could not re-read changed services; applying the writes alone");
@@ -167,6 +183,7 @@ impl RoutingTable {
                 }
             };
             self.current.store(Arc::new(next));
+            self.watchers.changed(&stale);
         }
         self.applied.store(upto, Ordering::Release);
     }
@@ -190,6 +207,7 @@ impl RoutingTable {
                 let snapshot = build(self.store.as_ref()).await.map_err(Arc::new)?;
                 let count = snapshot.route_count();
                 self.current.store(Arc::new(snapshot));
+                self.watchers.changed_all();
                 *self.position() = feed;
                 self.last_synced.store(Arc::new(Instant::now()));
                 Ok(count)
@@ -246,11 +264,13 @@ impl RoutingTable {
                 .active_routes_in_groups(batch)
                 .await
                 .map_err(Arc::new)?;
+            self.watchers.note_empty(batch, &read);
             let next = self
                 .current
                 .load()
                 .with_groups(batch, &read.routes, &read.services);
             self.current.store(Arc::new(next));
+            self.watchers.changed(batch);
         }
         Ok(())
     }
@@ -264,6 +284,108 @@ impl RoutingTable {
     /// Time since the snapshot was last known to match the store.
     pub fn age(&self) -> std::time::Duration {
         self.last_synced.load().elapsed()
+    }
+}
+
+/// The watches of services, by service. An entry lives while a watch of it is held.
+#[derive(Default)]
+struct Watchers {
+    services: std::sync::Mutex<HashMap<GroupKey, Arc<Watched>>>,
+}
+
+/// One watched service: what wakes its watchers, and its generation when it was last
+/// read with no active version (the snapshot holds nothing of such a service).
+#[derive(Default)]
+struct Watched {
+    changed: tokio::sync::Notify,
+    empty_generation: AtomicU64,
+}
+
+/// A watch of one service (see [`RoutingTable::watch`]); dropping it ends the watch.
+pub struct ServiceWatch {
+    watched: Arc<Watched>,
+}
+
+impl ServiceWatch {
+    /// Completes at the next publication of a snapshot that may change the service. Make
+    /// it (and `enable` it) before looking at the snapshot, so that no publication between
+    /// the look and the wait is missed.
+    pub fn changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.watched.changed.notified()
+    }
+
+    /// The service's generation when it was last read with no active version; 0 if it has
+    /// not been since the watch began.
+    pub fn empty_generation(&self) -> u64 {
+        self.watched.empty_generation.load(Ordering::Acquire)
+    }
+}
+
+impl Watchers {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<GroupKey, Arc<Watched>>> {
+        self.services
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn watch(&self, service: &GroupKey) -> ServiceWatch {
+        let mut services = self.lock();
+        // Entries whose every watch has ended go as new ones come: the map holds at most
+        // the services watched now, and those of watches ended since the last new one.
+        if services.len() >= 64 && services.len().is_power_of_two() {
+            services.retain(|_, watched| Arc::strong_count(watched) > 1);
+        }
+        let watched = services.entry(service.clone()).or_default().clone();
+        ServiceWatch { watched }
+    }
+
+    fn counts(&self) -> (usize, usize) {
+        let services = self.lock();
+        let live = services.values().filter(|w| Arc::strong_count(w) > 1);
+        let held = live.clone().map(|w| Arc::strong_count(w) - 1).sum();
+        (live.count(), held)
+    }
+
+    /// Wakes the watchers of `services`.
+    fn changed(&self, services: &[GroupKey]) {
+        let watched = self.lock();
+        if watched.is_empty() {
+            return;
+        }
+        for service in services {
+            if let Some(entry) = watched.get(service) {
+                entry.changed.notify_waiters();
+            }
+        }
+    }
+
+    /// Wakes every watcher.
+    fn changed_all(&self) {
+        for entry in self.lock().values() {
+            entry.changed.notify_waiters();
+        }
+    }
+
+    /// Notes the generation of each watched service of `services` that `read` found with
+    /// no active version.
+    fn note_empty(&self, services: &[GroupKey], read: &crate::ServingState) {
+        let watched = self.lock();
+        if watched.is_empty() {
+            return;
+        }
+        for service in services {
+            let Some(entry) = watched.get(service) else {
+                continue;
+            };
+            let empty = !read.routes.iter().any(|r| {
+                r.tenant == service.tenant && r.service == service.service && r.env == service.env
+            });
+            if let (true, Some(facts)) = (empty, read.services.get(service)) {
+                entry
+                    .empty_generation
+                    .fetch_max(facts.generation, Ordering::AcqRel);
+            }
+        }
     }
 }
 

@@ -86,6 +86,8 @@ pub struct Metrics {
     events_published: IntCounterVec,
     events_failed: IntCounterVec,
     outbox_lag: GaugeVec,
+    /// Watches (long polls and event streams of `/api/v1/watch`) held now.
+    pub watches_held: IntGauge,
 }
 
 type SeriesByMethod = Vec<(&'static str, Arc<RequestSeries>)>;
@@ -423,6 +425,10 @@ impl Metrics {
                 }
                 lag
             },
+            watches_held: r.int_gauge(
+                "watches_held",
+                "Watches (long polls and event streams of /api/v1/watch) held now.",
+            ),
             started: Instant::now(),
             registry,
         }

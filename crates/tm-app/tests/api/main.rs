@@ -29,4 +29,5 @@ mod rejected_rows;
 mod resilience;
 mod resolve;
 mod routes;
+mod watch;
 mod webhooks;
