@@ -22,8 +22,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use workers::{
-    relay_kind, Deliver, FanOut, Follow, Handlers, JobRunner, Purge, Rebuild, Recurring, Relay,
-    Reseal, Sample, Schedule, Sink, Workers, DELIVER, PURGE, PURGE_EVERY, RELAY_EVERY, RESEAL,
+    probe_kinds, relay_kind, Deliver, FanOut, Follow, Handlers, JobRunner, Probes, Purge, Rebuild,
+    Recurring, Relay, Reseal, Sample, Schedule, Sink, Workers, DELIVER, PROBE_EVERY, PURGE,
+    PURGE_EVERY, RELAY_EVERY, RESEAL,
 };
 
 /// What stops [`Application::build`] (and [`create_key`]), naming the step that failed.
@@ -103,13 +104,14 @@ fn spawn_workers(
     if config.jobs.in_serve || config.process_type == tm_config::ProcessType::Worker {
         let wake_runner = Arc::new(tokio::sync::Notify::new());
         let sinks = event_sinks(state, config, &wake_runner);
+        let probes = probe_kinds(config.jobs.probe_shards);
         workers.spawn(Schedule::new(
             state.store.clone(),
-            recurring_jobs(&sinks),
+            recurring_jobs(&sinks, &probes),
             config.jobs.max_attempts,
             wake_runner.clone(),
         ));
-        let handlers = job_handlers(state, config, sinks, workers.stopping())?;
+        let handlers = job_handlers(state, config, (sinks, &probes), workers.stopping())?;
         workers.spawn(JobRunner::new(
             state.store.clone(),
             state.metrics.clone(),
@@ -122,7 +124,7 @@ fn spawn_workers(
 }
 
 /// The jobs every job-running process schedules.
-fn recurring_jobs(sinks: &[Arc<dyn Sink>]) -> Vec<Recurring> {
+fn recurring_jobs(sinks: &[Arc<dyn Sink>], probes: &[&'static str]) -> Vec<Recurring> {
     let mut recurring = vec![
         Recurring {
             kind: PURGE,
@@ -142,6 +144,11 @@ fn recurring_jobs(sinks: &[Arc<dyn Sink>]) -> Vec<Recurring> {
         every: RELAY_EVERY,
         queue: tm_store::Queue::High,
     }));
+    recurring.extend(probes.iter().map(|kind| Recurring {
+        kind,
+        every: PROBE_EVERY,
+        queue: tm_store::Queue::High,
+    }));
     recurring
 }
 
@@ -150,7 +157,7 @@ fn recurring_jobs(sinks: &[Arc<dyn Sink>]) -> Vec<Recurring> {
 fn job_handlers(
     state: &AppState,
     config: &Config,
-    sinks: Vec<Arc<dyn Sink>>,
+    (sinks, probes): (Vec<Arc<dyn Sink>>, &[&'static str]),
     stopping: CancellationToken,
 ) -> Result<Handlers, StartError> {
     let mut handlers = Handlers::new();
@@ -182,6 +189,26 @@ fn job_handlers(
     );
     // A relay works for half a job's time-out at most, then hands over to the next.
     let slice = (config.jobs.timeout / 2).min(Duration::from_secs(60));
+    // Probes go where webhooks may (the same network policy), and no further.
+    let prober = tm_webhooks::Prober::new(
+        state.webhooks.policy.clone(),
+        concat!("traffic-manager-probe/", env!("CARGO_PKG_VERSION")),
+    )
+    .map_err(|err| StartError::Webhooks(Box::new(err)))?;
+    let shards = u32::try_from(probes.len()).unwrap_or(1);
+    for (shard, kind) in (0..shards).zip(probes) {
+        handlers.insert(
+            kind,
+            Arc::new(Probes::new(
+                state.store.clone(),
+                prober.clone(),
+                state.metrics.clone(),
+                (shard, shards),
+                slice,
+                stopping.clone(),
+            )),
+        );
+    }
     for sink in sinks {
         handlers.insert(
             relay_kind(sink.name()),

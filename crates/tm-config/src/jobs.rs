@@ -34,6 +34,10 @@ pub struct JobsRaw {
     pub job_backoff_base: Duration,
     #[serde(with = "humantime_serde")]
     pub job_backoff_max: Duration,
+    /// Shards the endpoint health probes are split into: each is a job held by one
+    /// instance at a time (holding one of its job slots), so the probes spread over at
+    /// most this many instances.
+    pub probe_shards: u32,
 }
 
 impl Default for JobsRaw {
@@ -47,6 +51,7 @@ impl Default for JobsRaw {
             job_max_attempts: 8,
             job_backoff_base: Duration::from_secs(1),
             job_backoff_max: Duration::from_secs(300),
+            probe_shards: 2,
         }
     }
 }
@@ -62,6 +67,7 @@ pub struct JobsConfig {
     pub max_attempts: u32,
     pub backoff_base: Duration,
     pub backoff_max: Duration,
+    pub probe_shards: u32,
 }
 
 impl JobsRaw {
@@ -82,6 +88,9 @@ impl JobsRaw {
                 "must be at least 1s: the lease is renewed at a third of it",
             );
         }
+        if !(1..=16).contains(&self.probe_shards) {
+            problems.add("probe_shards", "must be from 1 to 16");
+        }
         if self.job_backoff_max < self.job_backoff_base {
             problems.add("job_backoff_max", "must be at least TM_JOB_BACKOFF_BASE");
         }
@@ -94,6 +103,7 @@ impl JobsRaw {
             max_attempts: self.job_max_attempts,
             backoff_base: self.job_backoff_base,
             backoff_max: self.job_backoff_max,
+            probe_shards: self.probe_shards,
         }
     }
 }
@@ -109,5 +119,6 @@ impl JobsConfig {
         out.plain("job_max_attempts", self.max_attempts);
         out.duration("job_backoff_base", self.backoff_base);
         out.duration("job_backoff_max", self.backoff_max);
+        out.plain("probe_shards", self.probe_shards);
     }
 }

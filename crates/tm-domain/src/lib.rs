@@ -25,8 +25,8 @@ pub use id::{
 pub use ident::{EnvName, ServiceName, TenantId, Version};
 pub use key::{ApiKey, Grant, Role, SecretHash};
 pub use policy::{
-    decide, Candidate, FailoverTier, HealthCheck, Outcome, ProbeProtocol, ResolvePolicy,
-    ServicePolicy, StatusRange, MAX_TIERS, MAX_TIER_VERSIONS,
+    decide, Candidate, FailoverTier, HealthCheck, HealthState, Outcome, ProbeProtocol,
+    ResolvePolicy, ServicePolicy, StatusRange, MAX_TIERS, MAX_TIER_VERSIONS,
 };
 pub use route::{
     now, rfc3339, GroupKey, NewRoute, Route, RouteKey, RoutePatch, Weight, IDENTIFIER_PATTERN,

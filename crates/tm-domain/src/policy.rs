@@ -86,6 +86,35 @@ pub enum ProbeProtocol {
     Tcp,
 }
 
+/// A route's health as its checks found it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthState {
+    /// Its probes pass, or fail no more often in a row than its check tolerates.
+    Online,
+    /// More of its probes failed in a row than its check tolerates: not served while a
+    /// healthy version can be.
+    Degraded,
+    /// Not checked (any more): the route is inactive, or its check was removed.
+    Stopped,
+}
+
+impl HealthState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Online => "online",
+            Self::Degraded => "degraded",
+            Self::Stopped => "stopped",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        [Self::Online, Self::Degraded, Self::Stopped]
+            .into_iter()
+            .find(|s| s.as_str() == raw)
+    }
+}
+
 /// A range of HTTP statuses that count as healthy, written `200-299` or `204`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]

@@ -358,6 +358,12 @@ fn route_operations() -> Vec<Operation> {
         ),
         operation("/routes/{id}", Method::GET, read(ReadRoutes), routes::get),
         operation(
+            "/routes/{id}/health",
+            Method::GET,
+            read(ReadRoutes),
+            services::health,
+        ),
+        operation(
             "/services/policy",
             Method::PUT,
             (WriteRoutes, Honoured(Ordinary), Input::Json),

@@ -252,6 +252,25 @@ pub struct HealthCheckDoc {
     pub tolerated_failures: u32,
 }
 
+/// A route's health.
+#[derive(Serialize, ToSchema)]
+#[schema(as = RouteHealth)]
+pub struct RouteHealthDoc {
+    #[schema(format = "uuid")]
+    pub route_id: String,
+    pub state: tm_domain::HealthState,
+    /// Whether its service's policy checks its health now.
+    pub checked: bool,
+    /// Probes failed in a row.
+    pub failures: u32,
+    #[schema(required = true)]
+    pub last_error: Option<String>,
+    #[schema(required = true, format = DateTime)]
+    pub checked_at: Option<String>,
+    #[schema(required = true, format = DateTime)]
+    pub last_online_at: Option<String>,
+}
+
 /// A service's routing state, as a watch answers it.
 #[derive(Serialize, ToSchema)]
 #[schema(as = WatchState)]
@@ -666,6 +685,7 @@ impl Modify for Constraints {
         services::get,
         services::put,
         watch::watch,
+        services::health,
         keys::create,
         keys::list,
         keys::revoke,
@@ -679,7 +699,7 @@ impl Modify for Constraints {
         webhooks::get,
         webhooks::delete,
     ),
-    components(schemas(ProblemDoc, FieldError, Route, ResolveAnswerDoc, RouteListDoc, KeyDoc, CreatedKeyDoc, KeyListDoc, NewKeyDoc, Role, EventDoc, EventListDoc, EventType, DeadJobDoc, DeadJobListDoc, PurgedDoc, WebhookDoc, CreatedWebhookDoc, WebhookListDoc, NewWebhookDoc, AuditEntryDoc, FieldChangeDoc, AuditListDoc, RolledBackDoc, history::ServiceBody, ServicePolicyDoc, FailoverTierDoc, HealthCheckDoc, services::PolicyBody, services::TierBody, services::CheckBody, WatchStateDoc, WatchedVersionDoc)),
+    components(schemas(ProblemDoc, FieldError, Route, ResolveAnswerDoc, RouteListDoc, KeyDoc, CreatedKeyDoc, KeyListDoc, NewKeyDoc, Role, EventDoc, EventListDoc, EventType, DeadJobDoc, DeadJobListDoc, PurgedDoc, WebhookDoc, CreatedWebhookDoc, WebhookListDoc, NewWebhookDoc, AuditEntryDoc, FieldChangeDoc, AuditListDoc, RolledBackDoc, history::ServiceBody, ServicePolicyDoc, FailoverTierDoc, HealthCheckDoc, services::PolicyBody, services::TierBody, services::CheckBody, WatchStateDoc, WatchedVersionDoc, RouteHealthDoc)),
     modifiers(&BearerAuth, &CommonHeaders, &Constraints),
     security(("bearer" = [])),
     tags((name = "routes", description = "Routes and resolution"), (name = "keys", description = "API keys"), (name = "events", description = "Change events"), (name = "jobs", description = "The job queue's dead-letter queue"), (name = "webhooks", description = "Webhook subscriptions"), (name = "history", description = "The audit log and rollback"), (name = "services", description = "Routing policies: health checks and failover")),

@@ -328,3 +328,97 @@ pub async fn put(
     );
     Ok(view(&key, &policy, generation))
 }
+
+/// A route's health, as the API shows it.
+#[derive(Serialize)]
+struct HealthView {
+    route_id: String,
+    /// `online`, `degraded` or `stopped`.
+    state: tm_domain::HealthState,
+    /// Whether its service's policy checks its health now.
+    checked: bool,
+    /// Probes failed in a row.
+    failures: u32,
+    last_error: Option<String>,
+    #[serde(with = "optional_time")]
+    checked_at: Option<chrono::DateTime<chrono::Utc>>,
+    #[serde(with = "optional_time")]
+    last_online_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+mod optional_time {
+    use serde::Serializer;
+
+    pub(super) fn serialize<S: Serializer>(
+        time: &Option<chrono::DateTime<chrono::Utc>>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        match time {
+            Some(time) => tm_domain::rfc3339::serialize(time, serializer),
+            None => serializer.serialize_none(),
+        }
+    }
+}
+
+/// A route's health: `online` (its probes pass, or it is not checked), `degraded` (more
+/// probes failed in a row than its check tolerates) or `stopped` (inactive, or no longer
+/// checked), with its last error.
+#[utoipa::path(
+    get,
+    path = "/api/v1/routes/{id}/health",
+    operation_id = "get_route_health",
+    tag = "services",
+    params(crate::openapi::RouteIdParam),
+    responses(
+        (status = 200, description = "The route's health", body = crate::openapi::RouteHealthDoc),
+        crate::openapi::Problems,
+    ),
+)]
+pub async fn health(
+    State(state): State<AppState>,
+    caller: Caller,
+    crate::extract::RouteIdPath(id): crate::extract::RouteIdPath,
+) -> Result<Response, ApiError> {
+    let scope = caller.scope(Action::ReadRoutes)?;
+    let route = state
+        .guard
+        .read_uncached(|| state.store.get_route(id, tm_store::ReadFrom::Primary))
+        .await?
+        .filter(|route| scope.is_none_or(|own| own == &route.tenant))
+        .ok_or(ApiError::NotFound)?;
+    let group = route.group();
+    let (policy, _) = state
+        .guard
+        .read_uncached(|| state.store.service_policy(&group))
+        .await?;
+    let kept = state
+        .guard
+        .read_uncached(|| state.store.route_health(id))
+        .await?;
+    let checked = route.active && policy.check_of(route.version.as_str()).is_some();
+    let view = match kept {
+        Some(kept) => HealthView {
+            route_id: id.to_string(),
+            state: kept.state,
+            checked,
+            failures: kept.failures,
+            last_error: kept.last_error,
+            checked_at: kept.checked_at,
+            last_online_at: kept.last_online_at,
+        },
+        None => HealthView {
+            route_id: id.to_string(),
+            state: if route.active {
+                tm_domain::HealthState::Online
+            } else {
+                tm_domain::HealthState::Stopped
+            },
+            checked,
+            failures: 0,
+            last_error: None,
+            checked_at: None,
+            last_online_at: None,
+        },
+    };
+    Ok(Json(view).into_response())
+}

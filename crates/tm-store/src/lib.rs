@@ -265,6 +265,39 @@ pub struct AuditFilter {
     pub env: Option<EnvName>,
 }
 
+/// A route's health as its checks last found it (the `route_health` row).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouteHealth {
+    pub state: tm_domain::HealthState,
+    /// Probes failed in a row.
+    pub failures: u32,
+    /// Why the last probe failed, if it did.
+    pub last_error: Option<String>,
+    pub checked_at: Option<DateTime<Utc>>,
+    /// When a probe last passed.
+    pub last_online_at: Option<DateTime<Utc>>,
+}
+
+/// An active route whose health is checked: its key and URL, its check, and its health
+/// so far (none before its first probe).
+#[derive(Clone, Debug, PartialEq)]
+pub struct CheckedRoute {
+    pub id: RouteId,
+    pub key: tm_domain::RouteKey,
+    pub url: tm_domain::UpstreamUrl,
+    pub check: tm_domain::HealthCheck,
+    pub health: Option<RouteHealth>,
+}
+
+/// A route whose health is kept, by its key: for the health metric and for stopping the
+/// health of routes no longer checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeptHealth {
+    pub id: Option<RouteId>,
+    pub key: tm_domain::RouteKey,
+    pub state: tm_domain::HealthState,
+}
+
 /// What a rollback did: the service's active versions now, the entry of the audit log
 /// whose state they are, and the routes it switched on or off (as they are now).
 #[derive(Clone, Debug, PartialEq)]

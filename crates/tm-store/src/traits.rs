@@ -128,6 +128,31 @@ pub trait ServiceStore: Send + Sync + 'static {
         policy: &tm_domain::ServicePolicy,
         actor: &Actor,
     ) -> Result<i64, StoreError>;
+
+    /// Every active route whose health its service's policy checks, with its health so
+    /// far; and the routes whose kept health is not `stopped` (checked or not).
+    async fn checked_routes(
+        &self,
+    ) -> Result<(Vec<crate::CheckedRoute>, Vec<crate::KeptHealth>), StoreError>;
+
+    /// Keeps `health` as the health of route `id` (of service `key`). When `changed` (its
+    /// state is another than the one kept), in the service's lock: the service's
+    /// generation moves on and the change is audited (`health`, by `actor`), which is how
+    /// every instance's snapshot hears of it. A route deleted meanwhile is let be.
+    async fn save_health(
+        &self,
+        id: RouteId,
+        key: &tm_domain::RouteKey,
+        health: &crate::RouteHealth,
+        changed: Option<tm_domain::HealthState>,
+        actor: &Actor,
+    ) -> Result<(), StoreError>;
+
+    /// The kept health of route `id`, if it has any.
+    async fn route_health(&self, id: RouteId) -> Result<Option<crate::RouteHealth>, StoreError>;
+
+    /// The kept health of every active route, other than `stopped`, in key order.
+    async fn active_health(&self) -> Result<Vec<crate::KeptHealth>, StoreError>;
 }
 
 /// API keys and their audit trail.

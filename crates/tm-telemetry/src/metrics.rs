@@ -88,6 +88,10 @@ pub struct Metrics {
     outbox_lag: GaugeVec,
     /// Watches (long polls and event streams of `/api/v1/watch`) held now.
     pub watches_held: IntGauge,
+    health_probes: IntCounterVec,
+    endpoint_health: IntGaugeVec,
+    /// The label sets of `endpoint_health` set by the last sample.
+    endpoint_series: std::sync::Mutex<std::collections::BTreeSet<[String; 4]>>,
 }
 
 type SeriesByMethod = Vec<(&'static str, Arc<RequestSeries>)>;
@@ -429,6 +433,24 @@ impl Metrics {
                 "watches_held",
                 "Watches (long polls and event streams of /api/v1/watch) held now.",
             ),
+            health_probes: {
+                let probes = r.counter_vec(
+                    "health_probes_total",
+                    "Endpoint health probes made by this process, by outcome (ok, failed).",
+                    &["outcome"],
+                );
+                for outcome in ["ok", "failed"] {
+                    probes.with_label_values(&[outcome]);
+                }
+                probes
+            },
+            endpoint_health: r.int_gauge_vec(
+                "endpoint_health",
+                "Health of each checked active route, fleet-wide, as last sampled: 1 online, \
+                 0 degraded (routes of tenants beyond the tenant cap are left out).",
+                &["tenant", "service", "env", "version"],
+            ),
+            endpoint_series: std::sync::Mutex::default(),
             started: Instant::now(),
             registry,
         }
@@ -610,6 +632,42 @@ impl Metrics {
     }
 
     /// Brings `log_lines_dropped_total` up to `total`, the lines dropped since start-up.
+    /// Counts one endpoint health probe.
+    pub fn observe_probe(&self, ok: bool) {
+        self.health_probes
+            .with_label_values(&[if ok { "ok" } else { "failed" }])
+            .inc();
+    }
+
+    /// Sets `endpoint_health` to `routes` (tenant, service, env, version, online), in
+    /// key order, keeping at most the tenant cap's number of tenants, and removes the
+    /// series of routes no longer among them.
+    pub fn set_endpoint_health(&self, routes: &[([&str; 4], bool)]) {
+        let mut tenants: Vec<&str> = Vec::new();
+        let mut now = std::collections::BTreeSet::new();
+        for (labels, online) in routes {
+            if !tenants.contains(&labels[0]) {
+                if tenants.len() >= self.max_tenants {
+                    continue;
+                }
+                tenants.push(labels[0]);
+            }
+            self.endpoint_health
+                .with_label_values(labels)
+                .set(i64::from(*online));
+            now.insert(labels.map(str::to_owned));
+        }
+        let mut series = self
+            .endpoint_series
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for gone in series.difference(&now) {
+            let labels: Vec<&str> = gone.iter().map(String::as_str).collect();
+            let _ = self.endpoint_health.remove_label_values(&labels);
+        }
+        *series = now;
+    }
+
     pub fn set_log_lines_dropped(&self, total: u64) {
         let counted = self.log_lines_dropped.get();
         if total > counted {

@@ -29,6 +29,7 @@ mod postgres;
 mod process;
 mod receiver;
 mod redis;
+mod upstream;
 mod wait;
 
 pub use app::{spawn_app, spawn_app_with, TestApp, TestAppBuilder};
@@ -40,6 +41,7 @@ pub use metrics::metric_value;
 pub use postgres::PgCluster;
 pub use receiver::{Answer, Received, WebhookReceiver};
 pub use redis::{RedisCluster, RedisServer};
+pub use upstream::Upstream;
 pub use wait::{eventually, eventually_blocking};
 
 /// A TCP port on 127.0.0.1 that was free a moment ago.

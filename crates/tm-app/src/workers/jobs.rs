@@ -355,6 +355,7 @@ mod tests {
             max_attempts: 3,
             backoff_base: Duration::from_millis(10),
             backoff_max: Duration::from_millis(40),
+            probe_shards: 1,
         }
     }
 

@@ -4,6 +4,7 @@
 
 mod follow;
 mod jobs;
+mod probe;
 mod purge;
 mod rebuild;
 mod relay;
@@ -19,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 pub(crate) use follow::{subscribe, Follow};
 pub(crate) use jobs::{Handlers, JobRunner};
+pub(crate) use probe::{probe_kinds, Probes, PROBE_EVERY};
 pub(crate) use purge::{Purge, PURGE, PURGE_EVERY};
 pub(crate) use rebuild::Rebuild;
 pub(crate) use relay::{relay_kind, Relay, Sink, RELAY_EVERY};

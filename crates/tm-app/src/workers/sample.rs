@@ -43,6 +43,27 @@ impl Sample {
             Err(err) => tracing::debug!(error = %err, "sampling the job queue's depth failed"),
         }
         super::relay::sample_lag(state.store.as_ref(), &state.relays, &state.metrics).await;
+        match state.store.active_health().await {
+            Ok(kept) => {
+                let routes: Vec<([&str; 4], bool)> = kept
+                    .iter()
+                    .map(|h| {
+                        let k = &h.key;
+                        (
+                            [
+                                k.tenant.as_str(),
+                                k.service.as_str(),
+                                k.env.as_str(),
+                                k.version.as_str(),
+                            ],
+                            h.state == tm_domain::HealthState::Online,
+                        )
+                    })
+                    .collect();
+                state.metrics.set_endpoint_health(&routes);
+            }
+            Err(err) => tracing::debug!(error = %err, "sampling the endpoints' health failed"),
+        }
         state.limiter.forget_idle();
     }
 }

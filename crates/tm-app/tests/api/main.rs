@@ -22,6 +22,7 @@ mod idempotency;
 mod keys;
 mod observability;
 mod policy;
+mod probes;
 mod propagation;
 mod rate_limits;
 mod raw;

@@ -113,6 +113,26 @@ pub(super) static STATEMENTS: LazyLock<Statements> = LazyLock::new(|| Statements
     set_service_policy: "UPDATE services SET policy = $4::jsonb, generation = generation + 1 \
                          WHERE tenant = $1 AND service = $2 AND env = $3 RETURNING generation"
         .into(),
+    checked_routes: "SELECT r.id::text AS id, r.tenant, r.service, r.env, r.version, r.url, \
+                     s.policy::text AS policy, h.state AS health_state, \
+                     h.failures::int8 AS failures, h.last_error, h.checked_at, h.last_online_at \
+                     FROM routes r JOIN services s \
+                       ON s.tenant = r.tenant AND s.service = r.service AND s.env = r.env \
+                     LEFT JOIN route_health h ON h.route_id = r.id \
+                     WHERE r.active AND s.policy IS NOT NULL"
+        .into(),
+    health_not_stopped: "SELECT h.route_id::text AS id, r.tenant, r.service, r.env, r.version, \
+                         h.state FROM route_health h JOIN routes r ON r.id = h.route_id \
+                         WHERE h.state <> 'stopped'"
+        .into(),
+    route_health: "SELECT state, failures::int8 AS failures, last_error, checked_at, \
+                   last_online_at FROM route_health WHERE route_id = $1"
+        .into(),
+    active_health: "SELECT r.tenant, r.service, r.env, r.version, h.state \
+                    FROM route_health h JOIN routes r ON r.id = h.route_id \
+                    WHERE r.active AND h.state <> 'stopped' \
+                    ORDER BY r.tenant, r.service, r.env, r.version"
+        .into(),
     lock_service_routes: format!(
         "SELECT {ROUTE_COLUMNS} FROM routes WHERE tenant = $1 AND service = $2 AND env = $3 \
          ORDER BY version FOR UPDATE"

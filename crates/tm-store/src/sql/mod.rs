@@ -38,6 +38,7 @@ pub(crate) enum Value<'a> {
     Int(i64),
     OptInt(Option<i64>),
     Time(DateTime<Utc>),
+    OptTime(Option<DateTime<Utc>>),
     Bytes(&'a [u8]),
     /// A value each backend stores in a column type of its own.
     Own(Own<'a>),
@@ -86,6 +87,7 @@ where
     i64: Encode<'q, DB> + Type<DB>,
     Option<i64>: Encode<'q, DB> + Type<DB>,
     DateTime<Utc>: Encode<'q, DB> + Type<DB>,
+    Option<DateTime<Utc>>: Encode<'q, DB> + Type<DB>,
     &'q [u8]: Encode<'q, DB> + Type<DB>,
 {
     let mut args = DB::Arguments::default();
@@ -99,6 +101,7 @@ where
             Value::Int(v) => args.add(v),
             Value::OptInt(v) => args.add(v),
             Value::Time(v) => args.add(v),
+            Value::OptTime(v) => args.add(v),
             Value::Bytes(v) => args.add(v),
             Value::Own(v) => own(&mut args, v),
         }
@@ -184,6 +187,15 @@ pub(crate) struct Statements {
     /// Sets a locked service's (tenant, service, env) policy (JSON or null) and moves its
     /// generation on; the new generation.
     pub(crate) set_service_policy: String,
+    /// The active routes of services with a policy: id, key, url, the policy, and the
+    /// route's health if it has any.
+    pub(crate) checked_routes: String,
+    /// The routes with a health that is not `stopped`: id, key, state.
+    pub(crate) health_not_stopped: String,
+    /// A route's kept health (route id).
+    pub(crate) route_health: String,
+    /// The health of every active route that has one, with its key: for the metric.
+    pub(crate) active_health: String,
     /// The routes of a service (tenant, service, env), locked until the transaction ends.
     pub(crate) lock_service_routes: String,
     /// The audit entries of a service (tenant, service, env) that changed which of its
