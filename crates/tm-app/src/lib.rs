@@ -4,6 +4,7 @@
 //! given token is cancelled, then stops the workers.
 
 mod bootstrap;
+mod coldstart;
 mod workers;
 
 use std::net::SocketAddr;
@@ -38,6 +39,9 @@ pub enum StartError {
     },
     #[error("loading the routing snapshot")]
     Snapshot(#[source] StoreError),
+    /// The database is unreachable and the cold-start file cannot stand in for it.
+    #[error("starting without the database: {reason}")]
+    ColdStart { reason: String },
     #[error("loading API keys")]
     Keys(#[source] StoreError),
     #[error("keeping the bootstrap admin key in {path}")]
@@ -257,7 +261,6 @@ impl Application {
     /// listener, makes the bootstrap admin key on a store that never had one (see
     /// [`Application::bootstrap_key`]) and starts the background workers.
     pub async fn build(config: Config) -> Result<Self, StartError> {
-        let backend = config.storage.backend();
         if config.http.cors == tm_config::CorsOrigins::Any {
             tracing::warn!("TM_CORS_ORIGINS is *: any web page may call this API from a browser; list the origins instead");
         }
@@ -265,14 +268,12 @@ impl Application {
             config.metrics.max_tenants,
             env!("CARGO_PKG_VERSION"),
         ));
-        let store = tm_store::connect(&config.storage, &config.pool, store_counters(&metrics))
-            .await
-            .map_err(|source| StartError::Store { backend, source })?;
         let configured_admin = config
             .bootstrap_admin_key
             .as_ref()
             .map(|k| k.expose_secret().to_owned());
-        let (keys, routing) = load(&store, configured_admin.as_deref(), backend).await?;
+        let (store, keys, routing, cold) =
+            open(&config, &metrics, configured_admin.as_deref()).await?;
         let secret_keys = bootstrap::secret_keys(&config.webhooks.secret_keys, &config.data_dir)?;
         // Listening before serving: a change committed once this returns is notified.
         let subscription = workers::subscribe(store.as_ref()).await;
@@ -283,11 +284,13 @@ impl Application {
             Some(redis) => Some(connect_redis(redis, &metrics).await?),
             None => None,
         };
-        // Last of the steps that can fail, so that a key made here is always shown.
-        let bootstrap_key = match configured_admin {
-            Some(_) => None,
-            None => bootstrap::admin_key(&keys, &config.data_dir).await?,
+        // Last of the steps that can fail, so that a key made here is always shown. (An
+        // instance started from its cold-start file has the keys the file kept.)
+        let bootstrap_key = match (&configured_admin, &cold) {
+            (Some(_), _) | (None, Some(_)) => None,
+            (None, None) => bootstrap::admin_key(&keys, &config.data_dir).await?,
         };
+        let serving_from_file = cold.is_some();
         // With replicas, a caller that wrote reads from the primary for the lag bound plus
         // one lag check: any replica still in the rotation then has its write.
         let read_your_writes = match &config.storage {
@@ -314,9 +317,17 @@ impl Application {
                     )),
                     max_per_tenant: config.webhooks.max_per_tenant,
                 }),
+                cold_start: Arc::new(cold.unwrap_or_default()),
             },
         );
-        let workers = spawn_workers(&state, &config, subscription)?;
+        let mut workers = spawn_workers(&state, &config, subscription)?;
+        if serving_from_file {
+            state.metrics.routing_snapshot_cold_start.set(1);
+            workers.spawn(coldstart::Recover::new(&state, &config));
+        }
+        if let Some(writer) = coldstart::WriteSnapshot::new(&state, &config)? {
+            workers.spawn(writer);
+        }
         Ok(Self {
             listener,
             local_addr,
@@ -426,6 +437,44 @@ async fn load(
         "routing snapshot loaded"
     );
     Ok((Arc::new(keys), Arc::new(routing)))
+}
+
+/// What [`open`] gives: the store, the keys and the routing table, and whether they come
+/// from the cold-start file.
+type Opened = (
+    Arc<dyn Store>,
+    Arc<KeyRing>,
+    Arc<RoutingTable>,
+    Option<tm_http::ColdStart>,
+);
+
+/// Opens the store and loads the keys and the routing snapshot from it; from the
+/// cold-start file instead when the database is unreachable and one is configured.
+async fn open(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+    configured_admin: Option<&str>,
+) -> Result<Opened, StartError> {
+    let backend = config.storage.backend();
+    let connected = tm_store::connect(&config.storage, &config.pool, store_counters(metrics)).await;
+    match connected {
+        Ok(store) => {
+            let (keys, routing) = load(&store, configured_admin, backend).await?;
+            Ok((store, keys, routing, None))
+        }
+        Err(unreachable @ StoreError::Unavailable(_)) if config.cold_start.is_some() => {
+            let cold = coldstart::start_cold(
+                config,
+                store_counters(metrics),
+                configured_admin,
+                &unreachable,
+            )
+            .await?;
+            let status = tm_http::ColdStart::serving(cold.file.clone(), cold.written_at);
+            Ok((cold.store, cold.keys, cold.routing, Some(status)))
+        }
+        Err(source) => Err(StartError::Store { backend, source }),
+    }
 }
 
 /// Binds the listener; returns it with the address actually bound.

@@ -174,3 +174,163 @@ fn rand_suffix() -> u32 {
         .expect("time")
         .subsec_nanos()
 }
+
+/// Instances on `cluster` that keep their cold-start file signed with `key`, written
+/// every 100 ms, and refuse writes quickly while the database is away.
+fn cold_start_builder(cluster: &PgCluster, key: &str) -> tm_testing::TestAppBuilder {
+    TestApp::builder()
+        .postgres(cluster)
+        .admin_key(ADMIN)
+        .client_timeout(Duration::from_secs(30))
+        .configure({
+            let key = key.to_owned();
+            move |raw| {
+                raw.cold_start.snapshot_key = Some(key.clone());
+                raw.cold_start.snapshot_write_interval = Duration::from_millis(100);
+                raw.guards.breaker_failures = 2;
+                raw.pool.db_acquire_timeout = Duration::from_secs(1);
+                raw.guards.timeout_write = Duration::from_secs(2);
+            }
+        })
+}
+
+/// A cold-start key: the base64 of 32 random bytes.
+fn snapshot_key() -> String {
+    use base64::Engine;
+    let bytes: [u8; 32] = rand::random();
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn started_with_its_database_stopped_an_instance_serves_its_signed_file_and_catches_up() {
+    let Some(cluster) = PgCluster::start() else {
+        eprintln!("TM_TEST_PG_BINDIR is not set: cold-start test not run");
+        return;
+    };
+    let key = snapshot_key();
+    let builder = cold_start_builder(&cluster, &key);
+    let app = builder.spawn().await;
+    assert_eq!(create(&app, "v1").await.0, StatusCode::CREATED);
+    let reader = app.create_key("reader", Some("acme")).await;
+    let file = app.data_dir().join("routing.snapshot");
+    let store_id = tm_store::store_id(&builder.config(app.data_dir()).storage);
+    let signing = tm_store::SnapshotKey::from_base64(&key).expect("a key");
+    eventually(
+        Duration::from_secs(10),
+        "the file holds the route and the key",
+        || async {
+            tm_store::read_snapshot(&file, &signing, &store_id)
+                .is_ok_and(|s| s.routes.len() == 1 && s.keys.len() == 1)
+        },
+    )
+    .await;
+
+    cluster.stop();
+    every_other_file_is_refused(&builder, &file, &key).await;
+
+    // The same instance started again, its database still stopped: it serves the file.
+    let started = std::time::Instant::now();
+    let app = builder.restart(app, |_| {}).await;
+    eprintln!(
+        "started from the cold-start file in {:?}",
+        started.elapsed()
+    );
+    let resolve = "/api/v1/routes/resolve?tenant=acme&service=billing&env=prod";
+    let (status, _, body) = app
+        .send(&reader, reqwest::Method::GET, resolve, None, &[])
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["version"], "v1");
+    let refused_at = std::time::Instant::now();
+    assert_eq!(create(&app, "v2").await.0, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(refused_at.elapsed() < Duration::from_secs(5));
+    let detailed = app.get("/health/detailed").await.json();
+    assert_eq!(
+        detailed["cold_start"]["serving_from_file"], true,
+        "{detailed}"
+    );
+    assert_eq!(app.metric_value("routing_snapshot_cold_start").await, 1.0);
+
+    // The database is back: the instance reads it and serves from it.
+    cluster.start_server();
+    eventually(
+        Duration::from_secs(30),
+        "serving from the database again",
+        || async { app.metric_value("routing_snapshot_cold_start").await == 0.0 },
+    )
+    .await;
+    eventually(Duration::from_secs(30), "writes accepted", || async {
+        create(&app, "v2").await.0 == StatusCode::CREATED
+    })
+    .await;
+    let detailed = app.get("/health/detailed").await.json();
+    assert_eq!(detailed["cold_start"]["serving_from_file"], false);
+    let (status, _, body) = app
+        .send(
+            &reader,
+            reqwest::Method::GET,
+            &format!("{resolve}&version=v2"),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(
+        (status, body["version"].clone()),
+        (StatusCode::OK, json!("v2"))
+    );
+}
+
+/// With the database stopped, a start from any other file than the instance's own is
+/// refused, naming why: altered, signed with another key, missing, of another database.
+async fn every_other_file_is_refused(
+    builder: &tm_testing::TestAppBuilder,
+    file: &std::path::Path,
+    key: &str,
+) {
+    let other_dir = tempfile::tempdir().expect("a directory");
+    let mut bytes = std::fs::read(file).expect("the file");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x20;
+    let tampered = other_dir.path().join("tampered.snapshot");
+    std::fs::write(&tampered, &bytes).expect("written");
+    let refusals = [
+        (tampered.clone(), key.to_owned(), "signature"),
+        (file.to_path_buf(), snapshot_key(), "signature"),
+        (
+            other_dir.path().join("none.snapshot"),
+            key.to_owned(),
+            "no snapshot",
+        ),
+    ];
+    for (path, with_key, why) in refusals {
+        let mut config = builder.config(other_dir.path());
+        config.cold_start = Some(tm_config::ColdStartConfig {
+            key: tm_config::SnapshotKeySource::Given(with_key.into()),
+            file: path,
+            write_interval: Duration::from_secs(30),
+        });
+        let started = tm_app::Application::build(config).await;
+        let error = match started {
+            Ok(_) => panic!("started from a file it should refuse ({why})"),
+            Err(err) => tm_http::error_chain(&err),
+        };
+        assert!(error.contains("unreachable"), "{error}");
+        assert!(error.to_lowercase().contains(why), "{why}: {error}");
+    }
+    let mut foreign = builder.config(other_dir.path());
+    if let tm_config::StorageConfig::Postgres(pg) = &mut foreign.storage {
+        let url = secrecy::ExposeSecret::expose_secret(&pg.url).to_owned();
+        let join = if url.contains('?') { '&' } else { '?' };
+        pg.url = format!("{url}{join}application_name=elsewhere").into();
+    }
+    foreign.cold_start = Some(tm_config::ColdStartConfig {
+        key: tm_config::SnapshotKeySource::Given(key.to_owned().into()),
+        file: file.to_path_buf(),
+        write_interval: Duration::from_secs(30),
+    });
+    let error = match tm_app::Application::build(foreign).await {
+        Ok(_) => panic!("started from another database's file"),
+        Err(err) => tm_http::error_chain(&err),
+    };
+    assert!(error.contains("written for another"), "{error}");
+}

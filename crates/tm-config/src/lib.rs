@@ -5,6 +5,7 @@
 //! `database_url` in the TOML file. Each section is a module owning its keys, their
 //! defaults, their checks and their `check-config` lines; this file only gathers them.
 
+mod coldstart;
 mod error;
 mod events;
 mod guards;
@@ -31,6 +32,7 @@ use secrecy::SecretString;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+pub use coldstart::{ColdStartConfig, ColdStartRaw, SnapshotKeySource};
 pub use error::{ConfigError, SettingError};
 pub use events::{EventsConfig, EventsRaw, KafkaConfig};
 pub use guards::GuardConfig;
@@ -76,6 +78,8 @@ pub struct RawConfig {
     pub jobs: JobsRaw,
     #[serde(flatten)]
     pub webhooks: WebhooksRaw,
+    #[serde(flatten)]
+    pub cold_start: ColdStartRaw,
 }
 
 /// The validated configuration.
@@ -100,6 +104,8 @@ pub struct Config {
     pub events: EventsConfig,
     pub jobs: JobsConfig,
     pub webhooks: WebhooksConfig,
+    /// The cold-start snapshot file, when a key to sign it is configured.
+    pub cold_start: Option<ColdStartConfig>,
 }
 
 /// Every setting's key, as the defaults name them: what the TOML file may hold and
@@ -160,6 +166,7 @@ impl Config {
             events: section(&figment, &mut errors),
             jobs: section(&figment, &mut errors),
             webhooks: section(&figment, &mut errors),
+            cold_start: section(&figment, &mut errors),
         };
         if !errors.is_empty() {
             return Err(ConfigError(errors));
@@ -179,6 +186,7 @@ impl Config {
         self.events.render(&mut out);
         self.jobs.render(&mut out);
         self.webhooks.render(&mut out);
+        coldstart::render(self.cold_start.as_ref(), &mut out);
         out.finish()
     }
 }
@@ -258,6 +266,7 @@ impl TryFrom<RawConfig> for Config {
         let events = raw.events.check(&mut problems);
         let jobs = raw.jobs.check(&mut problems);
         let webhooks = raw.webhooks.check(&mut problems);
+        let cold_start = raw.cold_start.check(&process.data_dir, &mut problems);
         raw.guards.check(&mut problems);
         let http = raw
             .http
@@ -280,6 +289,7 @@ impl TryFrom<RawConfig> for Config {
                 events,
                 jobs,
                 webhooks,
+                cold_start,
             }),
             _ => None,
         };

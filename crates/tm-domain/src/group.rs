@@ -32,8 +32,9 @@ use crate::{
 const ETAG_LEN: usize = 18;
 
 /// weight (1), seed (8), entity tag (18), version offset and length (1 + 1), answer
-/// offset and length (4 + 4), flags (1), tier (1), last seen healthy (4).
-const RECORD: usize = 1 + 8 + ETAG_LEN + 2 + 8 + 1 + 1 + 4;
+/// offset and length (4 + 4), flags (1), tier (1), last seen healthy (4), route id (16),
+/// revision (8).
+const RECORD: usize = 1 + 8 + ETAG_LEN + 2 + 8 + 1 + 1 + 4 + 16 + 8;
 
 /// count (4), generation (8), resolve policy (1), outcome kind and tier (1 + 1), chain
 /// length (1), outcome time (4), each tier's minimum (8), padding (4).
@@ -77,6 +78,8 @@ pub(crate) trait Rules {
     fn min_healthy(&self, tier: u8) -> u8;
     /// The number of tiers the chain names.
     fn chain_len(&self) -> u8;
+    /// The policy to keep with the group (none for the default).
+    fn kept(&self) -> Option<Arc<ServicePolicy>>;
 }
 
 impl Rules for ServicePolicy {
@@ -95,17 +98,23 @@ impl Rules for ServicePolicy {
     fn chain_len(&self) -> u8 {
         u8::try_from(self.failover.len()).expect("a chain has at most 8 tiers")
     }
+
+    fn kept(&self) -> Option<Arc<ServicePolicy>> {
+        (*self != ServicePolicy::default()).then(|| Arc::new(self.clone()))
+    }
 }
 
+/// A group packed again keeps its policy (the default when it has none kept).
 impl Rules for Group {
     fn resolve(&self) -> ResolvePolicy {
         self.policy()
     }
 
     fn tier_of(&self, version: &str) -> u8 {
-        self.routes()
-            .find(|r| r.version() == version)
-            .map_or(self.chain_len(), |r| r.tier())
+        match &self.policy {
+            Some(policy) => policy.tier_of(version),
+            None => ServicePolicy::default().tier_of(version),
+        }
     }
 
     fn min_healthy(&self, tier: u8) -> u8 {
@@ -113,7 +122,11 @@ impl Rules for Group {
     }
 
     fn chain_len(&self) -> u8 {
-        self.0[15]
+        self.packed[15]
+    }
+
+    fn kept(&self) -> Option<Arc<ServicePolicy>> {
+        self.policy.clone()
     }
 }
 
@@ -130,6 +143,8 @@ pub(crate) struct Prepared {
     /// Per-version seed of the rendezvous hash.
     seed: u64,
     health: Health,
+    id: RouteId,
+    revision: i64,
 }
 
 /// What an answer is made of, borrowed from a [`Route`] or a [`ServedRoute`].
@@ -211,6 +226,8 @@ impl Prepared {
                 .expect("a quoted 16-digit hex number is 18 bytes"),
             seed: xxh3_64(version.as_bytes()),
             health: route.health,
+            id: route.id,
+            revision: route.revision,
         }
     }
 
@@ -230,8 +247,10 @@ impl From<ActiveRoute<'_>> for Prepared {
             seed: route.seed,
             health: Health {
                 healthy: route.flags & HEALTHY != 0,
-                last_healthy: route.last_healthy,
+                last_healthy: route.last_healthy(),
             },
+            id: route.id(),
+            revision: route.revision(),
         }
     }
 }
@@ -243,7 +262,12 @@ fn version_in(body: &[u8], at: u8, len: u8) -> &str {
 
 /// The active versions of one group, in one allocation (see the module's documentation).
 #[derive(Clone, Debug)]
-pub(crate) struct Group(Arc<[u8]>);
+pub(crate) struct Group {
+    packed: Arc<[u8]>,
+    /// The service's policy as given, when it is not the default: what the group is
+    /// packed again with, and what a cold-start file keeps.
+    policy: Option<Arc<ServicePolicy>>,
+}
 
 impl Group {
     /// `routes` (at least one, all of one group), sorted by version and packed, with
@@ -287,39 +311,49 @@ impl Group {
                 if *serves { SERVES } else { 0 } | if route.health.healthy { HEALTHY } else { 0 };
             packed.extend_from_slice(&[flags, candidate.tier]);
             packed.extend_from_slice(&route.health.last_healthy.to_le_bytes());
+            packed.extend_from_slice(route.id.as_uuid().as_bytes());
+            packed.extend_from_slice(&route.revision.to_le_bytes());
             body_at += route.body.len();
         }
         for route in &routes {
             packed.extend_from_slice(&route.body);
         }
         debug_assert_eq!(packed.len(), total);
-        Self(packed.into())
+        Self {
+            packed: packed.into(),
+            policy: rules.kept(),
+        }
     }
 
     pub(crate) fn len(&self) -> usize {
-        u32_at(&self.0, 0) as usize
+        u32_at(&self.packed, 0) as usize
     }
 
     /// The service's generation when the group was read from the store.
     pub(crate) fn generation(&self) -> u64 {
-        u64::from_le_bytes(self.0[4..12].try_into().expect("eight bytes"))
+        u64::from_le_bytes(self.packed[4..12].try_into().expect("eight bytes"))
     }
 
     pub(crate) fn policy(&self) -> ResolvePolicy {
-        ResolvePolicy::from_code(self.0[12])
+        ResolvePolicy::from_code(self.packed[12])
     }
 
     /// Why the versions that serve do.
     pub(crate) fn outcome(&self) -> Outcome {
-        decode(self.0[13], self.0[14], u32_at(&self.0, 16))
+        decode(self.packed[13], self.packed[14], u32_at(&self.packed, 16))
     }
 
     pub(crate) fn min_healthy(&self, tier: u8) -> u8 {
-        self.0
+        self.packed
             .get(20 + usize::from(tier))
             .copied()
             .filter(|_| usize::from(tier) < MAX_TIERS)
             .unwrap_or(1)
+    }
+
+    /// The service's policy as given (the default when none is kept).
+    pub(crate) fn full_policy(&self) -> ServicePolicy {
+        self.policy.as_deref().cloned().unwrap_or_default()
     }
 
     /// The active versions, in version order.
@@ -328,7 +362,7 @@ impl Group {
     }
 
     fn route(&self, i: usize) -> ActiveRoute<'_> {
-        let packed = &self.0[..];
+        let packed = &self.packed[..];
         let record = &packed[HEADER + i * RECORD..HEADER + (i + 1) * RECORD];
         let (weight, rest) = record.split_at(1);
         let (seed, rest) = rest.split_at(8);
@@ -344,7 +378,9 @@ impl Group {
             seed: u64::from_le_bytes(seed.try_into().expect("the record holds a whole seed")),
             flags: rest[10],
             tier: rest[11],
-            last_healthy: u32_at(rest, 12),
+            tail: rest[12..40]
+                .try_into()
+                .expect("the record holds a whole tail"),
         }
     }
 }
@@ -396,10 +432,50 @@ pub struct ActiveRoute<'g> {
     seed: u64,
     flags: u8,
     tier: u8,
-    last_healthy: u32,
+    /// The rest of the record, read only off the hot path: last seen healthy (4), route
+    /// id (16), revision (8).
+    tail: &'g [u8; 28],
 }
 
 impl<'g> ActiveRoute<'g> {
+    /// The route's id.
+    pub fn id(&self) -> RouteId {
+        let id: [u8; 16] = self.tail[4..20].try_into().expect("sixteen bytes");
+        RouteId::from_uuid(uuid::Uuid::from_bytes(id))
+    }
+
+    /// The route's revision.
+    pub fn revision(&self) -> i64 {
+        i64::from_le_bytes(self.tail[20..28].try_into().expect("eight bytes"))
+    }
+
+    /// The route as it was added, read back from its answer and record.
+    pub(crate) fn served(&self) -> Option<ServedRoute> {
+        #[derive(serde::Deserialize)]
+        struct Answer {
+            tenant: String,
+            service: String,
+            env: String,
+            version: String,
+            url: String,
+        }
+        let answer: Answer = serde_json::from_slice(self.body).ok()?;
+        Some(ServedRoute {
+            id: self.id(),
+            tenant: TenantId::parse(&answer.tenant).ok()?,
+            service: ServiceName::parse(&answer.service).ok()?,
+            env: EnvName::parse(&answer.env).ok()?,
+            version: Version::parse(&answer.version).ok()?,
+            url: UpstreamUrl::parse(&answer.url).ok()?,
+            weight: Weight::parse(i64::from(self.weight)).ok()?,
+            revision: self.revision(),
+            health: Health {
+                healthy: self.healthy(),
+                last_healthy: self.last_healthy(),
+            },
+        })
+    }
+
     /// The version this route serves.
     pub fn version(&self) -> &'g str {
         version_in(self.body, self.version_at, self.version_len)
@@ -437,7 +513,7 @@ impl<'g> ActiveRoute<'g> {
 
     /// When it was last seen healthy (Unix seconds; 0: never, or not checked).
     pub fn last_healthy(&self) -> u32 {
-        self.last_healthy
+        u32_at(self.tail, 0)
     }
 
     pub(crate) fn seed(&self) -> u64 {

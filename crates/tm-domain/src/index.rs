@@ -164,6 +164,13 @@ impl<V: Clone + Keyed> SharedIndex<V> {
         self.shard_mut(hash).insert(hash, key, value)
     }
 
+    /// Every value, in no particular order.
+    pub(crate) fn values(&self) -> impl Iterator<Item = &V> {
+        self.shards
+            .iter()
+            .flat_map(|shard| shard.slots.iter().flatten().map(|(_, value)| value))
+    }
+
     pub(crate) fn remove(&mut self, key: &str) -> Option<V> {
         let hash = self.hasher.hash_one(key);
         // An absent key leaves the shard shared.

@@ -318,6 +318,25 @@ impl RoutingSnapshot {
         self.groups.get(key).map(|group| ServiceView { group })
     }
 
+    /// Every service the snapshot holds, with its facts and its active routes (as
+    /// [`SnapshotBuilder::add_served`] takes them): what a cold-start file keeps, and
+    /// what builds this snapshot again. In no particular order.
+    pub fn export(&self) -> Vec<(GroupKey, ServiceFacts, Vec<ServedRoute>)> {
+        self.groups
+            .values()
+            .filter_map(|group| {
+                let routes: Vec<ServedRoute> = group.routes().filter_map(|r| r.served()).collect();
+                let first = routes.first()?;
+                let key = first.group();
+                let facts = ServiceFacts {
+                    generation: group.generation(),
+                    policy: group.full_policy(),
+                };
+                Some((key, facts, routes))
+            })
+            .collect()
+    }
+
     /// Number of active routes.
     pub fn route_count(&self) -> usize {
         self.route_count
@@ -686,6 +705,76 @@ mod tests {
         let v1 = Version::parse("v1.0-rc_1").expect("valid");
         let found = s.resolve(&t, &sv, &e, Pick::Version(&v1)).expect("v1");
         assert_eq!(found.version(), "v1.0-rc_1");
+    }
+
+    #[test]
+    fn an_exported_snapshot_builds_the_same_snapshot_again() {
+        let v = |s: &str| Version::parse(s).expect("valid");
+        let policy = crate::ServicePolicy::new(
+            ResolvePolicy::LastKnownGood,
+            vec![crate::FailoverTier {
+                versions: vec![v("blue"), v("gone")],
+                min_healthy: 2,
+            }],
+        )
+        .expect("valid");
+        let key = route("x", 1, true).group();
+        let services = std::collections::HashMap::from([(
+            key.clone(),
+            ServiceFacts {
+                generation: 9,
+                policy,
+            },
+        )]);
+        let mut other = route("v1", 100, true);
+        other.service = ServiceName::parse("ledger").expect("valid");
+        let routes = [
+            served("blue", 100, true),
+            served("green", 20, false),
+            ServedRoute::from(&other),
+        ];
+        let s = RoutingSnapshot::default().with_groups(
+            &[key.clone(), other.group()],
+            &routes,
+            &services,
+        );
+        let mut builder = SnapshotBuilder::default();
+        for (_, facts, routes) in s.export() {
+            for route in &routes {
+                builder.add_served(route, &facts);
+            }
+        }
+        let again = builder.build();
+        assert_eq!(again.route_count(), 3);
+        let (t, sv, e) = ids();
+        let (a, b) = (
+            s.service(&t, &sv, &e).expect("held"),
+            again.service(&t, &sv, &e).expect("held"),
+        );
+        assert_eq!((a.generation(), a.outcome()), (b.generation(), b.outcome()));
+        let view = |v: ServiceView<'_>| -> Vec<(String, String, bool, bool, u8)> {
+            v.routes()
+                .map(|r| {
+                    (
+                        r.version().to_owned(),
+                        r.etag().to_owned(),
+                        r.serves(),
+                        r.healthy(),
+                        r.tier(),
+                    )
+                })
+                .collect()
+        };
+        assert_eq!(view(a), view(b));
+        for n in 0..20u64 {
+            assert_eq!(
+                s.resolve(&t, &sv, &e, Pick::Random(n))
+                    .map(|r| r.body().to_vec()),
+                again
+                    .resolve(&t, &sv, &e, Pick::Random(n))
+                    .map(|r| r.body().to_vec())
+            );
+        }
     }
 
     #[test]

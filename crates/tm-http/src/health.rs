@@ -257,6 +257,14 @@ pub async fn detailed(
             "age_seconds": state.routing.age().as_secs_f64(),
             "changed_seconds_ago": snapshot.built_at().elapsed().as_secs_f64(),
         },
+        "cold_start": match state.cold_start.file() {
+            Some((file, written_at)) => json!({
+                "serving_from_file": true,
+                "file": file.display().to_string(),
+                "written_at": written_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            }),
+            None => json!({"serving_from_file": false}),
+        },
         "uptime_seconds": state.started_at.elapsed().as_secs(),
         "version": env!("CARGO_PKG_VERSION"),
     })))
@@ -287,4 +295,7 @@ pub fn sample(state: &AppState) {
         state.routing.snapshot().route_count(),
         state.routing.age().as_secs_f64(),
     );
+    metrics
+        .routing_snapshot_cold_start
+        .set(i64::from(state.cold_start.file().is_some()));
 }

@@ -105,6 +105,41 @@ pub struct Shared {
     pub relays: Arc<Relays>,
     /// What webhook subscriptions need: secret keys, network policy, cap.
     pub webhooks: Arc<WebhookKit>,
+    /// Whether this instance serves from its cold-start file, and which.
+    pub cold_start: Arc<ColdStart>,
+}
+
+/// Whether an instance serves from its cold-start file: set when it started from the
+/// file (its database unreachable), cleared once the database has been read.
+#[derive(Debug, Default)]
+pub struct ColdStart {
+    /// When the file it started from was written, while it still serves from it.
+    serving: std::sync::RwLock<Option<(std::path::PathBuf, chrono::DateTime<chrono::Utc>)>>,
+}
+
+impl ColdStart {
+    /// An instance serving from `file`, written `written_at`.
+    pub fn serving(file: std::path::PathBuf, written_at: chrono::DateTime<chrono::Utc>) -> Self {
+        Self {
+            serving: std::sync::RwLock::new(Some((file, written_at))),
+        }
+    }
+
+    /// The database has been read: the instance serves from it now.
+    pub fn recovered(&self) {
+        *self
+            .serving
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+    }
+
+    /// The file served from and when it was written, if the instance still does.
+    pub fn file(&self) -> Option<(std::path::PathBuf, chrono::DateTime<chrono::Utc>)> {
+        self.serving
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
 }
 
 impl AppState {
@@ -180,6 +215,7 @@ impl AppState {
             read_your_writes,
             event_sinks,
             webhooks,
+            cold_start,
         } = fleet;
         let cache_control = HeaderValue::try_from(format!(
             "private, max-age={}, stale-while-revalidate={}",
@@ -231,6 +267,7 @@ impl AppState {
             health: health::HealthChecks::default(),
             relays: Arc::new(Relays::new(&event_sinks)),
             webhooks,
+            cold_start,
         }))
     }
 }
@@ -244,6 +281,8 @@ pub struct Fleet {
     /// Where change events are relayed (`tm_telemetry::EVENT_SINKS`).
     pub event_sinks: Vec<&'static str>,
     pub webhooks: Arc<WebhookKit>,
+    /// Set when the instance started from its cold-start file.
+    pub cold_start: Arc<ColdStart>,
 }
 
 /// What an operation does with `Idempotency-Key`.

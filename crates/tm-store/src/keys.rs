@@ -142,6 +142,26 @@ impl KeyRing {
         Ok(ring)
     }
 
+    /// A ring holding `keys` (as a cold-start file kept them), for a store that cannot be
+    /// read yet; [`Self::reload`] replaces them once it can.
+    pub fn from_records(
+        store: Arc<dyn Store>,
+        configured_admin: Option<&str>,
+        keys: Vec<KeyRecord>,
+    ) -> Self {
+        Self {
+            keys: ArcSwap::from_pointee(keys.into_iter().map(|k| (k.id, Arc::new(k))).collect()),
+            changes: tokio::sync::Mutex::new(()),
+            configured_admin: configured_admin.map(|k| (k.len(), SecretHash::of(k.as_bytes()))),
+            store,
+        }
+    }
+
+    /// Every live key in memory: what a cold-start file keeps.
+    pub fn records(&self) -> Vec<KeyRecord> {
+        self.keys.load().values().map(|k| (**k).clone()).collect()
+    }
+
     /// Replaces the in-memory keys with the live ones in the store.
     pub async fn reload(&self) -> Result<usize, StoreError> {
         let _serial = self.changes.lock().await;

@@ -406,6 +406,44 @@ pub async fn connect(
     })
 }
 
+/// The configured store without connecting to it, for a start from the cold-start
+/// file while the database is unreachable: PostgreSQL only (SQLite is a local file, which
+/// is either there or not). `None` for SQLite.
+pub async fn connect_lazy(
+    storage: &StorageConfig,
+    pool: &PoolConfig,
+    counters: StoreCounters,
+) -> Result<Option<Arc<dyn Store>>, StoreError> {
+    Ok(match storage {
+        StorageConfig::Sqlite(_) => None,
+        StorageConfig::Postgres(postgres) => Some(Arc::new(
+            PostgresStore::connect_lazy(postgres, pool, counters).await?,
+        )),
+    })
+}
+
+/// What names the configured database in a cold-start file: a hash of where it is (the
+/// URL without its password), so that a file written for another database is refused.
+pub fn store_id(storage: &StorageConfig) -> String {
+    use secrecy::ExposeSecret;
+    use sha2::Digest;
+    let place = match storage {
+        StorageConfig::Sqlite(sqlite) => format!("sqlite:{}", sqlite.path.display()),
+        StorageConfig::Postgres(postgres) => {
+            let raw = postgres.url.expose_secret();
+            match url::Url::parse(raw) {
+                Ok(mut url) => {
+                    let _ = url.set_password(None);
+                    url.to_string()
+                }
+                Err(_) => String::from("postgres:unparsable"),
+            }
+        }
+    };
+    let digest = sha2::Sha256::digest(place.as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Applies the configured backend's migrations, then closes the connection.
 pub async fn migrate(
     storage: &StorageConfig,

@@ -36,6 +36,8 @@ pub struct RoutingTable {
     following: Mutex<()>,
     /// Who waits for which service to change.
     watchers: Watchers,
+    /// Snapshots published so far.
+    publications: AtomicU64,
 }
 
 /// Writes queued for the next group refresh, by group, in the order they were queued.
@@ -109,6 +111,7 @@ impl RoutingTable {
             pending: std::sync::Mutex::default(),
             applied: AtomicU64::new(0),
             watchers: Watchers::default(),
+            publications: AtomicU64::new(0),
         })
     }
 
@@ -120,6 +123,35 @@ impl RoutingTable {
     /// Services watched now, and watches held.
     pub fn watch_counts(&self) -> (usize, usize) {
         self.watchers.counts()
+    }
+
+    /// A table serving `snapshot` (as a cold-start file kept it, made `age` ago), for a
+    /// store that cannot be read yet: its feed position is the start, so the first
+    /// [`Self::reload`] once the store answers replaces it whole.
+    pub fn from_snapshot(
+        store: Arc<dyn Store>,
+        snapshot: RoutingSnapshot,
+        age: std::time::Duration,
+    ) -> Self {
+        let synced = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
+        Self {
+            feed: std::sync::Mutex::new(ChangePosition::default()),
+            following: Mutex::new(()),
+            current: ArcSwap::from_pointee(snapshot),
+            store,
+            refresh: Mutex::new(()),
+            last_synced: ArcSwap::from_pointee(synced),
+            reloads: Singleflight::default(),
+            pending: std::sync::Mutex::default(),
+            applied: AtomicU64::new(0),
+            watchers: Watchers::default(),
+            publications: AtomicU64::new(0),
+        }
+    }
+
+    /// How many snapshots this table has published: changes when the snapshot may have.
+    pub fn publications(&self) -> u64 {
+        self.publications.load(Ordering::Acquire)
     }
 
     /// The current snapshot. Cheap and lock-free; hold the guard only briefly.
@@ -183,6 +215,7 @@ impl RoutingTable {
                 }
             };
             self.current.store(Arc::new(next));
+            self.publications.fetch_add(1, Ordering::AcqRel);
             self.watchers.changed(&stale);
         }
         self.applied.store(upto, Ordering::Release);
@@ -207,6 +240,7 @@ impl RoutingTable {
                 let snapshot = build(self.store.as_ref()).await.map_err(Arc::new)?;
                 let count = snapshot.route_count();
                 self.current.store(Arc::new(snapshot));
+                self.publications.fetch_add(1, Ordering::AcqRel);
                 self.watchers.changed_all();
                 *self.position() = feed;
                 self.last_synced.store(Arc::new(Instant::now()));
@@ -270,6 +304,7 @@ impl RoutingTable {
                 .load()
                 .with_groups(batch, &read.routes, &read.services);
             self.current.store(Arc::new(next));
+            self.publications.fetch_add(1, Ordering::AcqRel);
             self.watchers.changed(batch);
         }
         Ok(())

@@ -89,6 +89,9 @@ pub struct Metrics {
     /// Watches (long polls and event streams of `/api/v1/watch`) held now.
     pub watches_held: IntGauge,
     health_probes: IntCounterVec,
+    /// 1 while this instance serves from its cold-start file (its database not yet
+    /// reached since it started), else 0.
+    pub routing_snapshot_cold_start: IntGauge,
     endpoint_health: IntGaugeVec,
     /// The label sets of `endpoint_health` set by the last sample.
     endpoint_series: std::sync::Mutex<std::collections::BTreeSet<[String; 4]>>,
@@ -432,6 +435,11 @@ impl Metrics {
             watches_held: r.int_gauge(
                 "watches_held",
                 "Watches (long polls and event streams of /api/v1/watch) held now.",
+            ),
+            routing_snapshot_cold_start: r.int_gauge(
+                "routing_snapshot_cold_start",
+                "1 while this instance serves the routing snapshot and keys of its cold-start \
+                 file, its database not yet reached since it started; else 0.",
             ),
             health_probes: {
                 let probes = r.counter_vec(

@@ -93,7 +93,7 @@ impl Drop for Workers {
 }
 
 /// Ticks every `every`, the first one a period from now; a late tick delays the next.
-fn ticker(every: Duration) -> tokio::time::Interval {
+pub(crate) fn ticker(every: Duration) -> tokio::time::Interval {
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick

@@ -22,6 +22,27 @@ impl PostgresStore {
         pool: &PoolConfig,
         counters: StoreCounters,
     ) -> Result<Self, StoreError> {
+        Self::open(config, pool, counters, false).await
+    }
+
+    /// The store of the configured primary without connecting to it (nor migrating it):
+    /// its pools connect when first used. For an instance started from its cold-start
+    /// file while the database is unreachable; it migrates (see [`crate::migrate`])
+    /// before it reads anything once the database answers.
+    pub async fn connect_lazy(
+        config: &PostgresConfig,
+        pool: &PoolConfig,
+        counters: StoreCounters,
+    ) -> Result<Self, StoreError> {
+        Self::open(config, pool, counters, true).await
+    }
+
+    async fn open(
+        config: &PostgresConfig,
+        pool: &PoolConfig,
+        counters: StoreCounters,
+        lazy: bool,
+    ) -> Result<Self, StoreError> {
         let PostgresConfig {
             url,
             statement_timeout,
@@ -49,17 +70,26 @@ impl PostgresStore {
             transaction_pooling: *transaction_pooling,
         };
         let (options, pin) = settings.lent(url, true)?;
-        let critical = pool_options(pool, pool.critical_connections, 1)
-            .connect_with(options.clone())
-            .await?;
-        let primary = pool_options(pool, pool.max_connections, pool.min_connections)
-            .connect_with(options)
-            .await?;
+        let critical = pool_options(pool, pool.critical_connections, 1);
+        let primary = pool_options(pool, pool.max_connections, pool.min_connections);
+        let (critical, primary) = if lazy {
+            (
+                critical.connect_lazy_with(options.clone()),
+                primary.connect_lazy_with(options),
+            )
+        } else {
+            (
+                critical.connect_with(options.clone()).await?,
+                primary.connect_with(options).await?,
+            )
+        };
         // Migrations and LISTEN need a session: PostgreSQL itself, not a pooling proxy.
         let direct = settings
             .session(direct_url.as_ref().unwrap_or(url))?
             .options([("traffic_manager.instance", &settings.instance)]);
-        migrate(&direct, pool).await?;
+        if !lazy {
+            migrate(&direct, pool).await?;
+        }
         let listen = PgPoolOptions::new()
             .max_connections(1)
             .min_connections(0)
