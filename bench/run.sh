@@ -38,6 +38,13 @@
 #   each event's lag to a Kafka consumer and to the receiver (crates/tm-app/examples/
 #   events.rs; the registry runs in that process with TM_PROFILE=prod, the write budget
 #   raised and no log written).
+# - watch: the release server as production runs it, WATCHERS (default 5000) long polls
+#   of one service held at once over ten reader keys, then a write that changes it, five
+#   times: the time from the write's request to each watcher's answer, and the server's
+#   memory with the watchers held (crates/tm-app/examples/fanout.rs).
+# - probes: the release server as production runs it (loopback allowed to probes and
+#   webhooks: TM_WEBHOOK_ALLOW_NETWORKS), PROBE_ROUTES (default 1000) routes checked
+#   every second over HTTP against nginx; probes per second and the server's CPU.
 # Everything runs on 127.0.0.1 and every load run is bounded by DURATION.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -369,6 +376,33 @@ events_table() {
         --database-url "${PG_URL%/*}/events"
 }
 
+watch_table() {
+    cargo build --release --quiet -p tm-app --example fanout
+    ulimit -n 65536
+    start_server "$WORK/data-watch"
+    target/release/examples/fanout watch --url "http://127.0.0.1:$PORT_APP" \
+        --admin-key "$ADMIN_KEY" --pid "$APP" --watchers "${WATCHERS:-5000}" --rounds 5
+    stop_server
+}
+
+probes_table() {
+    cargo build --release --quiet -p tm-app --example fanout
+    local dir="$WORK/nginx-probes"
+    mkdir -p "$dir"
+    printf '%s\n' "worker_processes 1;" "error_log $dir/error.log;" "pid $dir/nginx.pid;" \
+        "events { worker_connections 4096; }" \
+        "http { access_log off; client_body_temp_path $dir;" \
+        "  server { listen 127.0.0.1:$PORT_NGINX; location / { return 200 ok; } } }" \
+        >"$dir/nginx.conf"
+    taskset -c 1 "$NGINX" -c "$dir/nginx.conf" -g 'daemon off;' &
+    PIDS+=("$!")
+    start_server "$WORK/data-probes" TM_WEBHOOK_ALLOW_NETWORKS=127.0.0.0/8
+    target/release/examples/fanout probes --url "http://127.0.0.1:$PORT_APP" \
+        --admin-key "$ADMIN_KEY" --pid "$APP" --upstream "http://127.0.0.1:$PORT_NGINX" \
+        --routes "${PROBE_ROUTES:-1000}" --seconds "$DURATION"
+    stop_server
+}
+
 startup_table() {
     [ -n "$PG_DIR" ] || start_postgres
     psql_db create startup
@@ -389,6 +423,8 @@ for mode in $MODES; do
         startup) startup_table ;;
         propagation) propagation_table ;;
         events) events_table ;;
+        watch) watch_table ;;
+        probes) probes_table ;;
         *) echo "unknown mode: $mode" >&2; exit 2 ;;
     esac
     echo
