@@ -38,7 +38,7 @@
 #   each event's lag to a Kafka consumer and to the receiver (crates/tm-app/examples/
 #   events.rs; the registry runs in that process with TM_PROFILE=prod, the write budget
 #   raised and no log written).
-# - watch: the release server as production runs it, WATCHERS (default 5000) long polls
+# - watch: the release server as production runs it, WATCHERS (default 4000) long polls
 #   of one service held at once over ten reader keys, then a write that changes it, five
 #   times: the time from the write's request to each watcher's answer, and the server's
 #   memory with the watchers held (crates/tm-app/examples/fanout.rs).
@@ -378,10 +378,10 @@ events_table() {
 
 watch_table() {
     cargo build --release --quiet -p tm-app --example fanout
-    ulimit -n 65536
+    ulimit -n "$(ulimit -Hn)"
     start_server "$WORK/data-watch"
     target/release/examples/fanout watch --url "http://127.0.0.1:$PORT_APP" \
-        --admin-key "$ADMIN_KEY" --pid "$APP" --watchers "${WATCHERS:-5000}" --rounds 5
+        --admin-key "$ADMIN_KEY" --pid "$APP" --watchers "${WATCHERS:-4000}" --rounds 5
     stop_server
 }
 
@@ -395,12 +395,15 @@ probes_table() {
         "  server { listen 127.0.0.1:$PORT_NGINX; location / { return 200 ok; } } }" \
         >"$dir/nginx.conf"
     taskset -c 1 "$NGINX" -c "$dir/nginx.conf" -g 'daemon off;' &
-    PIDS+=("$!")
+    local upstream=$!
+    PIDS+=("$upstream")
     start_server "$WORK/data-probes" TM_WEBHOOK_ALLOW_NETWORKS=127.0.0.0/8
     target/release/examples/fanout probes --url "http://127.0.0.1:$PORT_APP" \
         --admin-key "$ADMIN_KEY" --pid "$APP" --upstream "http://127.0.0.1:$PORT_NGINX" \
         --routes "${PROBE_ROUTES:-1000}" --seconds "$DURATION"
     stop_server
+    kill "$upstream"
+    wait "$upstream" 2>/dev/null || true
 }
 
 startup_table() {

@@ -73,7 +73,7 @@ impl Default for GuardConfig {
             timeout_write: Duration::from_secs(5),
             max_in_flight: 4096,
             resolve_max_in_flight: 4096,
-            watch_max_in_flight: 10_000,
+            watch_max_in_flight: 4096,
             read_cache_ttl: Duration::from_secs(1),
             read_cache_entries: 10_000,
             read_cache_bytes: 64 * 1024 * 1024,

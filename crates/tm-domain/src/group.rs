@@ -284,7 +284,20 @@ impl Group {
                 last_healthy: r.health.last_healthy,
             })
             .collect();
-        let (outcome, serving) = decide(&candidates, rules.resolve(), |t| rules.min_healthy(t));
+        // Without a chain and with every version healthy (most services), the decision
+        // is that every weighted version serves: made without the general case's work.
+        let plain = rules.chain_len() == 0 && candidates.iter().all(|c| c.healthy);
+        let (outcome, serving) = if plain {
+            let serving: Vec<bool> = candidates.iter().map(|c| c.weight > 0).collect();
+            let outcome = if serving.contains(&true) {
+                Outcome::Tier(0)
+            } else {
+                Outcome::NoCandidates
+            };
+            (outcome, serving)
+        } else {
+            decide(&candidates, rules.resolve(), |t| rules.min_healthy(t))
+        };
         let records = HEADER + routes.len() * RECORD;
         let total = records + routes.iter().map(|r| r.body.len()).sum::<usize>();
         let offset = |n: usize| u32::try_from(n).expect("a group is far smaller than 4 GiB");

@@ -441,13 +441,20 @@ const LOAD_PAGE: u32 = 5_000;
 /// does not hold up the threads answering requests.
 async fn build(store: &dyn Store) -> Result<RoutingSnapshot, StoreError> {
     let mut builder = SnapshotBuilder::default();
+    // Read once: usually few routes are checked, and a change of health after this read
+    // is in the change feed, after the position the load started from.
+    let health = Arc::new(store.kept_health().await?);
     let mut after: Option<LoadCursor> = None;
     loop {
         let page = store.active_routes_page(after.as_ref(), LOAD_PAGE).await?;
-        let (routes, services) = (page.routes, page.services);
+        let (mut routes, services) = (page.routes, page.services);
+        let health = health.clone();
         builder = tokio::task::spawn_blocking(move || {
             let defaults = ServiceFacts::default();
-            for route in &routes {
+            for route in &mut routes {
+                if let Some(kept) = health.get(&route.id) {
+                    route.health = *kept;
+                }
                 builder.add_served(route, services.get(&route.group()).unwrap_or(&defaults));
             }
             builder

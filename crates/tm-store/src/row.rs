@@ -59,12 +59,6 @@ pub(crate) struct LoadedRow {
     last_online_at: Option<DateTime<Utc>>,
 }
 
-impl LoadedRow {
-    pub(crate) fn load_cursor(&self) -> LoadCursor {
-        self.served.load_cursor()
-    }
-}
-
 impl TryFrom<LoadedRow> for ServedRoute {
     type Error = StoreError;
 

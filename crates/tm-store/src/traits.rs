@@ -77,6 +77,12 @@ pub trait RouteStore: Send + Sync + 'static {
     /// [`Self::active_routes_page`].
     async fn active_routes_in_groups(&self, keys: &[GroupKey]) -> Result<ServingState, StoreError>;
 
+    /// The kept health of every route whose health is checked (not `stopped`), by route:
+    /// what a full load of the snapshot gives its routes (a route not here is healthy).
+    async fn kept_health(
+        &self,
+    ) -> Result<std::collections::HashMap<RouteId, tm_domain::Health>, StoreError>;
+
     /// Up to `limit` active routes in natural-key order, starting after `after` (from
     /// the first when `None`): what a routing snapshot is built from, one short query
     /// at a time, so that a full load of millions of routes neither holds them all at

@@ -19,6 +19,11 @@ const SERVED_COLUMNS: &str = "id::text AS id, tenant, service, env, version, url
 /// `routes` with each route's health, if it is checked.
 const SERVED_FROM: &str = "routes LEFT JOIN route_health h ON h.route_id = routes.id";
 
+/// The columns of `routes` a full load reads (health comes from one read of
+/// `route_health` for the whole load: a join would cost a probe per route).
+const LOADED_COLUMNS: &str = "id::text AS id, tenant, service, env, version, url, \
+                              weight::int8 AS weight, revision";
+
 const WEBHOOK_COLUMNS: &str = "id::text AS id, tenant, url, event_types::text AS event_types, \
                                description, sealed_secret, created_at";
 const KEY_COLUMNS: &str = "id::text AS id, name, role, tenant, secret_hash, created_at";
@@ -80,11 +85,11 @@ pub(super) static STATEMENTS: LazyLock<Statements> = LazyLock::new(|| Statements
          ORDER BY id LIMIT $6"
     ),
     active_routes_first: format!(
-        "SELECT {SERVED_COLUMNS} FROM {SERVED_FROM} WHERE active \
+        "SELECT {LOADED_COLUMNS} FROM routes WHERE active \
          ORDER BY tenant, service, env, version LIMIT $1"
     ),
     active_routes_after: format!(
-        "SELECT {SERVED_COLUMNS} FROM {SERVED_FROM} WHERE active \
+        "SELECT {LOADED_COLUMNS} FROM routes WHERE active \
          AND (tenant, service, env, version) > ($1, $2, $3, $4) \
          ORDER BY tenant, service, env, version LIMIT $5"
     ),
@@ -124,6 +129,13 @@ pub(super) static STATEMENTS: LazyLock<Statements> = LazyLock::new(|| Statements
     health_not_stopped: "SELECT h.route_id::text AS id, r.tenant, r.service, r.env, r.version, \
                          h.state FROM route_health h JOIN routes r ON r.id = h.route_id \
                          WHERE h.state <> 'stopped'"
+        .into(),
+    services_between: "SELECT tenant, service, env, generation, policy::text AS policy \
+                       FROM services WHERE (tenant, service, env) >= ($1, $2, $3) \
+                         AND (tenant, service, env) <= ($4, $5, $6)"
+        .into(),
+    all_health: "SELECT route_id::text AS id, state, last_online_at FROM route_health \
+                 WHERE state <> 'stopped'"
         .into(),
     route_health: "SELECT state, failures::int8 AS failures, last_error, checked_at, \
                    last_online_at FROM route_health WHERE route_id = $1"

@@ -192,6 +192,11 @@ pub(crate) struct Statements {
     pub(crate) checked_routes: String,
     /// The routes with a health that is not `stopped`: id, key, state.
     pub(crate) health_not_stopped: String,
+    /// The services from one key to another (both included, three values each), as
+    /// a page of a full load reads them.
+    pub(crate) services_between: String,
+    /// Every kept health other than `stopped`: route id, state, last online.
+    pub(crate) all_health: String,
     /// A route's kept health (route id).
     pub(crate) route_health: String,
     /// The health of every active route that has one, with its key: for the metric.

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 
 use crate::history::{rollback_target, StateEntry, Target};
 use crate::row::{
-    accepted, audit_json, routes, AuditRow, LoadedRow, RouteRow, ServiceRow, StateRow,
+    accepted, audit_json, routes, AuditRow, LoadedRow, RouteRow, ServedRow, ServiceRow, StateRow,
 };
 use crate::{
     check_access, ActivePage, Actor, AuditAction, AuditEntry, AuditFilter, ExpectedRevisions,
@@ -400,6 +400,26 @@ async fn import_chunk<B: Backend>(
     write_events::<B>(conn, &events).await
 }
 
+/// A kept health, as a full load reads it.
+#[derive(Debug, sqlx::FromRow)]
+struct KeptHealthRow {
+    id: String,
+    state: String,
+    last_online_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl KeptHealthRow {
+    fn parse(self) -> Option<(RouteId, tm_domain::Health)> {
+        let health = tm_domain::Health {
+            healthy: self.state != "degraded",
+            last_healthy: self.last_online_at.map_or(0, |at| {
+                u32::try_from(at.timestamp().max(1)).unwrap_or(u32::MAX)
+            }),
+        };
+        Some((self.id.parse().ok()?, health))
+    }
+}
+
 /// The facts of the services `keys` that have a row.
 async fn services_of<B: Backend>(
     conn: &mut Conn<B>,
@@ -589,6 +609,13 @@ impl<B: Backend> RouteStore for B {
         Ok(found)
     }
 
+    async fn kept_health(&self) -> Result<HashMap<RouteId, tm_domain::Health>, StoreError> {
+        let mut conn = self.reader(ReadFrom::Primary).0.acquire().await?;
+        let rows: Vec<KeptHealthRow> =
+            B::fetch_all(&mut conn, &B::sql().all_health, Vec::new()).await?;
+        Ok(rows.into_iter().filter_map(KeptHealthRow::parse).collect())
+    }
+
     async fn active_routes_page(
         &self,
         after: Option<&LoadCursor>,
@@ -596,7 +623,7 @@ impl<B: Backend> RouteStore for B {
     ) -> Result<ActivePage, StoreError> {
         let pool = self.reader(ReadFrom::Primary).0;
         let mut conn = pool.acquire().await?;
-        let rows: Vec<LoadedRow> = match after {
+        let rows: Vec<ServedRow> = match after {
             None => {
                 let values = vec![Value::Int(i64::from(limit))];
                 B::fetch_all(&mut conn, &B::sql().active_routes_first, values).await?
@@ -617,13 +644,26 @@ impl<B: Backend> RouteStore for B {
             Some(last) if rows.len() >= limit as usize => Some(last.load_cursor()),
             _ => None,
         };
-        let routes: Vec<ServedRoute> = accepted(rows, &pool.counters().rejected_rows);
-        let mut groups: Vec<GroupKey> = routes.iter().map(ServedRoute::group).collect();
-        groups.dedup();
+        // The page's services, read as one range of the services' key (the rows are in
+        // key order): a lookup per service would cost more than the page itself.
+        let range = rows.first().zip(rows.last()).map(|(first, last)| {
+            let (a, b) = (first.load_cursor(), last.load_cursor());
+            vec![
+                Value::String(Some(a.tenant)),
+                Value::String(Some(a.service)),
+                Value::String(Some(a.env)),
+                Value::String(Some(b.tenant)),
+                Value::String(Some(b.service)),
+                Value::String(Some(b.env)),
+            ]
+        });
         let mut services = HashMap::new();
-        for chunk in groups.chunks(B::GROUPS_PER_QUERY) {
-            services.extend(services_of::<B>(&mut conn, chunk).await?);
+        if let Some(values) = range {
+            let rows: Vec<ServiceRow> =
+                B::fetch_all(&mut conn, &B::sql().services_between, values).await?;
+            services.extend(rows.into_iter().filter_map(ServiceRow::facts));
         }
+        let routes: Vec<ServedRoute> = accepted(rows, &pool.counters().rejected_rows);
         Ok(ActivePage {
             routes,
             services,

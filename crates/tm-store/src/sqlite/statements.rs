@@ -18,6 +18,10 @@ pub(super) const SERVED_COLUMNS: &str =
 /// `routes` with each route's health, if it is checked.
 pub(super) const SERVED_FROM: &str = "routes LEFT JOIN route_health h ON h.route_id = routes.id";
 
+/// The columns of `routes` a full load reads (health comes from one read of
+/// `route_health` for the whole load).
+const LOADED_COLUMNS: &str = "id, tenant, service, env, version, url, weight, revision";
+
 const WEBHOOK_COLUMNS: &str =
     "id, tenant, url, event_types, description, sealed_secret, created_at";
 const KEY_COLUMNS: &str = "id, name, role, tenant, secret_hash, created_at";
@@ -56,11 +60,11 @@ pub(super) static STATEMENTS: LazyLock<Statements> = LazyLock::new(|| {
              ORDER BY id LIMIT ?6"
         ),
         active_routes_first: format!(
-            "SELECT {SERVED_COLUMNS} FROM {SERVED_FROM} WHERE active = 1 \
+            "SELECT {LOADED_COLUMNS} FROM routes WHERE active = 1 \
              ORDER BY tenant, service, env, version LIMIT ?1"
         ),
         active_routes_after: format!(
-            "SELECT {SERVED_COLUMNS} FROM {SERVED_FROM} WHERE active = 1 \
+            "SELECT {LOADED_COLUMNS} FROM routes WHERE active = 1 \
              AND (tenant, service, env, version) > (?1, ?2, ?3, ?4) \
              ORDER BY tenant, service, env, version LIMIT ?5"
         ),
@@ -99,6 +103,13 @@ pub(super) static STATEMENTS: LazyLock<Statements> = LazyLock::new(|| {
         health_not_stopped: "SELECT h.route_id AS id, r.tenant, r.service, r.env, r.version, \
                              h.state FROM route_health h JOIN routes r ON r.id = h.route_id \
                              WHERE h.state <> 'stopped'"
+            .into(),
+        services_between: "SELECT tenant, service, env, generation, policy FROM services \
+                           WHERE (tenant, service, env) >= (?1, ?2, ?3) \
+                             AND (tenant, service, env) <= (?4, ?5, ?6)"
+            .into(),
+        all_health: "SELECT route_id AS id, state, last_online_at FROM route_health \
+                     WHERE state <> 'stopped'"
             .into(),
         route_health: "SELECT state, failures, last_error, checked_at, last_online_at \
                        FROM route_health WHERE route_id = ?1"
