@@ -105,12 +105,13 @@ pub(super) static STATEMENTS: LazyLock<Statements> = LazyLock::new(|| Statements
         "tenant = $1 AND ($2::text IS NULL OR service = $2) AND ($3::text IS NULL OR env = $3)",
     ),
     audit_after_in_service: audit_after("tenant = $1 AND service = $2 AND env = $3"),
-    next_generation: "UPDATE services SET generation = generation + 1 \
-                      WHERE tenant = $1 AND service = $2 AND env = $3 RETURNING generation"
-        .into(),
-    active_versions: "SELECT version FROM routes \
-                      WHERE tenant = $1 AND service = $2 AND env = $3 AND active \
-                      ORDER BY version"
+    bump_service: "INSERT INTO services (tenant, service, env, generation) VALUES ($1, $2, $3, 1) \
+                   ON CONFLICT (tenant, service, env) \
+                   DO UPDATE SET generation = services.generation + 1 \
+                   RETURNING generation, CASE WHEN $4::bool THEN COALESCE( \
+                     (SELECT json_agg(version ORDER BY version)::text FROM routes \
+                      WHERE tenant = $1 AND service = $2 AND env = $3 AND active), '[]') \
+                   END AS active_versions"
         .into(),
     service_policy: "SELECT generation, policy::text AS policy FROM services \
                      WHERE tenant = $1 AND service = $2 AND env = $3"

@@ -178,10 +178,10 @@ pub(crate) struct Statements {
     pub(crate) audit_after_in_tenant: String,
     /// The same, of one service (tenant, service and env given).
     pub(crate) audit_after_in_service: String,
-    /// Moves a service's (tenant, service, env) generation on and returns it.
-    pub(crate) next_generation: String,
-    /// The active versions of a service (tenant, service, env), in order.
-    pub(crate) active_versions: String,
+    /// Moves a service's (tenant, service, env) generation on, making its row (and so
+    /// locking it) if need be, and returns it; with the fourth value true, also the
+    /// service's active versions (as the transaction sees them), in order, as JSON.
+    pub(crate) bump_service: String,
     /// A service's (tenant, service, env) generation and policy.
     pub(crate) service_policy: String,
     /// Sets a locked service's (tenant, service, env) policy (JSON or null) and moves its

@@ -178,27 +178,21 @@ pub(super) async fn lock_service<B: Backend>(
     Ok(())
 }
 
-/// Moves the generation of the locked service `key` on; the new one.
-async fn next_generation<B: Backend>(
+/// Moves the generation of the service `key` on (locking its row, made if need be, until
+/// the transaction ends); the new one and, when `with_active`, the service's active
+/// versions as a JSON array, in one statement.
+pub(super) async fn bump_service<B: Backend>(
     conn: &mut Conn<B>,
     key: &GroupKey,
-) -> Result<i64, StoreError> {
-    let rows: Vec<(i64,)> =
-        B::fetch_all(conn, &B::sql().next_generation, group_values(key)).await?;
-    rows.first()
-        .map(|(generation,)| *generation)
-        .ok_or_else(|| StoreError::Corrupt(format!("service {key:?} was not locked")))
-}
-
-/// The active versions of the service `key`, in order, as a JSON array.
-async fn active_versions<B: Backend>(
-    conn: &mut Conn<B>,
-    key: &GroupKey,
-) -> Result<String, StoreError> {
-    let rows: Vec<(String,)> =
-        B::fetch_all(conn, &B::sql().active_versions, group_values(key)).await?;
-    let versions: Vec<String> = rows.into_iter().map(|(v,)| v).collect();
-    Ok(serde_json::to_string(&versions).expect("strings always serialize"))
+    with_active: bool,
+) -> Result<(i64, Option<String>), StoreError> {
+    let mut values = group_values(key);
+    values.push(Value::Bool(with_active));
+    let rows: Vec<(i64, Option<String>)> =
+        B::fetch_all(conn, &B::sql().bump_service, values).await?;
+    rows.into_iter()
+        .next()
+        .ok_or_else(|| StoreError::Corrupt(format!("service {key:?} has no row")))
 }
 
 /// Records a change of one route of a locked service: moves the service's generation
@@ -211,12 +205,8 @@ async fn record<B: Backend>(
     after: Option<&Route>,
 ) -> Result<(), StoreError> {
     let key = after.or(before).expect("a change has a route").group();
-    let generation = next_generation::<B>(conn, &key).await?;
-    let active_after = if changes_activation(before, after) {
-        Some(active_versions::<B>(conn, &key).await?)
-    } else {
-        None
-    };
+    let (generation, active_after) =
+        bump_service::<B>(conn, &key, changes_activation(before, after)).await?;
     Audit {
         actor,
         action,
@@ -318,15 +308,19 @@ async fn lock_services<B: Backend>(
         })
         .collect();
     let rows: Vec<(String, String, String, i64)> = B::fetch_all(conn, &sql, values).await?;
+    let generations: HashMap<(String, String, String), i64> = rows
+        .into_iter()
+        .map(|(t, s, e, generation)| ((t, s, e), generation))
+        .collect();
     Ok(services
         .into_iter()
         .map(|key| {
-            let generation = rows
-                .iter()
-                .find(|(t, s, e, _)| {
-                    t == key.tenant.as_str() && s == key.service.as_str() && e == key.env.as_str()
-                })
-                .map_or(1, |(_, _, _, generation)| *generation);
+            let named = (
+                key.tenant.to_string(),
+                key.service.to_string(),
+                key.env.to_string(),
+            );
+            let generation = generations.get(&named).copied().unwrap_or(1);
             (key, generation)
         })
         .collect())
@@ -340,23 +334,30 @@ async fn import_chunk<B: Backend>(
     actor: &Actor,
     at: chrono::DateTime<chrono::Utc>,
 ) -> Result<(), StoreError> {
-    let services = lock_services::<B>(conn, chunk).await?;
-    let generation_of = |route: &Route| {
-        services
-            .iter()
-            .find(|(key, _)| *key == route.group())
-            .map_or(1, |(_, generation)| *generation)
-    };
+    let services: HashMap<GroupKey, i64> =
+        lock_services::<B>(conn, chunk).await?.into_iter().collect();
     let sql = insert_sql::<B>("routes", &ROUTE_COLUMNS, &[], chunk.len(), "");
     let values = chunk.iter().flat_map(route_values).collect();
     B::execute(conn, &sql, values).await.map_err(conflict_or)?;
 
-    let activated: Vec<GroupKey> = services
+    // Each route's service, and the last route of each service in the chunk (which
+    // records the service's active versions): maps, as a chunk holds a thousand routes.
+    let keys: Vec<GroupKey> = chunk.iter().map(Route::group).collect();
+    let last_of: HashMap<&GroupKey, usize> = keys.iter().enumerate().map(|(i, k)| (k, i)).collect();
+    let mut activated: Vec<GroupKey> = chunk
         .iter()
-        .map(|(key, _)| key)
-        .filter(|key| chunk.iter().any(|r| r.active && r.group() == **key))
-        .cloned()
+        .zip(&keys)
+        .filter(|(r, _)| r.active)
+        .map(|(_, k)| k.clone())
         .collect();
+    activated.sort_by(|a, b| {
+        (a.tenant.as_str(), a.service.as_str(), a.env.as_str()).cmp(&(
+            b.tenant.as_str(),
+            b.service.as_str(),
+            b.env.as_str(),
+        ))
+    });
+    activated.dedup();
     let mut active: HashMap<GroupKey, Vec<String>> = HashMap::new();
     for batch in activated.chunks(B::GROUPS_PER_QUERY) {
         let (sql, values) = B::active_routes_in(batch);
@@ -370,13 +371,12 @@ async fn import_chunk<B: Backend>(
     }
     let audits: Vec<Audit<'_>> = chunk
         .iter()
+        .zip(&keys)
         .enumerate()
-        .map(|(i, r)| {
-            let key = r.group();
-            let last_of_service = !chunk[i + 1..].iter().any(|later| later.group() == key);
+        .map(|(i, (r, key))| {
             let active_after = active
-                .get(&key)
-                .filter(|_| last_of_service)
+                .get(key)
+                .filter(|_| last_of.get(key) == Some(&i))
                 .map(|versions| {
                     let mut versions = versions.clone();
                     versions.sort();
@@ -387,7 +387,7 @@ async fn import_chunk<B: Backend>(
                 action: AuditAction::Create,
                 before: None,
                 after: Some(r),
-                generation: generation_of(r),
+                generation: services.get(key).copied().unwrap_or(1),
                 active_after,
                 rollback_to: None,
             }
@@ -465,7 +465,8 @@ impl<B: Backend> RouteStore for B {
         );
         self.writer()
             .transaction(async |conn: &mut Conn<B>| {
-                lock_service::<B>(conn, &route.group()).await?;
+                // A new route takes no lock another write waits on: the service's row is
+                // locked by the record that follows (services before routes holds).
                 let inserted = B::execute(conn, &sql, route_values(&route))
                     .await
                     .map_err(conflict_or)?;
@@ -752,7 +753,7 @@ impl<B: Backend> RouteStore for B {
                         target.id
                     )));
                 }
-                let generation = next_generation::<B>(conn, service).await?;
+                let (generation, _) = bump_service::<B>(conn, service, false).await?;
                 let active_after =
                     serde_json::to_string(&target.active).expect("strings always serialize");
                 for (before, after) in &switched {

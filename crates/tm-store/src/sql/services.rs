@@ -275,9 +275,8 @@ impl<B: Backend> ServiceStore for B {
                 let service = key.group();
                 lock_service::<B>(conn, &service).await?;
                 upsert_health::<B>(conn, id, health).await?;
-                let rows: Vec<(i64,)> =
-                    B::fetch_all(conn, &B::sql().next_generation, group_values(&service)).await?;
-                let generation = rows.first().map_or(0, |(g,)| *g);
+                let (generation, _) =
+                    super::routes::bump_service::<B>(conn, &service, false).await?;
                 let sql = insert_sql::<B>(
                     "audit_log",
                     &HEALTH_AUDIT_COLUMNS,

@@ -79,12 +79,13 @@ pub(super) static STATEMENTS: LazyLock<Statements> = LazyLock::new(|| {
             "tenant = ?1 AND (?2 IS NULL OR service = ?2) AND (?3 IS NULL OR env = ?3)",
         ),
         audit_after_in_service: audit_after("tenant = ?1 AND service = ?2 AND env = ?3"),
-        next_generation: "UPDATE services SET generation = generation + 1 \
-                          WHERE tenant = ?1 AND service = ?2 AND env = ?3 RETURNING generation"
-            .into(),
-        active_versions: "SELECT version FROM routes \
+        bump_service: "INSERT INTO services (tenant, service, env, generation) \
+                       VALUES (?1, ?2, ?3, 1) ON CONFLICT (tenant, service, env) \
+                       DO UPDATE SET generation = services.generation + 1 \
+                       RETURNING generation, CASE WHEN ?4 THEN \
+                         (SELECT json_group_array(version) FROM (SELECT version FROM routes \
                           WHERE tenant = ?1 AND service = ?2 AND env = ?3 AND active = 1 \
-                          ORDER BY version"
+                          ORDER BY version)) END AS active_versions"
             .into(),
         service_policy: "SELECT generation, policy FROM services \
                          WHERE tenant = ?1 AND service = ?2 AND env = ?3"
