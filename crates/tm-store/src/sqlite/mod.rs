@@ -130,29 +130,30 @@ impl Backend for SqliteStore {
     }
 
     fn active_routes_in(groups: &[GroupKey]) -> (Cow<'static, str>, Vec<Value<'_>>) {
-        let (tuples, values) = group_tuples(groups);
+        let (from, values) = groups_then(groups, "routes");
         let sql = format!(
-            "SELECT {} FROM routes WHERE active = 1 AND (tenant, service, env) IN ({tuples})",
-            statements::ROUTE_COLUMNS
+            "SELECT {} FROM {from} WHERE routes.active = 1 AND {}",
+            statements::ROUTE_COLUMNS,
+            in_group("routes")
         );
         (Cow::Owned(sql), values)
     }
 
     fn served_in(groups: &[GroupKey]) -> (Cow<'static, str>, Vec<Value<'_>>) {
-        let (tuples, values) = group_tuples(groups);
+        let (from, values) = groups_then(groups, statements::SERVED_FROM);
         let sql = format!(
-            "SELECT {} FROM {} WHERE active = 1 AND (tenant, service, env) IN ({tuples})",
+            "SELECT {} FROM {from} WHERE routes.active = 1 AND {}",
             statements::SERVED_COLUMNS,
-            statements::SERVED_FROM
+            in_group("routes")
         );
         (Cow::Owned(sql), values)
     }
 
     fn services_in(groups: &[GroupKey]) -> (Cow<'static, str>, Vec<Value<'_>>) {
-        let (tuples, values) = group_tuples(groups);
+        let (from, values) = groups_then(groups, "services");
         let sql = format!(
-            "SELECT tenant, service, env, generation, policy FROM services \
-             WHERE (tenant, service, env) IN ({tuples})"
+            "SELECT tenant, service, env, generation, policy FROM {from} WHERE {}",
+            in_group("services")
         );
         (Cow::Owned(sql), values)
     }
@@ -198,15 +199,24 @@ impl ChangeFeed for SqliteStore {
     }
 }
 
-/// `(?, ?, ?), …` for `groups`, and their values.
-fn group_tuples(groups: &[GroupKey]) -> (String, Vec<Value<'_>>) {
+/// `groups` as a table of values `g`, cross-joined with `table`, and its values. The
+/// groups come first in the join so that each is looked up by the table's key; SQLite
+/// answers `(tenant, service, env) IN (<row values>)` by scanning the whole table.
+fn groups_then<'a>(groups: &'a [GroupKey], table: &str) -> (String, Vec<Value<'a>>) {
     let tuples = vec!["(?, ?, ?)"; groups.len()].join(", ");
     let values = groups
         .iter()
         .flat_map(|k| [k.tenant.as_str(), k.service.as_str(), k.env.as_str()])
         .map(Value::Text)
         .collect();
-    (tuples, values)
+    (format!("(VALUES {tuples}) AS g CROSS JOIN {table}"), values)
+}
+
+/// The condition joining `table`'s rows to the groups of [`groups_then`].
+fn in_group(table: &str) -> String {
+    format!(
+        "{table}.tenant = g.column1 AND {table}.service = g.column2 AND {table}.env = g.column3"
+    )
 }
 
 #[async_trait]
@@ -238,5 +248,71 @@ impl StoreOps for SqliteStore {
     #[cfg(feature = "test-support")]
     fn as_any(&self) -> &dyn std::any::Any {
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What SQLite plans for `sql` with `values`: one line per step.
+    async fn plan(store: &SqliteStore, sql: &str, values: Vec<Value<'_>>) -> Vec<String> {
+        let mut conn = store.reader.pool.acquire().await.expect("a connection");
+        let explain = format!("EXPLAIN QUERY PLAN {sql}");
+        let rows: Vec<(i64, i64, i64, String)> =
+            sqlx::query_as_with(&explain, arguments(values).expect("binds"))
+                .fetch_all(&mut *conn)
+                .await
+                .expect("planned");
+        rows.into_iter().map(|(_, _, _, step)| step).collect()
+    }
+
+    /// Reading some groups' routes or services looks each group up by its key: a write's
+    /// snapshot refresh and an import read a few groups out of millions.
+    #[tokio::test]
+    async fn reads_of_some_groups_look_each_up_rather_than_scan_the_table() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let raw = tm_config::RawConfig {
+            process: tm_config::ProcessRaw {
+                data_dir: dir.path().into(),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let config = tm_config::Config::try_from(raw).expect("valid");
+        let sqlite = SqliteConfig {
+            path: dir.path().join("plan.db"),
+            synchronous: SqliteSynchronous::Normal,
+        };
+        let store = SqliteStore::connect(&sqlite, &config.pool, StoreCounters::default())
+            .await
+            .expect("opens");
+        let groups: Vec<GroupKey> = (0..3)
+            .map(|i| GroupKey {
+                tenant: tm_domain::TenantId::parse("acme").expect("valid"),
+                service: tm_domain::ServiceName::parse(&format!("svc-{i}")).expect("valid"),
+                env: tm_domain::EnvName::parse("prod").expect("valid"),
+            })
+            .collect();
+        for (name, (sql, values)) in [
+            ("active_routes_in", SqliteStore::active_routes_in(&groups)),
+            ("served_in", SqliteStore::served_in(&groups)),
+            ("services_in", SqliteStore::services_in(&groups)),
+        ] {
+            let steps = plan(&store, &sql, values).await;
+            for table in ["routes", "services", "route_health"] {
+                assert!(
+                    !steps
+                        .iter()
+                        .any(|step| step.starts_with(&format!("SCAN {table}"))),
+                    "{name} scans {table}: {steps:?}"
+                );
+            }
+            assert!(
+                steps.iter().any(|step| step.starts_with("SEARCH")),
+                "{name} looks nothing up: {steps:?}"
+            );
+        }
+        store.close().await;
     }
 }
