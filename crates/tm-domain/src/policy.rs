@@ -198,7 +198,7 @@ impl HealthCheck {
         let bad = |why: &str| Err(DomainError::invalid(why.to_owned()));
         if self.protocol != ProbeProtocol::Tcp {
             if !self.path.starts_with('/')
-                || self.path.len() > 512
+                || self.path.chars().count() > 512
                 || self
                     .path
                     .chars()

@@ -7,24 +7,27 @@ use axum::Json;
 use serde::Serialize;
 use serde_json::Value;
 use tm_domain::{ActiveRoute, Outcome, Pick, RoutingSnapshot};
+use utoipa::ToSchema;
 
 use crate::auth::Caller;
 use crate::resolve::checked_query;
 use crate::{ApiError, AppState};
 
-/// How resolve chooses for a service.
-#[derive(Serialize)]
-struct Explanation {
+/// How resolve chooses for a service (`resolve?explain=true`).
+#[derive(Serialize, ToSchema)]
+pub(crate) struct Explanation {
     tenant: String,
     service: String,
     env: String,
     /// The service's resolve policy (`healthy_only`, `healthy_or_all`, `last_known_good`);
     /// null when no version is active.
+    #[schema(required = true, value_type = Option<tm_domain::ResolvePolicy>)]
     policy: Option<&'static str>,
     /// Which versions serve, and why.
     decision: String,
     /// The service's generation in this instance's snapshot; null when no version is
     /// active.
+    #[schema(required = true)]
     generation: Option<u64>,
     snapshot: SnapshotFacts,
     /// Every active version, in version order.
@@ -33,20 +36,25 @@ struct Explanation {
     pick: PickView,
     /// The answer resolve gives for this request now (for a random pick, one draw); null
     /// when it answers 404 or 503.
+    #[schema(required = true, value_type = Option<crate::openapi::ResolveAnswerDoc>)]
     answer: Option<Value>,
 }
 
-#[derive(Serialize)]
-struct SnapshotFacts {
+/// The snapshot an explanation is read from.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct SnapshotFacts {
     /// Seconds since the snapshot was last known to match the store.
     age_seconds: f64,
     /// Active routes it holds.
     routes: usize,
 }
 
-#[derive(Serialize)]
-struct CandidateView {
+/// An active version, as resolve sees it.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Candidate)]
+pub(crate) struct CandidateView {
     version: String,
+    #[schema(value_type = tm_domain::UpstreamUrl)]
     url: Value,
     weight: u8,
     healthy: bool,
@@ -55,28 +63,37 @@ struct CandidateView {
     tier: u8,
     min_healthy: u8,
     /// When it was last seen healthy (Unix seconds); null if never, or not checked.
+    #[schema(required = true)]
     last_healthy_at: Option<u32>,
     /// Whether a pick without `version` may choose it.
     serves: bool,
 }
 
-#[derive(Serialize)]
-struct PickView {
+/// How a request's pick is made.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Pick)]
+pub(crate) struct PickView {
     /// `version` (asked for by name), `sticky` (by `key`) or `random` (by weight).
+    #[schema(value_type = String, pattern = "^(version|sticky|random)$")]
     by: &'static str,
+    /// The sticky key, for a sticky pick.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     key: Option<String>,
     /// For a sticky pick: each serving version's rendezvous score for the key; the highest
     /// is the key's version (its bucket).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     scores: Option<Vec<Score>>,
     /// The version chosen: the sticky key's, or the one asked for; null for a random pick
     /// or when none can be.
+    #[schema(required = true)]
     version: Option<String>,
 }
 
-#[derive(Serialize)]
-struct Score {
+/// A version's rendezvous score for a sticky key.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct Score {
     version: String,
     score: f64,
 }

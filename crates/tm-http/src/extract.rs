@@ -171,6 +171,19 @@ where
     deserializer.deserialize_any(Integer).map(Some)
 }
 
+/// [`integer`], with `null` read as absent: for optional fields whose `null` means
+/// "the default".
+pub(crate) fn nullable_integer<'de, D>(deserializer: D) -> Result<Option<i64>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    #[derive(serde::Deserialize)]
+    #[serde(transparent)]
+    struct Whole(#[serde(deserialize_with = "integer")] Option<i64>);
+
+    Ok(<Option<Whole> as serde::Deserialize>::deserialize(deserializer)?.and_then(|w| w.0))
+}
+
 /// A query string of type `T` (which should deny unknown fields). Anything unreadable —
 /// unknown or repeated parameters, values of the wrong type — is a 400.
 pub struct ApiQuery<T>(pub T);
@@ -346,6 +359,31 @@ mod tests {
             br#"{"n":null}"#,
             br#"{"n":true}"#,
         ] {
+            let Err(ApiError::Invalid(errors)) = parse_json::<Body>(raw) else {
+                panic!("{} must be a 422", String::from_utf8_lossy(raw));
+            };
+            assert_eq!(errors.0[0].field, "n");
+        }
+    }
+
+    #[test]
+    fn nullable_integers_read_null_as_absent_and_nothing_else() {
+        #[derive(serde::Deserialize, Debug)]
+        #[serde(deny_unknown_fields)]
+        struct Body {
+            #[serde(default, deserialize_with = "nullable_integer")]
+            n: Option<i64>,
+        }
+        for (raw, n) in [
+            (&br#"{"n":25}"#[..], Some(25)),
+            (br#"{"n":25.0}"#, Some(25)),
+            (br#"{"n":null}"#, None),
+            (br#"{}"#, None),
+        ] {
+            let body: Body = parse_json(raw).expect("an integer or nothing");
+            assert_eq!(body.n, n, "{}", String::from_utf8_lossy(raw));
+        }
+        for raw in [&br#"{"n":2.5}"#[..], br#"{"n":"7"}"#, br#"{"n":[]}"#] {
             let Err(ApiError::Invalid(errors)) = parse_json::<Body>(raw) else {
                 panic!("{} must be a 422", String::from_utf8_lossy(raw));
             };

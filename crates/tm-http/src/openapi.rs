@@ -6,9 +6,9 @@ use axum::Json;
 use serde::Serialize;
 use tm_domain::{EventType, FieldError, Role, Route};
 use utoipa::openapi::header::HeaderBuilder;
-use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+use utoipa::openapi::schema::{ArrayItems, ObjectBuilder, OneOfBuilder, Schema, SchemaType, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::openapi::RefOr;
+use utoipa::openapi::{Ref, RefOr};
 use utoipa::{Modify, OpenApi, ToSchema};
 
 use crate::{dlq, events, history, keys, resolve, routes, services, watch, webhooks};
@@ -40,6 +40,16 @@ pub struct ResolveAnswerDoc {
     pub version: String,
     #[schema(value_type = tm_domain::UpstreamUrl)]
     pub url: String,
+}
+
+/// What resolve answers: where to call, or with `explain=true`, how it chooses.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+#[schema(as = Resolved)]
+#[expect(dead_code, reason = "only documents a response")]
+pub enum ResolvedDoc {
+    Answer(ResolveAnswerDoc),
+    Explanation(crate::explain::Explanation),
 }
 
 /// One page of routes.
@@ -196,9 +206,11 @@ pub struct AuditEntryDoc {
 #[derive(Serialize, ToSchema)]
 #[schema(as = FieldChange)]
 pub struct FieldChangeDoc {
-    #[schema(value_type = Object)]
+    /// Any JSON value (`null` when the field was absent).
+    #[schema(value_type = Value)]
     pub from: serde_json::Value,
-    #[schema(value_type = Object)]
+    /// Any JSON value (`null` when the field is gone).
+    #[schema(value_type = Value)]
     pub to: serde_json::Value,
 }
 
@@ -643,8 +655,18 @@ impl Modify for CommonHeaders {
 
 /// What the derive cannot say: `RoutePatch` needs at least one property (utoipa 5.5
 /// writes its `min_properties` as `maxProperties`); a new webhook's `event_types` names
-/// each type once.
+/// each type once; a policy's `version_health_checks` is keyed by version names, each
+/// a `HealthCheck` or null; a failover tier names versions, each once; a health check's
+/// `expected_status` holds status ranges.
 struct Constraints;
+
+/// An array's items: strings matching `pattern`.
+fn string_items(pattern: &str) -> ArrayItems {
+    let item = ObjectBuilder::new()
+        .schema_type(Type::String)
+        .pattern(Some(pattern));
+    ArrayItems::RefOrSchema(Box::new(RefOr::T(item.into())))
+}
 
 impl Modify for Constraints {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
@@ -655,6 +677,40 @@ impl Modify for Constraints {
         if let Some(RefOr::T(Schema::Object(patch))) = schemas.get_mut("RoutePatch") {
             patch.min_properties = Some(1);
             patch.max_properties = None;
+        }
+        if let Some(RefOr::T(Schema::Object(policy))) = schemas.get_mut("NewServicePolicy") {
+            let check = OneOfBuilder::new()
+                .item(ObjectBuilder::new().schema_type(Type::Null))
+                .item(Ref::from_schema_name("HealthCheck"));
+            let checks = ObjectBuilder::new()
+                .schema_type(SchemaType::from_iter([Type::Object, Type::Null]))
+                .description(Some(
+                    "Per version (the keys are versions), its own check, or `null` for none, \
+                     whatever `health_check` says; at most 64 versions.",
+                ))
+                .property_names(Some(
+                    ObjectBuilder::new()
+                        .schema_type(Type::String)
+                        .pattern(Some(tm_domain::IDENTIFIER_PATTERN)),
+                ))
+                .max_properties(Some(64))
+                .additional_properties(Some(Schema::OneOf(check.build())));
+            policy
+                .properties
+                .insert("version_health_checks".to_owned(), RefOr::T(checks.into()));
+        }
+        if let Some(RefOr::T(Schema::Object(tier))) = schemas.get_mut("FailoverTier") {
+            if let Some(RefOr::T(Schema::Array(versions))) = tier.properties.get_mut("versions") {
+                versions.items = string_items(tm_domain::IDENTIFIER_PATTERN);
+                versions.unique_items = true;
+            }
+        }
+        if let Some(RefOr::T(Schema::Object(check))) = schemas.get_mut("HealthCheck") {
+            if let Some(RefOr::T(Schema::Array(ranges))) =
+                check.properties.get_mut("expected_status")
+            {
+                ranges.items = string_items("^[1-5][0-9]{2}(-[1-5][0-9]{2})?$");
+            }
         }
         if let Some(RefOr::T(Schema::Object(webhook))) = schemas.get_mut("NewWebhook") {
             if let Some(RefOr::T(Schema::Array(types))) = webhook.properties.get_mut("event_types")
@@ -699,7 +755,7 @@ impl Modify for Constraints {
         webhooks::get,
         webhooks::delete,
     ),
-    components(schemas(ProblemDoc, FieldError, Route, ResolveAnswerDoc, RouteListDoc, KeyDoc, CreatedKeyDoc, KeyListDoc, NewKeyDoc, Role, EventDoc, EventListDoc, EventType, DeadJobDoc, DeadJobListDoc, PurgedDoc, WebhookDoc, CreatedWebhookDoc, WebhookListDoc, NewWebhookDoc, AuditEntryDoc, FieldChangeDoc, AuditListDoc, RolledBackDoc, history::ServiceBody, ServicePolicyDoc, FailoverTierDoc, HealthCheckDoc, services::PolicyBody, services::TierBody, services::CheckBody, WatchStateDoc, WatchedVersionDoc, RouteHealthDoc)),
+    components(schemas(ProblemDoc, FieldError, Route, ResolveAnswerDoc, ResolvedDoc, crate::explain::Explanation, crate::explain::SnapshotFacts, crate::explain::CandidateView, crate::explain::PickView, crate::explain::Score, RouteListDoc, KeyDoc, CreatedKeyDoc, KeyListDoc, NewKeyDoc, Role, EventDoc, EventListDoc, EventType, DeadJobDoc, DeadJobListDoc, PurgedDoc, WebhookDoc, CreatedWebhookDoc, WebhookListDoc, NewWebhookDoc, AuditEntryDoc, FieldChangeDoc, AuditListDoc, RolledBackDoc, history::ServiceBody, ServicePolicyDoc, FailoverTierDoc, HealthCheckDoc, services::PolicyBody, services::TierBody, services::CheckBody, WatchStateDoc, WatchedVersionDoc, RouteHealthDoc)),
     modifiers(&BearerAuth, &CommonHeaders, &Constraints),
     security(("bearer" = [])),
     tags((name = "routes", description = "Routes and resolution"), (name = "keys", description = "API keys"), (name = "events", description = "Change events"), (name = "jobs", description = "The job queue's dead-letter queue"), (name = "webhooks", description = "Webhook subscriptions"), (name = "history", description = "The audit log and rollback"), (name = "services", description = "Routing policies: health checks and failover")),

@@ -85,7 +85,7 @@ fn read_query(query: &str) -> Result<ResolveQuery<'_>, ApiError> {
     tag = "routes",
     params(ResolveQuery, crate::openapi::IfNoneMatch),
     responses(
-        (status = 200, description = "Where to call", body = crate::openapi::ResolveAnswerDoc,
+        (status = 200, description = "Where to call (a `ResolveAnswer`); with `explain=true`, how the choice is made (an `Explanation`)", body = crate::openapi::ResolvedDoc,
             headers(("ETag" = String, description = "Opaque strong validator"), ("Cache-Control" = String))),
         (status = 304, description = "Unchanged since the `If-None-Match` tag",
             headers(("ETag" = String, description = "Opaque strong validator"), ("Cache-Control" = String))),

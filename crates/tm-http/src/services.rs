@@ -27,26 +27,29 @@ pub struct CheckBody {
     protocol: ProbeProtocol,
     /// For HTTP(S): the path (and query) to GET; default `/`.
     #[serde(default)]
-    #[schema(max_length = 512)]
+    #[schema(
+        max_length = 512,
+        pattern = "^/[^\\s#\\u0000-\\u001f\\u007f-\\u009f]*$"
+    )]
     path: Option<String>,
     /// For HTTP(S): status ranges that count as healthy, like `200-299` or `204`; default
     /// `["200-299"]`.
     #[serde(default)]
-    #[schema(value_type = Option<Vec<String>>, max_items = 10)]
+    #[schema(value_type = Option<Vec<String>>, min_items = 1, max_items = 10)]
     expected_status: Option<Vec<String>>,
     /// Seconds between probes, 1 to 3600; default 10.
-    #[serde(default)]
-    #[schema(minimum = 1, maximum = 3600)]
-    interval_seconds: Option<u32>,
+    #[serde(default, deserialize_with = "crate::extract::nullable_integer")]
+    #[schema(value_type = Option<u32>, minimum = 1, maximum = 3600)]
+    interval_seconds: Option<i64>,
     /// Seconds a probe may take, 1 to 60 and at most the interval; default 2 (or the
     /// interval, if shorter).
-    #[serde(default)]
-    #[schema(minimum = 1, maximum = 60)]
-    timeout_seconds: Option<u32>,
+    #[serde(default, deserialize_with = "crate::extract::nullable_integer")]
+    #[schema(value_type = Option<u32>, minimum = 1, maximum = 60)]
+    timeout_seconds: Option<i64>,
     /// Failed probes in a row tolerated before the route is degraded, 0 to 10; default 2.
-    #[serde(default)]
-    #[schema(minimum = 0, maximum = 10)]
-    tolerated_failures: Option<u32>,
+    #[serde(default, deserialize_with = "crate::extract::nullable_integer")]
+    #[schema(value_type = Option<u32>, minimum = 0, maximum = 10)]
+    tolerated_failures: Option<i64>,
 }
 
 impl CheckBody {
@@ -61,14 +64,18 @@ impl CheckBody {
                 StatusRange::parse(&raw),
             )?);
         }
-        let interval = self.interval_seconds.unwrap_or(10);
+        // Out of range for the type: out of range for the check too, which says so.
+        let whole = |n: Option<i64>, default: u32| {
+            n.map_or(default, |n| u32::try_from(n).unwrap_or(u32::MAX))
+        };
+        let interval = whole(self.interval_seconds, 10);
         let check = HealthCheck {
             protocol: self.protocol,
             path: self.path.unwrap_or_else(|| "/".to_owned()),
             expected_status: ranges,
             interval_seconds: interval,
-            timeout_seconds: self.timeout_seconds.unwrap_or(2.min(interval)),
-            tolerated_failures: self.tolerated_failures.unwrap_or(2),
+            timeout_seconds: whole(self.timeout_seconds, 2.min(interval)),
+            tolerated_failures: whole(self.tolerated_failures, 2),
         };
         errors.check(field, check.check().map(|()| check))
     }
@@ -83,9 +90,9 @@ pub struct TierBody {
     #[schema(value_type = Vec<String>, min_items = 1, max_items = 64)]
     versions: Vec<String>,
     /// The fewest healthy versions for the tier to serve; default 1.
-    #[serde(default)]
-    #[schema(minimum = 1)]
-    min_healthy: Option<u8>,
+    #[serde(default, deserialize_with = "crate::extract::nullable_integer")]
+    #[schema(value_type = Option<u8>, minimum = 1)]
+    min_healthy: Option<i64>,
 }
 
 /// A service's routing policy, whole: what it replaces.
@@ -144,7 +151,8 @@ impl PolicyBody {
                 .collect();
             failover.push(FailoverTier {
                 versions,
-                min_healthy: tier.min_healthy.unwrap_or(1),
+                // Out of range: 0, which the chain's check refuses.
+                min_healthy: tier.min_healthy.map_or(1, |n| u8::try_from(n).unwrap_or(0)),
             });
         }
         let health_check = self

@@ -2,8 +2,8 @@
 
 `schema_valid_requests_are_accepted` stands in for schemathesis's
 `positive_data_acceptance`, which is excluded from the run: it is the same check, with
-two answers excused that depend on what the server holds rather than on the request's
-form, so that no schema can foretell them:
+the answers excused that depend on what the server holds or how it is configured,
+or on a relation between fields that JSON Schema cannot state:
 
 - 412 `stale-revision`: `If-Match` names a revision the route is not at. Which revision
   a route is at is state; the contract answers a stale precondition with 412.
@@ -11,8 +11,19 @@ form, so that no schema can foretell them:
   within 24 hours. Which requests a key was used for is state; generated keys repeat
   across requests, and the contract answers such a reuse with 422.
 
-Each is excused only with its own problem type: any other 412 or 422 answer to a
-schema-valid request still fails the run.
+- 422 `invalid-fields` on a new webhook's `url` alone, naming an internal address that
+  `TM_WEBHOOK_ALLOW_NETWORKS` does not allow. Which networks are allowed is the
+  server's configuration, and the run learns addresses such as a route's upstream
+  (private, as upstreams are) from the answers and reuses them.
+
+- 422 `invalid-fields` on a service policy, each error naming a relation between
+  fields: a probe's `timeout_seconds` above its `interval_seconds`, a status range
+  whose first status is above its last, a tier's `min_healthy` above the number of
+  versions it names, a version named in two tiers.
+
+Each is excused only with its own problem type (and the last two only for those
+fields and reasons): any other 412 or 422 answer to a schema-valid request still
+fails the run.
 
 The check is reached through schemathesis's own modules, as of the version the test
 command installs (4.32.5).
@@ -28,6 +39,19 @@ STATEFUL_ANSWERS = {
     412: PROBLEM + "stale-revision",
     422: PROBLEM + "idempotency-key-reused",
 }
+
+
+NETWORK_POLICY = "that TM_WEBHOOK_ALLOW_NETWORKS does not allow"
+
+# What the server says when a policy breaks a relation between fields. A status range
+# refusal reads the same for a malformed range, which the schema's pattern rules out:
+# a schema-valid request gets it only for a range that runs backwards.
+POLICY_RELATIONS = (
+    "at most interval_seconds",
+    "a status range is",
+    "min_healthy must be from 1 to the number of versions it names",
+    "is named twice in the failover chain",
+)
 
 
 def problem_type(response):
@@ -47,4 +71,38 @@ def schema_valid_requests_are_accepted(ctx, response, case):
         expected = STATEFUL_ANSWERS.get(response.status_code)
         if expected is not None and problem_type(response) == expected:
             return None
+        if refused_by_network_policy(case, response):
+            return None
+        if refused_for_a_relation(case, response):
+            return None
         raise
+
+
+def refused_by_network_policy(case, response):
+    """A new webhook refused only because its URL names an internal address."""
+    if case.method.upper() != "POST" or case.path != "/api/v1/webhooks":
+        return False
+    if response.status_code != 422:
+        return False
+    if problem_type(response) != PROBLEM + "invalid-fields":
+        return False
+    errors = response.json().get("errors") or []
+    return bool(errors) and all(
+        error.get("field") == "url" and error.get("message", "").endswith(NETWORK_POLICY)
+        for error in errors
+    )
+
+
+def refused_for_a_relation(case, response):
+    """A service policy refused only for relations between its fields."""
+    if case.method.upper() != "PUT" or case.path != "/api/v1/services/policy":
+        return False
+    if response.status_code != 422:
+        return False
+    if problem_type(response) != PROBLEM + "invalid-fields":
+        return False
+    errors = response.json().get("errors") or []
+    return bool(errors) and all(
+        any(relation in error.get("message", "") for relation in POLICY_RELATIONS)
+        for error in errors
+    )
