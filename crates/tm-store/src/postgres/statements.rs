@@ -122,8 +122,8 @@ pub(super) static STATEMENTS: LazyLock<Statements> = LazyLock::new(|| Statements
     checked_routes: "SELECT r.id::text AS id, r.tenant, r.service, r.env, r.version, r.url, \
                      s.policy::text AS policy, h.state AS health_state, \
                      h.failures::int8 AS failures, h.last_error, h.checked_at, h.last_online_at \
-                     FROM routes r JOIN services s \
-                       ON s.tenant = r.tenant AND s.service = r.service AND s.env = r.env \
+                     FROM services s JOIN routes r \
+                       ON r.tenant = s.tenant AND r.service = s.service AND r.env = s.env \
                      LEFT JOIN route_health h ON h.route_id = r.id \
                      WHERE r.active AND s.policy IS NOT NULL"
         .into(),

@@ -268,7 +268,8 @@ mod tests {
     }
 
     /// Reading some groups' routes or services looks each group up by its key: a write's
-    /// snapshot refresh and an import read a few groups out of millions.
+    /// snapshot refresh and an import read a few groups out of millions; so does the
+    /// probes' reading of the services with a policy.
     #[tokio::test]
     async fn reads_of_some_groups_look_each_up_rather_than_scan_the_table() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -313,6 +314,15 @@ mod tests {
                 "{name} looks nothing up: {steps:?}"
             );
         }
+        // The probes read the routes of the services with a policy, every interval.
+        let steps = plan(&store, &statements::STATEMENTS.checked_routes, Vec::new()).await;
+        assert!(
+            steps
+                .iter()
+                .filter(|step| step.starts_with("SCAN"))
+                .all(|step| step.ends_with("USING INDEX services_with_policy")),
+            "checked_routes scans more than the services with a policy: {steps:?}"
+        );
         store.close().await;
     }
 }

@@ -96,10 +96,10 @@ pub(super) static STATEMENTS: LazyLock<Statements> = LazyLock::new(|| {
         checked_routes: "SELECT r.id AS id, r.tenant, r.service, r.env, r.version, r.url, \
                          s.policy AS policy, h.state AS health_state, h.failures AS failures, \
                          h.last_error, h.checked_at, h.last_online_at \
-                         FROM routes r JOIN services s \
-                           ON s.tenant = r.tenant AND s.service = r.service AND s.env = r.env \
+                         FROM services s CROSS JOIN routes r \
                          LEFT JOIN route_health h ON h.route_id = r.id \
-                         WHERE r.active = 1 AND s.policy IS NOT NULL"
+                         WHERE s.policy IS NOT NULL AND r.tenant = s.tenant \
+                           AND r.service = s.service AND r.env = s.env AND r.active = 1"
             .into(),
         health_not_stopped: "SELECT h.route_id AS id, r.tenant, r.service, r.env, r.version, \
                              h.state FROM route_health h JOIN routes r ON r.id = h.route_id \
