@@ -302,7 +302,8 @@ pub(crate) trait Backend: Send + Sync + 'static {
     /// This backend's statements.
     fn sql() -> &'static Statements;
 
-    /// The placeholder of the `n`th bound value (from 1).
+    /// The placeholder of the `n`th bound value (from 1), in a statement that binds its
+    /// values in order, each once.
     fn placeholder(n: usize) -> String;
 
     /// The statement reading the active routes of `groups`, with its values.

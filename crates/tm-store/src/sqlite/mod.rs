@@ -125,8 +125,11 @@ impl Backend for SqliteStore {
         &statements::STATEMENTS
     }
 
-    fn placeholder(n: usize) -> String {
-        format!("?{n}")
+    /// Anonymous: values are bound in order. SQLite lists numbered placeholders, and the
+    /// driver asks each one's name by walking that list, which made a thousand-row
+    /// insert (ten thousand values) quadratic: 86% of an import's time.
+    fn placeholder(_n: usize) -> String {
+        "?".to_owned()
     }
 
     fn active_routes_in(groups: &[GroupKey]) -> (Cow<'static, str>, Vec<Value<'_>>) {
