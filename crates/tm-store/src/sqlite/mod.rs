@@ -271,8 +271,8 @@ mod tests {
     }
 
     /// Reading some groups' routes or services looks each group up by its key: a write's
-    /// snapshot refresh and an import read a few groups out of millions; so does the
-    /// probes' reading of the services with a policy.
+    /// snapshot refresh and an import read a few groups out of millions; the reads of
+    /// the checked routes start from the few that are.
     #[tokio::test]
     async fn reads_of_some_groups_look_each_up_rather_than_scan_the_table() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -317,15 +317,27 @@ mod tests {
                 "{name} looks nothing up: {steps:?}"
             );
         }
-        // The probes read the routes of the services with a policy, every interval.
-        let steps = plan(&store, &statements::STATEMENTS.checked_routes, Vec::new()).await;
-        assert!(
-            steps
-                .iter()
-                .filter(|step| step.starts_with("SCAN"))
-                .all(|step| step.ends_with("USING INDEX services_with_policy")),
-            "checked_routes scans more than the services with a policy: {steps:?}"
-        );
+        // What the probes and the health gauges read every few seconds: the checked
+        // routes, few among many, found from the health table or the services with a
+        // policy.
+        let sql = &statements::STATEMENTS;
+        for (name, statement) in [
+            ("checked_routes", &sql.checked_routes),
+            ("active_health", &sql.active_health),
+            ("health_not_stopped", &sql.health_not_stopped),
+            ("all_health", &sql.all_health),
+        ] {
+            let steps = plan(&store, statement, Vec::new()).await;
+            assert!(
+                steps
+                    .iter()
+                    .filter(|step| step.starts_with("SCAN"))
+                    .all(|step| step == "SCAN h"
+                        || step == "SCAN route_health"
+                        || step.ends_with("USING INDEX services_with_policy")),
+                "{name} scans more than the checked routes: {steps:?}"
+            );
+        }
         store.close().await;
     }
 }

@@ -116,7 +116,7 @@ pub(super) static STATEMENTS: LazyLock<Statements> = LazyLock::new(|| {
                        FROM route_health WHERE route_id = ?1"
             .into(),
         active_health: "SELECT r.tenant, r.service, r.env, r.version, h.state \
-                        FROM route_health h JOIN routes r ON r.id = h.route_id \
+                        FROM route_health h CROSS JOIN routes r ON r.id = h.route_id \
                         WHERE r.active = 1 AND h.state <> 'stopped' \
                         ORDER BY r.tenant, r.service, r.env, r.version"
             .into(),
