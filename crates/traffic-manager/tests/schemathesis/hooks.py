@@ -78,15 +78,20 @@ def schema_valid_requests_are_accepted(ctx, response, case):
         raise
 
 
+def field_errors(case, response, method, path):
+    """The field errors of a 422 `invalid-fields` answer to `method path`; [] otherwise."""
+    if case.method.upper() != method or case.path != path:
+        return []
+    if response.status_code != 422:
+        return []
+    if problem_type(response) != PROBLEM + "invalid-fields":
+        return []
+    return response.json().get("errors") or []
+
+
 def refused_by_network_policy(case, response):
     """A new webhook refused only because its URL names an internal address."""
-    if case.method.upper() != "POST" or case.path != "/api/v1/webhooks":
-        return False
-    if response.status_code != 422:
-        return False
-    if problem_type(response) != PROBLEM + "invalid-fields":
-        return False
-    errors = response.json().get("errors") or []
+    errors = field_errors(case, response, "POST", "/api/v1/webhooks")
     return bool(errors) and all(
         error.get("field") == "url" and error.get("message", "").endswith(NETWORK_POLICY)
         for error in errors
@@ -95,13 +100,7 @@ def refused_by_network_policy(case, response):
 
 def refused_for_a_relation(case, response):
     """A service policy refused only for relations between its fields."""
-    if case.method.upper() != "PUT" or case.path != "/api/v1/services/policy":
-        return False
-    if response.status_code != 422:
-        return False
-    if problem_type(response) != PROBLEM + "invalid-fields":
-        return False
-    errors = response.json().get("errors") or []
+    errors = field_errors(case, response, "PUT", "/api/v1/services/policy")
     return bool(errors) and all(
         any(relation in error.get("message", "") for relation in POLICY_RELATIONS)
         for error in errors
