@@ -10,7 +10,8 @@ mod writer;
 use std::sync::OnceLock;
 
 pub use metrics::{
-    Metrics, PoolFigures, CONTENT_TYPE as METRICS_CONTENT_TYPE, OTHER_TENANT, UNMATCHED,
+    BackupState, Metrics, PoolFigures, CONTENT_TYPE as METRICS_CONTENT_TYPE, OTHER_TENANT,
+    UNMATCHED,
 };
 use tm_config::{LogConfig, LogFormat};
 use tracing_subscriber::layer::SubscriberExt;

@@ -93,6 +93,10 @@ pub struct Metrics {
     /// reached since it started), else 0.
     pub routing_snapshot_cold_start: IntGauge,
     endpoint_health: IntGaugeVec,
+    backup_last_success: Gauge,
+    backup_duration: Gauge,
+    backup_failures: IntCounter,
+    backup_verify_failures: IntCounter,
     /// The label sets of `endpoint_health` set by the last sample.
     endpoint_series: std::sync::Mutex<std::collections::BTreeSet<[String; 4]>>,
 }
@@ -177,6 +181,27 @@ fn event_series(family: IntCounterVec) -> IntCounterVec {
         }
     }
     family
+}
+
+/// Brings a counter that mirrors a count kept elsewhere up to it (never down).
+fn raise(counter: &IntCounter, count: u64) {
+    let current = counter.get();
+    if count > current {
+        counter.inc_by(count - current);
+    }
+}
+
+/// What the store records of backups, for the backup metrics.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BackupState {
+    /// When the last backup that was written and verified finished.
+    pub last_success_unix: Option<f64>,
+    /// How long the last finished backup took.
+    pub last_duration_seconds: f64,
+    /// Backups that could not be written.
+    pub failures: u64,
+    /// Backups written whose verification failed.
+    pub verify_failures: u64,
 }
 
 fn declared(family: IntGaugeVec, values: &[&str]) -> IntGaugeVec {
@@ -458,6 +483,25 @@ impl Metrics {
                  0 degraded (routes of tenants beyond the tenant cap are left out).",
                 &["tenant", "service", "env", "version"],
             ),
+            backup_last_success: r.gauge(
+                "backup_last_success_timestamp_seconds",
+                "Unix time at which the last backup that was written and verified finished \
+                 (0: none yet), fleet-wide, as last sampled.",
+            ),
+            backup_duration: r.gauge(
+                "backup_duration_seconds",
+                "Seconds the last finished backup took, writing and verifying it, fleet-wide, \
+                 as last sampled.",
+            ),
+            backup_failures: r.counter(
+                "backup_failures_total",
+                "Backups that could not be written, fleet-wide, as last sampled.",
+            ),
+            backup_verify_failures: r.counter(
+                "backup_verify_failures_total",
+                "Backups written whose verification (restored into a scratch store and \
+                 compared) failed, fleet-wide, as last sampled.",
+            ),
             endpoint_series: std::sync::Mutex::default(),
             started: Instant::now(),
             registry,
@@ -610,6 +654,16 @@ impl Metrics {
         self.dlq_size.set(i64::try_from(dead).unwrap_or(i64::MAX));
     }
 
+    /// The backups' record as last sampled from the store. The two counts only grow
+    /// (the records of failed runs are kept), so they are exported as counters.
+    pub fn set_backups(&self, state: &BackupState) {
+        self.backup_last_success
+            .set(state.last_success_unix.unwrap_or(0.0));
+        self.backup_duration.set(state.last_duration_seconds);
+        raise(&self.backup_failures, state.failures);
+        raise(&self.backup_verify_failures, state.verify_failures);
+    }
+
     /// One job attempt of `kind`, how it ended and how long it took.
     pub fn observe_job(&self, kind: &str, outcome: &str, seconds: f64) {
         self.jobs_processed
@@ -742,6 +796,10 @@ mod tests {
             "build_info",
             "queue_depth",
             "dlq_size",
+            "backup_last_success_timestamp_seconds",
+            "backup_duration_seconds",
+            "backup_failures_total",
+            "backup_verify_failures_total",
         ] {
             assert!(
                 text.contains(&format!("\n{name}")) || text.starts_with(name),
