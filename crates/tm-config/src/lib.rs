@@ -5,6 +5,7 @@
 //! `database_url` in the TOML file. Each section is a module owning its keys, their
 //! defaults, their checks and their `check-config` lines; this file only gathers them.
 
+mod backup;
 mod coldstart;
 mod error;
 mod events;
@@ -32,6 +33,7 @@ use secrecy::SecretString;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+pub use backup::{BackupConfig, BackupRaw, Retention};
 pub use coldstart::{ColdStartConfig, ColdStartRaw, SnapshotKeySource};
 pub use error::{ConfigError, SettingError};
 pub use events::{EventsConfig, EventsRaw, KafkaConfig};
@@ -80,6 +82,8 @@ pub struct RawConfig {
     pub webhooks: WebhooksRaw,
     #[serde(flatten)]
     pub cold_start: ColdStartRaw,
+    #[serde(flatten)]
+    pub backup: BackupRaw,
 }
 
 /// The validated configuration.
@@ -106,6 +110,7 @@ pub struct Config {
     pub webhooks: WebhooksConfig,
     /// The cold-start snapshot file, when a key to sign it is configured.
     pub cold_start: Option<ColdStartConfig>,
+    pub backup: BackupConfig,
 }
 
 /// Every setting's key, as the defaults name them: what the TOML file may hold and
@@ -167,6 +172,7 @@ impl Config {
             jobs: section(&figment, &mut errors),
             webhooks: section(&figment, &mut errors),
             cold_start: section(&figment, &mut errors),
+            backup: section(&figment, &mut errors),
         };
         if !errors.is_empty() {
             return Err(ConfigError(errors));
@@ -187,6 +193,7 @@ impl Config {
         self.jobs.render(&mut out);
         self.webhooks.render(&mut out);
         coldstart::render(self.cold_start.as_ref(), &mut out);
+        self.backup.render(&mut out);
         out.finish()
     }
 }
@@ -267,6 +274,7 @@ impl TryFrom<RawConfig> for Config {
         let jobs = raw.jobs.check(&mut problems);
         let webhooks = raw.webhooks.check(&mut problems);
         let cold_start = raw.cold_start.check(&process.data_dir, &mut problems);
+        let backup = raw.backup.check(&process.data_dir, &mut problems);
         raw.guards.check(&mut problems);
         let http = raw
             .http
@@ -290,6 +298,7 @@ impl TryFrom<RawConfig> for Config {
                 jobs,
                 webhooks,
                 cold_start,
+                backup,
             }),
             _ => None,
         };

@@ -426,7 +426,7 @@ fn non_dev_profiles_log_json_by_default() {
 
 #[test]
 fn every_setting_may_come_from_the_environment() {
-    assert_eq!(setting_keys().len(), 106);
+    assert_eq!(setting_keys().len(), 111);
     Jail::expect_with(|jail| {
         jail.set_env("TM_ACCESS_LOG_RESOLVE_SAMPLE", "0");
         jail.set_env("TM_RESOLVE_FAST_PATH", "false");
@@ -442,6 +442,9 @@ fn every_setting_may_come_from_the_environment() {
         jail.set_env("TM_EVENTS_RETENTION", "36h");
         jail.set_env("TM_JOBS_IN_SERVE", "false");
         jail.set_env("TM_JOB_BACKOFF_MAX", "90s");
+        jail.set_env("TM_BACKUP_TARGET", "s3://backups/registry");
+        jail.set_env("TM_BACKUP_INTERVAL", "0s");
+        jail.set_env("TM_BACKUP_KEEP_MONTHLY", "24");
         let config = Config::load(None).expect("valid");
         assert_eq!(config.pool.max_connections, 3);
         assert_eq!(config.http.guards.read_cache_entries, 7);
@@ -459,6 +462,10 @@ fn every_setting_may_come_from_the_environment() {
         assert_eq!(config.events.retention, Duration::from_secs(36 * 3600));
         assert!(!config.jobs.in_serve);
         assert_eq!(config.jobs.backoff_max, Duration::from_secs(90));
+        assert_eq!(config.backup.target, "s3://backups/registry");
+        assert_eq!(config.backup.interval, None);
+        assert_eq!(config.backup.retention.monthly, 24);
+        assert_eq!(config.backup.retention.daily, 7);
         Ok(())
     });
 }
@@ -607,4 +614,43 @@ fn kafka_is_off_until_brokers_are_named() {
         let err = Config::try_from(raw(brokers, topic)).expect_err("invalid");
         assert_eq!(err.0[0].setting, setting, "{brokers} {topic}");
     }
+}
+
+#[test]
+fn backups_go_to_the_data_dir_daily_unless_told_otherwise() {
+    let config = Config::try_from(RawConfig::default()).expect("valid");
+    assert_eq!(
+        Path::new(&config.backup.target),
+        config.data_dir.join("backups")
+    );
+    assert_eq!(config.backup.interval, Some(Duration::from_secs(24 * 3600)));
+    assert_eq!(
+        config.backup.retention,
+        crate::Retention {
+            daily: 7,
+            weekly: 4,
+            monthly: 12
+        }
+    );
+    for bad in ["s3://", "s3:///prefix", "gs://bucket", "  "] {
+        let raw = RawConfig {
+            backup: crate::BackupRaw {
+                backup_target: Some(bad.into()),
+                ..Default::default()
+            },
+            ..RawConfig::default()
+        };
+        let err = Config::try_from(raw).expect_err(bad);
+        assert_eq!(err.0[0].setting, "TM_BACKUP_TARGET", "{bad}");
+    }
+    let raw = RawConfig {
+        backup: crate::BackupRaw {
+            backup_keep_daily: 0,
+            backup_keep_weekly: 0,
+            backup_keep_monthly: 0,
+            ..Default::default()
+        },
+        ..RawConfig::default()
+    };
+    assert!(Config::try_from(raw).is_err());
 }

@@ -311,7 +311,7 @@ impl ApiError {
                 "Service unavailable",
                 "The database is unavailable; retry later.".into(),
             ),
-            ApiError::Store(StoreError::Corrupt(_) | StoreError::Other(_)) => (
+            ApiError::Store(StoreError::Corrupt(_) | StoreError::Refused(_) | StoreError::Other(_)) => (
                 S::INTERNAL_SERVER_ERROR,
                 "internal",
                 "Internal error",

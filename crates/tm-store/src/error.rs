@@ -27,6 +27,10 @@ pub enum StoreError {
     /// A stored row the domain refuses: the data was changed behind the registry's back.
     #[error("stored data is invalid: {0}")]
     Corrupt(String),
+    /// A backup that cannot be restored here, or a store it may not replace; the reason
+    /// says which.
+    #[error("{0}")]
+    Refused(String),
     #[error("database error")]
     Other(#[source] sqlx::Error),
 }

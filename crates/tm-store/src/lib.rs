@@ -6,6 +6,7 @@
 //! it succeeds: writes go through the pool's `write` or `transaction`, never a hand-made
 //! commit.
 
+mod backup;
 mod coldstart;
 mod error;
 mod history;
@@ -31,6 +32,7 @@ use tm_domain::{
     Version,
 };
 
+pub use backup::{compare, hex, BackupOutcome, BackupRun, Export, SequenceValue, TableSummary};
 pub use coldstart::{
     read_snapshot, write_snapshot, ColdSnapshot, ColdSnapshotError, SnapshotKey,
     MIN_SNAPSHOT_KEY_LEN, SNAPSHOT_VERSION,
@@ -44,8 +46,8 @@ pub use postgres::PostgresStore;
 pub use routing::{RoutingTable, ServiceWatch};
 pub use sqlite::SqliteStore;
 pub use traits::{
-    ChangeFeed, EventStore, IdempotencyStore, JobStore, KeyStore, RouteStore, ServiceStore, Store,
-    StoreOps, WebhookStore,
+    BackupStore, ChangeFeed, EventStore, IdempotencyStore, JobStore, KeyStore, RouteStore,
+    ServiceStore, Store, StoreOps, WebhookStore,
 };
 
 /// A webhook subscription as stored: the subscription, and its signing secret sealed

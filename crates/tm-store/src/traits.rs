@@ -381,6 +381,40 @@ pub trait StoreOps: Send + Sync + 'static {
     fn as_any(&self) -> &dyn std::any::Any;
 }
 
+/// Backups: a consistent export of every table, its check in a scratch store, its
+/// restore, and the record of backup runs.
+#[async_trait]
+pub trait BackupStore: Send + Sync + 'static {
+    /// Writes a consistent export of every table into `dir` (an empty directory), over a
+    /// connection of its own, and describes it.
+    async fn export(&self, dir: &std::path::Path) -> Result<crate::Export, StoreError>;
+
+    /// Restores the export in `dir` into a scratch store, never into this one's tables,
+    /// and summarises each table it then holds. Nothing of it is kept.
+    async fn restore_scratch(
+        &self,
+        dir: &std::path::Path,
+        export: &crate::Export,
+    ) -> Result<Vec<crate::TableSummary>, StoreError>;
+
+    /// Replaces every table's rows with the export's, in one transaction that commits
+    /// only when the restored tables equal the export. [`StoreError::Refused`] for an
+    /// export of another backend or of a newer schema, and, unless `force`, when the
+    /// store holds routes, keys, audit rows or webhooks.
+    async fn restore(
+        &self,
+        dir: &std::path::Path,
+        export: &crate::Export,
+        force: bool,
+    ) -> Result<(), StoreError>;
+
+    /// Records a backup run, whatever its outcome.
+    async fn record_backup(&self, run: &crate::BackupRun) -> Result<(), StoreError>;
+
+    /// What the record of runs shows, for the backup metrics.
+    async fn backup_state(&self) -> Result<tm_telemetry::BackupState, StoreError>;
+}
+
 /// The registry's storage: every concern at once.
 pub trait Store:
     RouteStore
@@ -391,6 +425,7 @@ pub trait Store:
     + JobStore
     + WebhookStore
     + ChangeFeed
+    + BackupStore
     + StoreOps
 {
 }
@@ -404,6 +439,7 @@ impl<T> Store for T where
         + JobStore
         + WebhookStore
         + ChangeFeed
+        + BackupStore
         + StoreOps
 {
 }

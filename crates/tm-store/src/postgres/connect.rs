@@ -94,7 +94,7 @@ impl PostgresStore {
             .max_connections(1)
             .min_connections(0)
             .acquire_timeout(pool.acquire_timeout)
-            .connect_lazy_with(direct);
+            .connect_lazy_with(direct.clone());
         let replicas = settings.replicas(replicas, pool, &counters)?;
         Ok(Self {
             instance: settings.instance,
@@ -102,6 +102,7 @@ impl PostgresStore {
             replica_max_lag: *replica_max_lag,
             next_replica: AtomicUsize::new(0),
             listen,
+            direct,
             primary: CountedPool::new("primary", primary, counters.clone()).pinned(pin.clone()),
             critical: CountedPool::new("critical", critical, counters).pinned(pin),
         })

@@ -5,6 +5,7 @@
 //! `idle_in_transaction_session_timeout` set, so a stuck query or a forgotten
 //! transaction cannot hold a connection for long.
 
+mod backup;
 mod connect;
 mod pooling;
 mod replicas;
@@ -41,6 +42,9 @@ pub struct PostgresStore {
     next_replica: AtomicUsize,
     /// One connection of its own for `LISTEN`, outside the pools requests use.
     listen: sqlx::PgPool,
+    /// How a session of its own is opened on PostgreSQL itself (not a pooling proxy):
+    /// for backups, which hold a connection for as long as they take.
+    direct: sqlx::postgres::PgConnectOptions,
     primary: CountedPool<Postgres>,
     /// Reserved for critical writes, so the rollback path works when `primary` is full.
     critical: CountedPool<Postgres>,

@@ -4,6 +4,7 @@
 //! connection (queueing in-process instead of spinning on `SQLITE_BUSY`), and reads
 //! through a separate read-only pool that WAL lets run beside the writer.
 
+mod backup;
 mod statements;
 
 use std::borrow::Cow;
@@ -41,6 +42,8 @@ pub struct SqliteStore {
     /// queue behind ordinary writes (SQLite's own lock still orders the two).
     critical: CountedPool<Sqlite>,
     reader: CountedPool<Sqlite>,
+    /// How its connections are opened, for the backups' connections of their own.
+    options: SqliteConnectOptions,
 }
 
 impl SqliteStore {
@@ -84,7 +87,7 @@ impl SqliteStore {
             .acquire_timeout(pool.acquire_timeout)
             .idle_timeout(pool.idle_timeout)
             .max_lifetime(pool.max_lifetime)
-            .connect_with(options.read_only(true))
+            .connect_with(options.clone().read_only(true))
             .await?;
         Ok(Self {
             writer: CountedPool::new("writer", writer, counters.clone())
@@ -92,6 +95,7 @@ impl SqliteStore {
             critical: CountedPool::new("critical", critical, counters.clone())
                 .transactions_begin_with(BEGIN),
             reader: CountedPool::new("reader", reader, counters),
+            options,
         })
     }
 }
