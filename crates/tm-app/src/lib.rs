@@ -23,9 +23,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use workers::{
-    probe_kinds, relay_kind, Deliver, FanOut, Follow, Handlers, JobRunner, Probes, Purge, Rebuild,
-    Recurring, Relay, Reseal, Sample, Schedule, Sink, Workers, DELIVER, PROBE_EVERY, PURGE,
-    PURGE_EVERY, RELAY_EVERY, RESEAL,
+    probe_kinds, relay_kind, Backup, Deliver, FanOut, Follow, Handlers, JobRunner, Probes, Purge,
+    Rebuild, Recurring, Relay, Reseal, Sample, Schedule, Sink, Workers, BACKUP, BACKUP_EVERY,
+    DELIVER, PROBE_EVERY, PURGE, PURGE_EVERY, RELAY_EVERY, RESEAL,
 };
 
 /// What stops [`Application::build`] (and [`create_key`]), naming the step that failed.
@@ -111,7 +111,7 @@ fn spawn_workers(
         let probes = probe_kinds(config.jobs.probe_shards);
         workers.spawn(Schedule::new(
             state.store.clone(),
-            recurring_jobs(&sinks, &probes),
+            recurring_jobs(&sinks, &probes, config.backup.interval.is_some()),
             config.jobs.max_attempts,
             wake_runner.clone(),
         ));
@@ -128,7 +128,11 @@ fn spawn_workers(
 }
 
 /// The jobs every job-running process schedules.
-fn recurring_jobs(sinks: &[Arc<dyn Sink>], probes: &[&'static str]) -> Vec<Recurring> {
+fn recurring_jobs(
+    sinks: &[Arc<dyn Sink>],
+    probes: &[&'static str],
+    backups: bool,
+) -> Vec<Recurring> {
     let mut recurring = vec![
         Recurring {
             kind: PURGE,
@@ -153,6 +157,13 @@ fn recurring_jobs(sinks: &[Arc<dyn Sink>], probes: &[&'static str]) -> Vec<Recur
         every: PROBE_EVERY,
         queue: tm_store::Queue::High,
     }));
+    if backups {
+        recurring.push(Recurring {
+            kind: BACKUP,
+            every: BACKUP_EVERY,
+            queue: tm_store::Queue::Bulk,
+        });
+    }
     recurring
 }
 
@@ -165,6 +176,9 @@ fn job_handlers(
     stopping: CancellationToken,
 ) -> Result<Handlers, StartError> {
     let mut handlers = Handlers::new();
+    if let Some(backup) = Backup::new(state.store.clone(), &config.backup) {
+        handlers.insert(BACKUP, Arc::new(backup));
+    }
     handlers.insert(
         PURGE,
         Arc::new(Purge::new(state.store.clone(), config.events.retention)),

@@ -49,7 +49,9 @@ impl Target {
         if let Some(rest) = spec.strip_prefix("s3://") {
             let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
             if bucket.is_empty() {
-                return Err(BackupError::Target(format!("{spec}: no bucket named")));
+                return Err(BackupError::Target(
+                    "an s3:// target must name its bucket".into(),
+                ));
             }
             let mut builder =
                 object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
@@ -71,9 +73,9 @@ impl Target {
                 display: spec.trim_end_matches('/').to_owned(),
             })
         } else if spec.contains("://") {
-            Err(BackupError::Target(format!(
-                "{spec}: a target is a directory or an s3://<bucket>[/<prefix>] URL"
-            )))
+            Err(BackupError::Target(
+                "a target is a directory or an s3://<bucket>[/<prefix>] URL".into(),
+            ))
         } else {
             std::fs::create_dir_all(spec)
                 .map_err(|e| BackupError::Target(format!("{spec}: {e}")))?;

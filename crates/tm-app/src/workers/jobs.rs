@@ -36,6 +36,12 @@ pub(crate) enum JobError {
 /// Runs the jobs of one kind.
 pub(crate) trait Handler: Send + Sync + 'static {
     fn run<'a>(&'a self, job: &'a ClaimedJob) -> BoxFuture<'a, Result<(), JobError>>;
+
+    /// How long one attempt may run: `default` (`TM_JOB_TIMEOUT`) unless the kind needs
+    /// longer.
+    fn time_limit(&self, default: Duration) -> Duration {
+        default
+    }
 }
 
 /// The handlers of the job kinds this process runs, by kind.
@@ -156,7 +162,7 @@ impl Inner {
             None => ("other", None),
         };
         let result = if let Some(handler) = handler.filter(|_| job.attempt <= job.max_attempts) {
-            let timeout = self.config.timeout;
+            let timeout = handler.time_limit(self.config.timeout);
             tokio::select! {
                 result = tokio::time::timeout(timeout, handler.run(&job)) => result
                     .unwrap_or_else(|_| Err(JobError::Transient(format!("timed out after {timeout:?}")))),

@@ -2,6 +2,7 @@
 //! what it needs, with a [`Worker::run`] that works until told to stop; the
 //! composition root registers each one with [`Workers::spawn`].
 
+mod backup;
 mod follow;
 mod jobs;
 mod probe;
@@ -18,6 +19,7 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+pub(crate) use backup::{Backup, BACKUP, BACKUP_EVERY};
 pub(crate) use follow::{subscribe, Follow};
 pub(crate) use jobs::{Handlers, JobRunner};
 pub(crate) use probe::{probe_kinds, Probes, PROBE_EVERY};

@@ -43,6 +43,10 @@ impl Sample {
             Err(err) => tracing::debug!(error = %err, "sampling the job queue's depth failed"),
         }
         super::relay::sample_lag(state.store.as_ref(), &state.relays, &state.metrics).await;
+        match state.store.backup_state().await {
+            Ok(backups) => state.metrics.set_backups(&backups),
+            Err(err) => tracing::debug!(error = %err, "sampling the record of backups failed"),
+        }
         match state.store.active_health().await {
             Ok(kept) => {
                 let routes: Vec<([&str; 4], bool)> = kept

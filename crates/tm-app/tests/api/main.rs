@@ -7,6 +7,7 @@
 )]
 
 mod auth;
+mod backups;
 mod bad_input;
 mod bootstrap;
 mod bounds;

@@ -300,15 +300,19 @@ async fn copy_in(
 
 /// Where each identity or serial column's sequence stands.
 async fn sequences_of(conn: &mut PgConnection) -> Result<Vec<SequenceValue>, StoreError> {
+    // Schema-qualified: the planner may ask about columns of other schemas' tables too.
     let owned = sqlx::query(
-        "SELECT c.relname::text, a.attname::text, \
-                pg_get_serial_sequence(quote_ident(c.relname), a.attname) \
-         FROM pg_attribute a \
-         JOIN pg_class c ON c.oid = a.attrelid \
-         JOIN pg_namespace n ON n.oid = c.relnamespace \
-         WHERE n.nspname = current_schema() AND c.relkind = 'r' AND a.attnum > 0 \
-           AND NOT a.attisdropped \
-           AND pg_get_serial_sequence(quote_ident(c.relname), a.attname) IS NOT NULL \
+        "SELECT * FROM ( \
+             SELECT c.relname::text AS table_name, a.attname::text AS column_name, \
+                    pg_get_serial_sequence( \
+                        quote_ident(n.nspname) || '.' || quote_ident(c.relname), a.attname \
+                    ) AS sequence \
+             FROM pg_attribute a \
+             JOIN pg_class c ON c.oid = a.attrelid \
+             JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = current_schema() AND c.relkind = 'r' AND a.attnum > 0 \
+               AND NOT a.attisdropped \
+         ) owned WHERE sequence IS NOT NULL \
          ORDER BY 1, 2",
     )
     .fetch_all(&mut *conn)
