@@ -59,6 +59,18 @@ provide_schemathesis() {
     TM_TEST_SCHEMATHESIS="$venv/bin/schemathesis"
 }
 
+# The backups' S3 round trip runs against moto's standalone S3-compatible server, from
+# PyPI into the same virtual environment.
+MOTO_VERSION=5.2.5
+provide_s3_server() {
+    local venv="$PWD/target/tools/venv"
+    if ! "$venv/bin/pip" show moto 2>/dev/null | grep -q "^Version: $MOTO_VERSION$"; then
+        log "installing moto $MOTO_VERSION (S3-compatible server) from PyPI"
+        "$venv/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION"
+    fi
+    TM_TEST_S3_SERVER="$venv/bin/moto_server"
+}
+
 # redis-tools ships the server binary as redis-check-rdb, which serves when called by
 # the name redis-server.
 provide_redis() {
@@ -86,9 +98,10 @@ summary() {
 
 provide_promtool
 provide_schemathesis
+provide_s3_server
 provide_redis
 provide_tansu
-export TM_TEST_PROMTOOL TM_TEST_SCHEMATHESIS TM_TEST_REDIS_SERVER TM_TEST_KAFKA_BROKER
+export TM_TEST_PROMTOOL TM_TEST_SCHEMATHESIS TM_TEST_S3_SERVER TM_TEST_REDIS_SERVER TM_TEST_KAFKA_BROKER
 
 # The load-and-abuse test (crates/tm-app/tests/load.rs) runs for a minute in this pass
 # and for its default 10 s in the PostgreSQL pass.

@@ -38,6 +38,9 @@ pub(crate) fn build(settings: &Settings<'_>, last: impl FnOnce(&mut RawConfig)) 
     raw.process.listen = "127.0.0.1:0".into();
     raw.process.data_dir = settings.data_dir.to_path_buf();
     raw.process.bootstrap_admin_key = settings.admin_key.map(str::to_owned);
+    // No scheduled backups (each would export the store at start): the tests of
+    // backups turn them on.
+    raw.backup.backup_interval = Duration::ZERO;
     if settings.frequent_reloads {
         raw.process.snapshot_reload_interval = Duration::from_millis(500);
     }

@@ -1,7 +1,7 @@
 //! The test harness shared by every test binary: [`TestApp`] starts the real application
 //! on a random port over a database of its own and stops it again; the servers a test
 //! may need of its own ([`PgCluster`], [`RedisServer`], [`RedisCluster`],
-//! [`KafkaBroker`]) start and stop with it; one Prometheus parser ([`metric_value`]) and one waiter ([`eventually`]).
+//! [`KafkaBroker`], [`S3Server`]) start and stop with it; one Prometheus parser ([`metric_value`]) and one waiter ([`eventually`]).
 //!
 //! A library rather than a module each test binary includes: every public item here is
 //! used by some binary, none by all, and only a library's public items are never
@@ -18,6 +18,7 @@
 //!   return early without them.
 //! - `TM_TEST_REDIS_SERVER`: a `redis-server` binary, `redis-cli` beside it; likewise.
 //! - `TM_TEST_KAFKA_BROKER`: a `tansu` binary, the Kafka-protocol broker; likewise.
+//! - `TM_TEST_S3_SERVER`: moto's `moto_server` script, an S3-compatible server; likewise.
 
 mod app;
 mod client;
@@ -29,6 +30,7 @@ mod postgres;
 mod process;
 mod receiver;
 mod redis;
+mod s3;
 mod upstream;
 mod wait;
 
@@ -41,6 +43,7 @@ pub use metrics::metric_value;
 pub use postgres::PgCluster;
 pub use receiver::{Answer, Received, WebhookReceiver};
 pub use redis::{RedisCluster, RedisServer};
+pub use s3::S3Server;
 pub use upstream::Upstream;
 pub use wait::{eventually, eventually_blocking};
 

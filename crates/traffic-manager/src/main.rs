@@ -206,6 +206,8 @@ async fn backup(config: Config, to: Option<String>) -> anyhow::Result<()> {
     let made = tm_backup::run(store.as_ref(), &settings, env!("CARGO_PKG_VERSION")).await;
     store.close().await;
     let report = made.with_context(|| format!("backing up to {}", settings.target))?;
+    // The location first on stdout, for scripts; then the log line.
+    println!("{}", report.location);
     let tables = &report.manifest.store;
     tracing::info!(
         backup = %report.location,
@@ -217,7 +219,6 @@ async fn backup(config: Config, to: Option<String>) -> anyhow::Result<()> {
         deleted = ?report.deleted,
         "backup made and verified"
     );
-    println!("{}", report.location);
     Ok(())
 }
 
@@ -232,6 +233,7 @@ async fn restore(config: Config, from: &str, yes: bool, force: bool) -> anyhow::
     let restored = tm_backup::restore(store.as_ref(), from, force).await;
     store.close().await;
     let manifest = restored.with_context(|| format!("restoring {from}"))?;
+    println!("restored {}", manifest.name);
     tracing::info!(
         backup = %manifest.name,
         made_at = %manifest.started_at,
@@ -240,7 +242,6 @@ async fn restore(config: Config, from: &str, yes: bool, force: bool) -> anyhow::
         audit_rows = manifest.store.rows("audit_log").unwrap_or(0),
         "backup restored"
     );
-    println!("restored {}", manifest.name);
     Ok(())
 }
 

@@ -915,3 +915,121 @@ async fn a_delivery_cut_short_by_kill_9_is_delivered_again_under_the_same_id() {
     assert_eq!(got[0].id, got[0].body["id"].as_str().expect("event id"));
     assert_eq!(got[0].body["type"], "route.created");
 }
+
+/// Every route `serve` at `addr` holds, as the admin lists them.
+async fn listed_routes(addr: &str) -> Value {
+    let listed: Value = reqwest::Client::new()
+        .get(format!("http://{addr}/api/v1/routes"))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("JSON");
+    listed["items"].clone()
+}
+
+/// Three routes of one service, two of them active, made through `serve` at `addr`.
+async fn make_routes(addr: &str) {
+    for version in ["v1", "v2", "v3"] {
+        let created = reqwest::Client::new()
+            .post(format!("http://{addr}/api/v1/routes"))
+            .bearer_auth(ADMIN_KEY)
+            .json(
+                &json!({"tenant": "acme", "service": "billing", "env": "prod",
+                          "version": version, "url": format!("http://billing-{version}"),
+                          "active": version != "v3"}),
+            )
+            .send()
+            .await
+            .expect("create");
+        assert_eq!(created.status(), reqwest::StatusCode::CREATED);
+    }
+}
+
+/// What a command printed first on stdout (log lines follow it there).
+fn first_line(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// `backup` to S3-compatible storage (a server of the test's own) and `restore` from it
+/// into another store, as a CronJob and an operator would run them; retention deletes
+/// from the bucket too.
+#[tokio::test]
+async fn backups_go_to_s3_and_restore_from_there() {
+    let Some(s3) = tm_testing::S3Server::start() else {
+        eprintln!("TM_TEST_S3_SERVER is not set: S3 round trip not run");
+        return;
+    };
+    s3.create_bucket("tm-backups").await;
+    let source = tempfile::tempdir().expect("tempdir");
+    let (mut child, addr) = serve(source.path()).await;
+    make_routes(&addr).await;
+    let before = listed_routes(&addr).await;
+    child.kill().await.expect("stopped");
+
+    let backup = || {
+        let mut cmd = command(source.path());
+        cmd.args(["backup", "--to", "s3://tm-backups/registry"])
+            .envs(s3.env())
+            // One backup a day kept, none a week or month: the second deletes the first.
+            .env("TM_BACKUP_KEEP_DAILY", "1")
+            .env("TM_BACKUP_KEEP_WEEKLY", "0")
+            .env("TM_BACKUP_KEEP_MONTHLY", "0");
+        cmd
+    };
+    let stored = |name: &str| {
+        [
+            format!("registry/{name}/manifest.json"),
+            format!("registry/{name}/store.sqlite.zst"),
+        ]
+    };
+    let location = first_line(&backup().output().await.expect("runs"));
+    let name = location
+        .strip_prefix("s3://tm-backups/registry/")
+        .expect("the backup's location")
+        .to_owned();
+    assert_eq!(s3.keys("tm-backups", "registry/").await, stored(&name));
+    let newer = first_line(&backup().output().await.expect("runs"))
+        .rsplit('/')
+        .next()
+        .expect("name")
+        .to_owned();
+    assert_ne!(newer, name);
+    assert_eq!(
+        s3.keys("tm-backups", "registry/").await,
+        stored(&newer),
+        "the older backup is deleted"
+    );
+
+    // Another store, restored from the bucket's newest verified backup.
+    let restored = tempfile::tempdir().expect("tempdir");
+    let out = command(restored.path())
+        .args(["restore", "--from", "s3://tm-backups/registry", "--yes"])
+        .envs(s3.env())
+        .output()
+        .await
+        .expect("runs");
+    assert_eq!(first_line(&out), format!("restored {newer}"));
+    let (_child, addr) = serve(restored.path()).await;
+    assert_eq!(listed_routes(&addr).await, before);
+
+    // A bucket that does not exist: an honest failure, non-zero.
+    let refused = command(source.path())
+        .args(["backup", "--to", "s3://no-such-bucket/x"])
+        .envs(s3.env())
+        .output()
+        .await
+        .expect("runs");
+    assert!(!refused.status.success());
+}
