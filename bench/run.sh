@@ -45,6 +45,11 @@
 # - probes: the release server as production runs it (loopback allowed to probes and
 #   webhooks: TM_WEBHOOK_ALLOW_NETWORKS), PROBE_ROUTES (default 1000) routes checked
 #   every second over HTTP against nginx; probes per second and the server's CPU.
+# - backup: BACKUP_ROUTES (default 100000) routes seeded into SQLite and into PostgreSQL
+#   (fsync on); `traffic-manager backup` to a directory, as production runs it (export,
+#   compress, write, read back, restore into a scratch store, compare, record), and
+#   `traffic-manager restore` of it into an empty store: the time of each, the
+#   backup's size, and the export's size uncompressed.
 # Everything runs on 127.0.0.1 and every load run is bounded by DURATION.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -56,6 +61,7 @@ TAIL_SMALL=${TAIL_SMALL:-1000}
 TAIL_LARGE=${TAIL_LARGE:-1000000}
 TAIL_PAIRS=${TAIL_PAIRS:-12}
 PROPAGATION_WRITES=${PROPAGATION_WRITES:-600}
+BACKUP_ROUTES=${BACKUP_ROUTES:-100000}
 DURATION=${DURATION:-10}
 CONNECTIONS=${CONNECTIONS:-64}
 PORT_APP=${PORT_APP:-18181}
@@ -423,6 +429,44 @@ startup_table() {
     stop_server
 }
 
+# Seconds since $1 (from date +%s.%N), to two decimals.
+since() { python3 -c "import time,sys; print(f'{time.time()-float(sys.argv[1]):.2f}')" "$1"; }
+
+backup_table() {
+    [ -n "$PG_DIR" ] || start_postgres
+    printf '| backend | routes | backup s (verified) | backup MiB | uncompressed MiB | restore s |\n'
+    printf '|---|---:|---:|---:|---:|---:|\n'
+    local backend from to target started backup_s restore_s
+    for backend in sqlite postgresql; do
+        target="$WORK/backups-$backend"
+        if [ "$backend" = postgresql ]; then
+            psql_db create backup_from
+            psql_db create backup_to
+            from=(TM_DATABASE_URL="${PG_URL%/*}/backup_from")
+            to=(TM_DATABASE_URL="${PG_URL%/*}/backup_to")
+            "$SEED" --routes "$BACKUP_ROUTES" --database-url "${PG_URL%/*}/backup_from" >/dev/null
+        else
+            from=(TM_DATA_DIR="$WORK/backup-from")
+            to=(TM_DATA_DIR="$WORK/backup-to")
+            "$SEED" --routes "$BACKUP_ROUTES" --data-dir "$WORK/backup-from" >/dev/null
+        fi
+        sync
+        started=$(date +%s.%N)
+        env TM_DATA_DIR="$WORK/backup-from" TM_LOG_LEVEL=warn "${from[@]}" \
+            "$BIN" backup --to "$target" >/dev/null
+        backup_s=$(since "$started")
+        started=$(date +%s.%N)
+        env TM_DATA_DIR="$WORK/backup-to" TM_LOG_LEVEL=warn "${to[@]}" \
+            "$BIN" restore --from "$target" --yes >/dev/null
+        restore_s=$(since "$started")
+        printf '| %s | %s | %s | %s | %s | %s |\n' "$backend" "$BACKUP_ROUTES" "$backup_s" \
+            "$(du -sb "$target" | awk '{printf "%.1f", $1 / 1048576}')" \
+            "$(python3 -c 'import json,sys,glob; m=json.load(open(glob.glob(sys.argv[1]+"/*/manifest.json")[0])); print(f"{sum(f[\"source_bytes\"] for f in m[\"files\"]) / 1048576:.1f}")' "$target")" \
+            "$restore_s"
+        rm -rf "$WORK/backup-from" "$WORK/backup-to"
+    done
+}
+
 for mode in $MODES; do
     case $mode in
         resolve) resolve_table ;;
@@ -433,6 +477,7 @@ for mode in $MODES; do
         events) events_table ;;
         watch) watch_table ;;
         probes) probes_table ;;
+        backup) backup_table ;;
         *) echo "unknown mode: $mode" >&2; exit 2 ;;
     esac
     echo

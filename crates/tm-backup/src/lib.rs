@@ -72,6 +72,8 @@ pub struct StoredFile {
     pub name: String,
     /// The export's file it holds, compressed.
     pub source: String,
+    /// That file's size.
+    pub source_bytes: u64,
     pub bytes: u64,
     pub sha256: String,
 }
@@ -231,6 +233,7 @@ async fn write(
     let mut files = Vec::new();
     for source in &export.files {
         let compressed = scratch.path().join(format!("{source}.zst"));
+        let source_bytes = tokio::fs::metadata(export_dir.join(source)).await?.len();
         compress(&export_dir.join(source), &compressed).await?;
         // The export's file is no longer needed: keep the scratch space to one copy.
         tokio::fs::remove_file(export_dir.join(source)).await?;
@@ -240,6 +243,7 @@ async fn write(
         files.push(StoredFile {
             name: stored,
             source: source.clone(),
+            source_bytes,
             bytes,
             sha256,
         });
