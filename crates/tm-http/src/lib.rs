@@ -4,6 +4,7 @@
 //! snapshot, and return domain values as JSON. `resolve` never touches the store.
 
 mod auth;
+mod deprecation;
 mod dlq;
 mod error;
 mod events;
@@ -515,7 +516,10 @@ pub fn router(state: AppState) -> Router {
     let router = Router::new()
         .merge(api)
         .route("/healthz", get(health::healthz))
-        .route("/health", get(health::live))
+        .route(
+            deprecation::HEALTH.path,
+            deprecation::deprecated(get(health::live), &deprecation::HEALTH),
+        )
         .route("/health/live", get(health::live))
         .route("/health/ready", get(health::ready))
         .route("/health/detailed", get(health::detailed))

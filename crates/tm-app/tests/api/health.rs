@@ -18,6 +18,27 @@ async fn healthz_and_liveness_answer_ok() {
 }
 
 #[tokio::test]
+async fn a_deprecated_endpoint_answers_as_before_and_names_its_sunset_and_successor() {
+    let app = spawn_app().await;
+    let old = app.get("/health").await;
+    old.assert_status(StatusCode::OK);
+    // RFC 9745's structured date, RFC 8594's HTTP date, RFC 8288's link.
+    assert_eq!(old.header("deprecation"), Some("@1796083200"));
+    assert_eq!(old.header("sunset"), Some("Thu, 01 Jul 2027 00:00:00 GMT"));
+    assert_eq!(
+        old.header("link"),
+        Some("</health/live>; rel=\"successor-version\"")
+    );
+    // The request id and security headers are there as on every answer.
+    assert!(old.header("x-request-id").is_some());
+    let successor = app.get("/health/live").await;
+    successor.assert_status(StatusCode::OK);
+    for header in ["deprecation", "sunset", "link"] {
+        assert_eq!(successor.header(header), None, "{header}");
+    }
+}
+
+#[tokio::test]
 async fn readiness_checks_the_database_and_shows_pool_figures() {
     let app = spawn_app().await;
     let ready = app.get("/health/ready").await;
