@@ -2,7 +2,7 @@
 //! — `Deprecation` (RFC 9745: since when, as `@<Unix seconds>`), `Sunset` (RFC 8594:
 //! from when it may stop answering, an HTTP date) and `Link` to the endpoint that
 //! replaces it (`rel="successor-version"`). An endpoint is marked by wrapping its route
-//! with [`deprecated`]; the list of marked endpoints is [`DEPRECATED`].
+//! with [`deprecated`] and a [`Deprecation`] declared here.
 
 use std::time::{Duration, SystemTime};
 
@@ -33,9 +33,6 @@ pub const HEALTH: Deprecation = Deprecation {
     sunset: 1_814_400_000,
     successor: "/health/live",
 };
-
-/// Every deprecated endpoint.
-pub const DEPRECATED: &[&Deprecation] = &[&HEALTH];
 
 /// `route`, answering with the headers of `deprecation`.
 pub fn deprecated<S>(route: MethodRouter<S>, deprecation: &'static Deprecation) -> MethodRouter<S>
@@ -101,7 +98,7 @@ mod tests {
 
     #[test]
     fn every_deprecation_ends_after_it_began() {
-        for deprecation in DEPRECATED {
+        for deprecation in [&HEALTH] {
             assert!(deprecation.sunset > deprecation.since, "{deprecation:?}");
             assert_ne!(deprecation.path, deprecation.successor);
         }
