@@ -95,12 +95,4 @@ mod tests {
         assert_eq!(headers[1].1, "Thu, 01 Jul 2027 00:00:00 GMT");
         assert_eq!(headers[2].1, "</health/live>; rel=\"successor-version\"");
     }
-
-    #[test]
-    fn every_deprecation_ends_after_it_began() {
-        for deprecation in [&HEALTH] {
-            assert!(deprecation.sunset > deprecation.since, "{deprecation:?}");
-            assert_ne!(deprecation.path, deprecation.successor);
-        }
-    }
 }
