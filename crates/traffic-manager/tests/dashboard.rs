@@ -14,7 +14,7 @@ use promql_parser::parser::value::ValueType;
 use promql_parser::parser::{self, Expr, LabelModifier, VectorMatchCardinality};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
-use yaml_rust2::{Yaml, YamlLoader};
+use serde_yaml_ng::Value as Yaml;
 
 const BIN: &str = env!("CARGO_BIN_EXE_traffic-manager");
 const ADMIN_KEY: &str = "dashboard-test-admin-key-0123456789abcdef";
@@ -767,8 +767,8 @@ struct Rule {
 
 fn yaml_text(value: &Yaml) -> Option<String> {
     match value {
-        Yaml::String(text) | Yaml::Real(text) => Some(text.clone()),
-        Yaml::Integer(number) => Some(number.to_string()),
+        Yaml::String(text) => Some(text.clone()),
+        Yaml::Number(number) => Some(number.to_string()),
         _ => None,
     }
 }
@@ -781,21 +781,21 @@ fn read_rules(path: &Path, problems: &mut Vec<String>) -> Vec<Rule> {
         .to_string_lossy()
         .into_owned();
     let text = std::fs::read_to_string(path).expect("rule file readable");
-    let docs = match YamlLoader::load_from_str(&text) {
-        Ok(docs) => docs,
+    let doc: Yaml = match serde_yaml_ng::from_str(&text) {
+        Ok(doc) => doc,
         Err(error) => {
             problems.push(format!("{file}: not YAML: {error}"));
             return Vec::new();
         }
     };
-    let Some(groups) = docs.first().and_then(|doc| doc["groups"].as_vec()) else {
+    let Some(groups) = doc["groups"].as_sequence() else {
         problems.push(format!("{file}: no `groups` list"));
         return Vec::new();
     };
     let mut rules = Vec::new();
     for group in groups {
         let group_name = group["name"].as_str().unwrap_or("?");
-        for rule in group["rules"].as_vec().into_iter().flatten() {
+        for rule in group["rules"].as_sequence().into_iter().flatten() {
             let record = rule["record"].as_str().map(str::to_owned);
             let name = record
                 .clone()

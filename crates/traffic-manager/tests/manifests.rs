@@ -20,9 +20,6 @@ const OVERLAYS: [&str; 3] = ["dev", "staging", "prod"];
 /// The Kubernetes version whose schemas the objects must pass (strictly: an unknown
 /// field fails). The web pods' `preStop.sleep` needs 1.30 or later.
 const KUBERNETES_VERSION: &str = "1.33";
-/// Settings of `traffic-manager backup`, which the backup CronJob runs, that this
-/// build's configuration does not list yet.
-const BACKUP_SETTINGS: [&str; 1] = ["TM_BACKUP_TARGET"];
 /// Variables other than settings that a container may be given: the S3 client's.
 const OTHER_VARIABLES: [&str; 4] = [
     "AWS_ACCESS_KEY_ID",
@@ -547,9 +544,7 @@ fn check_environment(
     problems: &mut Vec<String>,
 ) {
     for (variable, source) in env {
-        let known = settings.contains(variable)
-            || BACKUP_SETTINGS.contains(&variable.as_str())
-            || OTHER_VARIABLES.contains(&variable.as_str());
+        let known = settings.contains(variable) || OTHER_VARIABLES.contains(&variable.as_str());
         if !known {
             problems.push(format!(
                 "{place}: {variable} is not a setting of the service"
