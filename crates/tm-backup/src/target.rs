@@ -173,7 +173,8 @@ impl Target {
             .await
             .map_err(|e| self.failed("read from", e))?;
         let mut stream = got.into_stream();
-        let mut local = tokio::fs::File::create(to).await?;
+        let mut local =
+            tokio::io::BufWriter::with_capacity(PART, tokio::fs::File::create(to).await?);
         let mut hasher = Sha256::new();
         let mut bytes = 0u64;
         while let Some(chunk) = stream

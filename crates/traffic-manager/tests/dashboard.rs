@@ -13,8 +13,8 @@ use promql_parser::label::MatchOp;
 use promql_parser::parser::value::ValueType;
 use promql_parser::parser::{self, Expr, LabelModifier, VectorMatchCardinality};
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use serde_yaml_ng::Value as Yaml;
+use tokio::io::{AsyncBufReadExt, BufReader};
 
 const BIN: &str = env!("CARGO_BIN_EXE_traffic-manager");
 const ADMIN_KEY: &str = "dashboard-test-admin-key-0123456789abcdef";

@@ -38,7 +38,11 @@ impl BackupStore for PostgresStore {
         for table in tables_of(&mut tx).await? {
             let columns = columns_of(&mut tx, &table).await?;
             let file = format!("{table}.copy");
-            let mut out = tokio::fs::File::create(dir.join(&file)).await.map_err(io)?;
+            // COPY sends a message per row: written through a buffer, not a write each.
+            let mut out = tokio::io::BufWriter::with_capacity(
+                CHUNK,
+                tokio::fs::File::create(dir.join(&file)).await.map_err(io)?,
+            );
             let select = select_in_key_order(&mut tx, &table, &columns, "").await?;
             let mut digest = RowDigest::new();
             let mut stream = tx
@@ -50,7 +54,7 @@ impl BackupStore for PostgresStore {
             }
             drop(stream);
             out.flush().await.map_err(io)?;
-            out.sync_all().await.map_err(io)?;
+            out.get_ref().sync_all().await.map_err(io)?;
             tables.push(digest.finish(&table, columns));
             files.push(file);
         }
