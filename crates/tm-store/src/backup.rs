@@ -210,42 +210,6 @@ pub struct BackupRun {
     pub detail: String,
 }
 
-/// What the backup metrics show, read from the record of runs: when the last verified
-/// backup finished, how long the last run took, and the runs that failed and that could
-/// not be verified.
-pub(crate) const STATE_QUERY: &str = "\
-    SELECT (SELECT max(finished_at) FROM backup_runs WHERE outcome = 'verified'), \
-           (SELECT duration_seconds FROM backup_runs ORDER BY finished_at DESC LIMIT 1), \
-           (SELECT count(*) FROM backup_runs WHERE outcome = 'failed'), \
-           (SELECT count(*) FROM backup_runs WHERE outcome = 'unverified')";
-
-pub(crate) fn state_of(
-    last_success: Option<DateTime<Utc>>,
-    last_duration: Option<f64>,
-    failures: i64,
-    verify_failures: i64,
-) -> tm_telemetry::BackupState {
-    tm_telemetry::BackupState {
-        // Milliseconds are plenty for an alert measured in hours.
-        last_success_unix: last_success.map(|t| t.timestamp_millis() as f64 / 1000.0),
-        last_duration_seconds: last_duration.unwrap_or(0.0),
-        failures: u64::try_from(failures).unwrap_or(0),
-        verify_failures: u64::try_from(verify_failures).unwrap_or(0),
-    }
-}
-
-/// A time as SQLite keeps the record's: fixed-width RFC 3339, so that text order is
-/// time order.
-pub(crate) fn time_text(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
-}
-
-pub(crate) fn parse_time(text: &str) -> Result<DateTime<Utc>, crate::StoreError> {
-    DateTime::parse_from_rfc3339(text)
-        .map(|t| t.with_timezone(&Utc))
-        .map_err(|e| crate::StoreError::Corrupt(format!("backup run time {text:?}: {e}")))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,7 +9,7 @@ CREATE TABLE backup_runs (
     outcome          text             NOT NULL CHECK (outcome IN ('verified', 'unverified', 'failed')),
     location         text             NOT NULL,
     bytes            bigint           NOT NULL CHECK (bytes >= 0),
-    duration_seconds double precision NOT NULL CHECK (duration_seconds >= 0),
+    duration_ms      bigint           NOT NULL CHECK (duration_ms >= 0),
     detail           text             NOT NULL
 );
 

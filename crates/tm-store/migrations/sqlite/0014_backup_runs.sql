@@ -9,7 +9,7 @@ CREATE TABLE backup_runs (
     outcome          TEXT NOT NULL CHECK (outcome IN ('verified', 'unverified', 'failed')),
     location         TEXT NOT NULL,
     bytes            INTEGER NOT NULL CHECK (bytes >= 0),
-    duration_seconds REAL NOT NULL CHECK (duration_seconds >= 0),
+    duration_ms      INTEGER NOT NULL CHECK (duration_ms >= 0),
     detail           TEXT NOT NULL
 ) STRICT;
 

@@ -14,8 +14,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::PostgresStore;
 use crate::backup::{
-    column_list, not_empty, quoted, restored_equal, state_of, BackupRun, Export, RowDigest,
-    SequenceValue, TableSummary, STATE_QUERY, USER_TABLES,
+    column_list, not_empty, quoted, restored_equal, BackupRun, Export, RowDigest, SequenceValue,
+    TableSummary, USER_TABLES,
 };
 use crate::{BackupStore, StoreError};
 
@@ -124,36 +124,11 @@ impl BackupStore for PostgresStore {
     }
 
     async fn record_backup(&self, run: &BackupRun) -> Result<(), StoreError> {
-        self.primary
-            .write(async |conn: &mut PgConnection| {
-                sqlx::query(
-                    "INSERT INTO backup_runs (id, started_at, finished_at, outcome, location, \
-                     bytes, duration_seconds, detail) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-                )
-                .bind(run.id)
-                .bind(run.started_at)
-                .bind(run.finished_at)
-                .bind(run.outcome.as_str())
-                .bind(&run.location)
-                .bind(i64::try_from(run.bytes).unwrap_or(i64::MAX))
-                .bind(run.duration_seconds)
-                .bind(&run.detail)
-                .execute(&mut *conn)
-                .await?;
-                Ok(())
-            })
-            .await
+        crate::sql::record_backup(self, run).await
     }
 
     async fn backup_state(&self) -> Result<tm_telemetry::BackupState, StoreError> {
-        let mut conn = self.primary.acquire().await?;
-        let row = sqlx::query(STATE_QUERY).fetch_one(&mut *conn).await?;
-        Ok(state_of(
-            row.try_get(0)?,
-            row.try_get(1)?,
-            row.try_get(2)?,
-            row.try_get(3)?,
-        ))
+        crate::sql::backup_state(self).await
     }
 }
 

@@ -248,6 +248,10 @@ pub(super) static STATEMENTS: LazyLock<Statements> = LazyLock::new(|| Statements
     webhook_secrets: "SELECT id::text, sealed_secret FROM webhooks ORDER BY id".into(),
     reseal_webhook: "UPDATE webhooks SET sealed_secret = $3 WHERE id = $1 AND sealed_secret = $2"
         .into(),
+    insert_backup_run: "INSERT INTO backup_runs (id, started_at, finished_at, outcome, \
+                        location, bytes, duration_ms, detail) \
+                        VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+        .into(),
     outbox_cursor: "SELECT txid, seq FROM outbox_cursors WHERE sink = $1".into(),
     advance_outbox_cursor: "INSERT INTO outbox_cursors (sink, txid, seq, updated_at) \
                             VALUES ($1, $4, $5, $6) \

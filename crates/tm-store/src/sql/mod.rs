@@ -2,6 +2,7 @@
 //! idempotency operation, over a [`Backend`] that supplies only its dialect (the
 //! statements, how values are bound, which pool serves what).
 
+mod backups;
 mod events;
 mod idempotency;
 mod jobs;
@@ -9,6 +10,8 @@ mod keys;
 mod routes;
 mod services;
 mod webhooks;
+
+pub(crate) use backups::{backup_state, record_backup};
 
 pub(crate) use events::write_events;
 
@@ -257,6 +260,9 @@ pub(crate) struct Statements {
     pub(crate) webhook_secrets: String,
     /// Replaces a webhook's sealed secret (id, old, new) if it is still the old one.
     pub(crate) reseal_webhook: String,
+    /// Records a backup run (id, started at, finished at, outcome, location, bytes,
+    /// duration in milliseconds, detail).
+    pub(crate) insert_backup_run: String,
     /// A relay's cursor (sink): txid, seq.
     pub(crate) outbox_cursor: String,
     /// Moves a relay's cursor (sink, from txid, from seq, to txid, to seq, now) if it is

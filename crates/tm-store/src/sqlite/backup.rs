@@ -12,8 +12,8 @@ use sqlx::{ConnectOptions, Connection, Row, SqliteConnection};
 
 use super::SqliteStore;
 use crate::backup::{
-    column_list, not_empty, parse_time, quoted, restored_equal, state_of, time_text, BackupRun,
-    Export, RowDigest, TableSummary, STATE_QUERY, USER_TABLES,
+    column_list, not_empty, quoted, restored_equal, BackupRun, Export, RowDigest, TableSummary,
+    USER_TABLES,
 };
 use crate::{BackupStore, StoreError};
 
@@ -84,40 +84,11 @@ impl BackupStore for SqliteStore {
     }
 
     async fn record_backup(&self, run: &BackupRun) -> Result<(), StoreError> {
-        self.writer
-            .write(async |conn: &mut SqliteConnection| {
-                sqlx::query(
-                    "INSERT INTO backup_runs (id, started_at, finished_at, outcome, location, \
-                     bytes, duration_seconds, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                )
-                .bind(run.id.to_string())
-                .bind(time_text(run.started_at))
-                .bind(time_text(run.finished_at))
-                .bind(run.outcome.as_str())
-                .bind(&run.location)
-                .bind(i64::try_from(run.bytes).unwrap_or(i64::MAX))
-                .bind(run.duration_seconds)
-                .bind(&run.detail)
-                .execute(&mut *conn)
-                .await?;
-                Ok(())
-            })
-            .await
+        crate::sql::record_backup(self, run).await
     }
 
     async fn backup_state(&self) -> Result<tm_telemetry::BackupState, StoreError> {
-        let mut conn = self.reader.acquire().await?;
-        let row = sqlx::query(STATE_QUERY).fetch_one(&mut *conn).await?;
-        let last_success = row
-            .try_get::<Option<String>, _>(0)?
-            .map(|t| parse_time(&t))
-            .transpose()?;
-        Ok(state_of(
-            last_success,
-            row.try_get(1)?,
-            row.try_get(2)?,
-            row.try_get(3)?,
-        ))
+        crate::sql::backup_state(self).await
     }
 }
 
