@@ -21,6 +21,7 @@
 //! - `TM_TEST_S3_SERVER`: moto's `moto_server` script, an S3-compatible server; likewise.
 
 mod app;
+mod binary;
 mod client;
 mod config;
 mod database;
@@ -35,6 +36,7 @@ mod upstream;
 mod wait;
 
 pub use app::{spawn_app, spawn_app_with, TestApp, TestAppBuilder};
+pub use binary::{binary_command, start_listening};
 pub use client::{route, Reply};
 pub use config::quiet_background;
 pub use database::{backend, OwnSchema};

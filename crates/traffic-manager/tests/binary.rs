@@ -12,20 +12,9 @@ use tokio::process::{Child, Command};
 const BIN: &str = env!("CARGO_BIN_EXE_traffic-manager");
 const ADMIN_KEY: &str = "binary-test-admin-key-0123456789abcdef";
 
-/// The binary with a clean environment: no TM_* setting leaks in from outside.
+/// The binary with a clean environment, its data in `data_dir`.
 fn command(data_dir: &Path) -> Command {
-    let mut cmd = Command::new(BIN);
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("TM_") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd.env("TM_DATA_DIR", data_dir)
-        .env("TM_BOOTSTRAP_ADMIN_KEY", ADMIN_KEY)
-        .env("TM_LISTEN", "127.0.0.1:0")
-        .env("TM_LOG_FORMAT", "json")
-        .kill_on_drop(true);
-    cmd
+    tm_testing::binary_command(BIN, data_dir, ADMIN_KEY)
 }
 
 /// Starts `serve` and waits for its "listening" log line; returns the child and address.
@@ -58,32 +47,8 @@ async fn start_serving(cmd: Command) -> (Child, String, Vec<String>) {
 }
 
 /// [`start_serving`] for any subcommand that listens (`serve`, `worker`).
-async fn start_running(mut cmd: Command, subcommand: &str) -> (Child, String, Vec<String>) {
-    let mut child = cmd
-        .arg(subcommand)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("binary starts");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let mut printed = Vec::new();
-    let addr = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = lines.next_line().await.expect("read stdout") {
-            let addr = serde_json::from_str::<Value>(&line)
-                .ok()
-                .and_then(|entry| entry["addr"].as_str().map(str::to_owned));
-            printed.push(line);
-            if let Some(addr) = addr {
-                return addr;
-            }
-        }
-        panic!("the server exited before listening");
-    })
-    .await
-    .expect("server listening within 30 s");
-    // Keep draining stdout so the server never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, addr, printed)
+async fn start_running(cmd: Command, subcommand: &str) -> (Child, String, Vec<String>) {
+    tm_testing::start_listening(cmd, subcommand).await
 }
 
 #[tokio::test]

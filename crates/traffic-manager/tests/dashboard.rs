@@ -5,7 +5,6 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -14,7 +13,6 @@ use promql_parser::parser::value::ValueType;
 use promql_parser::parser::{self, Expr, LabelModifier, VectorMatchCardinality};
 use serde_json::{json, Value};
 use serde_yaml_ng::Value as Yaml;
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 const BIN: &str = env!("CARGO_BIN_EXE_traffic-manager");
 const ADMIN_KEY: &str = "dashboard-test-admin-key-0123456789abcdef";
@@ -177,43 +175,12 @@ async fn scrape_after_traffic() -> String {
     scrape
 }
 
-/// Starts `serve` with a clean environment on a free loopback port and waits for its
-/// "listening" log line; returns the child and its address.
+/// Starts `serve` with a clean environment on a free loopback port, looking for due
+/// jobs often, and waits until it listens; returns the child and its address.
 async fn serve(data_dir: &Path) -> (tokio::process::Child, String) {
-    let mut cmd = tokio::process::Command::new(BIN);
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("TM_") {
-            cmd.env_remove(key);
-        }
-    }
-    let mut child = cmd
-        .env("TM_DATA_DIR", data_dir)
-        .env("TM_BOOTSTRAP_ADMIN_KEY", ADMIN_KEY)
-        .env("TM_LISTEN", "127.0.0.1:0")
-        .env("TM_LOG_FORMAT", "json")
-        .env("TM_JOB_POLL_INTERVAL", "50ms")
-        .arg("serve")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("binary starts");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let addr = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = lines.next_line().await.expect("read stdout") {
-            let addr = serde_json::from_str::<Value>(&line)
-                .ok()
-                .and_then(|entry| entry["addr"].as_str().map(str::to_owned));
-            if let Some(addr) = addr {
-                return addr;
-            }
-        }
-        panic!("the server exited before listening");
-    })
-    .await
-    .expect("server listening within 30 s");
-    // Keep draining stdout so the server never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let mut cmd = tm_testing::binary_command(BIN, data_dir, ADMIN_KEY);
+    cmd.env("TM_JOB_POLL_INTERVAL", "50ms");
+    let (child, addr, _) = tm_testing::start_listening(cmd, "serve").await;
     (child, addr)
 }
 
