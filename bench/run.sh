@@ -461,7 +461,7 @@ backup_table() {
         restore_s=$(since "$started")
         printf '| %s | %s | %s | %s | %s | %s |\n' "$backend" "$BACKUP_ROUTES" "$backup_s" \
             "$(du -sb "$target" | awk '{printf "%.1f", $1 / 1048576}')" \
-            "$(python3 -c 'import json,sys,glob; m=json.load(open(glob.glob(sys.argv[1]+"/*/manifest.json")[0])); print(f"{sum(f[\"source_bytes\"] for f in m[\"files\"]) / 1048576:.1f}")' "$target")" \
+            "$(python3 -c 'import json,sys,glob; m=json.load(open(glob.glob(sys.argv[1]+"/*/manifest.json")[0])); print("%.1f" % (sum(f["source_bytes"] for f in m["files"]) / 1048576))' "$target")" \
             "$restore_s"
         rm -rf "$WORK/backup-from" "$WORK/backup-to"
     done
