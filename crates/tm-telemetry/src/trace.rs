@@ -146,7 +146,11 @@ pub fn samples(origin: &Origin<'_>) -> bool {
     if let (Some(parent), Sampler::ParentBased(_)) = (origin.parent, &installed.sampler) {
         return parent.sampled();
     }
-    let context = origin.context();
+    // A trace that starts here is decided on its id alone: no context to build.
+    let context = match origin.parent {
+        Some(_) => origin.context(),
+        None => Context::new(),
+    };
     let result = installed.sampler.should_sample(
         Some(&context),
         TraceId::from(origin.trace_id),
