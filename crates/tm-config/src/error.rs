@@ -26,9 +26,14 @@ impl fmt::Display for ConfigError {
     }
 }
 
-/// `TM_DATABASE_URL` for the key `database_url`.
+/// `TM_DATABASE_URL` for the key `database_url`; the standard `OTEL_*` variables keep
+/// their own names.
 pub(crate) fn env_name(key: &str) -> String {
-    format!("TM_{}", key.to_ascii_uppercase())
+    if crate::otel::is_standard_key(key) {
+        key.to_ascii_uppercase()
+    } else {
+        format!("TM_{}", key.to_ascii_uppercase())
+    }
 }
 
 /// The problems found so far, in the order the sections are checked.

@@ -13,6 +13,7 @@ mod guards;
 mod http;
 mod jobs;
 mod limits;
+mod otel;
 mod pool;
 mod process;
 mod redis;
@@ -41,6 +42,7 @@ pub use guards::GuardConfig;
 pub use http::{ConnectionLimits, CorsOrigins, HttpConfig, HttpRaw};
 pub use jobs::{JobsConfig, JobsRaw};
 pub use limits::{LimitsRaw, Quota, QuotaParseError, RateLimits};
+pub use otel::{OtelRaw, OtlpProtocol, RootSampler, TraceSampler, TracingConfig};
 pub use pool::{PoolConfig, PoolRaw};
 pub use process::{ProcessRaw, ProcessType, Profile};
 pub use redis::{RedisConfig, RedisNodes, RedisRaw};
@@ -68,6 +70,8 @@ pub struct RawConfig {
     pub redis: RedisRaw,
     #[serde(flatten)]
     pub telemetry: TelemetryRaw,
+    #[serde(flatten)]
+    pub otel: OtelRaw,
     #[serde(flatten)]
     pub limits: LimitsRaw,
     #[serde(flatten)]
@@ -103,6 +107,8 @@ pub struct Config {
     /// `TM_BOOTSTRAP_ADMIN_KEY`: an admin key given by the operator (at least 32 characters).
     pub bootstrap_admin_key: Option<SecretString>,
     pub metrics: MetricsConfig,
+    /// Span export, when an OTLP endpoint is configured.
+    pub tracing: Option<TracingConfig>,
     pub process_type: ProcessType,
     pub redis: Option<RedisConfig>,
     pub events: EventsConfig,
@@ -165,6 +171,7 @@ impl Config {
             pool: section(&figment, &mut errors),
             redis: section(&figment, &mut errors),
             telemetry: section(&figment, &mut errors),
+            otel: section(&figment, &mut errors),
             limits: section(&figment, &mut errors),
             guards: section(&figment, &mut errors),
             http: section(&figment, &mut errors),
@@ -188,6 +195,7 @@ impl Config {
         self.pool.render(&mut out);
         redis::render(self.redis.as_ref(), &mut out);
         telemetry::render(&self.log, &self.http.access_log, &self.metrics, &mut out);
+        otel::render(self.tracing.as_ref(), &mut out);
         self.http.render(&mut out);
         self.events.render(&mut out);
         self.jobs.render(&mut out);
@@ -224,8 +232,13 @@ fn figment_for(file: Option<&Path>) -> Result<Figment, ConfigError> {
         check_file(path)?;
         figment = figment.merge(Toml::file_exact(path));
     }
-    let keys: Vec<&str> = setting_keys().iter().map(String::as_str).collect();
-    Ok(figment.merge(Env::prefixed("TM_").only(&keys)))
+    let (standard, keys): (Vec<&str>, Vec<&str>) = setting_keys()
+        .iter()
+        .map(String::as_str)
+        .partition(|key| otel::is_standard_key(key));
+    Ok(figment
+        .merge(Env::raw().only(&standard))
+        .merge(Env::prefixed("TM_").only(&keys)))
 }
 
 /// The file exists, is TOML, and holds settings only: a misspelt key is refused rather
@@ -269,6 +282,7 @@ impl TryFrom<RawConfig> for Config {
         let log = raw.telemetry.log(process.profile, &mut problems);
         let metrics = raw.telemetry.metrics(&mut problems);
         let access_log = raw.telemetry.access_log(&mut problems);
+        let tracing = raw.otel.check(&mut problems);
         let rate_limits = raw.limits.check(&mut problems);
         let events = raw.events.check(&mut problems);
         let jobs = raw.jobs.check(&mut problems);
@@ -292,6 +306,7 @@ impl TryFrom<RawConfig> for Config {
                 worker_threads: process.worker_threads,
                 bootstrap_admin_key: process.bootstrap_admin_key,
                 metrics,
+                tracing,
                 process_type: process.process_type,
                 redis,
                 events,

@@ -2,6 +2,7 @@
 
 use super::*;
 use figment::Jail;
+use secrecy::ExposeSecret;
 
 #[test]
 fn defaults_serve_a_laptop() {
@@ -426,7 +427,8 @@ fn non_dev_profiles_log_json_by_default() {
 
 #[test]
 fn every_setting_may_come_from_the_environment() {
-    assert_eq!(setting_keys().len(), 111);
+    // 111 TM_* settings and the 10 standard OTEL_* ones.
+    assert_eq!(setting_keys().len(), 121);
     Jail::expect_with(|jail| {
         jail.set_env("TM_ACCESS_LOG_RESOLVE_SAMPLE", "0");
         jail.set_env("TM_RESOLVE_FAST_PATH", "false");
@@ -653,4 +655,90 @@ fn backups_go_to_the_data_dir_daily_unless_told_otherwise() {
         ..RawConfig::default()
     };
     assert!(Config::try_from(raw).is_err());
+}
+
+#[test]
+fn tracing_is_off_unless_an_endpoint_is_set() {
+    let config = Config::try_from(RawConfig::default()).expect("defaults are valid");
+    assert!(config.tracing.is_none());
+    assert!(config.redacted().contains("tracing = \"off"));
+}
+
+#[test]
+fn tracing_reads_the_standard_variables() {
+    Jail::expect_with(|jail| {
+        jail.set_env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318/");
+        jail.set_env(
+            "OTEL_EXPORTER_OTLP_HEADERS",
+            "authorization=Bearer%20s3cret,x-team=ops",
+        );
+        jail.set_env(
+            "OTEL_RESOURCE_ATTRIBUTES",
+            "deployment.environment=prod,service.name=ignored",
+        );
+        jail.set_env("OTEL_SERVICE_NAME", "tm-eu");
+        jail.set_env("OTEL_TRACES_SAMPLER", "parentbased_traceidratio");
+        jail.set_env("OTEL_TRACES_SAMPLER_ARG", "0.01");
+        let config = Config::load(None).expect("valid");
+        let tracing = config.tracing.clone().expect("on");
+        assert_eq!(tracing.endpoint, "http://collector:4318/v1/traces");
+        assert_eq!(tracing.protocol, OtlpProtocol::HttpProtobuf);
+        assert_eq!(tracing.service_name, "tm-eu");
+        assert_eq!(
+            tracing.resource_attributes,
+            vec![("deployment.environment".to_owned(), "prod".to_owned())]
+        );
+        assert_eq!(
+            tracing.sampler,
+            TraceSampler::ParentBased(RootSampler::Ratio(0.01))
+        );
+        let headers: Vec<(&str, &str)> = tracing
+            .headers
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.expose_secret()))
+            .collect();
+        assert_eq!(
+            headers,
+            vec![("authorization", "Bearer s3cret"), ("x-team", "ops")]
+        );
+        let shown = config.redacted();
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("authorization=(redacted)"), "{shown}");
+        assert!(
+            shown.contains(
+                "otel_exporter_otlp_traces_endpoint = \"http://collector:4318/v1/traces\""
+            ),
+            "{shown}"
+        );
+
+        jail.set_env(
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "https://traces.example/otlp",
+        );
+        let tracing = Config::load(None).expect("valid").tracing.expect("on");
+        assert_eq!(tracing.endpoint, "https://traces.example/otlp");
+        Ok(())
+    });
+}
+
+#[test]
+fn bad_tracing_settings_are_named_by_their_standard_variable() {
+    Jail::expect_with(|jail| {
+        jail.set_env("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318");
+        jail.set_env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc");
+        jail.set_env("OTEL_TRACES_SAMPLER", "traceidratio");
+        jail.set_env("OTEL_TRACES_SAMPLER_ARG", "2");
+        let err = Config::load(None).expect_err("invalid");
+        let named: Vec<&str> = err.0.iter().map(|e| e.setting.as_str()).collect();
+        assert_eq!(
+            named,
+            [
+                "OTEL_TRACES_SAMPLER_ARG",
+                "OTEL_EXPORTER_OTLP_PROTOCOL",
+                "OTEL_EXPORTER_OTLP_ENDPOINT"
+            ],
+            "{err}"
+        );
+        Ok(())
+    });
 }

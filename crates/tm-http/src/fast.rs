@@ -39,6 +39,9 @@ pub fn resolve<B>(state: &AppState, request: &Request<B>) -> Option<Response> {
 pub(crate) struct Taken<'s> {
     started: Instant,
     ids: RequestIds,
+    /// The request's span, made only when it is recorded (tracing on and sampled): one
+    /// that is not costs none.
+    span: Option<tracing::Span>,
     context: RequestContext,
     outcome: Result<Resolved<'s>, ApiError>,
 }
@@ -60,13 +63,15 @@ pub(crate) fn take<'s>(
     }
     let started = Instant::now();
     let principal = authenticate(headers, state).ok()?;
-    let ids = RequestIds::of(headers);
+    let mut ids = RequestIds::of(headers);
+    let span = ids.sampled().then(|| ids.span(&Method::GET, RESOLVE_PATH));
     let context = RequestContext::default();
     let outcome = Caller::admit_resolve(state, principal, context.clone())
         .and_then(|caller| crate::resolve::answer(snapshot, &caller, query, headers));
     Some(Taken {
         started,
         ids,
+        span,
         context,
         outcome,
     })
@@ -87,6 +92,7 @@ impl Taken<'_> {
         let Taken {
             started,
             ids,
+            span,
             context,
             outcome,
         } = self;
@@ -98,7 +104,7 @@ impl Taken<'_> {
             state,
             &exchange(started, &context),
             ids,
-            None,
+            span,
             &mut response,
         );
         add_cors(state, response.headers_mut());
@@ -107,7 +113,7 @@ impl Taken<'_> {
 
     /// The answer as an HTTP/1.1 response, appended to `out`; a refusal is made by the
     /// same code as on the router's path, as a response to write with [`write_response`].
-    pub(crate) fn write(self, state: &AppState, out: &mut Vec<u8>) -> Option<Response> {
+    pub(crate) fn write(mut self, state: &AppState, out: &mut Vec<u8>) -> Option<Response> {
         let resolved = match &self.outcome {
             Ok(resolved) => resolved,
             Err(_) => return Some(self.into_response(state)),
@@ -116,8 +122,8 @@ impl Taken<'_> {
         observed(
             state,
             &exchange(self.started, &self.context),
-            &self.ids,
-            None,
+            &mut self.ids,
+            self.span.take(),
             status.as_u16(),
             None,
         );

@@ -22,6 +22,10 @@ const MAX_HEADERS: usize = 32;
 pub(crate) const MAX_HEAD: usize = 8 * 1024;
 
 /// What the front makes of the bytes at the start of a connection's buffer.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "made once per request and matched at once: boxing it would allocate per resolve"
+)]
 pub(crate) enum Step<'s> {
     /// A resolve taken, whose head was the first `consumed` bytes.
     Taken { consumed: usize, taken: Taken<'s> },

@@ -15,6 +15,7 @@ use tm_config::AccessLogConfig;
 use tm_domain::{KeyId, TenantId};
 use tm_resilience::RateDecision;
 use tm_store::Principal;
+use tm_telemetry::trace::{self, TraceParent};
 use tracing::{Instrument, Span};
 
 use crate::error::ServerFault;
@@ -25,6 +26,7 @@ use crate::{ApiError, AppState};
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub static X_CORRELATION_ID: HeaderName = HeaderName::from_static("x-correlation-id");
 static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
 const MAX_ID_LEN: usize = 128;
 
@@ -184,34 +186,49 @@ impl std::fmt::Display for TraceId {
     }
 }
 
-/// The trace id of a valid W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`).
-fn trace_id_of(headers: &(impl RequestHead + ?Sized)) -> Option<TraceId> {
-    let value = crate::wire::text(headers.first(&TRACEPARENT)?)?;
-    let mut parts = value.trim().split('-');
-    let (version, trace, parent, flags) =
-        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    let hex = |s: &str, len: usize| {
-        s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-    };
-    let valid = hex(version, 2)
-        && version != "ff"
-        && hex(trace, 32)
-        && trace.bytes().any(|b| b != b'0')
-        && hex(parent, 16)
-        && parent.bytes().any(|b| b != b'0')
-        && hex(flags, 2)
-        && (version != "00" || parts.next().is_none());
-    valid
-        .then(|| u128::from_str_radix(trace, 16).ok())
-        .flatten()
-        .map(TraceId)
+/// The valid W3C `traceparent` of `headers`, if any.
+fn traceparent_of(headers: &(impl RequestHead + ?Sized)) -> Option<TraceParent> {
+    TraceParent::parse(crate::wire::text(headers.first(&TRACEPARENT)?)?)
+}
+
+/// A span of the request's trace, by its id and W3C flags (the trace id is the
+/// request's): kept small, as the fast path moves these ids about.
+#[derive(Clone, Copy, Debug)]
+struct SpanOf {
+    span_id: u64,
+    flags: u8,
+}
+
+impl SpanOf {
+    fn of(parent: TraceParent) -> Self {
+        Self {
+            span_id: parent.span_id,
+            flags: parent.flags,
+        }
+    }
+
+    fn in_trace(self, trace_id: &TraceId) -> TraceParent {
+        TraceParent {
+            trace_id: trace_id.0,
+            span_id: self.span_id,
+            flags: self.flags,
+        }
+    }
 }
 
 /// The ids a request is answered and logged with.
 pub(crate) struct RequestIds {
     request_id: HeaderValue,
     correlation_id: HeaderValue,
+    /// The caller's trace when it sent a valid `traceparent`, else one chosen here: the
+    /// request's trace whether or not spans are exported.
     trace_id: TraceId,
+    /// The caller's span.
+    parent: Option<SpanOf>,
+    /// The caller's `tracestate`, read only when spans are exported.
+    tracestate: Option<Box<str>>,
+    /// The request's own span, once it is known to be recorded (tracing on, sampled).
+    traced: Option<SpanOf>,
 }
 
 impl RequestIds {
@@ -229,18 +246,44 @@ impl RequestIds {
                 HeaderValue::from_bytes(request_id.as_bytes())
                     .expect("an id is a valid header value")
             });
-        let trace_id = trace_id_of(headers).unwrap_or_else(|| TraceId(rand::random()));
+        let parent = traceparent_of(headers);
+        let trace_id = TraceId(parent.map_or_else(rand::random, |p| p.trace_id));
+        let tracestate = match parent {
+            Some(_) if trace::enabled() => headers
+                .first(&TRACESTATE)
+                .and_then(crate::wire::text)
+                .map(Box::from),
+            _ => None,
+        };
         Self {
             request_id,
             correlation_id,
             trace_id,
+            parent: parent.map(SpanOf::of),
+            tracestate,
+            traced: None,
         }
     }
 
-    /// The one span of the request they identify.
-    fn span(&self, method: &Method, endpoint: &str) -> Span {
-        tracing::info_span!(
-            "request",
+    /// Where the request's trace comes from.
+    fn origin(&self) -> trace::Origin<'_> {
+        trace::Origin {
+            trace_id: self.trace_id.0,
+            parent: self.parent.map(|p| p.in_trace(&self.trace_id)),
+            tracestate: self.tracestate.as_deref(),
+        }
+    }
+
+    /// Whether the request is to be recorded (never, with tracing off): decided before
+    /// its span is made, so that one not recorded costs no span on the fast path.
+    pub(crate) fn sampled(&self) -> bool {
+        trace::samples(&self.origin())
+    }
+
+    /// The one span of the request they identify, in the request's trace.
+    pub(crate) fn span(&mut self, method: &Method, endpoint: &str) -> Span {
+        let span = tracing::info_span!(
+            trace::REQUEST_SPAN,
             method = %method,
             route = %endpoint,
             request_id = text(&self.request_id),
@@ -248,7 +291,12 @@ impl RequestIds {
             trace_id = %self.trace_id,
             tenant = tracing::field::Empty,
             key_id = tracing::field::Empty,
-        )
+            http.response.status_code = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
+        // Adopted even when made only to log in: the sampler then decides as it did.
+        self.traced = trace::adopt(&span, &self.origin()).map(SpanOf::of);
+        span
     }
 }
 
@@ -256,7 +304,7 @@ impl RequestIds {
 /// request the fast path did not take.
 pub async fn observe(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let ids = RequestIds::of(request.headers());
+    let mut ids = RequestIds::of(request.headers());
     let matched = request.extensions().get::<MatchedPath>().cloned();
     let endpoint = matched
         .as_ref()
@@ -292,7 +340,7 @@ pub(crate) struct Exchange<'a> {
 pub(crate) fn answered(
     state: &AppState,
     exchange: &Exchange<'_>,
-    ids: RequestIds,
+    mut ids: RequestIds,
     span: Option<Span>,
     response: &mut Response,
 ) {
@@ -300,7 +348,7 @@ pub(crate) fn answered(
     observed(
         state,
         exchange,
-        &ids,
+        &mut ids,
         span,
         response.status().as_u16(),
         fault,
@@ -315,7 +363,7 @@ pub(crate) fn answered(
 pub(crate) fn observed(
     state: &AppState,
     exchange: &Exchange<'_>,
-    ids: &RequestIds,
+    ids: &mut RequestIds,
     span: Option<Span>,
     status: u16,
     fault: Option<ServerFault>,
@@ -333,12 +381,17 @@ pub(crate) fn observed(
     if let Some(tenant) = context.tenant() {
         state.metrics.observe_tenant(tenant.as_str());
     }
-    if fault.is_some() || state.access_log.wanted(endpoint, status, elapsed) {
-        let span = span.unwrap_or_else(|| {
-            let span = ids.span(method, endpoint);
-            context.record_on(&span);
-            span
-        });
+    let logged = fault.is_some() || state.access_log.wanted(endpoint, status, elapsed);
+    if logged {
+        let made;
+        let span = match &span {
+            Some(span) => span,
+            None => {
+                made = ids.span(method, endpoint);
+                context.record_on(&made);
+                &made
+            }
+        };
         span.in_scope(|| {
             if let Some(ServerFault(fault)) = fault {
                 log_fault(status, &fault);
@@ -349,6 +402,14 @@ pub(crate) fn observed(
                 "{method} {endpoint} answered {status}"
             );
         });
+    }
+    // Recorded once the log lines are written, which need not repeat it: for the
+    // exported span only.
+    if let (Some(span), Some(_)) = (&span, &ids.traced) {
+        span.record("http.response.status_code", status);
+        if status >= 500 {
+            span.record("otel.status_code", "error");
+        }
     }
 }
 
@@ -366,6 +427,14 @@ pub(crate) fn add_headers(
     }
     headers.put(&X_REQUEST_ID, &ids.request_id);
     headers.put(&X_CORRELATION_ID, &ids.correlation_id);
+    if let Some(traced) = ids.traced.map(|t| t.in_trace(&ids.trace_id)) {
+        // The recorded span, for the caller to find the request in its trace.
+        let mut text = [0u8; 55];
+        let mut out = &mut text[..];
+        if std::io::Write::write_fmt(&mut out, format_args!("{traced}")).is_ok() {
+            headers.put_ascii(&TRACEPARENT, &text);
+        }
+    }
 }
 
 /// Logs the error behind a 5xx answer once, with its whole `source()` chain.
@@ -495,24 +564,27 @@ mod tests {
     }
 
     #[test]
-    fn traceparent_is_honoured_only_when_valid() {
+    fn a_valid_traceparent_names_the_trace_and_the_caller() {
         let mut headers = HeaderMap::new();
         let valid = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         headers.insert(&TRACEPARENT, HeaderValue::from_static(valid));
-        assert_eq!(
-            trace_id_of(&headers).map(|t| t.to_string()).as_deref(),
-            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        let ids = RequestIds::of(&headers);
+        assert_eq!(ids.trace_id.to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(ids.parent.map(|p| p.span_id), Some(0x00f0_67aa_0ba9_02b7));
+        headers.insert(
+            &TRACEPARENT,
+            HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01"),
         );
-        for bad in [
-            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
-            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
-            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
-            "garbage",
-        ] {
-            headers.insert(&TRACEPARENT, HeaderValue::from_static(bad));
-            assert!(trace_id_of(&headers).is_none(), "{bad}");
-        }
+        let ids = RequestIds::of(&headers);
+        assert!(ids.parent.is_none());
+        assert_ne!(ids.trace_id.to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+    }
+
+    #[test]
+    fn with_tracing_off_no_traceparent_is_answered() {
+        let mut ids = RequestIds::of(&HeaderMap::new());
+        let _span = ids.span(&Method::GET, "/api/v1/routes");
+        assert!(!ids.sampled());
+        assert!(ids.traced.is_none());
     }
 }

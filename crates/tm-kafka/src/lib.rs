@@ -67,9 +67,10 @@ async fn bounded<T>(
         .unwrap_or(Err(KafkaError::TimedOut(limit)))
 }
 
-/// The record of `event`.
-pub fn record_of(event: &Event) -> Record {
-    let headers = BTreeMap::from([
+/// The record of `event`, with `trace` (the sender's `traceparent`, if any) among its
+/// headers.
+pub fn record_of(event: &Event, trace: &[(&str, String)]) -> Record {
+    let mut headers = BTreeMap::from([
         ("content-type".to_owned(), CONTENT_TYPE.as_bytes().to_vec()),
         ("ce_id".to_owned(), event.id.to_string().into_bytes()),
         (
@@ -77,6 +78,9 @@ pub fn record_of(event: &Event) -> Record {
             event.kind.as_str().as_bytes().to_vec(),
         ),
     ]);
+    for (name, value) in trace {
+        headers.insert((*name).to_owned(), value.as_bytes().to_vec());
+    }
     Record {
         key: Some(event.ordering_key().as_bytes().to_vec()),
         value: Some(serde_json::to_vec(event).expect("an event serializes")),
@@ -101,13 +105,18 @@ impl KafkaSink {
     /// Publishes `events`, keeping their order within each ordering key; `Ok` once the
     /// brokers have acknowledged every one. On an error some may have been published
     /// (publishing them again repeats them: consumers tell repeats by the event id).
-    pub async fn publish(&self, events: &[Event]) -> Result<(), KafkaError> {
+    /// `trace` (W3C trace context headers of the sending span) goes on every record.
+    pub async fn publish(
+        &self,
+        events: &[Event],
+        trace: &[(&str, String)],
+    ) -> Result<(), KafkaError> {
         let mut connected = self.connected.lock().await;
         let clients = match connected.take() {
             Some(clients) => clients,
             None => self.connect().await?,
         };
-        let produced = self.produce(&clients.partitions, events).await;
+        let produced = self.produce(&clients.partitions, events, trace).await;
         if produced.is_ok() {
             *connected = Some(clients);
         }
@@ -193,6 +202,7 @@ impl KafkaSink {
         &self,
         partitions: &[PartitionClient],
         events: &[Event],
+        trace: &[(&str, String)],
     ) -> Result<(), KafkaError> {
         let mut by_partition: BTreeMap<usize, Vec<Record>> = BTreeMap::new();
         for event in events {
@@ -200,7 +210,7 @@ impl KafkaSink {
             by_partition
                 .entry(partition)
                 .or_default()
-                .push(record_of(event));
+                .push(record_of(event, trace));
         }
         let limit = self.config.timeout;
         let each = by_partition.into_iter().map(|(partition, records)| {

@@ -254,6 +254,7 @@ impl Redis {
     }
 
     /// Sends one request within the timeout, through the breaker, with its metrics.
+    #[tracing::instrument(level = "debug", name = "redis.command", skip_all, fields(db.system = "redis", db.operation.name = command))]
     async fn run<T: FromRedisValue>(
         &self,
         command: &'static str,

@@ -2,9 +2,11 @@
 //! `TM_LOG_FORMAT=json` (the default outside `dev`), compact text otherwise; the level is
 //! an `EnvFilter` directive. Lines are written by a thread of their own, off the request
 //! path, a batch at a time, through a bounded buffer: when it is full a line is dropped
-//! and counted ([`dropped_log_lines`]), never waited for (see [`writer`]).
+//! and counted ([`dropped_log_lines`]), never waited for (see [`writer`]). Spans are
+//! exported over OTLP when an endpoint is configured (see [`trace`]).
 
 mod metrics;
+pub mod trace;
 mod writer;
 
 use std::sync::OnceLock;
@@ -13,46 +15,115 @@ pub use metrics::{
     BackupState, Metrics, PoolFigures, CONTENT_TYPE as METRICS_CONTENT_TYPE, OTHER_TENANT,
     UNMATCHED,
 };
-use tm_config::{LogConfig, LogFormat};
+use tm_config::{LogConfig, LogFormat, TracingConfig};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::{EnvFilter, Layer};
 use writer::{BatchWriter, WriterGuard};
 
 /// The installed writer, which counts the lines it dropped, its buffer being full.
 /// Logging is the process's, so this is too.
 static INSTALLED: OnceLock<BatchWriter> = OnceLock::new();
 
-/// Keeps the log writer's thread running; dropping it writes out what is buffered.
-/// Hold it for the life of the process.
-#[must_use = "dropping the guard stops the log writer"]
-pub struct LogGuard(#[expect(dead_code, reason = "held for its Drop")] WriterGuard);
+/// Keeps the log writer's thread running and trace export going; dropping it exports the
+/// spans still queued, then writes out the lines still buffered. Hold it for the life of
+/// the process.
+#[must_use = "dropping the guard stops the log writer and trace export"]
+pub struct LogGuard {
+    // Fields drop in order: the exporter's last words may still be logged.
+    _tracing: trace::TracingGuard,
+    _writer: WriterGuard,
+}
 
-/// Installs the global subscriber. Fails if the level directive cannot be parsed or a
-/// subscriber is already installed.
-pub fn init(config: &LogConfig) -> Result<LogGuard, String> {
+/// The log layer of `format`, writing to `writer`.
+fn log_layer<S>(format: LogFormat, writer: BatchWriter) -> Box<dyn Layer<S> + Send + Sync>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    match format {
+        LogFormat::Json => Box::new(flat_json(writer)),
+        LogFormat::Text => Box::new(
+            tracing_subscriber::fmt::layer()
+                .compact()
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+                .with_writer(writer),
+        ),
+    }
+}
+
+/// Installs the global subscriber: logs as `config` says and, with `tracing` configured,
+/// span export. Fails if the level directive cannot be parsed, the exporter cannot be
+/// made or a subscriber is already installed.
+pub fn init(config: &LogConfig, tracing: Option<&TracingConfig>) -> Result<LogGuard, String> {
     let filter = EnvFilter::try_new(&config.level).map_err(|e| format!("TM_LOG_LEVEL: {e}"))?;
     let (writer, guard) = BatchWriter::new(std::io::stdout(), config.buffer_lines)
         .map_err(|e| format!("starting the log writer: {e}"))?;
     let installed = writer.clone();
-    let result = match config.format {
-        LogFormat::Json => tracing_subscriber::registry()
-            .with(filter)
-            .with(flat_json(writer))
-            .try_init(),
-        LogFormat::Text => tracing_subscriber::registry()
-            .with(filter)
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .compact()
-                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
-                    .with_writer(writer),
+    let format = config.format;
+    let (result, tracing_guard) = match tracing {
+        // Without export the filter stays global: a span or event the log does not want
+        // is not even made.
+        None => (
+            tracing_subscriber::registry()
+                .with(filter)
+                .with(log_layer(format, writer))
+                .try_init(),
+            trace::off(),
+        ),
+        Some(tracing) => {
+            let (tracer, tracing_guard) = trace::install(tracing)?;
+            let spans = tracing_opentelemetry::layer()
+                .with_tracer(tracer)
+                .with_location(false)
+                .with_threads(false)
+                .with_tracked_inactivity(false)
+                .with_filter(exported());
+            (
+                tracing_subscriber::registry()
+                    .with(log_layer(format, writer).with_filter(filter))
+                    .with(spans)
+                    .try_init(),
+                tracing_guard,
             )
-            .try_init(),
+        }
     };
     result.map_err(|e| format!("logging: {e}"))?;
     let _ = INSTALLED.set(installed);
-    Ok(LogGuard(guard))
+    Ok(LogGuard {
+        _tracing: tracing_guard,
+        _writer: guard,
+    })
+}
+
+/// What is exported: request and job spans and, within them, the spans of the project's
+/// own crates down to `debug` (store calls, Redis commands), whatever the log level; no
+/// events, no other crate's spans, no span outside a request or a job.
+fn exported<S>() -> impl tracing_subscriber::layer::Filter<S>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    tracing_subscriber::filter::dynamic_filter_fn(
+        |metadata: &tracing::Metadata<'_>, cx: &tracing_subscriber::layer::Context<'_, S>| {
+            is_root(metadata) || cx.lookup_current().is_some()
+        },
+    )
+    .with_callsite_filter(|metadata| {
+        let wanted = metadata.is_span()
+            && metadata.target().starts_with("tm_")
+            && *metadata.level() <= tracing::Level::DEBUG;
+        if !wanted {
+            tracing::subscriber::Interest::never()
+        } else if is_root(metadata) {
+            tracing::subscriber::Interest::always()
+        } else {
+            tracing::subscriber::Interest::sometimes()
+        }
+    })
+}
+
+/// A span that is exported even without an exported span around it.
+fn is_root(metadata: &tracing::Metadata<'_>) -> bool {
+    matches!(metadata.name(), trace::REQUEST_SPAN | trace::JOB_SPAN)
 }
 
 /// One JSON object per line: the event's fields and those of the spans it happened in,

@@ -9,13 +9,14 @@ use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-/// The binary at `path` with a clean environment — no `TM_*` setting leaks in from
-/// outside — its data in `data_dir`, `admin_key` as its admin key, a free loopback port
-/// and JSON logs; killed if dropped.
+/// The binary at `path` with a clean environment — no `TM_*` (or `OTEL_*`) setting
+/// leaks in from outside — its data in `data_dir`, `admin_key` as its admin key, a free
+/// loopback port and JSON logs; killed if dropped.
 pub fn binary_command(path: &str, data_dir: &Path, admin_key: &str) -> Command {
     let mut cmd = Command::new(path);
     for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("TM_") {
+        let name = key.to_string_lossy();
+        if name.starts_with("TM_") || name.starts_with("OTEL_") {
             cmd.env_remove(key);
         }
     }

@@ -1,7 +1,7 @@
 //! The test harness shared by every test binary: [`TestApp`] starts the real application
 //! on a random port over a database of its own and stops it again; the servers a test
 //! may need of its own ([`PgCluster`], [`RedisServer`], [`RedisCluster`],
-//! [`KafkaBroker`], [`S3Server`]) start and stop with it; one Prometheus parser ([`metric_value`]) and one waiter ([`eventually`]).
+//! [`KafkaBroker`], [`S3Server`], [`OtlpReceiver`]) start and stop with it; one Prometheus parser ([`metric_value`]) and one waiter ([`eventually`]).
 //!
 //! A library rather than a module each test binary includes: every public item here is
 //! used by some binary, none by all, and only a library's public items are never
@@ -27,6 +27,7 @@ mod config;
 mod database;
 mod kafka;
 mod metrics;
+mod otlp;
 mod postgres;
 mod process;
 mod receiver;
@@ -42,6 +43,7 @@ pub use config::quiet_background;
 pub use database::{backend, OwnSchema};
 pub use kafka::{Consumed, KafkaBroker};
 pub use metrics::metric_value;
+pub use otlp::{ExportedSpan, OtlpReceiver};
 pub use postgres::PgCluster;
 pub use receiver::{Answer, Received, WebhookReceiver};
 pub use redis::{RedisCluster, RedisServer};

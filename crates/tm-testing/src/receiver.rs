@@ -35,6 +35,8 @@ pub struct Received {
     /// recent).
     pub verified: bool,
     pub body: Value,
+    /// Its W3C `traceparent`, if it had one.
+    pub traceparent: Option<String>,
     /// When it arrived.
     pub at: std::time::SystemTime,
 }
@@ -70,8 +72,13 @@ async fn receive(
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
             .to_owned();
+        let traceparent = headers
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         shared.received.push(Received {
             at: std::time::SystemTime::now(),
+            traceparent,
             id,
             verified,
             body: serde_json::from_slice(&body).unwrap_or(Value::Null),

@@ -125,7 +125,8 @@ impl Deliverer {
     /// secret's bytes, see [`crate::secret_bytes`]) and the current time.
     ///
     /// `id` must be the same on every attempt of one message, so that receivers can drop
-    /// duplicates. The answer's body is not read.
+    /// duplicates. The answer's body is not read. `trace` (W3C trace context headers of
+    /// the sending span) is sent as given.
     ///
     /// # Errors
     ///
@@ -136,6 +137,7 @@ impl Deliverer {
         id: &str,
         secret: &[u8],
         body: Vec<u8>,
+        trace: &[(&str, String)],
     ) -> Result<Delivered, DeliveryError> {
         self.check_literal(url)?;
         let id_value = HeaderValue::from_str(id).map_err(|_| {
@@ -144,13 +146,17 @@ impl Deliverer {
         let timestamp = unix_now();
         let signature = sign(secret, id, timestamp, &body);
         let started = Instant::now();
-        let response = self
+        let mut request = self
             .client
             .post(url.clone())
             .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
             .header(HEADER_ID, id_value)
             .header(HEADER_TIMESTAMP, HeaderValue::from(timestamp))
-            .header(HEADER_SIGNATURE, signature)
+            .header(HEADER_SIGNATURE, signature);
+        for (name, value) in trace {
+            request = request.header(*name, value.as_str());
+        }
+        let response = request
             .body(body)
             .send()
             .await

@@ -84,7 +84,7 @@ async fn deliver(
     let key = secret_bytes(secret).expect("secret");
     tokio::time::timeout(
         TEST_BOUND,
-        deliverer.deliver(target, "msg_01hz", &key, BODY.to_vec()),
+        deliverer.deliver(target, "msg_01hz", &key, BODY.to_vec(), &[]),
     )
     .await
     .expect("the delivery ends within the test's bound")
@@ -307,10 +307,37 @@ async fn invalid_id_is_refused_before_sending() {
             "msg\r\nx-injected: 1",
             &key,
             BODY.to_vec(),
+            &[],
         )
         .await
         .expect_err("invalid id");
     assert!(matches!(error, DeliveryError::Invalid(_)), "{error:?}");
     assert!(error.is_permanent());
     assert!(received.lock().expect("lock").is_empty());
+}
+
+#[tokio::test]
+async fn the_trace_context_given_is_sent_with_the_delivery() {
+    let (address, received) = recording_server(|| StatusCode::NO_CONTENT.into_response()).await;
+    let client = deliverer(loopback_policy(), Duration::from_secs(5));
+    let key = secret_bytes(&new_secret()).expect("secret");
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let trace = [
+        ("traceparent", traceparent.to_owned()),
+        ("tracestate", "vendor=abc".to_owned()),
+    ];
+    client
+        .deliver(
+            &url(&format!("http://{address}/")),
+            "msg_01hz",
+            &key,
+            BODY.to_vec(),
+            &trace,
+        )
+        .await
+        .expect("delivered");
+    let received = received.lock().expect("lock");
+    let (headers, _) = &received[0];
+    assert_eq!(headers["traceparent"], traceparent);
+    assert_eq!(headers["tracestate"], "vendor=abc");
 }

@@ -105,7 +105,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     // Held to the end of `main`: dropping it writes out the lines still buffered.
-    let _log_writer = match tm_telemetry::init(&config.log) {
+    let _log_writer = match tm_telemetry::init(&config.log, config.tracing.as_ref()) {
         Ok(guard) => guard,
         Err(err) => {
             eprintln!("traffic-manager: {err}");

@@ -998,3 +998,330 @@ async fn backups_go_to_s3_and_restore_from_there() {
         .expect("runs");
     assert!(!refused.status.success());
 }
+
+/// A `traceparent` of the test's own, as a calling service would send it.
+fn caller_traceparent(trace: u128, span: u64) -> String {
+    format!("00-{trace:032x}-{span:016x}-01")
+}
+
+/// The trace id and span id of a `traceparent` value.
+fn ids_of(traceparent: &str) -> (String, String) {
+    let parts: Vec<&str> = traceparent.split('-').collect();
+    assert_eq!(parts.len(), 4, "{traceparent}");
+    (parts[1].to_owned(), parts[2].to_owned())
+}
+
+/// Creates a webhook subscription of tenant acme to `receiver` and a route made under
+/// `traceparent`; the answer to the create.
+async fn subscribe_and_create(
+    addr: &str,
+    receiver: &tm_testing::WebhookReceiver,
+    traceparent: &str,
+) -> reqwest::Response {
+    let client = reqwest::Client::new();
+    let hook: Value = client
+        .post(format!("http://{addr}/api/v1/webhooks"))
+        .bearer_auth(ADMIN_KEY)
+        .json(&json!({"tenant": "acme", "url": receiver.url("/in")}))
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json");
+    receiver.set_secret(hook["secret"].as_str().expect("secret"));
+    let created = client
+        .post(format!("http://{addr}/api/v1/routes"))
+        .bearer_auth(ADMIN_KEY)
+        .header("traceparent", traceparent)
+        .json(&json!({"tenant": "acme", "service": "billing", "env": "prod", "version": "v1", "url": "http://10.0.0.7:8080", "active": true}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(created.status(), 201);
+    created
+}
+
+/// A `GET` of `path` as the admin, under `traceparent` if given.
+async fn get(addr: &str, path: &str, traceparent: Option<&str>) -> reqwest::Response {
+    let mut request = reqwest::Client::new()
+        .get(format!("http://{addr}{path}"))
+        .bearer_auth(ADMIN_KEY);
+    if let Some(traceparent) = traceparent {
+        request = request.header("traceparent", traceparent);
+    }
+    request.send().await.expect("sent")
+}
+
+/// The value of `name` in `response`, which must have it.
+fn header(response: &reqwest::Response, name: &str) -> String {
+    response.headers()[name].to_str().expect("text").to_owned()
+}
+
+/// Waits for the first webhook delivery.
+async fn first_delivery(receiver: &tm_testing::WebhookReceiver) -> tm_testing::Received {
+    let started = std::time::Instant::now();
+    loop {
+        if let Some(first) = receiver.received().into_iter().next() {
+            return first;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "no delivery");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Stops `child` with SIGTERM and waits for it to exit 0 (which flushes the spans).
+async fn terminate(mut child: Child) {
+    assert_eq!(send_signal(child.id().expect("running"), "TERM"), 0);
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("exits within 30 s")
+        .expect("status");
+    assert!(status.success(), "exit status {status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tracing_exports_request_store_and_job_spans_and_propagates_traceparent() {
+    let collector = tm_testing::OtlpReceiver::start().await;
+    let receiver = tm_testing::WebhookReceiver::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let endpoint = collector.endpoint();
+    let (child, addr, lines) = serve_collecting(
+        dir.path(),
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("OTEL_SERVICE_NAME", "tm-under-test"),
+            (
+                "OTEL_EXPORTER_OTLP_HEADERS",
+                "authorization=Bearer%20collector-secret",
+            ),
+            ("TM_WEBHOOK_ALLOW_NETWORKS", "127.0.0.0/8"),
+            ("TM_JOB_POLL_INTERVAL", "50ms"),
+        ],
+    )
+    .await;
+
+    // A write made under a caller's span.
+    let (caller_trace, caller_span) = (
+        0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736_u128,
+        0x00f0_67aa_0ba9_02b7_u64,
+    );
+    let created = subscribe_and_create(
+        &addr,
+        &receiver,
+        &caller_traceparent(caller_trace, caller_span),
+    )
+    .await;
+    let answered = header(&created, "traceparent");
+    let (trace, request_span) = ids_of(&answered);
+    assert_eq!(trace, format!("{caller_trace:032x}"), "the caller's trace");
+    assert_ne!(
+        request_span,
+        format!("{caller_span:016x}"),
+        "a span of its own"
+    );
+    assert!(answered.ends_with("-01"), "recorded: {answered}");
+
+    // A resolve (the fast path) under another caller's span.
+    let resolve_trace = 0x0af7_6519_16cd_43dd_8448_eb21_1c80_319c_u128;
+    let resolved = get(
+        &addr,
+        "/api/v1/routes/resolve?tenant=acme&service=billing&env=prod",
+        Some(&caller_traceparent(resolve_trace, 0xb7ad_6b71_6920_3331)),
+    )
+    .await;
+    assert_eq!(resolved.status(), 200);
+    let (trace_of_resolve, resolve_span) = ids_of(&header(&resolved, "traceparent"));
+    assert_eq!(trace_of_resolve, format!("{resolve_trace:032x}"));
+
+    // A request without a caller starts a trace, which its log lines name.
+    let listed = get(&addr, "/api/v1/routes", None).await;
+    let (started_trace, _) = ids_of(&header(&listed, "traceparent"));
+    let request_id = header(&listed, "x-request-id");
+
+    let delivery = first_delivery(&receiver).await;
+    let delivered = delivery
+        .traceparent
+        .expect("the delivery carries a traceparent");
+    terminate(child).await;
+    let logged = logged_trace_id(&lines.lock().expect("lock"), &request_id);
+    assert_eq!(logged, started_trace, "the log names the request's trace");
+    assert_eq!(collector.refused(), 0);
+    assert_exported(
+        &collector.spans(),
+        &Seen {
+            write_trace: trace,
+            caller_span: format!("{caller_span:016x}"),
+            request_span,
+            started_trace,
+            resolve_span,
+            delivered,
+        },
+    );
+}
+
+/// The trace id of the access-log line of the request `request_id`.
+fn logged_trace_id(lines: &[String], request_id: &str) -> String {
+    lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|l| l["request_id"] == request_id && l["status"].is_number())
+        .and_then(|l| l["trace_id"].as_str().map(str::to_owned))
+        .expect("the request's access-log line")
+}
+
+/// What the tracing test saw of its requests from outside.
+struct Seen {
+    /// The caller's trace the write was made in, its span and the write's own span.
+    write_trace: String,
+    caller_span: String,
+    request_span: String,
+    /// The trace a request without a caller started.
+    started_trace: String,
+    resolve_span: String,
+    /// The `traceparent` of the webhook delivery.
+    delivered: String,
+}
+
+/// The spans exported are those `seen`, in the right traces, under the right parents.
+fn assert_exported(spans: &[tm_testing::ExportedSpan], seen: &Seen) {
+    assert!(spans.iter().all(|s| s.service == "tm-under-test"));
+    let find = |id: &str| spans.iter().find(|s| s.span_id == id);
+    let server =
+        find(&seen.request_span).unwrap_or_else(|| panic!("request span exported: {spans:#?}"));
+    assert_eq!(server.name, "POST /api/v1/routes");
+    assert_eq!(
+        server.kind,
+        opentelemetry_proto::tonic::trace::v1::span::SpanKind::Server
+    );
+    assert_eq!(server.trace_id, seen.write_trace);
+    assert_eq!(server.parent_span_id, seen.caller_span);
+    assert_eq!(server.attributes["http.response.status_code"], "201");
+    assert_eq!(server.attributes["http.route"], "/api/v1/routes");
+    assert_eq!(server.attributes["http.request.method"], "POST");
+    assert!(!server.attributes["request_id"].is_empty());
+
+    // The store call of the write, under the request span.
+    let write = spans
+        .iter()
+        .find(|s| s.name == "store.create_route")
+        .unwrap_or_else(|| panic!("store span exported: {spans:#?}"));
+    assert_eq!(write.trace_id, seen.write_trace);
+    assert_eq!(write.attributes["db.system"], "sqlite");
+    let mut ancestor = write.parent_span_id.clone();
+    while ancestor != seen.request_span {
+        ancestor = find(&ancestor)
+            .unwrap_or_else(|| panic!("{ancestor} leads to the request span"))
+            .parent_span_id
+            .clone();
+    }
+
+    assert!(spans.iter().any(|s| s.trace_id == seen.started_trace
+        && s.name == "GET /api/v1/routes"
+        && s.parent_span_id.is_empty()));
+
+    let resolve = find(&seen.resolve_span).expect("resolve span exported");
+    assert_eq!(resolve.name, "GET /api/v1/routes/resolve");
+    assert_eq!(resolve.parent_span_id, "b7ad6b7169203331");
+    assert_eq!(resolve.attributes["http.response.status_code"], "200");
+
+    // The delivery's traceparent names the job span that sent it, exported.
+    let (delivery_trace, delivery_span) = ids_of(&seen.delivered);
+    let job = find(&delivery_span).unwrap_or_else(|| panic!("sending span exported: {spans:#?}"));
+    assert_eq!(job.trace_id, delivery_trace);
+    assert_eq!(job.attributes["job.kind"], "webhook.deliver");
+    assert_eq!(job.attributes["job.outcome"], "done");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_tracing_nothing_is_exported_and_no_traceparent_is_invented() {
+    let traceparent = caller_traceparent(
+        0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736,
+        0x00f0_67aa_0ba9_02b7,
+    );
+    // Off: no endpoint.
+    let receiver = tm_testing::WebhookReceiver::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (child, addr, lines) = serve_collecting(
+        dir.path(),
+        &[
+            ("TM_WEBHOOK_ALLOW_NETWORKS", "127.0.0.0/8"),
+            ("TM_JOB_POLL_INTERVAL", "50ms"),
+        ],
+    )
+    .await;
+    let created = subscribe_and_create(&addr, &receiver, &traceparent).await;
+    assert!(!created.headers().contains_key("traceparent"));
+    let delivery = first_delivery(&receiver).await;
+    assert_eq!(delivery.traceparent, None);
+    terminate(child).await;
+    // The logs still name the caller's trace.
+    let logged: Vec<Value> = lines
+        .lock()
+        .expect("lock")
+        .iter()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert!(
+        logged.iter().any(|l| l["route"] == "/api/v1/routes"
+            && l["status"] == 201
+            && l["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"),
+        "{logged:#?}"
+    );
+
+    // On, but sampling nothing: nothing reaches the collector.
+    let collector = tm_testing::OtlpReceiver::start().await;
+    let receiver = tm_testing::WebhookReceiver::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let endpoint = collector.endpoint();
+    let (child, addr, _) = serve_collecting(
+        dir.path(),
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("OTEL_TRACES_SAMPLER", "always_off"),
+            ("TM_WEBHOOK_ALLOW_NETWORKS", "127.0.0.0/8"),
+            ("TM_JOB_POLL_INTERVAL", "50ms"),
+        ],
+    )
+    .await;
+    let created = subscribe_and_create(&addr, &receiver, &traceparent).await;
+    assert!(!created.headers().contains_key("traceparent"));
+    let delivery = first_delivery(&receiver).await;
+    // Propagated, marked not recorded, so that the receiver does not record it either.
+    let delivered = delivery.traceparent.expect("propagated");
+    assert!(delivered.ends_with("-00"), "{delivered}");
+    terminate(child).await;
+    assert!(collector.spans().is_empty(), "{:#?}", collector.spans());
+}
+
+#[tokio::test]
+async fn check_config_says_where_spans_go_and_hides_the_export_headers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = command(dir.path())
+        .arg("check-config")
+        .env(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "http://collector.internal:4318",
+        )
+        .env("OTEL_EXPORTER_OTLP_HEADERS", "x-api-key=hunter2")
+        .env("OTEL_TRACES_SAMPLER", "parentbased_traceidratio")
+        .env("OTEL_TRACES_SAMPLER_ARG", "0.05")
+        .output()
+        .await
+        .expect("runs");
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("tracing = \"on\""), "{stdout}");
+    assert!(
+        stdout.contains(
+            "otel_exporter_otlp_traces_endpoint = \"http://collector.internal:4318/v1/traces\""
+        ),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("otel_traces_sampler = \"parentbased_traceidratio 0.05\""),
+        "{stdout}"
+    );
+    assert!(stdout.contains("x-api-key=(redacted)"), "{stdout}");
+    assert!(!stdout.contains("hunter2"), "{stdout}");
+}

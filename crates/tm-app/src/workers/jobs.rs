@@ -20,6 +20,7 @@ use tm_telemetry::Metrics;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use super::Worker;
@@ -161,10 +162,20 @@ impl Inner {
             Some((kind, handler)) => (*kind, Some(handler.clone())),
             None => ("other", None),
         };
+        // The attempt's span: the root of what it does (store calls, deliveries, records
+        // published), exported when tracing is on.
+        let span = tracing::debug_span!(
+            tm_telemetry::trace::JOB_SPAN,
+            job.kind = kind,
+            job.id = %job.id,
+            job.attempt = job.attempt,
+            job.outcome = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
         let result = if let Some(handler) = handler.filter(|_| job.attempt <= job.max_attempts) {
             let timeout = handler.time_limit(self.config.timeout);
             tokio::select! {
-                result = tokio::time::timeout(timeout, handler.run(&job)) => result
+                result = tokio::time::timeout(timeout, handler.run(&job).instrument(span.clone())) => result
                     .unwrap_or_else(|_| Err(JobError::Transient(format!("timed out after {timeout:?}")))),
                 () = self.keep_leased(&job) => {
                     tracing::warn!(job.id = %job.id, job.kind = %job.kind, "a job's lease was lost while it ran; its outcome is left to the runner holding it now");
@@ -195,6 +206,10 @@ impl Inner {
         } else {
             "lost"
         };
+        span.record("job.outcome", label);
+        if !matches!(outcome, JobOutcome::Done) {
+            span.record("otel.status_code", "error");
+        }
         self.forget(job.id);
         self.metrics
             .observe_job(kind, label, started.elapsed().as_secs_f64());

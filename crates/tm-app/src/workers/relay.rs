@@ -62,7 +62,8 @@ impl Sink for tm_kafka::KafkaSink {
 
     fn publish<'a>(&'a self, events: &'a [Event]) -> BoxFuture<'a, Result<(), String>> {
         Box::pin(async move {
-            tm_kafka::KafkaSink::publish(self, events)
+            let trace = tm_telemetry::trace::propagation();
+            tm_kafka::KafkaSink::publish(self, events, &trace)
                 .await
                 .map_err(|err| tm_http::error_chain(&err))
         })

@@ -170,7 +170,8 @@ impl Deliver {
         let url = url::Url::parse(&record.webhook.url)
             .map_err(|err| JobError::Permanent(format!("the stored URL is invalid: {err}")))?;
         let body = serde_json::to_vec(&delivery.event).expect("JSON serializes");
-        match self.client.deliver(&url, &id, &secret, body).await {
+        let trace = tm_telemetry::trace::propagation();
+        match self.client.deliver(&url, &id, &secret, body, &trace).await {
             Ok(delivered) => {
                 self.metrics.events_published("webhook", &kind, 1);
                 tracing::debug!(webhook.id = %delivery.webhook, event.id = %id, status = delivered.status, "webhook delivered");

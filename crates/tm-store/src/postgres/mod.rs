@@ -71,6 +71,8 @@ fn arguments(values: Vec<Value<'_>>) -> Result<PgArguments, StoreError> {
 impl Backend for PostgresStore {
     type Db = Postgres;
 
+    const DB_SYSTEM: &'static str = "postgresql";
+
     const JSON_CAST: &'static str = "::jsonb";
 
     const GROUPS_PER_QUERY: usize = GROUPS_PER_QUERY;

@@ -47,6 +47,7 @@ pub(crate) async fn write_events<B: Backend>(
 
 #[async_trait]
 impl<B: Backend> EventStore for B {
+    #[tracing::instrument(level = "debug", name = "store.event_position", skip_all, fields(db.system = B::DB_SYSTEM))]
     async fn event_position(
         &self,
         id: EventId,
@@ -62,6 +63,7 @@ impl<B: Backend> EventStore for B {
         Ok(row.map(|(txid, seq)| EventPosition { txid, seq }))
     }
 
+    #[tracing::instrument(level = "debug", name = "store.events_after", skip_all, fields(db.system = B::DB_SYSTEM))]
     async fn events_after(
         &self,
         filter: &EventFilter,
@@ -87,6 +89,7 @@ impl<B: Backend> EventStore for B {
         rows.into_iter().map(StoredEvent::try_from).collect()
     }
 
+    #[tracing::instrument(level = "debug", name = "store.purge_events", skip_all, fields(db.system = B::DB_SYSTEM))]
     async fn purge_events(&self, made_before: DateTime<Utc>) -> Result<u64, StoreError> {
         let mut purged = 0;
         loop {
@@ -104,6 +107,7 @@ impl<B: Backend> EventStore for B {
         }
     }
 
+    #[tracing::instrument(level = "debug", name = "store.outbox_cursor", skip_all, fields(db.system = B::DB_SYSTEM))]
     async fn outbox_cursor(&self, sink: &str) -> Result<EventPosition, StoreError> {
         let mut conn = self.reader(crate::ReadFrom::Primary).0.acquire().await?;
         let row: Option<(i64, i64)> =
@@ -117,6 +121,7 @@ impl<B: Backend> EventStore for B {
         )
     }
 
+    #[tracing::instrument(level = "debug", name = "store.advance_outbox_cursor", skip_all, fields(db.system = B::DB_SYSTEM))]
     async fn advance_outbox_cursor(
         &self,
         sink: &str,

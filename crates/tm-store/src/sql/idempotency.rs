@@ -13,6 +13,7 @@ use crate::{
 
 #[async_trait]
 impl<B: Backend> IdempotencyStore for B {
+    #[tracing::instrument(level = "debug", name = "store.claim_idempotency_key", skip_all, fields(db.system = B::DB_SYSTEM))]
     async fn claim_idempotency_key(
         &self,
         scope: &str,
@@ -71,6 +72,7 @@ impl<B: Backend> IdempotencyStore for B {
             .await
     }
 
+    #[tracing::instrument(level = "debug", name = "store.complete_idempotency_key", skip_all, fields(db.system = B::DB_SYSTEM))]
     async fn complete_idempotency_key(
         &self,
         scope: &str,
@@ -95,6 +97,7 @@ impl<B: Backend> IdempotencyStore for B {
             .await
     }
 
+    #[tracing::instrument(level = "debug", name = "store.release_idempotency_key", skip_all, fields(db.system = B::DB_SYSTEM))]
     async fn release_idempotency_key(&self, scope: &str, key: &str) -> Result<(), StoreError> {
         self.writer()
             .write(async |conn: &mut Conn<B>| {
@@ -105,6 +108,7 @@ impl<B: Backend> IdempotencyStore for B {
             .await
     }
 
+    #[tracing::instrument(level = "debug", name = "store.get_idempotency_key", skip_all, fields(db.system = B::DB_SYSTEM))]
     async fn get_idempotency_key(
         &self,
         scope: &str,
@@ -122,6 +126,7 @@ impl<B: Backend> IdempotencyStore for B {
             .transpose()
     }
 
+    #[tracing::instrument(level = "debug", name = "store.purge_idempotency_keys", skip_all, fields(db.system = B::DB_SYSTEM))]
     async fn purge_idempotency_keys(&self) -> Result<u64, StoreError> {
         self.writer()
             .write(async |conn: &mut Conn<B>| {

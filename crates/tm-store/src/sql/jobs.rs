@@ -44,6 +44,7 @@ fn scope_value(scope: Option<&TenantId>) -> Value<'_> {
 
 #[async_trait]
 impl<B: Backend> JobStore for B {
+    #[tracing::instrument(level = "debug", name = "store.enqueue", skip_all, fields(db.system = B::DB_SYSTEM))]
     async fn enqueue(&self, job: &NewJob) -> Result<bool, StoreError> {
         let at = now();
         let sql = insert_sql::<B>(
@@ -75,6 +76,7 @@ impl<B: Backend> JobStore for B {
         Ok(inserted == 1)
     }
 
+    #[tracing::instrument(level = "debug", name = "store.claim_jobs", skip_all, fields(db.system = B::DB_SYSTEM))]
     async fn claim_jobs(
         &self,
         worker: &str,
@@ -112,6 +114,7 @@ impl<B: Backend> JobStore for B {
         Ok(jobs)
     }
 
+    #[tracing::instrument(level = "debug", name = "store.extend_lease", skip_all, fields(db.system = B::DB_SYSTEM))]
     async fn extend_lease(
         &self,
         id: Uuid,
@@ -135,6 +138,7 @@ impl<B: Backend> JobStore for B {
         Ok(updated == 1)
     }
 
+    #[tracing::instrument(level = "debug", name = "store.finish_job", skip_all, fields(db.system = B::DB_SYSTEM))]
     async fn finish_job(
         &self,
         id: Uuid,
@@ -169,6 +173,7 @@ impl<B: Backend> JobStore for B {
         Ok(changed == 1)
     }
 
+    #[tracing::instrument(level = "debug", name = "store.queue_depths", skip_all, fields(db.system = B::DB_SYSTEM))]
     async fn queue_depths(&self) -> Result<QueueDepths, StoreError> {
         let mut conn = self.reader(crate::ReadFrom::Primary).0.acquire().await?;
         let rows: Vec<CountRow> = B::fetch_all(&mut conn, &B::sql().count_jobs, Vec::new()).await?;
@@ -191,6 +196,7 @@ impl<B: Backend> JobStore for B {
         Ok(depths)
     }
 
+    #[tracing::instrument(level = "debug", name = "store.dead_jobs", skip_all, fields(db.system = B::DB_SYSTEM))]
     async fn dead_jobs(&self, page: DeadPage<'_>) -> Result<Vec<DeadJob>, StoreError> {
         let mut conn = self.reader(crate::ReadFrom::Primary).0.acquire().await?;
         let values = vec![
@@ -202,6 +208,7 @@ impl<B: Backend> JobStore for B {
         rows.into_iter().map(DeadJob::try_from).collect()
     }
 
+    #[tracing::instrument(level = "debug", name = "store.replay_dead_job", skip_all, fields(db.system = B::DB_SYSTEM))]
     async fn replay_dead_job(&self, id: Uuid, scope: Option<&TenantId>) -> Result<(), StoreError> {
         let values = vec![Value::Time(now()), Value::id(id), scope_value(scope)];
         let replayed = self
@@ -218,6 +225,7 @@ impl<B: Backend> JobStore for B {
         Ok(())
     }
 
+    #[tracing::instrument(level = "debug", name = "store.purge_dead_job", skip_all, fields(db.system = B::DB_SYSTEM))]
     async fn purge_dead_job(&self, id: Uuid, scope: Option<&TenantId>) -> Result<(), StoreError> {
         let values = vec![Value::id(id), scope_value(scope)];
         let purged = self
@@ -232,6 +240,7 @@ impl<B: Backend> JobStore for B {
         Ok(())
     }
 
+    #[tracing::instrument(level = "debug", name = "store.purge_dead_jobs", skip_all, fields(db.system = B::DB_SYSTEM))]
     async fn purge_dead_jobs(&self, scope: Option<&TenantId>) -> Result<u64, StoreError> {
         let values = vec![scope_value(scope)];
         self.writer()

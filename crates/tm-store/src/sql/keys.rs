@@ -101,6 +101,7 @@ async fn check_room<B: Backend>(
 
 #[async_trait]
 impl<B: Backend> KeyStore for B {
+    #[tracing::instrument(level = "debug", name = "store.create_key", skip_all, fields(db.system = B::DB_SYSTEM))]
     async fn create_key(
         &self,
         record: &KeyRecord,
@@ -117,6 +118,7 @@ impl<B: Backend> KeyStore for B {
             .await
     }
 
+    #[tracing::instrument(level = "debug", name = "store.create_first_key", skip_all, fields(db.system = B::DB_SYSTEM))]
     async fn create_first_key(&self, record: &KeyRecord) -> Result<bool, StoreError> {
         self.writer()
             .transaction(async |conn: &mut Conn<B>| {
@@ -141,6 +143,7 @@ impl<B: Backend> KeyStore for B {
             .await
     }
 
+    #[tracing::instrument(level = "debug", name = "store.get_key", skip_all, fields(db.system = B::DB_SYSTEM))]
     async fn get_key(&self, id: KeyId) -> Result<Option<KeyRecord>, StoreError> {
         let mut conn = self.reader(ReadFrom::Primary).0.acquire().await?;
         let by_id = vec![Value::id(id.as_uuid())];
@@ -149,6 +152,7 @@ impl<B: Backend> KeyStore for B {
         row.map(KeyRecord::try_from).transpose()
     }
 
+    #[tracing::instrument(level = "debug", name = "store.list_keys", skip_all, fields(db.system = B::DB_SYSTEM))]
     async fn list_keys(
         &self,
         tenant: Option<&TenantId>,
@@ -164,6 +168,7 @@ impl<B: Backend> KeyStore for B {
         keys(rows)
     }
 
+    #[tracing::instrument(level = "debug", name = "store.revoke_key", skip_all, fields(db.system = B::DB_SYSTEM))]
     async fn revoke_key(&self, id: KeyId, actor: &Actor) -> Result<(), StoreError> {
         self.writer()
             .transaction(async |conn: &mut Conn<B>| {
@@ -194,6 +199,7 @@ impl<B: Backend> KeyStore for B {
             .await
     }
 
+    #[tracing::instrument(level = "debug", name = "store.key_audit_log", skip_all, fields(db.system = B::DB_SYSTEM))]
     async fn key_audit_log(&self, id: KeyId) -> Result<Vec<KeyAuditEntry>, StoreError> {
         let mut conn = self.reader(ReadFrom::Primary).0.acquire().await?;
         let by_id = vec![Value::id(id.as_uuid())];
@@ -202,6 +208,7 @@ impl<B: Backend> KeyStore for B {
         rows.into_iter().map(KeyAuditEntry::try_from).collect()
     }
 
+    #[tracing::instrument(level = "debug", name = "store.active_keys", skip_all, fields(db.system = B::DB_SYSTEM))]
     async fn active_keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
         let mut conn = self.reader(ReadFrom::Primary).0.acquire().await?;
         let rows: Vec<KeyRow> = B::fetch_all(&mut conn, &B::sql().active_keys, Vec::new()).await?;

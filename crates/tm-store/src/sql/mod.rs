@@ -299,6 +299,9 @@ pub(crate) struct Statements {
 pub(crate) trait Backend: Send + Sync + 'static {
     type Db: sqlx::Database;
 
+    /// The database as OpenTelemetry names it (`db.system` of a store call's span).
+    const DB_SYSTEM: &'static str;
+
     /// What `JSON` values are cast with in an `INSERT` (empty where text is JSON).
     const JSON_CAST: &'static str;
 

@@ -454,6 +454,7 @@ async fn rollback_target_of<B: Backend>(
 
 #[async_trait]
 impl<B: Backend> RouteStore for B {
+    #[tracing::instrument(level = "debug", name = "store.create_route", skip_all, fields(db.system = B::DB_SYSTEM))]
     async fn create_route(&self, new: NewRoute, actor: &Actor) -> Result<Route, StoreError> {
         let route = new.into_route(RouteId::generate(), now());
         let sql = insert_sql::<B>(
@@ -479,6 +480,7 @@ impl<B: Backend> RouteStore for B {
         Ok(route)
     }
 
+    #[tracing::instrument(level = "debug", name = "store.import_routes", skip_all, fields(db.system = B::DB_SYSTEM))]
     async fn import_routes(&self, routes: &[Route], actor: &Actor) -> Result<(), StoreError> {
         let at = now();
         self.writer()
@@ -491,6 +493,7 @@ impl<B: Backend> RouteStore for B {
             .await
     }
 
+    #[tracing::instrument(level = "debug", name = "store.set_active", skip_all, fields(db.system = B::DB_SYSTEM))]
     async fn set_active(
         &self,
         key: &RouteKey,
@@ -516,6 +519,7 @@ impl<B: Backend> RouteStore for B {
             .await
     }
 
+    #[tracing::instrument(level = "debug", name = "store.update_route", skip_all, fields(db.system = B::DB_SYSTEM))]
     async fn update_route(
         &self,
         id: RouteId,
@@ -537,6 +541,7 @@ impl<B: Backend> RouteStore for B {
             .await
     }
 
+    #[tracing::instrument(level = "debug", name = "store.delete_route", skip_all, fields(db.system = B::DB_SYSTEM))]
     async fn delete_route(
         &self,
         id: RouteId,
@@ -555,6 +560,7 @@ impl<B: Backend> RouteStore for B {
             .await
     }
 
+    #[tracing::instrument(level = "debug", name = "store.get_route", skip_all, fields(db.system = B::DB_SYSTEM))]
     async fn get_route(&self, id: RouteId, from: ReadFrom) -> Result<Option<Route>, StoreError> {
         let (pool, via) = self.reader(from);
         let row: Option<RouteRow> = via.track(
@@ -568,6 +574,7 @@ impl<B: Backend> RouteStore for B {
         row.map(Route::try_from).transpose()
     }
 
+    #[tracing::instrument(level = "debug", name = "store.list_routes", skip_all, fields(db.system = B::DB_SYSTEM))]
     async fn list_routes(
         &self,
         filter: &RouteFilter,
@@ -593,6 +600,7 @@ impl<B: Backend> RouteStore for B {
         routes(rows)
     }
 
+    #[tracing::instrument(level = "debug", name = "store.active_routes_in_groups", skip_all, fields(db.system = B::DB_SYSTEM))]
     async fn active_routes_in_groups(&self, keys: &[GroupKey]) -> Result<ServingState, StoreError> {
         let pool = self.reader(ReadFrom::Primary).0;
         let mut conn = pool.acquire().await?;
@@ -610,6 +618,7 @@ impl<B: Backend> RouteStore for B {
         Ok(found)
     }
 
+    #[tracing::instrument(level = "debug", name = "store.kept_health", skip_all, fields(db.system = B::DB_SYSTEM))]
     async fn kept_health(&self) -> Result<HashMap<RouteId, tm_domain::Health>, StoreError> {
         let mut conn = self.reader(ReadFrom::Primary).0.acquire().await?;
         let rows: Vec<KeptHealthRow> =
@@ -617,6 +626,7 @@ impl<B: Backend> RouteStore for B {
         Ok(rows.into_iter().filter_map(KeptHealthRow::parse).collect())
     }
 
+    #[tracing::instrument(level = "debug", name = "store.active_routes_page", skip_all, fields(db.system = B::DB_SYSTEM))]
     async fn active_routes_page(
         &self,
         after: Option<&LoadCursor>,
@@ -672,6 +682,7 @@ impl<B: Backend> RouteStore for B {
         })
     }
 
+    #[tracing::instrument(level = "debug", name = "store.audit_log", skip_all, fields(db.system = B::DB_SYSTEM))]
     async fn audit_log(&self, route_id: RouteId) -> Result<Vec<AuditEntry>, StoreError> {
         let mut conn = self.reader(ReadFrom::Primary).0.acquire().await?;
         let by_id = vec![Value::id(route_id.as_uuid())];
@@ -679,6 +690,7 @@ impl<B: Backend> RouteStore for B {
         rows.into_iter().map(AuditEntry::try_from).collect()
     }
 
+    #[tracing::instrument(level = "debug", name = "store.audit_after", skip_all, fields(db.system = B::DB_SYSTEM))]
     async fn audit_after(
         &self,
         filter: &AuditFilter,
@@ -719,6 +731,7 @@ impl<B: Backend> RouteStore for B {
             .map(Some)
     }
 
+    #[tracing::instrument(level = "debug", name = "store.rollback", skip_all, fields(db.system = B::DB_SYSTEM))]
     async fn rollback(&self, service: &GroupKey, actor: &Actor) -> Result<RolledBack, StoreError> {
         self.critical()
             .transaction(async |conn: &mut Conn<B>| {

@@ -193,11 +193,13 @@ async fn read<B: Backend>(
 
 #[async_trait]
 impl<B: Backend> ServiceStore for B {
+    #[tracing::instrument(level = "debug", name = "store.service_policy", skip_all, fields(db.system = B::DB_SYSTEM))]
     async fn service_policy(&self, service: &GroupKey) -> Result<(ServicePolicy, i64), StoreError> {
         let mut conn = self.reader(crate::ReadFrom::Primary).0.acquire().await?;
         read::<B>(&mut conn, service).await
     }
 
+    #[tracing::instrument(level = "debug", name = "store.set_service_policy", skip_all, fields(db.system = B::DB_SYSTEM))]
     async fn set_service_policy(
         &self,
         service: &GroupKey,
@@ -247,6 +249,7 @@ impl<B: Backend> ServiceStore for B {
             .await
     }
 
+    #[tracing::instrument(level = "debug", name = "store.checked_routes", skip_all, fields(db.system = B::DB_SYSTEM))]
     async fn checked_routes(&self) -> Result<(Vec<CheckedRoute>, Vec<KeptHealth>), StoreError> {
         let mut conn = self.reader(ReadFrom::Primary).0.acquire().await?;
         let rows: Vec<CheckedRow> =
@@ -258,6 +261,7 @@ impl<B: Backend> ServiceStore for B {
         Ok((checked, kept))
     }
 
+    #[tracing::instrument(level = "debug", name = "store.save_health", skip_all, fields(db.system = B::DB_SYSTEM))]
     async fn save_health(
         &self,
         id: RouteId,
@@ -315,6 +319,7 @@ impl<B: Backend> ServiceStore for B {
         }
     }
 
+    #[tracing::instrument(level = "debug", name = "store.route_health", skip_all, fields(db.system = B::DB_SYSTEM))]
     async fn route_health(&self, id: RouteId) -> Result<Option<RouteHealth>, StoreError> {
         let mut conn = self.reader(ReadFrom::Primary).0.acquire().await?;
         let row: Option<HealthRow> = fetch_optional::<B, _>(
@@ -337,6 +342,7 @@ impl<B: Backend> ServiceStore for B {
         .transpose()
     }
 
+    #[tracing::instrument(level = "debug", name = "store.active_health", skip_all, fields(db.system = B::DB_SYSTEM))]
     async fn active_health(&self) -> Result<Vec<KeptHealth>, StoreError> {
         let mut conn = self.reader(ReadFrom::Primary).0.acquire().await?;
         let rows: Vec<KeptRow> =

@@ -17,6 +17,7 @@ fn webhooks(rows: Vec<WebhookRow>) -> Result<Vec<Webhook>, StoreError> {
 
 #[async_trait]
 impl<B: Backend> WebhookStore for B {
+    #[tracing::instrument(level = "debug", name = "store.create_webhook", skip_all, fields(db.system = B::DB_SYSTEM))]
     async fn create_webhook(
         &self,
         record: &WebhookRecord,
@@ -57,6 +58,7 @@ impl<B: Backend> WebhookStore for B {
             .await
     }
 
+    #[tracing::instrument(level = "debug", name = "store.get_webhook", skip_all, fields(db.system = B::DB_SYSTEM))]
     async fn get_webhook(&self, id: WebhookId) -> Result<Option<WebhookRecord>, StoreError> {
         let mut conn = self.reader(ReadFrom::Primary).0.acquire().await?;
         let row: Option<WebhookRow> = fetch_optional::<B, _>(
@@ -68,6 +70,7 @@ impl<B: Backend> WebhookStore for B {
         row.map(WebhookRecord::try_from).transpose()
     }
 
+    #[tracing::instrument(level = "debug", name = "store.list_webhooks", skip_all, fields(db.system = B::DB_SYSTEM))]
     async fn list_webhooks(
         &self,
         tenant: Option<&TenantId>,
@@ -83,6 +86,7 @@ impl<B: Backend> WebhookStore for B {
         webhooks(B::fetch_all(&mut conn, &B::sql().list_webhooks, values).await?)
     }
 
+    #[tracing::instrument(level = "debug", name = "store.delete_webhook", skip_all, fields(db.system = B::DB_SYSTEM))]
     async fn delete_webhook(
         &self,
         id: WebhookId,
@@ -101,6 +105,7 @@ impl<B: Backend> WebhookStore for B {
         Ok(deleted > 0)
     }
 
+    #[tracing::instrument(level = "debug", name = "store.webhooks_of", skip_all, fields(db.system = B::DB_SYSTEM))]
     async fn webhooks_of(&self, tenants: &[&TenantId]) -> Result<Vec<Webhook>, StoreError> {
         if tenants.is_empty() {
             return Ok(Vec::new());
@@ -117,6 +122,7 @@ impl<B: Backend> WebhookStore for B {
         webhooks(rows)
     }
 
+    #[tracing::instrument(level = "debug", name = "store.sealed_webhook_secrets", skip_all, fields(db.system = B::DB_SYSTEM))]
     async fn sealed_webhook_secrets(&self) -> Result<Vec<(WebhookId, String)>, StoreError> {
         let mut conn = self.reader(ReadFrom::Primary).0.acquire().await?;
         let rows: Vec<(String, String)> =
@@ -131,6 +137,7 @@ impl<B: Backend> WebhookStore for B {
             .collect()
     }
 
+    #[tracing::instrument(level = "debug", name = "store.reseal_webhook_secret", skip_all, fields(db.system = B::DB_SYSTEM))]
     async fn reseal_webhook_secret(
         &self,
         id: WebhookId,

@@ -121,6 +121,8 @@ fn arguments(values: Vec<Value<'_>>) -> Result<SqliteArguments<'_>, StoreError> 
 impl Backend for SqliteStore {
     type Db = Sqlite;
 
+    const DB_SYSTEM: &'static str = "sqlite";
+
     const JSON_CAST: &'static str = "";
 
     const GROUPS_PER_QUERY: usize = GROUPS_PER_QUERY;
