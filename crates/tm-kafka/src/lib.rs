@@ -67,9 +67,17 @@ async fn bounded<T>(
         .unwrap_or(Err(KafkaError::TimedOut(limit)))
 }
 
-/// The record of `event`, with `trace` (the sender's `traceparent`, if any) among its
-/// headers.
-pub fn record_of(event: &Event, trace: &[(&str, String)]) -> Record {
+/// An event to publish, with the W3C trace context headers (`traceparent`, `tracestate`)
+/// of the span that made it, if it was traced.
+#[derive(Clone, Copy, Debug)]
+pub struct Outgoing<'a> {
+    pub event: &'a Event,
+    pub trace: &'a [(&'static str, String)],
+}
+
+/// The record of `outgoing`: the event, with its trace context among its headers.
+pub fn record_of(outgoing: Outgoing<'_>) -> Record {
+    let Outgoing { event, trace } = outgoing;
     let mut headers = BTreeMap::from([
         ("content-type".to_owned(), CONTENT_TYPE.as_bytes().to_vec()),
         ("ce_id".to_owned(), event.id.to_string().into_bytes()),
@@ -105,18 +113,13 @@ impl KafkaSink {
     /// Publishes `events`, keeping their order within each ordering key; `Ok` once the
     /// brokers have acknowledged every one. On an error some may have been published
     /// (publishing them again repeats them: consumers tell repeats by the event id).
-    /// `trace` (W3C trace context headers of the sending span) goes on every record.
-    pub async fn publish(
-        &self,
-        events: &[Event],
-        trace: &[(&str, String)],
-    ) -> Result<(), KafkaError> {
+    pub async fn publish(&self, events: &[Outgoing<'_>]) -> Result<(), KafkaError> {
         let mut connected = self.connected.lock().await;
         let clients = match connected.take() {
             Some(clients) => clients,
             None => self.connect().await?,
         };
-        let produced = self.produce(&clients.partitions, events, trace).await;
+        let produced = self.produce(&clients.partitions, events).await;
         if produced.is_ok() {
             *connected = Some(clients);
         }
@@ -201,16 +204,16 @@ impl KafkaSink {
     async fn produce(
         &self,
         partitions: &[PartitionClient],
-        events: &[Event],
-        trace: &[(&str, String)],
+        events: &[Outgoing<'_>],
     ) -> Result<(), KafkaError> {
         let mut by_partition: BTreeMap<usize, Vec<Record>> = BTreeMap::new();
-        for event in events {
-            let partition = partition_of(event.ordering_key().as_bytes(), partitions.len());
+        for &outgoing in events {
+            let key = outgoing.event.ordering_key();
+            let partition = partition_of(key.as_bytes(), partitions.len());
             by_partition
                 .entry(partition)
                 .or_default()
-                .push(record_of(event, trace));
+                .push(record_of(outgoing));
         }
         let limit = self.config.timeout;
         let each = by_partition.into_iter().map(|(partition, records)| {

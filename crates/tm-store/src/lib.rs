@@ -150,11 +150,13 @@ pub struct EventPosition {
     seq: i64,
 }
 
-/// An event as the outbox holds it: where it stands, and the event.
+/// An event as the outbox holds it: where it stands, the event, and the trace context
+/// of the span that wrote it (none when tracing was off).
 #[derive(Clone, Debug, PartialEq)]
 pub struct StoredEvent {
     pub position: EventPosition,
     pub event: Event,
+    pub trace: Option<tm_telemetry::trace::TraceContext>,
 }
 
 /// Which events a reading of the outbox returns.

@@ -302,6 +302,8 @@ pub(crate) struct EventRow {
     subject: String,
     time: DateTime<Utc>,
     data: String,
+    traceparent: Option<String>,
+    tracestate: Option<String>,
 }
 
 impl TryFrom<EventRow> for StoredEvent {
@@ -322,6 +324,12 @@ impl TryFrom<EventRow> for StoredEvent {
                 time: row.time,
                 data: serde_json::from_str(&row.data).map_err(|_| corrupt("data"))?,
             },
+            trace: row
+                .traceparent
+                .map(|traceparent| tm_telemetry::trace::TraceContext {
+                    traceparent,
+                    tracestate: row.tracestate,
+                }),
         })
     }
 }

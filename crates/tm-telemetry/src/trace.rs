@@ -172,22 +172,73 @@ pub fn adopt(span: &tracing::Span, origin: &Origin<'_>) -> Option<TraceParent> {
     traceparent_of_context(&span.context()).filter(|parent| parent.sampled())
 }
 
-/// The `traceparent` of the current span when tracing is on, for a request this process
-/// makes to carry (and `tracestate`, if the trace has one); empty otherwise.
+/// A span's W3C trace context as it is sent on: its `traceparent` and, when the trace
+/// has one, its `tracestate`. Kept with what a span hands on for later (an event in the
+/// outbox), so that whoever sends it on continues the trace it was made in.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TraceContext {
+    pub traceparent: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracestate: Option<String>,
+}
+
+impl TraceContext {
+    /// The context of the current span when tracing is on; `None` otherwise (or when the
+    /// current span is not traced).
+    pub fn current() -> Option<Self> {
+        if !enabled() {
+            return None;
+        }
+        let context = tracing::Span::current().context();
+        let parent = traceparent_of_context(&context)?;
+        let state = context.span().span_context().trace_state().header();
+        Some(Self {
+            traceparent: parent.to_string(),
+            tracestate: (!state.is_empty()).then_some(state),
+        })
+    }
+
+    /// As request headers (or Kafka record headers).
+    pub fn headers(&self) -> Vec<(&'static str, String)> {
+        let mut headers = vec![("traceparent", self.traceparent.clone())];
+        if let Some(state) = &self.tracestate {
+            headers.push(("tracestate", state.clone()));
+        }
+        headers
+    }
+
+    /// Puts `span` (new, not yet entered) in this trace, under the span that kept it, and
+    /// links it to the span current now (the one that took it up, such as a job's), so
+    /// that both traces lead to it. Nothing when tracing is off or the context is not
+    /// valid.
+    pub fn continue_in(&self, span: &tracing::Span) {
+        if !enabled() || span.is_disabled() {
+            return;
+        }
+        let Some(parent) = TraceParent::parse(&self.traceparent) else {
+            return;
+        };
+        let origin = Origin {
+            trace_id: parent.trace_id,
+            parent: Some(parent),
+            tracestate: self.tracestate.as_deref(),
+        };
+        let taken_up_by = tracing::Span::current().context();
+        if span.set_parent(origin.context()).is_ok() {
+            let taken_up_by = taken_up_by.span().span_context().clone();
+            if taken_up_by.is_valid() {
+                span.add_link(taken_up_by);
+            }
+        }
+    }
+}
+
+/// The trace context headers of the current span when tracing is on, for a request this
+/// process makes to carry; empty otherwise.
 pub fn propagation() -> Vec<(&'static str, String)> {
-    if !enabled() {
-        return Vec::new();
-    }
-    let context = tracing::Span::current().context();
-    let Some(parent) = traceparent_of_context(&context) else {
-        return Vec::new();
-    };
-    let mut headers = vec![("traceparent", parent.to_string())];
-    let state = context.span().span_context().trace_state().header();
-    if !state.is_empty() {
-        headers.push(("tracestate", state));
-    }
-    headers
+    TraceContext::current()
+        .map(|context| context.headers())
+        .unwrap_or_default()
 }
 
 fn traceparent_of_context(context: &Context) -> Option<TraceParent> {

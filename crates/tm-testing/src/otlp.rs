@@ -34,6 +34,8 @@ pub struct ExportedSpan {
     pub service: String,
     /// Whether the status is an error.
     pub error: bool,
+    /// The spans it links to: (trace id, span id).
+    pub links: Vec<(String, String)>,
 }
 
 #[derive(Default)]
@@ -98,6 +100,11 @@ async fn export(
                         (kv.key.clone(), text(value))
                     })
                     .collect();
+                let links = span
+                    .links
+                    .iter()
+                    .map(|link| (hex(&link.trace_id), hex(&link.span_id)))
+                    .collect();
                 shared.spans.push(ExportedSpan {
                     kind: SpanKind::try_from(span.kind).unwrap_or(SpanKind::Unspecified),
                     error: span.status.as_ref().is_some_and(|s| s.code == 2),
@@ -106,6 +113,7 @@ async fn export(
                     span_id: hex(&span.span_id),
                     parent_span_id: hex(&span.parent_span_id),
                     attributes,
+                    links,
                     service: service.clone(),
                 });
             }

@@ -1225,12 +1225,83 @@ fn assert_exported(spans: &[tm_testing::ExportedSpan], seen: &Seen) {
     assert_eq!(resolve.parent_span_id, "b7ad6b7169203331");
     assert_eq!(resolve.attributes["http.response.status_code"], "200");
 
-    // The delivery's traceparent names the job span that sent it, exported.
+    // The delivery continues the write's trace: its traceparent names the sending span,
+    // a client span in the write's trace under the store call that wrote the event, and
+    // linked to the delivery job's span.
     let (delivery_trace, delivery_span) = ids_of(&seen.delivered);
-    let job = find(&delivery_span).unwrap_or_else(|| panic!("sending span exported: {spans:#?}"));
-    assert_eq!(job.trace_id, delivery_trace);
+    assert_eq!(delivery_trace, seen.write_trace, "the write's trace");
+    let sending =
+        find(&delivery_span).unwrap_or_else(|| panic!("sending span exported: {spans:#?}"));
+    assert_eq!(sending.name, "webhook.send");
+    assert_eq!(
+        sending.kind,
+        opentelemetry_proto::tonic::trace::v1::span::SpanKind::Client
+    );
+    assert_eq!(sending.trace_id, seen.write_trace);
+    assert_eq!(sending.parent_span_id, write.span_id, "under the write");
+    let [(job_trace, job_span)] = sending.links.as_slice() else {
+        panic!("one link, to the job: {sending:#?}");
+    };
+    let job = find(job_span).unwrap_or_else(|| panic!("job span exported: {spans:#?}"));
+    assert_eq!(&job.trace_id, job_trace);
+    assert_ne!(
+        job.trace_id, seen.write_trace,
+        "a job is a trace of its own"
+    );
     assert_eq!(job.attributes["job.kind"], "webhook.deliver");
     assert_eq!(job.attributes["job.outcome"], "done");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_records_carry_the_trace_of_the_write_that_made_them() {
+    let Some(broker) = tm_testing::KafkaBroker::start() else {
+        return;
+    };
+    let collector = tm_testing::OtlpReceiver::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (endpoint, brokers) = (collector.endpoint(), broker.address());
+    let (child, addr, _) = serve_collecting(
+        dir.path(),
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("TM_KAFKA_BROKERS", brokers.as_str()),
+            ("TM_KAFKA_TOPIC", "traced"),
+            ("TM_KAFKA_PARTITIONS", "1"),
+            ("TM_JOB_POLL_INTERVAL", "50ms"),
+        ],
+    )
+    .await;
+    let caller_trace = 0x0af7_6519_16cd_43dd_8448_eb21_1c80_319c_u128;
+    let created = reqwest::Client::new()
+        .post(format!("http://{addr}/api/v1/routes"))
+        .bearer_auth(ADMIN_KEY)
+        .header("traceparent", caller_traceparent(caller_trace, 0x1111))
+        .header("tracestate", "vendor=abc")
+        .json(&json!({"tenant": "acme", "service": "billing", "env": "prod", "version": "v1", "url": "http://10.0.0.7:8080", "active": true}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(created.status(), 201);
+    let started = std::time::Instant::now();
+    let record = loop {
+        if let Some(first) = broker.records("traced").await.into_iter().next() {
+            break first;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "no record");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    terminate(child).await;
+    let (trace, span) = ids_of(&record.headers["traceparent"]);
+    assert_eq!(trace, format!("{caller_trace:032x}"), "the write's trace");
+    assert_eq!(record.headers["tracestate"], "vendor=abc");
+    // The span that wrote the event: the store call, exported.
+    let spans = collector.spans();
+    let write = spans
+        .iter()
+        .find(|s| s.span_id == span)
+        .unwrap_or_else(|| panic!("the writing span exported: {spans:#?}"));
+    assert_eq!(write.name, "store.create_route");
+    assert_eq!(write.trace_id, trace);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1287,9 +1358,11 @@ async fn without_tracing_nothing_is_exported_and_no_traceparent_is_invented() {
     let created = subscribe_and_create(&addr, &receiver, &traceparent).await;
     assert!(!created.headers().contains_key("traceparent"));
     let delivery = first_delivery(&receiver).await;
-    // Propagated, marked not recorded, so that the receiver does not record it either.
+    // Propagated in the caller's trace, marked not recorded, so that the receiver does
+    // not record it either.
     let delivered = delivery.traceparent.expect("propagated");
     assert!(delivered.ends_with("-00"), "{delivered}");
+    assert_eq!(ids_of(&delivered).0, "4bf92f3577b34da6a3ce929d0e0e4736");
     terminate(child).await;
     assert!(collector.spans().is_empty(), "{:#?}", collector.spans());
 }

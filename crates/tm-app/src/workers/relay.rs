@@ -18,9 +18,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
-use tm_domain::Event;
 use tm_http::Relays;
-use tm_store::{ClaimedJob, EventFilter, Store, StoreError};
+use tm_store::{ClaimedJob, EventFilter, Store, StoreError, StoredEvent};
+use tm_telemetry::trace::TraceContext;
 use tm_telemetry::Metrics;
 use tokio_util::sync::CancellationToken;
 
@@ -50,9 +50,9 @@ pub(crate) trait Sink: Send + Sync + 'static {
         true
     }
 
-    /// Hands `events` on, in order; an error says why none or only some were (the
-    /// relay hands the whole batch on again).
-    fn publish<'a>(&'a self, events: &'a [Event]) -> BoxFuture<'a, Result<(), String>>;
+    /// Hands `events` on, in order, each in the trace it was written in; an error says
+    /// why none or only some were (the relay hands the whole batch on again).
+    fn publish<'a>(&'a self, events: &'a [StoredEvent]) -> BoxFuture<'a, Result<(), String>>;
 }
 
 impl Sink for tm_kafka::KafkaSink {
@@ -60,10 +60,28 @@ impl Sink for tm_kafka::KafkaSink {
         "kafka"
     }
 
-    fn publish<'a>(&'a self, events: &'a [Event]) -> BoxFuture<'a, Result<(), String>> {
+    /// Each record carries the trace context of the write that made its event, as
+    /// OpenTelemetry's messaging conventions have it (the creation context).
+    fn publish<'a>(&'a self, events: &'a [StoredEvent]) -> BoxFuture<'a, Result<(), String>> {
         Box::pin(async move {
-            let trace = tm_telemetry::trace::propagation();
-            tm_kafka::KafkaSink::publish(self, events, &trace)
+            let traces: Vec<Vec<(&'static str, String)>> = events
+                .iter()
+                .map(|e| {
+                    e.trace
+                        .as_ref()
+                        .map(TraceContext::headers)
+                        .unwrap_or_default()
+                })
+                .collect();
+            let outgoing: Vec<tm_kafka::Outgoing<'_>> = events
+                .iter()
+                .zip(&traces)
+                .map(|(e, trace)| tm_kafka::Outgoing {
+                    event: &e.event,
+                    trace,
+                })
+                .collect();
+            tm_kafka::KafkaSink::publish(self, &outgoing)
                 .await
                 .map_err(|err| tm_http::error_chain(&err))
         })
@@ -114,13 +132,13 @@ impl Relay {
         }
     }
 
-    fn count(&self, events: &[Event], count: impl Fn(&Metrics, &str, &str, u64)) {
+    fn count(&self, events: &[StoredEvent], count: impl Fn(&Metrics, &str, &str, u64)) {
         if !self.sink.counted_by_relay() {
             return;
         }
         let mut by_type: BTreeMap<&str, u64> = BTreeMap::new();
-        for event in events {
-            *by_type.entry(event.kind.as_str()).or_default() += 1;
+        for stored in events {
+            *by_type.entry(stored.event.kind.as_str()).or_default() += 1;
         }
         for (kind, n) in by_type {
             count(&self.metrics, self.sink.name(), kind, n);
@@ -159,11 +177,10 @@ impl Relay {
                 }
                 continue;
             };
-            let events: Vec<Event> = batch.into_iter().map(|e| e.event).collect();
-            if let Err(error) = self.sink.publish(&events).await {
+            if let Err(error) = self.sink.publish(&batch).await {
                 failures += 1;
-                self.count(&events, Metrics::events_failed);
-                tracing::warn!(sink, events = events.len(), failures, error = %error, "handing events on failed; trying again");
+                self.count(&batch, Metrics::events_failed);
+                tracing::warn!(sink, events = batch.len(), failures, error = %error, "handing events on failed; trying again");
                 self.relays.set_outcome(sink, Some(error));
                 let wait = backoff(failures, RETRY_BASE, RETRY_MAX)
                     .min(ends.saturating_duration_since(Instant::now()));
@@ -178,7 +195,7 @@ impl Relay {
                 failures = 0;
             }
             self.relays.set_outcome(sink, None);
-            self.count(&events, Metrics::events_published);
+            self.count(&batch, Metrics::events_published);
             if !self
                 .store
                 .advance_outbox_cursor(sink, cursor, last)

@@ -10,11 +10,13 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
-use tm_domain::{Event, TenantId, WebhookId};
+use tm_domain::{TenantId, WebhookId};
 use tm_secrets::SecretKeys;
-use tm_store::{ClaimedJob, NewJob, Queue, Store};
+use tm_store::{ClaimedJob, NewJob, Queue, Store, StoredEvent};
+use tm_telemetry::trace::TraceContext;
 use tm_telemetry::Metrics;
 use tm_webhooks::Deliverer;
+use tracing::Instrument;
 
 use super::jobs::{Handler, JobError};
 use super::relay::Sink;
@@ -25,12 +27,15 @@ pub(crate) const DELIVER: &str = "webhook.deliver";
 /// The kind of the re-sealing job.
 pub(crate) const RESEAL: &str = "secrets.reseal";
 
-/// A delivery job's payload: the subscription, and the event as it is delivered (so
-/// that the delivery outlives the event's retention in the outbox).
+/// A delivery job's payload: the subscription, the event as it is delivered (so that
+/// the delivery outlives the event's retention in the outbox) and the trace context of
+/// the write that made it, which the delivery continues.
 #[derive(Serialize, Deserialize)]
 struct Delivery {
     webhook: WebhookId,
     event: serde_json::Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    trace: Option<TraceContext>,
 }
 
 /// The `webhook` sink: turns events into delivery jobs.
@@ -54,20 +59,23 @@ impl FanOut {
         }
     }
 
-    async fn fan_out(&self, events: &[Event]) -> Result<(), String> {
-        let tenants: BTreeSet<&TenantId> =
-            events.iter().filter_map(|e| e.tenant.as_ref()).collect();
+    async fn fan_out(&self, events: &[StoredEvent]) -> Result<(), String> {
+        let tenants: BTreeSet<&TenantId> = events
+            .iter()
+            .filter_map(|e| e.event.tenant.as_ref())
+            .collect();
         let tenants: Vec<&TenantId> = tenants.into_iter().collect();
         let hooks = self
             .store
             .webhooks_of(&tenants)
             .await
             .map_err(|err| format!("reading the subscriptions failed: {err}"))?;
-        for event in events {
+        for StoredEvent { event, trace, .. } in events {
             for hook in hooks.iter().filter(|h| h.wants(event)) {
                 let payload = Delivery {
                     webhook: hook.id,
                     event: serde_json::to_value(event).expect("an event serializes"),
+                    trace: trace.clone(),
                 };
                 let job = NewJob {
                     queue: Queue::Default,
@@ -103,7 +111,7 @@ impl Sink for FanOut {
         false
     }
 
-    fn publish<'a>(&'a self, events: &'a [Event]) -> BoxFuture<'a, Result<(), String>> {
+    fn publish<'a>(&'a self, events: &'a [StoredEvent]) -> BoxFuture<'a, Result<(), String>> {
         Box::pin(self.fan_out(events))
     }
 }
@@ -170,8 +178,24 @@ impl Deliver {
         let url = url::Url::parse(&record.webhook.url)
             .map_err(|err| JobError::Permanent(format!("the stored URL is invalid: {err}")))?;
         let body = serde_json::to_vec(&delivery.event).expect("JSON serializes");
-        let trace = tm_telemetry::trace::propagation();
-        match self.client.deliver(&url, &id, &secret, body, &trace).await {
+        // The request is sent from a span in the write's trace (linked to the job's), so
+        // that the receiver continues the trace of the change it is told about.
+        let sending = tracing::debug_span!(
+            "webhook.send",
+            otel.kind = "client",
+            webhook.id = %delivery.webhook,
+            event.id = %id,
+        );
+        if let Some(trace) = &delivery.trace {
+            trace.continue_in(&sending);
+        }
+        let sent = async {
+            let trace = tm_telemetry::trace::propagation();
+            self.client.deliver(&url, &id, &secret, body, &trace).await
+        }
+        .instrument(sending)
+        .await;
+        match sent {
             Ok(delivered) => {
                 self.metrics.events_published("webhook", &kind, 1);
                 tracing::debug!(webhook.id = %delivery.webhook, event.id = %id, status = delivered.status, "webhook delivered");

@@ -212,13 +212,14 @@ pub(super) static STATEMENTS: LazyLock<Statements> = LazyLock::new(|| Statements
                      WHERE id = $1 AND ($2::text IS NULL OR tenant = $2)"
         .into(),
     events_after: "SELECT txid::text::int8 AS txid, seq, id::text AS id, type, tenant, subject, \
-                   time, data::text AS data FROM events \
+                   time, data::text AS data, traceparent, tracestate FROM events \
                    WHERE ($1 OR type NOT LIKE 'key.%') AND (txid, seq) > ($2::text::xid8, $3) \
                      AND txid < pg_snapshot_xmin(pg_current_snapshot()) \
                    ORDER BY txid, seq LIMIT $4"
         .into(),
     events_after_in_tenant: "SELECT txid::text::int8 AS txid, seq, id::text AS id, type, tenant, \
-                             subject, time, data::text AS data FROM events \
+                             subject, time, data::text AS data, traceparent, tracestate \
+                             FROM events \
                              WHERE tenant = $1 AND ($2 OR type NOT LIKE 'key.%') \
                                AND (txid, seq) > ($3::text::xid8, $4) \
                                AND txid < pg_snapshot_xmin(pg_current_snapshot()) \

@@ -4,23 +4,33 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use tm_domain::{Event, EventId, TenantId};
+use tm_telemetry::trace::TraceContext;
 
 use super::{fetch_optional, insert_sql, Backend, Conn, Value};
 use crate::row::EventRow;
 use crate::{EventFilter, EventPosition, EventStore, StoreError, StoredEvent};
 
-const EVENT_COLUMNS: [&str; 6] = ["id", "type", "tenant", "subject", "time", "data"];
+const EVENT_COLUMNS: [&str; 8] = [
+    "id",
+    "type",
+    "tenant",
+    "subject",
+    "time",
+    "data",
+    "traceparent",
+    "tracestate",
+];
 
 const EVENT_JSON: [&str; 1] = ["data"];
 
-/// Events per statement: 6 values each, far under either backend's bound.
+/// Events per statement: 8 values each, far under either backend's bound.
 const EVENTS_PER_STATEMENT: usize = 1000;
 
 /// Events deleted per statement of a purge (the `purge_events` statements' LIMIT), so
 /// that no statement runs long nor holds the writer for long.
 const PURGE_BATCH: u64 = 10_000;
 
-fn event_values(event: &Event) -> Vec<Value<'_>> {
+fn event_values<'a>(event: &'a Event, trace: Option<&'a TraceContext>) -> Vec<Value<'a>> {
     vec![
         Value::id(event.id.as_uuid()),
         Value::Text(event.kind.as_str()),
@@ -28,18 +38,24 @@ fn event_values(event: &Event) -> Vec<Value<'_>> {
         Value::Text(&event.subject),
         Value::Time(event.time),
         Value::String(Some(event.data.to_string())),
+        Value::OptText(trace.map(|t| t.traceparent.as_str())),
+        Value::OptText(trace.and_then(|t| t.tracestate.as_deref())),
     ]
 }
 
 /// Adds `events` to the outbox, on the connection of the transaction that makes their
-/// changes.
+/// changes, with the trace context of the span writing them (when tracing is on).
 pub(crate) async fn write_events<B: Backend>(
     conn: &mut Conn<B>,
     events: &[Event],
 ) -> Result<(), StoreError> {
+    let trace = TraceContext::current();
     for chunk in events.chunks(EVENTS_PER_STATEMENT) {
         let sql = insert_sql::<B>("events", &EVENT_COLUMNS, &EVENT_JSON, chunk.len(), "");
-        let values = chunk.iter().flat_map(event_values).collect();
+        let values = chunk
+            .iter()
+            .flat_map(|event| event_values(event, trace.as_ref()))
+            .collect();
         B::execute(conn, &sql, values).await?;
     }
     Ok(())

@@ -186,11 +186,13 @@ pub(super) static STATEMENTS: LazyLock<Statements> = LazyLock::new(|| {
                          WHERE id = ?1 AND (?2 IS NULL OR tenant = ?2)"
             .into(),
         // Writes are serialized: seq is commit order, and the txid value goes unused.
-        events_after: "SELECT 0 AS txid, seq, id, type, tenant, subject, time, data FROM events \
+        events_after: "SELECT 0 AS txid, seq, id, type, tenant, subject, time, data, traceparent, \
+                       tracestate FROM events \
                        WHERE (?1 OR type NOT LIKE 'key.%') AND ?2 IS NOT NULL AND seq > ?3 \
                        ORDER BY seq LIMIT ?4"
             .into(),
-        events_after_in_tenant: "SELECT 0 AS txid, seq, id, type, tenant, subject, time, data \
+        events_after_in_tenant: "SELECT 0 AS txid, seq, id, type, tenant, subject, time, data, \
+                                 traceparent, tracestate \
                                  FROM events WHERE tenant = ?1 AND (?2 OR type NOT LIKE 'key.%') \
                                    AND ?3 IS NOT NULL AND seq > ?4 \
                                  ORDER BY seq LIMIT ?5"
