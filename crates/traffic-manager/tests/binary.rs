@@ -1097,6 +1097,7 @@ async fn tracing_exports_request_store_and_job_spans_and_propagates_traceparent(
             ),
             ("TM_WEBHOOK_ALLOW_NETWORKS", "127.0.0.0/8"),
             ("TM_JOB_POLL_INTERVAL", "50ms"),
+            ("TM_LOG_LEVEL", "info,tm_app::workers::webhooks=debug"),
         ],
     )
     .await;
@@ -1144,7 +1145,8 @@ async fn tracing_exports_request_store_and_job_spans_and_propagates_traceparent(
         .traceparent
         .expect("the delivery carries a traceparent");
     terminate(child).await;
-    let logged = logged_trace_id(&lines.lock().expect("lock"), &request_id);
+    let lines = lines.lock().expect("lock").clone();
+    let logged = logged_trace_id(&lines, &request_id);
     assert_eq!(logged, started_trace, "the log names the request's trace");
     assert_eq!(collector.refused(), 0);
     assert_exported(
@@ -1158,6 +1160,23 @@ async fn tracing_exports_request_store_and_job_spans_and_propagates_traceparent(
             delivered,
         },
     );
+    assert_job_lines_name_its_trace(&collector.spans(), &lines);
+}
+
+/// The delivery job's log line names the trace of the job's exported span.
+fn assert_job_lines_name_its_trace(spans: &[tm_testing::ExportedSpan], lines: &[String]) {
+    let job_trace = &spans
+        .iter()
+        .find(|s| s.name == "job" && s.attributes["job.kind"] == "webhook.deliver")
+        .expect("the delivery job's span")
+        .trace_id;
+    let delivered_line = lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|l| l["message"] == "webhook delivered")
+        .expect("the delivery's log line");
+    assert_eq!(delivered_line["trace_id"], job_trace.as_str());
+    assert_eq!(delivered_line["job.kind"], "webhook.deliver");
 }
 
 /// The trace id of the access-log line of the request `request_id`.

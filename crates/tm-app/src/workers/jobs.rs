@@ -163,15 +163,24 @@ impl Inner {
             None => ("other", None),
         };
         // The attempt's span: the root of what it does (store calls, deliveries, records
-        // published), exported when tracing is on.
-        let span = tracing::debug_span!(
+        // published), exported when tracing is on. Its trace id is chosen here, as a
+        // request's is, so that its log lines name it whether or not tracing is on.
+        let trace_id: u128 = rand::random();
+        let span = tracing::info_span!(
             tm_telemetry::trace::JOB_SPAN,
             job.kind = kind,
             job.id = %job.id,
             job.attempt = job.attempt,
+            trace_id = %format_args!("{trace_id:032x}"),
             job.outcome = tracing::field::Empty,
             otel.status_code = tracing::field::Empty,
         );
+        let origin = tm_telemetry::trace::Origin {
+            trace_id,
+            parent: None,
+            tracestate: None,
+        };
+        tm_telemetry::trace::adopt(&span, &origin);
         let result = if let Some(handler) = handler.filter(|_| job.attempt <= job.max_attempts) {
             let timeout = handler.time_limit(self.config.timeout);
             tokio::select! {
