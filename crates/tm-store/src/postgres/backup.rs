@@ -14,8 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::PostgresStore;
 use crate::backup::{
-    column_list, not_empty, quoted, restored_equal, BackupRun, Export, RowDigest, SequenceValue,
-    TableSummary, USER_TABLES,
+    column_list, quoted, restored_equal, BackupRun, Export, RowDigest, SequenceValue, TableSummary,
 };
 use crate::{BackupStore, StoreError};
 
@@ -364,7 +363,7 @@ async fn check_restorable(
         )));
     }
     if !force {
-        refuse_if_in_use(conn).await?;
+        crate::sql::refuse_if_in_use::<PostgresStore>(conn).await?;
     }
     Ok(())
 }
@@ -420,20 +419,6 @@ async fn replace_tables(
             .await?;
     }
     Ok(())
-}
-
-/// Fails when the store holds what its users made.
-async fn refuse_if_in_use(conn: &mut PgConnection) -> Result<(), StoreError> {
-    let mut holding = Vec::new();
-    for table in USER_TABLES {
-        let rows: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
-            .fetch_one(&mut *conn)
-            .await?;
-        if rows > 0 {
-            holding.push(format!("{rows} rows in {table}"));
-        }
-    }
-    not_empty(&holding)
 }
 
 async fn schema_version(conn: &mut PgConnection) -> Result<i64, StoreError> {

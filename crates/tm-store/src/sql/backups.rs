@@ -4,6 +4,7 @@
 use chrono::{DateTime, Utc};
 
 use super::{fetch_optional, Backend, Conn, Value};
+use crate::backup::{not_empty, USER_TABLES};
 use crate::{BackupRun, ReadFrom, StoreError};
 
 /// What the backup metrics show, read from the record of runs: when the last verified
@@ -56,4 +57,20 @@ pub(crate) async fn backup_state<B: Backend>(
         failures: u64::try_from(failures).unwrap_or(0),
         verify_failures: u64::try_from(verify_failures).unwrap_or(0),
     })
+}
+
+/// Refuses a restore over a store that holds any of its users' data (routes, keys,
+/// audit rows, webhooks), saying what it holds.
+pub(crate) async fn refuse_if_in_use<B: Backend>(conn: &mut Conn<B>) -> Result<(), StoreError> {
+    let mut holding = Vec::new();
+    for table in USER_TABLES {
+        let sql = format!("SELECT count(*) FROM {table}");
+        let (rows,): (i64,) = fetch_optional::<B, _>(conn, &sql, Vec::new())
+            .await?
+            .unwrap_or((0,));
+        if rows > 0 {
+            holding.push(format!("{rows} rows in {table}"));
+        }
+    }
+    not_empty(&holding)
 }

@@ -11,7 +11,7 @@ mod routes;
 mod services;
 mod webhooks;
 
-pub(crate) use backups::{backup_state, record_backup};
+pub(crate) use backups::{backup_state, record_backup, refuse_if_in_use};
 
 pub(crate) use events::write_events;
 

@@ -12,8 +12,7 @@ use sqlx::{ConnectOptions, Connection, Row, SqliteConnection};
 
 use super::SqliteStore;
 use crate::backup::{
-    column_list, not_empty, quoted, restored_equal, BackupRun, Export, RowDigest, TableSummary,
-    USER_TABLES,
+    column_list, quoted, restored_equal, BackupRun, Export, RowDigest, TableSummary,
 };
 use crate::{BackupStore, StoreError};
 
@@ -149,7 +148,7 @@ async fn copy_tables(
 ) -> Result<(), StoreError> {
     let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
     if !force {
-        refuse_if_in_use(&mut tx).await?;
+        crate::sql::refuse_if_in_use::<SqliteStore>(&mut tx).await?;
     }
     // Foreign keys are checked at commit, once every table is back.
     sqlx::query("PRAGMA defer_foreign_keys = ON")
@@ -183,20 +182,6 @@ async fn copy_tables(
     restored_equal(expected, &restored)?;
     tx.commit().await?;
     Ok(())
-}
-
-/// Fails when the store holds what its users made.
-async fn refuse_if_in_use(conn: &mut SqliteConnection) -> Result<(), StoreError> {
-    let mut holding = Vec::new();
-    for table in USER_TABLES {
-        let rows: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM main.{table}"))
-            .fetch_one(&mut *conn)
-            .await?;
-        if rows > 0 {
-            holding.push(format!("{rows} rows in {table}"));
-        }
-    }
-    not_empty(&holding)
 }
 
 /// The tables of `schema`, in creation order, but SQLite's and the migrations' own.
