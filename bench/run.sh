@@ -50,6 +50,13 @@
 #   compress, write, read back, restore into a scratch store, compare, record), and
 #   `traffic-manager restore` of it into an empty store: the time of each, the
 #   backup's size, and the export's size uncompressed.
+# - tracing: what exporting spans costs resolve. TRACING_ROUTES (default 100000) routes;
+#   the release server as production runs it (tracing off), then the same with
+#   OTEL_EXPORTER_OTLP_ENDPOINT set to a collector on loopback (a Python one, pinned to
+#   CPU 1 with wrk, answering every export) and the default sampler (every trace that
+#   starts here is recorded), then with 1 % of traces recorded
+#   (parentbased_traceidratio 0.01). Each is loaded three times as in the resolve mode:
+#   the median throughput and p99, and the spans the collector received.
 # Everything runs on 127.0.0.1 and every load run is bounded by DURATION.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -62,6 +69,7 @@ TAIL_LARGE=${TAIL_LARGE:-1000000}
 TAIL_PAIRS=${TAIL_PAIRS:-12}
 PROPAGATION_WRITES=${PROPAGATION_WRITES:-600}
 BACKUP_ROUTES=${BACKUP_ROUTES:-100000}
+TRACING_ROUTES=${TRACING_ROUTES:-100000}
 DURATION=${DURATION:-10}
 CONNECTIONS=${CONNECTIONS:-64}
 PORT_APP=${PORT_APP:-18181}
@@ -467,6 +475,93 @@ backup_table() {
     done
 }
 
+# An OTLP/HTTP collector on port $1 that takes every export and counts the requests and
+# their bytes (a GET answers "<requests> <bytes>"). Sets COLLECTOR (its pid).
+start_collector() {
+    cat >"$WORK/collector.py" <<'PY'
+import http.server, sys, threading
+count = {"requests": 0, "bytes": 0}
+lock = threading.Lock()
+class Collector(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("content-length", 0)))
+        with lock:
+            count["requests"] += 1
+            count["bytes"] += len(body)
+        self.send_response(200)
+        self.send_header("content-type", "application/x-protobuf")
+        self.send_header("content-length", "0")
+        self.end_headers()
+    def do_GET(self):
+        with lock:
+            text = f'{count["requests"]} {count["bytes"]}'.encode()
+        self.send_response(200)
+        self.send_header("content-length", str(len(text)))
+        self.end_headers()
+        self.wfile.write(text)
+    def log_message(self, *args):
+        pass
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Collector).serve_forever()
+PY
+    taskset -c 1 python3 "$WORK/collector.py" "$1" &
+    COLLECTOR=$!
+    PIDS+=("$COLLECTOR")
+    wait_http "http://127.0.0.1:$1/"
+}
+
+tracing_table() {
+    local n=$TRACING_ROUTES data="$WORK/data-tracing" keys="$WORK/keys-tracing"
+    local collector_port=$((PORT_NGINX + 20)) settings=(off on ratio)
+    log "seeding $n routes"
+    "$SEED" --routes "$n" --data-dir "$data" >"$keys"
+    for setting in on ratio; do cp -r "$data" "$data-$setting"; done
+    mv "$data" "$data-off"
+    sync
+    start_collector "$collector_port"
+    local endpoint="http://127.0.0.1:$collector_port"
+    # The three servers are up at once (an idle one does nothing) and loaded in turn,
+    # three rounds, so that a drift of the machine falls on all three alike.
+    PORT_APP=$((PORT_APP + 30)) start_server "$data-off"
+    local app_off=$APP
+    PORT_APP=$((PORT_APP + 31)) start_server "$data-on" OTEL_EXPORTER_OTLP_ENDPOINT="$endpoint"
+    local app_on=$APP
+    PORT_APP=$((PORT_APP + 32)) start_server "$data-ratio" OTEL_EXPORTER_OTLP_ENDPOINT="$endpoint" \
+        OTEL_TRACES_SAMPLER=parentbased_traceidratio OTEL_TRACES_SAMPLER_ARG=0.01
+    local app_ratio=$APP
+    declare -A runs exported
+    for round in 1 2 3; do
+        for i in 0 1 2; do
+            local setting=${settings[$i]} before after
+            log "tracing $setting, round $round (${DURATION}s)"
+            before=$(curl -fsS "$endpoint/")
+            runs[$setting]+="$(load "http://127.0.0.1:$((PORT_APP + 30 + i))" "$keys" "$n") "
+            # What the run made is exported within a couple of batches' delays.
+            sleep 3
+            after=$(curl -fsS "$endpoint/")
+            exported[$setting]+="$before $after,"
+        done
+    done
+    kill "$app_off" "$app_on" "$app_ratio"
+    wait "$app_off" "$app_on" "$app_ratio" 2>/dev/null || true
+    printf '| tracing | req/s (median of 3) | p50 ms | p99 ms | exports a run | MiB exported a run |\n'
+    printf '|---|---:|---:|---:|---:|---:|\n'
+    for setting in "${settings[@]}"; do
+        python3 - "$setting" "${exported[$setting]}" ${runs[$setting]} <<'PY'
+import json, statistics, sys
+setting, exported = sys.argv[1:3]
+runs = [json.loads(r) for r in sys.argv[3:]]
+assert len(runs) == 3 and all(r["errors"] == 0 for r in runs), runs
+mid = sorted(runs, key=lambda r: r["rps"])[1]
+pairs = [list(map(int, p.split())) for p in exported.strip(",").split(",")]
+requests = statistics.median(p[2] - p[0] for p in pairs)
+mib = statistics.median(p[3] - p[1] for p in pairs) / 2**20
+label = {"off": "off (production default)", "on": "on, every trace", "ratio": "on, 1 % of traces"}[setting]
+print(f"| {label} | {statistics.median(r['rps'] for r in runs):,.0f} | {mid['p50_ms']:.3f} | {mid['p99_ms']:.3f} | {requests:,.0f} | {mib:.1f} |")
+PY
+    done
+    rm -rf "$data-off" "$data-on" "$data-ratio"
+}
+
 for mode in $MODES; do
     case $mode in
         resolve) resolve_table ;;
@@ -478,6 +573,7 @@ for mode in $MODES; do
         watch) watch_table ;;
         probes) probes_table ;;
         backup) backup_table ;;
+        tracing) tracing_table ;;
         *) echo "unknown mode: $mode" >&2; exit 2 ;;
     esac
     echo
