@@ -51,6 +51,21 @@ pub use s3::S3Server;
 pub use upstream::Upstream;
 pub use wait::{eventually, eventually_blocking};
 
+/// Serves `app` on a free port of 127.0.0.1 until the returned task is aborted (the test
+/// servers' owners abort it when dropped).
+pub(crate) async fn serve_on_loopback(
+    app: axum::Router,
+) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (addr, task)
+}
+
 /// A TCP port on 127.0.0.1 that was free a moment ago.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -103,16 +103,10 @@ async fn receive(
 impl WebhookReceiver {
     pub async fn start() -> WebhookReceiver {
         let shared = Arc::new(Mutex::new(Shared::default()));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
         let app = axum::Router::new()
             .route("/{*path}", post(receive))
             .with_state(shared.clone());
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let (addr, task) = crate::serve_on_loopback(app).await;
         WebhookReceiver { addr, shared, task }
     }
 

@@ -40,17 +40,11 @@ impl Upstream {
     pub async fn start() -> Upstream {
         let shared = Arc::new(Shared::default());
         shared.status.store(200, Ordering::SeqCst);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
         let app = axum::Router::new()
             .route("/", get(answer))
             .route("/{*path}", get(answer))
             .with_state(shared.clone());
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let (addr, task) = crate::serve_on_loopback(app).await;
         Upstream { addr, shared, task }
     }
 
