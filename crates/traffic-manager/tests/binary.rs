@@ -1272,6 +1272,54 @@ fn assert_exported(spans: &[tm_testing::ExportedSpan], seen: &Seen) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_commands_are_exported_within_the_request_that_sent_them() {
+    let Some(redis) = tm_testing::RedisServer::start() else {
+        return;
+    };
+    let collector = tm_testing::OtlpReceiver::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (endpoint, redis_url) = (collector.endpoint(), redis.url());
+    let (child, addr, _) = serve_collecting(
+        dir.path(),
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("TM_REDIS_URL", redis_url.as_str()),
+        ],
+    )
+    .await;
+    // An idempotent write: its key is claimed in Redis.
+    let created = reqwest::Client::new()
+        .post(format!("http://{addr}/api/v1/routes"))
+        .bearer_auth(ADMIN_KEY)
+        .header("Idempotency-Key", "traced-create-1")
+        .json(&json!({"tenant": "acme", "service": "billing", "env": "prod", "version": "v1", "url": "http://10.0.0.7:8080", "active": true}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(created.status(), 201);
+    let (trace, request_span) = ids_of(&header(&created, "traceparent"));
+    terminate(child).await;
+    let spans = collector.spans();
+    let find = |id: &str| spans.iter().find(|s| s.span_id == id);
+    let command = spans
+        .iter()
+        .find(|s| {
+            s.name == "redis.command"
+                && s.trace_id == trace
+                && s.attributes["db.operation.name"] == "idempotency"
+        })
+        .unwrap_or_else(|| panic!("the idempotency claim exported: {spans:#?}"));
+    assert_eq!(command.attributes["db.system"], "redis");
+    let mut ancestor = command.parent_span_id.clone();
+    while ancestor != request_span {
+        ancestor = find(&ancestor)
+            .unwrap_or_else(|| panic!("{ancestor} leads to the request span: {spans:#?}"))
+            .parent_span_id
+            .clone();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_records_carry_the_trace_of_the_write_that_made_them() {
     let Some(broker) = tm_testing::KafkaBroker::start() else {
         return;
