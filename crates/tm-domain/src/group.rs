@@ -22,7 +22,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::index::Keyed;
-use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
+use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 use crate::policy::{decide, Candidate, Outcome, ResolvePolicy, ServicePolicy, MAX_TIERS};
 use crate::{
@@ -224,7 +224,7 @@ impl Prepared {
                 .into_bytes()
                 .try_into()
                 .expect("a quoted 16-digit hex number is 18 bytes"),
-            seed: xxh3_64(version.as_bytes()),
+            seed: crate::pick::version_seed(version),
             health: route.health,
             id: route.id,
             revision: route.revision,

@@ -8,6 +8,7 @@ mod id;
 mod ident;
 mod index;
 mod key;
+pub mod pick;
 mod policy;
 mod route;
 mod snapshot;

@@ -6,8 +6,6 @@
 
 use std::time::Instant;
 
-use xxhash_rust::xxh3::xxh3_64_with_seed;
-
 pub use crate::group::{ActiveRoute, Health, ServiceFacts};
 use crate::group::{AnswerParts, Group, Prepared};
 use crate::ident::MAX_IDENTIFIER_LEN;
@@ -395,46 +393,30 @@ impl<'s> ServiceView<'s> {
     }
 }
 
-/// Weighted rendezvous hashing: each version scores `weight / -ln(u)` with `u` a
-/// uniform hash of (key, version); the highest wins. The same key picks the same
-/// version everywhere, and a weight change only moves keys to or from that version.
+/// The serving version `key` sticks to (see [`crate::pick::sticky`]).
 fn sticky<'g>(group: &'g Group, key: &str) -> Option<ActiveRoute<'g>> {
-    let mut best: Option<(f64, ActiveRoute<'g>)> = None;
-    for route in group.routes().filter(ActiveRoute::serves) {
-        let score = rendezvous_score(key, &route);
-        if best.is_none_or(|(s, _)| score > s) {
-            best = Some((score, route));
-        }
-    }
-    best.map(|(_, route)| route)
+    crate::pick::sticky(
+        key,
+        group
+            .routes()
+            .filter(ActiveRoute::serves)
+            .map(|route| (route, route.seed(), route.weight())),
+    )
 }
 
-/// `route`'s score for `key`: its weight over `-ln(u)`, `u` a uniform hash of the two.
+/// `route`'s rendezvous score for `key`.
 fn rendezvous_score(key: &str, route: &ActiveRoute<'_>) -> f64 {
-    let h = xxh3_64_with_seed(key.as_bytes(), route.seed());
-    // 53 high bits into (0, 1): never 0, never 1.
-    let u = ((h >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
-    f64::from(route.weight()) / -u.ln()
+    crate::pick::rendezvous_score(key, route.seed(), route.weight())
 }
 
+/// A serving version, by weight, at point `n` (see [`crate::pick::weighted`]).
 fn weighted(group: &Group, n: u64) -> Option<ActiveRoute<'_>> {
-    let total: u64 = group
-        .routes()
-        .filter(ActiveRoute::serves)
-        .map(|r| u64::from(r.weight()))
-        .sum();
-    if total == 0 {
-        return None;
-    }
-    let mut point = n % total;
-    for route in group.routes().filter(ActiveRoute::serves) {
-        let w = u64::from(route.weight());
-        if point < w {
-            return Some(route);
-        }
-        point -= w;
-    }
-    None
+    crate::pick::weighted(n, || {
+        group
+            .routes()
+            .filter(ActiveRoute::serves)
+            .map(|route| (route, route.weight()))
+    })
 }
 
 fn group_key(tenant: &TenantId, service: &ServiceName, env: &EnvName) -> String {
