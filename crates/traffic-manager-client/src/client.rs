@@ -1,0 +1,451 @@
+//! The typed API over HTTP, with retries.
+
+use std::time::Duration;
+
+use reqwest::header::{HeaderValue, AUTHORIZATION, IF_MATCH, RETRY_AFTER};
+use reqwest::{Method, RequestBuilder, StatusCode};
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use url::Url;
+
+use crate::api::{NewRoute, Page, Resolved, Route, RouteKey, RouteQuery, ServiceKey, WatchState};
+use crate::error::{Error, Problem};
+use crate::resolver::{Resolver, ResolverOptions};
+
+/// How a [`Client`] is made: the server, the key, time-outs and retries.
+#[derive(Clone, Debug)]
+pub struct ClientBuilder {
+    base: String,
+    key: String,
+    timeout: Duration,
+    connect_timeout: Duration,
+    attempts: u32,
+    backoff: Duration,
+    max_backoff: Duration,
+}
+
+impl ClientBuilder {
+    /// Each request's time-out, from sending to the whole answer (default 10 s). A
+    /// watch's own wait is added to it.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The longest wait for a connection to open (default 2 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Attempts per call, the first included (default 3; 1: no retry). A retry follows
+    /// an unreachable server, or a 429 or 503 (after its `Retry-After` when it gives
+    /// one); writes are retried only when they cannot have been applied twice (see
+    /// [`Client`]).
+    pub fn attempts(mut self, attempts: u32) -> Self {
+        self.attempts = attempts.max(1);
+        self
+    }
+
+    /// The first retry's delay (default 100 ms), doubled at each further retry up to
+    /// `max` (default 2 s), each drawn at random between half and all of it.
+    pub fn backoff(mut self, first: Duration, max: Duration) -> Self {
+        self.backoff = first;
+        self.max_backoff = max.max(first);
+        self
+    }
+
+    pub fn build(self) -> Result<Client, Error> {
+        let mut base =
+            Url::parse(&self.base).map_err(|e| Error::Url(format!("{}: {e}", self.base)))?;
+        if !matches!(base.scheme(), "http" | "https") {
+            return Err(Error::Url(format!("{}: not http or https", self.base)));
+        }
+        if !base.path().ends_with('/') {
+            let path = format!("{}/", base.path());
+            base.set_path(&path);
+        }
+        let mut auth = HeaderValue::from_str(&format!("Bearer {}", self.key))
+            .map_err(|_| Error::Url("the key is not a valid header value".into()))?;
+        auth.set_sensitive(true);
+        let http = reqwest::Client::builder()
+            .connect_timeout(self.connect_timeout)
+            .build()
+            .map_err(|e| Error::Unreachable(e.to_string()))?;
+        Ok(Client {
+            base,
+            auth,
+            http,
+            timeout: self.timeout,
+            attempts: self.attempts,
+            backoff: self.backoff,
+            max_backoff: self.max_backoff,
+        })
+    }
+}
+
+/// A client of one server, with one key. Cheap to clone (clones share connections).
+///
+/// Reads, activate and deactivate (which change nothing when repeated) and deletes are
+/// retried; a create is retried only on an answer that says it was not applied (429,
+/// 503), never after losing the connection mid-request.
+#[derive(Clone, Debug)]
+pub struct Client {
+    base: Url,
+    auth: HeaderValue,
+    http: reqwest::Client,
+    timeout: Duration,
+    attempts: u32,
+    backoff: Duration,
+    max_backoff: Duration,
+}
+
+/// Whether a request may be sent again when its fate is unknown.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Repeatable {
+    Yes,
+    No,
+}
+
+impl Client {
+    /// A client of the server at `base` (e.g. `http://127.0.0.1:8080`) using `key`.
+    pub fn builder(base: &str, key: &str) -> ClientBuilder {
+        ClientBuilder {
+            base: base.to_owned(),
+            key: key.to_owned(),
+            timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(2),
+            attempts: 3,
+            backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(2),
+        }
+    }
+
+    /// A client with the defaults; see [`ClientBuilder`].
+    pub fn new(base: &str, key: &str) -> Result<Client, Error> {
+        Self::builder(base, key).build()
+    }
+
+    /// A cache answering resolve from memory (see [`Resolver`]).
+    pub fn resolver(&self, options: ResolverOptions) -> Resolver {
+        Resolver::new(self.clone(), options)
+    }
+
+    /// `GET /api/v1/routes/resolve`: the URL the server gives now for `service`; by
+    /// `version` if given, else by weight, sticky for `key` when given.
+    pub async fn resolve(
+        &self,
+        service: &ServiceKey,
+        version: Option<&str>,
+        key: Option<&str>,
+    ) -> Result<Resolved, Error> {
+        let mut query = service_query(service);
+        query.extend(version.map(|v| ("version", v.to_owned())));
+        query.extend(key.map(|k| ("key", k.to_owned())));
+        self.call(
+            Method::GET,
+            "api/v1/routes/resolve",
+            &query,
+            None,
+            Repeatable::Yes,
+            None,
+        )
+        .await
+    }
+
+    /// `GET /api/v1/watch`: `service`'s routing state once its generation is later than
+    /// `since` (at once when none), or as it is when `wait` runs out.
+    pub async fn watch(
+        &self,
+        service: &ServiceKey,
+        since: Option<u64>,
+        wait: Duration,
+    ) -> Result<WatchState, Error> {
+        let mut query = service_query(service);
+        query.extend(since.map(|s| ("since", s.to_string())));
+        let seconds = wait.as_secs().clamp(1, 60);
+        query.push(("wait", seconds.to_string()));
+        let extra = Duration::from_secs(seconds);
+        self.call(
+            Method::GET,
+            "api/v1/watch",
+            &query,
+            None,
+            Repeatable::Yes,
+            Some(extra),
+        )
+        .await
+    }
+
+    /// `POST /api/v1/routes`.
+    pub async fn create_route(&self, route: &NewRoute) -> Result<Route, Error> {
+        let body = serde_json::to_value(route).map_err(|e| Error::Decode(e.to_string()))?;
+        self.call(
+            Method::POST,
+            "api/v1/routes",
+            &[],
+            Some(body),
+            Repeatable::No,
+            None,
+        )
+        .await
+    }
+
+    /// `GET /api/v1/routes/{id}`.
+    pub async fn get_route(&self, id: &str) -> Result<Route, Error> {
+        let path = format!("api/v1/routes/{}", segment(id)?);
+        self.call(Method::GET, &path, &[], None, Repeatable::Yes, None)
+            .await
+    }
+
+    /// `GET /api/v1/routes`: one page.
+    pub async fn list_routes(&self, query: &RouteQuery) -> Result<Page<Route>, Error> {
+        let mut pairs = Vec::new();
+        pairs.extend(query.tenant.clone().map(|v| ("tenant", v)));
+        pairs.extend(query.service.clone().map(|v| ("service", v)));
+        pairs.extend(query.env.clone().map(|v| ("env", v)));
+        pairs.extend(query.active.map(|v| ("active", v.to_string())));
+        pairs.extend(query.limit.map(|v| ("limit", v.to_string())));
+        pairs.extend(query.cursor.clone().map(|v| ("cursor", v)));
+        self.call(
+            Method::GET,
+            "api/v1/routes",
+            &pairs,
+            None,
+            Repeatable::Yes,
+            None,
+        )
+        .await
+    }
+
+    /// `POST /api/v1/routes/activate`.
+    pub async fn activate(&self, route: &RouteKey) -> Result<Route, Error> {
+        let body = serde_json::to_value(route).map_err(|e| Error::Decode(e.to_string()))?;
+        self.call(
+            Method::POST,
+            "api/v1/routes/activate",
+            &[],
+            Some(body),
+            Repeatable::Yes,
+            None,
+        )
+        .await
+    }
+
+    /// `POST /api/v1/routes/deactivate`.
+    pub async fn deactivate(&self, route: &RouteKey) -> Result<Route, Error> {
+        let body = serde_json::to_value(route).map_err(|e| Error::Decode(e.to_string()))?;
+        self.call(
+            Method::POST,
+            "api/v1/routes/deactivate",
+            &[],
+            Some(body),
+            Repeatable::Yes,
+            None,
+        )
+        .await
+    }
+
+    /// `PATCH /api/v1/routes/{id}` of the weight, only if the route is still at
+    /// `revision` (412 otherwise).
+    pub async fn set_weight(&self, id: &str, weight: u8, revision: u64) -> Result<Route, Error> {
+        let path = format!("api/v1/routes/{}", segment(id)?);
+        let request = self
+            .request(
+                Method::PATCH,
+                &path,
+                &[],
+                Some(json!({ "weight": weight })),
+                None,
+            )?
+            .header(IF_MATCH, format!("\"{revision}\""));
+        // Conditional on the revision: a repeat after an unknown fate is refused (412),
+        // never applied twice.
+        self.send(request, Repeatable::Yes).await
+    }
+
+    /// `DELETE /api/v1/routes/{id}`.
+    pub async fn delete_route(&self, id: &str) -> Result<(), Error> {
+        let path = format!("api/v1/routes/{}", segment(id)?);
+        let request = self.request(Method::DELETE, &path, &[], None, None)?;
+        match self
+            .send::<serde_json::Value>(request, Repeatable::Yes)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(Error::Decode(_)) => Ok(()),
+            Err(other) => Err(other),
+        }
+    }
+
+    fn request(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<serde_json::Value>,
+        extra_time: Option<Duration>,
+    ) -> Result<RequestBuilder, Error> {
+        let url = self
+            .base
+            .join(path)
+            .map_err(|e| Error::Url(e.to_string()))?;
+        let mut request = self
+            .http
+            .request(method, url)
+            .header(AUTHORIZATION, self.auth.clone())
+            .timeout(self.timeout + extra_time.unwrap_or_default());
+        if !query.is_empty() {
+            request = request.query(query);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        Ok(request)
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<serde_json::Value>,
+        repeatable: Repeatable,
+        extra_time: Option<Duration>,
+    ) -> Result<T, Error> {
+        let request = self.request(method, path, query, body, extra_time)?;
+        self.send(request, repeatable).await
+    }
+
+    /// Sends `request`, again after a failure that allows it, and reads the answer.
+    async fn send<T: DeserializeOwned>(
+        &self,
+        request: RequestBuilder,
+        repeatable: Repeatable,
+    ) -> Result<T, Error> {
+        let mut attempt = 1;
+        loop {
+            let this = request
+                .try_clone()
+                .expect("requests with a body in memory can be cloned");
+            let outcome = match this.send().await {
+                Ok(response) => read(response).await,
+                Err(err) => Err(Failure::Unreachable(err.to_string())),
+            };
+            let error = match outcome {
+                Ok(value) => return Ok(value),
+                Err(failure) => failure,
+            };
+            let retry_after = match &error {
+                Failure::Refused { retry_after, .. } => Some(*retry_after),
+                Failure::Unreachable(_) if repeatable == Repeatable::Yes => None,
+                _ => return Err(error.into()),
+            };
+            if attempt >= self.attempts {
+                return Err(error.into());
+            }
+            let wait = retry_after
+                .flatten()
+                .unwrap_or_else(|| self.backoff_for(attempt));
+            tracing::debug!(attempt, ?wait, error = %Error::from(error), "retrying a call to traffic-manager");
+            tokio::time::sleep(wait).await;
+            attempt += 1;
+        }
+    }
+
+    /// The delay before retry `attempt`: doubling from the first, bounded, jittered.
+    fn backoff_for(&self, attempt: u32) -> Duration {
+        let full = self
+            .backoff
+            .saturating_mul(1 << (attempt - 1).min(16))
+            .min(self.max_backoff);
+        full.mul_f64(rand::random_range(0.5..=1.0))
+    }
+}
+
+/// Why one attempt failed.
+enum Failure {
+    /// Out of reach, or no answer in time.
+    Unreachable(String),
+    /// 429 or 503: not applied, try again (after `Retry-After` when given).
+    Refused {
+        status: u16,
+        problem: Problem,
+        retry_after: Option<Duration>,
+    },
+    /// Any other error status.
+    Answered {
+        status: u16,
+        problem: Problem,
+    },
+    Decode(String),
+}
+
+impl From<Failure> for Error {
+    fn from(failure: Failure) -> Self {
+        match failure {
+            Failure::Unreachable(reason) => Error::Unreachable(reason),
+            Failure::Refused {
+                status, problem, ..
+            }
+            | Failure::Answered { status, problem } => Error::Api { status, problem },
+            Failure::Decode(reason) => Error::Decode(reason),
+        }
+    }
+}
+
+async fn read<T: DeserializeOwned>(response: reqwest::Response) -> Result<T, Failure> {
+    let status = response.status();
+    let retry_after = response
+        .headers()
+        .get(RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
+    let bytes = response
+        .bytes()
+        .await
+        .map_err(|e| Failure::Unreachable(e.to_string()))?;
+    if status.is_success() {
+        let body: &[u8] = if bytes.is_empty() { b"null" } else { &bytes };
+        return serde_json::from_slice(body).map_err(|e| Failure::Decode(e.to_string()));
+    }
+    let problem: Problem = serde_json::from_slice(&bytes).unwrap_or_else(|_| Problem {
+        status: status.as_u16(),
+        title: status.canonical_reason().unwrap_or("error").to_owned(),
+        ..Problem::default()
+    });
+    let status_code = status.as_u16();
+    if matches!(
+        status,
+        StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+    ) {
+        Err(Failure::Refused {
+            status: status_code,
+            problem,
+            retry_after,
+        })
+    } else {
+        Err(Failure::Answered {
+            status: status_code,
+            problem,
+        })
+    }
+}
+
+fn service_query(service: &ServiceKey) -> Vec<(&'static str, String)> {
+    vec![
+        ("tenant", service.tenant.clone()),
+        ("service", service.service.clone()),
+        ("env", service.env.clone()),
+    ]
+}
+
+/// `id` as one path segment: ids are UUIDs, anything else is refused here.
+fn segment(id: &str) -> Result<&str, Error> {
+    if !id.is_empty() && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
+        Ok(id)
+    } else {
+        Err(Error::Url(format!("{id:?} is not a route id")))
+    }
+}

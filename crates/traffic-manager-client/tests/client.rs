@@ -1,0 +1,191 @@
+//! The client against a real server (the application, started in-process on loopback).
+
+use std::time::Duration;
+
+use tm_testing::{spawn_app, TestApp};
+use traffic_manager_client::{
+    Client, Error, NewRoute, ResolverOptions, RouteKey, RouteQuery, ServiceKey,
+};
+
+fn client_of(app: &TestApp) -> Client {
+    Client::new(&format!("http://{}", app.addr), &app.admin_key).expect("client")
+}
+
+fn new_route(version: &str, weight: u8, active: bool) -> NewRoute {
+    NewRoute {
+        tenant: "acme".into(),
+        service: "billing".into(),
+        env: "prod".into(),
+        version: version.into(),
+        url: format!("http://10.0.0.{}:8080", version.trim_start_matches('v')),
+        active,
+        weight: Some(weight),
+    }
+}
+
+fn billing() -> ServiceKey {
+    ServiceKey::new("acme", "billing", "prod")
+}
+
+#[tokio::test]
+async fn the_typed_api_creates_reads_changes_and_deletes_routes() {
+    let app = spawn_app().await;
+    let client = client_of(&app);
+    let created = client
+        .create_route(&new_route("v1", 100, false))
+        .await
+        .expect("created");
+    assert_eq!((created.revision, created.active), (1, false));
+    assert_eq!(client.get_route(&created.id).await.expect("read"), created);
+
+    let key = RouteKey {
+        tenant: "acme".into(),
+        service: "billing".into(),
+        env: "prod".into(),
+        version: "v1".into(),
+    };
+    let active = client.activate(&key).await.expect("activated");
+    assert!(active.active);
+    // Activating an active route is a no-op, so a repeat is harmless.
+    assert_eq!(
+        client.activate(&key).await.expect("again").revision,
+        active.revision
+    );
+
+    let weighed = client
+        .set_weight(&active.id, 40, active.revision)
+        .await
+        .expect("weighed");
+    assert_eq!(weighed.weight, 40);
+    let stale = client
+        .set_weight(&active.id, 60, active.revision)
+        .await
+        .unwrap_err();
+    assert_eq!(stale.status(), Some(412), "{stale}");
+
+    let resolved = client
+        .resolve(&billing(), None, Some("user-1"))
+        .await
+        .expect("resolved");
+    assert_eq!(
+        (resolved.version.as_str(), resolved.url.as_str()),
+        ("v1", "http://10.0.0.1:8080")
+    );
+
+    let page = client
+        .list_routes(&RouteQuery {
+            tenant: Some("acme".into()),
+            ..RouteQuery::default()
+        })
+        .await
+        .expect("listed");
+    assert_eq!(page.items, vec![weighed.clone()]);
+
+    // The server's own problems come through, fields and all.
+    let invalid = client
+        .create_route(&NewRoute {
+            url: "ftp://x".into(),
+            ..new_route("v2", 1, false)
+        })
+        .await
+        .unwrap_err();
+    match &invalid {
+        Error::Api {
+            status: 422,
+            problem,
+        } => assert!(
+            problem.errors.iter().any(|f| f.field == "url"),
+            "{problem:?}"
+        ),
+        other => panic!("a 422 with the field: {other:?}"),
+    }
+    client.delete_route(&weighed.id).await.expect("deleted");
+    assert!(client
+        .get_route(&weighed.id)
+        .await
+        .unwrap_err()
+        .is_not_found());
+    assert!(client
+        .resolve(&billing(), None, None)
+        .await
+        .unwrap_err()
+        .is_not_found());
+}
+
+#[tokio::test]
+async fn the_cache_picks_as_the_server_does_and_follows_changes() {
+    let app = spawn_app().await;
+    let client = client_of(&app);
+    for (version, weight) in [("v1", 70), ("v2", 20), ("v3", 10)] {
+        client
+            .create_route(&new_route(version, weight, true))
+            .await
+            .expect("created");
+    }
+    let resolver = client.resolver(ResolverOptions::default());
+    for i in 0..300 {
+        let key = format!("user-{i}");
+        let cached = resolver
+            .resolve(&billing(), Some(&key))
+            .await
+            .expect("cached");
+        let served = client
+            .resolve(&billing(), None, Some(&key))
+            .await
+            .expect("served");
+        assert_eq!(cached.resolved, served, "{key}");
+        assert_eq!(cached.stale_for, None);
+    }
+    let v2 = resolver
+        .resolve_version(&billing(), "v2")
+        .await
+        .expect("v2");
+    assert_eq!(v2.resolved.url, "http://10.0.0.2:8080");
+
+    // A change reaches the cache through the watch, without a resolve asking for it.
+    let before = resolver
+        .resolve(&billing(), None)
+        .await
+        .expect("cached")
+        .generation;
+    for version in ["v1", "v3"] {
+        let key = RouteKey {
+            tenant: "acme".into(),
+            service: "billing".into(),
+            env: "prod".into(),
+            version: version.into(),
+        };
+        client.deactivate(&key).await.expect("deactivated");
+    }
+    let started = std::time::Instant::now();
+    loop {
+        let cached = resolver
+            .resolve(&billing(), Some("user-1"))
+            .await
+            .expect("cached");
+        if cached.resolved.version == "v2" {
+            assert!(cached.generation > before);
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the change never reached the cache"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for i in 0..50 {
+        let answer = resolver
+            .resolve(&billing(), Some(&format!("k{i}")))
+            .await
+            .expect("cached");
+        assert_eq!(answer.resolved.version, "v2");
+    }
+    assert_eq!(resolver.watched(), vec![billing()]);
+    // A service with nothing active is a 404, as on the server.
+    let none = ServiceKey::new("acme", "nothing", "prod");
+    assert!(resolver
+        .resolve(&none, None)
+        .await
+        .unwrap_err()
+        .is_not_found());
+}
