@@ -238,7 +238,11 @@ async fn keep_watching(
     let mut since = None;
     let mut failures = 0u32;
     loop {
-        match client.watch(&service, since, options.watch_wait).await {
+        // After a failure, ask for the state as it is (answered at once) rather than
+        // wait for the next change: the state held is confirmed as soon as the server is
+        // back.
+        let from = if failures > 0 { None } else { since };
+        match client.watch(&service, from, options.watch_wait).await {
             Ok(state) => {
                 failures = 0;
                 since = Some(state.generation);
