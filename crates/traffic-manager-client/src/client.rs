@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use reqwest::header::{HeaderValue, AUTHORIZATION, IF_MATCH, RETRY_AFTER};
+use reqwest::header::{
+    HeaderValue, AUTHORIZATION, CACHE_CONTROL, ETAG, IF_MATCH, IF_NONE_MATCH, RETRY_AFTER,
+};
 use reqwest::{Method, RequestBuilder, StatusCode};
 use serde::de::DeserializeOwned;
 use serde_json::json;
@@ -100,6 +102,43 @@ pub struct Client {
     max_backoff: Duration,
 }
 
+/// How long a resolve's answer may be used without asking again when the server does
+/// not say (its default `max-age`).
+const DEFAULT_MAX_AGE: Duration = Duration::from_secs(5);
+
+/// Which version a resolve asks for.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Pick {
+    /// This version, if active.
+    Version(String),
+    /// By weight, the same for the same key.
+    Key(String),
+    /// By weight, at random.
+    Any,
+}
+
+/// The answer to a conditional resolve.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Revalidated {
+    /// The answer held is still the server's (304).
+    Unchanged { max_age: Duration },
+    /// A new answer, with its validator.
+    Changed {
+        resolved: Resolved,
+        etag: Option<String>,
+        max_age: Duration,
+    },
+}
+
+/// `max-age` of the answer's `Cache-Control`, if it gives one.
+fn max_age(response: &reqwest::Response) -> Option<Duration> {
+    let value = response.headers().get(CACHE_CONTROL)?.to_str().ok()?;
+    value.split(',').find_map(|directive| {
+        let seconds = directive.trim().strip_prefix("max-age=")?;
+        seconds.parse::<u64>().ok().map(Duration::from_secs)
+    })
+}
+
 /// Whether a request may be sent again when its fate is unknown.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Repeatable {
@@ -151,6 +190,42 @@ impl Client {
             None,
         )
         .await
+    }
+
+    /// `GET /api/v1/routes/resolve` revalidating an answer held: with `etag` (the
+    /// answer's `ETag`), the server answers 304 when its answer would be the same.
+    pub async fn resolve_if_changed(
+        &self,
+        service: &ServiceKey,
+        pick: &Pick,
+        etag: Option<&str>,
+    ) -> Result<Revalidated, Error> {
+        let mut query = service_query(service);
+        match pick {
+            Pick::Version(v) => query.push(("version", v.clone())),
+            Pick::Key(k) => query.push(("key", k.clone())),
+            Pick::Any => {}
+        }
+        let mut request = self.request(Method::GET, "api/v1/routes/resolve", &query, None, None)?;
+        if let Some(etag) = etag {
+            request = request.header(IF_NONE_MATCH, etag);
+        }
+        let response = self.exchange(request, Repeatable::Yes).await?;
+        let max_age = max_age(&response).unwrap_or(DEFAULT_MAX_AGE);
+        if response.status() == StatusCode::NOT_MODIFIED {
+            return Ok(Revalidated::Unchanged { max_age });
+        }
+        let etag = response
+            .headers()
+            .get(ETAG)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let resolved = decode(response).await?;
+        Ok(Revalidated::Changed {
+            resolved,
+            etag,
+            max_age,
+        })
     }
 
     /// `GET /api/v1/watch`: `service`'s routing state once its generation is later than
@@ -323,31 +398,37 @@ impl Client {
         request: RequestBuilder,
         repeatable: Repeatable,
     ) -> Result<T, Error> {
+        let response = self.exchange(request, repeatable).await?;
+        decode(response).await
+    }
+
+    /// Sends `request`, again after a failure that allows it: an unreachable server (if
+    /// the request is repeatable) or a 429 or 503 (after its `Retry-After`). The answer,
+    /// whatever its status, once no retry is left or none is allowed.
+    async fn exchange(
+        &self,
+        request: RequestBuilder,
+        repeatable: Repeatable,
+    ) -> Result<reqwest::Response, Error> {
         let mut attempt = 1;
         loop {
             let this = request
                 .try_clone()
                 .expect("requests with a body in memory can be cloned");
-            let outcome = match this.send().await {
-                Ok(response) => read(response).await,
-                Err(err) => Err(Failure::Unreachable(err.to_string())),
-            };
-            let error = match outcome {
-                Ok(value) => return Ok(value),
-                Err(failure) => failure,
-            };
-            let retry_after = match &error {
-                Failure::Refused { retry_after, .. } => Some(*retry_after),
-                Failure::Unreachable(_) if repeatable == Repeatable::Yes => None,
-                _ => return Err(error.into()),
+            let (retry_after, error) = match this.send().await {
+                Ok(response) if !is_refusal(response.status()) => return Ok(response),
+                Ok(response) if attempt >= self.attempts => return Ok(response),
+                Ok(response) => (retry_after(&response), Error::from_response(response).await),
+                Err(err) if repeatable == Repeatable::Yes => {
+                    (None, Error::Unreachable(err.to_string()))
+                }
+                Err(err) => return Err(Error::Unreachable(err.to_string())),
             };
             if attempt >= self.attempts {
-                return Err(error.into());
+                return Err(error);
             }
-            let wait = retry_after
-                .flatten()
-                .unwrap_or_else(|| self.backoff_for(attempt));
-            tracing::debug!(attempt, ?wait, error = %Error::from(error), "retrying a call to traffic-manager");
+            let wait = retry_after.unwrap_or_else(|| self.backoff_for(attempt));
+            tracing::debug!(attempt, ?wait, %error, "retrying a call to traffic-manager");
             tokio::time::sleep(wait).await;
             attempt += 1;
         }
@@ -363,73 +444,52 @@ impl Client {
     }
 }
 
-/// Why one attempt failed.
-enum Failure {
-    /// Out of reach, or no answer in time.
-    Unreachable(String),
-    /// 429 or 503: not applied, try again (after `Retry-After` when given).
-    Refused {
-        status: u16,
-        problem: Problem,
-        retry_after: Option<Duration>,
-    },
-    /// Any other error status.
-    Answered {
-        status: u16,
-        problem: Problem,
-    },
-    Decode(String),
+/// 429 and 503: the server did not do it, and says to try again.
+fn is_refusal(status: StatusCode) -> bool {
+    matches!(
+        status,
+        StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+    )
 }
 
-impl From<Failure> for Error {
-    fn from(failure: Failure) -> Self {
-        match failure {
-            Failure::Unreachable(reason) => Error::Unreachable(reason),
-            Failure::Refused {
-                status, problem, ..
-            }
-            | Failure::Answered { status, problem } => Error::Api { status, problem },
-            Failure::Decode(reason) => Error::Decode(reason),
-        }
-    }
-}
-
-async fn read<T: DeserializeOwned>(response: reqwest::Response) -> Result<T, Failure> {
-    let status = response.status();
-    let retry_after = response
+/// `Retry-After` in seconds, if the answer gives it.
+fn retry_after(response: &reqwest::Response) -> Option<Duration> {
+    response
         .headers()
         .get(RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs);
+        .map(Duration::from_secs)
+}
+
+/// A successful answer's JSON (an empty body reads as `null`), or the error it is.
+async fn decode<T: DeserializeOwned>(response: reqwest::Response) -> Result<T, Error> {
+    if !response.status().is_success() {
+        return Err(Error::from_response(response).await);
+    }
     let bytes = response
         .bytes()
         .await
-        .map_err(|e| Failure::Unreachable(e.to_string()))?;
-    if status.is_success() {
-        let body: &[u8] = if bytes.is_empty() { b"null" } else { &bytes };
-        return serde_json::from_slice(body).map_err(|e| Failure::Decode(e.to_string()));
-    }
-    let problem: Problem = serde_json::from_slice(&bytes).unwrap_or_else(|_| Problem {
-        status: status.as_u16(),
-        title: status.canonical_reason().unwrap_or("error").to_owned(),
-        ..Problem::default()
-    });
-    let status_code = status.as_u16();
-    if matches!(
-        status,
-        StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
-    ) {
-        Err(Failure::Refused {
-            status: status_code,
+        .map_err(|e| Error::Unreachable(e.to_string()))?;
+    let body: &[u8] = if bytes.is_empty() { b"null" } else { &bytes };
+    serde_json::from_slice(body).map_err(|e| Error::Decode(e.to_string()))
+}
+
+impl Error {
+    /// The error an answer with an error status is: its problem, or one made of its
+    /// status when the body is not a problem.
+    pub(crate) async fn from_response(response: reqwest::Response) -> Error {
+        let status = response.status();
+        let bytes = response.bytes().await.unwrap_or_default();
+        let problem: Problem = serde_json::from_slice(&bytes).unwrap_or_else(|_| Problem {
+            status: status.as_u16(),
+            title: status.canonical_reason().unwrap_or("error").to_owned(),
+            ..Problem::default()
+        });
+        Error::Api {
+            status: status.as_u16(),
             problem,
-            retry_after,
-        })
-    } else {
-        Err(Failure::Answered {
-            status: status_code,
-            problem,
-        })
+        }
     }
 }
 

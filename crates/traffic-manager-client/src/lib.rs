@@ -8,7 +8,8 @@
 //! be reached, the last known state keeps answering for a bounded time, and each answer
 //! says how stale it is. A version is picked as the server picks it (the same code,
 //! `tm_domain::pick`): the same key sticks to the same version in the cache and on the
-//! server.
+//! server. Where watch is not available, answers come from the resolve endpoint,
+//! revalidated with their `ETag` once their `max-age` has passed.
 
 mod api;
 mod client;
@@ -18,6 +19,6 @@ mod resolver;
 pub use api::{
     NewRoute, Page, Resolved, Route, RouteKey, RouteQuery, ServiceKey, VersionState, WatchState,
 };
-pub use client::{Client, ClientBuilder};
+pub use client::{Client, ClientBuilder, Pick, Revalidated};
 pub use error::{Error, Problem};
 pub use resolver::{CachedAnswer, Resolver, ResolverOptions};

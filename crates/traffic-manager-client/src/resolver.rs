@@ -9,7 +9,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::api::{Resolved, ServiceKey, VersionState, WatchState};
-use crate::client::Client;
+use crate::client::{Client, Pick, Revalidated};
 use crate::error::{Error, Problem};
 
 /// How a [`Resolver`] keeps its cache.
@@ -44,8 +44,10 @@ impl Default for ResolverOptions {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CachedAnswer {
     pub resolved: Resolved,
-    /// The generation of the service's state it was picked from.
-    pub generation: u64,
+    /// The generation of the service's state it was picked from; `None` when the watch
+    /// is not available and the answer is the resolve endpoint's (revalidated with its
+    /// `ETag`).
+    pub generation: Option<u64>,
     /// `None` while the server confirms the state; once it is out of reach, how long
     /// ago it last did (the answer may be that old).
     pub stale_for: Option<Duration>,
@@ -58,6 +60,21 @@ struct Known {
     state: Option<(Arc<WatchState>, Instant)>,
     /// Why the last watch failed, if it did (cleared by the next that succeeds).
     failing: Option<String>,
+    /// Whether the server answered that watch is not available to this client (404,
+    /// 405, or 503 past the retries: every watch slot taken): resolve then asks the
+    /// resolve endpoint, revalidating each answer held with its `ETag`.
+    watch_refused: bool,
+}
+
+/// An answer of the resolve endpoint held while watch is not available.
+#[derive(Clone, Debug)]
+struct Held {
+    resolved: Resolved,
+    etag: Option<String>,
+    /// Until when it may answer without asking the server again (its `max-age`).
+    fresh_until: Instant,
+    /// When the server last gave or confirmed it.
+    confirmed: Instant,
 }
 
 struct Watched {
@@ -73,11 +90,18 @@ struct Watched {
 /// each answer saying how stale it is. Versions are picked as the server picks them: by
 /// weight among those that serve, the same for the same key.
 ///
+/// Where the server does not offer watch to this client (every watch slot taken, or a
+/// server without it), each answer is the resolve endpoint's, held for its `max-age` and
+/// then revalidated with its `ETag` (a 304 costs no body); the watch is tried again
+/// meanwhile, and used as soon as it answers.
+///
 /// Dropping the resolver stops its watches.
 pub struct Resolver {
     client: Client,
     options: ResolverOptions,
     services: Arc<Mutex<HashMap<ServiceKey, Arc<Watched>>>>,
+    /// Answers held while watch is not available.
+    held: Mutex<HashMap<(ServiceKey, Pick), Held>>,
 }
 
 impl Resolver {
@@ -86,6 +110,7 @@ impl Resolver {
             client,
             options,
             services: Arc::default(),
+            held: Mutex::default(),
         }
     }
 
@@ -96,14 +121,8 @@ impl Resolver {
         service: &ServiceKey,
         key: Option<&str>,
     ) -> Result<CachedAnswer, Error> {
-        self.answer(service, |versions| match key {
-            Some(key) => pick::sticky(
-                key,
-                serving(versions).map(|v| (v, pick::version_seed(&v.version), v.weight)),
-            ),
-            None => pick::weighted(rand::random(), || serving(versions).map(|v| (v, v.weight))),
-        })
-        .await
+        let asked = key.map_or(Pick::Any, |k| Pick::Key(k.to_owned()));
+        self.answer(service, asked).await
     }
 
     /// The URL of `version` of `service`, if it is active (whatever its weight).
@@ -112,10 +131,8 @@ impl Resolver {
         service: &ServiceKey,
         version: &str,
     ) -> Result<CachedAnswer, Error> {
-        self.answer(service, |versions| {
-            versions.iter().find(|v| v.version == version)
-        })
-        .await
+        self.answer(service, Pick::Version(version.to_owned()))
+            .await
     }
 
     /// The services watched now.
@@ -125,11 +142,7 @@ impl Resolver {
         keys
     }
 
-    async fn answer(
-        &self,
-        service: &ServiceKey,
-        choose: impl for<'v> Fn(&'v [VersionState]) -> Option<&'v VersionState>,
-    ) -> Result<CachedAnswer, Error> {
+    async fn answer(&self, service: &ServiceKey, asked: Pick) -> Result<CachedAnswer, Error> {
         let watched = self.watched_for(service);
         *watched.last_used.lock().expect("not poisoned") = Instant::now();
         let mut known = watched.known.clone();
@@ -143,6 +156,9 @@ impl Resolver {
                 return Err(Error::Unreachable("the resolver is stopping".into()));
             }
         };
+        if current.watch_refused {
+            return self.revalidated(service, asked).await;
+        }
         let Some((state, confirmed)) = current.state else {
             let reason = current.failing.unwrap_or_default();
             return Err(Error::Unreachable(reason));
@@ -157,7 +173,7 @@ impl Resolver {
                 });
             }
         }
-        let chosen = choose(&state.versions).ok_or_else(|| Error::Api {
+        let chosen = choose(&state.versions, &asked).ok_or_else(|| Error::Api {
             status: 404,
             problem: Problem {
                 kind: "about:blank".into(),
@@ -178,9 +194,68 @@ impl Resolver {
                 version: chosen.version.clone(),
                 url: chosen.url.clone(),
             },
-            generation: state.generation,
+            generation: Some(state.generation),
             stale_for,
         })
+    }
+
+    /// The resolve endpoint's answer for `asked`, held for its `max-age` and then
+    /// revalidated with its `ETag`; the one held, marked stale, while the server is out
+    /// of reach (up to the bound).
+    async fn revalidated(&self, service: &ServiceKey, asked: Pick) -> Result<CachedAnswer, Error> {
+        let slot = (service.clone(), asked);
+        let held = self.held.lock().expect("not poisoned").get(&slot).cloned();
+        let answer = |held: &Held, stale_for| CachedAnswer {
+            resolved: held.resolved.clone(),
+            generation: None,
+            stale_for,
+        };
+        if let Some(held) = held.as_ref().filter(|h| Instant::now() < h.fresh_until) {
+            return Ok(answer(held, None));
+        }
+        let etag = held.as_ref().and_then(|h| h.etag.as_deref());
+        let now = Instant::now();
+        let renewed = match self.client.resolve_if_changed(service, &slot.1, etag).await {
+            Ok(Revalidated::Unchanged { max_age }) => held.clone().map(|held| Held {
+                fresh_until: now + max_age,
+                confirmed: now,
+                ..held
+            }),
+            Ok(Revalidated::Changed {
+                resolved,
+                etag,
+                max_age,
+            }) => Some(Held {
+                resolved,
+                etag,
+                fresh_until: now + max_age,
+                confirmed: now,
+            }),
+            Err(error @ Error::Api { .. }) => {
+                self.held.lock().expect("not poisoned").remove(&slot);
+                return Err(error);
+            }
+            Err(error) => {
+                let Some(held) = held else { return Err(error) };
+                let age = held.confirmed.elapsed();
+                if age > self.options.max_staleness {
+                    return Err(Error::Stale {
+                        age,
+                        bound: self.options.max_staleness,
+                        reason: error.to_string(),
+                    });
+                }
+                return Ok(answer(&held, Some(age)));
+            }
+        };
+        let renewed =
+            renewed.ok_or_else(|| Error::Decode("a 304 for an answer not held".into()))?;
+        let cached = answer(&renewed, None);
+        self.held
+            .lock()
+            .expect("not poisoned")
+            .insert(slot, renewed);
+        Ok(cached)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ServiceKey, Arc<Watched>>> {
@@ -219,6 +294,18 @@ impl Drop for Resolver {
     }
 }
 
+/// The version `asked` picks among `versions`, as the server picks it.
+fn choose<'v>(versions: &'v [VersionState], asked: &Pick) -> Option<&'v VersionState> {
+    match asked {
+        Pick::Version(version) => versions.iter().find(|v| &v.version == version),
+        Pick::Key(key) => pick::sticky(
+            key,
+            serving(versions).map(|v| (v, pick::version_seed(&v.version), v.weight)),
+        ),
+        Pick::Any => pick::weighted(rand::random(), || serving(versions).map(|v| (v, v.weight))),
+    }
+}
+
 /// The versions resolve may pick without a version asked for.
 fn serving(versions: &[VersionState]) -> impl Iterator<Item = &VersionState> {
     versions.iter().filter(|v| v.serves)
@@ -249,12 +336,17 @@ async fn keep_watching(
                 tell.send_modify(|known| {
                     known.state = Some((Arc::new(state), Instant::now()));
                     known.failing = None;
+                    known.watch_refused = false;
                 });
             }
             Err(error) => {
                 failures += 1;
                 tracing::debug!(service = ?service, %error, failures, "watching a service failed");
-                tell.send_modify(|known| known.failing = Some(error.to_string()));
+                let refused = matches!(error.status(), Some(404 | 405 | 503));
+                tell.send_modify(|known| {
+                    known.failing = Some(error.to_string());
+                    known.watch_refused = refused;
+                });
                 let (first, max) = options.retry;
                 let wait = first.saturating_mul(1 << (failures - 1).min(16)).min(max);
                 tokio::time::sleep(wait).await;

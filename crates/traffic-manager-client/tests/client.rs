@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use tm_testing::{spawn_app, TestApp};
+use tm_testing::{spawn_app, spawn_app_with, TestApp};
 use traffic_manager_client::{
     Client, Error, NewRoute, ResolverOptions, RouteKey, RouteQuery, ServiceKey,
 };
@@ -164,7 +164,7 @@ async fn the_cache_picks_as_the_server_does_and_follows_changes() {
             .await
             .expect("cached");
         if cached.resolved.version == "v2" {
-            assert!(cached.generation > before);
+            assert!(cached.generation.expect("watched") > before.expect("watched"));
             break;
         }
         assert!(
@@ -188,4 +188,87 @@ async fn the_cache_picks_as_the_server_does_and_follows_changes() {
         .await
         .unwrap_err()
         .is_not_found());
+}
+
+#[tokio::test]
+async fn without_a_watch_slot_the_cache_revalidates_resolve_answers_by_etag() {
+    // One watch slot, held by another client: the resolver's watch is refused (503).
+    let app = spawn_app_with(|raw| {
+        raw.guards.watch_max_in_flight = 1;
+        raw.http.resolve_max_age = Duration::from_secs(1);
+    })
+    .await;
+    let client = client_of(&app);
+    for (version, weight) in [("v1", 50), ("v2", 50)] {
+        client
+            .create_route(&new_route(version, weight, true))
+            .await
+            .expect("created");
+    }
+    let generation = client
+        .watch(&billing(), None, Duration::from_secs(1))
+        .await
+        .expect("state")
+        .generation;
+    let holder = client.clone();
+    let held = tokio::spawn(async move {
+        holder
+            .watch(&billing(), Some(generation), Duration::from_secs(60))
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let resolver = client.resolver(ResolverOptions::default());
+    let first = resolver
+        .resolve(&billing(), Some("user-1"))
+        .await
+        .expect("answered");
+    assert_eq!(
+        first.generation, None,
+        "answered by resolve, not by a watch"
+    );
+    let served = client
+        .resolve(&billing(), None, Some("user-1"))
+        .await
+        .expect("served");
+    assert_eq!(first.resolved, served);
+
+    // Past max-age the answer is revalidated: 304 while it holds, the new one after a
+    // change.
+    let metrics = || async {
+        let text = app
+            .client
+            .get(format!("http://{}/metrics", app.addr))
+            .send()
+            .await
+            .expect("scraped")
+            .text()
+            .await
+            .expect("text");
+        tm_testing::metric_value(&text, "http_requests_total{endpoint=\"/api/v1/routes/resolve\",method=\"GET\",status=\"304\"}").unwrap_or(0.0)
+    };
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(
+        resolver
+            .resolve(&billing(), Some("user-1"))
+            .await
+            .expect("answered")
+            .resolved,
+        served
+    );
+    assert!(metrics().await >= 1.0, "revalidated with a 304");
+    let key = RouteKey {
+        tenant: "acme".into(),
+        service: "billing".into(),
+        env: "prod".into(),
+        version: served.version.clone(),
+    };
+    client.deactivate(&key).await.expect("deactivated");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let after = resolver
+        .resolve(&billing(), Some("user-1"))
+        .await
+        .expect("answered");
+    assert_ne!(after.resolved.version, served.version);
+    held.abort();
 }
