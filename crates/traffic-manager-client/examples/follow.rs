@@ -20,7 +20,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let resolver = client.resolver(ResolverOptions::default());
     let wanted = ServiceKey::new(tenant, service, env);
     loop {
-        match resolver.resolve(&wanted, rest.first().map(String::as_str)).await {
+        match resolver
+            .resolve(&wanted, rest.first().map(String::as_str))
+            .await
+        {
             Ok(answer) => println!(
                 "{} {} (generation {:?}, stale for {:?})",
                 answer.resolved.version, answer.resolved.url, answer.generation, answer.stale_for

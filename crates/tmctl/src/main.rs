@@ -1,0 +1,345 @@
+//! `tmctl`: traffic-manager from the command line.
+//!
+//! Exit codes: 0 done; 1 refused by the server (a 4xx other than 404: invalid, not
+//! allowed, conflict…); 2 bad usage or configuration; 3 not found (404); 4 the server
+//! is out of reach or failed (5xx).
+
+mod profile;
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+use comfy_table::Table;
+use serde::Serialize;
+use traffic_manager_client::{Client, Error, NewRoute, Route, RouteKey, RouteQuery, ServiceKey};
+
+#[derive(Parser)]
+#[command(
+    name = "tmctl",
+    version,
+    about = "traffic-manager from the command line"
+)]
+struct Cli {
+    /// The profile of the configuration file to use (default: its `default_profile`).
+    #[arg(long, global = true, env = "TMCTL_PROFILE")]
+    profile: Option<String>,
+    /// The server's base URL (over the profile and TMCTL_URL).
+    #[arg(long, global = true)]
+    server: Option<String>,
+    /// How answers are printed.
+    #[arg(long, short, global = true, value_enum, default_value_t = Output::Table)]
+    output: Output,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    /// Columns for people.
+    Table,
+    /// The API's JSON, for scripts.
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Routes: list, read, create, activate, deactivate, weigh, delete.
+    #[command(subcommand)]
+    Routes(RoutesCommand),
+    /// The URL resolve gives now.
+    Resolve {
+        #[command(flatten)]
+        service: ServiceArgs,
+        /// This version, if active.
+        #[arg(long)]
+        version: Option<String>,
+        /// By weight, the same version for the same key.
+        #[arg(long)]
+        key: Option<String>,
+    },
+    /// Prints the shell completion script for `shell`.
+    Completions { shell: clap_complete::Shell },
+}
+
+#[derive(Args)]
+struct ServiceArgs {
+    #[arg(long)]
+    tenant: String,
+    #[arg(long)]
+    service: String,
+    #[arg(long)]
+    env: String,
+}
+
+#[derive(Args)]
+struct RouteArgs {
+    #[command(flatten)]
+    service: ServiceArgs,
+    #[arg(long)]
+    version: String,
+}
+
+#[derive(Subcommand)]
+enum RoutesCommand {
+    /// Routes, a page at a time (`--cursor` goes on from where a page ended).
+    List {
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long)]
+        service: Option<String>,
+        #[arg(long)]
+        env: Option<String>,
+        #[arg(long)]
+        active: Option<bool>,
+        #[arg(long)]
+        limit: Option<u32>,
+        #[arg(long)]
+        cursor: Option<String>,
+    },
+    /// One route, by id.
+    Get {
+        id: String,
+    },
+    /// Creates a route (inactive unless `--active`).
+    Create {
+        #[command(flatten)]
+        route: RouteArgs,
+        #[arg(long)]
+        url: String,
+        /// 0–100 (the server's default: 100).
+        #[arg(long)]
+        weight: Option<u8>,
+        #[arg(long)]
+        active: bool,
+    },
+    Activate {
+        #[command(flatten)]
+        route: RouteArgs,
+    },
+    Deactivate {
+        #[command(flatten)]
+        route: RouteArgs,
+    },
+    /// Sets a route's weight (0–100), if nobody changed it since it was read.
+    SetWeight {
+        id: String,
+        weight: u8,
+    },
+    Delete {
+        id: String,
+    },
+}
+
+impl ServiceArgs {
+    fn key(&self) -> ServiceKey {
+        ServiceKey::new(&self.tenant, &self.service, &self.env)
+    }
+}
+
+impl RouteArgs {
+    fn key(&self) -> RouteKey {
+        RouteKey {
+            tenant: self.service.tenant.clone(),
+            service: self.service.service.clone(),
+            env: self.service.env.clone(),
+            version: self.version.clone(),
+        }
+    }
+}
+
+/// What a command prints.
+enum Printed {
+    Routes(Vec<Route>, Option<String>),
+    Route(Route),
+    Value(serde_json::Value, Vec<(&'static str, String)>),
+    Nothing,
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::Completions { shell } = cli.command {
+        clap_complete::generate(shell, &mut Cli::command(), "tmctl", &mut std::io::stdout());
+        return ExitCode::SUCCESS;
+    }
+    let flags = profile::Profile {
+        url: cli.server.clone(),
+        key: None,
+    };
+    let settings = match profile::resolve(cli.profile.as_deref(), &flags) {
+        Ok(settings) => settings,
+        Err(message) => return fail(2, &message),
+    };
+    let (Some(url), Some(key)) = (settings.url, settings.key) else {
+        return fail(
+            2,
+            "no server or key: set url and key in a profile of the configuration file, or TMCTL_URL and TMCTL_KEY",
+        );
+    };
+    let client = match Client::new(&url, &key) {
+        Ok(client) => client,
+        Err(error) => return fail(2, &error.to_string()),
+    };
+    match run(&client, cli.command).await {
+        Ok(printed) => {
+            print(cli.output, printed);
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            let code = match &error {
+                Error::Api { status: 404, .. } => 3,
+                Error::Api { status, .. } if *status < 500 => 1,
+                Error::Url(_) => 2,
+                _ => 4,
+            };
+            fail(code, &error.to_string())
+        }
+    }
+}
+
+async fn run(client: &Client, command: Command) -> Result<Printed, Error> {
+    Ok(match command {
+        Command::Completions { .. } => Printed::Nothing,
+        Command::Resolve {
+            service,
+            version,
+            key,
+        } => {
+            let resolved = client
+                .resolve(&service.key(), version.as_deref(), key.as_deref())
+                .await?;
+            let rows = vec![
+                ("version", resolved.version.clone()),
+                ("url", resolved.url.clone()),
+            ];
+            Printed::Value(json(&resolved), rows)
+        }
+        Command::Routes(command) => match command {
+            RoutesCommand::List {
+                tenant,
+                service,
+                env,
+                active,
+                limit,
+                cursor,
+            } => {
+                let query = RouteQuery {
+                    tenant,
+                    service,
+                    env,
+                    active,
+                    limit,
+                    cursor,
+                };
+                let page = client.list_routes(&query).await?;
+                Printed::Routes(page.items, page.next_cursor)
+            }
+            RoutesCommand::Get { id } => Printed::Route(client.get_route(&id).await?),
+            RoutesCommand::Create {
+                route,
+                url,
+                weight,
+                active,
+            } => {
+                let key = route.key();
+                let new = NewRoute {
+                    tenant: key.tenant,
+                    service: key.service,
+                    env: key.env,
+                    version: key.version,
+                    url,
+                    active,
+                    weight,
+                };
+                Printed::Route(client.create_route(&new).await?)
+            }
+            RoutesCommand::Activate { route } => {
+                Printed::Route(client.activate(&route.key()).await?)
+            }
+            RoutesCommand::Deactivate { route } => {
+                Printed::Route(client.deactivate(&route.key()).await?)
+            }
+            RoutesCommand::SetWeight { id, weight } => {
+                let current = client.get_route(&id).await?;
+                Printed::Route(client.set_weight(&id, weight, current.revision).await?)
+            }
+            RoutesCommand::Delete { id } => {
+                client.delete_route(&id).await?;
+                Printed::Nothing
+            }
+        },
+    })
+}
+
+fn json(value: &impl Serialize) -> serde_json::Value {
+    serde_json::to_value(value).expect("answers serialize")
+}
+
+fn print(output: Output, printed: Printed) {
+    let mut out = std::io::stdout().lock();
+    let text = match (output, printed) {
+        (_, Printed::Nothing) => return,
+        (Output::Json, Printed::Routes(items, next)) => {
+            pretty(&serde_json::json!({ "items": items, "next_cursor": next }))
+        }
+        (Output::Json, Printed::Route(route)) => pretty(&json(&route)),
+        (Output::Json, Printed::Value(value, _)) => pretty(&value),
+        (Output::Table, Printed::Routes(items, next)) => {
+            let mut table = routes_table();
+            for route in &items {
+                table.add_row(route_row(route));
+            }
+            let more = next
+                .map(|c| format!("\nmore: --cursor {c}"))
+                .unwrap_or_default();
+            format!("{table}{more}")
+        }
+        (Output::Table, Printed::Route(route)) => {
+            let mut table = routes_table();
+            table.add_row(route_row(&route));
+            table.to_string()
+        }
+        (Output::Table, Printed::Value(_, rows)) => {
+            let mut table = Table::new();
+            table.load_preset(comfy_table::presets::NOTHING);
+            for (name, value) in rows {
+                table.add_row(vec![name.to_owned(), value]);
+            }
+            table.to_string()
+        }
+    };
+    let _ = writeln!(out, "{text}");
+}
+
+fn pretty(value: &serde_json::Value) -> String {
+    serde_json::to_string_pretty(value).expect("JSON prints")
+}
+
+fn routes_table() -> Table {
+    let mut table = Table::new();
+    table.load_preset(comfy_table::presets::NOTHING);
+    table.set_header(vec![
+        "ID", "TENANT", "SERVICE", "ENV", "VERSION", "ACTIVE", "WEIGHT", "REVISION", "URL",
+    ]);
+    table
+}
+
+fn route_row(route: &Route) -> Vec<String> {
+    vec![
+        route.id.clone(),
+        route.tenant.clone(),
+        route.service.clone(),
+        route.env.clone(),
+        route.version.clone(),
+        route.active.to_string(),
+        route.weight.to_string(),
+        route.revision.to_string(),
+        route.url.clone(),
+    ]
+}
+
+fn fail(code: u8, message: &str) -> ExitCode {
+    eprintln!("tmctl: {message}");
+    ExitCode::from(code)
+}
