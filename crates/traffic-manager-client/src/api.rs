@@ -74,7 +74,7 @@ pub struct RouteQuery {
 }
 
 /// A page of a listing, and the cursor of the next one (none on the last).
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Page<T> {
     pub items: Vec<T>,
     pub next_cursor: Option<String>,
@@ -91,7 +91,7 @@ pub struct Resolved {
 }
 
 /// A service's routing state, as watch answers it.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WatchState {
     pub tenant: String,
     pub service: String,
@@ -108,7 +108,7 @@ pub struct WatchState {
 }
 
 /// An active version of a service.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VersionState {
     pub version: String,
     pub url: String,
@@ -116,4 +116,96 @@ pub struct VersionState {
     pub healthy: bool,
     /// Whether resolve without a version may pick it.
     pub serves: bool,
+}
+
+/// An entry of the audit log: one change.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// Pass it as `after` to read on from it.
+    pub id: i64,
+    pub at: DateTime<Utc>,
+    /// `create`, `activate`, `deactivate`, `update`, `delete`, `rollback`, `policy` or
+    /// `health`.
+    pub action: String,
+    pub tenant: String,
+    pub service: String,
+    pub env: String,
+    pub version: Option<String>,
+    pub route_id: Option<String>,
+    pub actor: String,
+    pub actor_key_id: Option<String>,
+    pub request_id: Option<String>,
+    pub generation: Option<i64>,
+    pub active_versions: Option<Vec<String>>,
+    pub rollback_to: Option<i64>,
+    pub before: Option<serde_json::Value>,
+    pub after: Option<serde_json::Value>,
+    /// Each field that differs between `before` and `after`.
+    pub changes: std::collections::BTreeMap<String, FieldChange>,
+}
+
+/// A field's value before and after a change.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FieldChange {
+    pub from: serde_json::Value,
+    pub to: serde_json::Value,
+}
+
+/// A page of the audit log; `next_after` reads on.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AuditPage {
+    pub items: Vec<AuditEntry>,
+    pub next_after: Option<i64>,
+}
+
+/// The answer to a rollback.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolledBack {
+    pub tenant: String,
+    pub service: String,
+    pub env: String,
+    /// The service's active versions now.
+    pub active_versions: Vec<String>,
+    /// The audit entry whose activation state was restored.
+    pub restored_entry: i64,
+    pub generation: i64,
+    /// The routes switched on or off, as they are now.
+    pub changed: Vec<Route>,
+}
+
+/// An API key, without its secret.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiKey {
+    pub id: String,
+    pub name: String,
+    /// `admin`, `tenant_admin` or `reader`.
+    pub role: String,
+    pub tenant: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A key just created: the only answer that carries its secret.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreatedKey {
+    pub id: String,
+    pub name: String,
+    pub role: String,
+    pub tenant: Option<String>,
+    /// The secret, shown only here.
+    pub key: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A job in the dead-letter queue.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DeadJob {
+    pub id: String,
+    pub queue: String,
+    pub kind: String,
+    pub payload: serde_json::Value,
+    pub tenant: Option<String>,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub failed_at: DateTime<Utc>,
 }

@@ -10,7 +10,10 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 use url::Url;
 
-use crate::api::{NewRoute, Page, Resolved, Route, RouteKey, RouteQuery, ServiceKey, WatchState};
+use crate::api::{
+    ApiKey, AuditPage, CreatedKey, DeadJob, NewRoute, Page, Resolved, RolledBack, Route, RouteKey,
+    RouteQuery, ServiceKey, WatchState,
+};
 use crate::error::{Error, Problem};
 use crate::resolver::{Resolver, ResolverOptions};
 
@@ -343,14 +346,140 @@ impl Client {
     pub async fn delete_route(&self, id: &str) -> Result<(), Error> {
         let path = format!("api/v1/routes/{}", segment(id)?);
         let request = self.request(Method::DELETE, &path, &[], None, None)?;
-        match self
-            .send::<serde_json::Value>(request, Repeatable::Yes)
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(Error::Decode(_)) => Ok(()),
-            Err(other) => Err(other),
+        let response = self.exchange(request, Repeatable::Yes).await?;
+        if response.status().is_success() {
+            Ok(())
+        } else {
+            Err(Error::from_response(response).await)
         }
+    }
+
+    /// `GET /api/v1/routes/resolve?…&explain=true`: how resolve chooses for this
+    /// request, as the server explains it (its JSON as it is).
+    pub async fn explain(
+        &self,
+        service: &ServiceKey,
+        pick: &Pick,
+    ) -> Result<serde_json::Value, Error> {
+        let mut query = service_query(service);
+        match pick {
+            Pick::Version(v) => query.push(("version", v.clone())),
+            Pick::Key(k) => query.push(("key", k.clone())),
+            Pick::Any => {}
+        }
+        query.push(("explain", "true".to_owned()));
+        self.call(
+            Method::GET,
+            "api/v1/routes/resolve",
+            &query,
+            None,
+            Repeatable::Yes,
+            None,
+        )
+        .await
+    }
+
+    /// `POST /api/v1/routes/rollback`: the service's previous activation state back.
+    /// Not sent again after a connection lost mid-request (a repeat would go back one
+    /// state more).
+    pub async fn rollback(&self, service: &ServiceKey) -> Result<RolledBack, Error> {
+        let body = serde_json::to_value(service).map_err(|e| Error::Decode(e.to_string()))?;
+        self.call(
+            Method::POST,
+            "api/v1/routes/rollback",
+            &[],
+            Some(body),
+            Repeatable::No,
+            None,
+        )
+        .await
+    }
+
+    /// `GET /api/v1/audit`: a page of the audit log, oldest first, after entry `after`.
+    pub async fn audit(
+        &self,
+        service: &ServiceKey,
+        after: Option<i64>,
+        limit: Option<u32>,
+    ) -> Result<AuditPage, Error> {
+        let mut query = service_query(service);
+        query.extend(after.map(|a| ("after", a.to_string())));
+        query.extend(limit.map(|l| ("limit", l.to_string())));
+        self.call(
+            Method::GET,
+            "api/v1/audit",
+            &query,
+            None,
+            Repeatable::Yes,
+            None,
+        )
+        .await
+    }
+
+    /// `GET /api/v1/keys`: the live keys the caller may see.
+    pub async fn list_keys(&self) -> Result<Vec<ApiKey>, Error> {
+        #[derive(serde::Deserialize)]
+        struct Keys {
+            items: Vec<ApiKey>,
+        }
+        let keys: Keys = self
+            .call(Method::GET, "api/v1/keys", &[], None, Repeatable::Yes, None)
+            .await?;
+        Ok(keys.items)
+    }
+
+    /// `POST /api/v1/keys`: a new key of `role` (`admin`, `tenant_admin`, `reader`);
+    /// the answer is the only one that carries its secret.
+    pub async fn create_key(
+        &self,
+        name: &str,
+        role: &str,
+        tenant: Option<&str>,
+    ) -> Result<CreatedKey, Error> {
+        let body = json!({ "name": name, "role": role, "tenant": tenant });
+        self.call(
+            Method::POST,
+            "api/v1/keys",
+            &[],
+            Some(body),
+            Repeatable::No,
+            None,
+        )
+        .await
+    }
+
+    /// `DELETE /api/v1/keys/{id}`: revokes a key.
+    pub async fn revoke_key(&self, id: &str) -> Result<(), Error> {
+        let path = format!("api/v1/keys/{}", segment(id)?);
+        let request = self.request(Method::DELETE, &path, &[], None, None)?;
+        let response = self.exchange(request, Repeatable::Yes).await?;
+        if response.status().is_success() {
+            Ok(())
+        } else {
+            Err(Error::from_response(response).await)
+        }
+    }
+
+    /// `GET /api/v1/dlq`: a page of the dead-letter queue.
+    pub async fn dead_jobs(
+        &self,
+        tenant: Option<&str>,
+        limit: Option<u32>,
+        cursor: Option<&str>,
+    ) -> Result<Page<DeadJob>, Error> {
+        let mut query = Vec::new();
+        query.extend(tenant.map(|t| ("tenant", t.to_owned())));
+        query.extend(limit.map(|l| ("limit", l.to_string())));
+        query.extend(cursor.map(|c| ("cursor", c.to_owned())));
+        self.call(
+            Method::GET,
+            "api/v1/dlq",
+            &query,
+            None,
+            Repeatable::Yes,
+            None,
+        )
+        .await
     }
 
     fn request(

@@ -17,7 +17,8 @@ mod error;
 mod resolver;
 
 pub use api::{
-    NewRoute, Page, Resolved, Route, RouteKey, RouteQuery, ServiceKey, VersionState, WatchState,
+    ApiKey, AuditEntry, AuditPage, CreatedKey, DeadJob, FieldChange, NewRoute, Page, Resolved,
+    RolledBack, Route, RouteKey, RouteQuery, ServiceKey, VersionState, WatchState,
 };
 pub use client::{Client, ClientBuilder, Pick, Revalidated};
 pub use error::{Error, Problem};

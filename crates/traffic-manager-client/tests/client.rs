@@ -272,3 +272,85 @@ async fn without_a_watch_slot_the_cache_revalidates_resolve_answers_by_etag() {
     assert_ne!(after.resolved.version, served.version);
     held.abort();
 }
+
+#[tokio::test]
+async fn history_rollback_keys_and_the_dead_letter_queue_are_typed_too() {
+    let app = spawn_app().await;
+    let client = client_of(&app);
+    client
+        .create_route(&new_route("v1", 100, true))
+        .await
+        .expect("v1");
+    client
+        .create_route(&new_route("v2", 100, false))
+        .await
+        .expect("v2");
+    let v = |version: &str| RouteKey {
+        tenant: "acme".into(),
+        service: "billing".into(),
+        env: "prod".into(),
+        version: version.into(),
+    };
+    client.activate(&v("v2")).await.expect("green on");
+    client.deactivate(&v("v1")).await.expect("blue off");
+
+    let rolled = client.rollback(&billing()).await.expect("rolled back");
+    assert_eq!(rolled.active_versions, vec!["v1", "v2"]);
+    let page = client
+        .audit(&billing(), None, Some(100))
+        .await
+        .expect("audit");
+    let actions: Vec<&str> = page.items.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(
+        &actions[..4],
+        ["create", "create", "activate", "deactivate"]
+    );
+    assert!(actions[4..].iter().all(|a| *a == "rollback"), "{actions:?}");
+    let deactivation = &page.items[3];
+    assert_eq!(deactivation.changes["active"].to, serde_json::json!(false));
+    let later = client
+        .audit(&billing(), Some(page.items[1].id), None)
+        .await
+        .expect("audit");
+    assert_eq!(later.items.first().map(|e| e.id), Some(page.items[2].id));
+
+    let created = client
+        .create_key("ci-reader", "reader", Some("acme"))
+        .await
+        .expect("key");
+    assert!(created.key.len() > 20);
+    let keys = client.list_keys().await.expect("keys");
+    assert!(keys
+        .iter()
+        .any(|k| k.id == created.id && k.role == "reader"));
+    // The new key works, for what a reader may do.
+    let reader = Client::new(&format!("http://{}", app.addr), &created.key).expect("client");
+    reader
+        .resolve(&billing(), None, None)
+        .await
+        .expect("a reader resolves");
+    assert_eq!(
+        reader.rollback(&billing()).await.unwrap_err().status(),
+        Some(403)
+    );
+    client.revoke_key(&created.id).await.expect("revoked");
+    assert_eq!(
+        reader
+            .resolve(&billing(), None, None)
+            .await
+            .unwrap_err()
+            .status(),
+        Some(401)
+    );
+
+    let dead = client.dead_jobs(None, Some(10), None).await.expect("dlq");
+    assert!(dead.items.is_empty());
+    let explained = client
+        .explain(
+            &billing(),
+            &traffic_manager_client::Pick::Key("user-1".into()),
+        )
+        .await
+        .expect("explained");
+    assert!(explained.is_object());
+}
