@@ -8,11 +8,14 @@ mod profile;
 
 use std::io::Write;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use comfy_table::Table;
 use serde::Serialize;
-use traffic_manager_client::{Client, Error, NewRoute, Route, RouteKey, RouteQuery, ServiceKey};
+use traffic_manager_client::{
+    Client, Error, NewRoute, Pick, Route, RouteKey, RouteQuery, ServiceKey,
+};
 
 #[derive(Parser)]
 #[command(
@@ -57,9 +60,59 @@ enum Command {
         /// By weight, the same version for the same key.
         #[arg(long)]
         key: Option<String>,
+        /// How resolve chooses, instead of the answer (always JSON).
+        #[arg(long)]
+        explain: bool,
+    },
+    /// Prints the service's routing state, then again at each change, until stopped
+    /// (`--once`: the state now, and exit).
+    Watch {
+        #[command(flatten)]
+        service: ServiceArgs,
+        #[arg(long)]
+        once: bool,
+    },
+    /// The service's audit log, oldest first.
+    Audit {
+        #[command(flatten)]
+        service: ServiceArgs,
+        /// Entries after this one.
+        #[arg(long)]
+        after: Option<i64>,
+        #[arg(long)]
+        limit: Option<u32>,
+    },
+    /// API keys: list, create (the secret is printed once), revoke.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// The dead-letter queue.
+    Dlq {
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long)]
+        limit: Option<u32>,
+        #[arg(long)]
+        cursor: Option<String>,
     },
     /// Prints the shell completion script for `shell`.
     Completions { shell: clap_complete::Shell },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    List,
+    Create {
+        #[arg(long)]
+        name: String,
+        /// `admin`, `tenant_admin` or `reader`.
+        #[arg(long)]
+        role: String,
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    Revoke {
+        id: String,
+    },
 }
 
 #[derive(Args)]
@@ -129,6 +182,11 @@ enum RoutesCommand {
     Delete {
         id: String,
     },
+    /// Puts the service's previous activation state back.
+    Rollback {
+        #[command(flatten)]
+        service: ServiceArgs,
+    },
 }
 
 impl ServiceArgs {
@@ -153,6 +211,15 @@ enum Printed {
     Routes(Vec<Route>, Option<String>),
     Route(Route),
     Value(serde_json::Value, Vec<(&'static str, String)>),
+    /// JSON however the output is asked for.
+    Json(serde_json::Value),
+    /// The JSON, or a table of rows under the headers, and a line saying how to read on.
+    Table(
+        serde_json::Value,
+        &'static [&'static str],
+        Vec<Vec<String>>,
+        Option<String>,
+    ),
     Nothing,
 }
 
@@ -181,7 +248,7 @@ async fn main() -> ExitCode {
         Ok(client) => client,
         Err(error) => return fail(2, &error.to_string()),
     };
-    match run(&client, cli.command).await {
+    match run(&client, cli.command, cli.output).await {
         Ok(printed) => {
             print(cli.output, printed);
             ExitCode::SUCCESS
@@ -198,13 +265,27 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(client: &Client, command: Command) -> Result<Printed, Error> {
+async fn run(client: &Client, command: Command, output: Output) -> Result<Printed, Error> {
     Ok(match command {
         Command::Completions { .. } => Printed::Nothing,
         Command::Resolve {
             service,
             version,
             key,
+            explain: true,
+        } => {
+            let pick = match (version, key) {
+                (Some(version), _) => Pick::Version(version),
+                (None, Some(key)) => Pick::Key(key),
+                (None, None) => Pick::Any,
+            };
+            Printed::Json(client.explain(&service.key(), &pick).await?)
+        }
+        Command::Resolve {
+            service,
+            version,
+            key,
+            explain: false,
         } => {
             let resolved = client
                 .resolve(&service.key(), version.as_deref(), key.as_deref())
@@ -214,6 +295,110 @@ async fn run(client: &Client, command: Command) -> Result<Printed, Error> {
                 ("url", resolved.url.clone()),
             ];
             Printed::Value(json(&resolved), rows)
+        }
+        Command::Watch { service, once } => {
+            let key = service.key();
+            let mut since = None;
+            loop {
+                let state = client.watch(&key, since, Duration::from_secs(60)).await?;
+                if state.changed {
+                    print(output, Printed::Json(json(&state)));
+                }
+                if once {
+                    return Ok(Printed::Nothing);
+                }
+                since = Some(state.generation);
+            }
+        }
+        Command::Audit {
+            service,
+            after,
+            limit,
+        } => {
+            let page = client.audit(&service.key(), after, limit).await?;
+            let rows = page
+                .items
+                .iter()
+                .map(|e| {
+                    let changes: Vec<String> = e
+                        .changes
+                        .iter()
+                        .map(|(field, c)| format!("{field}: {} → {}", c.from, c.to))
+                        .collect();
+                    vec![
+                        e.id.to_string(),
+                        e.at.to_rfc3339(),
+                        e.action.clone(),
+                        e.version.clone().unwrap_or_default(),
+                        e.actor.clone(),
+                        changes.join(", "),
+                    ]
+                })
+                .collect();
+            let more = page.next_after.map(|a| format!("more: --after {a}"));
+            let headers = &["ID", "AT", "ACTION", "VERSION", "ACTOR", "CHANGES"];
+            Printed::Table(json(&page), headers, rows, more)
+        }
+        Command::Keys(KeysCommand::List) => {
+            let keys = client.list_keys().await?;
+            let rows = keys
+                .iter()
+                .map(|k| {
+                    vec![
+                        k.id.clone(),
+                        k.name.clone(),
+                        k.role.clone(),
+                        k.tenant.clone().unwrap_or_default(),
+                        k.created_at.to_rfc3339(),
+                    ]
+                })
+                .collect();
+            let value = serde_json::json!({ "items": keys });
+            let headers = &["ID", "NAME", "ROLE", "TENANT", "CREATED"];
+            Printed::Table(value, headers, rows, None)
+        }
+        Command::Keys(KeysCommand::Create { name, role, tenant }) => {
+            let created = client.create_key(&name, &role, tenant.as_deref()).await?;
+            let rows = vec![
+                ("id", created.id.clone()),
+                ("role", created.role.clone()),
+                ("key", created.key.clone()),
+                ("note", "the key is shown only now".to_owned()),
+            ];
+            Printed::Value(json(&created), rows)
+        }
+        Command::Keys(KeysCommand::Revoke { id }) => {
+            client.revoke_key(&id).await?;
+            Printed::Nothing
+        }
+        Command::Dlq {
+            tenant,
+            limit,
+            cursor,
+        } => {
+            let page = client
+                .dead_jobs(tenant.as_deref(), limit, cursor.as_deref())
+                .await?;
+            let rows = page
+                .items
+                .iter()
+                .map(|j| {
+                    vec![
+                        j.id.clone(),
+                        j.kind.clone(),
+                        j.tenant.clone().unwrap_or_default(),
+                        j.attempts.to_string(),
+                        j.failed_at.to_rfc3339(),
+                        j.last_error.clone().unwrap_or_default(),
+                    ]
+                })
+                .collect();
+            let more = page
+                .next_cursor
+                .as_ref()
+                .map(|c| format!("more: --cursor {c}"));
+            let headers = &["ID", "KIND", "TENANT", "ATTEMPTS", "FAILED", "ERROR"];
+            Printed::Table(json(&page), headers, rows, more)
         }
         Command::Routes(command) => match command {
             RoutesCommand::List {
@@ -268,6 +453,15 @@ async fn run(client: &Client, command: Command) -> Result<Printed, Error> {
                 client.delete_route(&id).await?;
                 Printed::Nothing
             }
+            RoutesCommand::Rollback { service } => {
+                let rolled = client.rollback(&service.key()).await?;
+                let rows = vec![
+                    ("active_versions", rolled.active_versions.join(",")),
+                    ("restored_entry", rolled.restored_entry.to_string()),
+                    ("generation", rolled.generation.to_string()),
+                ];
+                Printed::Value(json(&rolled), rows)
+            }
         },
     })
 }
@@ -284,7 +478,18 @@ fn print(output: Output, printed: Printed) {
             pretty(&serde_json::json!({ "items": items, "next_cursor": next }))
         }
         (Output::Json, Printed::Route(route)) => pretty(&json(&route)),
-        (Output::Json, Printed::Value(value, _)) => pretty(&value),
+        (Output::Json, Printed::Value(value, _) | Printed::Table(value, ..))
+        | (_, Printed::Json(value)) => pretty(&value),
+        (Output::Table, Printed::Table(_, headers, rows, more)) => {
+            let mut table = Table::new();
+            table.load_preset(comfy_table::presets::NOTHING);
+            table.set_header(headers.to_vec());
+            for row in rows {
+                table.add_row(row);
+            }
+            let more = more.map(|m| format!("\n{m}")).unwrap_or_default();
+            format!("{table}{more}")
+        }
         (Output::Table, Printed::Routes(items, next)) => {
             let mut table = routes_table();
             for route in &items {

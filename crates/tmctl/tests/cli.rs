@@ -172,3 +172,62 @@ async fn a_profile_names_the_server_and_the_environment_overrides_it() {
     let completions = run(&["completions", "bash"], &[]);
     assert!(String::from_utf8_lossy(&completions.stdout).contains("tmctl"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_audit_keys_watch_and_the_dead_letter_queue_from_the_command_line() {
+    let app = spawn_app().await;
+    let service = ["--tenant", "acme", "--service", "billing", "--env", "prod"];
+    for version in ["v1", "v2"] {
+        let mut create = vec![
+            "routes",
+            "create",
+            "--url",
+            "http://10.0.0.1:8080",
+            "--version",
+            version,
+            "--active",
+        ];
+        create.extend(service);
+        assert!(tmctl(&app, &create).status.success());
+    }
+    let mut deactivate = vec!["routes", "deactivate", "--version", "v1"];
+    deactivate.extend(service);
+    assert!(tmctl(&app, &deactivate).status.success());
+    let mut rollback = vec!["routes", "rollback", "-o", "json"];
+    rollback.extend(service);
+    assert_eq!(
+        json_of(&tmctl(&app, &rollback))["active_versions"],
+        serde_json::json!(["v1", "v2"])
+    );
+
+    let mut audit = vec!["audit"];
+    audit.extend(service);
+    let text = String::from_utf8_lossy(&tmctl(&app, &audit).stdout).into_owned();
+    assert!(
+        text.contains("rollback") && text.contains("active: true → false"),
+        "{text}"
+    );
+
+    let mut watch = vec!["watch", "--once"];
+    watch.extend(service);
+    let state = json_of(&tmctl(&app, &watch));
+    assert_eq!(state["versions"].as_array().map(Vec::len), Some(2));
+    let mut explain = vec!["resolve", "--explain", "--key", "user-1"];
+    explain.extend(service);
+    assert!(json_of(&tmctl(&app, &explain)).is_object());
+
+    let created = json_of(&tmctl(
+        &app,
+        &[
+            "keys", "create", "--name", "ci", "--role", "reader", "--tenant", "acme", "-o", "json",
+        ],
+    ));
+    let id = created["id"].as_str().expect("id");
+    assert!(String::from_utf8_lossy(&tmctl(&app, &["keys", "list"]).stdout).contains(id));
+    assert!(tmctl(&app, &["keys", "revoke", id]).status.success());
+    assert!(!String::from_utf8_lossy(&tmctl(&app, &["keys", "list"]).stdout).contains(id));
+    assert_eq!(
+        json_of(&tmctl(&app, &["dlq", "-o", "json"]))["items"],
+        serde_json::json!([])
+    );
+}
