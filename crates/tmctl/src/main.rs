@@ -314,32 +314,51 @@ async fn run(client: &Client, command: Command, output: Output) -> Result<Printe
             service,
             after,
             limit,
-        } => {
-            let page = client.audit(&service.key(), after, limit).await?;
-            let rows = page
-                .items
+        } => audit(client, &service.key(), after, limit).await?,
+        Command::Keys(command) => keys(client, command).await?,
+        Command::Dlq {
+            tenant,
+            limit,
+            cursor,
+        } => dlq(client, tenant.as_deref(), limit, cursor.as_deref()).await?,
+        Command::Routes(command) => routes(client, command).await?,
+    })
+}
+
+async fn audit(
+    client: &Client,
+    service: &ServiceKey,
+    after: Option<i64>,
+    limit: Option<u32>,
+) -> Result<Printed, Error> {
+    let page = client.audit(service, after, limit).await?;
+    let rows = page
+        .items
+        .iter()
+        .map(|e| {
+            let changes: Vec<String> = e
+                .changes
                 .iter()
-                .map(|e| {
-                    let changes: Vec<String> = e
-                        .changes
-                        .iter()
-                        .map(|(field, c)| format!("{field}: {} → {}", c.from, c.to))
-                        .collect();
-                    vec![
-                        e.id.to_string(),
-                        e.at.to_rfc3339(),
-                        e.action.clone(),
-                        e.version.clone().unwrap_or_default(),
-                        e.actor.clone(),
-                        changes.join(", "),
-                    ]
-                })
+                .map(|(field, c)| format!("{field}: {} → {}", c.from, c.to))
                 .collect();
-            let more = page.next_after.map(|a| format!("more: --after {a}"));
-            let headers = &["ID", "AT", "ACTION", "VERSION", "ACTOR", "CHANGES"];
-            Printed::Table(json(&page), headers, rows, more)
-        }
-        Command::Keys(KeysCommand::List) => {
+            vec![
+                e.id.to_string(),
+                e.at.to_rfc3339(),
+                e.action.clone(),
+                e.version.clone().unwrap_or_default(),
+                e.actor.clone(),
+                changes.join(", "),
+            ]
+        })
+        .collect();
+    let more = page.next_after.map(|a| format!("more: --after {a}"));
+    let headers = &["ID", "AT", "ACTION", "VERSION", "ACTOR", "CHANGES"];
+    Ok(Printed::Table(json(&page), headers, rows, more))
+}
+
+async fn keys(client: &Client, command: KeysCommand) -> Result<Printed, Error> {
+    Ok(match command {
+        KeysCommand::List => {
             let keys = client.list_keys().await?;
             let rows = keys
                 .iter()
@@ -357,7 +376,7 @@ async fn run(client: &Client, command: Command, output: Output) -> Result<Printe
             let headers = &["ID", "NAME", "ROLE", "TENANT", "CREATED"];
             Printed::Table(value, headers, rows, None)
         }
-        Command::Keys(KeysCommand::Create { name, role, tenant }) => {
+        KeysCommand::Create { name, role, tenant } => {
             let created = client.create_key(&name, &role, tenant.as_deref()).await?;
             let rows = vec![
                 ("id", created.id.clone()),
@@ -367,102 +386,103 @@ async fn run(client: &Client, command: Command, output: Output) -> Result<Printe
             ];
             Printed::Value(json(&created), rows)
         }
-        Command::Keys(KeysCommand::Revoke { id }) => {
+        KeysCommand::Revoke { id } => {
             client.revoke_key(&id).await?;
             Printed::Nothing
         }
-        Command::Dlq {
+    })
+}
+
+async fn dlq(
+    client: &Client,
+    tenant: Option<&str>,
+    limit: Option<u32>,
+    cursor: Option<&str>,
+) -> Result<Printed, Error> {
+    let page = client.dead_jobs(tenant, limit, cursor).await?;
+    let rows = page
+        .items
+        .iter()
+        .map(|j| {
+            vec![
+                j.id.clone(),
+                j.kind.clone(),
+                j.tenant.clone().unwrap_or_default(),
+                j.attempts.to_string(),
+                j.failed_at.to_rfc3339(),
+                j.last_error.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    let more = page
+        .next_cursor
+        .as_ref()
+        .map(|c| format!("more: --cursor {c}"));
+    let headers = &["ID", "KIND", "TENANT", "ATTEMPTS", "FAILED", "ERROR"];
+    Ok(Printed::Table(json(&page), headers, rows, more))
+}
+
+async fn routes(client: &Client, command: RoutesCommand) -> Result<Printed, Error> {
+    Ok(match command {
+        RoutesCommand::List {
             tenant,
+            service,
+            env,
+            active,
             limit,
             cursor,
         } => {
-            let page = client
-                .dead_jobs(tenant.as_deref(), limit, cursor.as_deref())
-                .await?;
-            let rows = page
-                .items
-                .iter()
-                .map(|j| {
-                    vec![
-                        j.id.clone(),
-                        j.kind.clone(),
-                        j.tenant.clone().unwrap_or_default(),
-                        j.attempts.to_string(),
-                        j.failed_at.to_rfc3339(),
-                        j.last_error.clone().unwrap_or_default(),
-                    ]
-                })
-                .collect();
-            let more = page
-                .next_cursor
-                .as_ref()
-                .map(|c| format!("more: --cursor {c}"));
-            let headers = &["ID", "KIND", "TENANT", "ATTEMPTS", "FAILED", "ERROR"];
-            Printed::Table(json(&page), headers, rows, more)
-        }
-        Command::Routes(command) => match command {
-            RoutesCommand::List {
+            let query = RouteQuery {
                 tenant,
                 service,
                 env,
                 active,
                 limit,
                 cursor,
-            } => {
-                let query = RouteQuery {
-                    tenant,
-                    service,
-                    env,
-                    active,
-                    limit,
-                    cursor,
-                };
-                let page = client.list_routes(&query).await?;
-                Printed::Routes(page.items, page.next_cursor)
-            }
-            RoutesCommand::Get { id } => Printed::Route(client.get_route(&id).await?),
-            RoutesCommand::Create {
-                route,
+            };
+            let page = client.list_routes(&query).await?;
+            Printed::Routes(page.items, page.next_cursor)
+        }
+        RoutesCommand::Get { id } => Printed::Route(client.get_route(&id).await?),
+        RoutesCommand::Create {
+            route,
+            url,
+            weight,
+            active,
+        } => {
+            let key = route.key();
+            let new = NewRoute {
+                tenant: key.tenant,
+                service: key.service,
+                env: key.env,
+                version: key.version,
                 url,
-                weight,
                 active,
-            } => {
-                let key = route.key();
-                let new = NewRoute {
-                    tenant: key.tenant,
-                    service: key.service,
-                    env: key.env,
-                    version: key.version,
-                    url,
-                    active,
-                    weight,
-                };
-                Printed::Route(client.create_route(&new).await?)
-            }
-            RoutesCommand::Activate { route } => {
-                Printed::Route(client.activate(&route.key()).await?)
-            }
-            RoutesCommand::Deactivate { route } => {
-                Printed::Route(client.deactivate(&route.key()).await?)
-            }
-            RoutesCommand::SetWeight { id, weight } => {
-                let current = client.get_route(&id).await?;
-                Printed::Route(client.set_weight(&id, weight, current.revision).await?)
-            }
-            RoutesCommand::Delete { id } => {
-                client.delete_route(&id).await?;
-                Printed::Nothing
-            }
-            RoutesCommand::Rollback { service } => {
-                let rolled = client.rollback(&service.key()).await?;
-                let rows = vec![
-                    ("active_versions", rolled.active_versions.join(",")),
-                    ("restored_entry", rolled.restored_entry.to_string()),
-                    ("generation", rolled.generation.to_string()),
-                ];
-                Printed::Value(json(&rolled), rows)
-            }
-        },
+                weight,
+            };
+            Printed::Route(client.create_route(&new).await?)
+        }
+        RoutesCommand::Activate { route } => Printed::Route(client.activate(&route.key()).await?),
+        RoutesCommand::Deactivate { route } => {
+            Printed::Route(client.deactivate(&route.key()).await?)
+        }
+        RoutesCommand::SetWeight { id, weight } => {
+            let current = client.get_route(&id).await?;
+            Printed::Route(client.set_weight(&id, weight, current.revision).await?)
+        }
+        RoutesCommand::Delete { id } => {
+            client.delete_route(&id).await?;
+            Printed::Nothing
+        }
+        RoutesCommand::Rollback { service } => {
+            let rolled = client.rollback(&service.key()).await?;
+            let rows = vec![
+                ("active_versions", rolled.active_versions.join(",")),
+                ("restored_entry", rolled.restored_entry.to_string()),
+                ("generation", rolled.generation.to_string()),
+            ];
+            Printed::Value(json(&rolled), rows)
+        }
     })
 }
 
