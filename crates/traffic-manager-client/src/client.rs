@@ -203,12 +203,7 @@ impl Client {
         pick: &Pick,
         etag: Option<&str>,
     ) -> Result<Revalidated, Error> {
-        let mut query = service_query(service);
-        match pick {
-            Pick::Version(v) => query.push(("version", v.clone())),
-            Pick::Key(k) => query.push(("key", k.clone())),
-            Pick::Any => {}
-        }
+        let query = pick_query(service, pick);
         let mut request = self.request(Method::GET, "api/v1/routes/resolve", &query, None, None)?;
         if let Some(etag) = etag {
             request = request.header(IF_NONE_MATCH, etag);
@@ -345,13 +340,7 @@ impl Client {
     /// `DELETE /api/v1/routes/{id}`.
     pub async fn delete_route(&self, id: &str) -> Result<(), Error> {
         let path = format!("api/v1/routes/{}", segment(id)?);
-        let request = self.request(Method::DELETE, &path, &[], None, None)?;
-        let response = self.exchange(request, Repeatable::Yes).await?;
-        if response.status().is_success() {
-            Ok(())
-        } else {
-            Err(Error::from_response(response).await)
-        }
+        self.delete(&path).await
     }
 
     /// `GET /api/v1/routes/resolve?…&explain=true`: how resolve chooses for this
@@ -361,12 +350,7 @@ impl Client {
         service: &ServiceKey,
         pick: &Pick,
     ) -> Result<serde_json::Value, Error> {
-        let mut query = service_query(service);
-        match pick {
-            Pick::Version(v) => query.push(("version", v.clone())),
-            Pick::Key(k) => query.push(("key", k.clone())),
-            Pick::Any => {}
-        }
+        let mut query = pick_query(service, pick);
         query.push(("explain", "true".to_owned()));
         self.call(
             Method::GET,
@@ -451,13 +435,7 @@ impl Client {
     /// `DELETE /api/v1/keys/{id}`: revokes a key.
     pub async fn revoke_key(&self, id: &str) -> Result<(), Error> {
         let path = format!("api/v1/keys/{}", segment(id)?);
-        let request = self.request(Method::DELETE, &path, &[], None, None)?;
-        let response = self.exchange(request, Repeatable::Yes).await?;
-        if response.status().is_success() {
-            Ok(())
-        } else {
-            Err(Error::from_response(response).await)
-        }
+        self.delete(&path).await
     }
 
     /// `GET /api/v1/dlq`: a page of the dead-letter queue.
@@ -480,6 +458,18 @@ impl Client {
             None,
         )
         .await
+    }
+
+    /// `DELETE path`: done on any 2xx (a repeat of a delete that took effect answers
+    /// 404, told as it is).
+    async fn delete(&self, path: &str) -> Result<(), Error> {
+        let request = self.request(Method::DELETE, path, &[], None, None)?;
+        let response = self.exchange(request, Repeatable::Yes).await?;
+        if response.status().is_success() {
+            Ok(())
+        } else {
+            Err(Error::from_response(response).await)
+        }
     }
 
     fn request(
@@ -620,6 +610,17 @@ impl Error {
             problem,
         }
     }
+}
+
+/// The query of a resolve of `service` asking for `pick`.
+fn pick_query(service: &ServiceKey, pick: &Pick) -> Vec<(&'static str, String)> {
+    let mut query = service_query(service);
+    match pick {
+        Pick::Version(v) => query.push(("version", v.clone())),
+        Pick::Key(k) => query.push(("key", k.clone())),
+        Pick::Any => {}
+    }
+    query
 }
 
 fn service_query(service: &ServiceKey) -> Vec<(&'static str, String)> {
