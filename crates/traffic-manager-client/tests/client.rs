@@ -216,7 +216,22 @@ async fn without_a_watch_slot_the_cache_revalidates_resolve_answers_by_etag() {
             .watch(&billing(), Some(generation), Duration::from_secs(60))
             .await
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let scrape = || async {
+        let text = app
+            .client
+            .get(format!("http://{}/metrics", app.addr))
+            .send()
+            .await
+            .expect("scraped")
+            .text()
+            .await
+            .expect("text");
+        tm_testing::metric_value(&text, "watches_held").unwrap_or(0.0)
+    };
+    tm_testing::eventually(Duration::from_secs(10), "the slot is taken", || async {
+        scrape().await >= 1.0
+    })
+    .await;
 
     let resolver = client.resolver(ResolverOptions::default());
     let first = resolver
