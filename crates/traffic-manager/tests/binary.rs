@@ -1030,10 +1030,19 @@ async fn subscribe_and_create(
         .await
         .expect("json");
     receiver.set_secret(hook["secret"].as_str().expect("secret"));
-    let created = client
+    create_billing(addr, &[("traceparent", traceparent)]).await
+}
+
+/// Creates the active route acme/billing/prod/v1 as the admin, with `headers`; the
+/// answer, a 201.
+async fn create_billing(addr: &str, headers: &[(&str, &str)]) -> reqwest::Response {
+    let mut request = reqwest::Client::new()
         .post(format!("http://{addr}/api/v1/routes"))
-        .bearer_auth(ADMIN_KEY)
-        .header("traceparent", traceparent)
+        .bearer_auth(ADMIN_KEY);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let created = request
         .json(&json!({"tenant": "acme", "service": "billing", "env": "prod", "version": "v1", "url": "http://10.0.0.7:8080", "active": true}))
         .send()
         .await
@@ -1288,15 +1297,7 @@ async fn redis_commands_are_exported_within_the_request_that_sent_them() {
     )
     .await;
     // An idempotent write: its key is claimed in Redis.
-    let created = reqwest::Client::new()
-        .post(format!("http://{addr}/api/v1/routes"))
-        .bearer_auth(ADMIN_KEY)
-        .header("Idempotency-Key", "traced-create-1")
-        .json(&json!({"tenant": "acme", "service": "billing", "env": "prod", "version": "v1", "url": "http://10.0.0.7:8080", "active": true}))
-        .send()
-        .await
-        .expect("sent");
-    assert_eq!(created.status(), 201);
+    let created = create_billing(&addr, &[("Idempotency-Key", "traced-create-1")]).await;
     let (trace, request_span) = ids_of(&header(&created, "traceparent"));
     terminate(child).await;
     let spans = collector.spans();
@@ -1339,16 +1340,12 @@ async fn kafka_records_carry_the_trace_of_the_write_that_made_them() {
     )
     .await;
     let caller_trace = 0x0af7_6519_16cd_43dd_8448_eb21_1c80_319c_u128;
-    let created = reqwest::Client::new()
-        .post(format!("http://{addr}/api/v1/routes"))
-        .bearer_auth(ADMIN_KEY)
-        .header("traceparent", caller_traceparent(caller_trace, 0x1111))
-        .header("tracestate", "vendor=abc")
-        .json(&json!({"tenant": "acme", "service": "billing", "env": "prod", "version": "v1", "url": "http://10.0.0.7:8080", "active": true}))
-        .send()
-        .await
-        .expect("sent");
-    assert_eq!(created.status(), 201);
+    let traceparent = caller_traceparent(caller_trace, 0x1111);
+    create_billing(
+        &addr,
+        &[("traceparent", &traceparent), ("tracestate", "vendor=abc")],
+    )
+    .await;
     let started = std::time::Instant::now();
     let record = loop {
         if let Some(first) = broker.records("traced").await.into_iter().next() {
